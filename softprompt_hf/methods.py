@@ -1,0 +1,308 @@
+"""One builder for the three soft-prompt methods: prompt tuning, P-tuning and prefix tuning."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from peft import (
+    PeftConfig,
+    PeftModel,
+    PeftType,
+    PrefixTuningConfig,
+    PromptEncoderConfig,
+    PromptEncoderReparameterizationType,
+    PromptTuningConfig,
+    PromptTuningInit,
+    TaskType,
+    get_peft_model,
+)
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
+from transformers.utils import logging
+
+__all__ = [
+    "METHODS",
+    "SEED_PROMPT_TUNING_INIT_TEXT",
+    "SoftPromptArguments",
+    "build_peft_config",
+    "build_soft_prompt_model",
+    "check_training_arguments",
+]
+
+logger = logging.get_logger(__name__)
+
+METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")
+
+#: The seed guide's initialisation text for prompt tuning (8 tokens with bloomz-560m's tokenizer).
+SEED_PROMPT_TUNING_INIT_TEXT = "Classify if the tweet is a complaint or no complaint.\n"
+
+_DEFAULT_NUM_VIRTUAL_TOKENS = 20
+_PROMPT_INITS = tuple(init.value for init in PromptTuningInit)
+_ENCODER_TYPES = tuple(kind.value for kind in PromptEncoderReparameterizationType)
+
+
+@dataclass
+class SoftPromptArguments:
+    """Which soft-prompt method to train and how; the defaults are the seed guide's.
+
+    Parsable with ``transformers.HfArgumentParser``. Fields that do not belong to the chosen method
+    are ignored.
+    """
+
+    method: str = field(
+        default="prompt_tuning",
+        metadata={"help": f"Soft-prompt method, one of {', '.join(METHODS)}.", "choices": list(METHODS)},
+    )
+    num_virtual_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "Number of virtual tokens. Default: the init text's token count for prompt tuning with TEXT "
+            f"init, {_DEFAULT_NUM_VIRTUAL_TOKENS} otherwise."
+        },
+    )
+    prompt_tuning_init: str = field(
+        default="TEXT",
+        metadata={
+            "help": "Prompt tuning initialisation: TEXT (embeddings of the init text's tokens), RANDOM, or "
+            "SAMPLE_VOCAB (embeddings of random vocabulary tokens).",
+            "choices": list(_PROMPT_INITS),
+        },
+    )
+    prompt_tuning_init_text: str = field(
+        default=SEED_PROMPT_TUNING_INIT_TEXT,
+        metadata={"help": "Text whose token embeddings initialise the prompt (prompt tuning, TEXT init)."},
+    )
+    encoder_reparameterization_type: str = field(
+        default="MLP",
+        metadata={"help": "P-tuning prompt encoder: MLP or LSTM.", "choices": list(_ENCODER_TYPES)},
+    )
+    encoder_hidden_size: int | None = field(
+        default=128,
+        metadata={
+            "help": "Hidden size of the P-tuning prompt encoder (the seed's 128), and of the prefix projection "
+            "when prefix tuning uses prefix_projection."
+        },
+    )
+    encoder_num_layers: int = field(default=2, metadata={"help": "Layers of the P-tuning prompt encoder."})
+    encoder_dropout: float = field(default=0.0, metadata={"help": "Dropout of the P-tuning prompt encoder."})
+    prefix_projection: bool = field(
+        default=False,
+        metadata={"help": "Prefix tuning: reparameterise the prefix through a two-layer MLP."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown soft-prompt method {self.method!r}; choose one of {list(METHODS)}.")
+        self.prompt_tuning_init = str(getattr(self.prompt_tuning_init, "value", self.prompt_tuning_init)).upper()
+        if self.prompt_tuning_init not in _PROMPT_INITS:
+            raise ValueError(
+                f"Unknown prompt_tuning_init {self.prompt_tuning_init!r}; choose one of {list(_PROMPT_INITS)}."
+            )
+        kind = getattr(self.encoder_reparameterization_type, "value", self.encoder_reparameterization_type)
+        self.encoder_reparameterization_type = str(kind).upper()
+        if self.encoder_reparameterization_type not in _ENCODER_TYPES:
+            raise ValueError(
+                f"Unknown encoder_reparameterization_type {self.encoder_reparameterization_type!r}; "
+                f"choose one of {list(_ENCODER_TYPES)}."
+            )
+        if self.num_virtual_tokens is not None and self.num_virtual_tokens < 1:
+            raise ValueError(f"num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}.")
+        if self.encoder_hidden_size is not None and self.encoder_hidden_size < 1:
+            raise ValueError(f"encoder_hidden_size must be at least 1, got {self.encoder_hidden_size}.")
+        if self.encoder_num_layers < 1:
+            raise ValueError(f"encoder_num_layers must be at least 1, got {self.encoder_num_layers}.")
+        if not 0.0 <= self.encoder_dropout < 1.0:
+            raise ValueError(f"encoder_dropout must be in [0, 1), got {self.encoder_dropout}.")
+        if self.uses_init_text and not self.prompt_tuning_init_text.strip():
+            raise ValueError("prompt_tuning_init=TEXT needs a non-empty prompt_tuning_init_text.")
+
+    @property
+    def uses_init_text(self) -> bool:
+        return self.method == "prompt_tuning" and self.prompt_tuning_init == "TEXT"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_peft_config(
+    args: SoftPromptArguments | None = None,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    tokenizer_name_or_path: str | None = None,
+    **overrides: Any,
+) -> PeftConfig:
+    """Returns the PEFT config for a soft-prompt method.
+
+    Args:
+        args: The method and its options; keyword ``overrides`` replace single fields, e.g.
+            ``build_peft_config(method="p_tuning", num_virtual_tokens=20)``.
+        tokenizer: Needed for prompt tuning with TEXT init, to count the init text's tokens when
+            ``num_virtual_tokens`` is not set.
+        tokenizer_name_or_path: Recorded in the config of TEXT-initialised prompt tuning (prefer the
+            base model's Hub id over a local path). Defaults to ``tokenizer.name_or_path``.
+
+    Returns:
+        A ``PromptTuningConfig``, ``PromptEncoderConfig`` or ``PrefixTuningConfig`` for a causal LM.
+    """
+    args = _merge(args, overrides)
+    common: dict[str, Any] = {"task_type": TaskType.CAUSAL_LM}
+    if args.method == "prompt_tuning":
+        num_tokens = args.num_virtual_tokens
+        if args.uses_init_text:
+            if tokenizer is None:
+                raise ValueError(
+                    "Prompt tuning with TEXT init needs the tokenizer (pass tokenizer=...), to turn the init text "
+                    "into token embeddings; or use prompt_tuning_init='RANDOM'."
+                )
+            if num_tokens is None:
+                num_tokens = len(tokenizer(args.prompt_tuning_init_text)["input_ids"])
+            return PromptTuningConfig(
+                **common,
+                num_virtual_tokens=num_tokens,
+                prompt_tuning_init=PromptTuningInit.TEXT,
+                prompt_tuning_init_text=args.prompt_tuning_init_text,
+                tokenizer_name_or_path=tokenizer_name_or_path or tokenizer.name_or_path or "unknown",
+            )
+        return PromptTuningConfig(
+            **common,
+            num_virtual_tokens=num_tokens or _DEFAULT_NUM_VIRTUAL_TOKENS,
+            prompt_tuning_init=PromptTuningInit(args.prompt_tuning_init),
+        )
+    num_tokens = args.num_virtual_tokens or _DEFAULT_NUM_VIRTUAL_TOKENS
+    if args.method == "p_tuning":
+        return PromptEncoderConfig(
+            **common,
+            num_virtual_tokens=num_tokens,
+            encoder_reparameterization_type=PromptEncoderReparameterizationType(args.encoder_reparameterization_type),
+            encoder_hidden_size=args.encoder_hidden_size,  # type: ignore[arg-type]  # None: peft's default
+            encoder_num_layers=args.encoder_num_layers,
+            encoder_dropout=args.encoder_dropout,
+        )
+    return PrefixTuningConfig(
+        **common,
+        num_virtual_tokens=num_tokens,
+        prefix_projection=args.prefix_projection,
+        encoder_hidden_size=args.encoder_hidden_size if args.prefix_projection else None,  # type: ignore[arg-type]
+    )
+
+
+def build_soft_prompt_model(
+    model: PreTrainedModel,
+    args: SoftPromptArguments | PeftConfig | None = None,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    training_args: TrainingArguments | None = None,
+    tokenizer_name_or_path: str | None = None,
+    **overrides: Any,
+) -> PeftModel:
+    """Wraps a causal LM with a soft prompt; the base model's weights are frozen.
+
+    Args:
+        model: The base causal LM.
+        args: A :class:`SoftPromptArguments`, a ready PEFT config, or ``None`` for the defaults (prompt
+            tuning initialised from the seed's text); ``overrides`` replace single fields.
+        tokenizer: The model's tokenizer (required for prompt tuning with TEXT init). The prompt is
+            initialised from it in memory, so in-session tokenizers work offline.
+        training_args: If given, checked for combinations that cannot work (see
+            :func:`check_training_arguments`) before anything is built.
+        tokenizer_name_or_path: Name recorded in a TEXT-initialised config (see :func:`build_peft_config`).
+
+    Example:
+
+    ```python
+    >>> model = build_soft_prompt_model(base_model, method="p_tuning", num_virtual_tokens=20)  # doctest: +SKIP
+    >>> model.print_trainable_parameters()  # doctest: +SKIP
+    ```
+    """
+    if isinstance(args, PeftConfig):
+        if overrides:
+            raise ValueError(f"Options {sorted(overrides)} cannot be combined with a ready PEFT config.")
+        peft_config = args
+    else:
+        peft_config = build_peft_config(
+            args, tokenizer=tokenizer, tokenizer_name_or_path=tokenizer_name_or_path, **overrides
+        )
+    if not peft_config.is_prompt_learning:
+        raise ValueError(
+            f"{type(peft_config).__name__} is not a soft-prompt method; softprompt_hf supports {list(METHODS)}."
+        )
+    if training_args is not None:
+        check_training_arguments(peft_config, training_args)
+    if peft_config.peft_type == PeftType.PREFIX_TUNING and _checkpointing_enabled(model):
+        raise ValueError(_PREFIX_CHECKPOINTING_MESSAGE)
+
+    if (
+        isinstance(peft_config, PromptTuningConfig)
+        and peft_config.prompt_tuning_init == PromptTuningInit.TEXT
+        and tokenizer is not None
+    ):
+        # peft would reload the tokenizer from tokenizer_name_or_path (a download, or a path that may not
+        # exist); build with a random prompt and copy the init text's embeddings in ourselves instead.
+        peft_config.prompt_tuning_init = PromptTuningInit.RANDOM
+        peft_model = get_peft_model(model, peft_config)
+        peft_config.prompt_tuning_init = PromptTuningInit.TEXT
+        _init_prompt_from_text(peft_model, tokenizer, peft_config.prompt_tuning_init_text or "")
+    else:
+        peft_model = get_peft_model(model, peft_config)
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    logger.info(
+        "%s: %s trainable parameters of %s (%.4f%%)",
+        getattr(peft_config.peft_type, "value", peft_config.peft_type),
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / total,
+    )
+    return peft_model
+
+
+def check_training_arguments(peft_config: PeftConfig, training_args: TrainingArguments) -> None:
+    """Raises a ``ValueError`` for training settings that do not work with a soft-prompt method.
+
+    Today this refuses prefix tuning with gradient checkpointing, which peft cannot combine: the run
+    would die late with a shape error.
+    """
+    # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing; older 5.x has only the
+    # former. Read both, since a copy of the arguments may have changed only the new name.
+    checkpointing = getattr(training_args, "activation_checkpointing", None) or training_args.gradient_checkpointing
+    if peft_config.peft_type == PeftType.PREFIX_TUNING and checkpointing:
+        raise ValueError(_PREFIX_CHECKPOINTING_MESSAGE)
+
+
+_PREFIX_CHECKPOINTING_MESSAGE = (
+    "Prefix tuning cannot be combined with gradient checkpointing: peft's prefix key/values break the "
+    "checkpointed forward pass (a shape error late in training). Set activation_checkpointing=False (called "
+    "gradient_checkpointing before transformers 5.24) and leave the model's checkpointing off, or use "
+    "prompt tuning or P-tuning, whose virtual tokens work with checkpointing."
+)
+
+
+def _checkpointing_enabled(model: PreTrainedModel) -> bool:
+    # transformers 5 renamed is_gradient_checkpointing (now deprecated, with a warning) to
+    # is_activation_checkpointing; read whichever the installed version has.
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
+
+
+def _merge(args: SoftPromptArguments | None, overrides: dict[str, Any]) -> SoftPromptArguments:
+    if args is None:
+        return SoftPromptArguments(**overrides)
+    if not overrides:
+        return args
+    return SoftPromptArguments(**{**args.to_dict(), **overrides})
+
+
+@torch.no_grad()
+def _init_prompt_from_text(peft_model: PeftModel, tokenizer: PreTrainedTokenizerBase, text: str) -> None:
+    """Sets the prompt embeddings to those of ``text``'s tokens, repeated or cut to the prompt length."""
+    embedding: torch.nn.Embedding = peft_model.prompt_encoder[peft_model.active_adapter].embedding  # type: ignore[assignment]
+    num_tokens = embedding.weight.shape[0]
+    token_ids = list(tokenizer(text)["input_ids"])
+    if not token_ids:
+        raise ValueError(f"The prompt init text {text!r} tokenizes to nothing; choose another text.")
+    token_ids = (token_ids * -(-num_tokens // len(token_ids)))[:num_tokens]
+    word_embeddings: torch.nn.Embedding = peft_model.word_embeddings  # type: ignore[assignment]
+    ids = torch.tensor(token_ids, device=word_embeddings.weight.device)
+    embedding.weight.copy_(word_embeddings(ids).to(embedding.weight.dtype))

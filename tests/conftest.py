@@ -1,0 +1,153 @@
+"""Shared fixtures: tiny tokenizers and causal LMs built in the test session, never downloaded."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BloomConfig,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedTokenizerFast,
+)
+
+METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")
+
+_COMPANIES = ["@Acme", "@FastShip", "@TelcoHelp", "@SkyAir", "@BankCo", "@PizzaNow"]
+_COMPLAINTS = [
+    "my order never arrived and nobody answers",
+    "third time the app crashed today, fix it",
+    "charged twice for one ticket, I want a refund",
+    "the internet has been down since monday!!",
+    "waited an hour on hold, terrible service",
+    "my parcel came broken again",
+]
+_PRAISE = [
+    "thanks for the quick delivery, love it",
+    "great support today, problem solved",
+    "the new menu looks amazing",
+    "happy with my new phone plan",
+    "see you at the launch event tomorrow",
+    "what time does the store open on sunday?",
+]
+
+
+def labelled_rows(n: int = 24, seed: int = 0) -> list[dict]:
+    """Balanced tweet-like rows in RAFT twitter_complaints' schema plus ``text_label``."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        complaint = i % 2 == 0
+        body = rng.choice(_COMPLAINTS if complaint else _PRAISE)
+        rows.append(
+            {
+                "ID": i,
+                "Tweet text": f"{rng.choice(_COMPANIES)} {body}",
+                "Label": 1 if complaint else 2,
+                "text_label": "complaint" if complaint else "no complaint",
+            }
+        )
+    return rows
+
+
+def _corpus() -> list[str]:
+    lines = [f"Tweet text : {c} {b} Label : " for c in _COMPANIES for b in _COMPLAINTS + _PRAISE]
+    lines += ["complaint", "no complaint", "Classify if the tweet is a complaint or no complaint."]
+    return lines * 3
+
+
+def build_tokenizer(add_bos: bool = False) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (about 400 tokens) trained on tweet-like text, EOS reused as pad."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer)
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def model_config(arch: str, vocab_size: int):
+    # A wide weight init (0.2 instead of 0.02) makes the random model's outputs depend on its inputs,
+    # so a soft prompt has something to steer and its loss visibly falls in a few dozen steps.
+    common = {
+        "vocab_size": vocab_size,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 2,
+        "initializer_range": 0.2,
+    }
+    if arch == "bloom":
+        return BloomConfig(hidden_size=32, n_layer=2, n_head=4, **common)
+    if arch == "gpt2":
+        return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256, **common)
+    if arch == "llama":
+        return LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            **common,
+        )
+    raise ValueError(arch)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tokenizer")
+    build_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tokenizer(tokenizer_dir):
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def bos_tokenizer():
+    return build_tokenizer(add_bos=True)
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
+    """Tiny random causal LMs (Bloom, GPT-2, Llama style) saved to disk with the tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    dirs = {}
+    for arch in ("bloom", "gpt2", "llama"):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer)))
+        path = tmp_path_factory.mktemp(f"tiny-{arch}")
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        dirs[arch] = path
+    return dirs
+
+
+@pytest.fixture
+def rows() -> list[dict]:
+    return labelled_rows()

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import METHODS, model_config
+from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, PromptTuningInit
+from transformers import AutoModelForCausalLM, BloomConfig, HfArgumentParser, TrainingArguments
+
+from softprompt_hf import (
+    SEED_PROMPT_TUNING_INIT_TEXT,
+    SoftPromptArguments,
+    build_peft_config,
+    build_soft_prompt_model,
+)
+
+# bigscience/bloomz-560m's architecture, from its config.json.
+BLOOMZ_560M = {"vocab_size": 250880, "hidden_size": 1024, "n_layer": 24, "n_head": 16}
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "trainable", "total"),
+    [
+        ("p_tuning", {"num_virtual_tokens": 20, "encoder_hidden_size": 128}, 300_288, 559_514_880),
+        ("prefix_tuning", {"num_virtual_tokens": 20}, 983_040, 560_197_632),
+        ("prompt_tuning", {"num_virtual_tokens": 8, "prompt_tuning_init": "RANDOM"}, 8_192, 559_222_784),
+    ],
+)
+def test_seed_parameter_counts_on_bloomz_560m(method, options, trainable, total):
+    """The seed guide's printed counts, on bloomz-560m built on the meta device (no download)."""
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(BloomConfig(**BLOOMZ_560M))
+    peft_model = build_soft_prompt_model(model, method=method, **options)
+    assert peft_model.get_nb_trainable_parameters() == (trainable, total)
+
+
+def test_seed_defaults_are_the_seed_configs():
+    p_tuning = build_peft_config(method="p_tuning")
+    assert isinstance(p_tuning, PromptEncoderConfig)
+    assert (p_tuning.num_virtual_tokens, p_tuning.encoder_hidden_size) == (20, 128)
+    prefix = build_peft_config(method="prefix_tuning")
+    assert isinstance(prefix, PrefixTuningConfig)
+    assert (prefix.num_virtual_tokens, prefix.prefix_projection) == (20, False)
+    assert SoftPromptArguments().prompt_tuning_init_text == "Classify if the tweet is a complaint or no complaint.\n"
+
+
+def tiny_model(arch="bloom", vocab_size=400):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(model_config(arch, vocab_size))
+
+
+def test_text_init_copies_init_text_embeddings(tokenizer):
+    model = tiny_model(vocab_size=len(tokenizer))
+    peft_model = build_soft_prompt_model(model, tokenizer=tokenizer, tokenizer_name_or_path="org/base")
+    ids = tokenizer(SEED_PROMPT_TUNING_INIT_TEXT)["input_ids"]
+    config = peft_model.peft_config["default"]
+    assert isinstance(config, PromptTuningConfig)
+    assert config.num_virtual_tokens == len(ids)
+    assert config.prompt_tuning_init == PromptTuningInit.TEXT
+    assert config.prompt_tuning_init_text == SEED_PROMPT_TUNING_INIT_TEXT
+    assert config.tokenizer_name_or_path == "org/base"
+    prompt = peft_model.prompt_encoder["default"].embedding.weight
+    assert torch.equal(prompt, model.get_input_embeddings().weight[ids])
+
+
+def test_text_init_repeats_text_for_longer_prompts(tokenizer):
+    peft_model = build_soft_prompt_model(
+        tiny_model(), tokenizer=tokenizer, prompt_tuning_init_text="complaint", num_virtual_tokens=5
+    )
+    ids = tokenizer("complaint")["input_ids"]
+    expected = (ids * 5)[:5]
+    prompt = peft_model.prompt_encoder["default"].embedding.weight
+    assert torch.equal(prompt, peft_model.word_embeddings.weight[expected])
+
+
+def test_sample_vocab_init_uses_vocabulary_rows(tokenizer):
+    peft_model = build_soft_prompt_model(
+        tiny_model(), method="prompt_tuning", prompt_tuning_init="sample_vocab", num_virtual_tokens=4
+    )
+    vocab = peft_model.word_embeddings.weight
+    for row in peft_model.prompt_encoder["default"].embedding.weight:
+        assert (vocab == row).all(dim=1).any()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_only_the_prompt_is_trainable(tokenizer, method):
+    peft_model = build_soft_prompt_model(tiny_model(), method=method, tokenizer=tokenizer)
+    trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
+    assert trainable and all(name.startswith("prompt_encoder.") for name in trainable)
+
+
+def test_p_tuning_lstm_and_prefix_projection_options():
+    lstm = build_soft_prompt_model(
+        tiny_model(), method="p_tuning", encoder_reparameterization_type="lstm", encoder_hidden_size=16
+    )
+    encoder = lstm.prompt_encoder["default"]
+    assert isinstance(encoder.lstm_head, torch.nn.LSTM) and encoder.lstm_head.hidden_size == 16
+    plain = build_soft_prompt_model(tiny_model(), method="prefix_tuning", num_virtual_tokens=4)
+    projected = build_soft_prompt_model(
+        tiny_model(),
+        method="prefix_tuning",
+        num_virtual_tokens=4,
+        prefix_projection=True,
+        encoder_hidden_size=8,
+    )
+    # Plain prefix: 4 tokens x 2 layers x (key, value) x hidden 32.
+    assert plain.get_nb_trainable_parameters()[0] == 4 * 2 * 2 * 32
+    # Projection: embedding 4x32, then 32->8->(2*2*32) MLP with biases.
+    assert projected.get_nb_trainable_parameters()[0] == 4 * 32 + (32 * 8 + 8) + (8 * 128 + 128)
+
+
+CHECKPOINTING_FLAGS = [
+    f for f in ("activation_checkpointing", "gradient_checkpointing") if hasattr(TrainingArguments, f)
+]
+
+
+@pytest.mark.filterwarnings("ignore:`gradient_checkpointing:FutureWarning")
+@pytest.mark.parametrize("flag", CHECKPOINTING_FLAGS)
+def test_prefix_tuning_with_gradient_checkpointing_is_refused(tmp_path, flag):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], **{flag: True})
+    with pytest.raises(ValueError, match="activation_checkpointing=False"):
+        build_soft_prompt_model(tiny_model(), method="prefix_tuning", training_args=args)
+    model = tiny_model()
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    with pytest.raises(ValueError, match="Prefix tuning cannot be combined with gradient checkpointing"):
+        build_soft_prompt_model(model, method="prefix_tuning")
+    # The other methods accept it.
+    build_soft_prompt_model(tiny_model(), method="p_tuning", training_args=args)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"method": "lora"}, "Unknown soft-prompt method 'lora'"),
+        ({"prompt_tuning_init": "zeros"}, "Unknown prompt_tuning_init"),
+        ({"encoder_reparameterization_type": "GRU"}, "Unknown encoder_reparameterization_type"),
+        ({"num_virtual_tokens": 0}, "num_virtual_tokens must be at least 1"),
+        ({"encoder_dropout": 1.5}, "encoder_dropout"),
+        ({"prompt_tuning_init_text": " "}, "non-empty prompt_tuning_init_text"),
+    ],
+)
+def test_bad_arguments(options, match):
+    with pytest.raises(ValueError, match=match):
+        SoftPromptArguments(**options)
+
+
+def test_text_init_without_tokenizer_says_what_to_do():
+    with pytest.raises(ValueError, match="pass tokenizer="):
+        build_peft_config(method="prompt_tuning")
+
+
+def test_arguments_parse_from_command_line():
+    (args,) = HfArgumentParser(SoftPromptArguments).parse_args_into_dataclasses(
+        ["--method", "p_tuning", "--num_virtual_tokens", "12", "--encoder_reparameterization_type", "LSTM"]
+    )
+    config = build_peft_config(args)
+    assert isinstance(config, PromptEncoderConfig)
+    assert config.num_virtual_tokens == 12
+    assert config.encoder_reparameterization_type.value == "LSTM"
