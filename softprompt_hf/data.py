@@ -1,0 +1,758 @@
+"""Loading and splitting text-classification data for soft-prompt fine-tuning.
+
+The model learns to *generate* the label text of each example, so every labelled row gets a target column
+(``text_label`` by default) holding its class name with ``_`` replaced by a space (``"no_complaint"`` ->
+``"no complaint"``).
+
+RAFT subsets carry an ``Unlabeled`` class: it is not a class of the task. Rows carrying it are never trained
+on or scored; they are returned as a separate ``unlabeled`` split for prediction (RAFT's ``test`` split is
+entirely unlabelled). Evaluation uses a stratified, seeded hold-out of the labelled rows
+([`stratified_split`]) or stratified k folds ([`k_fold_splits`], [`ClassificationData.folds`]).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from numbers import Integral, Real
+from typing import Any
+
+import datasets
+import numpy as np
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "RAFT_CLASS_NAMES",
+    "ClassificationData",
+    "k_fold_splits",
+    "label_text",
+    "load_classification_data",
+    "load_raft",
+    "stratified_split",
+]
+
+RAFT_CLASS_NAMES: list[str] = ["Unlabeled", "complaint", "no_complaint"]
+"""Class names of RAFT's ``twitter_complaints`` ``Label`` column, in ClassLabel order."""
+
+_RAFT_PARQUET_URL = "hf://datasets/ought/raft@refs/convert/parquet/{subset}/{split}/0000.parquet"
+_RAFT_TEXT_COLUMNS = {"twitter_complaints": "Tweet text"}
+
+_FORMAT_BY_EXTENSION = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_COMPRESSION_EXTENSIONS = (".gz", ".bz2", ".xz", ".zst", ".lz4")
+_GLOB_CHARACTERS = ("*", "?", "[")
+# How many offending rows / values an error message lists before summarising the rest.
+_MAX_REPORTED = 5
+
+DataFiles = str | os.PathLike | Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike | Sequence[str]]
+
+
+def label_text(class_name: str) -> str:
+    """Return the text the model must generate for a class name.
+
+    Underscores become spaces, so the target reads like natural language.
+
+    Args:
+        class_name (`str`):
+            A class name, e.g. ``"no_complaint"``.
+
+    Returns:
+        `str`: The label text, e.g. ``"no complaint"``.
+
+    Example:
+
+    ```python
+    >>> label_text("no_complaint")
+    'no complaint'
+
+    ```
+    """
+    return class_name.replace("_", " ")
+
+
+@dataclass
+class ClassificationData:
+    """A text-classification task split for soft-prompt fine-tuning.
+
+    The label column is normalised to a [`datasets.ClassLabel`] whose ``names`` are all class names of the
+    data, the unlabeled class included when the data has one. Only labelled rows (``train`` and
+    ``validation``) carry the target column; ``unlabeled`` rows keep their original columns only, so they
+    cannot be trained on or scored by mistake.
+
+    Args:
+        train (`datasets.Dataset`):
+            Labelled rows used for training. Every class of the task has at least one row here.
+        validation (`datasets.Dataset`, *optional*):
+            Held-out labelled rows, stratified by class; `None` when no validation split was requested.
+        unlabeled (`datasets.Dataset`, *optional*):
+            Rows whose label is the unlabeled class, kept for prediction; `None` when there are none.
+        classes (`list[str]`):
+            The label texts of the task, in class order, the unlabeled class excluded, e.g.
+            ``["complaint", "no complaint"]``.
+        class_names (`list[str]`):
+            The class names matching ``classes`` one to one, as written in the data, e.g.
+            ``["complaint", "no_complaint"]``.
+        text_column (`str`):
+            Column holding the input text, e.g. ``"Tweet text"``.
+        label_column (`str`):
+            Column holding the original label (a `ClassLabel`), e.g. ``"Label"``.
+        target_column (`str`, defaults to `"text_label"`):
+            Column holding the label text the model must generate.
+        id_column (`str`, *optional*):
+            Column identifying rows (e.g. ``"ID"`` for RAFT submissions), if any.
+        unlabeled_class (`str`, *optional*):
+            Name of the class that marks unlabelled rows, if the data has one.
+    """
+
+    train: datasets.Dataset
+    validation: datasets.Dataset | None
+    unlabeled: datasets.Dataset | None
+    classes: list[str]
+    class_names: list[str]
+    text_column: str
+    label_column: str
+    target_column: str = "text_label"
+    id_column: str | None = None
+    unlabeled_class: str | None = None
+
+    def folds(self, k: int = 5, seed: int = 42) -> list[ClassificationData]:
+        """Re-split all labelled rows (``train`` plus ``validation``) into k stratified folds.
+
+        Args:
+            k (`int`, defaults to 5):
+                Number of folds; each labelled row is in the validation split of exactly one fold.
+            seed (`int`, defaults to 42):
+                Seed of the shuffle; the same seed gives the same folds.
+
+        Returns:
+            `list[ClassificationData]`: One object per fold, sharing ``unlabeled`` and the class lists.
+        """
+        labelled = self.train
+        if self.validation is not None and len(self.validation) > 0:
+            labelled = _concatenate([self.train, self.validation], what="train and validation")
+        return [
+            replace(self, train=train, validation=validation)
+            for train, validation in k_fold_splits(labelled, self.label_column, k=k, seed=seed)
+        ]
+
+
+def load_raft(
+    subset: str = "twitter_complaints",
+    data_files: DataFiles | None = None,
+    *,
+    text_column: str | None = None,
+    label_column: str = "Label",
+    id_column: str | None = "ID",
+    class_names: list[str] | None = None,
+    unlabeled_class: str | None = "Unlabeled",
+    validation_size: float | int = 0.2,
+    seed: int = 42,
+    cache_dir: str | None = None,
+) -> ClassificationData:
+    """Load a RAFT subset, from the Hub or from local copies of its files.
+
+    Without ``data_files`` the ``train`` and ``test`` parquet files of the subset are read from the Hub's
+    parquet conversion of ``ought/raft`` (this needs network access). With ``data_files``, local CSV, JSON,
+    JSON Lines or parquet files with the same schema are read instead.
+
+    Labelled rows of all splits are pooled, then split into ``train`` and a stratified ``validation``; rows
+    labelled with ``unlabeled_class`` (all of RAFT's ``test`` split) become ``unlabeled``.
+
+    Args:
+        subset (`str`, defaults to `"twitter_complaints"`):
+            RAFT subset name.
+        data_files (`str`, `list[str]` or `dict[str, str | list[str]]`, *optional*):
+            Local files to read instead of the Hub, e.g.
+            ``{"train": "train.csv", "test": "test.csv"}``. A single path or list is read as one split.
+        text_column (`str`, *optional*):
+            Input text column. Defaults to ``"Tweet text"`` for ``twitter_complaints``; required for other
+            subsets.
+        label_column (`str`, defaults to `"Label"`):
+            Label column.
+        id_column (`str`, *optional*, defaults to `"ID"`):
+            Row id column (needed for RAFT's ``ID,Label`` submission format); `None` if absent.
+        class_names (`list[str]`, *optional*):
+            Class names in label-id order. Defaults to [`RAFT_CLASS_NAMES`] for ``twitter_complaints``;
+            otherwise read from the `ClassLabel` feature of the files.
+        unlabeled_class (`str`, *optional*, defaults to `"Unlabeled"`):
+            Class marking unlabelled rows.
+        validation_size (`float` or `int`, defaults to 0.2):
+            Fraction (``0 <= x < 1``) or number of labelled rows held out for validation; 0 for none.
+        seed (`int`, defaults to 42):
+            Seed of the stratified split.
+        cache_dir (`str`, *optional*):
+            Cache directory passed to [`datasets.load_dataset`].
+
+    Returns:
+        [`ClassificationData`]
+
+    Example:
+
+    ```python
+    >>> data = load_raft(data_files={"train": "raft/train.csv", "test": "raft/test.csv"})  # doctest: +SKIP
+    >>> data.classes  # doctest: +SKIP
+    ['complaint', 'no complaint']
+    ```
+    """
+    if text_column is None:
+        if subset not in _RAFT_TEXT_COLUMNS:
+            raise ValueError(
+                f"No default text column is known for RAFT subset {subset!r}: pass text_column= with the "
+                "name of the column that holds the input text."
+            )
+        text_column = _RAFT_TEXT_COLUMNS[subset]
+    if class_names is None and subset == "twitter_complaints":
+        class_names = list(RAFT_CLASS_NAMES)
+    if data_files is None:
+        data_files = {split: _RAFT_PARQUET_URL.format(subset=subset, split=split) for split in ("train", "test")}
+    return load_classification_data(
+        data_files,
+        text_column=text_column,
+        label_column=label_column,
+        id_column=id_column,
+        class_names=class_names,
+        unlabeled_class=unlabeled_class,
+        validation_size=validation_size,
+        seed=seed,
+        cache_dir=cache_dir,
+    )
+
+
+def load_classification_data(
+    data: DataFiles | datasets.DatasetDict | datasets.Dataset,
+    *,
+    text_column: str,
+    label_column: str,
+    id_column: str | None = None,
+    class_names: list[str] | None = None,
+    unlabeled_class: str | None = "Unlabeled",
+    target_column: str = "text_label",
+    validation_size: float | int = 0.2,
+    seed: int = 42,
+    cache_dir: str | None = None,
+) -> ClassificationData:
+    """Load classification data, check it, and split it for training and evaluation.
+
+    Labels may be `ClassLabel` ids, plain integers indexing ``class_names``, or strings equal to a class
+    name (or to its label text, e.g. ``"no complaint"`` for ``"no_complaint"``). The label column of the
+    result is always a `ClassLabel` over all class names.
+
+    Labelled rows of all splits are pooled before the stratified validation split; rows labelled with
+    ``unlabeled_class`` form the ``unlabeled`` split and get no target column.
+
+    Args:
+        data (`str`, `list[str]`, `dict[str, str | list[str]]`, `datasets.DatasetDict` or `datasets.Dataset`):
+            Files to read (format from the extension: ``.csv``, ``.json``, ``.jsonl``, ``.parquet``,
+            optionally compressed, or ``hf://`` paths), or datasets already in memory. A single path, list
+            or `Dataset` is read as one split named ``train``.
+        text_column (`str`):
+            Column holding the input text. Every value must be a non-empty string.
+        label_column (`str`):
+            Column holding the label.
+        id_column (`str`, *optional*):
+            Column identifying rows; only checked for presence and used in error messages.
+        class_names (`list[str]`, *optional*):
+            All class names in label-id order, the unlabeled class included if the data uses it. Required
+            for plain integer labels. If omitted, read from a `ClassLabel` feature, or, for string labels,
+            the sorted distinct labels (the unlabeled class first when present).
+        unlabeled_class (`str`, *optional*, defaults to `"Unlabeled"`):
+            Class marking unlabelled rows; it is excluded from the task's classes. `None` if the data has no
+            such class.
+        target_column (`str`, defaults to `"text_label"`):
+            Name of the column added to labelled rows, holding the label text to generate.
+        validation_size (`float` or `int`, defaults to 0.2):
+            Fraction (``0 <= x < 1``) or number of labelled rows held out for validation; 0 for none.
+        seed (`int`, defaults to 42):
+            Seed of the stratified split; the same seed gives the same split.
+        cache_dir (`str`, *optional*):
+            Cache directory passed to [`datasets.load_dataset`] when reading files.
+
+    Returns:
+        [`ClassificationData`]
+
+    Raises:
+        `ValueError`: if a column is missing, a label is not a known class, a text is empty or not a
+            string, a class has no labelled row, or ``validation_size`` is not feasible.
+        `FileNotFoundError`: if a local file does not exist.
+
+    Example:
+
+    ```python
+    >>> from datasets import Dataset
+    >>> ds = Dataset.from_dict({"text": ["good", "bad", "fine", "awful"], "y": ["pos", "neg", "pos", "neg"]})
+    >>> data = load_classification_data(ds, text_column="text", label_column="y", validation_size=0)
+    >>> data.classes, list(data.train["text_label"])
+    (['neg', 'pos'], ['pos', 'neg', 'pos', 'neg'])
+
+    ```
+    """
+    splits = _as_splits(data, cache_dir=cache_dir)
+    _check_columns(splits, text_column, label_column, id_column, target_column)
+    all_names = _resolve_class_names(splits, label_column, class_names, unlabeled_class)
+    unlabeled_id = all_names.index(unlabeled_class) if unlabeled_class in all_names else None
+    task_ids = [i for i in range(len(all_names)) if i != unlabeled_id]
+
+    labelled_parts: list[datasets.Dataset] = []
+    unlabeled_parts: list[datasets.Dataset] = []
+    for split, dataset in splits.items():
+        _check_texts(dataset, split, text_column, id_column)
+        dataset, label_ids = _encode_labels(dataset, split, label_column, all_names, id_column)
+        unlabeled_rows = [row for row, label in enumerate(label_ids) if label == unlabeled_id]
+        labelled_rows = [row for row, label in enumerate(label_ids) if label != unlabeled_id]
+        if labelled_rows:
+            labelled_parts.append(dataset.select(labelled_rows))
+        if unlabeled_rows:
+            unlabeled_parts.append(dataset.select(unlabeled_rows))
+
+    if not labelled_parts:
+        raise ValueError(
+            f"No labelled rows found in splits {list(splits)}: every row is labelled {unlabeled_class!r}. "
+            "Training needs rows labelled with one of the task's classes "
+            f"{[all_names[i] for i in task_ids]}."
+        )
+    labelled = _concatenate(labelled_parts, what="the labelled rows of all splits")
+    unlabeled = _concatenate(unlabeled_parts, what="the unlabeled rows of all splits") if unlabeled_parts else None
+
+    counts = np.bincount(np.asarray(list(labelled[label_column]), dtype=np.int64), minlength=len(all_names))
+    missing = [all_names[i] for i in task_ids if counts[i] == 0]
+    if missing:
+        raise ValueError(
+            f"Classes {missing} have no labelled row, so the model could never learn them. Add labelled "
+            f"examples of them, or remove them from class_names (got {all_names})."
+        )
+    if len(task_ids) < 2:
+        raise ValueError(
+            f"A classification task needs at least 2 classes besides the unlabeled class; got "
+            f"{[all_names[i] for i in task_ids]}. Check label_column={label_column!r} and class_names."
+        )
+
+    targets = [label_text(all_names[label]) for label in labelled[label_column]]
+    labelled = labelled.add_column(target_column, targets)
+
+    if _validation_count(validation_size, len(labelled), len(task_ids)) == 0:
+        train, validation = labelled, None
+    else:
+        train, validation = stratified_split(labelled, label_column, validation_size, seed)
+
+    logger.info(
+        "Loaded %d labelled rows (%d train, %d validation) over classes %s, and %d unlabeled rows.",
+        len(labelled),
+        len(train),
+        0 if validation is None else len(validation),
+        [label_text(all_names[i]) for i in task_ids],
+        0 if unlabeled is None else len(unlabeled),
+    )
+    return ClassificationData(
+        train=train,
+        validation=validation,
+        unlabeled=unlabeled,
+        classes=[label_text(all_names[i]) for i in task_ids],
+        class_names=[all_names[i] for i in task_ids],
+        text_column=text_column,
+        label_column=label_column,
+        target_column=target_column,
+        id_column=id_column,
+        unlabeled_class=unlabeled_class if unlabeled_id is not None else None,
+    )
+
+
+def stratified_split(
+    dataset: datasets.Dataset, label_column: str, validation_size: float | int, seed: int = 42
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Split a dataset into train and validation, keeping class proportions.
+
+    Each class contributes to validation in proportion to its size (largest-remainder rounding, so every
+    class's share is within one row of exact), while keeping at least one row of every class in train.
+    Rows keep their original order within each split.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            Labelled rows.
+        label_column (`str`):
+            Column to stratify on; any hashable values.
+        validation_size (`float` or `int`):
+            Fraction of rows (``0 <= x < 1``, rounded half up, at least one row if positive) or number of
+            rows to hold out.
+        seed (`int`, defaults to 42):
+            Seed of the shuffle within each class; the same seed gives the same split.
+
+    Returns:
+        `tuple[datasets.Dataset, datasets.Dataset]`: ``(train, validation)``.
+
+    Raises:
+        `ValueError`: if the label column is missing or the requested size would leave a class out of train.
+    """
+    groups = _group_rows(dataset, label_column)
+    n_rows = len(dataset)
+    n_validation = _validation_count(validation_size, n_rows, len(groups))
+
+    quotas = [n_validation * len(rows) / n_rows for rows in groups.values()]
+    capacities = [len(rows) - 1 for rows in groups.values()]
+    allocation = [min(math.floor(quota), cap) for quota, cap in zip(quotas, capacities, strict=True)]
+    # Largest remainder first; classes already at capacity (one row left for train) are skipped.
+    priority = sorted(range(len(quotas)), key=lambda i: (-(quotas[i] - math.floor(quotas[i])), i))
+    remaining = n_validation - sum(allocation)
+    while remaining > 0:
+        for i in priority:
+            if remaining > 0 and allocation[i] < capacities[i]:
+                allocation[i] += 1
+                remaining -= 1
+
+    rng = np.random.default_rng(seed)
+    validation_rows: list[int] = []
+    for rows, n_take in zip(groups.values(), allocation, strict=True):
+        validation_rows.extend(rng.permutation(rows)[:n_take].tolist())
+    chosen = set(validation_rows)
+    train_rows = [row for row in range(n_rows) if row not in chosen]
+
+    present = sum(1 for n_take in allocation if n_take > 0)
+    if n_validation > 0 and present < len(groups):
+        logger.warning(
+            "The validation split (%d rows) holds only %d of the %d classes; scores per class will be "
+            "missing. Use a larger validation_size, or k_fold_splits for small data.",
+            n_validation,
+            present,
+            len(groups),
+        )
+    return dataset.select(train_rows), dataset.select(sorted(validation_rows))
+
+
+def k_fold_splits(
+    dataset: datasets.Dataset, label_column: str, k: int = 5, seed: int = 42
+) -> list[tuple[datasets.Dataset, datasets.Dataset]]:
+    """Split a dataset into k stratified folds for cross-validation.
+
+    Every row is in the validation split of exactly one fold and in the train split of all others. Rows of
+    each class are shuffled and dealt to the folds in turn, so class proportions and fold sizes differ by at
+    most one row between folds.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            Labelled rows.
+        label_column (`str`):
+            Column to stratify on; any hashable values.
+        k (`int`, defaults to 5):
+            Number of folds, at least 2 and at most the number of rows.
+        seed (`int`, defaults to 42):
+            Seed of the shuffle; the same seed gives the same folds.
+
+    Returns:
+        `list[tuple[datasets.Dataset, datasets.Dataset]]`: ``k`` pairs ``(train, validation)``.
+
+    Raises:
+        `ValueError`: if ``k`` is out of range or a class has fewer than 2 rows (it would be missing from
+        the train split of the fold that validates it).
+    """
+    if isinstance(k, bool) or not isinstance(k, Integral) or k < 2:
+        raise ValueError(f"k must be an integer >= 2 (number of folds); got {k!r}.")
+    groups = _group_rows(dataset, label_column)
+    if k > len(dataset):
+        raise ValueError(f"k={k} folds need at least {k} rows, but the dataset has {len(dataset)}. Use a smaller k.")
+    singletons = [label for label, rows in groups.items() if len(rows) < 2]
+    if singletons:
+        raise ValueError(
+            f"Classes {singletons} of column {label_column!r} have a single row: in the fold that validates "
+            "it, the class would be missing from train. Add labelled rows for these classes or drop them."
+        )
+
+    rng = np.random.default_rng(seed)
+    dealt = np.concatenate([rng.permutation(rows) for rows in groups.values()])
+    fold_of = np.empty(len(dataset), dtype=np.int64)
+    fold_of[dealt] = np.arange(len(dealt)) % k
+    splits = []
+    for fold in range(k):
+        splits.append(
+            (
+                dataset.select(np.flatnonzero(fold_of != fold).tolist()),
+                dataset.select(np.flatnonzero(fold_of == fold).tolist()),
+            )
+        )
+    return splits
+
+
+def _group_rows(dataset: datasets.Dataset, label_column: str) -> dict[Any, list[int]]:
+    """Row indices per label value, classes in order of first appearance (deterministic)."""
+    if label_column not in dataset.column_names:
+        raise ValueError(f"Label column {label_column!r} not found; available columns: {dataset.column_names}.")
+    if len(dataset) == 0:
+        raise ValueError("Cannot split an empty dataset: it has no labelled rows.")
+    groups: dict[Any, list[int]] = {}
+    for row, label in enumerate(dataset[label_column]):
+        groups.setdefault(label, []).append(row)
+    return groups
+
+
+def _validation_count(validation_size: float | int, n_rows: int, n_classes: int) -> int:
+    """Number of validation rows for ``validation_size``; raises if infeasible."""
+    if isinstance(validation_size, bool) or not isinstance(validation_size, Real):
+        raise ValueError(
+            f"validation_size must be a fraction (0 <= x < 1) or a number of rows; got {validation_size!r}."
+        )
+    if isinstance(validation_size, Integral):
+        count = int(validation_size)
+        if count < 0:
+            raise ValueError(f"validation_size must not be negative; got {count}.")
+    else:
+        fraction = float(validation_size)
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(
+                f"A fractional validation_size must be in [0, 1); got {fraction}. Pass an int to give a number of rows."
+            )
+        count = math.floor(fraction * n_rows + 0.5)
+        if fraction > 0 and count == 0:
+            count = 1
+    max_count = n_rows - n_classes
+    if count > max_count:
+        raise ValueError(
+            f"validation_size={validation_size!r} asks for {count} of {n_rows} labelled rows, but each of "
+            f"the {n_classes} classes must keep at least one row in train, so at most {max(max_count, 0)} "
+            "rows can be held out. Use a smaller validation_size, or add labelled data."
+        )
+    return count
+
+
+def _as_splits(
+    data: DataFiles | datasets.DatasetDict | datasets.Dataset, cache_dir: str | None
+) -> dict[str, datasets.Dataset]:
+    if isinstance(data, datasets.Dataset):
+        return {"train": data}
+    if isinstance(data, datasets.DatasetDict):
+        if not data:
+            raise ValueError("The DatasetDict is empty: it has no split to load.")
+        return dict(data)
+    if isinstance(data, (datasets.IterableDataset, datasets.IterableDatasetDict)):
+        raise ValueError(
+            "Streaming (iterable) datasets cannot be split by class. Load them without streaming=True, or "
+            "pass the data files."
+        )
+    return _load_files(data, cache_dir)
+
+
+def _load_files(data_files: DataFiles, cache_dir: str | None) -> dict[str, datasets.Dataset]:
+    if isinstance(data_files, (str, os.PathLike)):
+        files_by_split: dict[str, list[str]] = {"train": [os.fspath(data_files)]}
+    elif isinstance(data_files, Mapping):
+        files_by_split = {
+            str(split): [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else list(map(os.fspath, files))
+            for split, files in data_files.items()
+        }
+    elif isinstance(data_files, Sequence):
+        files_by_split = {"train": [os.fspath(path) for path in data_files]}
+    else:
+        raise ValueError(
+            "data must be a path, a list of paths, a dict mapping split names to paths, a datasets.Dataset "
+            f"or a datasets.DatasetDict; got {type(data_files).__name__}."
+        )
+    if not files_by_split or not all(files_by_split.values()):
+        raise ValueError(f"No data files given (got {data_files!r}).")
+
+    splits_by_format: dict[str, dict[str, list[str]]] = {}
+    for split, files in files_by_split.items():
+        formats = {_file_format(path) for path in files}
+        if len(formats) > 1:
+            raise ValueError(f"Split {split!r} mixes file formats {sorted(formats)} ({files}); use one format.")
+        for path in files:
+            is_local = "://" not in path and not any(char in path for char in _GLOB_CHARACTERS)
+            if is_local and not os.path.isfile(path):
+                raise FileNotFoundError(f"Data file {path!r} of split {split!r} does not exist.")
+        splits_by_format.setdefault(formats.pop(), {})[split] = files
+
+    splits: dict[str, datasets.Dataset] = {}
+    for builder, split_files in splits_by_format.items():
+        try:
+            loaded = datasets.load_dataset(builder, data_files=split_files, cache_dir=cache_dir)
+        except ConnectionError as err:
+            remote = [path for paths in split_files.values() for path in paths if "://" in path]
+            if not remote:
+                raise
+            raise ConnectionError(
+                f"Could not read {remote}: {err}. Without Hub access, copy the files to local disk and pass "
+                "their local paths as data_files."
+            ) from err
+        splits.update({split: loaded[split] for split in split_files})
+    return {split: splits[split] for split in files_by_split}
+
+
+def _file_format(path: str) -> str:
+    name = path.lower()
+    for suffix in _COMPRESSION_EXTENSIONS:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    extension = os.path.splitext(name)[1]
+    if extension not in _FORMAT_BY_EXTENSION:
+        raise ValueError(
+            f"Cannot infer the format of {path!r} from its extension {extension!r}. Supported extensions: "
+            f"{sorted(_FORMAT_BY_EXTENSION)} (optionally compressed: {list(_COMPRESSION_EXTENSIONS)}). "
+            "Rename the file, or load it with datasets.load_dataset and pass the Dataset."
+        )
+    return _FORMAT_BY_EXTENSION[extension]
+
+
+def _check_columns(
+    splits: Mapping[str, datasets.Dataset],
+    text_column: str,
+    label_column: str,
+    id_column: str | None,
+    target_column: str,
+) -> None:
+    if text_column == label_column:
+        raise ValueError(f"text_column and label_column are both {text_column!r}; they must differ.")
+    required = [text_column, label_column] + ([id_column] if id_column is not None else [])
+    for split, dataset in splits.items():
+        missing = [column for column in required if column not in dataset.column_names]
+        if missing:
+            raise ValueError(
+                f"Split {split!r} has no column(s) {missing}; available columns: {dataset.column_names}. "
+                "Pass the right names as text_column=, label_column= or id_column= (id_column=None if the "
+                "data has no id column)."
+            )
+        if target_column in dataset.column_names:
+            raise ValueError(
+                f"Split {split!r} already has a column {target_column!r}, which would be overwritten by the "
+                "label text. Rename or remove it, or pass another target_column=."
+            )
+
+
+def _describe_row(dataset: datasets.Dataset, row: int, id_column: str | None) -> str:
+    if id_column is None:
+        return f"row {row}"
+    return f"row {row} ({id_column} {dataset[row][id_column]!r})"
+
+
+def _check_texts(dataset: datasets.Dataset, split: str, text_column: str, id_column: str | None) -> None:
+    bad: list[tuple[int, str]] = []
+    n_bad = 0
+    for row, text in enumerate(dataset[text_column]):
+        if isinstance(text, str):
+            if text.strip():
+                continue
+            problem = "is empty or whitespace-only"
+        else:
+            problem = f"is not a string (got {type(text).__name__} {text!r})"
+        n_bad += 1
+        if len(bad) < _MAX_REPORTED:
+            bad.append((row, problem))
+    if n_bad:
+        details = "; ".join(f"{_describe_row(dataset, row, id_column)} {problem}" for row, problem in bad)
+        more = f" (and {n_bad - len(bad)} more rows)" if n_bad > len(bad) else ""
+        raise ValueError(
+            f"Split {split!r}: text column {text_column!r} must hold non-empty strings, but {details}{more}. "
+            "Fill in or drop these rows before loading (e.g. dataset.filter(lambda row: "
+            f"isinstance(row[{text_column!r}], str) and row[{text_column!r}].strip())), or check that "
+            f"text_column={text_column!r} is the right column."
+        )
+
+
+def _resolve_class_names(
+    splits: Mapping[str, datasets.Dataset],
+    label_column: str,
+    class_names: list[str] | None,
+    unlabeled_class: str | None,
+) -> list[str]:
+    """All class names in label-id order (the unlabeled class included when the data has one)."""
+    feature_names = [
+        dataset.features[label_column].names
+        for dataset in splits.values()
+        if isinstance(dataset.features[label_column], datasets.ClassLabel)
+    ]
+    if class_names is not None:
+        names = list(class_names)
+        if not names or not all(isinstance(name, str) and name for name in names):
+            raise ValueError(f"class_names must be a non-empty list of non-empty strings; got {class_names!r}.")
+        texts = [label_text(name) for name in names]
+        if len(set(texts)) != len(texts):
+            raise ValueError(
+                f"class_names {names} contain duplicates (after replacing '_' by ' ': {texts}); each class "
+                "needs a distinct label text."
+            )
+        for feature in feature_names:
+            if [label_text(name) for name in feature] != texts:
+                raise ValueError(
+                    f"class_names {names} do not match the ClassLabel names {feature} of column "
+                    f"{label_column!r}. Pass class_names=None to use the dataset's names, or fix the list."
+                )
+        return names
+    if feature_names:
+        for feature in feature_names[1:]:
+            if feature != feature_names[0]:
+                raise ValueError(
+                    f"Splits disagree on the ClassLabel names of column {label_column!r}: {feature_names[0]} "
+                    f"vs {feature}. Pass class_names= explicitly."
+                )
+        return list(feature_names[0])
+
+    values = {value for dataset in splits.values() for value in dataset[label_column] if value is not None}
+    strings = {value for value in values if isinstance(value, str)}
+    if not strings:
+        raise ValueError(
+            f"Column {label_column!r} holds integer ids (e.g. {sorted(values, key=repr)[:_MAX_REPORTED]}) "
+            "but no class names are known. Pass class_names= with the class name of each id, in id order."
+        )
+    task_names = sorted(strings - {unlabeled_class})
+    return ([unlabeled_class] if unlabeled_class in strings else []) + task_names
+
+
+def _encode_labels(
+    dataset: datasets.Dataset, split: str, label_column: str, names: list[str], id_column: str | None
+) -> tuple[datasets.Dataset, list[int]]:
+    """Replace the label column with a ClassLabel over ``names``; return the dataset and the label ids."""
+    feature = dataset.features[label_column]
+    if isinstance(feature, datasets.ClassLabel) and feature.names == names:
+        ids = list(dataset[label_column])
+        # ClassLabel columns use -1 for a missing label: such rows go through the checks below.
+        if all(0 <= label_id < len(names) for label_id in ids):
+            return dataset, ids
+
+    lookup = {label_text(name): i for i, name in enumerate(names)}
+    lookup.update({name: i for i, name in enumerate(names)})
+    ids = []
+    bad_values: dict[str, list[int]] = {}
+    for row, value in enumerate(dataset[label_column]):
+        label_id: int | None = None
+        if isinstance(value, str):
+            label_id = lookup.get(value)
+        elif isinstance(value, Integral) and not isinstance(value, bool):
+            label_id = int(value) if 0 <= int(value) < len(names) else None
+        elif isinstance(value, float) and value.is_integer():
+            # A missing cell makes pandas read an integer CSV column as float.
+            label_id = int(value) if 0 <= value < len(names) else None
+        if label_id is None:
+            bad_values.setdefault(repr(value), []).append(row)
+            label_id = -1
+        ids.append(label_id)
+    if bad_values:
+        shown = list(bad_values.items())[:_MAX_REPORTED]
+        details = "; ".join(
+            f"{value} in {len(rows)} row(s), first {_describe_row(dataset, rows[0], id_column)}"
+            for value, rows in shown
+        )
+        more = f" (and {len(bad_values) - len(shown)} more values)" if len(bad_values) > len(shown) else ""
+        raise ValueError(
+            f"Split {split!r}: column {label_column!r} has labels outside the class list {names}: "
+            f"{details}{more}. Labels must be a class name or an integer id 0..{len(names) - 1}; fix the "
+            "data or pass the full class list as class_names=."
+        )
+
+    order = dataset.column_names
+    encoded = dataset.remove_columns(label_column).add_column(
+        label_column, ids, feature=datasets.ClassLabel(names=names)
+    )
+    return encoded.select_columns(order), ids
+
+
+def _concatenate(parts: list[datasets.Dataset], what: str) -> datasets.Dataset:
+    if len(parts) == 1:
+        return parts[0]
+    features = parts[0].features
+    try:
+        aligned = [part if part.features == features else part.cast(features) for part in parts]
+        return datasets.concatenate_datasets(aligned)
+    except (ValueError, TypeError) as err:
+        raise ValueError(
+            f"Cannot pool {what}: their columns differ ({[part.features for part in parts]}). Give every "
+            f"split the same columns and types. ({err})"
+        ) from err
