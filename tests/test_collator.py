@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import labelled_rows
+from transformers import PreTrainedTokenizer
 
 from softprompt_hf import DEFAULT_TEMPLATE, PromptTemplate, SoftPromptDataCollator
 
@@ -241,3 +242,41 @@ def test_tokenizer_without_pad_is_refused(tokenizer):
 def test_bad_templates(tokenizer, template, match):
     with pytest.raises(ValueError, match=match):
         SoftPromptDataCollator(tokenizer, template=template)
+
+
+class WordTokenizer(PreTrainedTokenizer):
+    """A whitespace word tokenizer on the python backend: no offsets mapping (``is_fast`` is False)."""
+
+    def __init__(self, words, **kwargs):
+        self.vocab = {w: i for i, w in enumerate(["<unk>", "</s>", *words])}
+        self.ids = {i: w for w, i in self.vocab.items()}
+        super().__init__(unk_token="<unk>", eos_token="</s>", pad_token="</s>", **kwargs)
+
+    @property
+    def vocab_size(self):
+        return len(self.vocab)
+
+    def get_vocab(self):
+        return dict(self.vocab)
+
+    def _tokenize(self, text):
+        return text.split()
+
+    def _convert_token_to_id(self, token):
+        return self.vocab.get(token, 0)
+
+    def _convert_id_to_token(self, index):
+        return self.ids[index]
+
+    def convert_tokens_to_string(self, tokens):
+        return " ".join(tokens)
+
+
+def test_truncation_with_a_tokenizer_without_offsets():
+    tokenizer = WordTokenizer(["Tweet", "text", ":", "Label", "complaint", *[f"w{i}" for i in range(10)]])
+    assert not tokenizer.is_fast
+    row = {"Tweet text": " ".join(f"w{i}" for i in range(10)), "text_label": "complaint"}
+    batch = SoftPromptDataCollator(tokenizer, max_length=12)([row])
+    ids = batch["input_ids"][0].tolist()
+    # "Tweet text :" (3) + 5 kept words + "Label :" (2) + "complaint" + EOS = 12 tokens.
+    assert tokenizer.decode(ids) == "Tweet text : w0 w1 w2 w3 w4 Label : complaint </s>"
