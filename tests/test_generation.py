@@ -6,7 +6,7 @@ from conftest import METHODS, labelled_rows, model_config
 from transformers import AutoModelForCausalLM
 
 from softprompt_hf import PromptTemplate, build_soft_prompt_model
-from softprompt_hf.generation import generate_label_texts, normalize_label
+from softprompt_hf.generation import generate_label_ids, generate_label_texts, normalize_label
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "bloom"])
@@ -22,6 +22,27 @@ def test_batched_generation_equals_one_by_one(tokenizer, arch, method):
     single = [generate_label_texts(model, tokenizer, [t], max_new_tokens=3, show_progress=False)[0] for t in texts]
     assert batched == single
     assert any(batched), "generation produced only empty strings"
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bloom"])
+@pytest.mark.parametrize("method", METHODS)
+def test_generated_tokens_are_the_models_own_greedy_choice(tokenizer, arch, method):
+    """Teacher-forcing prompt + generated tokens through the training forward must pick each generated
+    token again (PeftModel.generate fails this with soft prompts on peft 0.21 / transformers 5.x)."""
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer)))
+    model = build_soft_prompt_model(base, method=method, prompt_tuning_init="RANDOM", num_virtual_tokens=4).eval()
+    tokenizer.eos_token = "<unk>"  # a token the random model never picks: every row decodes all 5 steps
+    texts = [row["Tweet text"] for row in labelled_rows(8)]
+    generated = generate_label_ids(model, tokenizer, texts, max_new_tokens=5, show_progress=False)
+    for text, new in zip(texts, generated, strict=True):
+        assert len(new) == 5
+        prompt = PromptTemplate().encode(tokenizer, text)
+        ids = torch.tensor([prompt + new])
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]
+        choices = logits[-len(new) - 1 : -1].argmax(dim=-1).tolist()
+        assert choices == new
 
 
 def test_generation_restores_training_mode(tokenizer):

@@ -10,6 +10,7 @@ from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 from softprompt_hf import PromptTemplate, SoftPromptDataCollator, build_soft_prompt_model
+from softprompt_hf.generation import generate_label_ids
 
 LEARNING_RATE = 3e-2  # the seed guide's, for all three methods
 
@@ -38,23 +39,6 @@ def training_args(tmp_path, method, **overrides):
 def mean_loss(model, collator, rows) -> float:
     model.eval()
     return model(**collator(rows)).loss.item()
-
-
-@torch.no_grad()
-def greedy_labels(model, tokenizer, texts, max_new_tokens=4) -> list[list[int]]:
-    model.eval()
-    outputs = []
-    for text in texts:
-        ids = torch.tensor([PromptTemplate().encode(tokenizer, text)])
-        generated = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        outputs.append(generated[0, ids.shape[1] :].tolist())
-    return outputs
 
 
 @torch.no_grad()
@@ -106,9 +90,9 @@ def test_trains_with_stock_trainer_and_reloads(tmp_path, model_dirs, method):
     model.save_pretrained(adapter_dir)
     assert (adapter_dir / "adapter_model.safetensors").is_file()
     texts = [row["Tweet text"] for row in rows[:6]]
-    expected = greedy_labels(model, tokenizer, texts)
+    expected = generate_label_ids(model, tokenizer, texts, show_progress=False)
     reloaded = AutoPeftModelForCausalLM.from_pretrained(adapter_dir)
-    assert greedy_labels(reloaded, tokenizer, texts) == expected
+    assert generate_label_ids(reloaded, tokenizer, texts, show_progress=False) == expected
     # Greedy outputs can agree by chance (e.g. all EOS): the reloaded model's next-token distribution
     # after each prompt must match too.
     torch.testing.assert_close(
