@@ -1,0 +1,52 @@
+"""The embedded default: a tiny instruction-tuned Bloom model and a synthetic complaints dataset.
+
+Both ship inside the package, so that everything runs offline. The dataset has RAFT
+``twitter_complaints``' schema and loads like the real RAFT parquet files; the model is a
+``BloomForCausalLM`` ("bloomz in miniature") pretrained on a multitask instruction corpus over such
+tweets, so that a soft prompt has an instruction-following model to steer.
+
+Example:
+
+```python
+>>> from datasets import load_dataset
+>>> from transformers import AutoModelForCausalLM, AutoTokenizer
+>>> from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
+>>> ds = load_dataset("parquet", data_files=EMBEDDED_DATA_FILES)
+>>> ds["train"].features["Label"].names
+['Unlabeled', 'complaint', 'no_complaint']
+>>> model = AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_PATH)
+>>> tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL_PATH)
+```
+
+Rebuild both with ``python -m softprompt_hf.embedded.build_data`` then
+``python -m softprompt_hf.embedded.build_model`` (see ``README.md`` in this folder).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "COMPLAINT_INSTRUCTION",
+    "EMBEDDED_DATA_DIR",
+    "EMBEDDED_DATA_FILES",
+    "EMBEDDED_MODEL_PATH",
+    "LABEL_NAMES",
+    "TEXT_COLUMN",
+]
+
+_HERE = Path(__file__).resolve().parent
+
+#: Folder holding the shipped model and tokenizer (``from_pretrained`` accepts it as is).
+EMBEDDED_MODEL_PATH = str(_HERE / "model")
+#: Folder holding the shipped dataset.
+EMBEDDED_DATA_DIR = str(_HERE / "data")
+#: Split name -> parquet file: ``train`` is labelled, ``test`` is unlabelled (``Label`` 0), as in RAFT.
+EMBEDDED_DATA_FILES = {split: str(_HERE / "data" / f"{split}.parquet") for split in ("train", "test")}
+#: Column holding the tweet, as in RAFT.
+TEXT_COLUMN = "Tweet text"
+#: ``Label`` class names, as in RAFT twitter_complaints; the label text is the name with "_" -> " ".
+LABEL_NAMES = ("Unlabeled", "complaint", "no_complaint")
+#: The instruction the embedded model was pretrained with for the complaint task (the seed's
+#: prompt-tuning init text, word for word).
+COMPLAINT_INSTRUCTION = "Classify if the tweet is a complaint or no complaint.\n"

@@ -1,0 +1,37 @@
+"""Label accuracy of the plain embedded model behind a text instruction, for its build script and tests.
+
+The decoding itself is the package's (:func:`softprompt_hf.generation.generate_label_texts`); this module
+only puts an instruction in front of the seed's template, which is what the model was built to follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from softprompt_hf.embedded.tasks import TEMPLATE
+from softprompt_hf.generation import generate_label_texts
+from softprompt_hf.prompt import PromptTemplate
+
+__all__ = ["generate_labels", "label_accuracy"]
+
+
+def generate_labels(model, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """Greedy continuation of each full prompt string, decoded and stripped."""
+    return generate_label_texts(
+        model, tokenizer, prompts, template=PromptTemplate("{text}"), max_new_tokens=max_new_tokens, show_progress=False
+    )
+
+
+def label_accuracy(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    instruction: str = "",
+    template: str = TEMPLATE,
+) -> float:
+    """Accuracy of greedy generation after ``instruction + template`` against the label texts."""
+    prompts = [instruction + template.format(text=t) for t in texts]
+    longest = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in set(labels))
+    predictions = generate_labels(model, tokenizer, prompts, max_new_tokens=longest + 1)
+    return sum(p == y for p, y in zip(predictions, labels, strict=True)) / len(labels)
