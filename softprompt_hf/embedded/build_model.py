@@ -6,8 +6,9 @@ Run from the repository root, after ``build_data`` (about four minutes on two CP
 
 Steps: draw the multitask corpus (:mod:`softprompt_hf.embedded.tasks`) over fresh tweets that
 exclude every row of the shipped dataset; train a byte-level BPE tokenizer on it; pretrain a
-``BloomForCausalLM`` from scratch on it (loss on the answer and EOS only); score the result on the
-shipped labelled rows with and without the complaint instruction; save the model (safetensors),
+``BloomForCausalLM`` from scratch on it (loss on the answer and EOS, plus a down-weighted
+language-model loss on the prompt, see ``lm_weight``); score the result on the shipped labelled
+rows with and without the complaint instruction; save the model (safetensors),
 tokenizer and ``manifest.json`` (settings, library versions, scores and the sha256 of every shipped
 file) into ``softprompt_hf/embedded/model/``.
 
