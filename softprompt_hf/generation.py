@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from .prompt import PromptTemplate
 
-__all__ = ["generate_label_ids", "generate_label_texts", "normalize_label"]
+__all__ = ["generate_label_ids", "generate_label_texts", "normalize_label", "supports_logits_to_keep"]
 
 
 def normalize_label(text: str) -> str:
@@ -22,7 +22,7 @@ def normalize_label(text: str) -> str:
 
 
 def generate_label_texts(
-    model: PreTrainedModel,
+    model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
     **kwargs: Any,
@@ -42,7 +42,7 @@ def generate_label_texts(
 
 @torch.no_grad()
 def generate_label_ids(
-    model: PreTrainedModel,
+    model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
     *,
@@ -90,7 +90,7 @@ def generate_label_ids(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    extra = _last_logits_only(model)
+    extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
     outputs: list[list[int]] = [[] for _ in texts]
     for batch in tqdm(batches, desc="Generating labels", disable=not show_progress):
         sequences = torch.tensor([encoded[i] for i in batch], device=device)
@@ -111,9 +111,8 @@ def generate_label_ids(
     return outputs
 
 
-def _last_logits_only(model: PreTrainedModel) -> dict[str, int]:
-    """``logits_to_keep=1`` where the base model supports it: no full-vocabulary logits for every position."""
+def supports_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the (base) model's forward takes ``logits_to_keep``, to compute logits only where needed
+    instead of full-vocabulary logits for every position."""
     base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
-    if "logits_to_keep" in inspect.signature(base.forward).parameters:
-        return {"logits_to_keep": 1}
-    return {}
+    return "logits_to_keep" in inspect.signature(base.forward).parameters

@@ -16,15 +16,13 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from .collator import SoftPromptDataCollator
-from .data import ClassificationData, load_raft
+from .data import load_raft
 from .embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
-from .generation import generate_label_texts, normalize_label
+from .evaluation import GenerationMetrics
 from .methods import SoftPromptArguments, build_soft_prompt_model
-from .prompt import PromptTemplate
 
 _TRAINING_DEFAULTS = {
     "output_dir": "outputs/quickstart",
@@ -45,19 +43,6 @@ _TRAINING_DEFAULTS = {
 class DataArguments:
     model_name_or_path: str = field(default=str(EMBEDDED_MODEL_PATH), metadata={"help": "Base model."})
     validation_size: float = field(default=0.2, metadata={"help": "Fraction of labelled rows held out."})
-
-
-def accuracy(model, tokenizer, data: ClassificationData, split: Dataset) -> float:
-    longest = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in data.classes)
-    predictions = generate_label_texts(
-        model,
-        tokenizer,
-        list(split[data.text_column]),
-        template=PromptTemplate(text_column=data.text_column),
-        max_new_tokens=longest + 1,
-    )
-    gold = list(split[data.target_column])
-    return sum(normalize_label(p) == normalize_label(g) for p, g in zip(predictions, gold, strict=True)) / len(gold)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -82,7 +67,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         training_args=training_args,
     )
     model.print_trainable_parameters()
-    before = accuracy(model, tokenizer, data, validation)
+    metrics = GenerationMetrics(tokenizer, data.classes, validation, text_column=data.text_column)
+    before = metrics.evaluate(model)["accuracy"]
     # 3. Train with the stock Trainer and our collator.
     trainer = Trainer(
         model=model,
@@ -92,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         processing_class=tokenizer,
     )
     trainer.train()
-    after = accuracy(model, tokenizer, data, validation)
+    after = metrics.evaluate(model)["accuracy"]
     # 4. Save the adapter and the tokenizer.
     model.save_pretrained(training_args.output_dir)
     tokenizer.save_pretrained(training_args.output_dir)

@@ -28,3 +28,12 @@ def test_collator_snippet_trains_with_the_stock_trainer(tmp_path, model_dirs):
     assert state.global_step == 3  # 2 rows, default batch size 8 and 3 epochs
     assert not torch.equal(prompt, before)
     assert namespace["tokenizer"].pad_token == namespace["tokenizer"].eos_token
+
+
+def test_metrics_snippet_evaluates_with_the_stock_trainer(tmp_path):
+    namespace = {"output_dir": str(tmp_path)}
+    exec(readme_snippet("metrics"), namespace)
+    results = namespace["results"]
+    assert {"eval_loss", "eval_accuracy", "eval_f1", "eval_invalid_rate"} <= results.keys()
+    # Prompt tuning initialised from the embedded model's own instruction is right before training.
+    assert results["eval_accuracy"] >= 0.95

@@ -1,0 +1,271 @@
+"""Generation-based ``compute_metrics`` for the stock ``Trainer``: score what the model generates."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, TrainerCallback
+from transformers.utils import logging
+
+from .generation import generate_label_texts, supports_logits_to_keep
+from .metrics import ClassificationReport, check_label_set, classification_report, match_label
+from .prompt import DEFAULT_TEMPLATE, PromptTemplate, encode_target
+
+__all__ = ["MODES", "GenerationMetrics", "Prediction", "rank_labels"]
+
+logger = logging.get_logger(__name__)
+
+MODES = ("generate", "rank")
+
+
+@dataclass
+class Prediction:
+    """One scored eval row: the matched label (``None`` if the output matched no label) and, in rank
+    mode, the log-likelihood of each label."""
+
+    text: str
+    gold: str | None
+    predicted: str | None
+    output: str
+    scores: dict[str, float] | None = None
+    id: Any = None
+
+
+@dataclass
+class GenerationMetrics(TrainerCallback):
+    """``compute_metrics`` that scores the labels the model *generates* on the eval rows.
+
+    Plugged into the unmodified ``Trainer``, it adds ``eval_accuracy``, ``eval_f1`` (macro-F1, RAFT's
+    metric) and ``eval_invalid_rate`` to ``trainer.evaluate()``, to the logs, and to what
+    ``metric_for_best_model`` and ``EarlyStoppingCallback`` can use; the eval loss still comes from the
+    Trainer's own loop. It is also a callback: the Trainer hands it the model when it is built.
+
+    Modes:
+
+    - ``"generate"``: greedy decoding of the label text, stopped at EOS or after the longest label's
+      token count + 1; the output is normalised (case, whitespace, trailing punctuation) and matched to
+      the label set, anything else counts as invalid.
+    - ``"rank"``: rank classification: the log-likelihood of each label's tokens and EOS after the
+      prompt, argmax over the label set (always valid); per-label scores are kept.
+
+    Predictions do not depend on batching: prompts of equal length are batched without padding. The
+    Trainer keeps no logits (``preprocess_logits_for_metrics`` drops them), so memory does not grow with
+    the eval set. Under ``accelerate launch`` each process scores its share of the rows once and the
+    predictions are gathered, so every process returns the same metrics.
+
+    Args:
+        tokenizer: The model's tokenizer.
+        labels: The label texts, e.g. ``data.classes`` (``["complaint", "no complaint"]``).
+        eval_rows: The rows to score (a ``datasets.Dataset`` or a list of dicts), with the text and gold
+            label text columns; usually the same rows as ``eval_dataset``.
+        text_column: Column holding the text.
+        target_column: Column holding the gold label text.
+        id_column: Optional column identifying rows, carried into the predictions.
+        template: The prompt template used in training.
+        mode: ``"generate"`` or ``"rank"``.
+        batch_size: Prompts per forward pass.
+        max_prompt_tokens: Truncate texts (never the template) so that prompts fit.
+
+    Example:
+
+    ```python
+    >>> metrics = GenerationMetrics(tokenizer, data.classes, data.validation)  # doctest: +SKIP
+    >>> trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
+    ...                   data_collator=SoftPromptDataCollator(tokenizer), **metrics.trainer_kwargs())  # doctest: +SKIP
+    >>> trainer.evaluate()["eval_f1"]  # doctest: +SKIP
+    1.0
+
+    ```
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    labels: Sequence[str]
+    eval_rows: Any
+    text_column: str = "Tweet text"
+    target_column: str = "text_label"
+    id_column: str | None = None
+    template: str = DEFAULT_TEMPLATE
+    mode: str = "generate"
+    batch_size: int = 32
+    max_prompt_tokens: int | None = None
+    model: torch.nn.Module | None = field(default=None, repr=False)
+    last_report: ClassificationReport | None = field(default=None, init=False, repr=False)
+    last_predictions: list[Prediction] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"Unknown mode {self.mode!r}; choose one of {list(MODES)}.")
+        self.labels = check_label_set(self.labels)
+        for label in self.labels:
+            if not self.tokenizer(label, add_special_tokens=False)["input_ids"]:
+                raise ValueError(f"Label {label!r} tokenizes to no token at all: the model could never generate it.")
+        self._prompt = PromptTemplate(self.template, self.text_column)
+        self._texts, self._gold, self._ids = self._read_rows(self.eval_rows)
+
+    def _read_rows(self, rows: Any) -> tuple[list[str], list[str], list[Any]]:
+        columns = getattr(rows, "column_names", None)
+        records: list[Mapping[str, Any]] = list(rows) if columns is None else rows.to_list()
+        if not records:
+            raise ValueError("GenerationMetrics got no eval rows.")
+        for name in (self.text_column, self.target_column, self.id_column):
+            if name is not None and name not in records[0]:
+                raise ValueError(
+                    f"Eval rows have no {name!r} column (columns: {sorted(records[0])}). Eval rows need the text "
+                    f"and the gold label text; unlabelled rows belong to prediction (see `predict`)."
+                )
+        texts, gold = [], []
+        for i, record in enumerate(records):
+            text, label = record[self.text_column], record[self.target_column]
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"Eval row {i} has text {text!r}; {self.text_column!r} must hold non-empty strings.")
+            matched = None if label is None else match_label(str(label), self.labels)
+            if matched is None:
+                raise ValueError(
+                    f"Eval row {i} has gold label {label!r}, which is not in the label set {list(self.labels)}. "
+                    "Scoring needs labelled rows; keep unlabelled rows for prediction."
+                )
+            texts.append(text)
+            gold.append(matched)
+        ids = [record[self.id_column] for record in records] if self.id_column else [None] * len(records)
+        return texts, gold, ids
+
+    # -- Trainer hooks ---------------------------------------------------------------------------
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``Trainer(...)``: ``compute_metrics``, ``preprocess_logits_for_metrics``
+        and ``callbacks``."""
+        return {
+            "compute_metrics": self,
+            "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics,
+            "callbacks": [self],
+        }
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is not None and self.model is None:
+            self.model = model
+
+    @staticmethod
+    def preprocess_logits_for_metrics(logits: Any, labels: torch.Tensor) -> torch.Tensor:
+        """Drops the logits: the metrics come from generation, and full-vocabulary logits of every eval
+        batch (``(batch, virtual + length, vocab)`` for prompt methods) would otherwise pile up."""
+        return torch.zeros(labels.shape[0], device=labels.device)
+
+    def __call__(self, eval_prediction: Any = None) -> dict[str, float]:
+        if self.model is None:
+            raise ValueError(
+                "GenerationMetrics has no model: pass it to the Trainer with `**metrics.trainer_kwargs()` (it is "
+                "also a callback that receives the model), or set `metrics.model = model`."
+            )
+        return self.evaluate(self.model)
+
+    # -- Scoring ---------------------------------------------------------------------------------
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Scores ``model`` on the eval rows and returns ``{"accuracy", "f1", "invalid_rate"}``."""
+        outputs, scores = self._score(model, self._texts)
+        predicted = [match_label(output, self.labels) for output in outputs]
+        self.last_report = classification_report(self._gold, predicted, self.labels)
+        self.last_predictions = [
+            Prediction(text=t, gold=g, predicted=p, output=o, scores=s, id=i)
+            for t, g, p, o, s, i in zip(self._texts, self._gold, predicted, outputs, scores, self._ids, strict=True)
+        ]
+        return self.last_report.as_metrics()
+
+    def predict(self, model: torch.nn.Module, texts: Sequence[str]) -> list[Prediction]:
+        """Labels unlabelled texts (no gold) with the configured mode."""
+        outputs, scores = self._score(model, list(texts))
+        return [
+            Prediction(text=t, gold=None, predicted=match_label(o, self.labels), output=o, scores=s)
+            for t, o, s in zip(texts, outputs, scores, strict=True)
+        ]
+
+    def _score(self, model: torch.nn.Module, texts: list[str]) -> tuple[list[str], list[dict[str, float] | None]]:
+        state = PartialState()
+        indices = list(range(len(texts)))
+        with state.split_between_processes(indices) as mine:
+            local_texts = [texts[i] for i in mine]
+            show = state.is_main_process
+            if self.mode == "generate":
+                longest = max(
+                    len(self.tokenizer(label, add_special_tokens=False)["input_ids"]) for label in self.labels
+                )
+                local_outputs = generate_label_texts(
+                    model,
+                    self.tokenizer,
+                    local_texts,
+                    template=self._prompt,
+                    max_new_tokens=longest + 1,
+                    max_prompt_tokens=self.max_prompt_tokens,
+                    batch_size=self.batch_size,
+                    show_progress=show,
+                )
+                local: list[tuple[str, dict[str, float] | None]] = [(o, None) for o in local_outputs]
+            else:
+                local_scores = rank_labels(
+                    model,
+                    self.tokenizer,
+                    local_texts,
+                    self.labels,
+                    template=self._prompt,
+                    max_prompt_tokens=self.max_prompt_tokens,
+                    batch_size=self.batch_size,
+                    show_progress=show,
+                )
+                local = [(max(s, key=s.__getitem__), s) for s in local_scores]
+        gathered = gather_object(local) if state.num_processes > 1 else local
+        if len(gathered) != len(texts):
+            raise RuntimeError(f"Gathered {len(gathered)} predictions for {len(texts)} eval rows.")
+        return [o for o, _ in gathered], [s for _, s in gathered]
+
+
+@torch.no_grad()
+def rank_labels(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    template: PromptTemplate | None = None,
+    max_prompt_tokens: int | None = None,
+    batch_size: int = 32,
+    show_progress: bool = True,
+) -> list[dict[str, float]]:
+    """Log-likelihood of each label's tokens and EOS after each text's prompt.
+
+    Sequences of equal prompt and label length are batched without padding, and only the logits of the
+    label positions are computed (``logits_to_keep``), so scores do not depend on batching.
+    """
+    template = template or PromptTemplate()
+    label_ids = [encode_target(tokenizer, label) for label in labels]
+    prompts = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+    for t, prompt in enumerate(prompts):
+        for j, target in enumerate(label_ids):
+            groups[(len(prompt), len(target))].append((t, j))
+    batches = [
+        (n_target, pairs[start : start + batch_size])
+        for (_, n_target), pairs in sorted(groups.items())
+        for start in range(0, len(pairs), batch_size)
+    ]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    keep = supports_logits_to_keep(model)
+    scores: list[dict[str, float]] = [{} for _ in texts]
+    for n_target, pairs in tqdm(batches, desc="Ranking labels", disable=not show_progress):
+        input_ids = torch.tensor([prompts[t] + label_ids[j] for t, j in pairs], device=device)
+        # Positions -n_target-1 .. -2 predict the label tokens and EOS; keep only those logits.
+        extra = {"logits_to_keep": n_target + 1} if keep else {}
+        logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **extra).logits
+        logits = logits[:, -n_target - 1 : -1]
+        targets = input_ids[:, -n_target:]
+        log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None])[..., 0].sum(dim=-1)
+        for (t, j), value in zip(pairs, log_probs.tolist(), strict=True):
+            scores[t][labels[j]] = value
+    model.train(was_training)
+    return scores

@@ -1,0 +1,62 @@
+"""Run by tests/test_evaluation_distributed.py under torchrun with 2 CPU processes (gloo).
+
+Evaluates the embedded model with GenerationMetrics through the stock Trainer and writes, per process,
+the metrics it got and the texts it scored itself.
+"""
+
+import json
+import os
+import sys
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+from accelerate import PartialState
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+import softprompt_hf.evaluation as evaluation
+from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model, load_raft
+from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
+
+
+def main(out_dir: str, mode: str) -> None:
+    scored: list[str] = []
+    generate, rank = evaluation.generate_label_texts, evaluation.rank_labels
+
+    def recording_generate(model, tokenizer, texts, **kwargs):
+        scored.extend(texts)
+        return generate(model, tokenizer, texts, **kwargs)
+
+    def recording_rank(model, tokenizer, texts, labels, **kwargs):
+        scored.extend(texts)
+        return rank(model, tokenizer, texts, labels, **kwargs)
+
+    evaluation.generate_label_texts, evaluation.rank_labels = recording_generate, recording_rank
+
+    data = load_raft(data_files=EMBEDDED_DATA_FILES, validation_size=45, seed=0)
+    tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL_PATH)
+    model = build_soft_prompt_model(
+        AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_PATH), method="prompt_tuning", tokenizer=tokenizer
+    )
+    metrics = GenerationMetrics(tokenizer, data.classes, data.validation, mode=mode)
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(
+            output_dir=out_dir,
+            per_device_eval_batch_size=8,
+            remove_unused_columns=False,
+            report_to=[],
+            ddp_find_unused_parameters=False,
+            use_cpu=True,  # with torchrun's environment, accelerate then starts gloo on the CPU
+        ),
+        eval_dataset=data.validation,
+        data_collator=SoftPromptDataCollator(tokenizer),
+        **metrics.trainer_kwargs(),
+    )
+    result = trainer.evaluate()
+    state = PartialState()
+    with open(os.path.join(out_dir, f"process{state.process_index}.json"), "w") as f:
+        json.dump({"num_processes": state.num_processes, "metrics": result, "scored": scored}, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,160 @@
+"""GenerationMetrics in the stock Trainer, rank mode, and bad input."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+from conftest import METHODS, labelled_rows, model_config
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+
+from softprompt_hf import (
+    GenerationMetrics,
+    PromptTemplate,
+    SoftPromptDataCollator,
+    build_soft_prompt_model,
+    encode_target,
+    load_raft,
+    write_predictions,
+    write_raft_submission,
+)
+from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
+from softprompt_hf.evaluation import rank_labels
+
+LABELS = ["complaint", "no complaint"]
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    data = load_raft(data_files=EMBEDDED_DATA_FILES, validation_size=48, seed=0)
+    tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL_PATH)
+    return data, tokenizer
+
+
+def embedded_model(tokenizer, **options):
+    return build_soft_prompt_model(
+        AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_PATH), tokenizer=tokenizer, **options
+    )
+
+
+@pytest.mark.parametrize("mode", ["generate", "rank"])
+def test_metrics_come_out_of_trainer_evaluate(tmp_path, embedded, mode):
+    data, tokenizer = embedded
+    # Initialised from the embedded model's own instruction: right before any training.
+    model = embedded_model(tokenizer, method="prompt_tuning")
+    metrics = GenerationMetrics(tokenizer, data.classes, data.validation, id_column="ID", mode=mode)
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(
+            output_dir=str(tmp_path), per_device_eval_batch_size=16, remove_unused_columns=False, report_to=[]
+        ),
+        eval_dataset=data.validation,
+        data_collator=SoftPromptDataCollator(tokenizer),
+        **metrics.trainer_kwargs(),
+    )
+    result = trainer.evaluate()
+    assert {"eval_loss", "eval_accuracy", "eval_f1", "eval_invalid_rate"} <= result.keys()
+    assert result["eval_accuracy"] >= 0.95 and result["eval_f1"] >= 0.95
+    logged = trainer.state.log_history[-1]
+    assert logged["eval_f1"] == result["eval_f1"]
+    # The metrics are a hand count over the predictions kept for export.
+    predictions = metrics.last_predictions
+    assert len(predictions) == len(data.validation)
+    assert [p.id for p in predictions] == list(data.validation["ID"])
+    assert result["eval_accuracy"] == pytest.approx(sum(p.predicted == p.gold for p in predictions) / len(predictions))
+    if mode == "rank":
+        assert result["eval_invalid_rate"] == 0.0
+        assert all(set(p.scores) == set(data.classes) for p in predictions)
+        assert all(p.predicted == max(p.scores, key=p.scores.get) for p in predictions)
+
+
+def test_rank_scores_are_label_log_likelihoods(tokenizer):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(model_config("llama", len(tokenizer))).eval()
+    text = "@Acme my order never arrived"
+    scores = rank_labels(model, tokenizer, [text], LABELS, show_progress=False)[0]
+    prompt = PromptTemplate().encode(tokenizer, text)
+    for label in LABELS:
+        target = encode_target(tokenizer, label)
+        ids = torch.tensor([prompt + target])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0], dim=-1)
+        expected = sum(log_probs[len(prompt) - 1 + i, token].item() for i, token in enumerate(target))
+        assert scores[label] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bloom"])
+@pytest.mark.parametrize("method", METHODS)
+def test_rank_batched_equals_one_by_one(tokenizer, arch, method):
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer)))
+    model = build_soft_prompt_model(base, method=method, prompt_tuning_init="RANDOM", num_virtual_tokens=4)
+    texts = [row["Tweet text"] for row in labelled_rows(10)] + ["@Acme hi"]
+    batched = rank_labels(model, tokenizer, texts, LABELS, batch_size=16, show_progress=False)
+    for text, scores in zip(texts, batched, strict=True):
+        single = rank_labels(model, tokenizer, [text], LABELS, batch_size=1, show_progress=False)[0]
+        assert scores == pytest.approx(single, abs=1e-4)
+
+
+def test_logits_are_not_kept():
+    logits = torch.randn(4, 30, 1000)
+    labels = torch.full((4, 22), -100)
+    kept = GenerationMetrics.preprocess_logits_for_metrics(logits, labels)
+    assert kept.shape == (4,)
+
+
+def test_predict_labels_unlabelled_texts(embedded):
+    data, tokenizer = embedded
+    model = embedded_model(tokenizer, method="prompt_tuning")
+    metrics = GenerationMetrics(tokenizer, data.classes, data.validation)
+    texts = list(data.unlabeled["Tweet text"])[:8]
+    predictions = metrics.predict(model, texts)
+    assert [p.text for p in predictions] == texts
+    assert all(p.gold is None and p.predicted in data.classes for p in predictions)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"labels": []}, "empty"),
+        ({"labels": ["complaint", "Complaint"]}, "same once normalised"),
+        ({"eval_rows": [{"Tweet text": "hi"}]}, "no 'text_label' column"),
+        ({"eval_rows": [{"Tweet text": "hi", "text_label": None}]}, "not in the label set"),
+        ({"eval_rows": [{"Tweet text": "hi", "text_label": "spam"}]}, "not in the label set"),
+        ({"eval_rows": []}, "no eval rows"),
+        ({"mode": "beam"}, "Unknown mode"),
+    ],
+)
+def test_bad_input(tokenizer, kwargs, match):
+    options = {"labels": LABELS, "eval_rows": [{"Tweet text": "hi", "text_label": "complaint"}], **kwargs}
+    with pytest.raises(ValueError, match=match):
+        GenerationMetrics(tokenizer, **options)
+
+
+def test_without_model_says_how_to_attach_it(tokenizer):
+    metrics = GenerationMetrics(tokenizer, LABELS, [{"Tweet text": "hi", "text_label": "complaint"}])
+    with pytest.raises(ValueError, match="trainer_kwargs"):
+        metrics(None)
+
+
+def test_exports_predictions_and_raft_submission(tmp_path, embedded):
+    data, tokenizer = embedded
+    model = embedded_model(tokenizer, method="prompt_tuning")
+    metrics = GenerationMetrics(tokenizer, data.classes, data.validation, id_column="ID", mode="rank")
+    metrics.evaluate(model)
+    path = write_predictions(tmp_path / "validation.csv", metrics.last_predictions)
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["id"]) for r in rows] == list(data.validation["ID"])
+    assert {"text", "gold", "predicted", "score_complaint", "score_no complaint"} <= rows[0].keys()
+
+    unlabeled = data.unlabeled.select(range(10))
+    predictions = metrics.predict(model, list(unlabeled["Tweet text"]))
+    submission = write_raft_submission(
+        tmp_path / "submission.csv", list(unlabeled["ID"]), [p.predicted for p in predictions], data.class_names
+    )
+    lines = submission.read_text().splitlines()
+    assert lines[0] == "ID,Label"
+    assert len(lines) == 11
+    assert {line.split(",")[1] for line in lines[1:]} <= {"complaint", "no_complaint"}
