@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
@@ -57,8 +59,10 @@ class GenerationMetrics(TrainerCallback):
 
     Predictions do not depend on batching: prompts of equal length are batched without padding. The
     Trainer keeps no logits (``preprocess_logits_for_metrics`` drops them), so memory does not grow with
-    the eval set. Under ``accelerate launch`` each process scores its share of the rows once and the
-    predictions are gathered, so every process returns the same metrics.
+    the eval set. With ``TrainingArguments(include_for_metrics=["loss"])`` it also reports the seed guide's
+    ``eval_perplexity`` (exp of the mean eval loss). Under ``accelerate launch`` or ``torchrun`` each
+    process scores its share of the rows once and the predictions are gathered, so every process returns
+    the same metrics.
 
     Args:
         tokenizer: The model's tokenizer.
@@ -162,7 +166,12 @@ class GenerationMetrics(TrainerCallback):
                 "GenerationMetrics has no model: pass it to the Trainer with `**metrics.trainer_kwargs()` (it is "
                 "also a callback that receives the model), or set `metrics.model = model`."
             )
-        return self.evaluate(self.model)
+        metrics = self.evaluate(self.model)
+        losses = getattr(eval_prediction, "losses", None)
+        if losses is not None and np.size(losses):
+            # The seed guide's eval perplexity: exp of the mean per-example eval loss.
+            metrics["perplexity"] = math.exp(float(np.mean(losses)))
+        return metrics
 
     # -- Scoring ---------------------------------------------------------------------------------
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:

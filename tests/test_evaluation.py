@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 import torch
 from conftest import METHODS, labelled_rows, model_config
+from datasets import Dataset
+from tokenizers import normalizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 from softprompt_hf import (
@@ -158,3 +161,53 @@ def test_exports_predictions_and_raft_submission(tmp_path, embedded):
     assert lines[0] == "ID,Label"
     assert len(lines) == 11
     assert {line.split(",")[1] for line in lines[1:]} <= {"complaint", "no_complaint"}
+
+
+def test_label_that_tokenizes_to_nothing_is_refused(tokenizer):
+    tokenizer.backend_tokenizer.normalizer = normalizers.Replace("#", "")
+    with pytest.raises(ValueError, match="tokenizes to no token"):
+        GenerationMetrics(tokenizer, ["complaint", "###"], [{"Tweet text": "hi", "text_label": "complaint"}])
+
+
+def test_trainer_keeps_one_number_per_eval_row(tmp_path, tokenizer, model_dirs):
+    """What the Trainer accumulates over the eval set is one float per row, whatever the vocabulary."""
+    model = build_soft_prompt_model(
+        AutoModelForCausalLM.from_pretrained(model_dirs["gpt2"]), method="p_tuning", num_virtual_tokens=4
+    )
+    rows = labelled_rows(12)
+    metrics = GenerationMetrics(tokenizer, LABELS, rows)
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(
+            output_dir=str(tmp_path), per_device_eval_batch_size=5, remove_unused_columns=False, report_to=[]
+        ),
+        data_collator=SoftPromptDataCollator(tokenizer),
+        **metrics.trainer_kwargs(),
+    )
+    output = trainer.predict(Dataset.from_list(rows))
+    assert output.predictions.shape == (12,)
+    assert {"test_accuracy", "test_f1", "test_loss"} <= output.metrics.keys()
+
+
+def test_perplexity_when_the_trainer_passes_losses(tmp_path, tokenizer, model_dirs):
+    model = build_soft_prompt_model(
+        AutoModelForCausalLM.from_pretrained(model_dirs["bloom"]), method="prefix_tuning", num_virtual_tokens=4
+    )
+    rows = labelled_rows(10)
+    metrics = GenerationMetrics(tokenizer, LABELS, rows)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_eval_batch_size=5,
+        remove_unused_columns=False,
+        report_to=[],
+        include_for_metrics=["loss"],
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        eval_dataset=Dataset.from_list(rows),
+        data_collator=SoftPromptDataCollator(tokenizer),
+        **metrics.trainer_kwargs(),
+    )
+    result = trainer.evaluate()
+    assert result["eval_perplexity"] == pytest.approx(math.exp(result["eval_loss"]), rel=1e-5)
