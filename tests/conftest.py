@@ -116,6 +116,18 @@ def model_config(arch: str, vocab_size: int):
     raise ValueError(arch)
 
 
+ARCHS = ("gpt2", "llama", "bloom")
+
+
+def tiny_soft_prompt_model(tokenizer, arch: str, method: str):
+    """A tiny random ``arch`` model with a random 4-token soft prompt of ``method``, seeded."""
+    from softprompt_hf import build_soft_prompt_model
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer)))
+    return build_soft_prompt_model(base, method=method, prompt_tuning_init="RANDOM", num_virtual_tokens=4)
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tokenizer")

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import METHODS, labelled_rows, model_config
+from conftest import ARCHS, METHODS, labelled_rows, model_config, tiny_soft_prompt_model
 from datasets import Dataset
 from tokenizers import normalizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
@@ -87,12 +87,10 @@ def test_rank_scores_are_label_log_likelihoods(tokenizer):
         assert scores[label] == pytest.approx(expected, abs=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "bloom"])
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method", METHODS)
 def test_rank_batched_equals_one_by_one(tokenizer, arch, method):
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer)))
-    model = build_soft_prompt_model(base, method=method, prompt_tuning_init="RANDOM", num_virtual_tokens=4)
+    model = tiny_soft_prompt_model(tokenizer, arch, method)
     texts = [row["Tweet text"] for row in labelled_rows(10)] + ["@Acme hi"]
     batched = rank_labels(model, tokenizer, texts, LABELS, batch_size=16, show_progress=False)
     for text, scores in zip(texts, batched, strict=True):

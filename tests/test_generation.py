@@ -2,19 +2,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import METHODS, labelled_rows, model_config
+from conftest import ARCHS, METHODS, labelled_rows, model_config, tiny_soft_prompt_model
 from transformers import AutoModelForCausalLM
 
-from softprompt_hf import PromptTemplate, build_soft_prompt_model
+from softprompt_hf import PromptTemplate
 from softprompt_hf.generation import generate_label_ids, generate_label_texts, normalize_label
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "bloom"])
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method", METHODS)
 def test_batched_generation_equals_one_by_one(tokenizer, arch, method):
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer)))
-    model = build_soft_prompt_model(base, method=method, prompt_tuning_init="RANDOM", num_virtual_tokens=4)
+    model = tiny_soft_prompt_model(tokenizer, arch, method)
     texts = [row["Tweet text"] for row in labelled_rows(12)] + ["@Acme hi", "@Acme a much longer tweet " * 3]
     lengths = {len(PromptTemplate().encode(tokenizer, t)) for t in texts}
     assert 1 < len(lengths) < len(texts), "the test needs prompts of equal and of different lengths"
@@ -24,14 +22,12 @@ def test_batched_generation_equals_one_by_one(tokenizer, arch, method):
     assert any(batched), "generation produced only empty strings"
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "bloom"])
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("method", METHODS)
 def test_generated_tokens_are_the_models_own_greedy_choice(tokenizer, arch, method):
     """Teacher-forcing prompt + generated tokens through the training forward must pick each generated
     token again (PeftModel.generate fails this with soft prompts on peft 0.21 / transformers 5.x)."""
-    torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer)))
-    model = build_soft_prompt_model(base, method=method, prompt_tuning_init="RANDOM", num_virtual_tokens=4).eval()
+    model = tiny_soft_prompt_model(tokenizer, arch, method).eval()
     tokenizer.eos_token = "<unk>"  # a token the random model never picks: every row decodes all 5 steps
     texts = [row["Tweet text"] for row in labelled_rows(8)]
     generated = generate_label_ids(model, tokenizer, texts, max_new_tokens=5, show_progress=False)
