@@ -259,9 +259,17 @@ def build_soft_prompt_model(
 def check_training_arguments(peft_config: PeftConfig, training_args: TrainingArguments) -> None:
     """Raises a ``ValueError`` for training settings that do not work with a soft-prompt method.
 
-    Today this refuses prefix tuning with gradient checkpointing, which peft cannot combine: the run
-    would die late with a shape error.
+    Refused: label smoothing with any soft-prompt method (the Trainer pops ``labels`` to smooth the loss
+    itself, so peft cannot extend them over the virtual tokens; with peft 0.21.2 and transformers 5.24
+    training fails for all three methods), and prefix tuning with gradient checkpointing, which peft
+    cannot combine: the run would die late with a shape error.
     """
+    if training_args.label_smoothing_factor > 0:
+        raise ValueError(
+            f"label_smoothing_factor={training_args.label_smoothing_factor} cannot be used with soft prompts: the "
+            "Trainer takes the labels away from the model to smooth the loss itself, so peft cannot line them up "
+            "with the virtual tokens and training fails. Set label_smoothing_factor=0."
+        )
     # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing; older 5.x has only the
     # former. Read both, since a copy of the arguments may have changed only the new name.
     checkpointing = getattr(training_args, "activation_checkpointing", None) or training_args.gradient_checkpointing

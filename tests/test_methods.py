@@ -128,6 +128,13 @@ def test_prefix_tuning_with_gradient_checkpointing_is_refused(tmp_path, flag):
     build_soft_prompt_model(tiny_model(), method="p_tuning", training_args=args)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_label_smoothing_is_refused(tmp_path, method):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], label_smoothing_factor=0.1)
+    with pytest.raises(ValueError, match="Set label_smoothing_factor=0"):
+        build_soft_prompt_model(tiny_model(), method=method, prompt_tuning_init="RANDOM", training_args=args)
+
+
 @pytest.mark.parametrize(
     ("options", "match"),
     [
