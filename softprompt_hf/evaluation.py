@@ -107,9 +107,12 @@ class GenerationMetrics(TrainerCallback):
         if self.mode not in MODES:
             raise ValueError(f"Unknown mode {self.mode!r}; choose one of {list(MODES)}.")
         self.labels = check_label_set(self.labels)
-        for label in self.labels:
-            if not self.tokenizer(label, add_special_tokens=False)["input_ids"]:
+        label_lengths = [len(self.tokenizer(label, add_special_tokens=False)["input_ids"]) for label in self.labels]
+        for label, length in zip(self.labels, label_lengths, strict=True):
+            if not length:
                 raise ValueError(f"Label {label!r} tokenizes to no token at all: the model could never generate it.")
+        # Generation stops at EOS, or one token after the longest label.
+        self._max_new_tokens = max(label_lengths) + 1
         self._prompt = PromptTemplate(self.template, self.text_column)
         self._texts, self._gold, self._ids = self._read_rows(self.eval_rows)
 
@@ -200,15 +203,12 @@ class GenerationMetrics(TrainerCallback):
             local_texts = [texts[i] for i in mine]
             show = state.is_main_process
             if self.mode == "generate":
-                longest = max(
-                    len(self.tokenizer(label, add_special_tokens=False)["input_ids"]) for label in self.labels
-                )
                 local_outputs = generate_label_texts(
                     model,
                     self.tokenizer,
                     local_texts,
                     template=self._prompt,
-                    max_new_tokens=longest + 1,
+                    max_new_tokens=self._max_new_tokens,
                     max_prompt_tokens=self.max_prompt_tokens,
                     batch_size=self.batch_size,
                     show_progress=show,
