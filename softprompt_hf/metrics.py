@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
 import os
-import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -17,6 +15,7 @@ from transformers.utils import logging
 
 from .data import label_text
 from .generation import normalize_label
+from .saving import atomic_open
 
 __all__ = [
     "INVALID",
@@ -358,7 +357,7 @@ def write_predictions(path: str | os.PathLike, rows: Sequence[Mapping[str, Any] 
             f"{list(_WRITERS_BY_EXTENSION)}."
         )
     records = [_as_record(index, row) for index, row in enumerate(rows)]
-    with _atomic_open(path) as file:
+    with atomic_open(path) as file:
         if extension == ".jsonl":
             for record in records:
                 file.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
@@ -504,25 +503,11 @@ def write_raft_submission(
         )
 
     path = Path(path)
-    with _atomic_open(path) as file:
+    with atomic_open(path) as file:
         writer = csv.writer(file, lineterminator=_CSV_LINE_END)
         writer.writerow(["ID", "Label"])
         writer.writerows(zip(ids, labels, strict=True))
     return path
-
-
-@contextlib.contextmanager
-def _atomic_open(path: Path) -> Iterator[IO[str]]:
-    """Open a temporary file next to ``path`` for writing and move it over ``path`` once the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A plain open (not tempfile's 0600 files) gives the final file the usual permissions.
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "x", encoding="utf-8", newline="") as file:
-            yield file
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def _summarize(values: Sequence[str]) -> str:

@@ -1,0 +1,196 @@
+"""Save a trained soft prompt so that an interruption never leaves a half-written adapter behind.
+
+``save_adapter`` writes the adapter, the tokenizer and a model card into a temporary sibling folder and
+moves it into place only once every file is on disk: the target folder is either the previous complete
+adapter or the new complete one, never a mixture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "INFERENCE_CONFIG_NAME",
+    "atomic_open",
+    "atomic_write_json",
+    "atomic_write_text",
+    "replace_folder",
+    "save_adapter",
+]
+
+# What inference needs beyond the adapter: the label set, the prompt template, the text column (JSON).
+INFERENCE_CONFIG_NAME = "softprompt_hf.json"
+
+# What a folder written by ``save_adapter`` may hold; anything else means the caller pointed it at a folder
+# with other content (a Trainer output_dir with checkpoints, say), which a swap would move away.
+_ADAPTER_FOLDER_FILES = {
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "README.md",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+    "training_args.json",
+    "softprompt_hf.json",
+}
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
+    """Open a temporary text file beside ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A plain open (not tempfile's 0600 files) gives the final file the usual permissions.
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temporary, "x", encoding="utf-8", newline="") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` atomically (a temporary file in the same folder, then a rename)."""
+    with atomic_open(path) as file:
+        file.write(text)
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
+    """Write ``payload`` as indented JSON to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def _fsync_tree(folder: Path) -> None:
+    for file in folder.rglob("*"):
+        if file.is_file():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def replace_folder(target: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Fill a fresh folder with ``write(tmp_folder)``, then put it at ``target`` in one rename.
+
+    If ``write`` raises, or the process dies, ``target`` keeps whatever complete content it had; the
+    temporary folder (``.<name>.tmp-*`` beside it) is removed on errors and ignored otherwise.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes a private (0700) folder; the result should look like any other
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        # A folder cannot be renamed over a non-empty one: move the old one aside first. Between the two
+        # renames the old complete folder is still on disk under the ``.old-`` name.
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    return target
+
+
+def _check_adapter_folder(target: Path) -> None:
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise ValueError(f"{target} exists and is not a folder: pass a folder path for the adapter.")
+    foreign = sorted(p.name for p in target.iterdir() if p.name not in _ADAPTER_FOLDER_FILES)
+    if foreign:
+        raise ValueError(
+            f"{target} holds files that are not part of a saved adapter ({', '.join(foreign[:5])}); saving would "
+            "replace the whole folder. Save the adapter into a folder of its own, e.g. "
+            f"{target / 'adapter'}."
+        )
+
+
+def save_adapter(
+    model: Any,
+    output_dir: str | os.PathLike[str],
+    *,
+    tokenizer: Any | None = None,
+    base_model_id: str | None = None,
+    model_card: Any | None = None,
+    extra_json: dict[str, Any] | None = None,
+) -> Path:
+    """Save a soft-prompt adapter, its tokenizer and a model card atomically.
+
+    Args:
+        model: The ``PeftModel`` (trained in memory: prompt tuning's embeddings, P-tuning's encoder output
+            and the prefix projection's output are computed by peft's ``save_pretrained``).
+        output_dir: The adapter's own folder. It is replaced as a whole, so it may only hold a previous
+            adapter (a Trainer ``output_dir`` with checkpoints is refused).
+        tokenizer: Saved beside the adapter, so that the folder (or its Hub repository) is self-contained.
+        base_model_id: Written as ``base_model_name_or_path`` in ``adapter_config.json`` instead of the path
+            the base model was loaded from, so that others can find it (a Hub id such as
+            ``bigscience/bloomz-560m``). The live model's config is left as it was.
+        model_card: A ``huggingface_hub.ModelCard`` (or anything with ``.save(path)``) saved as ``README.md``
+            instead of peft's generic card.
+        extra_json: Written to ``softprompt_hf.json`` (``INFERENCE_CONFIG_NAME``): what inference needs
+            beyond the adapter, i.e. ``{"labels": [...], "template": ..., "text_column": ..., "method": ...,
+            "base_model": ...}``.
+
+    Returns:
+        The path of the saved adapter folder.
+
+    Only the main process should call this in a distributed run.
+    """
+    target = Path(output_dir)
+    _check_adapter_folder(target)
+    configs = getattr(model, "peft_config", None)
+    if not configs:
+        raise TypeError(f"save_adapter expects a peft PeftModel, got {type(model).__name__}.")
+
+    def write(folder: Path) -> None:
+        previous = {name: config.base_model_name_or_path for name, config in configs.items()}
+        try:
+            if base_model_id is not None:
+                for config in configs.values():
+                    config.base_model_name_or_path = base_model_id
+            # save_embedding_layers=False: soft prompts never train the embedding matrix, and "auto" would look
+            # the base model up (on the Hub) to decide.
+            model.save_pretrained(str(folder), save_embedding_layers=False)
+        finally:
+            for name, value in previous.items():
+                configs[name].base_model_name_or_path = value
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(folder))
+        if model_card is not None:
+            model_card.save(str(folder / "README.md"))
+        if extra_json is not None:
+            (folder / INFERENCE_CONFIG_NAME).write_text(
+                json.dumps(extra_json, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
+
+    replace_folder(target, write)
+    logger.info(f"Saved the adapter to {target}")
+    return target
