@@ -1,0 +1,461 @@
+"""Trainer callbacks for soft prompts, each with one job.
+
+- ``SoftPromptCheckpointCallback``: checkpoints that really resume (and ``load_best_model_at_end``) for the
+  three methods: it saves the trainable modules themselves and loads them back in place of peft's adapter file.
+- ``SoftPromptGuardCallback`` (and ``check_trainer``): refuses, before training, settings that cannot work.
+- ``ParameterSummaryCallback``: logs the trainable parameters when training starts.
+- ``SamplePredictionsCallback``: logs a few generated predictions at each evaluation (logs + TensorBoard).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import types
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from peft import PeftModel, PeftType
+from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.utils import logging
+
+from .methods import check_training_arguments
+from .saving import atomic_write_json
+
+if TYPE_CHECKING:
+    from .evaluation import GenerationMetrics
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "CHECKPOINT_MARKER_NAME",
+    "LAST_CHECKPOINT_NAME",
+    "SOFT_PROMPT_STATE_NAME",
+    "ParameterSummaryCallback",
+    "SamplePredictionsCallback",
+    "SoftPromptCheckpointCallback",
+    "SoftPromptGuardCallback",
+    "check_trainer",
+    "last_complete_checkpoint",
+    "load_soft_prompt_state",
+    "save_soft_prompt_state",
+]
+
+#: The trainable modules' own weights (prompt embeddings before any encoder, the P-tuning MLP/LSTM, the
+#: prefix projection), written into each checkpoint next to peft's adapter file.
+SOFT_PROMPT_STATE_NAME = "soft_prompt_state.safetensors"
+#: Written last into a checkpoint, once everything else is on disk: its presence means "complete".
+CHECKPOINT_MARKER_NAME = "softprompt_checkpoint.json"
+#: In the Trainer's output_dir: the name and step of the newest complete checkpoint.
+LAST_CHECKPOINT_NAME = "last_complete_checkpoint.json"
+
+_CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+_FORMAT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Full-fidelity checkpoints
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _peft_model(model: Any) -> PeftModel:
+    # The Trainer hands callbacks its own (unwrapped) model; accept a DDP-wrapped one too.
+    model = getattr(model, "module", model)
+    if not isinstance(model, PeftModel):
+        raise TypeError(
+            f"Soft-prompt callbacks need a peft PeftModel, got {type(model).__name__}. Wrap the base model with "
+            "softprompt_hf.build_soft_prompt_model (or peft.get_peft_model) before creating the Trainer."
+        )
+    return model
+
+
+def _trainable_state(model: PeftModel) -> dict[str, torch.Tensor]:
+    return {name: param.detach().cpu().contiguous() for name, param in model.named_parameters() if param.requires_grad}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_soft_prompt_state(model: Any, checkpoint_dir: str | os.PathLike[str]) -> Path:
+    """Write the model's trainable parameters (``SOFT_PROMPT_STATE_NAME``) into ``checkpoint_dir`` atomically.
+
+    Unlike peft's ``adapter_model.safetensors``, which holds the prompt the trained modules *produce*, this
+    holds the modules themselves, so training can continue from them exactly.
+    """
+    model = _peft_model(model)
+    state = _trainable_state(model)
+    if not state:
+        raise ValueError("The model has no trainable parameters: there is no soft prompt to checkpoint.")
+    folder = Path(checkpoint_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / SOFT_PROMPT_STATE_NAME
+    tmp = folder / f".{SOFT_PROMPT_STATE_NAME}.tmp"
+    config = model.peft_config[model.active_adapter]
+    save_file(state, str(tmp), metadata={"format": str(_FORMAT_VERSION), "peft_type": str(config.peft_type.value)})
+    os.replace(tmp, target)
+    return target
+
+
+@torch.no_grad()
+def load_soft_prompt_state(model: Any, checkpoint_dir: str | os.PathLike[str]) -> None:
+    """Copy the trainable parameters saved by ``save_soft_prompt_state`` back into ``model``, in place.
+
+    In place, so that an optimizer holding the parameters keeps working. Raises a ``ValueError`` if the
+    checkpoint is incomplete or was written for other modules (another method or configuration).
+    """
+    model = _peft_model(model)
+    folder = Path(checkpoint_dir)
+    _check_complete(folder)
+    saved = load_file(str(folder / SOFT_PROMPT_STATE_NAME))
+    params = {name: param for name, param in model.named_parameters() if param.requires_grad}
+    missing, unexpected = sorted(params.keys() - saved.keys()), sorted(saved.keys() - params.keys())
+    if missing or unexpected:
+        raise ValueError(
+            f"{folder} was saved from another soft-prompt configuration (missing: {missing[:3]}, unexpected: "
+            f"{unexpected[:3]}). Resume with the same method and options that wrote the checkpoint."
+        )
+    for name, param in params.items():
+        if saved[name].shape != param.shape:
+            raise ValueError(
+                f"{folder}: {name} has shape {tuple(saved[name].shape)} in the checkpoint and {tuple(param.shape)} "
+                "in the model. Resume with the same method and options that wrote the checkpoint."
+            )
+        param.copy_(saved[name].to(device=param.device, dtype=param.dtype))
+
+
+def _check_complete(folder: Path) -> None:
+    marker = folder / CHECKPOINT_MARKER_NAME
+    if not marker.is_file():
+        raise ValueError(
+            f"{folder} is not a complete soft-prompt checkpoint ({CHECKPOINT_MARKER_NAME} is missing: the run was "
+            "probably interrupted while saving it, or saved without SoftPromptCheckpointCallback). Resume from "
+            f"the last complete one, softprompt_hf.last_complete_checkpoint({str(folder.parent)!r}), or delete "
+            "this folder."
+        )
+    files = json.loads(marker.read_text(encoding="utf-8")).get("files", {})
+    for name, digest in files.items():
+        path = folder / name
+        if not path.is_file() or _sha256(path) != digest:
+            raise ValueError(
+                f"{path} does not match the checkpoint's record ({CHECKPOINT_MARKER_NAME}): the checkpoint was "
+                "changed or damaged after it was saved. Resume from an earlier checkpoint."
+            )
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
+    """The newest ``checkpoint-N`` folder in ``output_dir`` that a soft-prompt run finished writing, or None.
+
+    Use it as ``trainer.train(resume_from_checkpoint=last_complete_checkpoint(output_dir))``: the Trainer's own
+    ``resume_from_checkpoint=True`` takes the newest folder, even one the run was killed while writing.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    steps = []
+    for child in folder.iterdir():
+        match = _CHECKPOINT_PATTERN.match(child.name)
+        if match and (child / CHECKPOINT_MARKER_NAME).is_file():
+            steps.append((int(match.group(1)), child))
+    return str(max(steps)[1]) if steps else None
+
+
+def _needs_module_state(model: PeftModel, adapter_name: str) -> bool:
+    # For these, peft's adapter file holds the encoder's *output*, which cannot be loaded back into the
+    # encoder's input (P-tuning would apply its MLP twice; the prefix projection's shapes differ).
+    config = model.peft_config[adapter_name]
+    return config.peft_type == PeftType.P_TUNING or (
+        config.peft_type == PeftType.PREFIX_TUNING and bool(getattr(config, "prefix_projection", False))
+    )
+
+
+def _install_checkpoint_loader(model: PeftModel) -> None:
+    """Make ``model.load_adapter`` read our full state from checkpoints that have one.
+
+    The Trainer resumes (``resume_from_checkpoint``) and restores the best checkpoint
+    (``load_best_model_at_end``) by calling ``model.load_adapter(checkpoint, adapter_name, ...)``; this is the
+    one place both go through, so this instance (only this one) gets a loader that understands our files.
+    """
+    if getattr(model, "_softprompt_checkpoint_loader", False):
+        return
+    original = model.load_adapter
+
+    def load_adapter(self: PeftModel, model_id: Any, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
+        folder = Path(str(model_id))
+        if folder.is_dir() and adapter_name in self.peft_config and self.peft_config[adapter_name].is_prompt_learning:
+            if (folder / SOFT_PROMPT_STATE_NAME).is_file() or (folder / CHECKPOINT_MARKER_NAME).is_file():
+                load_soft_prompt_state(self, folder)
+                logger.info(f"Restored the soft prompt's trainable modules from {folder}")
+                return None
+            if _needs_module_state(self, adapter_name):
+                raise ValueError(
+                    f"{folder} has no {SOFT_PROMPT_STATE_NAME}: its adapter file holds only the prompt that the "
+                    "trained encoder produced, and loading that back into the encoder would silently corrupt "
+                    "it. Checkpoints written with SoftPromptCheckpointCallback resume exactly; this one can be "
+                    "used for inference only (AutoPeftModelForCausalLM.from_pretrained)."
+                )
+        return original(model_id, adapter_name, *args, **kwargs)
+
+    model.load_adapter = types.MethodType(load_adapter, model)  # type: ignore[method-assign]
+    model._softprompt_checkpoint_loader = True  # type: ignore[attr-defined]
+
+
+class SoftPromptCheckpointCallback(TrainerCallback):
+    """Checkpoints from which soft-prompt training resumes exactly, and from which the best one is reloaded.
+
+    peft's checkpoint file holds only the final prompt (P-tuning's encoder output, the prefix projection's
+    output), so the Trainer's ``resume_from_checkpoint`` and ``load_best_model_at_end`` cannot restore the
+    modules that produce it (pitfall 8 in the project notes). This callback
+
+    - writes the trainable modules (``SOFT_PROMPT_STATE_NAME``) into every checkpoint, then a marker with the
+      SHA-256 of every file (``CHECKPOINT_MARKER_NAME``: a checkpoint without it is incomplete), and records
+      the newest complete checkpoint in ``output_dir/last_complete_checkpoint.json``;
+    - makes the model load those modules whenever the Trainer loads a checkpoint into it. The Trainer itself
+      restores the optimizer, the scheduler, the RNG states and the data order.
+
+    Example:
+
+    ```python
+    trainer = Trainer(model, args, ..., callbacks=[SoftPromptCheckpointCallback()])
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
+    ```
+    """
+
+    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        model = kwargs.get("model")
+        if model is not None:
+            _install_checkpoint_loader(_peft_model(model))
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if not args.should_save:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not folder.is_dir():
+            logger.warning(f"Expected the Trainer's checkpoint at {folder}; no soft-prompt state written.")
+            return
+        save_soft_prompt_state(kwargs["model"], folder)
+        files = {
+            path.relative_to(folder).as_posix(): _sha256(path)
+            for path in sorted(folder.rglob("*"))
+            if path.is_file() and path.name != CHECKPOINT_MARKER_NAME and not path.name.startswith(".")
+        }
+        record = {"format": _FORMAT_VERSION, "global_step": state.global_step, "files": files}
+        atomic_write_json(folder / CHECKPOINT_MARKER_NAME, record)
+        atomic_write_json(
+            Path(args.output_dir) / LAST_CHECKPOINT_NAME,
+            {"checkpoint": folder.name, "global_step": state.global_step},
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Refusals
+# ----------------------------------------------------------------------------------------------------------
+
+_PACKING_MESSAGE = (
+    "{what} cannot be used with soft prompts: it concatenates several rows into one sequence, and peft puts "
+    "the virtual tokens (or the prefix) once at the start of the whole sequence, so every row but the first "
+    "would be trained without its prompt. Use softprompt_hf.SoftPromptDataCollator (dynamic padding, one "
+    "row per sequence) and no packing."
+)
+
+
+def _zero_stage(args: TrainingArguments) -> int | None:
+    plugin = getattr(args, "hf_deepspeed_config", None)
+    if plugin is not None:
+        config = getattr(plugin, "config", {}) or {}
+        stage = config.get("zero_optimization", {}).get("stage")
+        if stage is not None:
+            return int(stage)
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() in ("1", "true", "yes"):
+        stage = os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE")
+        return int(stage) if stage else None
+    return None
+
+
+_ZERO3_MESSAGE = (
+    "DeepSpeed ZeRO-3 is refused for soft prompts: it shards the prompt encoder's and the prefix's parameters "
+    "across processes, and gathering them to save the adapter is not supported by peft 0.21 (saving can hang "
+    "or write empty tensors). A soft prompt and its optimizer state are tiny: use ZeRO-2 "
+    "(recipes/accelerate/deepspeed_zero2.yaml), DDP or FSDP instead."
+)
+
+
+def _check_collator(collator: Any) -> None:
+    name = type(collator).__name__
+    if name == "DataCollatorWithFlattening" or getattr(collator, "padding_free", False):
+        raise ValueError(_PACKING_MESSAGE.format(what=f"Padding-free collation ({name})"))
+    if getattr(collator, "return_position_ids", False) and name != "SoftPromptDataCollator":
+        raise ValueError(_PACKING_MESSAGE.format(what=f"A collator that returns position_ids ({name})"))
+
+
+def _check_arguments(args: TrainingArguments, model: Any | None) -> None:
+    if model is not None:
+        peft_model = _peft_model(model)
+        config = peft_model.peft_config[peft_model.active_adapter]
+        if config.is_prompt_learning:
+            check_training_arguments(config, args)
+    if _zero_stage(args) == 3:
+        raise ValueError(_ZERO3_MESSAGE)
+    if getattr(args, "packing", False) or getattr(args, "padding_free", False):
+        raise ValueError(_PACKING_MESSAGE.format(what="Packing / padding-free training"))
+
+
+def check_trainer(trainer: Any) -> None:
+    """Raise a ``ValueError`` for Trainer settings that cannot work with the trainer's soft-prompt model.
+
+    Everything ``SoftPromptGuardCallback`` checks, plus what only the Trainer object knows: a
+    ``compute_loss_func`` with prompt tuning / P-tuning (the Trainer takes the labels away from the model to
+    call it, so peft cannot extend them over the virtual tokens and the shapes do not match).
+    """
+    model = trainer.model
+    _check_arguments(trainer.args, model)
+    peft_model = _peft_model(model)
+    config = peft_model.peft_config[peft_model.active_adapter]
+    if getattr(trainer, "compute_loss_func", None) is not None and config.peft_type in (
+        PeftType.PROMPT_TUNING,
+        PeftType.P_TUNING,
+    ):
+        raise ValueError(
+            f"compute_loss_func cannot be used with {config.peft_type.value}: the Trainer takes the labels away "
+            "from the model to call it, and the logits it gets include the virtual tokens' positions while the "
+            "labels do not, so the loss cannot line up. Leave compute_loss_func unset (the model computes the "
+            "loss over the label tokens), or use prefix tuning, which adds no positions."
+        )
+    if trainer.data_collator is not None:
+        _check_collator(trainer.data_collator)
+
+
+class SoftPromptGuardCallback(TrainerCallback):
+    """Refuses, when the Trainer is built and again when training starts, settings that cannot work.
+
+    Label smoothing (any method) and prefix tuning with gradient checkpointing (see
+    ``check_training_arguments``), DeepSpeed ZeRO-3, packing and padding-free collation. A
+    ``compute_loss_func`` is invisible to callbacks: call ``check_trainer(trainer)`` to cover it too.
+    """
+
+    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        _check_arguments(args, kwargs.get("model"))
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        _check_arguments(args, kwargs.get("model"))
+        dataloader = kwargs.get("train_dataloader")
+        collator = getattr(dataloader, "collate_fn", None)
+        if collator is not None:
+            _check_collator(collator)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Logging
+# ----------------------------------------------------------------------------------------------------------
+
+
+def parameter_summary(model: Any) -> list[tuple[str, int]]:
+    """Trainable parameter counts per trainable module, e.g. ``[("prompt_encoder.default.embedding", 8192)]``."""
+    counts: dict[str, int] = {}
+    for name, param in getattr(model, "module", model).named_parameters():
+        if param.requires_grad:
+            module = name.rsplit(".", 1)[0]
+            counts[module] = counts.get(module, 0) + param.numel()
+    return list(counts.items())
+
+
+class ParameterSummaryCallback(TrainerCallback):
+    """Logs the trainable parameters per module, their total and their share of the model at train start."""
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        model = kwargs.get("model")
+        if model is None or not state.is_world_process_zero:
+            return
+        rows = parameter_summary(model)
+        trainable = sum(count for _, count in rows)
+        total = sum(param.numel() for param in getattr(model, "module", model).parameters())
+        lines = [f"  {name}: {count:,}" for name, count in rows]
+        share = 100 * trainable / total if total else 0.0
+        logger.info(
+            "Trainable parameters: %s of %s (%.4f%%)\n%s", f"{trainable:,}", f"{total:,}", share, "\n".join(lines)
+        )
+
+
+def _markdown_cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+class SamplePredictionsCallback(TrainerCallback):
+    """Logs a few of the evaluation's predictions (text, gold label, generated output) at each evaluation.
+
+    They go to the logs and, when ``report_to`` includes TensorBoard, to a TensorBoard text summary
+    (``eval/sample_predictions``) under ``<output_dir>/runs/sample_predictions`` (or under
+    ``$TENSORBOARD_LOGGING_DIR``). The same rows are shown every time, so their evolution can be followed.
+
+    Args:
+        metrics: The ``GenerationMetrics`` object passed to the Trainer (its ``last_predictions`` are shown).
+        num_samples: How many rows to show.
+        max_text_chars: Texts are cut to this many characters.
+    """
+
+    def __init__(self, metrics: GenerationMetrics, num_samples: int = 4, max_text_chars: int = 120):
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
+        self.metrics = metrics
+        self.num_samples = num_samples
+        self.max_text_chars = max_text_chars
+        self._writer: Any | None = None
+
+    def table(self) -> list[dict[str, str]]:
+        """The rows shown for the last evaluation."""
+        rows = []
+        for prediction in list(self.metrics.last_predictions)[: self.num_samples]:
+            text = (
+                prediction.text
+                if len(prediction.text) <= self.max_text_chars
+                else prediction.text[: self.max_text_chars] + "..."
+            )
+            rows.append(
+                {
+                    "text": text,
+                    "gold": str(prediction.gold),
+                    "predicted": str(prediction.predicted),
+                    "output": str(prediction.output),
+                }
+            )
+        return rows
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if not state.is_world_process_zero or not self.metrics.last_predictions:
+            return
+        rows = self.table()
+        logger.info(
+            "Sample predictions at step %d:\n%s",
+            state.global_step,
+            "\n".join(f"  gold={r['gold']!r} generated={r['output']!r} text={r['text']!r}" for r in rows),
+        )
+        if "tensorboard" in (args.report_to or []):
+            header = "| text | gold | predicted | generated |\n|---|---|---|---|\n"
+            body = "\n".join(
+                "| " + " | ".join(_markdown_cell(r[key]) for key in ("text", "gold", "predicted", "output")) + " |"
+                for r in rows
+            )
+            writer = self._tensorboard(args)
+            writer.add_text("eval/sample_predictions", header + body, global_step=state.global_step)
+            writer.flush()
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _tensorboard(self, args: TrainingArguments) -> Any:
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            root = os.environ.get("TENSORBOARD_LOGGING_DIR") or os.path.join(args.output_dir, "runs")
+            self._writer = SummaryWriter(log_dir=os.path.join(os.path.expanduser(root), "sample_predictions"))
+        return self._writer
