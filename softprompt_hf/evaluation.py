@@ -189,7 +189,11 @@ class GenerationMetrics(TrainerCallback):
         return self.last_report.as_metrics()
 
     def predict(self, model: torch.nn.Module, texts: Sequence[str]) -> list[Prediction]:
-        """Labels unlabelled texts (no gold) with the configured mode."""
+        """Labels unlabelled texts (no gold) with the configured mode.
+
+        In a distributed run every process must call it: the texts are split between the processes and the
+        predictions gathered, so that all of them get the whole list.
+        """
         outputs, scores = self._score(model, list(texts))
         return [
             Prediction(text=t, gold=None, predicted=match_label(o, self.labels), output=o, scores=s)

@@ -61,7 +61,9 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, method, prefix_
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6, msg=name)
     # The step-4 weights were really restored: training moved them, so a fresh start would differ.
-    started_over = run(tmp_path / "fresh", method, prefix_projection=prefix_projection, max_steps=MAX_STEPS - SAVE_STEPS)
+    started_over = run(
+        tmp_path / "fresh", method, prefix_projection=prefix_projection, max_steps=MAX_STEPS - SAVE_STEPS
+    )
     assert any(not torch.allclose(trainable(started_over)[n], want[n]) for n in want)
 
 

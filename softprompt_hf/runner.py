@@ -1,0 +1,494 @@
+"""What the recipes in ``recipes/`` share: their arguments, ``--config`` files, data loading and the end of a run.
+
+A recipe reads as the steps of a run (parse -> data -> model -> Trainer -> train -> finish); the details of
+each step live here so that the three recipes stay short and behave the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import logging as std_logging
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import (
+    AutoTokenizer,
+    EarlyStoppingCallback,
+    HfArgumentParser,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.utils import logging
+
+from .callbacks import (
+    ParameterSummaryCallback,
+    SamplePredictionsCallback,
+    SoftPromptCheckpointCallback,
+    SoftPromptGuardCallback,
+    last_complete_checkpoint,
+)
+from .collator import SoftPromptDataCollator
+from .data import ClassificationData, load_classification_data, load_raft
+from .embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
+from .evaluation import GenerationMetrics
+from .methods import METHODS, SoftPromptArguments
+from .metrics import write_predictions, write_raft_submission
+from .prompt import DEFAULT_TEMPLATE
+from .saving import atomic_write_json, save_adapter
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "RECIPE_TRAINING_DEFAULTS",
+    "DataArguments",
+    "ModelArguments",
+    "RunArguments",
+    "build_collator",
+    "build_metrics",
+    "finish_run",
+    "load_recipe_data",
+    "load_recipe_tokenizer",
+    "parse_recipe_args",
+    "push_run",
+    "summary_line",
+    "take_over_hub_push",
+    "recipe_callbacks",
+    "resolve_resume_checkpoint",
+    "setup_logging",
+]
+
+#: TrainingArguments defaults of the recipes (the seed guide's optimisation; evaluation, checkpoints and the
+#: best-adapter selection every epoch). Config files and flags override them.
+RECIPE_TRAINING_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 3e-2,
+    "num_train_epochs": 3,
+    "per_device_train_batch_size": 16,
+    "per_device_eval_batch_size": 32,
+    "lr_scheduler_type": "linear",
+    "warmup_steps": 0,
+    "remove_unused_columns": False,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "f1",
+    "greater_is_better": True,
+    "logging_steps": 10,
+    "report_to": "none",
+    "seed": 42,
+    # Every trainable parameter gets a gradient at every step; searching for unused ones costs a graph walk.
+    "ddp_find_unused_parameters": False,
+}
+
+ADAPTER_DIRNAME = "adapter"
+PREDICTIONS_NAME = "predictions.csv"
+SUBMISSION_NAME = "raft_submission.csv"
+RESULTS_NAME = "eval_results.json"
+
+
+@dataclass
+class ModelArguments:
+    """The frozen base model."""
+
+    model_name_or_path: str = field(
+        default=str(EMBEDDED_MODEL_PATH),
+        metadata={"help": "Base model: a Hub id or a local folder. Default: the embedded model (offline)."},
+    )
+    base_model_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "The base model's Hub id, recorded in adapter_config.json and the model card. Needed when "
+            "model_name_or_path is a local copy: others cannot load an adapter that names a path on your disk."
+        },
+    )
+
+
+@dataclass
+class DataArguments:
+    """The classification data and how each row becomes a prompt."""
+
+    dataset: str = field(
+        default="embedded",
+        metadata={
+            "help": "embedded (the package's synthetic tweets, offline), raft (ought/raft from the Hub, or "
+            "--train_file/--test_file copies of its files), or files (your own CSV/JSON/parquet files).",
+            "choices": ["embedded", "raft", "files"],
+        },
+    )
+    raft_subset: str = field(default="twitter_complaints", metadata={"help": "RAFT subset (dataset=raft)."})
+    train_file: str | None = field(default=None, metadata={"help": "Labelled rows (dataset=raft or files)."})
+    test_file: str | None = field(default=None, metadata={"help": "More rows, e.g. RAFT's unlabelled test split."})
+    text_column: str | None = field(default=None, metadata={"help": "Text column. Default: RAFT's, or required."})
+    label_column: str = field(default="Label", metadata={"help": "Label column."})
+    id_column: str | None = field(default="ID", metadata={"help": "Row id column (for submissions), if any."})
+    class_names: str | None = field(
+        default=None, metadata={"help": "Comma-separated class names, when the label column holds integers."}
+    )
+    unlabeled_class: str | None = field(default="Unlabeled", metadata={"help": "Class that marks unlabelled rows."})
+    validation_size: float = field(
+        default=0.2,
+        metadata={"help": "Labelled rows held out for validation, stratified: a fraction (<1) or a count (>=1)."},
+    )
+    template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "Prompt template ({text_column}, {text})."})
+    max_length: int | None = field(
+        default=None, metadata={"help": "Cap on prompt + label tokens; only the text is ever truncated."}
+    )
+
+
+@dataclass
+class RunArguments:
+    """Evaluation and outputs of a recipe run."""
+
+    eval_mode: str = field(
+        default="generate",
+        metadata={
+            "help": "generate (greedy decoding matched to the labels) or rank (most likely label).",
+            "choices": ["generate", "rank"],
+        },
+    )
+    num_sample_predictions: int = field(default=4, metadata={"help": "Rows logged at each evaluation (0: none)."})
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many evaluations without improvement of metric_for_best_model."},
+    )
+    predict_unlabeled: bool = field(
+        default=True, metadata={"help": "Label the unlabelled rows and write RAFT's ID,Label submission file."}
+    )
+
+
+_ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, SoftPromptArguments, TrainingArguments)
+
+
+def _config_to_argv(config: dict[str, Any], parser: HfArgumentParser, path: str) -> list[str]:
+    known = {action.dest for action in parser._actions}
+    argv: list[str] = []
+    for key, value in config.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{path}: unknown setting {key!r}.{hint} Settings are the recipe's flags without '--'.")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv += [f"--{key}", str(value).lower()]
+        elif isinstance(value, list):
+            argv += [f"--{key}", *(str(item) for item in value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a recipe config: a YAML mapping of flag names (without ``--``) to values."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path}: no such file.") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a recipe config is a YAML mapping of flag names to values.")
+    return config
+
+
+def parse_recipe_args(
+    method: str, argv: list[str] | None = None
+) -> tuple[ModelArguments, DataArguments, RunArguments, SoftPromptArguments, TrainingArguments]:
+    """Parse a recipe's command line: ``[--config file.yaml] [flags]``, flags overriding the file.
+
+    Every ``TrainingArguments``, ``SoftPromptArguments``, ``ModelArguments``, ``DataArguments`` and
+    ``RunArguments`` flag is accepted; ``RECIPE_TRAINING_DEFAULTS`` replace a few ``TrainingArguments``
+    defaults. The method is the recipe's own: a config that names another one is refused.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}.")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, rest = pre.parse_known_args(argv)
+    parser = HfArgumentParser(_ARGUMENT_CLASSES)  # type: ignore[arg-type]
+    parser.add_argument("--config", help="YAML file of flag values; flags on the command line override it.")
+    parser.set_defaults(**RECIPE_TRAINING_DEFAULTS, method=method, output_dir=f"outputs/{method}")
+    config_argv: list[str] = []
+    if known.config:
+        config = read_config(known.config)
+        if config.get("method", method) != method:
+            raise ValueError(
+                f"{known.config} is a config for method {config['method']!r}; run it with "
+                f"recipes/{config['method']}.py, or remove 'method' from it."
+            )
+        config_argv = _config_to_argv(config, parser, known.config)
+    parsed = parser.parse_args(config_argv + rest)
+    if parsed.method != method:
+        raise ValueError(f"This recipe trains {method}; for {parsed.method} run recipes/{parsed.method}.py.")
+    outputs = []
+    for cls in _ARGUMENT_CLASSES:
+        names = {f.name for f in fields(cls) if f.init}
+        outputs.append(cls(**{name: value for name, value in vars(parsed).items() if name in names}))
+    return tuple(outputs)  # type: ignore[return-value]
+
+
+def setup_logging(training_args: TrainingArguments) -> None:
+    """Show the Trainer's and softprompt_hf's progress on the main process, warnings elsewhere."""
+    std_logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=std_logging.WARNING)
+    level = training_args.get_process_log_level()
+    logging.set_verbosity(level)
+    std_logging.getLogger("softprompt_hf").setLevel(level)
+
+
+def load_recipe_data(data_args: DataArguments, seed: int) -> ClassificationData:
+    """Load the data a recipe trains on, with its stratified, seeded validation split."""
+    size: float | int = int(data_args.validation_size) if data_args.validation_size >= 1 else data_args.validation_size
+    class_names = [name.strip() for name in data_args.class_names.split(",")] if data_args.class_names else None
+    files = {split: path for split, path in (("train", data_args.train_file), ("test", data_args.test_file)) if path}
+    common: dict[str, Any] = {
+        "label_column": data_args.label_column,
+        "id_column": data_args.id_column,
+        "class_names": class_names,
+        "unlabeled_class": data_args.unlabeled_class,
+        "validation_size": size,
+        "seed": seed,
+    }
+    if data_args.dataset == "embedded":
+        return load_raft(data_files=EMBEDDED_DATA_FILES, text_column=data_args.text_column, **common)
+    if data_args.dataset == "raft":
+        return load_raft(data_args.raft_subset, files or None, text_column=data_args.text_column, **common)
+    if not files or data_args.text_column is None:
+        raise ValueError("dataset=files needs --train_file (and optionally --test_file) and --text_column.")
+    return load_classification_data(files, text_column=data_args.text_column, **common)
+
+
+def load_recipe_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer; EOS doubles as the pad token if it has none (a new token would resize the
+    vocabulary and put the whole embedding matrix into the adapter)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def build_collator(tokenizer: PreTrainedTokenizerBase, data: ClassificationData, data_args: DataArguments):
+    """The training collator for ``data`` with the run's template and length cap."""
+    return SoftPromptDataCollator(
+        tokenizer,
+        text_column=data.text_column,
+        target_column=data.target_column,
+        template=data_args.template,
+        max_length=data_args.max_length,
+    )
+
+
+def build_metrics(
+    tokenizer: PreTrainedTokenizerBase,
+    data: ClassificationData,
+    data_args: DataArguments,
+    run_args: RunArguments,
+    training_args: TrainingArguments,
+) -> GenerationMetrics:
+    """Generation-based metrics on the validation split, prompts cut exactly as in training."""
+    if data.validation is None or len(data.validation) == 0:
+        raise ValueError("The recipes evaluate on a validation split: set --validation_size above 0.")
+    max_prompt_tokens = None
+    if data_args.max_length is not None:
+        longest_target = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in data.classes)
+        max_prompt_tokens = data_args.max_length - longest_target - 1  # the collator's budget: target + EOS
+    return GenerationMetrics(
+        tokenizer,
+        data.classes,
+        data.validation,
+        text_column=data.text_column,
+        target_column=data.target_column,
+        id_column=data.id_column,
+        template=data_args.template,
+        mode=run_args.eval_mode,
+        batch_size=training_args.per_device_eval_batch_size,
+        max_prompt_tokens=max_prompt_tokens,
+    )
+
+
+def recipe_callbacks(metrics: GenerationMetrics, run_args: RunArguments) -> list[TrainerCallback]:
+    """The callbacks every recipe run uses: refusals, exact checkpoints, parameter summary, samples, early stop."""
+    callbacks: list[TrainerCallback] = [
+        SoftPromptGuardCallback(),
+        SoftPromptCheckpointCallback(),
+        ParameterSummaryCallback(),
+        *metrics.trainer_kwargs()["callbacks"],
+    ]
+    if run_args.num_sample_predictions > 0:
+        callbacks.append(SamplePredictionsCallback(metrics, num_samples=run_args.num_sample_predictions))
+    if run_args.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=run_args.early_stopping_patience))
+    return callbacks
+
+
+def resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
+    """``--resume_from_checkpoint`` as a path, or ``last``/``true`` for the newest *complete* checkpoint."""
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).lower() in ("", "false", "none"):
+        return None
+    if str(value).lower() in ("last", "true"):
+        checkpoint = last_complete_checkpoint(training_args.output_dir)
+        if checkpoint is None:
+            raise ValueError(
+                f"--resume_from_checkpoint {value}: no complete checkpoint in {training_args.output_dir}. Start "
+                "without it, or pass a checkpoint folder."
+            )
+        return checkpoint
+    if not Path(value).is_dir():
+        raise ValueError(f"--resume_from_checkpoint {value}: no such folder.")
+    return str(value)
+
+
+def take_over_hub_push(training_args: TrainingArguments) -> str | None:
+    """Turn the Trainer's own Hub push off and return the repository the recipe pushes to itself, if any.
+
+    The Trainer pushes with ``PeftModel.push_to_hub``, which on transformers 5.x replaces peft's card with a
+    wrong one; the recipes push the complete local ``adapter/`` folder instead, once, at the end.
+    """
+    if not training_args.push_to_hub:
+        return None
+    if not training_args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id <user or org>/<repository>.")
+    training_args.push_to_hub = False
+    return training_args.hub_model_id
+
+
+def push_run(trainer: Trainer, repo_id: str) -> None:
+    """Push the run's saved ``adapter/`` folder to ``repo_id`` (main process only)."""
+    if not trainer.is_world_process_zero():
+        return
+    from .hub import push_adapter_folder
+
+    push_adapter_folder(
+        Path(trainer.args.output_dir) / ADAPTER_DIRNAME,
+        repo_id,
+        token=trainer.args.hub_token,
+        private=trainer.args.hub_private_repo,
+    )
+
+
+def summary_line(method: str, results: dict[str, Any], data: ClassificationData, output_dir: str) -> str:
+    """The one line a recipe prints at the end."""
+    shown = ", ".join(
+        f"{key.removeprefix('eval_')} {results[key]:.3f}"
+        for key in ("eval_accuracy", "eval_f1", "eval_invalid_rate")
+        if key in results
+    )
+    rows = len(data.validation) if data.validation is not None else 0
+    return f"{method}: validation {shown} ({rows} rows); adapter saved to {Path(output_dir) / ADAPTER_DIRNAME}"
+
+
+def base_model_id(model_args: ModelArguments) -> str:
+    """The base model's name for the adapter: the Hub id if given, else what it was loaded from."""
+    return model_args.base_model_id or model_args.model_name_or_path
+
+
+def finish_run(
+    trainer: Trainer,
+    metrics: GenerationMetrics,
+    data: ClassificationData,
+    *,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    run_args: RunArguments,
+    repo_id: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate the final (or best) adapter, then write the run's outputs into ``output_dir``:
+
+    ``eval_results.json``, ``predictions.csv`` (the validation rows), ``adapter/`` (adapter + tokenizer +
+    model card + ``softprompt_hf.json``, written atomically) and, when the data has unlabelled rows,
+    ``raft_submission.csv``. ``repo_id`` is the Hub repository the folder will be pushed to, if any (the
+    card's usage example loads it from there). Returns the final validation metrics.
+    """
+    results = trainer.evaluate()
+    model = trainer.model
+    unlabeled = data.unlabeled if run_args.predict_unlabeled else None
+    predicted: list[str | None] = []
+    if unlabeled is not None and len(unlabeled) > 0:
+        # Every process takes part: GenerationMetrics splits the rows between the processes and gathers them.
+        predicted = [p.predicted for p in metrics.predict(model, list(unlabeled[data.text_column]))]
+    output_dir = Path(trainer.args.output_dir)
+    if not trainer.is_world_process_zero():
+        return results
+    atomic_write_json(output_dir / RESULTS_NAME, {k: v for k, v in results.items() if _jsonable(v)})
+    write_predictions(output_dir / PREDICTIONS_NAME, metrics.last_predictions)
+    card = _model_card(trainer, metrics, data, model_args, data_args, results, repo_id)
+    save_adapter(
+        model,
+        output_dir / ADAPTER_DIRNAME,
+        tokenizer=trainer.processing_class,
+        base_model_id=model_args.base_model_id,
+        model_card=card,
+        extra_json={
+            "labels": list(data.classes),
+            "class_names": list(data.class_names),
+            "template": data_args.template,
+            "text_column": data.text_column,
+            "method": _method_name(model),
+            "base_model": base_model_id(model_args),
+            "eval_mode": run_args.eval_mode,
+        },
+    )
+    if predicted:
+        assert unlabeled is not None
+        ids = list(unlabeled[data.id_column]) if data.id_column else list(range(len(predicted)))
+        # RAFT wants a class for every row: outputs that match no label get the training data's majority class
+        # (the submission writer logs how many).
+        labels = list(data.train[data.target_column])
+        majority = data.class_names[data.classes.index(max(data.classes, key=labels.count))]
+        write_raft_submission(output_dir / SUBMISSION_NAME, ids, predicted, data.class_names, fallback=majority)
+    logger.info(f"Outputs written to {output_dir} (adapter in {output_dir / ADAPTER_DIRNAME})")
+    return results
+
+
+def _jsonable(value: Any) -> bool:
+    return isinstance(value, (int, str)) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _method_name(model: Any) -> str:
+    peft_type = model.peft_config[model.active_adapter].peft_type.value
+    return {"PROMPT_TUNING": "prompt_tuning", "P_TUNING": "p_tuning", "PREFIX_TUNING": "prefix_tuning"}[peft_type]
+
+
+def _model_card(
+    trainer: Trainer,
+    metrics: GenerationMetrics,
+    data: ClassificationData,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    results: dict[str, Any],
+    repo_id: str | None,
+) -> Any:
+    from .card import build_model_card, is_hub_id
+
+    if not is_hub_id(base_model_id(model_args)):
+        logger.warning(
+            f"The base model {model_args.model_name_or_path} is a local folder and no --base_model_id was given: "
+            "the adapter names that path and gets peft's generic card. Pass --base_model_id <hub id> to share it."
+        )
+        return None
+    dataset = {"embedded": None, "raft": "ought/raft", "files": None}[data_args.dataset]
+    return build_model_card(
+        trainer.model,
+        base_model=base_model_id(model_args),
+        metrics={k: v for k, v in results.items() if isinstance(v, (int, float))},
+        report=metrics.last_report,
+        training_args=trainer.args,
+        log_history=trainer.state.log_history,
+        dataset=dataset,
+        dataset_config=data_args.raft_subset if dataset else None,
+        labels=list(data.classes),
+        template=data_args.template,
+        text_column=data.text_column,
+        repo_id=repo_id,
+    )

@@ -1,0 +1,180 @@
+"""Recipes: configs parse, flags override them, and a run on the embedded model leaves complete outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import METHODS
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+from softprompt_hf.callbacks import CHECKPOINT_MARKER_NAME
+from softprompt_hf.generation import generate_label_texts
+from softprompt_hf.runner import parse_recipe_args, resolve_resume_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+CONFIGS = sorted((RECIPES / "configs").glob("*.yaml"))
+ACCELERATE_CONFIGS = sorted((RECIPES / "accelerate").glob("*.yaml"))
+ALL_YAML = sorted(p for p in REPO.rglob("*.y*ml") if ".git" not in p.parts and "site-packages" not in p.parts)
+
+# The seed guide's PEFT configs (their parameter counts on bloomz-560m are checked in tests/test_methods.py).
+SEED_PEFT = {
+    "prompt_tuning": {"prompt_tuning_init": "TEXT", "num_virtual_tokens": 8},
+    "p_tuning": {"encoder_reparameterization_type": "MLP", "num_virtual_tokens": 20, "encoder_hidden_size": 128},
+    "prefix_tuning": {"num_virtual_tokens": 20, "prefix_projection": False},
+}
+
+
+def load_recipe(method: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"recipe_{method}", RECIPES / f"{method}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_yaml_in_the_repo_is_a_known_config_and_starts_with_its_command():
+    assert set(ALL_YAML) == set(CONFIGS) | set(ACCELERATE_CONFIGS), "a YAML file outside the tested folders"
+    assert len(CONFIGS) == 3 and len(ACCELERATE_CONFIGS) == 5
+    for path in ALL_YAML:
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# accelerate launch ") or first.startswith("# On each machine"), path
+        assert yaml.safe_load(path.read_text()), path
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_recipe_configs_reproduce_the_seed_setup(path):
+    method = path.name.split("_bloomz")[0]
+    assert (
+        path.read_text().splitlines()[0]
+        == f"# accelerate launch recipes/{method}.py --config recipes/configs/{path.name}"
+    )
+    model_args, data_args, run_args, prompt_args, training_args = parse_recipe_args(method, ["--config", str(path)])
+    assert model_args.model_name_or_path == "bigscience/bloomz-560m"
+    assert (data_args.dataset, data_args.raft_subset, data_args.validation_size) == ("raft", "twitter_complaints", 10)
+    assert training_args.learning_rate == 3e-2
+    assert training_args.num_train_epochs == 50
+    assert training_args.per_device_train_batch_size == 16
+    assert training_args.lr_scheduler_type.value == "linear" and training_args.warmup_steps == 0
+    assert training_args.optim.value == "adamw_torch" and training_args.weight_decay == 0.01
+    assert training_args.max_grad_norm == 0.0  # the guide's loop never clips
+    assert prompt_args.method == method
+    for key, value in SEED_PEFT[method].items():
+        assert getattr(prompt_args, key) == value, key
+    if method == "prompt_tuning":
+        assert prompt_args.prompt_tuning_init_text == "Classify if the tweet is a complaint or no complaint.\n"
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
+def test_accelerate_configs_load(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(str(path))
+    assert config.num_processes >= 1
+    if "zero2" in path.name:
+        assert config.deepspeed_config["zero_stage"] == 2
+
+
+def test_flags_override_the_config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("learning_rate: 3e-2\nnum_train_epochs: 7\nreport_to: [tensorboard]\nbf16: false\n")
+    *_, training_args = parse_recipe_args("p_tuning", ["--config", str(path), "--num_train_epochs", "2"])
+    assert training_args.learning_rate == 3e-2  # YAML 1.1 reads 3e-2 as a string; the flag's type converts it
+    assert training_args.num_train_epochs == 2
+    assert training_args.report_to == ["tensorboard"]
+    *_, defaults = parse_recipe_args("p_tuning", [])
+    assert defaults.output_dir.endswith("outputs/p_tuning") and defaults.load_best_model_at_end
+
+
+def test_config_errors_say_what_to_change(tmp_path):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("learning_rat: 0.1\n")
+    with pytest.raises(ValueError, match="unknown setting 'learning_rat'.*Did you mean 'learning_rate'"):
+        parse_recipe_args("p_tuning", ["--config", str(typo)])
+    other = tmp_path / "other.yaml"
+    other.write_text("method: prefix_tuning\n")
+    with pytest.raises(ValueError, match="run it with recipes/prefix_tuning.py"):
+        parse_recipe_args("p_tuning", ["--config", str(other)])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        parse_recipe_args("p_tuning", ["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_resume_flag_takes_the_last_complete_checkpoint(tmp_path):
+    for step, complete in ((4, True), (8, True), (12, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / CHECKPOINT_MARKER_NAME).write_text("{}")
+    *_, args = parse_recipe_args("p_tuning", ["--output_dir", str(tmp_path), "--resume_from_checkpoint", "last"])
+    assert resolve_resume_checkpoint(args) == str(tmp_path / "checkpoint-8")
+    *_, args = parse_recipe_args(
+        "p_tuning", ["--output_dir", str(tmp_path / "empty"), "--resume_from_checkpoint", "last"]
+    )
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        resolve_resume_checkpoint(args)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def check_outputs(out: Path, method: str) -> dict:
+    results = json.loads((out / "eval_results.json").read_text())
+    predictions = read_csv(out / "predictions.csv")
+    assert len(predictions) == 160  # the embedded data's validation split
+    accuracy = sum(row["gold"] == row["predicted"] for row in predictions) / len(predictions)
+    assert results["eval_accuracy"] == pytest.approx(accuracy)
+    submission = read_csv(out / "raft_submission.csv")
+    assert len(submission) == 400 and {row["Label"] for row in submission} <= {"complaint", "no_complaint"}
+    adapter = out / "adapter"
+    inference = json.loads((adapter / "softprompt_hf.json").read_text())
+    assert inference["method"] == method and inference["labels"] == ["complaint", "no complaint"]
+    assert (adapter / "README.md").is_file() and (adapter / "tokenizer.json").is_file()
+    # The saved folder is self-contained: it reloads with peft's auto class and predicts what the run reported.
+    model = AutoPeftModelForCausalLM.from_pretrained(adapter)
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    outputs = generate_label_texts(model, tokenizer, [row["text"] for row in predictions[:16]], max_new_tokens=4)
+    assert [o.strip() for o in outputs] == [row["output"].strip() for row in predictions[:16]]
+    return results
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_recipe_runs_on_the_embedded_default(tmp_path, method, capsys):
+    out = tmp_path / method
+    # The recipe's defaults: 3 epochs on the embedded model and data.
+    results = load_recipe(method).main(["--output_dir", str(out), "--use_cpu", "true", "--disable_tqdm", "true"])
+    assert results["eval_accuracy"] >= 0.9
+    assert check_outputs(out, method)["eval_f1"] == pytest.approx(results["eval_f1"])
+    assert f"{method}: validation accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.distributed
+def test_recipe_under_accelerate_launch_with_two_processes(tmp_path):
+    out = tmp_path / "run"
+    # accelerate 1.15 starts a single process for `--cpu --num_processes 2` (multi-CPU needs MPI); its
+    # multi-GPU launcher (torchrun) starts two, and --use_cpu makes them train on CPU with gloo.
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(RECIPES / "p_tuning.py"), "--output_dir", str(out), "--num_train_epochs", "1", "--use_cpu", "true",
+        "--disable_tqdm", "true", "--predict_unlabeled", "true",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    state = json.loads((out / "checkpoint-20" / "trainer_state.json").read_text())
+    # 640 training rows, 16 per process and step: 20 steps per epoch means two processes shared the data.
+    assert state["global_step"] == 20 and state["max_steps"] == 20
+    results = check_outputs(out, "p_tuning")
+    assert results["eval_accuracy"] >= 0.9
+    assert "p_tuning: validation accuracy" in result.stdout and result.stdout.count("validation accuracy") == 1
