@@ -1,0 +1,348 @@
+"""The model card of a trained soft prompt: Hub metadata, what was trained and how, and how to use it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers import TrainingArguments
+
+from .metrics import INVALID_COLUMN, ClassificationReport
+from .prompt import DEFAULT_TEMPLATE
+
+__all__ = ["METHOD_TAGS", "build_model_card", "is_hub_id"]
+
+#: Hub tag of each peft soft-prompt type.
+METHOD_TAGS = {"PROMPT_TUNING": "prompt-tuning", "P_TUNING": "p-tuning", "PREFIX_TUNING": "prefix-tuning"}
+
+# Training arguments that never go into a card: credentials, and local paths that mean nothing to readers.
+_NEVER_IN_CARD = {"output_dir", "logging_dir", "run_name", "resume_from_checkpoint", "deepspeed", "hub_model_id"}
+# Set by TrainingArguments from other fields; the Trainer itself does not read them.
+_NEVER_IN_CARD |= {"do_train", "do_eval", "do_predict"}
+# Per-evaluation timings, not results.
+_NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "step")
+_METRIC_NAMES = {"accuracy": "Accuracy", "f1": "Macro F1", "invalid_rate": "Invalid output rate", "loss": "Loss"}
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` can be a Hub repository id (``name`` or ``namespace/name``), not a local path."""
+    if not name or name.startswith((".", "/", "~")) or "\\" in name:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def build_model_card(
+    model: Any,
+    *,
+    base_model: str,
+    metrics: Mapping[str, float] | None = None,
+    report: ClassificationReport | None = None,
+    training_args: TrainingArguments | None = None,
+    log_history: Sequence[Mapping[str, Any]] | None = None,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    labels: Sequence[str] | None = None,
+    template: str | None = None,
+    text_column: str | None = None,
+    license: str | None = None,
+    repo_id: str | None = None,
+) -> ModelCard:
+    """Builds the model card (``README.md``) of a trained soft-prompt adapter.
+
+    The YAML metadata has ``library_name: peft``, ``base_model``, ``pipeline_tag: text-generation``, tags
+    for the method, the dataset, the license and, given ``metrics``, a ``model-index`` with the validation
+    metrics. The text describes the adapter, gives its PEFT config and trainable-parameter count, the
+    training hyperparameters that differ from ``TrainingArguments``' defaults (never credentials or local
+    paths), the metrics of each evaluation in ``log_history``, the confusion matrix of ``report`` and a
+    runnable usage snippet with ``AutoPeftModelForCausalLM``.
+
+    Args:
+        model: The trained ``PeftModel``.
+        base_model: The base model's Hub id (written to the card instead of any local path).
+        metrics: Final validation metrics, with or without the ``eval_`` prefix.
+        report: The validation ``ClassificationReport`` (e.g. ``GenerationMetrics.last_report``).
+        training_args: The run's ``TrainingArguments``.
+        log_history: ``trainer.state.log_history``, for the metrics of each evaluation.
+        dataset: The dataset's Hub id, e.g. ``ought/raft``.
+        dataset_config: The dataset's config, e.g. ``twitter_complaints``.
+        labels: The label texts the model generates.
+        template: The prompt template used in training.
+        text_column: The text column's name (fills ``{text_column}`` in the template).
+        license: The adapter's license id, e.g. ``apache-2.0``.
+        repo_id: The Hub repository the card is for (used in the snippet and as the model's name).
+
+    Returns:
+        A ``huggingface_hub.ModelCard``; ``card.save(path)`` writes it.
+
+    Example:
+
+    ```python
+    >>> card = build_model_card(
+    ...     model, base_model="bigscience/bloomz-560m", repo_id="me/bloomz-complaints"
+    ... )  # doctest: +SKIP
+    >>> card.data.library_name  # doctest: +SKIP
+    'peft'
+    ```
+    """
+    if not is_hub_id(base_model):
+        raise ValueError(
+            f"base_model={base_model!r} is not a Hub id; the card must name the base model as others can find "
+            "it (e.g. 'bigscience/bloomz-560m'), not a local path."
+        )
+    peft_config = _active_config(model)
+    method_tag = METHOD_TAGS.get(_peft_type(peft_config), _peft_type(peft_config).lower().replace("_", "-"))
+    template = template or DEFAULT_TEMPLATE
+    text_column = text_column or "text"
+    scores = _clean_metrics(metrics or {})
+    dataset_name = dataset or "custom"
+    eval_results = [
+        EvalResult(
+            task_type="text-classification",
+            task_name="Text classification",
+            dataset_type=dataset_name,
+            dataset_name=f"{dataset_name} {dataset_config}" if dataset_config else dataset_name,
+            dataset_config=dataset_config,
+            dataset_split="validation",
+            metric_type=key,
+            metric_name=_METRIC_NAMES.get(key, key),
+            metric_value=value,
+        )
+        for key, value in scores.items()
+    ]
+    card_data = ModelCardData(
+        library_name="peft",
+        base_model=base_model,
+        pipeline_tag="text-generation",
+        tags=["peft", "soft-prompt", method_tag, "softprompt_hf", "text-classification"],
+        datasets=[dataset] if dataset else None,
+        license=license,
+        model_name=repo_id or f"{method_tag} adapter for {base_model}",
+        eval_results=eval_results or None,
+        metrics=sorted({r.metric_type for r in eval_results}) or None,
+    )
+    sections = [
+        f"# {repo_id or 'Soft-prompt adapter'}",
+        _description(method_tag, base_model, dataset, dataset_config, labels, template, text_column),
+        "## PEFT config\n\n" + _peft_config_block(peft_config, base_model) + "\n\n" + _parameter_counts(model),
+        "## Usage\n\n" + _usage(repo_id, labels, template, text_column),
+    ]
+    hyperparameters = changed_hyperparameters(training_args) if training_args is not None else {}
+    if hyperparameters:
+        sections.append(
+            "## Training hyperparameters\n\nOnly the values that differ from `TrainingArguments`' defaults.\n\n"
+            + _table(["Hyperparameter", "Value"], [[k, f"`{v}`"] for k, v in hyperparameters.items()])
+        )
+    if scores:
+        sections.append(
+            "## Validation metrics\n\n"
+            + _table(["Metric", "Value"], [[_METRIC_NAMES.get(k, k), _number(v)] for k, v in scores.items()])
+        )
+    per_epoch = _per_evaluation(log_history or [])
+    if per_epoch:
+        sections.append("## Metrics per evaluation\n\n" + per_epoch)
+    if report is not None:
+        sections.append("## Confusion matrix\n\n" + _confusion(report))
+    body = "\n\n".join(sections) + "\n"
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
+
+
+def changed_hyperparameters(training_args: TrainingArguments) -> dict[str, Any]:
+    """The ``TrainingArguments`` values that differ from the defaults, without credentials or local paths.
+
+    The defaults come from the dataclass fields, not from a fresh ``TrainingArguments()``: building one resets
+    accelerate's state and breaks a Trainer that is running (this is called from a callback).
+    """
+    current = training_args.to_dict()
+    changed = {}
+    for spec in dataclasses.fields(TrainingArguments):
+        name = spec.name
+        if not spec.init or name not in current or name in _NEVER_IN_CARD or _is_secret(name):
+            continue
+        value, default = current[name], _field_default(spec)
+        if isinstance(value, dict) and isinstance(default, dict):
+            default = {key: default.get(key) for key in value}  # to_dict drops some internal keys
+        if _plain(value) != _plain(default):
+            changed[name] = value
+    return changed
+
+
+def _field_default(spec: dataclasses.Field) -> Any:
+    if spec.name == "accelerator_config":
+        from transformers.trainer_pt_utils import AcceleratorConfig
+
+        return dataclasses.asdict(AcceleratorConfig())
+    if spec.default is not dataclasses.MISSING:
+        default = spec.default
+    elif spec.default_factory is not dataclasses.MISSING:
+        default = spec.default_factory()
+    else:
+        return None
+    return default
+
+
+def _plain(value: Any) -> Any:
+    """One spelling for what ``TrainingArguments.__post_init__`` normalises: enums, and "none"/""/None/[]."""
+    value = getattr(value, "value", value)
+    if value in (None, "", "none", [], ["none"], False):
+        return None
+    return value
+
+
+def _is_secret(key: str) -> bool:
+    key = key.lower()
+    return any(word in key for word in ("token", "secret", "password", "api_key", "credential"))
+
+
+def _active_config(model: Any) -> Any:
+    configs = getattr(model, "peft_config", None)
+    if not configs:
+        raise TypeError(f"build_model_card expects a peft PeftModel, got {type(model).__name__}.")
+    return configs.get(getattr(model, "active_adapter", "default")) or next(iter(configs.values()))
+
+
+def _peft_type(config: Any) -> str:
+    return str(getattr(config.peft_type, "value", config.peft_type))
+
+
+def _clean_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    cleaned = {}
+    for key, value in metrics.items():
+        name = key.removeprefix("eval_")
+        if name.endswith(_NOT_METRICS) or not isinstance(value, int | float) or not math.isfinite(value):
+            continue
+        cleaned[name] = float(value)
+    return cleaned
+
+
+def _description(
+    method_tag: str,
+    base_model: str,
+    dataset: str | None,
+    dataset_config: str | None,
+    labels: Sequence[str] | None,
+    template: str,
+    text_column: str,
+) -> str:
+    method = {"prompt-tuning": "prompt tuning", "p-tuning": "P-tuning", "prefix-tuning": "prefix tuning"}.get(
+        method_tag, method_tag
+    )
+    lines = [
+        f"A soft prompt ({method}) for [`{base_model}`](https://huggingface.co/{base_model}) that classifies a text by "
+        "generating its label, trained with the stock `transformers.Trainer` and `softprompt_hf`; the base model's "
+        "weights are unchanged.",
+    ]
+    if dataset:
+        name = f"{dataset} ({dataset_config})" if dataset_config else dataset
+        lines.append(f"Training data: `{name}`.")
+    if labels:
+        lines.append("Labels: " + ", ".join(f"`{label}`" for label in labels) + ".")
+    lines.append(f"Prompt template: `{template!r}` (`{{text_column}}` = `{text_column!r}`).")
+    return "\n\n".join(lines)
+
+
+def _peft_config_block(config: Any, base_model: str) -> str:
+    values = config.to_dict()
+    values["base_model_name_or_path"] = base_model
+    return "```json\n" + json.dumps(values, indent=2, sort_keys=True, default=str) + "\n```"
+
+
+def _parameter_counts(model: Any) -> str:
+    trainable = sum(p.numel() for p in model.prompt_encoder.parameters()) if hasattr(model, "prompt_encoder") else 0
+    total = sum(p.numel() for p in model.get_base_model().parameters()) + trainable
+    return f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)."
+
+
+def _usage(repo_id: str | None, labels: Sequence[str] | None, template: str, text_column: str) -> str:
+    adapter = repo_id or "path/to/adapter"
+    max_tokens = (
+        "max(len(tokenizer(label, add_special_tokens=False).input_ids) for label in labels) + 1" if labels else "8"
+    )
+    code = f"""```python
+import torch
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+adapter = {adapter!r}
+model = AutoPeftModelForCausalLM.from_pretrained(adapter).eval()
+tokenizer = AutoTokenizer.from_pretrained(adapter)
+labels = {list(labels or [])!r}
+max_new_tokens = {max_tokens}
+
+text = "@Acme my parcel never arrived"
+prompt = {template!r}.format(text_column={text_column!r}, text=text)
+input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+prompt_length = input_ids.shape[1]
+# Greedy decoding with the model's own forward pass: PeftModel.generate mishandles soft prompts
+# with peft 0.21 and transformers 5.
+with torch.no_grad():
+    for _ in range(max_new_tokens):
+        next_id = model(input_ids=input_ids).logits[0, -1].argmax()
+        input_ids = torch.cat([input_ids, next_id.view(1, 1)], dim=1)
+        if next_id.item() == tokenizer.eos_token_id:
+            break
+print(tokenizer.decode(input_ids[0, prompt_length:], skip_special_tokens=True).strip())
+```"""
+    return (
+        code
+        + "\n\nOr label a file in batches, by generation or by ranking the labels (`pip install softprompt_hf`):\n\n"
+        + f"```bash\nsoftprompt-hf predict {adapter} --input texts.csv --text-column {text_column!r} "
+        + "--output predictions.csv --mode rank\n```"
+    )
+
+
+def _per_evaluation(log_history: Sequence[Mapping[str, Any]]) -> str:
+    evaluations = [entry for entry in log_history if any(k.startswith("eval_") for k in entry)]
+    if not evaluations:
+        return ""
+    metric_keys = list(
+        dict.fromkeys(k for e in evaluations for k in e if k.startswith("eval_") and not k.endswith(_NOT_METRICS))
+    )
+    rows = []
+    for entry in evaluations:
+        step = entry.get("step", 0)
+        train_losses = [e["loss"] for e in log_history if "loss" in e and e.get("step", 0) <= step]
+        rows.append(
+            [
+                _number(entry.get("epoch")),
+                str(step),
+                _number(train_losses[-1]) if train_losses else "-",
+                *(_number(entry.get(k)) for k in metric_keys),
+            ]
+        )
+    headers = ["Epoch", "Step", "Training loss", *(_METRIC_NAMES.get(k[5:], k[5:]) for k in metric_keys)]
+    return _table(headers, rows)
+
+
+def _confusion(report: ClassificationReport) -> str:
+    columns = [*report.labels, INVALID_COLUMN]
+    rows = [[f"**{gold}**", *(str(report.confusion[gold][c]) for c in columns)] for gold in report.labels]
+    return (
+        f"Rows: gold label; columns: predicted label ({INVALID_COLUMN}: output that matched no label); "
+        f"{report.num_examples} validation rows.\n\n" + _table(["gold \\ predicted", *columns], rows)
+    )
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""The ``softprompt-hf`` command: label texts with a saved adapter, or push a saved adapter to the Hub.
+
+    softprompt-hf predict me/bloomz-complaints --text "@Acme my parcel never arrived"
+    softprompt-hf predict outputs/adapter --input tweets.csv --text-column "Tweet text" --output preds.csv
+    cat tweets.txt | softprompt-hf predict me/bloomz-complaints --mode rank --format jsonl
+    softprompt-hf push outputs/run/hub_adapter me/bloomz-complaints
+
+``python -m softprompt_hf.cli`` runs the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .evaluation import MODES, Prediction
+from .hub import DEFAULT_TIMEOUT, HubPushError, push_adapter_folder
+from .metrics import _write_csv_rows, write_predictions
+from .predict import AdapterLoadError, predict, read_texts
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="softprompt-hf", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser(
+        "predict",
+        help="Label texts with a saved soft-prompt adapter.",
+        description="Label texts (--text, --input file, or lines on stdin) with an adapter given by Hub id or "
+        "local folder. Labels, template and text column default to the adapter's softprompt_hf.json.",
+    )
+    run.add_argument("adapter", help="Hub id (namespace/name) or local folder of the adapter.")
+    source = run.add_mutually_exclusive_group()
+    source.add_argument("--text", action="append", help="A text to label (repeatable).")
+    source.add_argument("--input", help="CSV, JSONL or parquet file of texts; '-' or nothing: lines on stdin.")
+    run.add_argument("--text-column", help="Column of --input holding the text (default: the adapter's).")
+    run.add_argument("--id-column", help="Column of --input with row ids, copied to the output.")
+    run.add_argument("--mode", choices=MODES, default="generate", help="generate the label, or rank the labels.")
+    run.add_argument("--batch-size", type=int, default=32, help="Prompts per forward pass.")
+    run.add_argument("--labels", help="Comma-separated label texts (default: the adapter's).")
+    run.add_argument("--template", help="Prompt template with {text} (default: the adapter's).")
+    run.add_argument("--max-prompt-tokens", type=int, help="Truncate texts so that prompts fit.")
+    run.add_argument("--base-model", help="Local path (or Hub id) of the base model, e.g. an offline copy.")
+    run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available).")
+    run.add_argument("--output", help="Write predictions to this .csv or .jsonl file (default: stdout).")
+    run.add_argument("--format", choices=("csv", "jsonl"), default="csv", help="Format on stdout.")
+
+    push = commands.add_parser(
+        "push",
+        help="Push a saved adapter folder to a Hub repository.",
+        description="Upload a folder written by save_adapter (or HubPushCallback) to a Hub model repository. The "
+        "token comes from `hf auth login` or HF_TOKEN.",
+    )
+    push.add_argument("folder", help="The saved adapter folder.")
+    push.add_argument("repo_id", help="Target repository, namespace/name.")
+    push.add_argument("--private", action="store_true", help="Create the repository as private.")
+    push.add_argument("--base-model-id", help="Hub id of the base model, if the folder names a local path.")
+    push.add_argument("--commit-message", default="Upload soft-prompt adapter with softprompt_hf")
+    push.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="Seconds per request.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "push":
+            url = push_adapter_folder(
+                args.folder,
+                args.repo_id,
+                private=args.private or None,
+                commit_message=args.commit_message,
+                base_model_id=args.base_model_id,
+                timeout=args.timeout,
+            )
+            print(f"Pushed {args.folder} to {args.repo_id}: {url}")
+            return 0
+        return _predict(args)
+    except (ValueError, FileNotFoundError, AdapterLoadError, HubPushError) as err:
+        print(f"softprompt-hf {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _predict(args: argparse.Namespace) -> int:
+    if args.text:
+        texts, ids = list(args.text), None
+    elif args.input and args.input != "-":
+        texts, ids = read_texts(args.input, text_column=args.text_column or None, id_column=args.id_column)
+    else:
+        if sys.stdin.isatty():
+            raise ValueError("No texts: pass --text, --input FILE, or pipe one text per line to stdin.")
+        texts, ids = read_texts(sys.stdin)
+    if not texts:
+        raise ValueError("No texts to label.")
+    labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
+    predictions = predict(
+        args.adapter,
+        texts,
+        mode=args.mode,
+        batch_size=args.batch_size,
+        labels=labels,
+        template=args.template,
+        text_column=args.text_column,
+        ids=ids,
+        max_prompt_tokens=args.max_prompt_tokens,
+        base_model=args.base_model,
+        device=args.device,
+    )
+    rows = [_row(p, with_id=ids is not None) for p in predictions]
+    if args.output:
+        path = write_predictions(args.output, rows)
+        print(f"Wrote {len(rows)} predictions to {path}", file=sys.stderr)
+    elif args.format == "jsonl":
+        for row in rows:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        # write_predictions' CSV layout (scores flattened to score_<label>), to stdout.
+        _write_csv_rows(sys.stdout, rows)
+    return 0
+
+
+def _row(prediction: Prediction, with_id: bool) -> dict[str, Any]:
+    row = dataclasses.asdict(prediction)
+    row.pop("gold")
+    if not with_id:
+        row.pop("id")
+    else:
+        row = {"id": row.pop("id"), **row}
+    if row["scores"] is None:
+        row.pop("scores")
+    return row
+
+
+if __name__ == "__main__":
+    sys.exit(main())

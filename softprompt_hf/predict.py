@@ -1,0 +1,300 @@
+"""Label texts with a saved soft-prompt adapter (a Hub id or a local folder), by generation or ranking.
+
+The adapter folder's ``softprompt_hf.json`` (written at training time) gives the label set, the prompt
+template and the text column; arguments override it. Decoding goes through ``generate_label_texts`` /
+``rank_labels`` (the training forward pass), never ``PeftModel.generate``, which mishandles soft prompts
+with peft 0.21 and transformers 5.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
+from peft import PeftConfig, PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.utils import logging
+
+from .evaluation import MODES, Prediction, rank_labels
+from .generation import generate_label_texts
+from .metrics import check_label_set, match_label
+from .prompt import DEFAULT_TEMPLATE, PromptTemplate
+from .saving import INFERENCE_CONFIG_NAME
+
+__all__ = ["AdapterLoadError", "LoadedAdapter", "load_adapter", "predict", "read_texts"]
+
+logger = logging.get_logger(__name__)
+
+_READERS = (".csv", ".jsonl", ".json", ".parquet")
+
+
+class AdapterLoadError(OSError):
+    """The adapter or its base model could not be loaded; the message says what to download or pass."""
+
+
+@dataclass
+class LoadedAdapter:
+    """A soft-prompt model ready for inference, with its tokenizer and ``softprompt_hf.json`` settings."""
+
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    settings: dict[str, Any]
+    source: str
+
+
+def load_adapter(
+    adapter: str | os.PathLike[str],
+    *,
+    base_model: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    token: str | None = None,
+) -> LoadedAdapter:
+    """Loads a saved adapter (Hub id or local folder) on its base model, in inference mode.
+
+    Args:
+        adapter: The adapter's Hub id (``me/bloomz-complaints``) or local folder.
+        base_model: A local path (or Hub id) to load the base model from instead of the one the adapter names,
+            e.g. a downloaded copy on an offline machine.
+        device: Where to run the model (default: CUDA if available, else CPU).
+        token: A Hub token for private repositories.
+
+    Raises:
+        AdapterLoadError: If the adapter or its base model cannot be found; the message says what to download
+            or which local path to pass.
+    """
+    source = str(adapter)
+    try:
+        peft_config = PeftConfig.from_pretrained(source, token=token)
+    except Exception as err:
+        raise AdapterLoadError(
+            f"Could not load the adapter {source!r}: {_first_line(err)}. Pass the folder holding adapter_config.json "
+            "or a Hub id; offline, download it first with `hf download <repo_id>`."
+        ) from err
+    base = str(base_model) if base_model is not None else peft_config.base_model_name_or_path
+    if not base:
+        raise AdapterLoadError(
+            f"{source!r} does not name its base model (base_model_name_or_path is empty); pass base_model=... "
+            "(--base-model) with the model's Hub id or local path."
+        )
+    try:
+        base_lm = AutoModelForCausalLM.from_pretrained(base, token=token)
+    except Exception as err:
+        raise AdapterLoadError(
+            f"The adapter {source!r} needs the base model {base!r}, which could not be loaded ({_first_line(err)}). "
+            f"Download it while online (`hf download {base}`; it is then found offline in the Hugging Face cache), "
+            "or pass the local path of a copy: base_model='/path/to/model' (CLI: --base-model /path/to/model)."
+        ) from err
+    settings = _read_settings(source, token)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, token=token)
+    except Exception:
+        logger.info(f"{source} has no tokenizer; using the base model's ({base})")
+        tokenizer = AutoTokenizer.from_pretrained(base, token=token)
+    # is_trainable=False: inference mode, so P-tuning and prefix projection use the saved final prompt.
+    model = PeftModel.from_pretrained(base_lm, source, is_trainable=False, token=token)
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        raise AdapterLoadError(
+            f"The tokenizer of {source!r} has {len(tokenizer)} tokens, more than the base model's embeddings: they "
+            "do not belong together. Pass the base model the adapter was trained on."
+        )
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    model.eval()
+    return LoadedAdapter(model=model, tokenizer=tokenizer, settings=settings, source=source)
+
+
+def predict(
+    adapter: str | os.PathLike[str] | LoadedAdapter | PeftModel,
+    texts: Sequence[str],
+    *,
+    mode: str = "generate",
+    batch_size: int = 32,
+    labels: Sequence[str] | None = None,
+    template: str | None = None,
+    text_column: str | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    ids: Sequence[Any] | None = None,
+    max_prompt_tokens: int | None = None,
+    base_model: str | None = None,
+    device: str | None = None,
+    show_progress: bool = False,
+) -> list[Prediction]:
+    """Labels ``texts`` with a soft-prompt adapter.
+
+    Args:
+        adapter: A Hub id or local folder (loaded with :func:`load_adapter`), a ``LoadedAdapter``, or an
+            in-memory ``PeftModel`` (then pass ``tokenizer``).
+        texts: The texts to label.
+        mode: ``"generate"`` (greedy decoding of the label, matched to the label set; ``predicted`` is
+            ``None`` for an output that matches no label) or ``"rank"`` (the label with the highest
+            log-likelihood; per-label ``scores``).
+        batch_size: Prompts per forward pass (results do not depend on it).
+        labels: The label texts; default: the adapter's ``softprompt_hf.json``.
+        template: The prompt template; default: the adapter's, else the seed guide's.
+        text_column: Fills ``{text_column}`` in the template; default: the adapter's.
+        tokenizer: Needed with an in-memory model.
+        ids: Row ids carried into the predictions.
+        max_prompt_tokens: Truncate texts (never the template) so that prompts fit.
+        base_model: Local path or Hub id of the base model, overriding the adapter's (see :func:`load_adapter`).
+        device: Device for a model loaded here.
+        show_progress: Show progress bars.
+
+    Returns:
+        One ``Prediction`` per text (``gold`` is ``None``).
+
+    Example:
+
+    ```python
+    >>> predictions = predict("me/bloomz-complaints", ["@Acme my parcel never arrived"], mode="rank")  # doctest: +SKIP
+    >>> predictions[0].predicted  # doctest: +SKIP
+    'complaint'
+    ```
+    """
+    if mode not in MODES:
+        raise ValueError(f"Unknown mode {mode!r}; choose one of {list(MODES)}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if isinstance(texts, str):
+        raise ValueError("texts must be a sequence of strings, not a single string; wrap it in a list.")
+    if ids is not None and len(ids) != len(texts):
+        raise ValueError(f"Got {len(ids)} ids for {len(texts)} texts; pass one id per text.")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"Text {i} is {text!r}; every text must be a non-empty string.")
+    if isinstance(adapter, str | os.PathLike):
+        adapter = load_adapter(adapter, base_model=base_model, device=device)
+    if isinstance(adapter, LoadedAdapter):
+        model, tokenizer, settings = adapter.model, tokenizer or adapter.tokenizer, adapter.settings
+    else:
+        model, settings = adapter, {}
+        if tokenizer is None:
+            raise ValueError("predict with an in-memory model needs its tokenizer: pass tokenizer=...")
+    labels = labels or settings.get("labels")
+    if not labels:
+        raise ValueError(
+            "No label set: the adapter has no softprompt_hf.json with labels, and none were passed. Pass the label "
+            "texts the adapter was trained to generate, e.g. labels=['complaint', 'no complaint'] (CLI: --labels "
+            "'complaint,no complaint')."
+        )
+    labels = check_label_set(labels)
+    prompt = PromptTemplate(
+        template or settings.get("template") or DEFAULT_TEMPLATE,
+        text_column or settings.get("text_column") or "Tweet text",
+    )
+    texts = list(texts)
+    scores: list[dict[str, float] | None]
+    if mode == "generate":
+        lengths = [len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels]
+        outputs = generate_label_texts(
+            model,
+            tokenizer,
+            texts,
+            template=prompt,
+            max_new_tokens=max(lengths) + 1,  # as in GenerationMetrics: EOS, or one token past the longest label
+            max_prompt_tokens=max_prompt_tokens,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+        scores = [None] * len(texts)
+    else:
+        ranked = rank_labels(
+            model,
+            tokenizer,
+            texts,
+            labels,
+            template=prompt,
+            max_prompt_tokens=max_prompt_tokens,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+        outputs = [max(s, key=s.__getitem__) for s in ranked]
+        scores = list(ranked)
+    row_ids = list(ids) if ids is not None else [None] * len(texts)
+    return [
+        Prediction(text=t, gold=None, predicted=match_label(o, labels), output=o, scores=s, id=i)
+        for t, o, s, i in zip(texts, outputs, scores, row_ids, strict=True)
+    ]
+
+
+def read_texts(
+    source: str | os.PathLike[str] | IO[str],
+    *,
+    text_column: str | None = None,
+    id_column: str | None = None,
+) -> tuple[list[str], list[Any] | None]:
+    """Reads the texts to label from a CSV, JSONL or parquet file, or one text per line from a text stream.
+
+    Args:
+        source: A file path (format from the extension) or an open text stream such as ``sys.stdin``.
+        text_column: The column holding the text (files); required when a file has several columns.
+        id_column: An optional column of row ids.
+
+    Returns:
+        The texts, and the ids (``None`` without ``id_column``).
+    """
+    if not isinstance(source, str | os.PathLike):
+        texts = [line.rstrip("\r\n") for line in source]
+        return [t for t in texts if t.strip()], None
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"No such input file: {str(path)!r}.")
+    extension = path.suffix.lower()
+    import pandas as pd
+
+    if extension == ".csv":
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    elif extension in (".jsonl", ".json"):
+        frame = pd.read_json(path, lines=extension == ".jsonl", dtype=False)
+    elif extension == ".parquet":
+        frame = pd.read_parquet(path)
+    else:
+        raise ValueError(f"Cannot read {str(path)!r}: use a {', '.join(_READERS)} file, or pipe text lines to stdin.")
+    columns = [str(c) for c in frame.columns]
+    if text_column is None:
+        if len(columns) != 1:
+            raise ValueError(f"{str(path)!r} has columns {columns}: choose the text column (--text-column).")
+        text_column = columns[0]
+    for name in (text_column, id_column):
+        if name is not None and name not in columns:
+            raise ValueError(f"{str(path)!r} has no column {name!r}; its columns are {columns}.")
+    texts = frame[text_column].tolist()
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"Row {i} of {str(path)!r} has {text!r} in {text_column!r}; texts must be non-empty.")
+    ids = [_plain(v) for v in frame[id_column].tolist()] if id_column else None
+    return texts, ids
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _read_settings(source: str, token: str | None) -> dict[str, Any]:
+    local = Path(source)
+    if local.is_dir():
+        path: Path | None = local / INFERENCE_CONFIG_NAME
+        if path is not None and not path.is_file():
+            path = None
+    else:
+        try:
+            path = Path(hf_hub_download(source, INFERENCE_CONFIG_NAME, token=token))
+        except EntryNotFoundError:
+            path = None
+    if path is None:
+        return {}
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(settings, dict):
+        raise AdapterLoadError(f"{INFERENCE_CONFIG_NAME} of {source!r} is not a JSON object.")
+    return settings
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
