@@ -104,6 +104,7 @@ class GenerationMetrics(TrainerCallback):
     last_predictions: list[Prediction] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._show_progress = True
         if self.mode not in MODES:
             raise ValueError(f"Unknown mode {self.mode!r}; choose one of {list(MODES)}.")
         self.labels = check_label_set(self.labels)
@@ -156,6 +157,8 @@ class GenerationMetrics(TrainerCallback):
     def on_init_end(self, args, state, control, model=None, **kwargs):
         if model is not None and self.model is None:
             self.model = model
+        # Follow the Trainer's choice of progress bars (--disable_tqdm).
+        self._show_progress = not args.disable_tqdm
 
     @staticmethod
     def preprocess_logits_for_metrics(logits: Any, labels: torch.Tensor) -> torch.Tensor:
@@ -205,7 +208,7 @@ class GenerationMetrics(TrainerCallback):
         indices = list(range(len(texts)))
         with state.split_between_processes(indices) as mine:
             local_texts = [texts[i] for i in mine]
-            show = state.is_main_process
+            show = state.is_main_process and self._show_progress
             if self.mode == "generate":
                 local_outputs = generate_label_texts(
                     model,

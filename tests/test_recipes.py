@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -178,3 +179,13 @@ def test_recipe_under_accelerate_launch_with_two_processes(tmp_path):
     results = check_outputs(out, "p_tuning")
     assert results["eval_accuracy"] >= 0.9
     assert "p_tuning: validation accuracy" in result.stdout and result.stdout.count("validation accuracy") == 1
+
+
+def test_bf16_mixed_precision_runs_on_cpu(tmp_path):
+    out = tmp_path / "bf16"
+    flags = ["--output_dir", str(out), "--use_cpu", "true", "--bf16", "true", "--max_steps", "4"]
+    flags += ["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
+    flags += ["--predict_unlabeled", "false", "--disable_tqdm", "true", "--prompt_tuning_init", "RANDOM"]
+    results = load_recipe("prompt_tuning").main(flags)
+    assert math.isfinite(results["eval_loss"])
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and not (out / "raft_submission.csv").exists()

@@ -1,0 +1,76 @@
+"""Atomic saving: a failed or interrupted save leaves the previous complete adapter in place."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+from conftest import tiny_soft_prompt_model
+
+from softprompt_hf.saving import atomic_write_json, atomic_write_text, replace_folder, save_adapter
+
+
+def test_save_adapter_writes_a_complete_folder_with_the_hub_id(tmp_path, tokenizer, model_dirs):
+    model = tiny_soft_prompt_model(tokenizer, "bloom", "p_tuning")
+    target = save_adapter(
+        model, tmp_path / "adapter", tokenizer=tokenizer, base_model_id="org/base", extra_json={"labels": ["a"]}
+    )
+    names = sorted(os.listdir(target))
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "softprompt_hf.json"} <= set(names)
+    assert '"base_model_name_or_path": "org/base"' in (target / "adapter_config.json").read_text()
+    # The live model keeps the path it was loaded from; only the saved copy names the Hub id.
+    assert model.peft_config["default"].base_model_name_or_path != "org/base"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o777 & ~_umask()
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no temporary folders left behind
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_failed_save_keeps_the_previous_adapter(tmp_path, tokenizer):
+    model = tiny_soft_prompt_model(tokenizer, "bloom", "prompt_tuning")
+    target = save_adapter(model, tmp_path / "adapter", tokenizer=tokenizer)
+    before = {name: (target / name).read_bytes() for name in os.listdir(target)}
+
+    class BrokenTokenizer:
+        def save_pretrained(self, path):
+            with open(os.path.join(path, "tokenizer.json"), "w") as half_written:
+                half_written.write("{half")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_adapter(model, target, tokenizer=BrokenTokenizer())
+    assert {name: (target / name).read_bytes() for name in os.listdir(target)} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]
+
+
+def test_save_adapter_refuses_a_folder_with_other_content(tmp_path, tokenizer):
+    model = tiny_soft_prompt_model(tokenizer, "bloom", "prefix_tuning")
+    (tmp_path / "checkpoint-10").mkdir()
+    with pytest.raises(ValueError, match="Save the adapter into a folder of its own"):
+        save_adapter(model, tmp_path)
+    assert (tmp_path / "checkpoint-10").is_dir()
+    with pytest.raises(TypeError, match="PeftModel"):
+        save_adapter(model.get_base_model(), tmp_path / "adapter")
+
+
+def test_replace_folder_swaps_whole_folders(tmp_path):
+    target = tmp_path / "out"
+    replace_folder(target, lambda folder: (folder / "a.txt").write_text("1"))
+    replace_folder(target, lambda folder: (folder / "b.txt").write_text("2"))
+    assert sorted(os.listdir(target)) == ["b.txt"]
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_atomic_writes_replace_files_whole(tmp_path):
+    path = atomic_write_json(tmp_path / "x" / "state.json", {"b": 1, "a": [1, 2]})
+    assert path.read_text() == '{\n  "a": [\n    1,\n    2\n  ],\n  "b": 1\n}\n'
+    atomic_write_text(path, "new")
+    assert path.read_text() == "new" and os.listdir(path.parent) == ["state.json"]
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {"x": object()})
+    assert path.read_text() == "new" and os.listdir(path.parent) == ["state.json"]
