@@ -249,7 +249,8 @@ def read_texts(
     import pandas as pd
 
     if extension == ".csv":
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        # Texts stay strings (an empty cell is "", not NaN); ids keep their inferred type.
+        frame = pd.read_csv(path, dtype={text_column: str} if text_column else str, keep_default_na=False)
     elif extension in (".jsonl", ".json"):
         frame = pd.read_json(path, lines=extension == ".jsonl", dtype=False)
     elif extension == ".parquet":

@@ -1,0 +1,164 @@
+"""softprompt_hf.predict and the softprompt-hf predict command, on adapters trained and saved in the session."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+from conftest import METHODS, labelled_rows
+from trained_adapters import LABELS, one_thread, train_tiny_adapter
+
+from softprompt_hf.cli import main as cli_main
+from softprompt_hf.predict import AdapterLoadError, load_adapter, predict, read_texts
+from softprompt_hf.saving import save_adapter
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+
+TEMPLATE = "{text_column} says: {text} Label : "
+TEXTS = [row["Tweet text"] for row in labelled_rows(24, seed=3)[:7]]
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, model_dirs):
+    """For each method: (trained in-memory model, its tokenizer, saved adapter folder)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    trained = {}
+    for method in METHODS:
+        root = tmp_path_factory.mktemp(method)
+        trainer = train_tiny_adapter(model_dirs["bloom"], method, root / "run", num_train_epochs=2, eval_strategy="no")
+        extra = {"labels": LABELS, "template": TEMPLATE, "text_column": "Tweet text", "method": method}
+        folder = save_adapter(trainer.model, root / "adapter", tokenizer=trainer.processing_class, extra_json=extra)
+        trained[method] = (trainer.model, trainer.processing_class, folder)
+    torch.set_num_threads(threads)
+    return trained
+
+
+def assert_same_predictions(actual, expected):
+    assert [(p.text, p.output, p.predicted, p.id) for p in actual] == [
+        (p.text, p.output, p.predicted, p.id) for p in expected
+    ]
+    for a, e in zip(actual, expected, strict=True):
+        if e.scores is None:
+            assert a.scores is None
+        else:
+            assert a.scores.keys() == e.scores.keys()
+            torch.testing.assert_close(list(a.scores.values()), list(e.scores.values()), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["generate", "rank"])
+@pytest.mark.parametrize("method", METHODS)
+def test_saved_adapter_predicts_like_the_trained_model(adapters, method, mode):
+    model, tokenizer, folder = adapters[method]
+    expected = predict(model, TEXTS, tokenizer=tokenizer, labels=LABELS, template=TEMPLATE, mode=mode)
+    # Labels, template and text column come from the folder's softprompt_hf.json.
+    loaded = load_adapter(folder, device="cpu")
+    assert loaded.settings["labels"] == LABELS
+    actual = predict(loaded, TEXTS, mode=mode, batch_size=3)
+    assert_same_predictions(actual, expected)
+    assert_same_predictions(predict(loaded, TEXTS, mode=mode, batch_size=1), expected)
+    if mode == "rank":
+        assert all(p.predicted in LABELS and p.scores.keys() == set(LABELS) for p in actual)
+        # The stored template is really used: the seed's default template scores differently.
+        other = predict(loaded, TEXTS, mode=mode, template="{text_column} : {text} Label : ")
+        assert [p.scores for p in other] != [p.scores for p in actual]
+
+
+def test_flags_override_the_stored_settings_and_labels_are_required(adapters, tmp_path):
+    model, tokenizer, folder = adapters["prompt_tuning"]
+    loaded = load_adapter(folder, device="cpu")
+    ranked = predict(loaded, TEXTS[:2], mode="rank", labels=["complaint", "no complaint", "question"])
+    assert all(p.scores.keys() == {"complaint", "no complaint", "question"} for p in ranked)
+
+    bare = tmp_path / "bare"
+    shutil.copytree(folder, bare)
+    (bare / "softprompt_hf.json").unlink()
+    with pytest.raises(ValueError, match="No label set.*--labels"):
+        predict(str(bare), TEXTS[:1])
+    with pytest.raises(ValueError, match="tokenizer"):
+        predict(model, TEXTS[:1], labels=LABELS)
+    with pytest.raises(ValueError, match="mode"):
+        predict(loaded, TEXTS[:1], mode="beam")
+
+
+def test_missing_base_model_offline_says_what_to_download_or_pass(adapters, tmp_path, model_dirs, capsys):
+    _, _, folder = adapters["p_tuning"]
+    moved = tmp_path / "adapter"
+    shutil.copytree(folder, moved)
+    config = json.loads((moved / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "nobody/missing-tiny-base"
+    (moved / "adapter_config.json").write_text(json.dumps(config))
+
+    with pytest.raises(AdapterLoadError) as failure:
+        load_adapter(moved)
+    message = str(failure.value)
+    assert "nobody/missing-tiny-base" in message
+    assert "hf download nobody/missing-tiny-base" in message and "--base-model" in message
+
+    assert cli_main(["predict", str(moved), "--text", TEXTS[0]]) == 1
+    assert "hf download nobody/missing-tiny-base" in capsys.readouterr().err
+
+    # The fix the message names: the local path of a copy.
+    expected = predict(folder, TEXTS, mode="rank")
+    assert_same_predictions(predict(moved, TEXTS, mode="rank", base_model=str(model_dirs["bloom"])), expected)
+
+
+@pytest.mark.parametrize("extension", [".csv", ".jsonl", ".parquet"])
+def test_read_texts_from_files(tmp_path, extension):
+    frame = pd.DataFrame({"ID": [7, 8], "Tweet text": ["@Acme late again", "@Acme thanks!"], "extra": ["a", "b"]})
+    path = tmp_path / f"texts{extension}"
+    if extension == ".csv":
+        frame.to_csv(path, index=False)
+    elif extension == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path)
+    assert read_texts(path, text_column="Tweet text", id_column="ID") == (["@Acme late again", "@Acme thanks!"], [7, 8])
+    with pytest.raises(ValueError, match="choose the text column"):
+        read_texts(path)
+    with pytest.raises(ValueError, match="no column 'text'"):
+        read_texts(path, text_column="text")
+
+
+def test_read_texts_rejects_empty_texts_and_unknown_formats(tmp_path):
+    (tmp_path / "t.csv").write_text("id,text\n1,fine\n2,\n")
+    with pytest.raises(ValueError, match="Row 1 .* has '' in 'text'"):
+        read_texts(tmp_path / "t.csv", text_column="text")
+    (tmp_path / "t.txt").write_text("a\n")
+    with pytest.raises(ValueError, match="stdin"):
+        read_texts(tmp_path / "t.txt")
+    assert read_texts(io.StringIO("first text\n\nsecond text\n")) == (["first text", "second text"], None)
+
+
+def test_cli_labels_a_file_to_csv_and_stdin_to_jsonl(adapters, tmp_path, monkeypatch, capsys):
+    _, _, folder = adapters["prefix_tuning"]
+    expected = predict(folder, TEXTS, mode="rank")
+    source = tmp_path / "in.csv"
+    pd.DataFrame({"ID": range(100, 107), "Tweet text": TEXTS, "other": ["x"] * 7}).to_csv(source, index=False)
+    output = tmp_path / "out" / "predictions.csv"
+    args = ["predict", str(folder), "--input", str(source), "--text-column", "Tweet text", "--id-column", "ID"]
+    assert cli_main([*args, "--mode", "rank", "--batch-size", "2", "--output", str(output)]) == 0
+    written = pd.read_csv(output)
+    assert list(written.columns) == ["id", "text", "predicted", "output", "score_complaint", "score_no complaint"]
+    assert written["id"].tolist() == list(range(100, 107))
+    assert written["predicted"].tolist() == [p.predicted for p in expected]
+    torch.testing.assert_close(written["score_complaint"].tolist(), [p.scores["complaint"] for p in expected])
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(TEXTS) + "\n"))
+    assert cli_main(["predict", str(folder), "--format", "jsonl"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    generated = predict(folder, TEXTS)
+    assert [(row["text"], row["output"], row["predicted"]) for row in lines] == [
+        (p.text, p.output, p.predicted) for p in generated
+    ]
+
+    assert (
+        cli_main(["predict", str(folder), "--text", TEXTS[0], "--text", TEXTS[1], "--labels", "complaint,no complaint"])
+        == 0
+    )
+    rows = pd.read_csv(io.StringIO(capsys.readouterr().out))
+    assert rows["text"].tolist() == TEXTS[:2]
