@@ -205,7 +205,7 @@ def _install_checkpoint_loader(model: PeftModel) -> None:
         return original(model_id, adapter_name, *args, **kwargs)
 
     model.load_adapter = types.MethodType(load_adapter, model)  # type: ignore[method-assign]
-    model._softprompt_checkpoint_loader = True  # type: ignore[attr-defined]
+    setattr(model, "_softprompt_checkpoint_loader", True)  # noqa: B010 (torch Module typing rejects a bool)
 
 
 class SoftPromptCheckpointCallback(TrainerCallback):
@@ -237,7 +237,7 @@ class SoftPromptCheckpointCallback(TrainerCallback):
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         if not args.should_save:
             return
-        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        folder = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
         if not folder.is_dir():
             logger.warning(f"Expected the Trainer's checkpoint at {folder}; no soft-prompt state written.")
             return
@@ -250,7 +250,7 @@ class SoftPromptCheckpointCallback(TrainerCallback):
         record = {"format": _FORMAT_VERSION, "global_step": state.global_step, "files": files}
         atomic_write_json(folder / CHECKPOINT_MARKER_NAME, record)
         atomic_write_json(
-            Path(args.output_dir) / LAST_CHECKPOINT_NAME,
+            Path(str(args.output_dir)) / LAST_CHECKPOINT_NAME,
             {"checkpoint": folder.name, "global_step": state.global_step},
         )
 
@@ -324,8 +324,8 @@ def check_trainer(trainer: Any) -> None:
         PeftType.P_TUNING,
     ):
         raise ValueError(
-            f"compute_loss_func cannot be used with {config.peft_type.value}: the Trainer takes the labels away "
-            "from the model to call it, and the logits it gets include the virtual tokens' positions while the "
+            f"compute_loss_func cannot be used with {PeftType(config.peft_type).value}: the Trainer takes the labels "
+            "away from the model to call it, and the logits it gets include the virtual tokens' positions while the "
             "labels do not, so the loss cannot line up. Leave compute_loss_func unset (the model computes the "
             "loss over the label tokens), or use prefix tuning, which adds no positions."
         )
@@ -456,6 +456,6 @@ class SamplePredictionsCallback(TrainerCallback):
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
-            root = os.environ.get("TENSORBOARD_LOGGING_DIR") or os.path.join(args.output_dir, "runs")
+            root = os.environ.get("TENSORBOARD_LOGGING_DIR") or os.path.join(str(args.output_dir), "runs")
             self._writer = SummaryWriter(log_dir=os.path.join(os.path.expanduser(root), "sample_predictions"))
         return self._writer

@@ -337,7 +337,7 @@ def resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
     if value is None or str(value).lower() in ("", "false", "none"):
         return None
     if str(value).lower() in ("last", "true"):
-        checkpoint = last_complete_checkpoint(training_args.output_dir)
+        checkpoint = last_complete_checkpoint(str(training_args.output_dir))
         if checkpoint is None:
             raise ValueError(
                 f"--resume_from_checkpoint {value}: no complete checkpoint in {training_args.output_dir}. Start "
@@ -370,7 +370,7 @@ def push_run(trainer: Trainer, repo_id: str) -> None:
     from .hub import push_adapter_folder
 
     push_adapter_folder(
-        Path(trainer.args.output_dir) / ADAPTER_DIRNAME,
+        Path(str(trainer.args.output_dir)) / ADAPTER_DIRNAME,
         repo_id,
         token=trainer.args.hub_token,
         private=trainer.args.hub_private_repo,
@@ -411,13 +411,13 @@ def finish_run(
     card's usage example loads it from there). Returns the final validation metrics.
     """
     results = trainer.evaluate()
-    model = trainer.model
+    model: Any = trainer.model
     unlabeled = data.unlabeled if run_args.predict_unlabeled else None
     predicted: list[str | None] = []
     if unlabeled is not None and len(unlabeled) > 0:
         # Every process takes part: GenerationMetrics splits the rows between the processes and gathers them.
         predicted = [p.predicted for p in metrics.predict(model, list(unlabeled[data.text_column]))]
-    output_dir = Path(trainer.args.output_dir)
+    output_dir = Path(str(trainer.args.output_dir))
     if not trainer.is_world_process_zero():
         return results
     atomic_write_json(output_dir / RESULTS_NAME, {k: v for k, v in results.items() if _jsonable(v)})
