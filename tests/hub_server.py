@@ -8,6 +8,9 @@ headers the client reads). Repositories are public model repos on a single ``mai
 replaces or adds files (``deletedFile`` removes one) and gets a new commit hash. Writes need a token that
 the server knows (401 with the Hub's "Invalid credentials" message otherwise); reads need none.
 
+The ``hub`` fixture starts one with the tiny Bloom published as ``BASE_ID`` and points this process's
+``huggingface_hub`` (and transformers' own ``HfApi``) at it; a subprocess only needs ``HF_ENDPOINT``.
+
 Fault injection for the tests: ``delay`` makes every request wait that many seconds before answering (a
 client with a shorter timeout times out), ``requests`` records ``(method, path)`` of every request, and
 ``authorizations`` the Authorization headers it saw.
@@ -25,7 +28,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import huggingface_hub
+import pytest
+import transformers.utils.hub
 import yaml
+from huggingface_hub import constants
+
+#: A token the test server accepts, for the user "alice".
+TOKEN = "hf_TestSecretToken0123456789"
+#: Where the hub fixture publishes the tiny Bloom base model.
+BASE_ID = "tiny-org/tiny-bloom"
 
 
 @dataclass
@@ -242,3 +254,30 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             self._send(200, data, {"X-Repo-Commit": repo.sha, "ETag": etag, "Content-Type": "application/octet-stream"})
 
     return Handler
+
+
+@pytest.fixture(name="hub")
+def hub_fixture(monkeypatch, tmp_path, model_dirs):
+    """The local Hub, with the tiny Bloom published as BASE_ID, and huggingface_hub pointed at it."""
+    with HubServer(tokens={TOKEN: "alice"}) as server:
+        server.add_folder(BASE_ID, model_dirs["bloom"])
+        # Runs train from a local copy of the base model, as recipes do; its Hub id is passed separately.
+        server.base_dir = model_dirs["bloom"]
+        server.home = tmp_path / "hf-home"
+        point_hub_client_at(monkeypatch, server.endpoint, server.home)
+        yield server
+
+
+def point_hub_client_at(monkeypatch, endpoint: str, home: Path) -> None:
+    """Points huggingface_hub and transformers in this process at ``endpoint``, with a fresh cache and no token."""
+    # huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE and the cache and token paths when it is imported.
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # transformers keeps its own HfApi
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)

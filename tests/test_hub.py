@@ -6,13 +6,11 @@ import json
 import logging
 import shlex
 
-import huggingface_hub
 import pytest
 import torch
-import transformers
 from conftest import METHODS, labelled_rows
-from hub_server import HubServer
-from huggingface_hub import ModelCard, constants
+from hub_server import BASE_ID, TOKEN, HubServer, hub_fixture, point_hub_client_at  # noqa: F401  (hub fixture)
+from huggingface_hub import ModelCard
 from peft import AutoPeftModelForCausalLM
 from trained_adapters import LABELS, one_thread, train_tiny_adapter
 from transformers import AutoTokenizer
@@ -25,35 +23,6 @@ from softprompt_hf.hub import HubPushCallback, HubPushError, push_adapter, push_
 from softprompt_hf.saving import save_adapter
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
-
-TOKEN = "hf_TestSecretToken0123456789"
-BASE_ID = "tiny-org/tiny-bloom"
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path, model_dirs):
-    """The local Hub, with the tiny Bloom published as BASE_ID, and huggingface_hub pointed at it."""
-    with HubServer(tokens={TOKEN: "alice"}) as server:
-        server.add_folder(BASE_ID, model_dirs["bloom"])
-        # Runs train from a local copy of the base model, as recipes do; its Hub id is passed separately.
-        server.base_dir = model_dirs["bloom"]
-        server.home = tmp_path / "hf-home"
-        point_hub_client_at(monkeypatch, server.endpoint, server.home)
-        yield server
-
-
-def point_hub_client_at(monkeypatch, endpoint: str, home) -> None:
-    # huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE and the cache and token paths when it is imported.
-    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
-    monkeypatch.setattr(huggingface_hub.hf_api.api, "endpoint", endpoint)
-    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # transformers keeps its own HfApi
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import METHODS, labelled_rows
-from trained_adapters import LABELS, one_thread, train_tiny_adapter
+from trained_adapters import LABELS, one_thread, single_thread, train_tiny_adapter
 
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.predict import AdapterLoadError, load_adapter, predict, read_texts
@@ -25,16 +25,16 @@ TEXTS = [row["Tweet text"] for row in labelled_rows(24, seed=3)[:7]]
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory, model_dirs):
     """For each method: (trained in-memory model, its tokenizer, saved adapter folder)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     trained = {}
     for method in METHODS:
         root = tmp_path_factory.mktemp(method)
-        trainer = train_tiny_adapter(model_dirs["bloom"], method, root / "run", num_train_epochs=2, eval_strategy="no")
+        with single_thread():
+            trainer = train_tiny_adapter(
+                model_dirs["bloom"], method, root / "run", num_train_epochs=2, eval_strategy="no"
+            )
         extra = {"labels": LABELS, "template": TEMPLATE, "text_column": "Tweet text", "method": method}
         folder = save_adapter(trainer.model, root / "adapter", tokenizer=trainer.processing_class, extra_json=extra)
         trained[method] = (trainer.model, trainer.processing_class, folder)
-    torch.set_num_threads(threads)
     return trained
 
 

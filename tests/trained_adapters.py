@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,13 +18,21 @@ from softprompt_hf.hub import HubPushCallback
 LABELS = ["complaint", "no complaint"]
 
 
-@pytest.fixture
-def one_thread():
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
     """Tiny models run fastest on one thread; two threads on two busy cores are up to 80 times slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    with single_thread():
+        yield
 
 
 def train_tiny_adapter(base_dir: Path, method: str, output_dir: Path, callbacks=(), **overrides) -> Trainer:

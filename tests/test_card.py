@@ -1,0 +1,183 @@
+"""The model card: Hub metadata, what was trained and how, and a usage snippet that runs as written."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import METHODS
+from hub_server import BASE_ID, TOKEN, hub_fixture  # noqa: F401  (provides the hub fixture)
+from huggingface_hub import ModelCard
+from trained_adapters import LABELS, one_thread, single_thread, train_tiny_adapter
+
+from softprompt_hf import classification_report
+from softprompt_hf.card import build_model_card
+from softprompt_hf.hub import push_adapter
+from softprompt_hf.predict import predict
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+
+TEMPLATE = "Tweet: {text}\nLabel:"
+SECRET = "hf_CardSecretToken42"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, model_dirs):
+    trainers = {}
+    for method in METHODS:
+        with single_thread():
+            trainer = train_tiny_adapter(
+                model_dirs["bloom"],
+                method,
+                tmp_path_factory.mktemp(method) / "run",
+                num_train_epochs=4,
+                learning_rate=3e-2,
+                hub_token=SECRET,
+            )
+            trainer.final_metrics = trainer.evaluate()
+        trainers[method] = trainer
+    return trainers
+
+
+def card_for(trainer, **overrides) -> ModelCard:
+    metrics = trainer.metrics_callback
+    values = {
+        "base_model": BASE_ID,
+        "metrics": trainer.final_metrics,
+        "report": metrics.last_report,
+        "training_args": trainer.args,
+        "log_history": trainer.state.log_history,
+        "dataset": "ought/raft",
+        "dataset_config": "twitter_complaints",
+        "labels": LABELS,
+        "template": TEMPLATE,
+        "text_column": "Tweet text",
+        "license": "apache-2.0",
+        "repo_id": "alice/complaints",
+    }
+    values.update(overrides)
+    return build_model_card(trainer.model, **values)
+
+
+EXPECTED_TAG = {"prompt_tuning": "prompt-tuning", "p_tuning": "p-tuning", "prefix_tuning": "prefix-tuning"}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_card_metadata_and_sections(trained, method):
+    trainer = trained[method]
+    card = card_for(trainer)
+    data = card.data
+    assert data.library_name == "peft" and data.base_model == BASE_ID and data.pipeline_tag == "text-generation"
+    assert EXPECTED_TAG[method] in data.tags and "peft" in data.tags
+    assert data.datasets == ["ought/raft"] and data.license == "apache-2.0"
+    final = trainer.state.log_history[-1]
+    results = {r.metric_type: r.metric_value for r in data.eval_results}
+    assert results["accuracy"] == final["eval_accuracy"] and results["f1"] == final["eval_f1"]
+    assert results["loss"] == final["eval_loss"] and "runtime" not in results
+    assert {r.dataset_config for r in data.eval_results} == {"twitter_complaints"}
+    # The YAML round-trips through the Hub's parser.
+    assert ModelCard(str(card)).data.to_dict() == data.to_dict()
+
+    text = card.text
+    trainable, _ = trainer.model.get_nb_trainable_parameters()
+    assert f"Trainable parameters: {trainable:,} of" in text
+    assert f'"peft_type": "{trainer.model.peft_config["default"].peft_type.value}"' in text
+    assert f'"base_model_name_or_path": "{BASE_ID}"' in text
+    hyperparameters = section(text, "Training hyperparameters")
+    assert "| learning_rate | `0.03` |" in hyperparameters and "| num_train_epochs | `4` |" in hyperparameters
+    assert "per_device_train_batch_size" not in hyperparameters  # 8, the default
+    assert "hub_token" not in hyperparameters and SECRET not in str(card)
+    assert str(trainer.args.output_dir) not in str(card)
+    per_evaluation = section(text, "Metrics per evaluation").splitlines()[2:]
+    eval_losses = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
+    assert len(per_evaluation) == len(eval_losses) == 5  # four epochs, then trainer.evaluate()
+    assert [f"{loss:.4f}" in row for row, loss in zip(per_evaluation, eval_losses, strict=True)] == [True] * 5
+
+
+def section(text: str, title: str) -> str:
+    match = re.search(rf"## {title}\n\n(.*?)(\n## |\Z)", text, re.DOTALL)
+    assert match, f"no section {title!r}"
+    return match.group(1)
+
+
+def test_confusion_matrix_matches_a_hand_count(trained):
+    report = classification_report(
+        ["complaint", "complaint", "complaint", "no complaint", "no complaint"],
+        ["complaint", "no complaint", "gibberish", "no complaint", "no complaint"],
+        LABELS,
+    )
+    matrix = section(card_for(trained["prompt_tuning"], report=report).text, "Confusion matrix")
+    assert "| gold \\ predicted | complaint | no complaint | <invalid> |" in matrix
+    assert "| **complaint** | 1 | 1 | 1 |" in matrix
+    assert "| **no complaint** | 0 | 2 | 0 |" in matrix
+    assert "5 validation rows" in matrix
+
+
+def test_card_refuses_a_local_base_model_path(trained, model_dirs):
+    with pytest.raises(ValueError, match="not a Hub id"):
+        card_for(trained["p_tuning"], base_model=str(model_dirs["bloom"]))
+
+
+def test_minimal_card_without_training_details(trained):
+    card = build_model_card(trained["prefix_tuning"].model, base_model=BASE_ID)
+    assert card.data.base_model == BASE_ID and not card.data.eval_results
+    assert "## Usage" in card.text and "## Confusion matrix" not in card.text
+
+
+SNIPPET = re.compile(r"```python\n(.*?)```", re.DOTALL)
+
+
+def test_usage_snippet_runs_against_the_hub_as_written(trained, hub, tmp_path):
+    """Each method's pushed card: its snippet runs in a fresh Python with only HF_ENDPOINT set, and prints the
+    label that softprompt_hf's own prediction gives."""
+    snippets, expected = [], []
+    for method, trainer in trained.items():
+        repo_id = f"alice/card-{method}"
+        card = card_for(trainer, repo_id=repo_id)
+        push_adapter(
+            trainer.model,
+            repo_id,
+            base_model_id=BASE_ID,
+            output_dir=tmp_path / method,
+            tokenizer=trainer.processing_class,
+            model_card=card,
+            token=TOKEN,
+        )
+        pushed = ModelCard(hub.repos[repo_id].files["README.md"].decode())
+        (code,) = SNIPPET.findall(pushed.text)
+        assert f"adapter = {repo_id!r}" in code
+        snippets.append(code)
+        text = re.search(r'text = "(.*)"', code).group(1)
+        (prediction,) = predict(
+            trainer.model,
+            [text],
+            tokenizer=trainer.processing_class,
+            labels=LABELS,
+            template=TEMPLATE,
+            text_column="Tweet text",
+        )
+        expected.append(prediction.output)
+
+    runner = tmp_path / "run_snippets.py"
+    runner.write_text(
+        "import sys\n"
+        + "".join(
+            f"exec(compile({code!r}, 'snippet-{i}', 'exec'), {{}})\nprint('<END>', flush=True)\n"
+            for i, code in enumerate(snippets)
+        )
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING", "TRANSFORMERS_"))}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "fresh-hf-home"), OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, str(runner)], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert result.returncode == 0, textwrap.shorten(result.stderr, 3000)
+    printed = [chunk.strip().splitlines()[-1] if chunk.strip() else "" for chunk in result.stdout.split("<END>")[:-1]]
+    assert printed == expected
+    assert any(path.endswith("/model.safetensors") and path.startswith(f"/{BASE_ID}/") for _, path in hub.requests)
+    assert Path(tmp_path / "fresh-hf-home").is_dir()  # downloads went to the fresh cache, through the server
