@@ -252,6 +252,9 @@ def _description(
 def _peft_config_block(config: Any, base_model: str) -> str:
     values = config.to_dict()
     values["base_model_name_or_path"] = base_model
+    values["inference_mode"] = True  # as peft saves it: the stored prompt is used as is when loaded
+    if values.get("tokenizer_name_or_path") and not is_hub_id(values["tokenizer_name_or_path"]):
+        values["tokenizer_name_or_path"] = base_model  # a local path (TEXT init) means nothing to readers
     return "```json\n" + json.dumps(values, indent=2, sort_keys=True, default=str) + "\n```"
 
 
@@ -312,7 +315,7 @@ def _per_evaluation(log_history: Sequence[Mapping[str, Any]]) -> str:
         train_losses = [e["loss"] for e in log_history if "loss" in e and e.get("step", 0) <= step]
         rows.append(
             [
-                _number(entry.get("epoch")),
+                f"{entry['epoch']:g}" if isinstance(entry.get("epoch"), int | float) else "-",
                 str(step),
                 _number(train_losses[-1]) if train_losses else "-",
                 *(_number(entry.get(k)) for k in metric_keys),
@@ -325,9 +328,11 @@ def _per_evaluation(log_history: Sequence[Mapping[str, Any]]) -> str:
 def _confusion(report: ClassificationReport) -> str:
     columns = [*report.labels, INVALID_COLUMN]
     rows = [[f"**{gold}**", *(str(report.confusion[gold][c]) for c in columns)] for gold in report.labels]
+    # Backticks keep "<invalid>" from being read as an HTML tag.
+    headers = ["gold \\ predicted", *report.labels, f"`{INVALID_COLUMN}`"]
     return (
-        f"Rows: gold label; columns: predicted label ({INVALID_COLUMN}: output that matched no label); "
-        f"{report.num_examples} validation rows.\n\n" + _table(["gold \\ predicted", *columns], rows)
+        f"Rows: gold label; columns: predicted label (`{INVALID_COLUMN}`: output that matched no label); "
+        f"{report.num_examples} validation rows.\n\n" + _table(headers, rows)
     )
 
 

@@ -383,22 +383,34 @@ def _check_base_model_id(base_model_id: str) -> None:
 
 
 def _name_base_model(folder: Path, base_model_id: str | None) -> None:
-    """Refuses a folder whose adapter names a local base model, unless ``base_model_id`` replaces it."""
+    """Refuses a folder whose adapter names a local base model, unless ``base_model_id`` replaces it.
+
+    A local ``tokenizer_name_or_path`` (recorded by TEXT-initialised prompt tuning) is replaced by the base
+    model's Hub id too: the tokenizer is the base model's, and a path on this machine means nothing to others.
+    """
     config_path = folder / "adapter_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     current = config.get("base_model_name_or_path") or ""
+    if base_model_id is None and not is_hub_id(current):
+        raise ValueError(
+            f"{config_path} names the base model {current!r}, which is not a Hub id: nobody else could load "
+            "the adapter. Pass the base model's Hub id (base_model_id=... or --base-model-id) to write it "
+            "into the adapter and its card before the push."
+        )
+    if base_model_id is not None:
+        _check_base_model_id(base_model_id)
+    base = base_model_id or current
+    updates = {}
+    if current != base:
+        updates["base_model_name_or_path"] = base
+    tokenizer_source = config.get("tokenizer_name_or_path")
+    if tokenizer_source and not is_hub_id(tokenizer_source):
+        updates["tokenizer_name_or_path"] = base
+    if updates:
+        logger.info(f"Naming the base model by its Hub id in {config_path}: {updates}")
+        atomic_write_json(config_path, {**config, **updates})
     if base_model_id is None:
-        if not is_hub_id(current):
-            raise ValueError(
-                f"{config_path} names the base model {current!r}, which is not a Hub id: nobody else could load "
-                "the adapter. Pass the base model's Hub id (base_model_id=... or --base-model-id) to write it "
-                "into the adapter and its card before the push."
-            )
         return
-    _check_base_model_id(base_model_id)
-    if current != base_model_id:
-        config["base_model_name_or_path"] = base_model_id
-        atomic_write_json(config_path, config)
     inference_path = folder / INFERENCE_CONFIG_NAME
     if inference_path.is_file():
         inference = json.loads(inference_path.read_text(encoding="utf-8"))

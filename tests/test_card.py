@@ -112,7 +112,7 @@ def test_confusion_matrix_matches_a_hand_count(trained):
         LABELS,
     )
     matrix = section(card_for(trained["prompt_tuning"], report=report).text, "Confusion matrix")
-    assert "| gold \\ predicted | complaint | no complaint | <invalid> |" in matrix
+    assert "| gold \\ predicted | complaint | no complaint | `<invalid>` |" in matrix
     assert "| **complaint** | 1 | 1 | 1 |" in matrix
     assert "| **no complaint** | 0 | 2 | 0 |" in matrix
     assert "5 validation rows" in matrix

@@ -13,10 +13,10 @@ from hub_server import BASE_ID, TOKEN, HubServer, hub_fixture, point_hub_client_
 from huggingface_hub import ModelCard
 from peft import AutoPeftModelForCausalLM
 from trained_adapters import LABELS, one_thread, train_tiny_adapter
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from softprompt_hf import PromptTemplate
+from softprompt_hf import PromptTemplate, build_soft_prompt_model
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.generation import generate_label_ids
 from softprompt_hf.hub import HubPushCallback, HubPushError, push_adapter, push_adapter_folder
@@ -218,3 +218,16 @@ def test_local_base_model_path_is_refused_unless_a_hub_id_is_given(hub, tmp_path
 
     push_adapter_folder(folder, "alice/local", token=TOKEN, base_model_id=BASE_ID)
     assert json.loads(hub.repos["alice/local"].files["adapter_config.json"])["base_model_name_or_path"] == BASE_ID
+
+
+def test_text_initialised_prompt_keeps_no_local_tokenizer_path(hub, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(hub.base_dir)
+    model = build_soft_prompt_model(AutoModelForCausalLM.from_pretrained(hub.base_dir), tokenizer=tokenizer)
+    assert model.peft_config["default"].tokenizer_name_or_path == str(hub.base_dir)
+    push_adapter(
+        model, "alice/text-init", base_model_id=BASE_ID, output_dir=tmp_path / "a", tokenizer=tokenizer, token=TOKEN
+    )
+    config = json.loads(hub.repos["alice/text-init"].files["adapter_config.json"])
+    assert config["base_model_name_or_path"] == config["tokenizer_name_or_path"] == BASE_ID
+    card = hub.repos["alice/text-init"].files["README.md"].decode()
+    assert str(hub.base_dir) not in card and "## PEFT config" in card
