@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,13 +21,15 @@ from typing import Any
 from .evaluation import MODES, Prediction
 from .hub import DEFAULT_TIMEOUT, HubPushError, push_adapter_folder
 from .metrics import _write_csv_rows, write_predictions
-from .predict import AdapterLoadError, predict, read_texts
+from .predict import AdapterLoadError, load_adapter, predict, read_texts
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="softprompt-hf", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="softprompt-hf", description="Label texts with a saved soft-prompt adapter, or push one to the Hub."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(
@@ -87,19 +90,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    reading_file = bool(args.input and args.input != "-")
+    if reading_file and not os.path.isfile(args.input):
+        raise FileNotFoundError(f"No such input file: {args.input!r}.")
+    if not args.text and not reading_file and sys.stdin.isatty():
+        raise ValueError("No texts: pass --text, --input FILE, or pipe one text per line to stdin.")
+    adapter = load_adapter(args.adapter, base_model=args.base_model, device=args.device)
     if args.text:
         texts, ids = list(args.text), None
-    elif args.input and args.input != "-":
-        texts, ids = read_texts(args.input, text_column=args.text_column or None, id_column=args.id_column)
+    elif reading_file:
+        # The file's text column: --text-column, else the one the adapter was trained on, else its only column.
+        texts, ids = _read_file(args.input, args.text_column, adapter.settings.get("text_column"), args.id_column)
     else:
-        if sys.stdin.isatty():
-            raise ValueError("No texts: pass --text, --input FILE, or pipe one text per line to stdin.")
         texts, ids = read_texts(sys.stdin)
     if not texts:
         raise ValueError("No texts to label.")
     labels = [label.strip() for label in args.labels.split(",")] if args.labels else None
     predictions = predict(
-        args.adapter,
+        adapter,
         texts,
         mode=args.mode,
         batch_size=args.batch_size,
@@ -108,8 +116,6 @@ def _predict(args: argparse.Namespace) -> int:
         text_column=args.text_column,
         ids=ids,
         max_prompt_tokens=args.max_prompt_tokens,
-        base_model=args.base_model,
-        device=args.device,
     )
     rows = [_row(p, with_id=ids is not None) for p in predictions]
     if args.output:
@@ -122,6 +128,20 @@ def _predict(args: argparse.Namespace) -> int:
         # write_predictions' CSV layout (scores flattened to score_<label>), to stdout.
         _write_csv_rows(sys.stdout, rows)
     return 0
+
+
+def _read_file(path: str, text_column: str | None, trained_column: str | None, id_column: str | None):
+    if text_column or not trained_column:
+        return read_texts(path, text_column=text_column, id_column=id_column)
+    try:
+        return read_texts(path, text_column=trained_column, id_column=id_column)
+    except ValueError as err:
+        if f"no column {trained_column!r}" not in str(err):
+            raise
+        try:  # a file with a single column needs no name
+            return read_texts(path, id_column=id_column)
+        except ValueError:
+            raise err from None
 
 
 def _row(prediction: Prediction, with_id: bool) -> dict[str, Any]:

@@ -148,6 +148,19 @@ def test_cli_labels_a_file_to_csv_and_stdin_to_jsonl(adapters, tmp_path, monkeyp
     assert written["predicted"].tolist() == [p.predicted for p in expected]
     torch.testing.assert_close(written["score_complaint"].tolist(), [p.scores["complaint"] for p in expected])
 
+    # Without --text-column: the column the adapter was trained on, else a file's only column.
+    again = tmp_path / "again.jsonl"
+    assert cli_main(["predict", str(folder), "--input", str(source), "--mode", "rank", "--output", str(again)]) == 0
+    assert [json.loads(line)["predicted"] for line in again.read_text().splitlines()] == [p.predicted for p in expected]
+    single = tmp_path / "single.csv"
+    pd.DataFrame({"body": TEXTS[:2]}).to_csv(single, index=False)
+    assert cli_main(["predict", str(folder), "--input", str(single), "--mode", "rank", "--output", str(again)]) == 0
+    assert [json.loads(line)["text"] for line in again.read_text().splitlines()] == TEXTS[:2]
+    two = tmp_path / "two.csv"
+    pd.DataFrame({"body": TEXTS[:2], "x": [1, 2]}).to_csv(two, index=False)
+    assert cli_main(["predict", str(folder), "--input", str(two)]) == 1
+    assert "no column 'Tweet text'" in capsys.readouterr().err
+
     monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(TEXTS) + "\n"))
     assert cli_main(["predict", str(folder), "--format", "jsonl"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
