@@ -272,10 +272,38 @@ class HubPushCallback(TrainerCallback):
         self.pushed = False
         self._best: float | None = None
 
+    @classmethod
+    def from_training_args(cls, training_args: Any, *, base_model_id: str, **kwargs: Any) -> HubPushCallback:
+        """The callback for a run started with ``--push_to_hub --hub_model_id <repo>``.
+
+        Reads ``hub_model_id``, ``hub_token`` and ``hub_private_repo`` from the ``TrainingArguments`` and sets
+        their ``push_to_hub`` to ``False``, so that the Trainer does not push on its own as well (it would
+        upload at every save, with peft's card and the local base-model path). Call it before building the
+        Trainer. Other keyword arguments go to the constructor.
+        """
+        if not training_args.hub_model_id:
+            raise ValueError(
+                "--push_to_hub needs --hub_model_id <namespace/name>: the repository to push the adapter to."
+            )
+        callback = cls(
+            training_args.hub_model_id,
+            base_model_id=base_model_id,
+            token=kwargs.pop("token", None) or training_args.hub_token,
+            private=kwargs.pop("private", training_args.hub_private_repo),
+            **kwargs,
+        )
+        training_args.push_to_hub = False
+        return callback
+
     def __repr__(self) -> str:  # the token must never show up in logs
         return f"{type(self).__name__}(repo_id={self.repo_id!r}, base_model_id={self.base_model_id!r})"
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if args.push_to_hub:
+            raise ValueError(
+                "TrainingArguments(push_to_hub=True) makes the Trainer push on its own, with peft's card and at every "
+                "save, beside HubPushCallback. Set push_to_hub=False (HubPushCallback.from_training_args does it)."
+            )
         if self.push_best and not args.metric_for_best_model:
             raise ValueError(
                 "HubPushCallback(push_best=True) needs TrainingArguments(metric_for_best_model=...), e.g. 'f1', "

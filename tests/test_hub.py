@@ -13,7 +13,7 @@ from hub_server import BASE_ID, TOKEN, HubServer, hub_fixture, point_hub_client_
 from huggingface_hub import ModelCard
 from peft import AutoPeftModelForCausalLM
 from trained_adapters import LABELS, one_thread, train_tiny_adapter
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from softprompt_hf import PromptTemplate, build_soft_prompt_model
@@ -97,6 +97,33 @@ def test_push_best_pushes_each_improvement_and_keeps_the_best(hub, tmp_path):
     assert card.data.eval_results and any(
         r.metric_type == "loss" and r.metric_value == best for r in card.data.eval_results
     )
+
+
+def test_from_training_args_takes_the_repo_and_token_and_stops_the_trainers_own_push(hub, tmp_path):
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "run"), push_to_hub=True, hub_model_id="alice/flags", hub_token=TOKEN
+    )
+    callback = HubPushCallback.from_training_args(args, base_model_id=BASE_ID)
+    assert args.push_to_hub is False and callback.repo_id == "alice/flags"
+    train_tiny_adapter(hub.base_dir, "p_tuning", tmp_path / "run", callbacks=[callback], num_train_epochs=1)
+    assert "adapter_model.safetensors" in hub.repos["alice/flags"].files
+    with pytest.raises(ValueError, match="hub_model_id"):
+        HubPushCallback.from_training_args(TrainingArguments(output_dir=str(tmp_path)), base_model_id=BASE_ID)
+
+
+def test_the_trainers_own_push_is_refused_beside_the_callback(hub, tmp_path):
+    callback = HubPushCallback("alice/twice", base_model_id=BASE_ID, token=TOKEN)
+    with pytest.raises(ValueError, match="push_to_hub=False"):
+        train_tiny_adapter(
+            hub.base_dir,
+            "p_tuning",
+            tmp_path / "run",
+            callbacks=[callback],
+            push_to_hub=True,
+            hub_model_id="alice/x",
+            hub_token=TOKEN,
+        )
+    assert "alice/twice" not in hub.repos
 
 
 def test_push_best_needs_metric_for_best_model(hub, tmp_path):
