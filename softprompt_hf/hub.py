@@ -340,6 +340,11 @@ class HubPushCallback(TrainerCallback):
     def _save(self, args, state, model, tokenizer, metrics: Mapping[str, float] | None) -> None:
         if model is None:
             raise ValueError("HubPushCallback needs the model: pass it to the Trainer.")
+        if tokenizer is None:
+            logger.warning(
+                "HubPushCallback got no tokenizer, so the pushed repository will hold none and the card's usage "
+                "snippet will not run: pass processing_class=tokenizer to the Trainer."
+            )
         generation_metrics = self.metrics
         labels = self.labels or (list(generation_metrics.labels) if generation_metrics is not None else None)
         template = self.template or getattr(generation_metrics, "template", None)

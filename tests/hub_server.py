@@ -6,7 +6,10 @@ validate a model card's YAML, read repository info and file listings, and downlo
 on ``/<repo>/resolve/<revision>/<path>``, with the ``X-Repo-Commit``, ``ETag`` and ``Content-Length``
 headers the client reads). Repositories are public model repos on a single ``main`` branch; each commit
 replaces or adds files (``deletedFile`` removes one) and gets a new commit hash. Writes need a token that
-the server knows (401 with the Hub's "Invalid credentials" message otherwise); reads need none.
+the server knows (401 with the Hub's "Invalid credentials" message otherwise); reads need none. Not
+implemented (answered 404): private or gated repos, branches other than ``main``, pull requests, LFS/Xet
+uploads, pagination, ``Range`` downloads, and every other endpoint. Each response closes its connection,
+so a pooled client connection never outlives a server and reaches the next one on a reused port.
 
 The ``hub`` fixture starts one with the tiny Bloom published as ``BASE_ID`` and points this process's
 ``huggingface_hub`` (and transformers' own ``HfApi``) at it; a subprocess only needs ``HF_ENDPOINT``.
