@@ -14,6 +14,7 @@ with a generic one.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import shlex
@@ -21,7 +22,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx2
 from huggingface_hub import HfApi, ModelCard, constants, get_session, get_token
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import TrainerCallback
@@ -457,12 +457,18 @@ def _name_base_model(folder: Path, base_model_id: str | None) -> None:
             card.save(card_path)
 
 
+def _http_library() -> Any:
+    """The HTTP library of huggingface_hub's client (``httpx2`` in 2.x, ``httpx`` in 1.x), for its timeout and
+    error types, without depending on either name."""
+    return importlib.import_module(type(get_session()).__module__.split(".")[0])
+
+
 @contextlib.contextmanager
 def _request_timeout(timeout: float | None) -> Iterator[None]:
     # huggingface_hub's shared HTTP client has no timeout: a silent server would hang the end of training.
     session = get_session()
     previous = session.timeout
-    session.timeout = httpx2.Timeout(timeout)
+    session.timeout = _http_library().Timeout(timeout)
     try:
         yield
     finally:
@@ -481,12 +487,13 @@ def _describe(err: Exception, endpoint: str, timeout: float | None, repo_id: str
                 "namespace, or push to your own namespace."
             )
         return f"the Hub at {endpoint} answered HTTP {status}: {str(err).strip().splitlines()[0]}."
-    if isinstance(err, httpx2.TimeoutException):
+    http = _http_library()
+    if isinstance(err, http.TimeoutException):
         return (
             f"the Hub at {endpoint} did not answer within {timeout} s (timeout). Check your connection, or push "
             "later with a longer timeout (--timeout)."
         )
-    if isinstance(err, httpx2.TransportError | OSError):
+    if isinstance(err, http.TransportError | OSError):
         return f"could not reach the Hub at {endpoint} (network error: {err}). Check the connection and HF_ENDPOINT."
     return f"{type(err).__name__}: {err}."
 
