@@ -45,7 +45,7 @@ METHOD = "prefix_tuning"
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, run_args, prompt_args, training_args = parse_recipe_args(METHOD, argv)
     setup_logging(training_args)
-    hub_repo = take_over_hub_push(training_args)  # pushed in step 6, not by the Trainer (see its docstring)
+    hub_repo = take_over_hub_push(training_args, model_args)  # pushed in step 6 by us, not by the Trainer
     set_seed(training_args.seed)
 
     # 1. Data: labelled rows with a stratified, seeded validation split; unlabelled rows for predictions.
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # 6. Push the saved folder to the Hub (--push_to_hub --hub_model_id); the local copy is already complete.
     if hub_repo is not None:
-        push_run(trainer, hub_repo)
+        push_run(trainer, hub_repo, model_args)
     if trainer.is_world_process_zero():
         print(summary_line(METHOD, results, data, training_args.output_dir))
     return results

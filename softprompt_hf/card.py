@@ -55,6 +55,7 @@ def build_model_card(
     text_column: str | None = None,
     license: str | None = None,
     repo_id: str | None = None,
+    allow_local_base: bool = False,
 ) -> ModelCard:
     """Builds the model card (``README.md``) of a trained soft-prompt adapter.
 
@@ -79,6 +80,9 @@ def build_model_card(
         text_column: The text column's name (fills ``{text_column}`` in the template).
         license: The adapter's license id, e.g. ``apache-2.0``.
         repo_id: The Hub repository the card is for (used in the snippet and as the model's name).
+        allow_local_base: Accept a local folder as ``base_model`` (for a card that stays on this machine, e.g.
+            the embedded model's): the metadata then has no ``base_model`` and the text says so. Pushing such
+            an adapter is refused (``push_adapter_folder``).
 
     Returns:
         A ``huggingface_hub.ModelCard``; ``card.save(path)`` writes it.
@@ -93,7 +97,8 @@ def build_model_card(
     'peft'
     ```
     """
-    if not is_hub_id(base_model):
+    local_base = not is_hub_id(base_model)
+    if local_base and not allow_local_base:
         raise ValueError(
             f"base_model={base_model!r} is not a Hub id; the card must name the base model as others can find "
             "it (e.g. 'bigscience/bloomz-560m'), not a local path."
@@ -120,7 +125,7 @@ def build_model_card(
     ]
     card_data = ModelCardData(
         library_name="peft",
-        base_model=base_model,
+        base_model=None if local_base else base_model,
         pipeline_tag="text-generation",
         tags=["peft", "soft-prompt", method_tag, "softprompt_hf", "text-classification"],
         datasets=[dataset] if dataset else None,
@@ -131,7 +136,7 @@ def build_model_card(
     )
     sections = [
         f"# {repo_id or 'Soft-prompt adapter'}",
-        _description(method_tag, base_model, dataset, dataset_config, labels, template, text_column),
+        _description(method_tag, base_model, dataset, dataset_config, labels, template, text_column, local_base),
         "## PEFT config\n\n" + _peft_config_block(peft_config, base_model) + "\n\n" + _parameter_counts(model),
         "## Usage\n\n" + _usage(repo_id, labels, template, text_column),
     ]
@@ -231,15 +236,26 @@ def _description(
     labels: Sequence[str] | None,
     template: str,
     text_column: str,
+    local_base: bool = False,
 ) -> str:
     method = {"prompt-tuning": "prompt tuning", "p-tuning": "P-tuning", "prefix-tuning": "prefix tuning"}.get(
         method_tag, method_tag
     )
+    base = (
+        f"the local base model `{base_model}`"
+        if local_base
+        else f"[`{base_model}`](https://huggingface.co/{base_model})"
+    )
     lines = [
-        f"A soft prompt ({method}) for [`{base_model}`](https://huggingface.co/{base_model}) that classifies a text by "
-        "generating its label, trained with the stock `transformers.Trainer` and `softprompt_hf`; the base model's "
-        "weights are unchanged.",
+        f"A soft prompt ({method}) for {base} that classifies a text by generating its label, trained with the "
+        "stock `transformers.Trainer` and `softprompt_hf`; the base model's weights are unchanged.",
     ]
+    if local_base:
+        lines.append(
+            "The base model was loaded from a local folder and has no Hub id here, so this adapter only loads on "
+            "a machine with that folder. To share it, train (or save) again with the base model's Hub id "
+            "(`--base_model_id`)."
+        )
     if dataset:
         name = f"{dataset} ({dataset_config})" if dataset_config else dataset
         lines.append(f"Training data: `{name}`.")

@@ -349,22 +349,34 @@ def resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
     return str(value)
 
 
-def take_over_hub_push(training_args: TrainingArguments) -> str | None:
+def take_over_hub_push(training_args: TrainingArguments, model_args: ModelArguments) -> str | None:
     """Turn the Trainer's own Hub push off and return the repository the recipe pushes to itself, if any.
 
     The Trainer pushes with ``PeftModel.push_to_hub``, which on transformers 5.x replaces peft's card with a
-    wrong one; the recipes push the complete local ``adapter/`` folder instead, once, at the end.
+    wrong one; the recipes push the complete local ``adapter/`` folder instead, once, at the end. Settings that
+    would make that push fail are refused here, before any training.
     """
     if not training_args.push_to_hub:
         return None
+    from .card import is_hub_id
+
     if not training_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id <user or org>/<repository>.")
+    if not is_hub_id(base_model_id(model_args)):
+        raise ValueError(
+            f"--push_to_hub: the base model {model_args.model_name_or_path} is a local folder, and an adapter that "
+            "names it cannot be loaded by anyone else. Pass --base_model_id <its Hub id> (e.g. "
+            "bigscience/bloomz-560m)."
+        )
     training_args.push_to_hub = False
     return training_args.hub_model_id
 
 
-def push_run(trainer: Trainer, repo_id: str) -> None:
-    """Push the run's saved ``adapter/`` folder to ``repo_id`` (main process only)."""
+def push_run(trainer: Trainer, repo_id: str, model_args: ModelArguments) -> None:
+    """Push the run's saved ``adapter/`` folder to ``repo_id`` (main process only).
+
+    Raises ``softprompt_hf.hub.HubPushError`` (which says how to push the saved folder later) on failure.
+    """
     if not trainer.is_world_process_zero():
         return
     from .hub import push_adapter_folder
@@ -374,6 +386,7 @@ def push_run(trainer: Trainer, repo_id: str) -> None:
         repo_id,
         token=trainer.args.hub_token,
         private=trainer.args.hub_private_repo,
+        base_model_id=base_model_id(model_args),
     )
 
 
@@ -471,12 +484,6 @@ def _model_card(
 ) -> Any:
     from .card import build_model_card, is_hub_id
 
-    if not is_hub_id(base_model_id(model_args)):
-        logger.warning(
-            f"The base model {model_args.model_name_or_path} is a local folder and no --base_model_id was given: "
-            "the adapter names that path and gets peft's generic card. Pass --base_model_id <hub id> to share it."
-        )
-        return None
     dataset = {"embedded": None, "raft": "ought/raft", "files": None}[data_args.dataset]
     return build_model_card(
         trainer.model,
@@ -491,4 +498,6 @@ def _model_card(
         template=data_args.template,
         text_column=data.text_column,
         repo_id=repo_id,
+        # A local base model (the embedded default) gets a card that says it has no Hub id.
+        allow_local_base=not is_hub_id(base_model_id(model_args)),
     )

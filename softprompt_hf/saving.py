@@ -152,7 +152,8 @@ def save_adapter(
         tokenizer: Saved beside the adapter, so that the folder (or its Hub repository) is self-contained.
         base_model_id: Written as ``base_model_name_or_path`` in ``adapter_config.json`` instead of the path
             the base model was loaded from, so that others can find it (a Hub id such as
-            ``bigscience/bloomz-560m``). The live model's config is left as it was.
+            ``bigscience/bloomz-560m``); a local ``tokenizer_name_or_path`` (TEXT-initialised prompt tuning) is
+            replaced by it too. The live model's config is left as it was.
         model_card: A ``huggingface_hub.ModelCard`` (or anything with ``.save(path)``) saved as ``README.md``
             instead of peft's generic card.
         extra_json: Written to ``softprompt_hf.json`` (``INFERENCE_CONFIG_NAME``): what inference needs
@@ -171,17 +172,26 @@ def save_adapter(
         raise TypeError(f"save_adapter expects a peft PeftModel, got {type(model).__name__}.")
 
     def write(folder: Path) -> None:
-        previous = {name: config.base_model_name_or_path for name, config in configs.items()}
+        previous = {
+            name: (config.base_model_name_or_path, getattr(config, "tokenizer_name_or_path", None))
+            for name, config in configs.items()
+        }
         try:
             if base_model_id is not None:
                 for config in configs.values():
                     config.base_model_name_or_path = base_model_id
+                    # TEXT-initialised prompt tuning records where its tokenizer came from: a local folder too.
+                    tokenizer_path = getattr(config, "tokenizer_name_or_path", None)
+                    if tokenizer_path and os.path.isdir(tokenizer_path):
+                        config.tokenizer_name_or_path = base_model_id
             # save_embedding_layers=False: soft prompts never train the embedding matrix, and "auto" would look
             # the base model up (on the Hub) to decide.
             model.save_pretrained(str(folder), save_embedding_layers=False)
         finally:
-            for name, value in previous.items():
-                configs[name].base_model_name_or_path = value
+            for name, (base_path, tokenizer_path) in previous.items():
+                configs[name].base_model_name_or_path = base_path
+                if tokenizer_path is not None:
+                    configs[name].tokenizer_name_or_path = tokenizer_path
         if tokenizer is not None:
             tokenizer.save_pretrained(str(folder))
         if model_card is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import METHODS
+from hub_server import TOKEN, hub_fixture  # noqa: F401  (hub fixture)
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoTokenizer
 
@@ -189,3 +190,37 @@ def test_bf16_mixed_precision_runs_on_cpu(tmp_path):
     results = load_recipe("prompt_tuning").main(flags)
     assert math.isfinite(results["eval_loss"])
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and not (out / "raft_submission.csv").exists()
+
+
+EMBEDDED_HUB_ID = "softprompt-hf/embedded-bloom"
+
+
+def test_recipe_pushes_its_adapter_and_it_loads_from_the_hub(tmp_path, hub):
+    from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
+
+    hub.add_folder(EMBEDDED_HUB_ID, EMBEDDED_MODEL_PATH)  # the base model, as others would download it
+    out = tmp_path / "run"
+    flags = ["--output_dir", str(out), "--use_cpu", "true", "--num_train_epochs", "1", "--disable_tqdm", "true"]
+    flags += ["--predict_unlabeled", "false", "--push_to_hub", "true", "--hub_model_id", "alice/complaints"]
+    flags += ["--hub_token", TOKEN, "--base_model_id", EMBEDDED_HUB_ID]
+    load_recipe("prompt_tuning").main(flags)
+    pushed = hub.repos["alice/complaints"].files
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "softprompt_hf.json"} <= set(pushed)
+    assert json.loads(pushed["adapter_config.json"])["base_model_name_or_path"] == EMBEDDED_HUB_ID
+    card = pushed["README.md"].decode()
+    assert f"base_model: {EMBEDDED_HUB_ID}" in card and "library_name: peft" in card and TOKEN not in card
+    # Anyone can now load it by its id (base model included) and get the run's own predictions.
+    model = AutoPeftModelForCausalLM.from_pretrained("alice/complaints")
+    tokenizer = AutoTokenizer.from_pretrained("alice/complaints")
+    predictions = read_csv(out / "predictions.csv")[:8]
+    outputs = generate_label_texts(model, tokenizer, [row["text"] for row in predictions], max_new_tokens=4)
+    assert [o.strip() for o in outputs] == [row["output"].strip() for row in predictions]
+
+
+def test_push_with_a_local_base_model_is_refused_before_training(tmp_path):
+    flags = ["--output_dir", str(tmp_path), "--push_to_hub", "true", "--hub_model_id", "alice/x"]
+    with pytest.raises(ValueError, match="--base_model_id"):
+        load_recipe("p_tuning").main(flags)
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+    with pytest.raises(ValueError, match="needs --hub_model_id"):
+        load_recipe("p_tuning").main(["--output_dir", str(tmp_path), "--push_to_hub", "true"])

@@ -74,3 +74,21 @@ def test_atomic_writes_replace_files_whole(tmp_path):
     with pytest.raises(TypeError):
         atomic_write_json(path, {"x": object()})
     assert path.read_text() == "new" and os.listdir(path.parent) == ["state.json"]
+
+
+def test_base_model_id_also_replaces_a_local_tokenizer_path(tmp_path, tokenizer, tokenizer_dir, model_dirs):
+    from transformers import AutoModelForCausalLM
+
+    from softprompt_hf import build_soft_prompt_model
+
+    model = build_soft_prompt_model(
+        AutoModelForCausalLM.from_pretrained(model_dirs["bloom"]),
+        method="prompt_tuning",
+        tokenizer=tokenizer,
+        tokenizer_name_or_path=str(tokenizer_dir),
+    )
+    target = save_adapter(model, tmp_path / "adapter", base_model_id="org/base")
+    config = (target / "adapter_config.json").read_text()
+    assert str(tokenizer_dir) not in config and str(model_dirs["bloom"]) not in config
+    assert '"tokenizer_name_or_path": "org/base"' in config
+    assert model.peft_config["default"].tokenizer_name_or_path == str(tokenizer_dir)
