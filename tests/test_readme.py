@@ -37,3 +37,19 @@ def test_metrics_snippet_evaluates_with_the_stock_trainer(tmp_path):
     assert {"eval_loss", "eval_accuracy", "eval_f1", "eval_invalid_rate"} <= results.keys()
     # Prompt tuning initialised from the embedded model's own instruction is right before training.
     assert results["eval_accuracy"] >= 0.95
+
+
+def test_callbacks_snippet_restores_the_best_checkpoint(tmp_path):
+    from safetensors.torch import load_file
+
+    from softprompt_hf.callbacks import SOFT_PROMPT_STATE_NAME, last_complete_checkpoint
+
+    namespace = {"output_dir": str(tmp_path)}
+    exec(readme_snippet("callbacks"), namespace)
+    trainer = namespace["trainer"]
+    assert trainer.state.global_step == 40
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-40")
+    best = load_file(str(tmp_path / trainer.state.best_model_checkpoint / SOFT_PROMPT_STATE_NAME))
+    live = dict(trainer.model.named_parameters())
+    assert all(torch.equal(live[name], value) for name, value in best.items())
+    assert trainer.state.best_metric == max(e["eval_f1"] for e in trainer.state.log_history if "eval_f1" in e)
