@@ -1,5 +1,14 @@
 """Soft-prompt fine-tuning (prompt tuning, P-tuning, prefix tuning) of causal LMs with the stock Trainer."""
 
+from .callbacks import (
+    ParameterSummaryCallback,
+    SamplePredictionsCallback,
+    SoftPromptCheckpointCallback,
+    SoftPromptGuardCallback,
+    check_trainer,
+    last_complete_checkpoint,
+)
+from .card import build_model_card
 from .collator import SoftPromptDataCollator
 from .data import (
     RAFT_CLASS_NAMES,
@@ -12,6 +21,7 @@ from .data import (
 )
 from .evaluation import GenerationMetrics, Prediction, rank_labels
 from .generation import generate_label_ids, generate_label_texts, normalize_label
+from .hub import HubPushCallback, HubPushError, push_adapter, push_adapter_folder
 from .methods import (
     METHODS,
     SEED_PROMPT_TUNING_INIT_TEXT,
@@ -28,7 +38,9 @@ from .metrics import (
     write_predictions,
     write_raft_submission,
 )
+from .predict import predict
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate, encode_target
+from .saving import save_adapter
 
 __version__ = "0.1.0"
 
@@ -40,13 +52,21 @@ __all__ = [
     "ClassificationData",
     "ClassificationReport",
     "GenerationMetrics",
+    "HubPushCallback",
+    "HubPushError",
+    "ParameterSummaryCallback",
     "Prediction",
     "PromptTemplate",
+    "SamplePredictionsCallback",
     "SoftPromptArguments",
+    "SoftPromptCheckpointCallback",
     "SoftPromptDataCollator",
+    "SoftPromptGuardCallback",
+    "build_model_card",
     "build_peft_config",
     "build_soft_prompt_model",
     "check_label_set",
+    "check_trainer",
     "check_training_arguments",
     "classification_report",
     "encode_target",
@@ -54,11 +74,16 @@ __all__ = [
     "generate_label_texts",
     "k_fold_splits",
     "label_text",
+    "last_complete_checkpoint",
     "load_classification_data",
     "load_raft",
     "match_label",
     "normalize_label",
+    "predict",
+    "push_adapter",
+    "push_adapter_folder",
     "rank_labels",
+    "save_adapter",
     "stratified_split",
     "write_predictions",
     "write_raft_submission",
