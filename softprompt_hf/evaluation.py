@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 from transformers.utils import logging
 
-from .generation import generate_label_texts, supports_logits_to_keep
+from .generation import _CachedDecoder, equal_length_batches, generate_label_texts, supports_logits_to_keep
 from .metrics import ClassificationReport, check_label_set, classification_report, match_label
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate, encode_target
 
@@ -250,15 +250,74 @@ def rank_labels(
     max_prompt_tokens: int | None = None,
     batch_size: int = 32,
     show_progress: bool = True,
+    use_cache: bool = True,
 ) -> list[dict[str, float]]:
     """Log-likelihood of each label's tokens and EOS after each text's prompt.
 
-    Sequences of equal prompt and label length are batched without padding, and only the logits of the
-    label positions are computed (``logits_to_keep``), so scores do not depend on batching.
+    Prompts of equal length are batched without padding, so scores do not depend on batching. With
+    ``use_cache`` (the default) each prompt is run once, with the soft prompt placed as peft's training
+    forward places it, and all labels are scored from its key/value cache in one more forward pass over the
+    label tokens only; ``use_cache=False`` runs the model's training forward on every prompt + label
+    sequence instead, keeping only the logits of the label positions (``logits_to_keep``). Both give the
+    same scores up to float rounding.
     """
     template = template or PromptTemplate()
     label_ids = [encode_target(tokenizer, label) for label in labels]
     prompts = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
+    was_training = model.training
+    model.eval()
+    try:
+        if use_cache and _CachedDecoder.supports(model):
+            scores = _rank_with_shared_prompt(model, prompts, label_ids, batch_size, show_progress)
+        else:
+            scores = _rank_full_sequences(model, prompts, label_ids, batch_size, show_progress)
+    finally:
+        model.train(was_training)
+    return [dict(zip(labels, row, strict=True)) for row in scores]
+
+
+def _rank_with_shared_prompt(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    label_ids: list[list[int]],
+    batch_size: int,
+    show_progress: bool,
+) -> list[list[float]]:
+    device = next(model.parameters()).device
+    decoder = _CachedDecoder(model)
+    n_labels = len(label_ids)
+    longest = max(len(ids) for ids in label_ids)
+    # Row i * n_labels + j continues prompt i with label j's tokens but its last (the EOS, which is only
+    # predicted); shorter labels are padded at the end, where causal attention hides the padding from the
+    # positions that are scored.
+    continuations = torch.tensor([ids[:-1] + [ids[-1]] * (longest - len(ids)) for ids in label_ids], device=device)
+    first_tokens = torch.tensor([ids[0] for ids in label_ids], device=device)
+    rest = [torch.tensor(ids[1:], device=device) for ids in label_ids]
+    scores: list[list[float]] = [[] for _ in prompts]
+    batches = equal_length_batches(prompts, batch_size)
+    for batch in tqdm(batches, desc="Ranking labels", disable=not show_progress):
+        state = decoder.start(torch.tensor([prompts[i] for i in batch], device=device))
+        # The last prompt position predicts every label's first token.
+        first = torch.log_softmax(state.logits.float(), dim=-1)[:, first_tokens]
+        state.repeat_rows(n_labels)
+        logits = state.feed(continuations.repeat(len(batch), 1), logits_to_keep=0)
+        log_probs = torch.log_softmax(logits.float(), dim=-1).view(len(batch), n_labels, longest - 1, -1)
+        totals = first.clone()
+        for j, targets in enumerate(rest):
+            positions = log_probs[:, j, : len(targets)]
+            totals[:, j] += positions.gather(-1, targets[None, :, None].expand(len(batch), -1, 1))[..., 0].sum(dim=-1)
+        for index, row in zip(batch, totals.tolist(), strict=True):
+            scores[index] = row
+    return scores
+
+
+def _rank_full_sequences(
+    model: torch.nn.Module,
+    prompts: list[list[int]],
+    label_ids: list[list[int]],
+    batch_size: int,
+    show_progress: bool,
+) -> list[list[float]]:
     groups: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
     for t, prompt in enumerate(prompts):
         for j, target in enumerate(label_ids):
@@ -268,11 +327,9 @@ def rank_labels(
         for (_, n_target), pairs in sorted(groups.items())
         for start in range(0, len(pairs), batch_size)
     ]
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     keep = supports_logits_to_keep(model)
-    scores: list[dict[str, float]] = [{} for _ in texts]
+    scores = [[0.0] * len(label_ids) for _ in prompts]
     for n_target, pairs in tqdm(batches, desc="Ranking labels", disable=not show_progress):
         input_ids = torch.tensor([prompts[t] + label_ids[j] for t, j in pairs], device=device)
         # Positions -n_target-1 .. -2 predict the label tokens and EOS; keep only those logits.
@@ -282,6 +339,5 @@ def rank_labels(
         targets = input_ids[:, -n_target:]
         log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None])[..., 0].sum(dim=-1)
         for (t, j), value in zip(pairs, log_probs.tolist(), strict=True):
-            scores[t][labels[j]] = value
-    model.train(was_training)
+            scores[t][j] = value
     return scores

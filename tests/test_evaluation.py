@@ -209,3 +209,19 @@ def test_perplexity_when_the_trainer_passes_losses(tmp_path, tokenizer, model_di
     )
     result = trainer.evaluate()
     assert result["eval_perplexity"] == pytest.approx(math.exp(result["eval_loss"]), rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_rank_with_shared_prompt_cache_equals_full_sequences(tokenizer, arch, method):
+    """Scoring every label from one run of the prompt (its cache repeated over the labels) gives the scores of
+    one training forward per prompt + label; labels of different token lengths included."""
+    model = tiny_soft_prompt_model(tokenizer, arch, method)
+    labels = ["complaint", "no complaint", "spam", "x"]
+    assert len({len(encode_target(tokenizer, label)) for label in labels}) == 4
+    texts = [row["Tweet text"] for row in labelled_rows(10)] + ["@Acme hi"]
+    cached = rank_labels(model, tokenizer, texts, labels, batch_size=4, show_progress=False)
+    full = rank_labels(model, tokenizer, texts, labels, batch_size=16, show_progress=False, use_cache=False)
+    for shared, reference in zip(cached, full, strict=True):
+        assert shared == pytest.approx(reference, abs=1e-4)
+        assert max(shared, key=shared.get) == max(reference, key=reference.get)

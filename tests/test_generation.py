@@ -54,3 +54,35 @@ def test_generation_restores_training_mode(tokenizer):
 )
 def test_normalize_label(text, expected):
     assert normalize_label(text) == expected
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", [*METHODS, None])
+def test_cached_decoding_equals_the_full_forward(tokenizer, arch, method):
+    """The key/value-cache decoding (soft prompt placed as peft's forward places it, prefix tuning's prefix as
+    the initial cache) picks the same tokens as rerunning the training forward on the whole sequence."""
+    if method is None:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer)))
+    else:
+        model = tiny_soft_prompt_model(tokenizer, arch, method)
+    tokenizer.eos_token = "<unk>"  # never picked by the random model: every row decodes all 6 steps
+    texts = [row["Tweet text"] for row in labelled_rows(12)] + ["@Acme hi", "@Acme a much longer tweet " * 3]
+    options = {"max_new_tokens": 6, "batch_size": 4, "show_progress": False}
+    cached = generate_label_ids(model, tokenizer, texts, use_cache=True, **options)
+    full = generate_label_ids(model, tokenizer, texts, use_cache=False, **options)
+    assert cached == full
+    assert all(len(row) == 6 for row in cached)
+    assert len({tuple(row) for row in cached}) > 1, "all rows generated the same tokens: the test would be blind"
+
+
+def test_cached_decoding_computes_the_prompt_encoder_once(tokenizer):
+    """P-tuning's prompt encoder runs once per call, not once per batch and step."""
+    model = tiny_soft_prompt_model(tokenizer, "gpt2", "p_tuning")
+    encoder = model.prompt_encoder[model.active_adapter]
+    calls = []
+    handle = encoder.register_forward_hook(lambda *args: calls.append(1))
+    texts = [row["Tweet text"] for row in labelled_rows(12)]
+    generate_label_ids(model, tokenizer, texts, max_new_tokens=3, batch_size=2, show_progress=False)
+    handle.remove()
+    assert len(calls) == 1
