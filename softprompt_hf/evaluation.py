@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 from transformers.utils import logging
 
-from .generation import _CachedDecoder, equal_length_batches, generate_label_texts, supports_logits_to_keep
+from .generation import _CachedDecoder, generate_label_texts, supports_logits_to_keep
 from .metrics import ClassificationReport, check_label_set, classification_report, match_label
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate, encode_target
 
@@ -254,12 +254,13 @@ def rank_labels(
 ) -> list[dict[str, float]]:
     """Log-likelihood of each label's tokens and EOS after each text's prompt.
 
-    Prompts of equal length are batched without padding, so scores do not depend on batching. With
-    ``use_cache`` (the default) each prompt is run once, with the soft prompt placed as peft's training
-    forward places it, and all labels are scored from its key/value cache in one more forward pass over the
-    label tokens only; ``use_cache=False`` runs the model's training forward on every prompt + label
-    sequence instead, keeping only the logits of the label positions (``logits_to_keep``). Both give the
-    same scores up to float rounding.
+    Scores do not depend on batching. With ``use_cache`` (the default) each prompt is run once, with the soft
+    prompt placed as peft's training forward places it, and all labels are scored from its key/value cache
+    in one more forward pass over the label tokens only; prompts of different lengths share a batch where
+    the model can be given each token's position (see :func:`~softprompt_hf.generation.generate_label_ids`).
+    ``use_cache=False`` runs the model's training forward on every prompt + label sequence instead (equal
+    lengths batched without padding), keeping only the logits of the label positions (``logits_to_keep``).
+    Both give the same scores up to float rounding.
     """
     template = template or PromptTemplate()
     label_ids = [encode_target(tokenizer, label) for label in labels]
@@ -294,9 +295,8 @@ def _rank_with_shared_prompt(
     first_tokens = torch.tensor([ids[0] for ids in label_ids], device=device)
     rest = [torch.tensor(ids[1:], device=device) for ids in label_ids]
     scores: list[list[float]] = [[] for _ in prompts]
-    batches = equal_length_batches(prompts, batch_size)
-    for batch in tqdm(batches, desc="Ranking labels", disable=not show_progress):
-        state = decoder.start(torch.tensor([prompts[i] for i in batch], device=device))
+    for batch in tqdm(decoder.batches(prompts, batch_size), desc="Ranking labels", disable=not show_progress):
+        state = decoder.start([prompts[i] for i in batch])
         # The last prompt position predicts every label's first token.
         first = torch.log_softmax(state.logits.float(), dim=-1)[:, first_tokens]
         state.repeat_rows(n_labels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -71,9 +72,12 @@ def generate_label_ids(
     whole sequence. ``use_cache=False`` runs the model's full training forward on the whole sequence at
     every step instead; both give the same tokens (tested for the three methods on GPT-2, Llama and Bloom).
 
-    Prompts are grouped by token length and each group is decoded in batches with no padding at all: with
-    prompt tuning and P-tuning, left padding would put pads between the virtual tokens and the text and
-    shift positions, so a padded batch would not give the same result as one prompt at a time.
+    Batched results equal one-by-one results. Left padding, as ``generate()`` uses, would put pads between the
+    virtual tokens and the text and shift positions with prompt tuning and P-tuning; instead, with the cache,
+    prompts are sorted by length and padded on the right, the padding is masked out, and each row's new
+    tokens get the positions that follow its own prompt (for models that take ``position_ids`` or, like Bloom,
+    derive positions from the attention mask; other models, and ``use_cache=False``, batch prompts of equal
+    length only, with no padding at all).
 
     Args:
         model: A causal LM, with or without a soft prompt (a ``PeftModel``).
@@ -97,17 +101,19 @@ def generate_label_ids(
     decoder = _CachedDecoder(model) if use_cache and _CachedDecoder.supports(model) else None
     extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
     eos = tokenizer.eos_token_id
+    batches = decoder.batches(encoded, batch_size) if decoder is not None else equal_length_batches(encoded, batch_size)
     outputs: list[list[int]] = [[] for _ in texts]
-    for batch in tqdm(equal_length_batches(encoded, batch_size), desc="Generating labels", disable=not show_progress):
-        prompts = torch.tensor([encoded[i] for i in batch], device=device)
+    for batch in tqdm(batches, desc="Generating labels", disable=not show_progress):
         finished = torch.zeros(len(batch), dtype=torch.bool, device=device)
         generated: list[torch.Tensor] = []
-        state = decoder.start(prompts) if decoder is not None else None
+        state = decoder.start([encoded[i] for i in batch]) if decoder is not None else None
+        # Without the cache, batches hold prompts of equal length only.
+        prompts = torch.tensor([encoded[i] for i in batch], device=device) if state is None else None
         for step in range(max_new_tokens):
             if state is not None:
                 logits = state.logits if step == 0 else state.feed(generated[-1][:, None])
             else:
-                sequences = torch.cat([prompts, *(token[:, None] for token in generated)], dim=1)
+                sequences = torch.cat([typing.cast(torch.Tensor, prompts), *(t[:, None] for t in generated)], dim=1)
                 logits = model(input_ids=sequences, attention_mask=torch.ones_like(sequences), **extra).logits[:, -1]
             next_tokens = logits.argmax(dim=-1)
             # Rows are independent and attention is causal: what a finished row appends changes nothing.
@@ -136,22 +142,39 @@ def equal_length_batches(sequences: Sequence[Sequence[int]], batch_size: int) ->
     ]
 
 
-class _DecodingState:
-    """A batch being decoded: the key/value cache, its length, and the last position's logits."""
+def _length_sorted_batches(sequences: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(sequences)), key=lambda index: len(sequences[index]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
-    def __init__(self, decoder: _CachedDecoder, cache: Cache, length: int, logits: torch.Tensor) -> None:
+
+class _DecodingState:
+    """A batch being decoded: the key/value cache, its attention mask, where each row's next token goes, and
+    the logits of each row's last position."""
+
+    def __init__(
+        self,
+        decoder: _CachedDecoder,
+        cache: Cache,
+        mask: torch.Tensor,
+        next_positions: torch.Tensor,
+        logits: torch.Tensor,
+    ) -> None:
         self._decoder = decoder
         self.cache = cache
-        self.length = length
+        self.mask = mask
+        self.next_positions = next_positions
         self.logits = logits
 
     def feed(self, tokens: torch.Tensor, logits_to_keep: int = 1) -> torch.Tensor:
         """Appends ``tokens`` ``(batch, n)`` to every row; returns the logits of the last ``logits_to_keep``
-        positions (``(batch, vocab)`` for 1, ``(batch, n, vocab)`` otherwise, ``0`` keeping all)."""
-        self.length += tokens.shape[1]
+        positions (``(batch, vocab)`` for 1, ``(batch, n, vocab)`` for 0, which keeps all)."""
+        n = tokens.shape[1]
+        self.mask = torch.cat([self.mask, self.mask.new_ones(tokens.shape[0], n)], dim=1)
+        positions = self.next_positions[:, None] + torch.arange(n, device=tokens.device)
         logits = self._decoder.run(
-            input_ids=tokens, cache=self.cache, length=self.length, logits_to_keep=logits_to_keep
+            input_ids=tokens, cache=self.cache, mask=self.mask, positions=positions, logits_to_keep=logits_to_keep
         )
+        self.next_positions = self.next_positions + n
         self.logits = logits[:, -1] if logits_to_keep == 1 else logits
         return self.logits
 
@@ -159,6 +182,8 @@ class _DecodingState:
         """Repeats each row ``repeats`` times (row ``i`` becomes rows ``i * repeats ... i * repeats + repeats - 1``),
         so several continuations can share one prompt's cache."""
         self.cache.batch_repeat_interleave(repeats)
+        self.mask = self.mask.repeat_interleave(repeats, dim=0)
+        self.next_positions = self.next_positions.repeat_interleave(repeats, dim=0)
         self.logits = self.logits.repeat_interleave(repeats, dim=0)
 
 
@@ -167,13 +192,20 @@ class _CachedDecoder:
 
     For a soft prompt it builds what peft's forward builds, so cached decoding reads the same inputs at the
     same positions as the training forward: prompt tuning and P-tuning put the virtual token embeddings in
-    front of the prompt's token embeddings (an all-ones attention mask, positions from 0); prefix tuning
-    starts from a cache holding the prefix key/values (the real tokens at positions after the prefix). The
-    virtual token embeddings are computed once per decoder, not once per batch (for P-tuning that is the
-    prompt encoder: in eval mode it does not depend on the batch).
+    front of the prompt's token embeddings (positions from 0); prefix tuning starts from a cache holding the
+    prefix key/values (the real tokens at positions after the prefix). The virtual token embeddings are
+    computed once per decoder, not once per batch (for P-tuning that is the prompt encoder: in eval mode it
+    does not depend on the batch).
+
+    Prompts of different lengths share a batch when the model can be told each token's position: it takes
+    ``position_ids``, or it derives positions from the attention mask (Bloom's ALiBi). Each prompt is padded
+    on the right, the padding is masked out of attention, and each row's new tokens get the positions that
+    follow its own prompt, so every row computes what it computes alone. Other models get equal-length
+    batches without padding.
     """
 
     _PROMPT_TYPES = (PeftType.PROMPT_TUNING, PeftType.P_TUNING)
+    _POSITIONS_FROM_MASK = ("bloom",)
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.peft_config = _prompt_learning_config(model)
@@ -183,6 +215,9 @@ class _CachedDecoder:
         parameters = inspect.signature(inner.forward).parameters
         self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
         self._keep = "logits_to_keep" in parameters
+        self._positions = "position_ids" in parameters
+        model_type = getattr(getattr(inner, "config", None), "model_type", None)
+        self.mixed_lengths = self._positions or model_type in self._POSITIONS_FROM_MASK
         self.num_virtual_tokens = 0
         self._prompt: torch.Tensor | None = None
         if self.peft_config is not None:
@@ -197,35 +232,70 @@ class _CachedDecoder:
         config = _prompt_learning_config(model)
         return config is None or config.peft_type in (*cls._PROMPT_TYPES, PeftType.PREFIX_TUNING)
 
-    def start(self, input_ids: torch.Tensor) -> _DecodingState:
-        """Runs the prompts ``(batch, length)`` (all of the same length, no padding) and returns the state
-        holding their cache and the last position's logits."""
-        batch, length = input_ids.shape
-        total = self.num_virtual_tokens + length
+    def batches(self, prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+        """Indices of ``prompts`` in the batches this decoder can run: sorted by length (little padding) when
+        lengths can be mixed, of equal lengths otherwise."""
+        if self.mixed_lengths:
+            return _length_sorted_batches(prompts, batch_size)
+        return equal_length_batches(prompts, batch_size)
+
+    def start(self, prompts: Sequence[Sequence[int]]) -> _DecodingState:
+        """Runs the prompts (token id lists) and returns the state holding their cache and the logits of
+        each one's last position."""
+        device = next(self.model.parameters()).device
+        lengths = torch.tensor([len(ids) for ids in prompts], device=device)
+        longest, shortest = int(lengths.max()), int(lengths.min())
+        if longest != shortest and not self.mixed_lengths:
+            raise ValueError(f"{type(self.base).__name__} cannot decode prompts of different lengths in one batch.")
+        # Right padding (with each row's own last token): causal attention keeps it out of the prompt's
+        # positions, and the mask keeps it out of everything that follows.
+        input_ids = torch.tensor([list(ids) + [ids[-1]] * (longest - len(ids)) for ids in prompts], device=device)
+        batch = input_ids.shape[0]
+        virtual = self.num_virtual_tokens
+        token_mask = (torch.arange(longest, device=device)[None, :] < lengths[:, None]).long()
+        mask = torch.cat([token_mask.new_ones(batch, virtual), token_mask], dim=1)
+        keep = longest - shortest + 1
         if self._prompt is not None:
             tokens = self.base.get_input_embeddings()(input_ids)
             prompt = self._prompt.expand(batch, -1, -1).to(tokens.dtype)
             cache: Cache = DynamicCache(config=self.base.config)
-            logits = self.run(inputs_embeds=torch.cat([prompt, tokens], dim=1), cache=cache, length=total)
-        elif self.peft_config is not None:
-            cache = self.model.get_prompt(batch_size=batch, max_cache_len=total)  # type: ignore[operator]
-            if not isinstance(cache, Cache):
-                raise TypeError(f"Prefix tuning returned a {type(cache).__name__}, not a transformers Cache.")
-            logits = self.run(input_ids=input_ids, cache=cache, length=total)
+            positions = torch.arange(virtual + longest, device=device).expand(batch, -1)
+            inputs: dict[str, torch.Tensor] = {"inputs_embeds": torch.cat([prompt, tokens], dim=1)}
         else:
-            cache = DynamicCache(config=getattr(self.base, "config", None))
-            logits = self.run(input_ids=input_ids, cache=cache, length=total)
-        return _DecodingState(self, cache, total, logits[:, -1])
+            if self.peft_config is not None:
+                cache = self.model.get_prompt(batch_size=batch, max_cache_len=virtual + longest)  # type: ignore[operator]
+                if not isinstance(cache, Cache):
+                    raise TypeError(f"Prefix tuning returned a {type(cache).__name__}, not a transformers Cache.")
+            else:
+                cache = DynamicCache(config=getattr(self.base, "config", None))
+            positions = virtual + torch.arange(longest, device=device).expand(batch, -1)
+            inputs = {"input_ids": input_ids}
+        logits = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=keep, **inputs)
+        if keep == 1:
+            last = logits[:, -1]
+        else:
+            last = logits[torch.arange(batch, device=device), lengths - 1 - (longest - keep)]
+        return _DecodingState(self, cache, mask, virtual + lengths, last)
 
-    def run(self, *, cache: Cache, length: int, logits_to_keep: int = 1, **inputs: torch.Tensor) -> torch.Tensor:
-        first = next(iter(inputs.values()))
-        mask = torch.ones(first.shape[0], length, dtype=torch.long, device=first.device)
+    def run(
+        self,
+        *,
+        cache: Cache,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        logits_to_keep: int = 1,
+        **inputs: torch.Tensor,
+    ) -> torch.Tensor:
         extra: dict[str, Any] = {"logits_to_keep": logits_to_keep} if self._keep else {}
+        if self._positions:
+            extra["position_ids"] = positions
         # The prefix of prompt methods is handled here, so the base model is called directly; a plain model or
         # another kind of adapter is called as it is.
         target = self.base if self.peft_config is not None else self.model
         outputs = target(attention_mask=mask, use_cache=True, **{self._cache_argument: cache}, **inputs, **extra)
         logits = outputs.logits
+        if logits_to_keep == 1 and logits.dim() == 2:
+            logits = logits[:, None]
         if not self._keep and logits_to_keep:
             logits = logits[:, -logits_to_keep:]
         return logits

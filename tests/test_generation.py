@@ -6,7 +6,7 @@ from conftest import ARCHS, METHODS, labelled_rows, model_config, tiny_soft_prom
 from transformers import AutoModelForCausalLM
 
 from softprompt_hf import PromptTemplate
-from softprompt_hf.generation import generate_label_ids, generate_label_texts, normalize_label
+from softprompt_hf.generation import _CachedDecoder, generate_label_ids, generate_label_texts, normalize_label
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -69,6 +69,7 @@ def test_cached_decoding_equals_the_full_forward(tokenizer, arch, method):
     tokenizer.eos_token = "<unk>"  # never picked by the random model: every row decodes all 6 steps
     texts = [row["Tweet text"] for row in labelled_rows(12)] + ["@Acme hi", "@Acme a much longer tweet " * 3]
     options = {"max_new_tokens": 6, "batch_size": 4, "show_progress": False}
+    assert _CachedDecoder(model).mixed_lengths, "batches of 4 sorted prompts mix lengths: the padding is tested"
     cached = generate_label_ids(model, tokenizer, texts, use_cache=True, **options)
     full = generate_label_ids(model, tokenizer, texts, use_cache=False, **options)
     assert cached == full
