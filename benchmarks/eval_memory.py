@@ -1,0 +1,156 @@
+"""Peak memory of a full evaluation (``Trainer.evaluate`` with ``GenerationMetrics``) at two eval-set sizes.
+
+    python benchmarks/eval_memory.py                    # 512 and 4,096 rows, both modes
+    python benchmarks/eval_memory.py --size tiny --rows 64 256
+
+Each evaluation runs in a fresh process, which samples its resident memory every few milliseconds; the
+figure is the peak during ``trainer.evaluate()`` minus the resident memory just before it (model, data and
+Trainer already built). Nothing should grow with the number of eval rows: the Trainer keeps one number per
+row (``preprocess_logits_for_metrics`` drops the logits) and generation works batch by batch.
+
+The model keeps bloomz' 250,880-token vocabulary (so a kept logit tensor would be hundreds of MB) but is
+narrow and shallow (``--size mem``: hidden 128, 2 layers) so that 4,096 rows evaluate in minutes on a CPU.
+The eval loss uses ``enable_label_only_logits(model, in_eval=True)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as c  # noqa: E402
+
+MEM_SIZE = c.ModelSize(hidden_size=128, n_layer=2, n_head=4)
+SIZES = {**c.SIZES, "mem": MEM_SIZE}
+HEADERS = ["mode", "rows", "peak during evaluate (MiB)", "seconds", "peak ratio to the smallest set"]
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+class _PeakSampler(threading.Thread):
+    def __init__(self, interval: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.peak = _rss_bytes()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.peak = max(self.peak, _rss_bytes())
+            time.sleep(self.interval)
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join()
+        return max(self.peak, _rss_bytes())
+
+
+def child(size: str, rows: int, mode: str, batch_size: int, threads: int | None) -> dict[str, Any]:
+    """One evaluation in this process; returns its peak memory above the pre-evaluation baseline."""
+    import gc
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from softprompt_hf import GenerationMetrics, SoftPromptDataCollator
+    from softprompt_hf.label_logits import enable_label_only_logits
+
+    c.quiet()
+    c.set_threads(threads)
+    tok = c.tokenizer()
+    eval_rows = Dataset.from_list(c.labelled_rows(rows))
+    model = c.soft_prompt_model(c.base_model(SIZES[size]), "prompt_tuning", tok)
+    enable_label_only_logits(model, in_eval=True)
+    metrics = GenerationMetrics(tok, ["complaint", "no complaint"], eval_rows, mode=mode, batch_size=batch_size)
+    with tempfile.TemporaryDirectory() as output_dir:
+        args = TrainingArguments(
+            output_dir=output_dir,
+            per_device_eval_batch_size=batch_size,
+            remove_unused_columns=False,
+            report_to=[],
+            disable_tqdm=True,
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            eval_dataset=eval_rows,
+            data_collator=SoftPromptDataCollator(tok),
+            **metrics.trainer_kwargs(),
+        )
+        gc.collect()
+        baseline = _rss_bytes()
+        sampler = _PeakSampler()
+        sampler.start()
+        start = time.perf_counter()
+        result = trainer.evaluate()
+        seconds = time.perf_counter() - start
+        peak = sampler.stop()
+    return {
+        "rows": rows,
+        "mode": mode,
+        "peak_mib": (peak - baseline) / 2**20,
+        "seconds": seconds,
+        "eval_loss": result["eval_loss"],
+    }
+
+
+def main(args: argparse.Namespace) -> list[list[Any]]:
+    command = "python benchmarks/eval_memory.py" + c.flags(args)
+    print(c.header("Peak memory of a full evaluation", command))
+    print(f"Model: {SIZES[args.size].describe()}; prompt tuning; batch {args.batch_size}\n")
+    print(c.table(HEADERS, []))
+    results = []
+    for mode in args.modes:
+        measured = []
+        for rows in args.rows:
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", "--size", args.size, "--batch_size", str(args.batch_size)]
+                + ["--rows", str(rows), "--modes", mode]
+                + (["--threads", str(args.threads)] if args.threads else []),
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+            measured.append(json.loads(out.strip().splitlines()[-1]))
+        smallest = measured[0]["peak_mib"]
+        for m in measured:
+            results.append([mode, m["rows"], m["peak_mib"], m["seconds"], m["peak_mib"] / smallest])
+            print(c.table(HEADERS, results[-1:]).splitlines()[-1], flush=True)
+    print()
+    c.dump_json(args.json, results)
+    return results
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="mem")
+    parser.add_argument("--rows", type=int, nargs="+", default=[512, 4096])
+    parser.add_argument("--modes", nargs="+", default=["generate", "rank"], choices=["generate", "rank"])
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--json", help="Also write the results to this JSON file.")
+    c.add_threads_argument(parser)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parsed = parse_args()
+    if parsed.child:
+        print(json.dumps(child(parsed.size, parsed.rows[0], parsed.modes[0], parsed.batch_size, parsed.threads)))
+    else:
+        main(parsed)

@@ -1,0 +1,41 @@
+"""Smoke test: every benchmark script runs on a tiny model and prints its tables (marked slow)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+SCRIPTS = {
+    "train_throughput.py": ["--size", "tiny", "--steps", "1", "--batches", "1", "--repeats", "1"],
+    "eval_throughput.py": ["--size", "tiny", "--rows", "12", "--repeats", "1", "--seed_repeats", "1"],
+    "eval_memory.py": ["--size", "tiny", "--rows", "8", "16", "--modes", "generate"],
+    "gpu.py": ["--smoke"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_benchmark_script_runs(script):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *SCRIPTS[script]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table_rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(table_rows) >= 2, result.stdout  # a header and at least one measured row
+    assert "nan" not in result.stdout.lower()
+
+
+def test_every_script_is_smoke_tested():
+    scripts = {path.name for path in BENCHMARKS.glob("*.py") if not path.name.startswith("_")}
+    assert scripts == set(SCRIPTS)
