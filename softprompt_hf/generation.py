@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from collections import defaultdict
@@ -270,6 +271,15 @@ class _CachedDecoder:
                 cache = DynamicCache(config=getattr(self.base, "config", None))
             positions = virtual + torch.arange(longest, device=device).expand(batch, -1)
             inputs = {"input_ids": input_ids}
+        if keep > 1 and self._keep and _keeps_positions_per_row():
+            # Only each row's last prompt position, in the sequence the model is given (which holds the virtual
+            # tokens for prompt tuning and P-tuning; prefix tuning's are in the cache).
+            in_sequence = virtual if self._prompt is not None else 0
+            last_positions = (in_sequence + lengths - 1)[:, None]
+            logits = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=last_positions, **inputs)
+            if logits.shape[:2] == (batch, 1):
+                return _DecodingState(self, cache, mask, virtual + lengths, logits[:, 0])
+            raise RuntimeError(f"{type(self.base).__name__} ignored per-row logits_to_keep positions.")
         logits = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=keep, **inputs)
         if keep == 1:
             last = logits[:, -1]
@@ -283,7 +293,7 @@ class _CachedDecoder:
         cache: Cache,
         mask: torch.Tensor,
         positions: torch.Tensor,
-        logits_to_keep: int = 1,
+        logits_to_keep: int | torch.Tensor = 1,
         **inputs: torch.Tensor,
     ) -> torch.Tensor:
         extra: dict[str, Any] = {"logits_to_keep": logits_to_keep} if self._keep else {}
@@ -294,11 +304,23 @@ class _CachedDecoder:
         target = self.base if self.peft_config is not None else self.model
         outputs = target(attention_mask=mask, use_cache=True, **{self._cache_argument: cache}, **inputs, **extra)
         logits = outputs.logits
-        if logits_to_keep == 1 and logits.dim() == 2:
-            logits = logits[:, None]
-        if not self._keep and logits_to_keep:
+        if isinstance(logits_to_keep, int) and not self._keep and logits_to_keep:
             logits = logits[:, -logits_to_keep:]
         return logits
+
+
+@functools.cache
+def _keeps_positions_per_row() -> bool:
+    """Whether this transformers' ``logits_to_keep`` takes per-row positions (a ``(batch, n)`` integer tensor)."""
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep
+    except ImportError:
+        return False
+    try:
+        kept = slice_logits_to_keep(torch.zeros(2, 3, 1), torch.tensor([[0], [2]]))
+    except Exception:  # noqa: BLE001 - an older helper may reject the argument in any way
+        return False
+    return tuple(kept.shape) == (2, 1, 1)
 
 
 def _prompt_learning_config(model: torch.nn.Module) -> Any:
