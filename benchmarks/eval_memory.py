@@ -10,7 +10,9 @@ row (``preprocess_logits_for_metrics`` drops the logits) and generation works ba
 
 The model keeps bloomz' 250,880-token vocabulary (so a kept logit tensor would be hundreds of MB) but is
 narrow and shallow (``--size mem``: hidden 128, 2 layers) so that 4,096 rows evaluate in minutes on a CPU.
-The eval loss uses ``enable_label_only_logits(model, in_eval=True)``.
+The eval loss uses ``enable_label_only_logits(model, in_eval=True)``. The evaluating processes run with
+``MALLOC_MMAP_THRESHOLD_=65536`` so that resident memory follows live memory (``--glibc_default_allocator``
+turns that off).
 """
 
 from __future__ import annotations
@@ -109,6 +111,19 @@ def child(size: str, rows: int, mode: str, batch_size: int, threads: int | None)
     }
 
 
+def _child_environment(glibc_default: bool) -> dict[str, str]:
+    """The children's environment. Unless told otherwise, glibc serves allocations over 64 KiB with mmap, so
+    freed tensors go back to the system at once and resident memory follows live memory; with glibc's default
+    threshold (which adapts upwards), freed tensor buffers stay in the heap and its high-water mark grows with
+    the number of batches run, which is not memory the evaluation holds."""
+    import os
+
+    env = dict(os.environ)
+    if not glibc_default:
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    return env
+
+
 def main(args: argparse.Namespace) -> list[list[Any]]:
     command = "python benchmarks/eval_memory.py" + c.flags(args)
     print(c.header("Peak memory of a full evaluation", command))
@@ -125,6 +140,7 @@ def main(args: argparse.Namespace) -> list[list[Any]]:
                 check=True,
                 capture_output=True,
                 text=True,
+                env=_child_environment(args.glibc_default_allocator),
             ).stdout
             measured.append(json.loads(out.strip().splitlines()[-1]))
         smallest = measured[0]["peak_mib"]
@@ -142,6 +158,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, nargs="+", default=[512, 4096])
     parser.add_argument("--modes", nargs="+", default=["generate", "rank"], choices=["generate", "rank"])
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument(
+        "--glibc_default_allocator",
+        action="store_true",
+        help="Keep glibc's default mmap threshold in the evaluating processes (see _child_environment).",
+    )
     parser.add_argument("--json", help="Also write the results to this JSON file.")
     c.add_threads_argument(parser)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

@@ -87,7 +87,7 @@ def run_method(args: argparse.Namespace, method: str, tok: Any, texts: list[str]
         for name, fn in paths.items():
             if repeat < runs.get(name, args.repeats):
                 times[name].append(c.timed(fn, args.device))
-    speed = {name: len(texts) / c.median(values) for name, values in times.items()}
+    speed: dict[str, Any] = {name: len(texts) / c.median(values) if values else "-" for name, values in times.items()}
     speed["seed"] = len(seed_texts) / c.median(times["seed"])
     return [
         method,
@@ -117,7 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Time the one-by-one path on the first N rows only (its cost per row does not depend on the number "
         "of rows); default: all rows.",
     )
-    parser.add_argument("--no_cache_repeats", type=int, default=3, help="Runs of the (slow) no-cache paths.")
+    parser.add_argument(
+        "--no_cache_repeats", type=int, default=3, help="Runs of the (slow) no-cache paths; 0 skips them."
+    )
     parser.add_argument("--check_rows", type=int, default=64, help="Rows whose results are compared first.")
     parser.add_argument("--score_tolerance", type=float, default=1e-3, help="float32 only.")
     parser.add_argument("--json", help="Also write the results to this JSON file.")
