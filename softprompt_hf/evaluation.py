@@ -57,7 +57,8 @@ class GenerationMetrics(TrainerCallback):
     - ``"rank"``: rank classification: the log-likelihood of each label's tokens and EOS after the
       prompt, argmax over the label set (always valid); per-label scores are kept.
 
-    Predictions do not depend on batching: prompts of equal length are batched without padding. The
+    Predictions do not depend on batching: prompts of different lengths share a batch only with masked right
+    padding and each row's own positions (see :func:`~softprompt_hf.generation.generate_label_ids`). The
     Trainer keeps no logits (``preprocess_logits_for_metrics`` drops them), so memory does not grow with
     the eval set. With ``TrainingArguments(include_for_metrics=["loss"])`` it also reports the seed guide's
     ``eval_perplexity`` (exp of the mean eval loss). Under ``accelerate launch`` or ``torchrun`` each
