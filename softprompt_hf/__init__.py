@@ -22,6 +22,7 @@ from .data import (
 from .evaluation import GenerationMetrics, Prediction, rank_labels
 from .generation import generate_label_ids, generate_label_texts, normalize_label
 from .hub import HubPushCallback, HubPushError, push_adapter, push_adapter_folder
+from .label_logits import enable_label_only_logits
 from .methods import (
     METHODS,
     SEED_PROMPT_TUNING_INIT_TEXT,
@@ -69,6 +70,7 @@ __all__ = [
     "check_trainer",
     "check_training_arguments",
     "classification_report",
+    "enable_label_only_logits",
     "encode_target",
     "generate_label_ids",
     "generate_label_texts",

@@ -162,6 +162,13 @@ class RunArguments:
     predict_unlabeled: bool = field(
         default=True, metadata={"help": "Label the unlabelled rows and write RAFT's ID,Label submission file."}
     )
+    label_only_logits: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute logits only at the label positions in training and eval loss (same loss; with a "
+            "large vocabulary most of a step's cost). See softprompt_hf.enable_label_only_logits."
+        },
+    )
 
 
 _ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, SoftPromptArguments, TrainingArguments)
