@@ -28,6 +28,7 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from .card import build_model_card, is_hub_id
+from .methods import method_name
 from .saving import INFERENCE_CONFIG_NAME, atomic_write_json, save_adapter
 
 __all__ = [
@@ -364,14 +365,11 @@ class HubPushCallback(TrainerCallback):
             license=self.license,
             repo_id=self.repo_id,
         )
-        peft_type = str(getattr(next(iter(model.peft_config.values())).peft_type, "value", ""))
         extra = {
             "labels": labels,
             "template": template,
             "text_column": text_column,
-            "method": {"PROMPT_TUNING": "prompt_tuning", "P_TUNING": "p_tuning", "PREFIX_TUNING": "prefix_tuning"}.get(
-                peft_type, peft_type.lower()
-            ),
+            "method": method_name(model),
             "base_model": self.base_model_id,
         }
         self.folder = save_adapter(

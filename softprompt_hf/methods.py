@@ -28,6 +28,7 @@ __all__ = [
     "build_peft_config",
     "build_soft_prompt_model",
     "check_training_arguments",
+    "method_name",
 ]
 
 logger = logging.get_logger(__name__)
@@ -36,6 +37,12 @@ METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")
 
 #: The seed guide's initialisation text for prompt tuning (8 tokens with bloomz-560m's tokenizer).
 SEED_PROMPT_TUNING_INIT_TEXT = "Classify if the tweet is a complaint or no complaint.\n"
+
+_METHOD_BY_PEFT_TYPE = {
+    PeftType.PROMPT_TUNING: "prompt_tuning",
+    PeftType.P_TUNING: "p_tuning",
+    PeftType.PREFIX_TUNING: "prefix_tuning",
+}
 
 _DEFAULT_NUM_VIRTUAL_TOKENS = 20
 _PROMPT_INITS = tuple(init.value for init in PromptTuningInit)
@@ -254,6 +261,13 @@ def build_soft_prompt_model(
         100 * trainable / total,
     )
     return peft_model
+
+
+def method_name(model: PeftModel) -> str:
+    """The method of ``model``'s active adapter as ``METHODS`` names it (``"p_tuning"``...); peft's type name in
+    lower case for adapters of other kinds."""
+    peft_type = PeftType(model.peft_config[model.active_adapter].peft_type)
+    return _METHOD_BY_PEFT_TYPE.get(peft_type, peft_type.value.lower())
 
 
 def check_training_arguments(peft_config: PeftConfig, training_args: TrainingArguments) -> None:

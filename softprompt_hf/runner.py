@@ -39,9 +39,9 @@ from .collator import SoftPromptDataCollator
 from .data import ClassificationData, load_classification_data, load_raft
 from .embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
 from .evaluation import GenerationMetrics
-from .methods import METHODS, SoftPromptArguments
+from .methods import METHODS, SoftPromptArguments, method_name
 from .metrics import write_predictions, write_raft_submission
-from .prompt import DEFAULT_TEMPLATE
+from .prompt import DEFAULT_TEMPLATE, encode_target
 from .saving import atomic_write_json, save_adapter
 
 logger = logging.get_logger(__name__)
@@ -307,8 +307,8 @@ def build_metrics(
         raise ValueError("The recipes evaluate on a validation split: set --validation_size above 0.")
     max_prompt_tokens = None
     if data_args.max_length is not None:
-        longest_target = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in data.classes)
-        max_prompt_tokens = data_args.max_length - longest_target - 1  # the collator's budget: target + EOS
+        # The collator's budget: max_length minus the target (label + EOS), for the longest label.
+        max_prompt_tokens = data_args.max_length - max(len(encode_target(tokenizer, label)) for label in data.classes)
     return GenerationMetrics(
         tokenizer,
         data.classes,
@@ -454,7 +454,7 @@ def finish_run(
             "class_names": list(data.class_names),
             "template": data_args.template,
             "text_column": data.text_column,
-            "method": _method_name(model),
+            "method": method_name(model),
             "base_model": base_model_id(model_args),
             "eval_mode": run_args.eval_mode,
         },
@@ -473,11 +473,6 @@ def finish_run(
 
 def _jsonable(value: Any) -> bool:
     return isinstance(value, (int, str)) or (isinstance(value, float) and math.isfinite(value))
-
-
-def _method_name(model: Any) -> str:
-    peft_type = model.peft_config[model.active_adapter].peft_type.value
-    return {"PROMPT_TUNING": "prompt_tuning", "P_TUNING": "p_tuning", "PREFIX_TUNING": "prefix_tuning"}[peft_type]
 
 
 def _model_card(
