@@ -128,6 +128,19 @@ def tiny_soft_prompt_model(tokenizer, arch: str, method: str):
     return build_soft_prompt_model(base, method=method, prompt_tuning_init="RANDOM", num_virtual_tokens=4)
 
 
+@torch.no_grad()
+def next_token_logits(model, tokenizer, texts) -> torch.Tensor:
+    """The model's next-token logits after each text's prompt, one text at a time (eval mode)."""
+    from softprompt_hf import PromptTemplate
+
+    model.eval()
+    rows = []
+    for text in texts:
+        ids = torch.tensor([PromptTemplate().encode(tokenizer, text)])
+        rows.append(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1])
+    return torch.stack(rows)
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tokenizer")

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 import torch
-from conftest import METHODS, labelled_rows
+from conftest import METHODS, labelled_rows, next_token_logits
 from hub_server import BASE_ID, TOKEN, HubServer, hub_fixture, point_hub_client_at  # noqa: F401  (hub fixture)
 from huggingface_hub import ModelCard
 from peft import AutoPeftModelForCausalLM
@@ -16,23 +16,13 @@ from trained_adapters import LABELS, one_thread, train_tiny_adapter
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from softprompt_hf import PromptTemplate, build_soft_prompt_model
+from softprompt_hf import build_soft_prompt_model
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.generation import generate_label_ids
 from softprompt_hf.hub import HubPushCallback, HubPushError, push_adapter, push_adapter_folder
 from softprompt_hf.saving import save_adapter
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
-
-
-@torch.no_grad()
-def next_token_logits(model, tokenizer, texts) -> torch.Tensor:
-    model.eval()
-    rows = []
-    for text in texts:
-        ids = torch.tensor([PromptTemplate().encode(tokenizer, text)])
-        rows.append(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1])
-    return torch.stack(rows)
 
 
 TEXTS = [row["Tweet text"] for row in labelled_rows(24)[8:16]]

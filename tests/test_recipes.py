@@ -35,6 +35,20 @@ SEED_PEFT = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """A recipe configures logging for its process (setup_logging); undo that for the tests that follow."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    ours = logging.getLogger("softprompt_hf")
+    level, verbosity = ours.level, hf_logging.get_verbosity()
+    yield
+    ours.setLevel(level)
+    hf_logging.set_verbosity(verbosity)
+
+
 def load_recipe(method: str):
     import importlib.util
 
@@ -224,3 +238,18 @@ def test_push_with_a_local_base_model_is_refused_before_training(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
     with pytest.raises(ValueError, match="needs --hub_model_id"):
         load_recipe("p_tuning").main(["--output_dir", str(tmp_path), "--push_to_hub", "true"])
+
+
+def test_eval_prompts_are_cut_with_the_collators_budget():
+    from softprompt_hf.prompt import encode_target
+    from softprompt_hf.runner import build_collator, build_metrics, load_recipe_data, load_recipe_tokenizer
+
+    model_args, data_args, run_args, _, training_args = parse_recipe_args("p_tuning", ["--max_length", "24"])
+    data = load_recipe_data(data_args, seed=0)
+    tokenizer = load_recipe_tokenizer(model_args)
+    metrics = build_metrics(tokenizer, data, data_args, run_args, training_args)
+    longest = max(data.classes, key=lambda label: len(encode_target(tokenizer, label)))
+    batch = build_collator(tokenizer, data, data_args)([{data.text_column: "word " * 200, data.target_column: longest}])
+    assert batch["input_ids"].shape[1] == 24
+    # One row, no padding: the -100 labels are exactly the prompt, which evaluation must cut the same way.
+    assert metrics.max_prompt_tokens == int((batch["labels"][0] == -100).sum())

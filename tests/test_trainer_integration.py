@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import METHODS, labelled_rows
+from conftest import METHODS, labelled_rows, next_token_logits
 from datasets import Dataset
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-from softprompt_hf import PromptTemplate, SoftPromptDataCollator, build_soft_prompt_model
+from softprompt_hf import SoftPromptDataCollator, build_soft_prompt_model
 from softprompt_hf.generation import generate_label_ids
 
 LEARNING_RATE = 3e-2  # the seed guide's, for all three methods
@@ -39,16 +39,6 @@ def training_args(tmp_path, method, **overrides):
 def mean_loss(model, collator, rows) -> float:
     model.eval()
     return model(**collator(rows)).loss.item()
-
-
-@torch.no_grad()
-def next_token_logits(model, tokenizer, texts) -> torch.Tensor:
-    model.eval()
-    rows = []
-    for text in texts:
-        ids = torch.tensor([PromptTemplate().encode(tokenizer, text)])
-        rows.append(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1])
-    return torch.stack(rows)
 
 
 @pytest.mark.parametrize("method", METHODS)
