@@ -27,6 +27,7 @@ from softprompt_hf.label_logits import enable_label_only_logits
 from softprompt_hf.runner import (
     build_collator,
     build_metrics,
+    close_distributed,
     finish_run,
     load_recipe_data,
     load_recipe_tokenizer,
@@ -92,3 +93,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    close_distributed()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from transformers import (
     AutoTokenizer,
@@ -406,6 +407,18 @@ def summary_line(method: str, results: dict[str, Any], data: ClassificationData,
     )
     rows = len(data.validation) if data.validation is not None else 0
     return f"{method}: validation {shown} ({rows} rows); adapter saved to {Path(output_dir) / ADAPTER_DIRNAME}"
+
+
+def close_distributed() -> None:
+    """End a distributed run cleanly: wait for every process, then destroy the process group.
+
+    A recipe's ``__main__`` calls this last. A process that exits with its gloo process group still alive can
+    abort while the interpreter shuts down ("terminate called without an active exception", SIGABRT), failing
+    a run whose work had all finished. Outside a distributed run this does nothing.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def base_model_id(model_args: ModelArguments) -> str:

@@ -19,7 +19,7 @@ from transformers import AutoTokenizer
 
 from softprompt_hf.callbacks import CHECKPOINT_MARKER_NAME
 from softprompt_hf.generation import generate_label_texts
-from softprompt_hf.runner import parse_recipe_args, resolve_resume_checkpoint
+from softprompt_hf.runner import close_distributed, parse_recipe_args, resolve_resume_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -194,6 +194,17 @@ def test_recipe_under_accelerate_launch_with_two_processes(tmp_path):
     results = check_outputs(out, "p_tuning")
     assert results["eval_accuracy"] >= 0.9
     assert "p_tuning: validation accuracy" in result.stdout and result.stdout.count("validation accuracy") == 1
+
+
+def test_close_distributed_destroys_the_process_group_and_is_a_no_op_without_one(tmp_path):
+    import torch.distributed as dist
+
+    close_distributed()  # nothing to close: no error
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    assert dist.is_initialized()
+    close_distributed()
+    assert not dist.is_initialized()
 
 
 def test_bf16_mixed_precision_runs_on_cpu(tmp_path):

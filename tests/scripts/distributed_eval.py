@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingA
 import softprompt_hf.evaluation as evaluation
 from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model, load_raft
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
+from softprompt_hf.runner import close_distributed
 
 
 def main(out_dir: str, mode: str) -> None:
@@ -56,6 +57,7 @@ def main(out_dir: str, mode: str) -> None:
     state = PartialState()
     with open(os.path.join(out_dir, f"process{state.process_index}.json"), "w") as f:
         json.dump({"num_processes": state.num_processes, "metrics": result, "scored": scored}, f)
+    close_distributed()  # without it, a process can abort at exit (gloo), failing the run after its work
 
 
 if __name__ == "__main__":
