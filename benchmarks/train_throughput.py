@@ -5,14 +5,16 @@
 
 Two measurements per method, each in one process, with the runs of the paths interleaved:
 
-1. End to end (samples/s, non-pad tokens/s): the stock ``Trainer`` with ``SoftPromptDataCollator`` and
-   ``enable_label_only_logits`` (with and without length-grouped batches) against the seed guide's loop
+1. End to end (samples/s, non-pad tokens/s): the stock ``Trainer`` with ``SoftPromptDataCollator``,
+   ``enable_label_only_logits`` and ``enable_shared_prompt`` (what the recipes run; with and without
+   length-grouped batches) against the seed guide's loop
    (``preprocess_function`` padding to 64, ``default_data_collator``, ``DataLoader(shuffle=True)``, AdamW,
    linear schedule). Same model, rows, batch size and number of steps; timed from the end of a warm-up
    step, data loading included.
 2. Where the time goes, and the floor: one training step on fixed batches of the same rows (forward,
    backward, optimizer step), for the seed's batches and ours, with logits at every position or at the
-   supervised positions only, against the frozen base model's forward + backward (to the input embeddings)
+   supervised positions only, with the virtual tokens run per row (peft) or once per batch
+   (``enable_shared_prompt``), against the frozen base model's forward + backward (to the input embeddings)
    on our batches' real tokens with no soft prompt: the least any soft-prompt method can cost.
 """
 
@@ -44,16 +46,19 @@ from transformers import (  # noqa: E402
 
 from softprompt_hf import PromptTemplate, SoftPromptDataCollator, encode_target  # noqa: E402
 from softprompt_hf.label_logits import enable_label_only_logits  # noqa: E402
+from softprompt_hf.shared_prompt import enable_shared_prompt  # noqa: E402
 
 
 @contextlib.contextmanager
-def label_only_logits(model: Any, enabled: bool) -> Iterator[None]:
-    handle = enable_label_only_logits(model) if enabled else None
+def speed_ups(model: Any, label_only: bool, shared: bool) -> Iterator[None]:
+    """The library's exact training speed-ups, switched on for the ``with`` block."""
+    handles = [enable_label_only_logits(model) if label_only else None, enable_shared_prompt(model) if shared else None]
     try:
         yield
     finally:
-        if handle is not None:
-            handle.remove()
+        for handle in handles:
+            if handle is not None:
+                handle.remove()
 
 
 class _StepClock(TrainerCallback):
@@ -135,7 +140,7 @@ def trainer_step_times(
             callbacks=[clock],
         )
         trainer.remove_callback(PrinterCallback)
-        with label_only_logits(model, True):
+        with speed_ups(model, label_only=True, shared=True):
             trainer.train()
     return [end - start for start, end in zip(clock.ends, clock.ends[1:], strict=False)]
 
@@ -212,9 +217,9 @@ def _breakdown_one(args: argparse.Namespace, method: str, tok: Any, seed: list[d
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.SEED_LR)
     embeddings = base.get_input_embeddings()
 
-    def train_step(batch: dict, label_only: bool) -> None:
+    def train_step(batch: dict, label_only: bool, shared: bool = False) -> None:
         model.train()
-        with label_only_logits(model, label_only), _autocast(args):
+        with speed_ups(model, label_only, shared), _autocast(args):
             loss = model(**batch).loss
         loss.backward()
         optimizer.step()
@@ -234,7 +239,8 @@ def _breakdown_one(args: argparse.Namespace, method: str, tok: Any, seed: list[d
         loss.backward()
 
     variants = {
-        "ours": lambda i: train_step(ours[i], True),
+        "ours": lambda i: train_step(ours[i], True, shared=True),
+        "ours_per_row": lambda i: train_step(ours[i], True),
         "floor": lambda i: floor_step(ours[i], False),
         "floor_label_only": lambda i: floor_step(ours[i], True),
     }
@@ -255,12 +261,15 @@ def _breakdown_one(args: argparse.Namespace, method: str, tok: Any, seed: list[d
     step = {name: c.median(values) for name, values in totals.items()}
     if args.profile and method == args.methods[0]:
         _profile(lambda: train_step(seed[0], False), "the seed's step (64-padded batch, all logits)")
-        _profile(lambda: train_step(ours[0], True), "our step (dynamic padding, label logits)")
+        _profile(
+            lambda: train_step(ours[0], True, shared=True), "our step (dynamic padding, label logits, shared prompt)"
+        )
     return [
         method,
         step.get("seed", "-"),
         step.get("seed_label_only", "-"),
         step.get("ours_full_logits", "-"),
+        step["ours_per_row"],
         step["ours"],
         step["floor"],
         step["floor_label_only"],
@@ -284,7 +293,8 @@ BREAKDOWN_HEADERS = [
     "seed batches, all logits (s/step)",
     "seed batches, label logits",
     "our batches, all logits",
-    "ours: our batches, label logits",
+    "our batches, label logits",
+    "ours: + virtual tokens once per batch",
     "floor: frozen base, all logits",
     "floor, label logits",
     "ours / floor",

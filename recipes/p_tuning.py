@@ -23,11 +23,11 @@ from transformers import AutoModelForCausalLM, Trainer, set_seed
 
 from softprompt_hf import build_soft_prompt_model
 from softprompt_hf.callbacks import check_trainer
-from softprompt_hf.label_logits import enable_label_only_logits
 from softprompt_hf.runner import (
     build_collator,
     build_metrics,
     close_distributed,
+    enable_speed_ups,
     finish_run,
     load_recipe_data,
     load_recipe_tokenizer,
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     tokenizer = load_recipe_tokenizer(model_args)
     base_model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)
     model = build_soft_prompt_model(base_model, prompt_args, tokenizer=tokenizer, training_args=training_args)
-    if run_args.label_only_logits:  # the same loss, with logits only where labels are supervised
-        enable_label_only_logits(model, in_eval=True)
+    enable_speed_ups(model, run_args, training_args)  # exact: logits at labels only, virtual tokens once
 
     # 3. Trainer: our collator, generation-based metrics, exact checkpoints, refusals, sample predictions.
     metrics = build_metrics(tokenizer, data, data_args, run_args, training_args)

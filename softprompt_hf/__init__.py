@@ -42,6 +42,7 @@ from .metrics import (
 from .predict import predict
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate, encode_target
 from .saving import save_adapter
+from .shared_prompt import enable_shared_prompt
 
 __version__ = "0.1.0"
 
@@ -71,6 +72,7 @@ __all__ = [
     "check_training_arguments",
     "classification_report",
     "enable_label_only_logits",
+    "enable_shared_prompt",
     "encode_target",
     "generate_label_ids",
     "generate_label_texts",

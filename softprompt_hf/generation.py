@@ -194,9 +194,10 @@ class _CachedDecoder:
     For a soft prompt it builds what peft's forward builds, so cached decoding reads the same inputs at the
     same positions as the training forward: prompt tuning and P-tuning put the virtual token embeddings in
     front of the prompt's token embeddings (positions from 0); prefix tuning starts from a cache holding the
-    prefix key/values (the real tokens at positions after the prefix). The virtual token embeddings are
-    computed once per decoder, not once per batch (for P-tuning that is the prompt encoder: in eval mode it
-    does not depend on the batch).
+    prefix key/values (the real tokens at positions after the prefix). Causal attention makes the virtual
+    tokens' key/values the same in every row, so for prompt tuning and P-tuning they are computed once per
+    decoder (one row, the prompt encoder included) and every batch starts from them as prefix tuning starts
+    from its own.
 
     Prompts of different lengths share a batch when the model can be told each token's position: it takes
     ``position_ids``, or it derives positions from the attention mask (Bloom's ALiBi). Each prompt is padded
@@ -220,11 +221,25 @@ class _CachedDecoder:
         model_type = getattr(getattr(inner, "config", None), "model_type", None)
         self.mixed_lengths = self._positions or model_type in self._POSITIONS_FROM_MASK
         self.num_virtual_tokens = 0
-        self._prompt: torch.Tensor | None = None
+        # Prompt tuning and P-tuning: the virtual tokens' key/values, computed once (one row) for every batch.
+        self._prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         if self.peft_config is not None:
             self.num_virtual_tokens = self.peft_config.num_virtual_tokens
             if self.peft_config.peft_type in self._PROMPT_TYPES:
-                self._prompt = model.get_prompt(batch_size=1)  # type: ignore[operator]
+                self._prompt_kv = self._virtual_token_cache()
+
+    @torch.no_grad()
+    def _virtual_token_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Runs the soft prompt's virtual tokens alone, as peft's forward starts every row (at positions 0 to
+        n - 1, attending only to each other), and returns their key/values per layer."""
+        prompt = self.model.get_prompt(batch_size=1)  # type: ignore[operator]
+        prompt = prompt.to(self.base.get_input_embeddings().weight.dtype)
+        virtual = prompt.shape[1]
+        cache: Cache = DynamicCache(config=self.base.config)
+        mask = torch.ones(1, virtual, dtype=torch.long, device=prompt.device)
+        positions = torch.arange(virtual, device=prompt.device)[None, :]
+        self.run(inputs_embeds=prompt, cache=cache, mask=mask, positions=positions)
+        return cache_key_values(cache)
 
     @classmethod
     def supports(cls, model: torch.nn.Module) -> bool:
@@ -256,26 +271,22 @@ class _CachedDecoder:
         token_mask = (torch.arange(longest, device=device)[None, :] < lengths[:, None]).long()
         mask = torch.cat([token_mask.new_ones(batch, virtual), token_mask], dim=1)
         keep = longest - shortest + 1
-        if self._prompt is not None:
-            tokens = self.base.get_input_embeddings()(input_ids)
-            prompt = self._prompt.expand(batch, -1, -1).to(tokens.dtype)
-            cache: Cache = DynamicCache(config=self.base.config)
-            positions = torch.arange(virtual + longest, device=device).expand(batch, -1)
-            inputs: dict[str, torch.Tensor] = {"inputs_embeds": torch.cat([prompt, tokens], dim=1)}
+        # The virtual tokens are in the cache (prompt tuning and P-tuning: computed once per decoder; prefix
+        # tuning: its key/values); the prompt's tokens follow them.
+        cache: Cache
+        if self._prompt_kv is not None:
+            cache = prefix_cache(self._prompt_kv, batch, self.base.config)
+        elif self.peft_config is not None:
+            cache = self.model.get_prompt(batch_size=batch, max_cache_len=virtual + longest)  # type: ignore[operator]
+            if not isinstance(cache, Cache):
+                raise TypeError(f"Prefix tuning returned a {type(cache).__name__}, not a transformers Cache.")
         else:
-            if self.peft_config is not None:
-                cache = self.model.get_prompt(batch_size=batch, max_cache_len=virtual + longest)  # type: ignore[operator]
-                if not isinstance(cache, Cache):
-                    raise TypeError(f"Prefix tuning returned a {type(cache).__name__}, not a transformers Cache.")
-            else:
-                cache = DynamicCache(config=getattr(self.base, "config", None))
-            positions = virtual + torch.arange(longest, device=device).expand(batch, -1)
-            inputs = {"input_ids": input_ids}
+            cache = DynamicCache(config=getattr(self.base, "config", None))
+        positions = virtual + torch.arange(longest, device=device).expand(batch, -1)
+        inputs = {"input_ids": input_ids}
         if keep > 1 and self._keep and _keeps_positions_per_row():
-            # Only each row's last prompt position, in the sequence the model is given (which holds the virtual
-            # tokens for prompt tuning and P-tuning; prefix tuning's are in the cache).
-            in_sequence = virtual if self._prompt is not None else 0
-            last_positions = (in_sequence + lengths - 1)[:, None]
+            # Only each row's last prompt position.
+            last_positions = (lengths - 1)[:, None]
             logits = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=last_positions, **inputs)
             if logits.shape[:2] == (batch, 1):
                 return _DecodingState(self, cache, mask, virtual + lengths, logits[:, 0])
@@ -307,6 +318,26 @@ class _CachedDecoder:
         if isinstance(logits_to_keep, int) and not self._keep and logits_to_keep:
             logits = logits[:, -logits_to_keep:]
         return logits
+
+
+def cache_key_values(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's keys and values in a filled ``DynamicCache`` (``(batch, heads, length, head_dim)``)."""
+    pairs = []
+    for layer in cache.layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+            raise TypeError(f"Cannot read the key/values of a {type(layer).__name__} cache layer.")
+        pairs.append((keys, values))
+    return pairs
+
+
+def prefix_cache(key_values: Sequence[tuple[torch.Tensor, torch.Tensor]], batch: int, config: Any) -> DynamicCache:
+    """A new cache for ``batch`` rows that all start with the same one-row ``key_values`` (from
+    :func:`cache_key_values`); the prefix is shared, not copied, until a forward appends to it."""
+    return DynamicCache(
+        ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in key_values],
+        config=config,
+    )
 
 
 @functools.cache

@@ -40,10 +40,12 @@ from .collator import SoftPromptDataCollator
 from .data import ClassificationData, load_classification_data, load_raft
 from .embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
 from .evaluation import GenerationMetrics
+from .label_logits import enable_label_only_logits
 from .methods import METHODS, SoftPromptArguments, method_name
 from .metrics import write_predictions, write_raft_submission
 from .prompt import DEFAULT_TEMPLATE, encode_target
 from .saving import atomic_write_json, save_adapter
+from .shared_prompt import enable_shared_prompt
 
 logger = logging.get_logger(__name__)
 
@@ -168,6 +170,14 @@ class RunArguments:
         metadata={
             "help": "Compute logits only at the label positions in training and eval loss (same loss; with a "
             "large vocabulary most of a step's cost). See softprompt_hf.enable_label_only_logits."
+        },
+    )
+    shared_prompt: bool = field(
+        default=True,
+        metadata={
+            "help": "Prompt tuning and P-tuning: run the virtual tokens through the layers once per batch instead "
+            "of once per row (same loss and gradients; not under FSDP, nor with dropout in the base model). "
+            "See softprompt_hf.enable_shared_prompt."
         },
     )
 
@@ -337,6 +347,22 @@ def recipe_callbacks(metrics: GenerationMetrics, run_args: RunArguments) -> list
     if run_args.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=run_args.early_stopping_patience))
     return callbacks
+
+
+def enable_speed_ups(model: torch.nn.Module, run_args: RunArguments, training_args: TrainingArguments) -> None:
+    """The recipes' exact speed-ups (``--label_only_logits``, ``--shared_prompt``), in training and eval loss.
+
+    Sharing the virtual tokens runs the base model's layers twice per forward (the virtual tokens, then the
+    batch); FSDP expects one run per forward, so under FSDP the virtual tokens stay per row.
+    """
+    if run_args.label_only_logits:  # the same loss, with logits only where labels are supervised
+        enable_label_only_logits(model, in_eval=True)
+    if not run_args.shared_prompt:
+        return
+    if training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
+        logger.info("FSDP: the soft prompt's virtual tokens are computed per row (--shared_prompt needs plain DDP).")
+        return
+    enable_shared_prompt(model, in_eval=True)  # the same loss; a log line says why if it cannot be exact
 
 
 def resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:

@@ -87,3 +87,25 @@ def test_cached_decoding_computes_the_prompt_encoder_once(tokenizer):
     generate_label_ids(model, tokenizer, texts, max_new_tokens=3, batch_size=2, show_progress=False)
     handle.remove()
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
+def test_cached_decoding_runs_the_virtual_tokens_once(tokenizer, method):
+    """The virtual tokens go through the layers once per call (one row); every batch then feeds real tokens
+    only, starting from their key/values."""
+    model = tiny_soft_prompt_model(tokenizer, "llama", method)
+    fed: list[tuple[int, int]] = []
+
+    def record(module, args, kwargs):
+        inputs = kwargs["inputs_embeds"] if kwargs.get("inputs_embeds") is not None else kwargs["input_ids"]
+        fed.append(tuple(inputs.shape[:2]))
+
+    handle = model.get_base_model().register_forward_pre_hook(record, with_kwargs=True)
+    texts = [row["Tweet text"] for row in labelled_rows(6)]
+    generate_label_ids(model, tokenizer, texts, max_new_tokens=3, batch_size=3, show_progress=False)
+    handle.remove()
+    assert fed[0] == (1, 4)  # the 4 virtual tokens, once
+    prompt_passes = [shape for shape in fed[1:] if shape[1] > 1]
+    assert [rows for rows, _ in prompt_passes] == [3, 3]
+    longest = max(len(PromptTemplate().encode(tokenizer, text)) for text in texts)
+    assert all(length <= longest for _, length in prompt_passes)  # no virtual tokens in the batches

@@ -19,7 +19,13 @@ from transformers import AutoTokenizer
 
 from softprompt_hf.callbacks import CHECKPOINT_MARKER_NAME
 from softprompt_hf.generation import generate_label_texts
-from softprompt_hf.runner import close_distributed, parse_recipe_args, resolve_resume_checkpoint
+from softprompt_hf.runner import (
+    RunArguments,
+    close_distributed,
+    enable_speed_ups,
+    parse_recipe_args,
+    resolve_resume_checkpoint,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -194,6 +200,27 @@ def test_recipe_under_accelerate_launch_with_two_processes(tmp_path):
     results = check_outputs(out, "p_tuning")
     assert results["eval_accuracy"] >= 0.9
     assert "p_tuning: validation accuracy" in result.stdout and result.stdout.count("validation accuracy") == 1
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_recipes_switch_on_both_exact_speed_ups_where_they_apply(monkeypatch, tmp_path, method):
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from softprompt_hf import build_soft_prompt_model
+    from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
+
+    def hooks(fsdp: bool, **run) -> int:
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true" if fsdp else "false")
+        model = build_soft_prompt_model(
+            AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_PATH), method=method, prompt_tuning_init="RANDOM"
+        )
+        enable_speed_ups(model, RunArguments(**run), TrainingArguments(output_dir=str(tmp_path), use_cpu=True))
+        return len(model.get_base_model()._forward_pre_hooks)
+
+    shared = 1 if method != "prefix_tuning" else 0  # prefix tuning's key/values are already computed once
+    assert hooks(False) == 1 + shared
+    assert hooks(True) == 1  # FSDP: label logits only
+    assert hooks(False, label_only_logits=False, shared_prompt=False) == 0
 
 
 def test_close_distributed_destroys_the_process_group_and_is_a_no_op_without_one(tmp_path):

@@ -1,0 +1,169 @@
+"""The virtual tokens computed once per batch: the same loss and gradients as peft's per-row forward."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from conftest import ARCHS, labelled_rows, model_config
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+from softprompt_hf import SoftPromptDataCollator, build_soft_prompt_model
+from softprompt_hf.label_logits import enable_label_only_logits
+from softprompt_hf.shared_prompt import enable_shared_prompt
+
+SHARED_METHODS = ("prompt_tuning", "p_tuning")
+NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # GPT-2's defaults are 0.1
+
+
+def no_dropout_model(tokenizer, arch: str, method: str, **options):
+    torch.manual_seed(0)
+    config = model_config(arch, len(tokenizer))
+    for name, value in NO_DROPOUT.items():
+        if hasattr(config, name):
+            setattr(config, name, value)
+    base = AutoModelForCausalLM.from_config(config)
+    options = {"prompt_tuning_init": "RANDOM", "num_virtual_tokens": 4, **options}
+    return build_soft_prompt_model(base, method=method, **options)
+
+
+def loss_and_grads(model, batch, **extra):
+    outputs = model(**batch, **extra)
+    outputs.loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+    return outputs, grads
+
+
+def count_base_calls(model):
+    """Rows each base-model forward is given (to see the one-row pass over the virtual tokens)."""
+    seen: list[tuple[int, int]] = []
+
+    def record(module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        seen.append(tuple(embeds.shape[:2]))
+
+    return seen, model.get_base_model().register_forward_pre_hook(record, with_kwargs=True)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", SHARED_METHODS)
+@pytest.mark.parametrize("label_only", [False, True])
+def test_same_loss_and_gradients_as_per_row_prompts(tokenizer, arch, method, label_only):
+    model = no_dropout_model(tokenizer, arch, method).train()
+    if label_only:
+        enable_label_only_logits(model)
+    batch = SoftPromptDataCollator(tokenizer)(labelled_rows(6))
+    for extra in ({}, {"num_items_in_batch": torch.tensor(11)}):
+        stock, stock_grads = loss_and_grads(model, batch, **extra)
+        handle = enable_shared_prompt(model)
+        assert handle is not None
+        seen, counter = count_base_calls(model)
+        shared, shared_grads = loss_and_grads(model, batch, **extra)
+        counter.remove()
+        handle.remove()
+        assert shared.loss.item() == pytest.approx(stock.loss.item(), abs=1e-5)
+        assert set(shared_grads) == set(stock_grads) and stock_grads
+        for name, grad in stock_grads.items():
+            assert grad.abs().sum() > 0
+            torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4)
+    # The record hook runs after the sharing hook: the batch's forward gets the real tokens only, and the
+    # virtual tokens ran once, as one row.
+    length = batch["input_ids"].shape[1]
+    assert seen == [(1, 4), (6, length)]
+    if not label_only:
+        assert shared.logits.shape == (6, length, len(tokenizer))
+        torch.testing.assert_close(shared.logits, stock.logits[:, 4:], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", SHARED_METHODS)
+def test_trainer_runs_the_same_training(tmp_path, tokenizer, method):
+    """The stock Trainer with and without sharing: the same losses at every step and the same prompt."""
+    rows = Dataset.from_list(labelled_rows(16))
+
+    def train(shared: bool):
+        model = no_dropout_model(tokenizer, "llama", method)
+        enable_label_only_logits(model)
+        if shared:
+            assert enable_shared_prompt(model) is not None
+        args = TrainingArguments(
+            output_dir=str(tmp_path / str(shared)),
+            per_device_train_batch_size=4,
+            max_steps=4,
+            learning_rate=3e-2,
+            logging_steps=1,
+            remove_unused_columns=False,
+            report_to=[],
+            save_strategy="no",
+            disable_tqdm=True,
+            seed=0,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=SoftPromptDataCollator(tokenizer))
+        trainer.train()
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        return losses, [p.detach().clone() for p in model.parameters() if p.requires_grad]
+
+    stock_losses, stock_params = train(False)
+    shared_losses, shared_params = train(True)
+    assert len(shared_losses) == 4
+    assert shared_losses == pytest.approx(stock_losses, abs=1e-4)
+    for shared, stock in zip(shared_params, stock_params, strict=True):
+        torch.testing.assert_close(shared, stock, atol=1e-4, rtol=1e-3)
+
+
+def test_calls_it_cannot_share_exactly_run_unchanged(tokenizer):
+    model = no_dropout_model(tokenizer, "llama", "prompt_tuning").train()
+    handle = enable_shared_prompt(model)
+    batch = SoftPromptDataCollator(tokenizer)(labelled_rows(3))
+    length = 4 + batch["input_ids"].shape[1]
+    full = (3, length, len(tokenizer))
+    # No labels, eval mode, one row, a label on the first real token: peft's own forward.
+    assert model(input_ids=batch["input_ids"]).logits.shape == full
+    labelled_first = {**batch, "labels": batch["input_ids"].clone()}
+    assert model(**labelled_first).logits.shape == full
+    one_row = {key: value[:1] for key, value in batch.items()}
+    assert model(**one_row).logits.shape == (1, length, len(tokenizer))
+    model.eval()
+    assert model(**batch).logits.shape == full
+    handle.remove()
+
+
+def test_rows_with_different_virtual_tokens_are_not_shared(tokenizer):
+    """The hook checks that every row starts with the same embeddings before it shares them."""
+    model = no_dropout_model(tokenizer, "bloom", "prompt_tuning").train()
+    enable_shared_prompt(model)
+    batch = SoftPromptDataCollator(tokenizer)(labelled_rows(3))
+    embeds = model.get_input_embeddings()(batch["input_ids"])
+    prompt = model.get_prompt(batch_size=3).clone()
+    prompt[1] += 1.0  # the second row gets another soft prompt
+    inputs_embeds = torch.cat([prompt, embeds], dim=1)
+    labels = torch.cat([torch.full((3, 4), -100), batch["labels"]], dim=1)
+    mask = torch.cat([torch.ones(3, 4, dtype=torch.long), batch["attention_mask"]], dim=1)
+    base = model.get_base_model()
+    outputs = base(inputs_embeds=inputs_embeds, attention_mask=mask, labels=labels)
+    assert outputs.logits.shape[1] == inputs_embeds.shape[1]  # not shared: the full sequence ran
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda tok: no_dropout_model(tok, "gpt2", "prefix_tuning"), "is not prompt tuning or P-tuning"),
+        (lambda tok: AutoModelForCausalLM.from_config(model_config("llama", len(tok))), "is not a PeftModel"),
+        (
+            lambda tok: build_soft_prompt_model(
+                AutoModelForCausalLM.from_config(model_config("gpt2", len(tok))),
+                method="prompt_tuning",
+                prompt_tuning_init="RANDOM",
+                num_virtual_tokens=4,
+            ),
+            "has dropout",
+        ),  # fmt: skip
+    ],
+)
+def test_not_enabled_where_it_would_not_be_exact(tokenizer, caplog, make, reason):
+    model = make(tokenizer)
+    with caplog.at_level(logging.INFO, logger="softprompt_hf"):
+        assert enable_shared_prompt(model) is None
+    assert reason in caplog.text
