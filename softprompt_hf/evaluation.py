@@ -286,27 +286,28 @@ def _rank_with_shared_prompt(
     show_progress: bool,
 ) -> list[list[float]]:
     device = next(model.parameters()).device
-    decoder = _CachedDecoder(model)
+    decoder = _CachedDecoder(model, prompts)
     n_labels = len(label_ids)
     longest = max(len(ids) for ids in label_ids)
     # Row i * n_labels + j continues prompt i with label j's tokens but its last (the EOS, which is only
     # predicted); shorter labels are padded at the end, where causal attention hides the padding from the
-    # positions that are scored.
+    # positions that are scored, and no logits are computed for the padding.
     continuations = torch.tensor([ids[:-1] + [ids[-1]] * (longest - len(ids)) for ids in label_ids], device=device)
+    scored = torch.tensor([[p < len(ids) - 1 for p in range(longest - 1)] for ids in label_ids], device=device)
     first_tokens = torch.tensor([ids[0] for ids in label_ids], device=device)
-    rest = [torch.tensor(ids[1:], device=device) for ids in label_ids]
+    # The scored positions of one prompt's rows in order: the token each predicts, and its label.
+    targets = torch.tensor([token for ids in label_ids for token in ids[1:]], device=device)
+    owners = torch.tensor([j for j, ids in enumerate(label_ids) for _ in ids[1:]], device=device)
     scores: list[list[float]] = [[] for _ in prompts]
     for batch in tqdm(decoder.batches(prompts, batch_size), desc="Ranking labels", disable=not show_progress):
         state = decoder.start([prompts[i] for i in batch])
         # The last prompt position predicts every label's first token.
         first = torch.log_softmax(state.logits.float(), dim=-1)[:, first_tokens]
         state.repeat_rows(n_labels)
-        logits = state.feed(continuations.repeat(len(batch), 1), logits_to_keep=0)
-        log_probs = torch.log_softmax(logits.float(), dim=-1).view(len(batch), n_labels, longest - 1, -1)
-        totals = first.clone()
-        for j, targets in enumerate(rest):
-            positions = log_probs[:, j, : len(targets)]
-            totals[:, j] += positions.gather(-1, targets[None, :, None].expand(len(batch), -1, 1))[..., 0].sum(dim=-1)
+        logits = state.feed(continuations.repeat(len(batch), 1), logits_to_keep=scored.repeat(len(batch), 1))
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        picked = log_probs.gather(-1, targets.repeat(len(batch))[:, None]).view(len(batch), -1)
+        totals = first.index_add(1, owners, picked)
         for index, row in zip(batch, totals.tolist(), strict=True):
             scores[index] = row
     return scores

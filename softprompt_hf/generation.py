@@ -13,7 +13,7 @@ import torch
 from peft import PeftModel, PeftType
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedTokenizerBase
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicLayer
 
 from .prompt import PromptTemplate
 
@@ -99,7 +99,7 @@ def generate_label_ids(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    decoder = _CachedDecoder(model) if use_cache and _CachedDecoder.supports(model) else None
+    decoder = _CachedDecoder(model, encoded) if use_cache and _CachedDecoder.supports(model) else None
     extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
     eos = tokenizer.eos_token_id
     batches = decoder.batches(encoded, batch_size) if decoder is not None else equal_length_batches(encoded, batch_size)
@@ -166,9 +166,10 @@ class _DecodingState:
         self.next_positions = next_positions
         self.logits = logits
 
-    def feed(self, tokens: torch.Tensor, logits_to_keep: int = 1) -> torch.Tensor:
+    def feed(self, tokens: torch.Tensor, logits_to_keep: int | torch.Tensor = 1) -> torch.Tensor:
         """Appends ``tokens`` ``(batch, n)`` to every row; returns the logits of the last ``logits_to_keep``
-        positions (``(batch, vocab)`` for 1, ``(batch, n, vocab)`` for 0, which keeps all)."""
+        positions (``(batch, vocab)`` for 1, ``(batch, n, vocab)`` for 0, which keeps all), or of the ``True``
+        positions of a boolean ``(batch, n)`` mask (``(positions, vocab)``, in row-major order)."""
         n = tokens.shape[1]
         self.mask = torch.cat([self.mask, self.mask.new_ones(tokens.shape[0], n)], dim=1)
         positions = self.next_positions[:, None] + torch.arange(n, device=tokens.device)
@@ -176,7 +177,7 @@ class _DecodingState:
             input_ids=tokens, cache=self.cache, mask=self.mask, positions=positions, logits_to_keep=logits_to_keep
         )
         self.next_positions = self.next_positions + n
-        self.logits = logits[:, -1] if logits_to_keep == 1 else logits
+        self.logits = logits[:, -1] if isinstance(logits_to_keep, int) and logits_to_keep == 1 else logits
         return self.logits
 
     def repeat_rows(self, repeats: int) -> None:
@@ -197,7 +198,8 @@ class _CachedDecoder:
     prefix key/values (the real tokens at positions after the prefix). Causal attention makes the virtual
     tokens' key/values the same in every row, so for prompt tuning and P-tuning they are computed once per
     decoder (one row, the prompt encoder included) and every batch starts from them as prefix tuning starts
-    from its own.
+    from its own. For the same reason the tokens that all of the decoder's prompts start with (a template's
+    fixed opening) are run once, after the virtual tokens, and each batch runs the rest of its prompts only.
 
     Prompts of different lengths share a batch when the model can be told each token's position: it takes
     ``position_ids``, or it derives positions from the attention mask (Bloom's ALiBi). Each prompt is padded
@@ -209,7 +211,7 @@ class _CachedDecoder:
     _PROMPT_TYPES = (PeftType.PROMPT_TUNING, PeftType.P_TUNING)
     _POSITIONS_FROM_MASK = ("bloom",)
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]] = ()) -> None:
         self.peft_config = _prompt_learning_config(model)
         self.model = model
         self.base: Any = model.get_base_model() if self.peft_config is not None else model  # type: ignore[operator]
@@ -221,12 +223,15 @@ class _CachedDecoder:
         model_type = getattr(getattr(inner, "config", None), "model_type", None)
         self.mixed_lengths = self._positions or model_type in self._POSITIONS_FROM_MASK
         self.num_virtual_tokens = 0
-        # Prompt tuning and P-tuning: the virtual tokens' key/values, computed once (one row) for every batch.
-        self._prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        # What every row starts with, computed once as one row: the key/values of the virtual tokens (prompt
+        # tuning, P-tuning) and then of the tokens that all prompts of this decoder start with.
+        self._shared_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.shared_tokens: list[int] = []
         if self.peft_config is not None:
             self.num_virtual_tokens = self.peft_config.num_virtual_tokens
             if self.peft_config.peft_type in self._PROMPT_TYPES:
-                self._prompt_kv = self._virtual_token_cache()
+                self._shared_kv = self._virtual_token_cache()
+        self._share_common_prefix(prompts)
 
     @torch.no_grad()
     def _virtual_token_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -240,6 +245,32 @@ class _CachedDecoder:
         positions = torch.arange(virtual, device=prompt.device)[None, :]
         self.run(inputs_embeds=prompt, cache=cache, mask=mask, positions=positions)
         return cache_key_values(cache)
+
+    @torch.no_grad()
+    def _share_common_prefix(self, prompts: Sequence[Sequence[int]]) -> None:
+        """Runs once the tokens that all ``prompts`` start with (a template's fixed opening, say), after the
+        virtual tokens; each batch then runs the rest of its prompts only. Every prompt keeps at least its last
+        token, whose logits are the first prediction."""
+        common = _common_prefix(prompts)
+        if not common:
+            return
+        virtual = self.num_virtual_tokens
+        cache: Cache
+        if self._shared_kv is not None:
+            cache = prefix_cache(self._shared_kv, 1, self.base.config)
+        elif self.peft_config is not None:  # prefix tuning: its key/values first, if they are a plain cache
+            cache = self.model.get_prompt(batch_size=1, max_cache_len=virtual + len(common))  # type: ignore[operator]
+            if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+                return
+        else:
+            cache = DynamicCache(config=getattr(self.base, "config", None))
+        device = next(self.model.parameters()).device
+        input_ids = torch.tensor([common], device=device)
+        mask = torch.ones(1, virtual + len(common), dtype=torch.long, device=device)
+        positions = virtual + torch.arange(len(common), device=device)[None, :]
+        self.run(input_ids=input_ids, cache=cache, mask=mask, positions=positions)
+        self._shared_kv = cache_key_values(cache)
+        self.shared_tokens = common
 
     @classmethod
     def supports(cls, model: torch.nn.Module) -> bool:
@@ -256,9 +287,13 @@ class _CachedDecoder:
         return equal_length_batches(prompts, batch_size)
 
     def start(self, prompts: Sequence[Sequence[int]]) -> _DecodingState:
-        """Runs the prompts (token id lists) and returns the state holding their cache and the logits of
-        each one's last position."""
+        """Runs the prompts (token id lists, from those the decoder was made with) and returns the state
+        holding their cache and the logits of each one's last position."""
         device = next(self.model.parameters()).device
+        shared = len(self.shared_tokens)
+        if any(list(ids[:shared]) != self.shared_tokens for ids in prompts):
+            raise ValueError("These prompts do not start with the tokens this decoder shares; make a decoder for them.")
+        prompts = [ids[shared:] for ids in prompts]
         lengths = torch.tensor([len(ids) for ids in prompts], device=device)
         longest, shortest = int(lengths.max()), int(lengths.min())
         if longest != shortest and not self.mixed_lengths:
@@ -267,36 +302,36 @@ class _CachedDecoder:
         # positions, and the mask keeps it out of everything that follows.
         input_ids = torch.tensor([list(ids) + [ids[-1]] * (longest - len(ids)) for ids in prompts], device=device)
         batch = input_ids.shape[0]
-        virtual = self.num_virtual_tokens
+        # The cache starts with the virtual tokens (prompt tuning, P-tuning: computed once per decoder; prefix
+        # tuning: its key/values) and the shared tokens; the rest of each prompt follows them.
+        offset = self.num_virtual_tokens + shared
         token_mask = (torch.arange(longest, device=device)[None, :] < lengths[:, None]).long()
-        mask = torch.cat([token_mask.new_ones(batch, virtual), token_mask], dim=1)
+        mask = torch.cat([token_mask.new_ones(batch, offset), token_mask], dim=1)
         keep = longest - shortest + 1
-        # The virtual tokens are in the cache (prompt tuning and P-tuning: computed once per decoder; prefix
-        # tuning: its key/values); the prompt's tokens follow them.
         cache: Cache
-        if self._prompt_kv is not None:
-            cache = prefix_cache(self._prompt_kv, batch, self.base.config)
+        if self._shared_kv is not None:
+            cache = prefix_cache(self._shared_kv, batch, self.base.config)
         elif self.peft_config is not None:
-            cache = self.model.get_prompt(batch_size=batch, max_cache_len=virtual + longest)  # type: ignore[operator]
+            cache = self.model.get_prompt(batch_size=batch, max_cache_len=offset + longest)  # type: ignore[operator]
             if not isinstance(cache, Cache):
                 raise TypeError(f"Prefix tuning returned a {type(cache).__name__}, not a transformers Cache.")
         else:
             cache = DynamicCache(config=getattr(self.base, "config", None))
-        positions = virtual + torch.arange(longest, device=device).expand(batch, -1)
+        positions = offset + torch.arange(longest, device=device).expand(batch, -1)
         inputs = {"input_ids": input_ids}
         if keep > 1 and self._keep and _keeps_positions_per_row():
             # Only each row's last prompt position.
             last_positions = (lengths - 1)[:, None]
             logits = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=last_positions, **inputs)
             if logits.shape[:2] == (batch, 1):
-                return _DecodingState(self, cache, mask, virtual + lengths, logits[:, 0])
+                return _DecodingState(self, cache, mask, offset + lengths, logits[:, 0])
             raise RuntimeError(f"{type(self.base).__name__} ignored per-row logits_to_keep positions.")
         logits = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=keep, **inputs)
         if keep == 1:
             last = logits[:, -1]
         else:
             last = logits[torch.arange(batch, device=device), lengths - 1 - (longest - keep)]
-        return _DecodingState(self, cache, mask, virtual + lengths, last)
+        return _DecodingState(self, cache, mask, offset + lengths, last)
 
     def run(
         self,
@@ -315,9 +350,22 @@ class _CachedDecoder:
         target = self.base if self.peft_config is not None else self.model
         outputs = target(attention_mask=mask, use_cache=True, **{self._cache_argument: cache}, **inputs, **extra)
         logits = outputs.logits
-        if isinstance(logits_to_keep, int) and not self._keep and logits_to_keep:
+        if not self._keep and isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
+            logits = logits[logits_to_keep]
+        elif not self._keep and isinstance(logits_to_keep, int) and logits_to_keep:
             logits = logits[:, -logits_to_keep:]
         return logits
+
+
+def _common_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
+    """The longest token prefix of all ``prompts``, leaving each prompt at least one token of its own."""
+    if not prompts:
+        return []
+    first = prompts[0]
+    length = min(len(ids) for ids in prompts) - 1
+    for ids in prompts[1:]:
+        length = next((i for i in range(length) if ids[i] != first[i]), length)
+    return list(first[: max(length, 0)])
 
 
 def cache_key_values(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -225,3 +225,22 @@ def test_rank_with_shared_prompt_cache_equals_full_sequences(tokenizer, arch, me
     for shared, reference in zip(cached, full, strict=True):
         assert shared == pytest.approx(reference, abs=1e-4)
         assert max(shared, key=shared.get) == max(reference, key=reference.get)
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_rank_projects_only_the_positions_it_scores(tokenizer, method):
+    """The vocabulary projection runs at each prompt's last position and at each label token after the
+    first (the EOS included), not at the padding of shorter labels."""
+    model = tiny_soft_prompt_model(tokenizer, "llama", method)
+    projected: list[int] = []
+    head = model.get_base_model().get_output_embeddings()
+    handle = head.register_forward_hook(lambda module, args, output: projected.append(args[0].shape[:-1].numel()))
+    labels = ["complaint", "no complaint", "x"]
+    texts = [row["Tweet text"] for row in labelled_rows(7)]
+    rank_labels(model, tokenizer, texts, labels, batch_size=3, show_progress=False)
+    handle.remove()
+    per_prompt = 1 + sum(len(encode_target(tokenizer, label)) - 1 for label in labels)
+    # One more position per one-row pass over what all rows share (prompt tuning: the virtual tokens; then
+    # the template's opening).
+    one_row_passes = 2 if method == "prompt_tuning" else 1
+    assert sum(projected) == len(texts) * per_prompt + one_row_passes
