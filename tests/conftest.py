@@ -128,6 +128,33 @@ def tiny_soft_prompt_model(tokenizer, arch: str, method: str):
     return build_soft_prompt_model(base, method=method, prompt_tuning_init="RANDOM", num_virtual_tokens=4)
 
 
+def train_a_few_steps(model, tokenizer, output_dir, steps: int = 4):
+    """Trains ``model`` with the stock Trainer on 16 labelled rows, batches of 4, logging every step; returns
+    the logged losses and the trainable parameters after training."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    from softprompt_hf import SoftPromptDataCollator
+
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        max_steps=steps,
+        learning_rate=3e-2,
+        logging_steps=1,
+        remove_unused_columns=False,
+        report_to=[],
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+    )
+    rows = Dataset.from_list(labelled_rows(16))
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=SoftPromptDataCollator(tokenizer))
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    return losses, [p.detach().clone() for p in model.parameters() if p.requires_grad]
+
+
 @torch.no_grad()
 def next_token_logits(model, tokenizer, texts) -> torch.Tensor:
     """The model's next-token logits after each text's prompt, one text at a time (eval mode)."""

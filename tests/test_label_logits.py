@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ARCHS, METHODS, labelled_rows, model_config, tiny_soft_prompt_model
-from datasets import Dataset
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from conftest import ARCHS, METHODS, labelled_rows, model_config, tiny_soft_prompt_model, train_a_few_steps
+from transformers import AutoModelForCausalLM
 
 from softprompt_hf import SoftPromptDataCollator
 from softprompt_hf.label_logits import enable_label_only_logits
@@ -65,28 +64,12 @@ def test_in_eval_trims_eval_calls_too(tokenizer):
 @pytest.mark.parametrize("method", METHODS)
 def test_trainer_runs_the_same_training(tmp_path, tokenizer, method):
     """The stock Trainer, with and without the hook: the same losses at every step and the same prompt."""
-    rows = Dataset.from_list(labelled_rows(16))
 
     def train(label_only: bool):
         model = tiny_soft_prompt_model(tokenizer, "gpt2", method)
         if label_only:
             assert enable_label_only_logits(model) is not None
-        args = TrainingArguments(
-            output_dir=str(tmp_path / str(label_only)),
-            per_device_train_batch_size=4,
-            max_steps=4,
-            learning_rate=3e-2,
-            logging_steps=1,
-            remove_unused_columns=False,
-            report_to=[],
-            save_strategy="no",
-            disable_tqdm=True,
-            seed=0,
-        )
-        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=SoftPromptDataCollator(tokenizer))
-        trainer.train()
-        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-        return losses, [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        return train_a_few_steps(model, tokenizer, tmp_path / str(label_only))
 
     full_losses, full_params = train(False)
     trimmed_losses, trimmed_params = train(True)

@@ -6,9 +6,8 @@ import logging
 
 import pytest
 import torch
-from conftest import ARCHS, labelled_rows, model_config
-from datasets import Dataset
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from conftest import ARCHS, labelled_rows, model_config, train_a_few_steps
+from transformers import AutoModelForCausalLM
 
 from softprompt_hf import SoftPromptDataCollator, build_soft_prompt_model
 from softprompt_hf.label_logits import enable_label_only_logits
@@ -81,29 +80,13 @@ def test_same_loss_and_gradients_as_per_row_prompts(tokenizer, arch, method, lab
 @pytest.mark.parametrize("method", SHARED_METHODS)
 def test_trainer_runs_the_same_training(tmp_path, tokenizer, method):
     """The stock Trainer with and without sharing: the same losses at every step and the same prompt."""
-    rows = Dataset.from_list(labelled_rows(16))
 
     def train(shared: bool):
         model = no_dropout_model(tokenizer, "llama", method)
         enable_label_only_logits(model)
         if shared:
             assert enable_shared_prompt(model) is not None
-        args = TrainingArguments(
-            output_dir=str(tmp_path / str(shared)),
-            per_device_train_batch_size=4,
-            max_steps=4,
-            learning_rate=3e-2,
-            logging_steps=1,
-            remove_unused_columns=False,
-            report_to=[],
-            save_strategy="no",
-            disable_tqdm=True,
-            seed=0,
-        )
-        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=SoftPromptDataCollator(tokenizer))
-        trainer.train()
-        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-        return losses, [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        return train_a_few_steps(model, tokenizer, tmp_path / str(shared))
 
     stock_losses, stock_params = train(False)
     shared_losses, shared_params = train(True)
@@ -127,6 +110,12 @@ def test_calls_it_cannot_share_exactly_run_unchanged(tokenizer):
     assert model(**one_row).logits.shape == (1, length, len(tokenizer))
     model.eval()
     assert model(**batch).logits.shape == full
+    # Activation checkpointing (the layers would run again in backward, without the cache): peft's forward.
+    model.train()
+    model.get_base_model().activation_checkpointing_enable()
+    assert model(**batch).logits.shape == full
+    model.get_base_model().activation_checkpointing_disable()
+    assert model(**batch).logits.shape == (3, length - 4, len(tokenizer))
     handle.remove()
 
 
