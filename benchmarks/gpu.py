@@ -3,8 +3,8 @@
     python benchmarks/gpu.py                         # on a CUDA machine (about 5 minutes on one H100)
     python benchmarks/gpu.py --smoke                 # the same code on a tiny model on the CPU (smoke test)
 
-Runs ``train_throughput.py`` and ``eval_throughput.py`` with ``--size bloomz-560m --device cuda --bf16`` and
-adds, for our training path, real (non-pad) tokens/s and the model FLOPs utilisation (MFU):
+Runs ``train_throughput.py``, ``eval_throughput.py`` and ``eval_ceiling.py`` with ``--size bloomz-560m --device
+cuda --bf16`` and adds, for our training path, real (non-pad) tokens/s and the model FLOPs utilisation (MFU):
 
     MFU = samples/s x model FLOPs per sample / peak bf16 FLOP/s of the device
 
@@ -25,6 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c  # noqa: E402
+import eval_ceiling  # noqa: E402
 import eval_throughput  # noqa: E402
 import torch  # noqa: E402
 import train_throughput  # noqa: E402
@@ -94,6 +95,11 @@ def main(argv: list[str] | None = None) -> None:
     eval_args = eval_throughput.parse_args(common + eval_extra)
     eval_args.argv = common + eval_extra
     eval_throughput.main(eval_args)
+
+    ceiling_argv = common[: common.index("--repeats")] + (["--rows", "16", "--repeats", "1"] if args.smoke else [])
+    ceiling_args = eval_ceiling.parse_args(ceiling_argv)
+    ceiling_args.argv = ceiling_argv
+    eval_ceiling.main(ceiling_args)
 
 
 if __name__ == "__main__":

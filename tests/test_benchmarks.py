@@ -14,6 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 SCRIPTS = {
     "train_throughput.py": ["--size", "tiny", "--steps", "1", "--batches", "1", "--repeats", "1"],
     "eval_throughput.py": ["--size", "tiny", "--rows", "12", "--repeats", "1", "--seed_repeats", "1"],
+    "eval_ceiling.py": ["--size", "tiny", "--rows", "12", "--repeats", "1"],
     "eval_memory.py": ["--size", "tiny", "--rows", "8", "16", "--modes", "generate"],
     "gpu.py": ["--smoke"],
 }
