@@ -228,6 +228,42 @@ def _clean_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     return cleaned
 
 
+_LOCAL_BASE_NOTE = (
+    "The base model was loaded from a local folder and has no Hub id here, so this adapter only loads on a machine "
+    "with that folder. To share it, push it with the base model's Hub id (`softprompt-hf push <folder> <repo> "
+    "--base-model-id <id>`), or train again with `--base_model_id`."
+)
+
+
+def _base_phrase(base_model: str, local_base: bool) -> str:
+    if local_base:
+        return f"the local base model `{base_model}`"
+    return f"[`{base_model}`](https://huggingface.co/{base_model})"
+
+
+def name_base_model_in_card(card: ModelCard, local_base: str, base_model_id: str) -> None:
+    """Rewrites, in place, a card built for a local base model (``allow_local_base=True``) to name the base model
+    by its Hub id: the metadata, the description (without its local-folder note), the PEFT config and any other
+    mention of the local path.
+
+    Args:
+        card: The card, e.g. ``ModelCard.load(folder / "README.md")``.
+        local_base: The local path the card was built with.
+        base_model_id: The base model's Hub id.
+    """
+    if not is_hub_id(base_model_id):
+        raise ValueError(f"base_model_id={base_model_id!r} is not a Hub id.")
+    text = card.text.replace(_base_phrase(local_base, True), _base_phrase(base_model_id, False))
+    text = text.replace("\n\n" + _LOCAL_BASE_NOTE, "")
+    # What remains (the PEFT config block, JSON-escaped or not) names the model as it is loaded.
+    text = text.replace(json.dumps(local_base)[1:-1], base_model_id).replace(local_base, base_model_id)
+    card.text = text
+    data: Any = card.data
+    data.base_model = base_model_id
+    if isinstance(data.model_name, str):
+        data.model_name = data.model_name.replace(local_base, base_model_id)
+
+
 def _description(
     method_tag: str,
     base_model: str,
@@ -241,21 +277,13 @@ def _description(
     method = {"prompt-tuning": "prompt tuning", "p-tuning": "P-tuning", "prefix-tuning": "prefix tuning"}.get(
         method_tag, method_tag
     )
-    base = (
-        f"the local base model `{base_model}`"
-        if local_base
-        else f"[`{base_model}`](https://huggingface.co/{base_model})"
-    )
     lines = [
-        f"A soft prompt ({method}) for {base} that classifies a text by generating its label, trained with the "
-        "stock `transformers.Trainer` and `softprompt_hf`; the base model's weights are unchanged.",
+        f"A soft prompt ({method}) for {_base_phrase(base_model, local_base)} that classifies a text by generating "
+        "its label, trained with the stock `transformers.Trainer` and `softprompt_hf`; the base model's weights "
+        "are unchanged.",
     ]
     if local_base:
-        lines.append(
-            "The base model was loaded from a local folder and has no Hub id here, so this adapter only loads on "
-            "a machine with that folder. To share it, train (or save) again with the base model's Hub id "
-            "(`--base_model_id`)."
-        )
+        lines.append(_LOCAL_BASE_NOTE)
     if dataset:
         name = f"{dataset} ({dataset_config})" if dataset_config else dataset
         lines.append(f"Training data: `{name}`.")

@@ -27,9 +27,9 @@ from huggingface_hub.errors import HfHubHTTPError
 from transformers import TrainerCallback
 from transformers.utils import logging
 
-from .card import build_model_card, is_hub_id
+from .card import build_model_card, is_hub_id, name_base_model_in_card
 from .methods import method_name
-from .saving import INFERENCE_CONFIG_NAME, atomic_write_json, save_adapter
+from .saving import INFERENCE_CONFIG_NAME, atomic_write_json, atomic_write_text, save_adapter
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -450,9 +450,12 @@ def _name_base_model(folder: Path, base_model_id: str | None) -> None:
     card_path = folder / "README.md"
     if card_path.is_file():
         card = ModelCard.load(card_path)
-        if card.data.base_model != base_model_id:
-            card.data.base_model = base_model_id
-            card.save(card_path)
+        before = card.content
+        if current and current != base_model_id:
+            name_base_model_in_card(card, current, base_model_id)
+        card.data.base_model = base_model_id
+        if card.content != before:
+            atomic_write_text(card_path, card.content)
 
 
 def _http_library() -> Any:

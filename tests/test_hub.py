@@ -16,7 +16,7 @@ from trained_adapters import LABELS, one_thread, train_tiny_adapter
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from softprompt_hf import build_soft_prompt_model
+from softprompt_hf import build_model_card, build_soft_prompt_model
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.generation import generate_label_ids
 from softprompt_hf.hub import HubPushCallback, HubPushError, push_adapter, push_adapter_folder
@@ -235,6 +235,25 @@ def test_local_base_model_path_is_refused_unless_a_hub_id_is_given(hub, tmp_path
 
     push_adapter_folder(folder, "alice/local", token=TOKEN, base_model_id=BASE_ID)
     assert json.loads(hub.repos["alice/local"].files["adapter_config.json"])["base_model_name_or_path"] == BASE_ID
+
+
+def test_card_written_for_a_local_base_model_names_the_hub_id_once_pushed_with_it(hub, tmp_path, monkeypatch):
+    """A run from a local copy saves a card that says so; pushing it with --base-model-id rewrites the card too:
+    no local path and no "only loads on this machine" note reach the Hub."""
+    trainer = train_tiny_adapter(hub.base_dir, "p_tuning", tmp_path / "run", num_train_epochs=1)
+    local = str(hub.base_dir)
+    card = build_model_card(trainer.model, base_model=local, allow_local_base=True, labels=LABELS)
+    assert f"the local base model `{local}`" in card.text and "only loads on a machine" in card.text
+    folder = save_adapter(trainer.model, tmp_path / "adapter", tokenizer=trainer.processing_class, model_card=card)
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert cli_main(["push", str(folder), "alice/from-local", "--base-model-id", BASE_ID]) == 0
+    pushed = ModelCard(hub.repos["alice/from-local"].files["README.md"].decode())
+    assert pushed.data.base_model == BASE_ID
+    assert local not in pushed.content and "only loads on a machine" not in pushed.content
+    assert f"[`{BASE_ID}`](https://huggingface.co/{BASE_ID})" in pushed.text
+    assert json.loads(pushed.text.split("```json\n")[1].split("```")[0])["base_model_name_or_path"] == BASE_ID
+    assert ModelCard.load(folder / "README.md").content == pushed.content  # the local copy says the same
 
 
 def test_text_initialised_prompt_keeps_no_local_tokenizer_path(hub, tmp_path):
