@@ -28,8 +28,7 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from .card import build_model_card, is_hub_id, name_base_model_in_card
-from .methods import method_name
-from .saving import INFERENCE_CONFIG_NAME, atomic_write_json, atomic_write_text, save_adapter
+from .saving import INFERENCE_CONFIG_NAME, atomic_write_json, atomic_write_text, inference_settings, save_adapter
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -365,20 +364,15 @@ class HubPushCallback(TrainerCallback):
             license=self.license,
             repo_id=self.repo_id,
         )
-        extra = {
-            "labels": labels,
-            "template": template,
-            "text_column": text_column,
-            "method": method_name(model),
-            "base_model": self.base_model_id,
-        }
         self.folder = save_adapter(
             model,
             Path(args.output_dir) / self.local_dir,
             tokenizer=tokenizer,
             base_model_id=self.base_model_id,
             model_card=card,
-            extra_json={k: v for k, v in extra.items() if v is not None},
+            extra_json=inference_settings(
+                model, labels=labels, template=template, text_column=text_column, base_model=self.base_model_id
+            ),
         )
         self.pushed = False
 

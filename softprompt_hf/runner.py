@@ -41,10 +41,10 @@ from .data import ClassificationData, load_classification_data, load_raft
 from .embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
 from .evaluation import GenerationMetrics
 from .label_logits import enable_label_only_logits
-from .methods import METHODS, SoftPromptArguments, method_name
+from .methods import METHODS, SoftPromptArguments
 from .metrics import write_predictions, write_raft_submission
 from .prompt import DEFAULT_TEMPLATE, encode_target
-from .saving import atomic_write_json, save_adapter
+from .saving import atomic_write_json, inference_settings, save_adapter
 from .shared_prompt import enable_shared_prompt
 
 logger = logging.get_logger(__name__)
@@ -488,15 +488,15 @@ def finish_run(
         tokenizer=trainer.processing_class,
         base_model_id=model_args.base_model_id,
         model_card=card,
-        extra_json={
-            "labels": list(data.classes),
-            "class_names": list(data.class_names),
-            "template": data_args.template,
-            "text_column": data.text_column,
-            "method": method_name(model),
-            "base_model": base_model_id(model_args),
-            "eval_mode": run_args.eval_mode,
-        },
+        extra_json=inference_settings(
+            model,
+            labels=data.classes,
+            template=data_args.template,
+            text_column=data.text_column,
+            base_model=base_model_id(model_args),
+            class_names=list(data.class_names),
+            eval_mode=run_args.eval_mode,
+        ),
     )
     if predicted:
         assert unlabeled is not None

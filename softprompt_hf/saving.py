@@ -13,11 +13,13 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from transformers.utils import logging
+
+from .methods import method_name
 
 logger = logging.get_logger(__name__)
 
@@ -26,12 +28,37 @@ __all__ = [
     "atomic_open",
     "atomic_write_json",
     "atomic_write_text",
+    "inference_settings",
     "replace_folder",
     "save_adapter",
 ]
 
 # What inference needs beyond the adapter: the label set, the prompt template, the text column (JSON).
 INFERENCE_CONFIG_NAME = "softprompt_hf.json"
+
+
+def inference_settings(
+    model: Any,
+    *,
+    labels: Sequence[str] | None,
+    template: str | None,
+    text_column: str | None,
+    base_model: str | None,
+    **more: Any,
+) -> dict[str, Any]:
+    """What ``softprompt_hf.json`` (``save_adapter(extra_json=...)``) holds for ``predict`` and other readers: the
+    label set, the prompt template, the text column, the method and the base model, plus ``more``; ``None``
+    values are left out."""
+    settings = {
+        "labels": list(labels) if labels is not None else None,
+        "template": template,
+        "text_column": text_column,
+        "method": method_name(model),
+        "base_model": base_model,
+        **more,
+    }
+    return {key: value for key, value in settings.items() if value is not None}
+
 
 # What a folder written by ``save_adapter`` may hold; anything else means the caller pointed it at a folder
 # with other content (a Trainer output_dir with checkpoints, say), which a swap would move away.
