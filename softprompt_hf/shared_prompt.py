@@ -37,10 +37,11 @@ def enable_shared_prompt(model: torch.nn.Module, *, in_eval: bool = False) -> Re
     A forward pre-hook on the base causal LM takes what peft's forward hands it (the soft prompt's embeddings
     in front of every row's, ``-100`` labels under them), runs the virtual tokens alone as a batch of one,
     and passes their key/values as the cache of a forward over the real tokens only. A call is changed only
-    when that is exact: training mode (or eval mode with ``in_eval=True``) with labels, no cache or
-    ``position_ids`` of its own, no activation checkpointing, more than one row, the same virtual token
-    embeddings in every row, nothing masked among them, and no label on the first real token (the collator
-    never puts one there: the prompt comes first); any other call runs unchanged. ``outputs.logits`` then
+    when that is exact: training mode (or eval mode with ``in_eval=True``) with labels; no cache,
+    ``position_ids``, ``shift_labels`` or ``logits_to_keep`` positions of its own; no activation
+    checkpointing; more than one row; the same virtual token embeddings in every row, nothing masked among
+    them, and no label on the first real token (the collator never puts one there: the prompt comes first).
+    Any other call runs unchanged. ``outputs.logits`` then
     covers the real tokens only. Combine freely with
     :func:`~softprompt_hf.label_logits.enable_label_only_logits` (this hook runs first).
 
@@ -83,9 +84,11 @@ def enable_shared_prompt(model: torch.nn.Module, *, in_eval: bool = False) -> Re
             return None
         if kwargs.get(cache_argument) is not None or kwargs.get("position_ids") is not None:
             return None
-        if kwargs.get("past_key_values") is not None:
+        if kwargs.get("past_key_values") is not None or kwargs.get("shift_labels") is not None:
             return None
         batch, length = embeds.shape[:2]
+        if isinstance(kwargs.get("logits_to_keep"), torch.Tensor):
+            return None  # positions chosen in the whole sequence, virtual tokens included
         if batch < 2 or length <= virtual or getattr(module, "is_activation_checkpointing", False):
             return None
         if not bool((labels[:, : virtual + 1] == _IGNORE_INDEX).all()):

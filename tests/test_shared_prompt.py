@@ -106,6 +106,10 @@ def test_calls_it_cannot_share_exactly_run_unchanged(tokenizer):
     assert model(input_ids=batch["input_ids"]).logits.shape == full
     labelled_first = {**batch, "labels": batch["input_ids"].clone()}
     assert model(**labelled_first).logits.shape == full
+    # Shifted labels of the caller's own, over the whole sequence (virtual tokens included).
+    labels = torch.cat([torch.full((3, 4), -100), batch["labels"]], dim=1)
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    assert model(**batch, shift_labels=shifted).logits.shape == full
     one_row = {key: value[:1] for key, value in batch.items()}
     assert model(**one_row).logits.shape == (1, length, len(tokenizer))
     model.eval()
