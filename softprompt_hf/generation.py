@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import typing
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -105,29 +104,66 @@ def generate_label_ids(
     batches = decoder.batches(encoded, batch_size) if decoder is not None else equal_length_batches(encoded, batch_size)
     outputs: list[list[int]] = [[] for _ in texts]
     for batch in tqdm(batches, desc="Generating labels", disable=not show_progress):
-        finished = torch.zeros(len(batch), dtype=torch.bool, device=device)
-        generated: list[torch.Tensor] = []
-        state = decoder.start([encoded[i] for i in batch]) if decoder is not None else None
-        # Without the cache, batches hold prompts of equal length only.
-        prompts = torch.tensor([encoded[i] for i in batch], device=device) if state is None else None
-        for step in range(max_new_tokens):
-            if state is not None:
-                logits = state.logits if step == 0 else state.feed(generated[-1][:, None])
-            else:
-                sequences = torch.cat([typing.cast(torch.Tensor, prompts), *(t[:, None] for t in generated)], dim=1)
-                logits = model(input_ids=sequences, attention_mask=torch.ones_like(sequences), **extra).logits[:, -1]
-            next_tokens = logits.argmax(dim=-1)
-            # Rows are independent and attention is causal: what a finished row appends changes nothing.
-            next_tokens = next_tokens.masked_fill(finished, eos)
-            generated.append(next_tokens)
-            finished |= next_tokens == eos
-            if finished.all():
-                break
-        rows = torch.stack(generated, dim=1).tolist()
+        prompts = [encoded[i] for i in batch]
+        if decoder is not None:
+            rows = _greedy_with_cache(decoder, prompts, max_new_tokens, eos)
+        else:
+            rows = _greedy_full_forward(model, prompts, max_new_tokens, eos, extra, device)
         for index, row in zip(batch, rows, strict=True):
             outputs[index] = row[: row.index(eos) + 1] if eos in row else row
     model.train(was_training)
     return outputs
+
+
+def _greedy_with_cache(
+    decoder: _CachedDecoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos: int | None
+) -> list[list[int]]:
+    """Greedy tokens for one batch, decoded with the cache; a row that generated EOS leaves the batch, so the
+    next steps run the unfinished rows only (rows are independent: the others' tokens do not change)."""
+    state = decoder.start(prompts)
+    outputs: list[list[int]] = [[] for _ in prompts]
+    rows = list(range(len(prompts)))  # the prompt each row of the state holds
+    logits = state.logits
+    for step in range(max_new_tokens):
+        next_tokens = logits.argmax(dim=-1)
+        tokens = next_tokens.tolist()
+        for row, token in zip(rows, tokens, strict=True):
+            outputs[row].append(token)
+        going = [i for i, token in enumerate(tokens) if token != eos]
+        if step == max_new_tokens - 1 or not going:
+            break
+        if len(going) < len(rows):
+            keep = torch.tensor(going, device=next_tokens.device)
+            state.select_rows(keep)
+            next_tokens = next_tokens[keep]
+            rows = [rows[i] for i in going]
+        logits = state.feed(next_tokens[:, None])
+    return outputs
+
+
+def _greedy_full_forward(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    eos: int | None,
+    extra: dict[str, Any],
+    device: torch.device,
+) -> list[list[int]]:
+    """Greedy tokens for one batch of equal-length prompts, running the model's full forward on the whole
+    sequence at every step (no cache)."""
+    sequences = torch.tensor([list(ids) for ids in prompts], device=device)
+    finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    generated: list[torch.Tensor] = []
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=sequences, attention_mask=torch.ones_like(sequences), **extra).logits[:, -1]
+        # Rows are independent and attention is causal: what a finished row appends changes nothing.
+        next_tokens = logits.argmax(dim=-1).masked_fill(finished, eos if eos is not None else 0)
+        generated.append(next_tokens)
+        finished |= next_tokens == eos
+        if finished.all():
+            break
+        sequences = torch.cat([sequences, next_tokens[:, None]], dim=1)
+    return torch.stack(generated, dim=1).tolist()
 
 
 def equal_length_batches(sequences: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
@@ -179,6 +215,13 @@ class _DecodingState:
         self.next_positions = self.next_positions + n
         self.logits = logits[:, -1] if isinstance(logits_to_keep, int) and logits_to_keep == 1 else logits
         return self.logits
+
+    def select_rows(self, indices: torch.Tensor) -> None:
+        """Keeps only the rows at ``indices`` (in that order), e.g. those still decoding."""
+        self.cache.batch_select_indices(indices)
+        self.mask = self.mask[indices]
+        self.next_positions = self.next_positions[indices]
+        self.logits = self.logits[indices]
 
     def repeat_rows(self, repeats: int) -> None:
         """Repeats each row ``repeats`` times (row ``i`` becomes rows ``i * repeats ... i * repeats + repeats - 1``),

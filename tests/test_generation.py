@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import ARCHS, METHODS, labelled_rows, model_config, tiny_soft_prompt_model
@@ -113,3 +115,32 @@ def test_cached_decoding_runs_the_virtual_tokens_once(tokenizer, method):
     assert [rows for rows, _ in prompt_passes] == [3, 3]
     longest = max(len(ids) for ids in prompts)
     assert all(length <= longest - common for _, length in prompt_passes)  # the rest of each prompt only
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_rows_that_end_leave_the_batch_and_the_others_are_unchanged(tokenizer, method):
+    """A row that generated EOS stops costing anything; the rows still decoding get the same tokens."""
+    model = tiny_soft_prompt_model(tokenizer, "llama", method)
+    texts = [row["Tweet text"] for row in labelled_rows(12)]
+    first = [ids[0] for ids in generate_label_ids(model, tokenizer, texts, max_new_tokens=1, show_progress=False)]
+    # The most common first token becomes the EOS: those rows end at once, the others go on.
+    ending = max(set(first), key=first.count)
+    assert 0 < first.count(ending) < len(first)
+    ends_early = copy.deepcopy(tokenizer)
+    ends_early.eos_token = ends_early.convert_ids_to_tokens(ending)
+    fed: list[int] = []
+    handle = model.get_base_model().register_forward_pre_hook(
+        lambda module, args, kwargs: (
+            fed.append(kwargs["input_ids"].shape[0])
+            if kwargs.get("input_ids") is not None and kwargs["input_ids"].shape[1] == 1
+            else None
+        ),
+        with_kwargs=True,
+    )
+    common = {"max_new_tokens": 4, "batch_size": 6, "show_progress": False}
+    cached = generate_label_ids(model, ends_early, texts, **common)
+    handle.remove()
+    assert cached == generate_label_ids(model, ends_early, texts, use_cache=False, **common)
+    assert [len(ids) == 1 for ids in cached] == [token == ending for token in first]
+    # 3 decoding steps per batch of 6 without the rows that ended.
+    assert sum(fed) == sum(min(len(ids), 4) - 1 for ids in cached)
