@@ -2,6 +2,7 @@
 
     python benchmarks/gpu.py                         # on a CUDA machine (about 5 minutes on one H100)
     python benchmarks/gpu.py --smoke                 # the same code on a tiny model on the CPU (smoke test)
+    python benchmarks/gpu.py --json_dir "$OUT"       # also the figures as JSON files (train, mfu, eval, ceiling)
 
 Runs ``train_throughput.py``, ``eval_throughput.py`` and ``eval_ceiling.py`` with ``--size bloomz-560m --device
 cuda --bf16`` and adds, for our training path, real (non-pad) tokens/s and the model FLOPs utilisation (MFU):
@@ -61,7 +62,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="Tiny model on the CPU, a few steps: checks the code.")
     parser.add_argument("--peak_tflops", type=float, help="The device's dense bf16 peak (default: by device name).")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json_dir", help="Also write each table's figures as JSON files into this folder.")
     args = parser.parse_args(argv)
+    json_path = (lambda name: str(Path(args.json_dir) / f"{name}.json")) if args.json_dir else (lambda name: None)
+    if args.json_dir:
+        Path(args.json_dir).mkdir(parents=True, exist_ok=True)
     if args.smoke:
         common = ["--size", "tiny", "--device", "cpu", "--bf16", "--repeats", "1", "--methods", "prompt_tuning"]
         train_extra = ["--steps", "1", "--batches", "1"]
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     c.quiet()
     train_args = train_throughput.parse_args(common + train_extra)
     train_args.argv = common + train_extra
+    train_args.json = json_path("train")
     results = train_throughput.main(train_args)
 
     tok = c.tokenizer()
@@ -91,14 +97,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Model FLOPs per sample {flops / 1e9:.2f} GFLOP ({tokens:.1f} real tokens); peak {peak} TFLOP/s\n")
     print(c.table(MFU_HEADERS, rows))
     print()
+    c.dump_json(json_path("mfu"), {"flops_per_sample": flops, "real_tokens_per_sample": tokens, "rows": rows})
 
     eval_args = eval_throughput.parse_args(common + eval_extra)
     eval_args.argv = common + eval_extra
+    eval_args.json = json_path("eval")
     eval_throughput.main(eval_args)
 
     ceiling_argv = common[: common.index("--repeats")] + (["--rows", "16", "--repeats", "1"] if args.smoke else [])
     ceiling_args = eval_ceiling.parse_args(ceiling_argv)
     ceiling_args.argv = ceiling_argv
+    ceiling_args.json = json_path("ceiling")
     eval_ceiling.main(ceiling_args)
 
 
