@@ -160,3 +160,39 @@ def test_not_enabled_where_it_would_not_be_exact(tokenizer, caplog, make, reason
     with caplog.at_level(logging.INFO, logger="softprompt_hf"):
         assert enable_shared_prompt(model) is None
     assert reason in caplog.text
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt_neox", "phi"])
+def test_other_architectures_get_the_same_loss_and_gradients(tokenizer, arch):
+    """Rotary position models with and without a fused QKV, beyond the three of the main matrix."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.for_model(
+        arch,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+        initializer_range=0.2,
+    )
+    for name in ("hidden_dropout", "attention_dropout", "resid_pdrop", "embd_pdrop"):
+        if hasattr(config, name):
+            setattr(config, name, 0.0)
+    torch.manual_seed(0)
+    model = build_soft_prompt_model(
+        AutoModelForCausalLM.from_config(config), method="p_tuning", num_virtual_tokens=4
+    ).train()
+    batch = SoftPromptDataCollator(tokenizer)(labelled_rows(6))
+    stock, stock_grads = loss_and_grads(model, batch)
+    assert enable_shared_prompt(model) is not None
+    shared, shared_grads = loss_and_grads(model, batch)
+    assert shared.logits.shape[1] == batch["input_ids"].shape[1]  # shared: the real tokens only
+    assert shared.loss.item() == pytest.approx(stock.loss.item(), abs=1e-5)
+    for name, grad in stock_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4)
