@@ -15,6 +15,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     BloomConfig,
@@ -103,17 +104,23 @@ def model_config(arch: str, vocab_size: int):
         return BloomConfig(hidden_size=32, n_layer=2, n_head=4, **common)
     if arch == "gpt2":
         return GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=256, **common)
+    llama_like = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+    }
     if arch == "llama":
-        return LlamaConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            **common,
-        )
+        return LlamaConfig(**llama_like, **common)
+    if arch in MORE_ARCHS:
+        return AutoConfig.for_model(arch, **llama_like, **common)
     raise ValueError(arch)
+
+
+# Rotary-position models with and without a fused QKV, for checks beyond the main matrix (ARCHS).
+MORE_ARCHS = ("qwen2", "gpt_neox", "phi")
 
 
 ARCHS = ("gpt2", "llama", "bloom")

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from conftest import ARCHS, labelled_rows, model_config, train_a_few_steps
+from conftest import ARCHS, MORE_ARCHS, labelled_rows, model_config, train_a_few_steps
 from transformers import AutoModelForCausalLM
 
 from softprompt_hf import SoftPromptDataCollator, build_soft_prompt_model
@@ -14,7 +14,8 @@ from softprompt_hf.label_logits import enable_label_only_logits
 from softprompt_hf.shared_prompt import enable_shared_prompt
 
 SHARED_METHODS = ("prompt_tuning", "p_tuning")
-NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}  # GPT-2's defaults are 0.1
+# GPT-2's defaults are 0.1; GPT-NeoX and Phi have their own names.
+NO_DROPOUT = dict.fromkeys(("resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout", "attention_dropout"), 0.0)
 
 
 def no_dropout_model(tokenizer, arch: str, method: str, **options):
@@ -162,32 +163,10 @@ def test_not_enabled_where_it_would_not_be_exact(tokenizer, caplog, make, reason
     assert reason in caplog.text
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "gpt_neox", "phi"])
+@pytest.mark.parametrize("arch", MORE_ARCHS)
 def test_other_architectures_get_the_same_loss_and_gradients(tokenizer, arch):
     """Rotary position models with and without a fused QKV, beyond the three of the main matrix."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.for_model(
-        arch,
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=2,
-        initializer_range=0.2,
-    )
-    for name in ("hidden_dropout", "attention_dropout", "resid_pdrop", "embd_pdrop"):
-        if hasattr(config, name):
-            setattr(config, name, 0.0)
-    torch.manual_seed(0)
-    model = build_soft_prompt_model(
-        AutoModelForCausalLM.from_config(config), method="p_tuning", num_virtual_tokens=4
-    ).train()
+    model = no_dropout_model(tokenizer, arch, "p_tuning").train()
     batch = SoftPromptDataCollator(tokenizer)(labelled_rows(6))
     stock, stock_grads = loss_and_grads(model, batch)
     assert enable_shared_prompt(model) is not None
