@@ -7,8 +7,11 @@ Counts the model FLOPs per validation row of each evaluation path (the layers' m
 positions a path runs, and the projections onto the vocabulary it computes; attention scores, norms and
 activations are left out, so the counts are a floor) and measures this device's matrix-product rate on the
 model's own two shapes: a layer's linear over a batch of prompts, and the vocabulary projection of a batch's
-last positions. Dividing gives the rows/s a path would reach if it did nothing but those products at that rate:
-the ceiling of any exact implementation of it. Table 4's measured rows/s read against these.
+last positions, both as one matrix product and as the package computes it for decoding (a chunk of the
+vocabulary at a time, reduced to the argmax, ``softprompt_hf.output_head.ChunkedOutputHead``). Dividing gives
+the rows/s a path would reach if it did nothing but those products at those rates; and, as a bound for any
+implementation on this device, if every FLOP ran at the best of the measured rates. Table 4's measured rows/s
+read against these.
 
 Per row, for the method's virtual tokens v, the prompt's tokens p (of which s are the opening every prompt
 shares), the labels' tokens (with EOS) l_1..l_k, n = max l_j new tokens, and 24 h^2 FLOPs per token per layer:
@@ -34,13 +37,16 @@ from eval_throughput import LABELS  # noqa: E402
 
 from softprompt_hf import PromptTemplate, encode_target  # noqa: E402
 from softprompt_hf.generation import _common_prefix  # noqa: E402
+from softprompt_hf.output_head import ChunkedOutputHead  # noqa: E402
 
 HEADERS = [
     "path",
     "tokens through the layers per row",
     "vocabulary projections per row",
     "GFLOP per row",
-    "ceiling, rows/s",
+    "ceiling, rows/s (one-product projection)",
+    "ceiling, rows/s (chunked projection)",
+    "bound, rows/s (every FLOP at the best rate)",
 ]
 
 
@@ -51,6 +57,17 @@ def matmul_rate(rows: int, inner: int, cols: int, device: str, dtype: torch.dtyp
     torch.mm(a, b)  # warm-up
     seconds = c.median([c.timed(lambda: torch.mm(a, b), device) for _ in range(repeats)])
     return 2 * rows * inner * cols / seconds / 1e9
+
+
+def chunked_head_rate(rows: int, hidden: int, vocab: int, device: str, dtype: torch.dtype, repeats: int) -> float:
+    """GFLOP/s of the package's decoding projection: ``rows`` positions onto the vocabulary, chunk by chunk,
+    reduced to each row's argmax."""
+    head = ChunkedOutputHead(torch.nn.Linear(hidden, vocab, bias=False, device=device, dtype=dtype))
+    states = torch.randn(rows, hidden, device=device, dtype=dtype)
+    with torch.no_grad():
+        head.argmax(states)  # warm-up
+        seconds = c.median([c.timed(lambda: head.argmax(states), device) for _ in range(repeats)])
+    return 2 * rows * hidden * vocab / seconds / 1e9
 
 
 def per_row_counts(args: argparse.Namespace, tok: Any, virtual: int) -> dict[str, tuple[float, float]]:
@@ -95,24 +112,33 @@ def main(args: argparse.Namespace) -> list[list[Any]]:
     counts = per_row_counts(args, tok, args.virtual_tokens)
     prompt_tokens = round(counts["`generate` mode"][0]) * args.batch_size
     layer_rate = matmul_rate(prompt_tokens, size.hidden_size, 4 * size.hidden_size, args.device, dtype, args.repeats)
-    head_rate = matmul_rate(args.batch_size, size.hidden_size, size.vocab_size, args.device, dtype, args.repeats)
+    head_shape = (args.batch_size, size.hidden_size, size.vocab_size, args.device, dtype, args.repeats)
+    head_rate = matmul_rate(*head_shape)
+    chunked_rate = chunked_head_rate(*head_shape)
+    best_rate = max(layer_rate, head_rate, chunked_rate)
     print(
         f"Model: {size.describe()}. Matrix products on this device: a layer's linear over a batch's prompts "
         f"({prompt_tokens} x {size.hidden_size} @ {size.hidden_size} x {4 * size.hidden_size}) "
         f"{layer_rate:.1f} GFLOP/s; the vocabulary projection of {args.batch_size} rows "
-        f"({args.batch_size} x {size.hidden_size} @ {size.hidden_size} x {size.vocab_size:,}) {head_rate:.1f} GFLOP/s\n"
+        f"({args.batch_size} x {size.hidden_size} @ {size.hidden_size} x {size.vocab_size:,}) {head_rate:.1f} GFLOP/s "
+        f"as one product, {chunked_rate:.1f} GFLOP/s chunked with the argmax (ChunkedOutputHead)\n"
     )
     layer_flops = 24 * size.hidden_size**2 * size.n_layer
     head_flops = 2 * size.hidden_size * size.vocab_size
     results = []
     for path, (tokens, projections) in counts.items():
-        seconds = tokens * layer_flops / (layer_rate * 1e9) + projections * head_flops / (head_rate * 1e9)
-        results.append(
-            [path, tokens, projections, (tokens * layer_flops + projections * head_flops) / 1e9, 1 / seconds]
-        )
+        flops = tokens * layer_flops + projections * head_flops
+        ceilings = [
+            1 / (tokens * layer_flops / (layer_rate * 1e9) + projections * head_flops / (rate * 1e9))
+            for rate in (head_rate, chunked_rate)
+        ]
+        results.append([path, tokens, projections, flops / 1e9, *ceilings, best_rate * 1e9 / flops])
     print(c.table(HEADERS, results))
     print()
-    c.dump_json(args.json, {"layer_gflops": layer_rate, "head_gflops": head_rate, "paths": results})
+    c.dump_json(
+        args.json,
+        {"layer_gflops": layer_rate, "head_gflops": head_rate, "chunked_head_gflops": chunked_rate, "paths": results},
+    )
     return results
 
 

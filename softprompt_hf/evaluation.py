@@ -302,11 +302,10 @@ def _rank_with_shared_prompt(
     for batch in tqdm(decoder.batches(prompts, batch_size), desc="Ranking labels", disable=not show_progress):
         state = decoder.start([prompts[i] for i in batch])
         # The last prompt position predicts every label's first token.
-        first = torch.log_softmax(state.logits.float(), dim=-1)[:, first_tokens]
+        first = decoder.log_probs(state.last, first_tokens.expand(len(batch), -1))
         state.repeat_rows(n_labels)
-        logits = state.feed(continuations.repeat(len(batch), 1), logits_to_keep=scored.repeat(len(batch), 1))
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        picked = log_probs.gather(-1, targets.repeat(len(batch))[:, None]).view(len(batch), -1)
+        outputs = state.feed(continuations.repeat(len(batch), 1), logits_to_keep=scored.repeat(len(batch), 1))
+        picked = decoder.log_probs(outputs, targets.repeat(len(batch))[:, None]).view(len(batch), -1)
         totals = first.index_add(1, owners, picked)
         for index, row in zip(batch, totals.tolist(), strict=True):
             scores[index] = row

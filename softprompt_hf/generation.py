@@ -13,7 +13,9 @@ from peft import PeftModel, PeftType
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicLayer
+from transformers.utils import logging
 
+from .output_head import ChunkedOutputHead
 from .prompt import PromptTemplate
 
 __all__ = [
@@ -23,6 +25,8 @@ __all__ = [
     "normalize_label",
     "supports_logits_to_keep",
 ]
+
+logger = logging.get_logger(__name__)
 
 
 def normalize_label(text: str) -> str:
@@ -123,9 +127,9 @@ def _greedy_with_cache(
     state = decoder.start(prompts)
     outputs: list[list[int]] = [[] for _ in prompts]
     rows = list(range(len(prompts)))  # the prompt each row of the state holds
-    logits = state.logits
+    last = state.last
     for step in range(max_new_tokens):
-        next_tokens = logits.argmax(dim=-1)
+        next_tokens = decoder.argmax(last)
         tokens = next_tokens.tolist()
         for row, token in zip(rows, tokens, strict=True):
             outputs[row].append(token)
@@ -137,7 +141,7 @@ def _greedy_with_cache(
             state.select_rows(keep)
             next_tokens = next_tokens[keep]
             rows = [rows[i] for i in going]
-        logits = state.feed(next_tokens[:, None])
+        last = state.feed(next_tokens[:, None])
     return outputs
 
 
@@ -186,7 +190,8 @@ def _length_sorted_batches(sequences: Sequence[Sequence[int]], batch_size: int) 
 
 class _DecodingState:
     """A batch being decoded: the key/value cache, its attention mask, where each row's next token goes, and
-    the logits of each row's last position."""
+    what each row's last position gave (``last``: its logits, or its output layer input, see
+    :meth:`_CachedDecoder.run`)."""
 
     def __init__(
         self,
@@ -194,34 +199,34 @@ class _DecodingState:
         cache: Cache,
         mask: torch.Tensor,
         next_positions: torch.Tensor,
-        logits: torch.Tensor,
+        last: torch.Tensor,
     ) -> None:
         self._decoder = decoder
         self.cache = cache
         self.mask = mask
         self.next_positions = next_positions
-        self.logits = logits
+        self.last = last
 
     def feed(self, tokens: torch.Tensor, logits_to_keep: int | torch.Tensor = 1) -> torch.Tensor:
-        """Appends ``tokens`` ``(batch, n)`` to every row; returns the logits of the last ``logits_to_keep``
-        positions (``(batch, vocab)`` for 1, ``(batch, n, vocab)`` for 0, which keeps all), or of the ``True``
-        positions of a boolean ``(batch, n)`` mask (``(positions, vocab)``, in row-major order)."""
+        """Appends ``tokens`` ``(batch, n)`` to every row; returns the outputs (see :meth:`_CachedDecoder.run`)
+        of the last ``logits_to_keep`` positions (``(batch, d)`` for 1, ``(batch, n, d)`` for 0, which keeps
+        all), or of the ``True`` positions of a boolean ``(batch, n)`` mask (``(positions, d)``, row-major)."""
         n = tokens.shape[1]
         self.mask = torch.cat([self.mask, self.mask.new_ones(tokens.shape[0], n)], dim=1)
         positions = self.next_positions[:, None] + torch.arange(n, device=tokens.device)
-        logits = self._decoder.run(
+        outputs = self._decoder.run(
             input_ids=tokens, cache=self.cache, mask=self.mask, positions=positions, logits_to_keep=logits_to_keep
         )
         self.next_positions = self.next_positions + n
-        self.logits = logits[:, -1] if isinstance(logits_to_keep, int) and logits_to_keep == 1 else logits
-        return self.logits
+        self.last = outputs[:, -1] if isinstance(logits_to_keep, int) and logits_to_keep == 1 else outputs
+        return self.last
 
     def select_rows(self, indices: torch.Tensor) -> None:
         """Keeps only the rows at ``indices`` (in that order), e.g. those still decoding."""
         self.cache.batch_select_indices(indices)
         self.mask = self.mask[indices]
         self.next_positions = self.next_positions[indices]
-        self.logits = self.logits[indices]
+        self.last = self.last[indices]
 
     def repeat_rows(self, repeats: int) -> None:
         """Repeats each row ``repeats`` times (row ``i`` becomes rows ``i * repeats ... i * repeats + repeats - 1``),
@@ -229,7 +234,7 @@ class _DecodingState:
         self.cache.batch_repeat_interleave(repeats)
         self.mask = self.mask.repeat_interleave(repeats, dim=0)
         self.next_positions = self.next_positions.repeat_interleave(repeats, dim=0)
-        self.logits = self.logits.repeat_interleave(repeats, dim=0)
+        self.last = self.last.repeat_interleave(repeats, dim=0)
 
 
 class _CachedDecoder:
@@ -249,6 +254,12 @@ class _CachedDecoder:
     on the right, the padding is masked out of attention, and each row's new tokens get the positions that
     follow its own prompt, so every row computes what it computes alone. Other models get equal-length
     batches without padding.
+
+    Where the model's logits are the output of a plain linear layer, the decoder applies that layer itself, a
+    chunk of the vocabulary at a time (:class:`~softprompt_hf.output_head.ChunkedOutputHead`), and keeps only
+    what decoding and ranking need (the argmax, a few log-probabilities): ``run`` then returns the layer's
+    inputs, and the model's own projection is skipped. The first forward checks that the model's logits are
+    that layer's output; if not, the decoder keeps the model's logits.
     """
 
     _PROMPT_TYPES = (PeftType.PROMPT_TUNING, PeftType.P_TUNING)
@@ -265,6 +276,8 @@ class _CachedDecoder:
         self._positions = "position_ids" in parameters
         model_type = getattr(getattr(inner, "config", None), "model_type", None)
         self.mixed_lengths = self._positions or model_type in self._POSITIONS_FROM_MASK
+        self.head = ChunkedOutputHead.of(self._target)
+        self._head_checked = False
         self.num_virtual_tokens = 0
         # What every row starts with, computed once as one row: the key/values of the virtual tokens (prompt
         # tuning, P-tuning) and then of the tokens that all prompts of this decoder start with.
@@ -365,15 +378,15 @@ class _CachedDecoder:
         if keep > 1 and self._keep and _keeps_positions_per_row():
             # Only each row's last prompt position.
             last_positions = (lengths - 1)[:, None]
-            logits = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=last_positions, **inputs)
-            if logits.shape[:2] == (batch, 1):
-                return _DecodingState(self, cache, mask, offset + lengths, logits[:, 0])
+            outputs = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=last_positions, **inputs)
+            if outputs.shape[:2] == (batch, 1):
+                return _DecodingState(self, cache, mask, offset + lengths, outputs[:, 0])
             raise RuntimeError(f"{type(self.base).__name__} ignored per-row logits_to_keep positions.")
-        logits = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=keep, **inputs)
+        outputs = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=keep, **inputs)
         if keep == 1:
-            last = logits[:, -1]
+            last = outputs[:, -1]
         else:
-            last = logits[torch.arange(batch, device=device), lengths - 1 - (longest - keep)]
+            last = outputs[torch.arange(batch, device=device), lengths - 1 - (longest - keep)]
         return _DecodingState(self, cache, mask, offset + lengths, last)
 
     def run(
@@ -385,19 +398,68 @@ class _CachedDecoder:
         logits_to_keep: int | torch.Tensor = 1,
         **inputs: torch.Tensor,
     ) -> torch.Tensor:
+        """Runs the model over ``inputs``, appending to ``cache``; returns, for the positions ``logits_to_keep``
+        selects, their logits, or with :attr:`head` the output layer's inputs (which :meth:`argmax` and
+        :meth:`log_probs` take either way)."""
         extra: dict[str, Any] = {"logits_to_keep": logits_to_keep} if self._keep else {}
         if self._positions:
             extra["position_ids"] = positions
+        captured: list[torch.Tensor] = []
+        handle = None
+        if self.head is not None:
+            # Keep the output layer's input; once the check below has passed, give the layer no position at all.
+            skip = self._head_checked
+
+            def capture(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+                captured.append(args[0])
+                return (args[0][..., :0, :], *args[1:]) if skip else None
+
+            handle = self.head.layer.register_forward_pre_hook(capture)
+        try:
+            outputs = self._target(
+                attention_mask=mask, use_cache=True, **{self._cache_argument: cache}, **inputs, **extra
+            )
+        finally:
+            if handle is not None:
+                handle.remove()
+        if self.head is not None and not self._head_checked:
+            self._check_head(captured, outputs.logits)
+        result = captured[-1] if self.head is not None else outputs.logits
+        if not self._keep and isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
+            result = result[logits_to_keep]
+        elif not self._keep and isinstance(logits_to_keep, int) and logits_to_keep:
+            result = result[:, -logits_to_keep:]
+        return result
+
+    @property
+    def _target(self) -> Any:
         # The prefix of prompt methods is handled here, so the base model is called directly; a plain model or
         # another kind of adapter is called as it is.
-        target = self.base if self.peft_config is not None else self.model
-        outputs = target(attention_mask=mask, use_cache=True, **{self._cache_argument: cache}, **inputs, **extra)
-        logits = outputs.logits
-        if not self._keep and isinstance(logits_to_keep, torch.Tensor) and logits_to_keep.dtype == torch.bool:
-            logits = logits[logits_to_keep]
-        elif not self._keep and isinstance(logits_to_keep, int) and logits_to_keep:
-            logits = logits[:, -logits_to_keep:]
-        return logits
+        return self.base if self.peft_config is not None else self.model
+
+    def _check_head(self, captured: list[torch.Tensor], logits: Any) -> None:
+        """On the first forward: use the chunked head only if the model's logits are its layer's output."""
+        assert self.head is not None
+        if len(captured) == 1 and self.head.matches(captured[0], logits):
+            self._head_checked = True
+            return
+        logger.info(
+            "%s's logits are not its output layer's output (%d calls); decoding keeps the model's own logits.",
+            type(self._target).__name__,
+            len(captured),
+        )
+        self.head = None
+
+    def argmax(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Each position's greedy token, from what :meth:`run` returned."""
+        return self.head.argmax(outputs) if self.head is not None else outputs.argmax(dim=-1)
+
+    def log_probs(self, outputs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Float32 log-probabilities of ``tokens`` (``(..., k)``) at each position, from what :meth:`run`
+        returned."""
+        if self.head is not None:
+            return self.head.log_probs(outputs, tokens)
+        return torch.log_softmax(outputs.float(), dim=-1).gather(-1, tokens)
 
 
 def _common_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:

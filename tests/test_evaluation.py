@@ -24,6 +24,7 @@ from softprompt_hf import (
 )
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
 from softprompt_hf.evaluation import rank_labels
+from softprompt_hf.output_head import ChunkedOutputHead
 
 LABELS = ["complaint", "no complaint"]
 
@@ -228,19 +229,26 @@ def test_rank_with_shared_prompt_cache_equals_full_sequences(tokenizer, arch, me
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
-def test_rank_projects_only_the_positions_it_scores(tokenizer, method):
+def test_rank_projects_only_the_positions_it_scores(tokenizer, method, monkeypatch):
     """The vocabulary projection runs at each prompt's last position and at each label token after the
-    first (the EOS included), not at the padding of shorter labels."""
+    first (the EOS included), not at the padding of shorter labels, nor for the one-row passes over what all
+    prompts share; the model's own output layer runs once, on one position, to check the chunked one."""
     model = tiny_soft_prompt_model(tokenizer, "llama", method)
     projected: list[int] = []
+    chunked = ChunkedOutputHead.log_probs
+
+    def counting(self, hidden, tokens):
+        projected.append(hidden.shape[:-1].numel())
+        return chunked(self, hidden, tokens)
+
+    monkeypatch.setattr(ChunkedOutputHead, "log_probs", counting)
+    by_the_model: list[int] = []
     head = model.get_base_model().get_output_embeddings()
-    handle = head.register_forward_hook(lambda module, args, output: projected.append(args[0].shape[:-1].numel()))
+    handle = head.register_forward_hook(lambda module, args, output: by_the_model.append(args[0].shape[:-1].numel()))
     labels = ["complaint", "no complaint", "x"]
     texts = [row["Tweet text"] for row in labelled_rows(7)]
     rank_labels(model, tokenizer, texts, labels, batch_size=3, show_progress=False)
     handle.remove()
     per_prompt = 1 + sum(len(encode_target(tokenizer, label)) - 1 for label in labels)
-    # One more position per one-row pass over what all rows share (prompt tuning: the virtual tokens; then
-    # the template's opening).
-    one_row_passes = 2 if method == "prompt_tuning" else 1
-    assert sum(projected) == len(texts) * per_prompt + one_row_passes
+    assert sum(projected) == len(texts) * per_prompt
+    assert sum(by_the_model) == 1
