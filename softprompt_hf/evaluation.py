@@ -299,16 +299,27 @@ def _rank_with_shared_prompt(
     targets = torch.tensor([token for ids in label_ids for token in ids[1:]], device=device)
     owners = torch.tensor([j for j, ids in enumerate(label_ids) for _ in ids[1:]], device=device)
     scores: list[list[float]] = [[] for _ in prompts]
-    for batch in tqdm(decoder.batches(prompts, batch_size), desc="Ranking labels", disable=not show_progress):
-        state = decoder.start([prompts[i] for i in batch])
-        # The last prompt position predicts every label's first token.
-        first = decoder.log_probs(state.last, first_tokens.expand(len(batch), -1))
-        state.repeat_rows(n_labels)
-        outputs = state.feed(continuations.repeat(len(batch), 1), logits_to_keep=scored.repeat(len(batch), 1))
-        picked = decoder.log_probs(outputs, targets.repeat(len(batch))[:, None]).view(len(batch), -1)
-        totals = first.index_add(1, owners, picked)
-        for index, row in zip(batch, totals.tolist(), strict=True):
-            scores[index] = row
+    batches = decoder.batches(prompts, batch_size)
+    per_group = decoder.batches_per_projection(batch_size)
+    with tqdm(total=len(batches), desc="Ranking labels", disable=not show_progress) as progress:
+        for start in range(0, len(batches), per_group):
+            group = batches[start : start + per_group]
+            states = [decoder.start([prompts[i] for i in batch]) for batch in group]
+            # The last prompt position predicts every label's first token: one projection for the group's rows.
+            rows = sum(len(batch) for batch in group)
+            first = decoder.log_probs(torch.cat([state.last for state in states]), first_tokens.expand(rows, -1))
+            label_outputs = []
+            for batch in group:
+                state = states.pop(0)  # released once its label tokens have run
+                state.repeat_rows(n_labels)
+                mask = scored.repeat(len(batch), 1)
+                label_outputs.append(state.feed(continuations.repeat(len(batch), 1), logits_to_keep=mask))
+            # Every scored label position of the group, projected together too.
+            picked = decoder.log_probs(torch.cat(label_outputs), targets.repeat(rows)[:, None]).view(rows, -1)
+            totals = first.index_add(1, owners, picked)
+            for index, row in zip((i for batch in group for i in batch), totals.tolist(), strict=True):
+                scores[index] = row
+            progress.update(len(group))
     return scores
 
 

@@ -7,8 +7,9 @@ import torch
 from conftest import ARCHS, METHODS, labelled_rows, model_config, tiny_soft_prompt_model
 from transformers import AutoModelForCausalLM
 
-from softprompt_hf import PromptTemplate
+from softprompt_hf import PromptTemplate, generation
 from softprompt_hf.generation import _CachedDecoder, generate_label_ids, generate_label_texts, normalize_label
+from softprompt_hf.output_head import ChunkedOutputHead
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -144,3 +145,28 @@ def test_rows_that_end_leave_the_batch_and_the_others_are_unchanged(tokenizer, m
     assert [len(ids) == 1 for ids in cached] == [token == ending for token in first]
     # 3 decoding steps per batch of 6 without the rows that ended.
     assert sum(fed) == sum(min(len(ids), 4) - 1 for ids in cached)
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_on_cpu_the_batches_of_a_group_share_each_projection(tokenizer, method, monkeypatch):
+    """Batches decode in step and their rows are projected onto the vocabulary together (one projection per
+    step for the group), with the same tokens as batches decoded one at a time."""
+    model = tiny_soft_prompt_model(tokenizer, "llama", method)
+    tokenizer.eos_token = "<unk>"  # a token the random model never picks: every row decodes all 3 steps
+    texts = [row["Tweet text"] for row in labelled_rows(10)]
+    projected: list[int] = []
+    chunked = ChunkedOutputHead.argmax
+
+    def counting(self, hidden):
+        projected.append(hidden.shape[0])
+        return chunked(self, hidden)
+
+    monkeypatch.setattr(ChunkedOutputHead, "argmax", counting)
+    assert _CachedDecoder(model).batches_per_projection(3) == 128 // 3
+    grouped = generate_label_ids(model, tokenizer, texts, max_new_tokens=3, batch_size=3, show_progress=False)
+    assert projected == [10, 10, 10]  # 4 batches (3, 3, 3, 1 rows), 3 steps
+    monkeypatch.setattr(generation, "_PROJECTION_ROWS", 1)
+    projected.clear()
+    one_at_a_time = generate_label_ids(model, tokenizer, texts, max_new_tokens=3, batch_size=3, show_progress=False)
+    assert sorted(projected) == sorted([3, 3, 3, 1] * 3)
+    assert grouped == one_at_a_time
