@@ -8,7 +8,8 @@ positions a path runs, and the projections onto the vocabulary it computes; atte
 activations are left out, so the counts are a floor) and measures this device's matrix-product rate on the
 model's own two shapes: a layer's linear over a batch of prompts, and the vocabulary projection of a batch's
 last positions, both as one matrix product and as the package computes it for decoding (a chunk of the
-vocabulary at a time, reduced to the argmax, ``softprompt_hf.output_head.ChunkedOutputHead``). Dividing gives
+vocabulary at a time, reduced to the argmax, ``softprompt_hf.output_head.ChunkedOutputHead``; on a CPU for the
+rows of several batches decoded in step, 128 rows). Dividing gives
 the rows/s a path would reach if it did nothing but those products at those rates; and, as a bound for any
 implementation on this device, if every FLOP ran at the best of the measured rates. Table 4's measured rows/s
 read against these.
@@ -36,7 +37,7 @@ import torch  # noqa: E402
 from eval_throughput import LABELS  # noqa: E402
 
 from softprompt_hf import PromptTemplate, encode_target  # noqa: E402
-from softprompt_hf.generation import _common_prefix  # noqa: E402
+from softprompt_hf.generation import _PROJECTION_ROWS, _common_prefix  # noqa: E402
 from softprompt_hf.output_head import ChunkedOutputHead  # noqa: E402
 
 HEADERS = [
@@ -112,16 +113,18 @@ def main(args: argparse.Namespace) -> list[list[Any]]:
     counts = per_row_counts(args, tok, args.virtual_tokens)
     prompt_tokens = round(counts["`generate` mode"][0]) * args.batch_size
     layer_rate = matmul_rate(prompt_tokens, size.hidden_size, 4 * size.hidden_size, args.device, dtype, args.repeats)
-    head_shape = (args.batch_size, size.hidden_size, size.vocab_size, args.device, dtype, args.repeats)
-    head_rate = matmul_rate(*head_shape)
-    chunked_rate = chunked_head_rate(*head_shape)
+    head_shape = (size.hidden_size, size.vocab_size, args.device, dtype, args.repeats)
+    head_rate = matmul_rate(args.batch_size, *head_shape)
+    # What the package projects at once: on a CPU the rows of the batches it decodes in step.
+    grouped = args.batch_size * max(1, _PROJECTION_ROWS // args.batch_size) if args.device == "cpu" else args.batch_size
+    chunked_rate = chunked_head_rate(grouped, *head_shape)
     best_rate = max(layer_rate, head_rate, chunked_rate)
     print(
         f"Model: {size.describe()}. Matrix products on this device: a layer's linear over a batch's prompts "
         f"({prompt_tokens} x {size.hidden_size} @ {size.hidden_size} x {4 * size.hidden_size}) "
         f"{layer_rate:.1f} GFLOP/s; the vocabulary projection of {args.batch_size} rows "
         f"({args.batch_size} x {size.hidden_size} @ {size.hidden_size} x {size.vocab_size:,}) {head_rate:.1f} GFLOP/s "
-        f"as one product, {chunked_rate:.1f} GFLOP/s chunked with the argmax (ChunkedOutputHead)\n"
+        f"as one product; {grouped} rows chunked with the argmax (ChunkedOutputHead) {chunked_rate:.1f} GFLOP/s\n"
     )
     layer_flops = 24 * size.hidden_size**2 * size.n_layer
     head_flops = 2 * size.hidden_size * size.vocab_size

@@ -86,6 +86,11 @@ def generate_label_ids(
     derive positions from the attention mask; other models, and ``use_cache=False``, batch prompts of equal
     length only, with no padding at all).
 
+    The greedy token is the argmax of the output layer's projection onto the vocabulary, computed a chunk of the
+    vocabulary at a time without materialising the logits (:class:`~softprompt_hf.output_head.ChunkedOutputHead`,
+    where the model's logits are that layer's plain output). On a CPU, batches decode in step in groups of about
+    128 rows, whose positions are projected together (the forward passes keep ``batch_size`` rows).
+
     Args:
         model: A causal LM, with or without a soft prompt (a ``PeftModel``).
         tokenizer: The model's tokenizer.

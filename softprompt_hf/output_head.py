@@ -5,9 +5,9 @@ log-probabilities of a few given tokens (a log-sum-exp over the vocabulary and a
 ``(positions, vocab)`` logits for that is the costliest step of evaluation with a large vocabulary (bloomz' 250,880
 tokens: a 32-row projection is 32 MB of float32 logits, written and read back). :class:`ChunkedOutputHead`
 projects onto a slice of the vocabulary at a time and reduces each slice at once, so the logits never exist
-whole. On a CPU, slices of about 64K logits stay in the cache, and the projection runs 1.2-1.5x faster than one
-large matrix product (``benchmarks/RESULTS.md``); on an accelerator the slices are as large as a memory budget
-allows, usually the whole vocabulary.
+whole. On a CPU, slices of about 64K logits stay in the cache, and the projection runs 1.15-1.5x faster than
+one large matrix product (``benchmarks/output_head.py``, ``benchmarks/RESULTS.md``); on an accelerator the
+slices are as large as a memory budget allows, usually the whole vocabulary.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ SCRIPTS = {
     "eval_ceiling.py": ["--size", "tiny", "--rows", "12", "--repeats", "1"],
     "eval_memory.py": ["--size", "tiny", "--rows", "8", "16", "--modes", "generate"],
     "gpu.py": ["--smoke"],
+    "output_head.py": ["--shapes", "32x4096", "16x3000", "--rows", "4", "--repeats", "1"],
 }
 
 
