@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 from transformers.utils import logging
 
-from .generation import _CachedDecoder, generate_label_texts, supports_logits_to_keep
+from .generation import _CachedDecoder, generate_label_texts, join_rows, supports_logits_to_keep
 from .metrics import ClassificationReport, check_label_set, classification_report, match_label
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate, encode_target
 
@@ -307,7 +307,7 @@ def _rank_with_shared_prompt(
             states = [decoder.start([prompts[i] for i in batch]) for batch in group]
             # The last prompt position predicts every label's first token: one projection for the group's rows.
             rows = sum(len(batch) for batch in group)
-            first = decoder.log_probs(torch.cat([state.last for state in states]), first_tokens.expand(rows, -1))
+            first = decoder.log_probs(join_rows([state.last for state in states]), first_tokens.expand(rows, -1))
             label_outputs = []
             for batch in group:
                 state = states.pop(0)  # released once its label tokens have run
@@ -315,7 +315,7 @@ def _rank_with_shared_prompt(
                 mask = scored.repeat(len(batch), 1)
                 label_outputs.append(state.feed(continuations.repeat(len(batch), 1), logits_to_keep=mask))
             # Every scored label position of the group, projected together too.
-            picked = decoder.log_probs(torch.cat(label_outputs), targets.repeat(rows)[:, None]).view(rows, -1)
+            picked = decoder.log_probs(join_rows(label_outputs), targets.repeat(rows)[:, None]).view(rows, -1)
             totals = first.index_add(1, owners, picked)
             for index, row in zip((i for batch in group for i in batch), totals.tolist(), strict=True):
                 scores[index] = row

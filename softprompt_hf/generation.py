@@ -148,7 +148,7 @@ def _greedy_with_cache(
         live = [(b, state) for b, state in enumerate(states) if state is not None]
         if not live:
             break
-        all_tokens = decoder.argmax(torch.cat([state.last for _, state in live]))
+        all_tokens = decoder.argmax(join_rows([state.last for _, state in live]))
         for (b, state), next_tokens in zip(live, all_tokens.split([len(rows[b]) for b, _ in live]), strict=True):
             tokens = next_tokens.tolist()
             for row, token in zip(rows[b], tokens, strict=True):
@@ -492,6 +492,11 @@ class _CachedDecoder:
         if self.head is not None:
             return self.head.log_probs(outputs, tokens)
         return torch.log_softmax(outputs.float(), dim=-1).gather(-1, tokens)
+
+
+def join_rows(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat`` along the rows, without a copy for a single part (a batch's logits can be large)."""
+    return parts[0] if len(parts) == 1 else torch.cat(list(parts))
 
 
 def _common_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
