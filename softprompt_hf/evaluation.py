@@ -26,6 +26,29 @@ logger = logging.get_logger(__name__)
 
 MODES = ("generate", "rank")
 
+_FSDP_MESSAGE = (
+    "GenerationMetrics cannot score a model sharded by FSDP: decoding runs the model's modules outside FSDP's "
+    "forward, where their parameters are shards (it would fail with \"'weight' must be 2-D\"). Train with DDP "
+    "(recipes/accelerate/multi_gpu.yaml) or DeepSpeed ZeRO-2 (recipes/accelerate/deepspeed_zero2.yaml) to evaluate "
+    "during training; under FSDP, train with --eval_strategy no and score the saved adapter afterwards on one "
+    "process (`softprompt-hf predict`, or GenerationMetrics.evaluate on the loaded model)."
+)
+
+
+def sharded_by_fsdp(model: torch.nn.Module) -> bool:
+    """Whether FSDP (``FullyShardedDataParallel`` or ``fully_shard``) manages ``model`` or any of its modules."""
+    kinds: list[type] = []
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        kinds.append(FullyShardedDataParallel)
+        from torch.distributed.fsdp import FSDPModule
+
+        kinds.append(FSDPModule)
+    except ImportError:  # a torch without distributed support, or without FSDP2
+        pass
+    return bool(kinds) and any(isinstance(module, tuple(kinds)) for module in model.modules())
+
 
 @dataclass
 class Prediction:
@@ -161,6 +184,16 @@ class GenerationMetrics(TrainerCallback):
         # Follow the Trainer's choice of progress bars (--disable_tqdm).
         self._show_progress = not args.disable_tqdm
 
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # The Trainer hands callbacks its prepared model: under FSDP, the wrapper. Refuse before the first step
+        # rather than at the first evaluation.
+        if (
+            model is not None
+            and str(args.eval_strategy) not in ("no", "IntervalStrategy.NO")
+            and sharded_by_fsdp(model)
+        ):
+            raise ValueError(_FSDP_MESSAGE)
+
     @staticmethod
     def preprocess_logits_for_metrics(logits: Any, labels: torch.Tensor) -> torch.Tensor:
         """Drops the logits: the metrics come from generation, and full-vocabulary logits of every eval
@@ -205,6 +238,8 @@ class GenerationMetrics(TrainerCallback):
         ]
 
     def _score(self, model: torch.nn.Module, texts: list[str]) -> tuple[list[str], list[dict[str, float] | None]]:
+        if sharded_by_fsdp(model):
+            raise ValueError(_FSDP_MESSAGE)
         state = PartialState()
         indices = list(range(len(texts)))
         with state.split_between_processes(indices) as mine:

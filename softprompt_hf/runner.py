@@ -253,7 +253,24 @@ def parse_recipe_args(
     for cls in _ARGUMENT_CLASSES:
         names = {f.name for f in fields(cls) if f.init}
         outputs.append(cls(**{name: value for name, value in vars(parsed).items() if name in names}))
+    training_args = outputs[-1]
+    assert isinstance(training_args, TrainingArguments)
+    if fsdp_requested(training_args):
+        raise ValueError(_RECIPES_FSDP_MESSAGE)
     return tuple(outputs)  # type: ignore[return-value]
+
+
+_RECIPES_FSDP_MESSAGE = (
+    "The recipes cannot run under FSDP yet: they score the model with GenerationMetrics (during training and at "
+    "the end, before the adapter is saved), and its decoding runs the model's modules outside FSDP's forward, where "
+    "their parameters are shards. Launch with recipes/accelerate/multi_gpu.yaml (DDP) or "
+    "recipes/accelerate/deepspeed_zero2.yaml instead: the base model is frozen and the soft prompt is tiny."
+)
+
+
+def fsdp_requested(training_args: TrainingArguments) -> bool:
+    """Whether this run is set up for FSDP: ``--fsdp`` or an ``accelerate launch`` FSDP config."""
+    return bool(training_args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
 
 
 def setup_logging(training_args: TrainingArguments) -> None:
@@ -359,7 +376,7 @@ def enable_speed_ups(model: torch.nn.Module, run_args: RunArguments, training_ar
         enable_label_only_logits(model, in_eval=True)
     if not run_args.shared_prompt:
         return
-    if training_args.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
+    if fsdp_requested(training_args):
         logger.info("FSDP: the soft prompt's virtual tokens are computed per row (--shared_prompt needs plain DDP).")
         return
     enable_shared_prompt(model, in_eval=True)  # the same loss; a log line says why if it cannot be exact
