@@ -187,11 +187,7 @@ class GenerationMetrics(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         # The Trainer hands callbacks its prepared model: under FSDP, the wrapper. Refuse before the first step
         # rather than at the first evaluation.
-        if (
-            model is not None
-            and str(args.eval_strategy) not in ("no", "IntervalStrategy.NO")
-            and sharded_by_fsdp(model)
-        ):
+        if model is not None and args.eval_strategy != "no" and sharded_by_fsdp(model):
             raise ValueError(_FSDP_MESSAGE)
 
     @staticmethod

@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import yaml
@@ -253,9 +253,7 @@ def parse_recipe_args(
     for cls in _ARGUMENT_CLASSES:
         names = {f.name for f in fields(cls) if f.init}
         outputs.append(cls(**{name: value for name, value in vars(parsed).items() if name in names}))
-    training_args = outputs[-1]
-    assert isinstance(training_args, TrainingArguments)
-    if fsdp_requested(training_args):
+    if fsdp_requested(cast(TrainingArguments, outputs[-1])):
         raise ValueError(_RECIPES_FSDP_MESSAGE)
     return tuple(outputs)  # type: ignore[return-value]
 
