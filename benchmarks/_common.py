@@ -178,6 +178,19 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def interleaved_times(
+    paths: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu", runs: dict[str, int] | None = None
+) -> dict[str, list[float]]:
+    """Seconds of each of ``paths``, timed ``repeats`` times with the paths' runs interleaved (so that a change
+    of the machine's speed hits all of them alike); ``runs`` caps the runs of slow paths (0 skips one)."""
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for repeat in range(repeats):
+        for name, fn in paths.items():
+            if repeat < (runs or {}).get(name, repeats):
+                times[name].append(timed(fn, device))
+    return times
+
+
 def versions() -> dict[str, str]:
     import accelerate
     import peft

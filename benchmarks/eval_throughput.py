@@ -82,11 +82,7 @@ def run_method(args: argparse.Namespace, method: str, tok: Any, texts: list[str]
         "generate_no_cache": args.no_cache_repeats,
         "rank_no_cache": args.no_cache_repeats,
     }
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    for repeat in range(args.repeats):
-        for name, fn in paths.items():
-            if repeat < runs.get(name, args.repeats):
-                times[name].append(c.timed(fn, args.device))
+    times = c.interleaved_times(paths, args.repeats, args.device, runs)
     speed: dict[str, Any] = {name: len(texts) / c.median(values) if values else "-" for name, values in times.items()}
     speed["seed"] = len(seed_texts) / c.median(times["seed"])
     return [

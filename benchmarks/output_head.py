@@ -58,10 +58,7 @@ def run_shape(args: argparse.Namespace, shape: str, rows: int) -> list[Any]:
         difference = (paths["log_probs_one"]() - paths["log_probs_chunked"]()).abs().max().item()
         if difference > 1e-4:
             raise AssertionError(f"{shape}, {rows} rows: log-probabilities differ by {difference}")
-        times: dict[str, list[float]] = {name: [] for name in paths}
-        for _ in range(args.repeats):
-            for name, fn in paths.items():
-                times[name].append(c.timed(fn, args.device))
+        times = c.interleaved_times(paths, args.repeats, args.device)
     ms = {name: 1e3 * c.median(values) for name, values in times.items()}
     return [
         f"{hidden_size} x {vocab:,}",

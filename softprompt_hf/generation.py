@@ -124,7 +124,10 @@ def generate_label_ids(
                     decoder, [[encoded[i] for i in batch] for batch in group], max_new_tokens, eos
                 )
             else:
-                rows = [_greedy_full_forward(model, [encoded[i] for i in group[0]], max_new_tokens, eos, extra, device)]
+                rows = [
+                    _greedy_full_forward(model, [encoded[i] for i in batch], max_new_tokens, eos, extra, device)
+                    for batch in group
+                ]
             for index, row in zip(
                 (i for batch in group for i in batch), (r for part in rows for r in part), strict=True
             ):
