@@ -2,6 +2,7 @@
 
     python benchmarks/eval_memory.py                    # 512 and 4,096 rows, both modes
     python benchmarks/eval_memory.py --size tiny --rows 64 256
+    python benchmarks/eval_memory.py --size bloomz-560m --device cuda --bf16 --batch_size 32   # on a GPU
 
 Each evaluation runs in a fresh process, which samples its resident memory every few milliseconds; the
 figure is the peak during ``trainer.evaluate()`` minus the resident memory just before it (model, data and
@@ -13,6 +14,9 @@ narrow and shallow (``--size mem``: hidden 128, 2 layers) so that 4,096 rows eva
 The eval loss uses ``enable_label_only_logits(model, in_eval=True)``. The evaluating processes run with
 ``MALLOC_MMAP_THRESHOLD_=65536`` so that resident memory follows live memory (``--glibc_default_allocator``
 turns that off).
+
+With ``--device cuda`` the figure is the GPU memory instead: torch's peak allocated CUDA memory during
+``trainer.evaluate()`` minus what was allocated just before it (the model's weights).
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ import _common as c  # noqa: E402
 MEM_SIZE = c.ModelSize(hidden_size=128, n_layer=2, n_head=4)
 SIZES = {**c.SIZES, "mem": MEM_SIZE}
 HEADERS = ["mode", "rows", "peak during evaluate (MiB)", "seconds", "peak ratio to the smallest set"]
+
+
+def _memory_kind(device: str) -> str:
+    return "GPU memory allocated by torch" if device.startswith("cuda") else "resident memory of the process"
 
 
 def _rss_bytes() -> int:
@@ -61,11 +69,12 @@ class _PeakSampler(threading.Thread):
         return max(self.peak, _rss_bytes())
 
 
-def child(size: str, rows: int, mode: str, batch_size: int, threads: int | None) -> dict[str, Any]:
+def child(args: argparse.Namespace) -> dict[str, Any]:
     """One evaluation in this process; returns its peak memory above the pre-evaluation baseline."""
     import gc
     import tempfile
 
+    import torch
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
@@ -73,35 +82,45 @@ def child(size: str, rows: int, mode: str, batch_size: int, threads: int | None)
     from softprompt_hf.label_logits import enable_label_only_logits
 
     c.quiet()
-    c.set_threads(threads)
+    c.set_threads(args.threads)
+    rows, mode, cuda = args.rows[0], args.modes[0], args.device.startswith("cuda")
     tok = c.tokenizer()
     eval_rows = Dataset.from_list(c.labelled_rows(rows))
-    model = c.soft_prompt_model(c.base_model(SIZES[size]), "prompt_tuning", tok)
+    dtype = torch.bfloat16 if args.bf16 else torch.float32
+    model = c.soft_prompt_model(c.base_model(SIZES[args.size], dtype=dtype, device=args.device), "prompt_tuning", tok)
     enable_label_only_logits(model, in_eval=True)
-    metrics = GenerationMetrics(tok, ["complaint", "no complaint"], eval_rows, mode=mode, batch_size=batch_size)
+    metrics = GenerationMetrics(tok, ["complaint", "no complaint"], eval_rows, mode=mode, batch_size=args.batch_size)
     with tempfile.TemporaryDirectory() as output_dir:
-        args = TrainingArguments(
+        training_args = TrainingArguments(
             output_dir=output_dir,
-            per_device_eval_batch_size=batch_size,
+            per_device_eval_batch_size=args.batch_size,
+            use_cpu=not cuda,
             remove_unused_columns=False,
             report_to=[],
             disable_tqdm=True,
         )
         trainer = Trainer(
             model=model,
-            args=args,
+            args=training_args,
             eval_dataset=eval_rows,
             data_collator=SoftPromptDataCollator(tok),
             **metrics.trainer_kwargs(),
         )
         gc.collect()
-        baseline = _rss_bytes()
-        sampler = _PeakSampler()
-        sampler.start()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            baseline = torch.cuda.memory_allocated()
+        else:
+            baseline = _rss_bytes()
+            sampler = _PeakSampler()
+            sampler.start()
         start = time.perf_counter()
         result = trainer.evaluate()
+        if cuda:
+            torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-        peak = sampler.stop()
+        peak = torch.cuda.max_memory_allocated() if cuda else sampler.stop()
     return {
         "rows": rows,
         "mode": mode,
@@ -127,7 +146,11 @@ def _child_environment(glibc_default: bool) -> dict[str, str]:
 def main(args: argparse.Namespace) -> list[list[Any]]:
     command = "python benchmarks/eval_memory.py" + c.flags(args)
     print(c.header("Peak memory of a full evaluation", command))
-    print(f"Model: {SIZES[args.size].describe()}; prompt tuning; batch {args.batch_size}\n")
+    dtype = "bfloat16" if args.bf16 else "float32"
+    print(
+        f"Model: {SIZES[args.size].describe()}, {dtype}, on {args.device}; prompt tuning; batch {args.batch_size}; "
+        f"memory: {_memory_kind(args.device)}\n"
+    )
     print(c.table(HEADERS, []))
     results = []
     for mode in args.modes:
@@ -135,7 +158,8 @@ def main(args: argparse.Namespace) -> list[list[Any]]:
         for rows in args.rows:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", "--size", args.size, "--batch_size", str(args.batch_size)]
-                + ["--rows", str(rows), "--modes", mode]
+                + ["--rows", str(rows), "--modes", mode, "--device", args.device]
+                + (["--bf16"] if args.bf16 else [])
                 + (["--threads", str(args.threads)] if args.threads else []),
                 check=True,
                 capture_output=True,
@@ -158,6 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, nargs="+", default=[512, 4096])
     parser.add_argument("--modes", nargs="+", default=["generate", "rank"], choices=["generate", "rank"])
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: then the GPU memory is measured.")
+    parser.add_argument("--bf16", action="store_true", help="Run the model in bfloat16.")
     parser.add_argument(
         "--glibc_default_allocator",
         action="store_true",
@@ -172,6 +198,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 if __name__ == "__main__":
     parsed = parse_args()
     if parsed.child:
-        print(json.dumps(child(parsed.size, parsed.rows[0], parsed.modes[0], parsed.batch_size, parsed.threads)))
+        print(json.dumps(child(parsed)))
     else:
         main(parsed)

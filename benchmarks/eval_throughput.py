@@ -8,8 +8,9 @@ For each method, on the same validation rows and model, in one process with the 
 - the seed guide's inference, one ``tokenizer(prompt)`` + ``model.generate`` per row (``PeftModel.generate``,
   which returns wrong tokens with soft prompts on these versions, see the README; it is timed, not scored),
   with the same number of new tokens as ours;
-- ``generate_label_ids`` (what ``GenerationMetrics(mode="generate")`` runs): equal-length prompts batched,
-  soft prompt placed as in training, key/value cache; and the same without the cache (the previous release);
+- ``generate_label_ids`` (what ``GenerationMetrics(mode="generate")`` runs): prompts of mixed lengths batched
+  with masked padding, soft prompt placed as in training, key/value cache, vocabulary projected a chunk at a
+  time; and ``use_cache=False`` (equal-length prompts batched, the whole sequence run at every step);
 - ``rank_labels`` (``mode="rank"``): each prompt run once, the labels scored from its shared cache; and the
   previous release's one forward per prompt + label.
 
