@@ -36,6 +36,32 @@ def test_benchmark_script_runs(script):
     table_rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(table_rows) >= 2, result.stdout  # a header and at least one measured row
     assert "nan" not in result.stdout.lower()
+    if script == "gpu.py":
+        assert [title for title in GPU_PART_TITLES.values() if f"## {title}" not in result.stdout] == []
+
+
+# The title each part of gpu.py prints above its table(s).
+GPU_PART_TITLES = {
+    "train": "Training throughput",
+    "eval": "Evaluation throughput",
+    "ceiling": "Evaluation: the compute-bound ceiling",
+    "memory": "Peak memory of a full evaluation",
+}
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_only_the_parts_asked_for():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu.py"), "--smoke", "--parts", "ceiling", "memory"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    printed = {part for part, title in GPU_PART_TITLES.items() if f"## {title}" in result.stdout}
+    assert printed == {"ceiling", "memory"}, result.stdout
 
 
 def test_every_script_is_smoke_tested():
