@@ -80,8 +80,10 @@ class GenerationMetrics(TrainerCallback):
     - ``"rank"``: rank classification: the log-likelihood of each label's tokens and EOS after the
       prompt, argmax over the label set (always valid); per-label scores are kept.
 
-    Predictions do not depend on batching: prompts of different lengths share a batch only with masked right
-    padding and each row's own positions (see :func:`~softprompt_hf.generation.generate_label_ids`). The
+    Predicted labels do not depend on batching: prompts of different lengths share a batch only with masked
+    right padding and each row's own positions (see :func:`~softprompt_hf.generation.generate_label_ids`);
+    rank scores depend on it only through float rounding (another batch size is another matrix-product
+    shape, about 1e-5 apart in float32), so only labels scored that close together can swap. The
     Trainer keeps no logits (``preprocess_logits_for_metrics`` drops them), so memory does not grow with
     the eval set. With ``TrainingArguments(include_for_metrics=["loss"])`` it also reports the seed guide's
     ``eval_perplexity`` (exp of the mean eval loss). Under ``accelerate launch`` or ``torchrun`` each
@@ -286,7 +288,8 @@ def rank_labels(
 ) -> list[dict[str, float]]:
     """Log-likelihood of each label's tokens and EOS after each text's prompt.
 
-    Scores do not depend on batching. With ``use_cache`` (the default) each prompt is run once, with the soft
+    Scores depend on batching only through float rounding (another batch size is another matrix-product
+    shape: about 1e-5 apart in float32). With ``use_cache`` (the default) each prompt is run once, with the soft
     prompt placed as peft's training forward places it, and all labels are scored from its key/value cache
     in one more forward pass over the label tokens only; prompts of different lengths share a batch where
     the model can be given each token's position (see :func:`~softprompt_hf.generation.generate_label_ids`).

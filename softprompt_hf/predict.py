@@ -135,7 +135,7 @@ def predict(
         mode: ``"generate"`` (greedy decoding of the label, matched to the label set; ``predicted`` is
             ``None`` for an output that matches no label) or ``"rank"`` (the label with the highest
             log-likelihood; per-label ``scores``).
-        batch_size: Prompts per forward pass (results do not depend on it).
+        batch_size: Prompts per forward pass (labels do not depend on it; scores only to float rounding).
         labels: The label texts; default: the adapter's ``softprompt_hf.json``.
         template: The prompt template; default: the adapter's, else the seed guide's.
         text_column: Fills ``{text_column}`` in the template; default: the adapter's.

@@ -47,7 +47,8 @@ def assert_same_predictions(actual, expected):
             assert a.scores is None
         else:
             assert a.scores.keys() == e.scores.keys()
-            torch.testing.assert_close(list(a.scores.values()), list(e.scores.values()), rtol=1e-5, atol=1e-5)
+            # Other batch sizes are other matmul shapes: scores agree to float32 rounding, not exactly.
+            torch.testing.assert_close(list(a.scores.values()), list(e.scores.values()), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("mode", ["generate", "rank"])
@@ -146,7 +147,10 @@ def test_cli_labels_a_file_to_csv_and_stdin_to_jsonl(adapters, tmp_path, monkeyp
     assert list(written.columns) == ["id", "text", "predicted", "output", "score_complaint", "score_no complaint"]
     assert written["id"].tolist() == list(range(100, 107))
     assert written["predicted"].tolist() == [p.predicted for p in expected]
-    torch.testing.assert_close(written["score_complaint"].tolist(), [p.scores["complaint"] for p in expected])
+    # Batch 2 against the default batch: another matmul shape, so the scores agree to float32 rounding only.
+    torch.testing.assert_close(
+        written["score_complaint"].tolist(), [p.scores["complaint"] for p in expected], rtol=1e-4, atol=1e-4
+    )
 
     # Without --text-column: the column the adapter was trained on, else a file's only column.
     again = tmp_path / "again.jsonl"
