@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +30,7 @@ __all__ = [
     "build_peft_config",
     "build_soft_prompt_model",
     "check_training_arguments",
+    "eval_mode",
     "method_name",
 ]
 
@@ -261,6 +264,22 @@ def build_soft_prompt_model(
         100 * trainable / total,
     )
     return peft_model
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put ``model`` in eval mode (no dropout) for the block, then give every submodule back the mode it had.
+
+    Each submodule's own mode is restored, also when the block raises, so a caller's mixture (a model in
+    training with some modules kept in eval) survives.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def method_name(model: PeftModel) -> str:
