@@ -250,8 +250,11 @@ def build_soft_prompt_model(
         # peft would reload the tokenizer from tokenizer_name_or_path (a download, or a path that may not
         # exist); build with a random prompt and copy the init text's embeddings in ourselves instead.
         peft_config.prompt_tuning_init = PromptTuningInit.RANDOM
-        peft_model = get_peft_model(model, peft_config)
-        peft_config.prompt_tuning_init = PromptTuningInit.TEXT
+        try:
+            peft_model = get_peft_model(model, peft_config)
+        finally:
+            # The caller's config (a ready PEFT config is theirs): TEXT again, also if peft raised.
+            peft_config.prompt_tuning_init = PromptTuningInit.TEXT
         _init_prompt_from_text(peft_model, tokenizer, peft_config.prompt_tuning_init_text or "")
     else:
         peft_model = get_peft_model(model, peft_config)
