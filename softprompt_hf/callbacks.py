@@ -168,6 +168,38 @@ def last_complete_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
     return str(max(steps)[1]) if steps else None
 
 
+def _checkpoint_files(folder: Path) -> list[Path]:
+    """The files a checkpoint's marker records: all of them but the marker and hidden temporaries.
+
+    Atomic writes (ours, ``atomic_write_*``) go through a hidden ``.<name>...tmp`` file that is renamed once
+    complete; such a file, in any subfolder, is still being written (or was left by a crash) and is no part of
+    the checkpoint, so a path with any hidden part is left out.
+    """
+    return [
+        path
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+        and path.name != CHECKPOINT_MARKER_NAME
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    ]
+
+
+def _wait_for_every_process(args: TrainingArguments) -> None:
+    """Return once every process of a distributed run got here (at once without a process group).
+
+    transformers 5.24's ``Trainer._save_checkpoint`` has every process write its own ``rng_state_<rank>.pth``
+    and then calls ``on_save`` with no barrier in between (pitfall 17 in the project notes): the main process
+    must wait for the others before it hashes the folder, or the marker misses or mis-hashes their files.
+    """
+    if args.world_size <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    distributed_state = getattr(args, "distributed_state", None)
+    if distributed_state is not None:
+        distributed_state.wait_for_everyone()
+    else:
+        torch.distributed.barrier()
+
+
 def _needs_module_state(model: PeftModel, adapter_name: str) -> bool:
     # For these, peft's adapter file holds the encoder's *output*, which cannot be loaded back into the
     # encoder's input (P-tuning would apply its MLP twice; the prefix projection's shapes differ).
@@ -217,7 +249,8 @@ class SoftPromptCheckpointCallback(TrainerCallback):
 
     - writes the trainable modules (``SOFT_PROMPT_STATE_NAME``) into every checkpoint, then a marker with the
       SHA-256 of every file (``CHECKPOINT_MARKER_NAME``: a checkpoint without it is incomplete), and records
-      the newest complete checkpoint in ``output_dir/last_complete_checkpoint.json``;
+      the newest complete checkpoint in ``output_dir/last_complete_checkpoint.json``. In a distributed run the
+      main process first waits for every process to finish its part of the checkpoint (its RNG state);
     - makes the model load those modules whenever the Trainer loads a checkpoint into it. The Trainer itself
       restores the optimizer, the scheduler, the RNG states and the data order.
 
@@ -235,6 +268,8 @@ class SoftPromptCheckpointCallback(TrainerCallback):
             _install_checkpoint_loader(_peft_model(model))
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
+        # Every process gets here (the Trainer calls on_save on all of them), so all of them reach the barrier.
+        _wait_for_every_process(args)
         if not args.should_save:
             return
         folder = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
@@ -242,11 +277,7 @@ class SoftPromptCheckpointCallback(TrainerCallback):
             logger.warning(f"Expected the Trainer's checkpoint at {folder}; no soft-prompt state written.")
             return
         save_soft_prompt_state(kwargs["model"], folder)
-        files = {
-            path.relative_to(folder).as_posix(): _sha256(path)
-            for path in sorted(folder.rglob("*"))
-            if path.is_file() and path.name != CHECKPOINT_MARKER_NAME and not path.name.startswith(".")
-        }
+        files = {path.relative_to(folder).as_posix(): _sha256(path) for path in _checkpoint_files(folder)}
         record = {"format": _FORMAT_VERSION, "global_step": state.global_step, "files": files}
         atomic_write_json(folder / CHECKPOINT_MARKER_NAME, record)
         atomic_write_json(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -94,7 +94,9 @@ class GenerationMetrics(TrainerCallback):
         tokenizer: The model's tokenizer.
         labels: The label texts, e.g. ``data.classes`` (``["complaint", "no complaint"]``).
         eval_rows: The rows to score (a ``datasets.Dataset`` or a list of dicts), with the text and gold
-            label text columns; usually the same rows as ``eval_dataset``.
+            label text columns: the Trainer's ``eval_dataset``. In the Trainer, ``compute_metrics`` refuses
+            (``ValueError``) an eval set of another row count, or, when its text column is there, of other
+            texts; so with a dict of eval datasets, each set must be these rows (in any order).
         text_column: Column holding the text.
         target_column: Column holding the gold label text.
         id_column: Optional column identifying rows, carried into the predictions.
@@ -131,6 +133,7 @@ class GenerationMetrics(TrainerCallback):
 
     def __post_init__(self) -> None:
         self._show_progress = True
+        self._trainer_eval_dataloader: Any = None
         if self.mode not in MODES:
             raise ValueError(f"Unknown mode {self.mode!r}; choose one of {list(MODES)}.")
         self.labels = check_label_set(self.labels)
@@ -192,6 +195,10 @@ class GenerationMetrics(TrainerCallback):
         if model is not None and args.eval_strategy != "no" and sharded_by_fsdp(model):
             raise ValueError(_FSDP_MESSAGE)
 
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        # The dataloader the Trainer is evaluating right now: __call__ checks that its rows are ours.
+        self._trainer_eval_dataloader = eval_dataloader
+
     @staticmethod
     def preprocess_logits_for_metrics(logits: Any, labels: torch.Tensor) -> torch.Tensor:
         """Drops the logits: the metrics come from generation, and full-vocabulary logits of every eval
@@ -204,12 +211,35 @@ class GenerationMetrics(TrainerCallback):
                 "GenerationMetrics has no model: pass it to the Trainer with `**metrics.trainer_kwargs()` (it is "
                 "also a callback that receives the model), or set `metrics.model = model`."
             )
+        if eval_prediction is not None:
+            self._check_trainer_rows(eval_prediction)
         metrics = self.evaluate(self.model)
         losses = getattr(eval_prediction, "losses", None)
         if losses is not None and np.size(losses):
             # The seed guide's eval perplexity: exp of the mean per-example eval loss.
             metrics["perplexity"] = math.exp(float(np.mean(losses)))
         return metrics
+
+    def _check_trainer_rows(self, eval_prediction: Any) -> None:
+        """Refuse to score other rows than those the Trainer evaluated: the metrics would describe another set."""
+        dataloader, self._trainer_eval_dataloader = self._trainer_eval_dataloader, None
+        dataset = getattr(dataloader, "dataset", None)
+        # transformers 5.24's evaluation_loop gathers every process's predictions with gather_for_metrics,
+        # which drops the rows repeated to even out the last batches when the dataset has a length: the count is
+        # the eval set's under DDP too. An iterable dataset split between processes may keep such repeats.
+        uneven = isinstance(dataset, torch.utils.data.IterableDataset) and PartialState().num_processes > 1
+        count = _prediction_rows(eval_prediction)
+        if count is not None and count != len(self._texts) and not uneven:
+            raise ValueError(
+                f"The Trainer evaluated {count} rows, but this GenerationMetrics scores its own {len(self._texts)} "
+                f"eval rows: its metrics would describe other rows than the Trainer's eval set. {_SAME_ROWS_ADVICE}"
+            )
+        texts = _column(dataset, self.text_column)
+        if texts is not None and Counter(map(str, texts)) != Counter(self._texts):
+            raise ValueError(
+                f"The Trainer's eval set ({len(texts)} rows) holds other {self.text_column!r} texts than the rows "
+                f"this GenerationMetrics scores: its metrics would describe other rows. {_SAME_ROWS_ADVICE}"
+            )
 
     # -- Scoring ---------------------------------------------------------------------------------
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
@@ -271,6 +301,41 @@ class GenerationMetrics(TrainerCallback):
         if len(gathered) != len(texts):
             raise RuntimeError(f"Gathered {len(gathered)} predictions for {len(texts)} eval rows.")
         return [o for o, _ in gathered], [s for _, s in gathered]
+
+
+_SAME_ROWS_ADVICE = (
+    "Give GenerationMetrics the rows of the Trainer's eval_dataset (eval_rows=the same dataset). A dict of eval "
+    "datasets is evaluated with one compute_metrics, which scores one set of rows: keep in it only that set "
+    "(under any names), and score each other set with its own GenerationMetrics, e.g. "
+    "GenerationMetrics(tokenizer, labels, other_rows).evaluate(model)."
+)
+
+
+def _prediction_rows(eval_prediction: Any) -> int | None:
+    """How many rows an ``EvalPrediction`` holds (None if it cannot tell): the leading size of its predictions
+    (one number per row from ``preprocess_logits_for_metrics``) or labels, summed over the per-batch arrays of
+    ``eval_do_concat_batches=False``."""
+    for value in (getattr(eval_prediction, "predictions", None), getattr(eval_prediction, "label_ids", None)):
+        if isinstance(value, np.ndarray | torch.Tensor) and value.ndim:
+            return int(value.shape[0])
+        if (
+            isinstance(value, list)
+            and value
+            and all(isinstance(v, np.ndarray | torch.Tensor) and v.ndim for v in value)
+        ):
+            return sum(int(v.shape[0]) for v in value)
+    return None
+
+
+def _column(dataset: Any, name: str) -> list[Any] | None:
+    """The ``name`` column of a ``datasets.Dataset`` or a list of dicts; None when it has none (the Trainer's
+    ``remove_unused_columns`` drops it) or is something else (an iterable dataset)."""
+    columns = getattr(dataset, "column_names", None)
+    if columns is not None:
+        return list(dataset[name]) if name in columns else None
+    if isinstance(dataset, list) and dataset and all(isinstance(row, Mapping) and name in row for row in dataset):
+        return [row[name] for row in dataset]
+    return None
 
 
 @torch.no_grad()

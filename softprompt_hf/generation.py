@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import inspect
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import torch
 from peft import PeftModel, PeftType
@@ -15,6 +15,7 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.utils import logging
 
+from .methods import eval_mode
 from .output_head import ChunkedOutputHead
 from .prompt import PromptTemplate
 
@@ -56,6 +57,25 @@ def generate_label_texts(
     ]
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _in_eval_mode(
+    function: Callable[Concatenate[torch.nn.Module, _P], _R],
+) -> Callable[Concatenate[torch.nn.Module, _P], _R]:
+    """Run ``function(model, ...)`` with the model in eval mode (no dropout); every module gets its mode back
+    afterwards, also when ``function`` raises (``softprompt_hf.methods.eval_mode``)."""
+
+    @functools.wraps(function)
+    def with_eval_mode(model: torch.nn.Module, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with eval_mode(model):
+            return function(model, *args, **kwargs)
+
+    return with_eval_mode
+
+
+@_in_eval_mode
 @torch.no_grad()
 def generate_label_ids(
     model: torch.nn.Module,
@@ -107,8 +127,6 @@ def generate_label_ids(
     """
     template = template or PromptTemplate()
     encoded = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     decoder = _CachedDecoder(model, encoded) if use_cache and _CachedDecoder.supports(model) else None
     extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
@@ -133,7 +151,6 @@ def generate_label_ids(
             ):
                 outputs[index] = row[: row.index(eos) + 1] if eos in row else row
             progress.update(len(group))
-    model.train(was_training)
     return outputs
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +30,7 @@ __all__ = [
     "build_peft_config",
     "build_soft_prompt_model",
     "check_training_arguments",
+    "eval_mode",
     "method_name",
 ]
 
@@ -247,8 +250,11 @@ def build_soft_prompt_model(
         # peft would reload the tokenizer from tokenizer_name_or_path (a download, or a path that may not
         # exist); build with a random prompt and copy the init text's embeddings in ourselves instead.
         peft_config.prompt_tuning_init = PromptTuningInit.RANDOM
-        peft_model = get_peft_model(model, peft_config)
-        peft_config.prompt_tuning_init = PromptTuningInit.TEXT
+        try:
+            peft_model = get_peft_model(model, peft_config)
+        finally:
+            # The caller's config (a ready PEFT config is theirs): TEXT again, also if peft raised.
+            peft_config.prompt_tuning_init = PromptTuningInit.TEXT
         _init_prompt_from_text(peft_model, tokenizer, peft_config.prompt_tuning_init_text or "")
     else:
         peft_model = get_peft_model(model, peft_config)
@@ -261,6 +267,22 @@ def build_soft_prompt_model(
         100 * trainable / total,
     )
     return peft_model
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Put ``model`` in eval mode (no dropout) for the block, then give every submodule back the mode it had.
+
+    Each submodule's own mode is restored, also when the block raises, so a caller's mixture (a model in
+    training with some modules kept in eval) survives.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def method_name(model: PeftModel) -> str:

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from transformers.utils import logging
 
-from .methods import method_name
+from .methods import eval_mode, method_name
 
 logger = logging.get_logger(__name__)
 
@@ -173,7 +173,8 @@ def save_adapter(
 
     Args:
         model: The ``PeftModel`` (trained in memory: prompt tuning's embeddings, P-tuning's encoder output
-            and the prefix projection's output are computed by peft's ``save_pretrained``).
+            and the prefix projection's output are computed by peft's ``save_pretrained``, with the model in
+            eval mode so that no dropout is applied; every module's mode is given back afterwards).
         output_dir: The adapter's own folder. It is replaced as a whole, so it may only hold a previous
             adapter (a Trainer ``output_dir`` with checkpoints is refused).
         tokenizer: Saved beside the adapter, so that the folder (or its Hub repository) is self-contained.
@@ -211,9 +212,12 @@ def save_adapter(
                     tokenizer_path = getattr(config, "tokenizer_name_or_path", None)
                     if tokenizer_path and os.path.isdir(tokenizer_path):
                         config.tokenizer_name_or_path = base_model_id
+            # peft computes the saved prompt by running the trained modules (P-tuning's encoder, the prefix
+            # projection): in eval mode, or their dropout would be baked into the adapter.
             # save_embedding_layers=False: soft prompts never train the embedding matrix, and "auto" would look
             # the base model up (on the Hub) to decide.
-            model.save_pretrained(str(folder), save_embedding_layers=False)
+            with eval_mode(model):
+                model.save_pretrained(str(folder), save_embedding_layers=False)
         finally:
             for name, (base_path, tokenizer_path) in previous.items():
                 configs[name].base_model_name_or_path = base_path

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +67,60 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path, method, prefix_
         tmp_path / "fresh", method, prefix_projection=prefix_projection, max_steps=MAX_STEPS - SAVE_STEPS
     )
     assert any(not torch.allclose(trainable(started_over)[n], want[n]) for n in want)
+
+
+@pytest.mark.distributed
+def test_ddp_markers_wait_for_every_process_rng_state(tmp_path):
+    """Two processes, a checkpoint every step, process 1 late with its RNG state: every marker still lists and
+    correctly hashes every file of its checkpoint, and both processes resume from them."""
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(SCRIPTS / "ddp_checkpoints.py"), str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report == {"num_processes": 2, "first_steps": 3, "resumed_steps": 5}
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    assert [path.name for path in checkpoints] == [f"checkpoint-{step}" for step in range(1, 6)]
+    for folder in checkpoints:
+        files = json.loads((folder / CHECKPOINT_MARKER_NAME).read_text())["files"]
+        on_disk = {
+            path.relative_to(folder).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in folder.rglob("*")
+            if path.is_file() and path.name != CHECKPOINT_MARKER_NAME
+        }
+        assert {"rng_state_0.pth", "rng_state_1.pth", SOFT_PROMPT_STATE_NAME} <= files.keys(), folder.name
+        assert files == on_disk, folder.name
+    assert last_complete_checkpoint(out) == str(out / "checkpoint-5")
+    assert json.loads((out / LAST_CHECKPOINT_NAME).read_text())["global_step"] == 5
+
+
+def test_marker_leaves_out_files_still_being_written(tmp_path, monkeypatch):
+    """A folder being filled through replace_folder (a hidden ``.<name>.tmp-*`` folder) or an atomic write's hidden
+    temporary is not part of the checkpoint: the marker must not record a half-written file."""
+    save_rng_state = Trainer._save_rng_state
+
+    def with_writes_in_flight(self, output_dir):
+        save_rng_state(self, output_dir)
+        (Path(output_dir) / ".adapter.tmp-1234").mkdir()
+        (Path(output_dir) / ".adapter.tmp-1234" / "adapter_model.safetensors").write_bytes(b"half")
+        (Path(output_dir) / "extra").mkdir()
+        (Path(output_dir) / "extra" / ".notes.json.5678.tmp").write_text("{")
+
+    monkeypatch.setattr(Trainer, "_save_rng_state", with_writes_in_flight)
+    out = tmp_path / "run"
+    run(out, "prompt_tuning", max_steps=SAVE_STEPS)
+    folder = out / f"checkpoint-{SAVE_STEPS}"
+    files = json.loads((folder / CHECKPOINT_MARKER_NAME).read_text())["files"]
+    assert {"rng_state.pth", SOFT_PROMPT_STATE_NAME, "trainer_state.json"} <= files.keys()
+    assert not [name for name in files if any(part.startswith(".") for part in name.split("/"))]
+    # The half-written file may change or vanish later: the checkpoint is still complete.
+    (folder / ".adapter.tmp-1234" / "adapter_model.safetensors").write_bytes(b"complete")
+    trainer = run(out, "prompt_tuning", train=False)
+    load_soft_prompt_state(trainer.model, folder)
 
 
 def test_resume_without_the_callback_corrupts_p_tuning(tmp_path):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import ARCHS, METHODS, labelled_rows, model_config, tiny_soft_prompt_model
 from datasets import Dataset
 from tokenizers import normalizers
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer, EvalPrediction, Trainer, TrainingArguments
 
 from softprompt_hf import (
     GenerationMetrics,
@@ -252,3 +253,55 @@ def test_rank_projects_only_the_positions_it_scores(tokenizer, method, monkeypat
     per_prompt = 1 + sum(len(encode_target(tokenizer, label)) - 1 for label in labels)
     assert sum(projected) == len(texts) * per_prompt
     assert sum(by_the_model) == 1
+
+
+def _tiny_trainer(tmp_path, tokenizer, model_dirs, metrics, eval_dataset, **args):
+    model = build_soft_prompt_model(
+        AutoModelForCausalLM.from_pretrained(model_dirs["gpt2"]), method="p_tuning", num_virtual_tokens=4
+    )
+    values = {"per_device_eval_batch_size": 5, "remove_unused_columns": False, "report_to": [], **args}
+    return Trainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path), **values),
+        eval_dataset=eval_dataset,
+        data_collator=SoftPromptDataCollator(tokenizer),
+        **metrics.trainer_kwargs(),
+    )
+
+
+def test_an_eval_set_of_another_size_is_refused(tmp_path, tokenizer, model_dirs):
+    rows = labelled_rows(12)
+    metrics = GenerationMetrics(tokenizer, LABELS, rows)
+    trainer = _tiny_trainer(tmp_path, tokenizer, model_dirs, metrics, Dataset.from_list(rows[:10]))
+    with pytest.raises(ValueError, match=r"evaluated 10 rows.*its own 12 eval rows.*eval_rows=the same dataset"):
+        trainer.evaluate()
+    # The count alone, as the Trainer hands it over (also per batch: eval_do_concat_batches=False).
+    with pytest.raises(ValueError, match=r"evaluated 10 rows"):
+        metrics(EvalPrediction(predictions=np.zeros(10), label_ids=np.zeros((10, 3))))
+    with pytest.raises(ValueError, match=r"evaluated 10 rows"):
+        metrics(EvalPrediction(predictions=[np.zeros(5), np.zeros(5)], label_ids=[np.zeros((5, 3))] * 2))
+    # The same rows are scored, also when the Trainer keeps its predictions per batch.
+    same = _tiny_trainer(
+        tmp_path, tokenizer, model_dirs, metrics, Dataset.from_list(rows), eval_do_concat_batches=False
+    )
+    assert same.evaluate()["eval_accuracy"] == pytest.approx(metrics.evaluate(same.model)["accuracy"])
+
+
+def test_eval_sets_of_other_rows_are_refused_and_sets_of_the_same_rows_scored(tmp_path, tokenizer, model_dirs):
+    rows = labelled_rows(12)
+    other = labelled_rows(12, seed=1)
+    assert sorted(r["Tweet text"] for r in other) != sorted(r["Tweet text"] for r in rows)
+    metrics = GenerationMetrics(tokenizer, LABELS, rows)
+    # Same size, other texts: the count cannot tell, the Trainer's dataset can.
+    sets = {"validation": Dataset.from_list(rows), "other": Dataset.from_list(other)}
+    trainer = _tiny_trainer(tmp_path, tokenizer, model_dirs, metrics, sets)
+    with pytest.raises(ValueError, match=r"holds other 'Tweet text' texts.*dict of eval datasets"):
+        trainer.evaluate()
+    # A dict of these rows (in any order) is scored, each entry with the scores of these rows.
+    sets = {"validation": Dataset.from_list(rows), "shuffled": Dataset.from_list(rows[::-1])}
+    trainer = _tiny_trainer(tmp_path, tokenizer, model_dirs, metrics, sets)
+    result = trainer.evaluate()
+    expected = metrics.evaluate(trainer.model)
+    for name in sets:
+        assert result[f"eval_{name}_f1"] == pytest.approx(expected["f1"])
+        assert result[f"eval_{name}_accuracy"] == pytest.approx(expected["accuracy"])

@@ -33,6 +33,9 @@ def test_two_processes_split_the_rows_and_agree_with_one(tmp_path, mode):
     assert run.returncode == 0, run.stderr[-3000:]
     reports = [json.loads((tmp_path / f"process{i}.json").read_text()) for i in range(2)]
     assert all(r["num_processes"] == 2 for r in reports)
+    # The Trainer's gathered predictions count the eval set's rows once each (45 rows, batches of 8 on each of
+    # the 2 processes); for another set, every process refuses.
+    assert all("The Trainer evaluated 40 rows" in r["refusal"] for r in reports)
 
     data = load_raft(data_files=EMBEDDED_DATA_FILES, validation_size=45, seed=0)
     texts = list(data.validation["Tweet text"])

@@ -51,6 +51,25 @@ def test_generation_restores_training_mode(tokenizer):
     assert model.training
 
 
+def test_generation_restores_every_modules_mode_when_it_fails(tokenizer, monkeypatch):
+    model = tiny_soft_prompt_model(tokenizer, "gpt2", "p_tuning")
+    model.train()
+    model.get_base_model().lm_head.eval()  # the caller's mixture comes back as it was
+    modes = {name: module.training for name, module in model.named_modules()}
+    seen = []
+
+    def failing_decode(*args, **kwargs):
+        seen.append(model.training)
+        raise RuntimeError("decoding failed")
+
+    monkeypatch.setattr(generation, "_greedy_with_cache", failing_decode)
+    monkeypatch.setattr(generation, "_greedy_full_forward", failing_decode)
+    with pytest.raises(RuntimeError, match="decoding failed"):
+        generate_label_ids(model, tokenizer, ["@Acme hi"], max_new_tokens=1, show_progress=False)
+    assert seen == [False]  # decoding ran in eval mode
+    assert {name: module.training for name, module in model.named_modules()} == modes
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("Complaint.", "complaint"), ("  no   complaint !", "no complaint"), ("No Complaint", "no complaint")],

@@ -12,6 +12,7 @@ from softprompt_hf import (
     build_peft_config,
     build_soft_prompt_model,
 )
+from softprompt_hf.methods import eval_mode
 
 # bigscience/bloomz-560m's architecture, from its config.json.
 BLOOMZ_560M = {"vocab_size": 250880, "hidden_size": 1024, "n_layer": 24, "n_head": 16}
@@ -164,3 +165,32 @@ def test_arguments_parse_from_command_line():
     assert isinstance(config, PromptEncoderConfig)
     assert config.num_virtual_tokens == 12
     assert config.encoder_reparameterization_type.value == "LSTM"
+
+
+def test_text_init_config_is_given_back_when_peft_fails(tokenizer, monkeypatch):
+    import softprompt_hf.methods as methods
+
+    config = build_peft_config(method="prompt_tuning", tokenizer=tokenizer)
+    assert config.prompt_tuning_init == PromptTuningInit.TEXT
+    seen = []
+
+    def failing_get_peft_model(model, peft_config):
+        seen.append(peft_config.prompt_tuning_init)
+        raise RuntimeError("peft failed")
+
+    monkeypatch.setattr(methods, "get_peft_model", failing_get_peft_model)
+    with pytest.raises(RuntimeError, match="peft failed"):
+        build_soft_prompt_model(tiny_model(vocab_size=len(tokenizer)), config, tokenizer=tokenizer)
+    assert seen == [PromptTuningInit.RANDOM]  # built with a random prompt, the text copied in afterwards
+    assert config.prompt_tuning_init == PromptTuningInit.TEXT  # the caller's config, as it was
+
+
+def test_eval_mode_gives_every_module_its_mode_back_also_on_errors():
+    model = tiny_model()
+    model.train()
+    model.transformer.h[0].eval()
+    modes = {name: module.training for name, module in model.named_modules()}
+    with pytest.raises(RuntimeError, match="inside"), eval_mode(model):
+        assert not any(module.training for module in model.modules())
+        raise RuntimeError("inside")
+    assert {name: module.training for name, module in model.named_modules()} == modes

@@ -6,8 +6,12 @@ import os
 import stat
 
 import pytest
-from conftest import tiny_soft_prompt_model
+import torch
+from conftest import model_config, tiny_soft_prompt_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
+from softprompt_hf import build_soft_prompt_model
 from softprompt_hf.saving import atomic_write_json, atomic_write_text, replace_folder, save_adapter
 
 
@@ -92,3 +96,49 @@ def test_base_model_id_also_replaces_a_local_tokenizer_path(tmp_path, tokenizer,
     assert str(tokenizer_dir) not in config and str(model_dirs["bloom"]) not in config
     assert '"tokenizer_name_or_path": "org/base"' in config
     assert model.peft_config["default"].tokenizer_name_or_path == str(tokenizer_dir)
+
+
+def _lstm_p_tuning_with_dropout(tokenizer):
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(model_config("bloom", len(tokenizer)))
+    return build_soft_prompt_model(
+        base,
+        method="p_tuning",
+        num_virtual_tokens=4,
+        encoder_reparameterization_type="LSTM",
+        encoder_hidden_size=16,
+        encoder_dropout=0.5,
+    )
+
+
+def test_save_adapter_saves_the_prompt_without_dropout_and_gives_the_modes_back(tmp_path, tokenizer):
+    model = _lstm_p_tuning_with_dropout(tokenizer)
+    model.train()
+    model.get_base_model().eval()  # the caller's own mixture of modes is what must come back
+    modes = {name: module.training for name, module in model.named_modules()}
+    torch.manual_seed(1)
+    target = save_adapter(model, tmp_path / "adapter")
+    assert {name: module.training for name, module in model.named_modules()} == modes
+    saved = load_file(str(target / "adapter_model.safetensors"))["prompt_embeddings"]
+    with torch.no_grad():
+        dropped = model.get_prompt_embedding_to_save("default")  # still in train mode: dropout applied
+        model.eval()
+        without_dropout = model.get_prompt_embedding_to_save("default")
+    assert (dropped - without_dropout).abs().max() > 1e-3  # the dropout is real, so the test can tell
+    torch.testing.assert_close(saved, without_dropout, rtol=0, atol=1e-6)
+
+
+def test_save_adapter_gives_the_modes_back_when_saving_fails(tmp_path, tokenizer, monkeypatch):
+    model = _lstm_p_tuning_with_dropout(tokenizer)
+    model.train()
+    seen = []
+
+    def broken_save_pretrained(path, **kwargs):
+        seen.append(model.training)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model, "save_pretrained", broken_save_pretrained)
+    with pytest.raises(OSError, match="disk full"):
+        save_adapter(model, tmp_path / "adapter")
+    assert seen == [False]  # the save ran in eval mode
+    assert all(module.training for module in model.modules())

@@ -54,9 +54,17 @@ def main(out_dir: str, mode: str) -> None:
         **metrics.trainer_kwargs(),
     )
     result = trainer.evaluate()
+    scored_rows = list(scored)
+    # Another eval set (40 of the 45 rows): every process gets the gathered count and refuses the same way.
+    try:
+        trainer.evaluate(eval_dataset=data.validation.select(range(40)))
+        refusal = None
+    except ValueError as error:
+        refusal = str(error)
     state = PartialState()
     with open(os.path.join(out_dir, f"process{state.process_index}.json"), "w") as f:
-        json.dump({"num_processes": state.num_processes, "metrics": result, "scored": scored}, f)
+        report = {"num_processes": state.num_processes, "metrics": result, "scored": scored_rows, "refusal": refusal}
+        json.dump(report, f)
     close_distributed()  # without it, a process can abort at exit (gloo), failing the run after its work
 
 
