@@ -209,6 +209,25 @@ def test_sliding_window_batched_decoding_equals_one_by_one_and_the_full_forward(
 
 
 @pytest.mark.parametrize("arch", SLIDING_ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_soft_prompt_longer_than_the_sliding_window_decodes_as_the_training_forward(tokenizer, arch, method):
+    """24 virtual tokens fill the whole window: Gemma 3's sliding cache layer keeps only the last window - 1 of them
+    (prefix tuning's key/values too, as in peft's training forward), Mistral's prefix-tuning cache keeps them all and
+    its mask drops them; cached, batched decoding still picks the training forward's tokens."""
+    from softprompt_hf import build_soft_prompt_model
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer)))
+    model = build_soft_prompt_model(base, method=method, prompt_tuning_init="RANDOM", num_virtual_tokens=24)
+    tokenizer.eos_token = "<unk>"  # never picked by the random model: every row decodes all 4 steps
+    texts = window_crossing_texts()[::2]
+    options = {"max_new_tokens": 4, "show_progress": False}
+    cached = generate_label_ids(model, tokenizer, texts, batch_size=len(texts), **options)
+    assert cached == generate_label_ids(model, tokenizer, texts, use_cache=False, **options)
+    assert len({tuple(row) for row in cached}) > 1, "all rows generated the same tokens: the test would be blind"
+
+
+@pytest.mark.parametrize("arch", SLIDING_ARCHS)
 def test_sliding_window_prompts_share_a_padded_batch_only_within_the_window(tokenizer, arch):
     """Prompts that fit in the window with their new tokens still share padded batches; the others are batched by
     equal length, without padding."""
