@@ -274,7 +274,8 @@ def test_shared_key_values_count_every_position_on_sliding_window_layers(tokeniz
 
 
 def test_soft_prompt_beyond_the_sliding_window_is_warned_about(tokenizer, monkeypatch):
-    """Past the window, a sliding layer no longer attends to the soft prompt (pitfall 4): say so, once per call."""
+    """Past the window, a sliding layer no longer attends to the soft prompt (pitfall 4): say so (one warning per
+    call here; `warning_once` logs it once per model and settings)."""
     model = tiny_soft_prompt_model(tokenizer, "mistral", "prompt_tuning")
     warned: list[str] = []
     monkeypatch.setattr(generation.logger, "warning_once", lambda message, *args: warned.append(message % args))
