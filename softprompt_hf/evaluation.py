@@ -81,7 +81,8 @@ class GenerationMetrics(TrainerCallback):
       prompt, argmax over the label set (always valid); per-label scores are kept.
 
     Predicted labels do not depend on batching: prompts of different lengths share a batch only with masked
-    right padding and each row's own positions (see :func:`~softprompt_hf.generation.generate_label_ids`);
+    right padding and each row's own positions, and with sliding-window attention only within the window (see
+    :func:`~softprompt_hf.generation.generate_label_ids`);
     rank scores depend on it only through float rounding (another batch size is another matrix-product
     shape, about 1e-5 apart in float32), so only labels scored that close together can swap. The
     Trainer keeps no logits (``preprocess_logits_for_metrics`` drops them), so memory does not grow with
@@ -398,7 +399,7 @@ def _rank_with_shared_prompt(
     targets = torch.tensor([token for ids in label_ids for token in ids[1:]], device=device)
     owners = torch.tensor([j for j, ids in enumerate(label_ids) for _ in ids[1:]], device=device)
     scores: list[list[float]] = [[] for _ in prompts]
-    batches = decoder.batches(prompts, batch_size)
+    batches = decoder.batches(prompts, batch_size, new_tokens=longest - 1)  # all label tokens but the EOS are fed
     per_group = decoder.batches_per_projection(batch_size)
     with tqdm(total=len(batches), desc="Ranking labels", disable=not show_progress) as progress:
         for start in range(0, len(batches), per_group):

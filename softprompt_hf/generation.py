@@ -12,7 +12,7 @@ import torch
 from peft import PeftModel, PeftType
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedTokenizerBase
-from transformers.cache_utils import Cache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 from transformers.utils import logging
 
 from .methods import eval_mode
@@ -97,14 +97,19 @@ def generate_label_ids(
     virtual token embeddings in front of the prompt's, or prefix tuning's key/values as the initial cache)
     and the base model is run with a key/value cache, so each new token costs one position instead of the
     whole sequence. ``use_cache=False`` runs the model's full training forward on the whole sequence at
-    every step instead; both give the same tokens (tested for the three methods on GPT-2, Llama and Bloom).
+    every step instead; both give the same tokens (tested for the three methods on GPT-2, Llama, Bloom, and
+    Mistral and Gemma 3 with small sliding windows).
 
     Batched results equal one-by-one results. Left padding, as ``generate()`` uses, would put pads between the
     virtual tokens and the text and shift positions with prompt tuning and P-tuning; instead, with the cache,
     prompts are sorted by length and padded on the right, the padding is masked out, and each row's new
     tokens get the positions that follow its own prompt (for models that take ``position_ids`` or, like Bloom,
     derive positions from the attention mask; other models, and ``use_cache=False``, batch prompts of equal
-    length only, with no padding at all).
+    length only, with no padding at all). transformers places a sliding window (Mistral, Gemma's local layers) by
+    cache slot, so pads would take the place of a row's own tokens in it: there, prompts of different lengths
+    share a batch only while the virtual tokens, the longest prompt and the new tokens fit in the smallest window,
+    and longer prompts are batched by equal length (logged once: past the window, those layers no longer attend
+    to the whole soft prompt, in training as here).
 
     The greedy token is the argmax of the output layer's projection onto the vocabulary, computed a chunk of the
     vocabulary at a time without materialising the logits (:class:`~softprompt_hf.output_head.ChunkedOutputHead`,
@@ -131,7 +136,11 @@ def generate_label_ids(
     decoder = _CachedDecoder(model, encoded) if use_cache and _CachedDecoder.supports(model) else None
     extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
     eos = tokenizer.eos_token_id
-    batches = decoder.batches(encoded, batch_size) if decoder is not None else equal_length_batches(encoded, batch_size)
+    # Every generated token but the last is fed back after its prompt.
+    if decoder is not None:
+        batches = decoder.batches(encoded, batch_size, new_tokens=max_new_tokens - 1)
+    else:
+        batches = equal_length_batches(encoded, batch_size)
     outputs: list[list[int]] = [[] for _ in texts]
     per_group = decoder.batches_per_projection(batch_size) if decoder is not None else 1
     with tqdm(total=len(batches), desc="Generating labels", disable=not show_progress) as progress:
@@ -296,6 +305,15 @@ class _CachedDecoder:
     follow its own prompt, so every row computes what it computes alone. Other models get equal-length
     batches without padding.
 
+    Sliding-window attention (Mistral; Gemma 2/3 local layers) is placed by cache slot, not by position: in
+    transformers 5.24 a query at slot ``s`` sees slots ``s - window + 1 ... s``, and a sliding cache layer keeps only
+    the last ``window - 1`` of them. A row's pads take slots between its prompt and its new tokens, so its new
+    tokens would see fewer of its own tokens than alone. Padding is therefore used only while a batch's slots all
+    fit in the smallest window (virtual tokens + longest prompt + the tokens fed after it, see :meth:`batches`),
+    where no window cuts anything; longer prompts are batched by equal length, without padding, which is exact
+    (:meth:`run` refuses any padded batch beyond the window). Models with layers that keep other state
+    (recurrent, linear attention), which pads would enter, get equal-length batches only.
+
     Where the model's logits are the output of a plain linear layer, the decoder applies that layer itself, a
     chunk of the vocabulary at a time (:class:`~softprompt_hf.output_head.ChunkedOutputHead`), and keeps only
     what decoding and ranking need (the argmax, a few log-probabilities): ``run`` then returns the layer's
@@ -316,7 +334,12 @@ class _CachedDecoder:
         self._keep = "logits_to_keep" in parameters
         self._positions = "position_ids" in parameters
         model_type = getattr(getattr(inner, "config", None), "model_type", None)
-        self.mixed_lengths = self._positions or model_type in self._POSITIONS_FROM_MASK
+        # Each layer's sliding window (None: it attends to the whole sequence), and whether every layer is
+        # attention, full or windowed, whose padding the mask keeps out.
+        self._layer_windows, plain_attention = _attention_windows(getattr(self.base, "config", None))
+        windows = [window for window in self._layer_windows if window is not None]
+        self.window: int | None = min(windows) if windows else None
+        self.mixed_lengths = plain_attention and (self._positions or model_type in self._POSITIONS_FROM_MASK)
         self.head = ChunkedOutputHead.of(self._target)
         self._head_checked = False
         self.num_virtual_tokens = 0
@@ -354,10 +377,11 @@ class _CachedDecoder:
         virtual = self.num_virtual_tokens
         cache: Cache
         if self._shared_kv is not None:
-            cache = prefix_cache(self._shared_kv, 1, self.base.config)
+            cache = prefix_cache(self._shared_kv, 1, self.base.config, length=virtual)
         elif self.peft_config is not None:  # prefix tuning: its key/values first, if they are a plain cache
             cache = self.model.get_prompt(batch_size=1, max_cache_len=virtual + len(common))  # type: ignore[operator]
-            if type(cache) is not DynamicCache or any(type(layer) is not DynamicLayer for layer in cache.layers):
+            plain_layers = (DynamicLayer, DynamicSlidingWindowLayer)
+            if type(cache) is not DynamicCache or any(type(layer) not in plain_layers for layer in cache.layers):
                 return
         else:
             cache = DynamicCache(config=getattr(self.base, "config", None))
@@ -387,16 +411,42 @@ class _CachedDecoder:
             return 1
         return max(1, _PROJECTION_ROWS // max(batch_size, 1))
 
-    def batches(self, prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
-        """Indices of ``prompts`` in the batches this decoder can run: sorted by length (little padding) when
-        lengths can be mixed, of equal lengths otherwise."""
-        if self.mixed_lengths:
-            return _length_sorted_batches(prompts, batch_size)
-        return equal_length_batches(prompts, batch_size)
+    def batches(self, prompts: Sequence[Sequence[int]], batch_size: int, new_tokens: int = 0) -> list[list[int]]:
+        """Indices of ``prompts`` in the batches this decoder can run exactly, when ``new_tokens`` tokens will be
+        fed after each prompt (the generated tokens but the last; a label's tokens but its EOS): sorted by length
+        (little padding) when lengths can be mixed, of equal lengths otherwise. With sliding-window attention,
+        lengths are mixed only among the prompts whose virtual tokens + prompt + new tokens fit in the window
+        (see the class docstring); the others are batched by equal length."""
+        longest = None if self.window is None else self.window - self.num_virtual_tokens - new_tokens
+        beyond = [] if longest is None else [i for i, ids in enumerate(prompts) if len(ids) > longest]
+        if beyond and self.peft_config is not None:
+            logger.warning_once(
+                "%s attends within a %d-token sliding window in %d of its %d attention layers: there, with %d virtual "
+                "tokens and %d new tokens, the last positions of a prompt longer than %d tokens no longer attend to "
+                "the whole soft prompt (in training as in evaluation), so it steers them less. Results stay exact "
+                "(such prompts are batched without padding); a shorter max_prompt_tokens or fewer virtual tokens "
+                "keep the soft prompt in the window.",
+                type(self.base).__name__,
+                self.window,
+                sum(window is not None for window in self._layer_windows),
+                len(self._layer_windows),
+                self.num_virtual_tokens,
+                new_tokens,
+                longest,
+            )
+        if not self.mixed_lengths:
+            return equal_length_batches(prompts, batch_size)
+        outside = set(beyond)
+        within = [i for i in range(len(prompts)) if i not in outside]
+        return [
+            [indices[j] for j in batch]
+            for indices, batching in ((within, _length_sorted_batches), (beyond, equal_length_batches))
+            for batch in batching([prompts[i] for i in indices], batch_size)
+        ]
 
     def start(self, prompts: Sequence[Sequence[int]]) -> _DecodingState:
-        """Runs the prompts (token id lists, from those the decoder was made with) and returns the state
-        holding their cache and the logits of each one's last position."""
+        """Runs the prompts (token id lists, from those the decoder was made with, in one of :meth:`batches`)
+        and returns the state holding their cache and the logits of each one's last position."""
         device = next(self.model.parameters()).device
         shared = len(self.shared_tokens)
         if any(list(ids[:shared]) != self.shared_tokens for ids in prompts):
@@ -418,7 +468,7 @@ class _CachedDecoder:
         keep = longest - shortest + 1
         cache: Cache
         if self._shared_kv is not None:
-            cache = prefix_cache(self._shared_kv, batch, self.base.config)
+            cache = prefix_cache(self._shared_kv, batch, self.base.config, length=offset)
         elif self.peft_config is not None:
             cache = self.model.get_prompt(batch_size=batch, max_cache_len=offset + longest)  # type: ignore[operator]
             if not isinstance(cache, Cache):
@@ -453,6 +503,13 @@ class _CachedDecoder:
         """Runs the model over ``inputs``, appending to ``cache``; returns, for the positions ``logits_to_keep``
         selects, their logits, or with :attr:`head` the output layer's inputs (which :meth:`argmax` and
         :meth:`log_probs` take either way)."""
+        if self.window is not None and mask.shape[1] > self.window and not bool(mask.all()):
+            # Padding inside a sliding window takes the place of a row's own tokens (see the class docstring).
+            raise RuntimeError(
+                f"A padded batch of {mask.shape[1]} positions crosses {type(self.base).__name__}'s "
+                f"{self.window}-token sliding window, where its rows would not compute what they compute alone; "
+                "batch the prompts with `_CachedDecoder.batches(prompts, batch_size, new_tokens)`."
+            )
         extra: dict[str, Any] = {"logits_to_keep": logits_to_keep} if self._keep else {}
         if self._positions:
             extra["position_ids"] = positions
@@ -541,13 +598,44 @@ def cache_key_values(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     return pairs
 
 
-def prefix_cache(key_values: Sequence[tuple[torch.Tensor, torch.Tensor]], batch: int, config: Any) -> DynamicCache:
+def prefix_cache(
+    key_values: Sequence[tuple[torch.Tensor, torch.Tensor]], batch: int, config: Any, length: int | None = None
+) -> DynamicCache:
     """A new cache for ``batch`` rows that all start with the same one-row ``key_values`` (from
-    :func:`cache_key_values`); the prefix is shared, not copied, until a forward appends to it."""
-    return DynamicCache(
+    :func:`cache_key_values`); the prefix is shared, not copied, until a forward appends to it.
+
+    ``length`` is the number of positions the prefix stands for. A sliding-window layer holds only the last
+    ``window - 1`` key/values of a longer prefix, but must count every position: its masks are placed by that count.
+    """
+    cache = DynamicCache(
         ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in key_values],
         config=config,
     )
+    if length is not None:
+        for layer in cache.layers:
+            if isinstance(layer, DynamicSlidingWindowLayer):
+                # transformers 5.24: the layer counts what it has seen in `cumulative_length` (its mask offsets
+                # and `get_seq_length()` come from it); filled with the kept key/values it would count only those.
+                layer.cumulative_length = length
+    return cache
+
+
+def _attention_windows(config: Any) -> tuple[list[int | None], bool]:
+    """Each layer's sliding window (or attention chunk) as the cache transformers builds for ``config`` sees it,
+    ``None`` for a layer that attends to the whole sequence; and whether every layer is attention of those two
+    kinds (a recurrent or linear-attention state would take the padding in). Mistral's config-less prefix-tuning
+    cache has full layers, but its mask still applies the window: the config decides."""
+    if config is None:
+        return [], True
+    windows: list[int | None] = []
+    for layer in DynamicCache(config=config).layers:
+        if type(layer) is DynamicSlidingWindowLayer:
+            windows.append(layer.sliding_window)
+        elif type(layer) is DynamicLayer:
+            windows.append(None)
+        elif type(layer).__name__ != "DummyLayer":  # a layer without a cache of its own (an MLP, shared key/values)
+            return windows, False
+    return windows, True
 
 
 @functools.cache

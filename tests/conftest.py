@@ -19,8 +19,10 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     BloomConfig,
+    Gemma3TextConfig,
     GPT2Config,
     LlamaConfig,
+    MistralConfig,
     PreTrainedTokenizerFast,
 )
 
@@ -114,6 +116,18 @@ def model_config(arch: str, vocab_size: int):
     }
     if arch == "llama":
         return LlamaConfig(**llama_like, **common)
+    if arch == "mistral":
+        return MistralConfig(**llama_like, sliding_window=24, **common)
+    if arch == "gemma3_text":
+        # Gemma 3's mix of local (sliding-window) layers and a global one, here one of each.
+        return Gemma3TextConfig(
+            **llama_like,
+            head_dim=8,
+            query_pre_attn_scalar=8,
+            sliding_window=20,
+            layer_types=["sliding_attention", "full_attention"],
+            **common,
+        )
     if arch in MORE_ARCHS:
         return AutoConfig.for_model(arch, **llama_like, **common)
     raise ValueError(arch)
@@ -124,6 +138,17 @@ MORE_ARCHS = ("qwen2", "gpt_neox", "phi")
 
 
 ARCHS = ("gpt2", "llama", "bloom")
+
+# Sliding-window attention, with windows small enough for the test prompts to cross (window_crossing_texts):
+# Mistral (24 tokens, every layer) and Gemma 3 (20 tokens in its local layer).
+SLIDING_ARCHS = ("mistral", "gemma3_text")
+
+
+def window_crossing_texts() -> list[str]:
+    """Tweets whose prompts (with a few virtual and new tokens) are, some, short enough and of different lengths
+    to share a padded batch within SLIDING_ARCHS' windows, and, the others, long enough to cross them."""
+    short = ["hi", "@Acme hi", "@Acme thanks", "@Acme my parcel", "@SkyAir late again"]
+    return short + [row["Tweet text"] for row in labelled_rows(6)] + ["@Acme a much longer tweet " * 3]
 
 
 def tiny_soft_prompt_model(tokenizer, arch: str, method: str):

@@ -8,7 +8,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import ARCHS, METHODS, labelled_rows, model_config, tiny_soft_prompt_model
+from conftest import (
+    ARCHS,
+    METHODS,
+    SLIDING_ARCHS,
+    labelled_rows,
+    model_config,
+    tiny_soft_prompt_model,
+    window_crossing_texts,
+)
 from datasets import Dataset
 from tokenizers import normalizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, EvalPrediction, Trainer, TrainingArguments
@@ -305,3 +313,26 @@ def test_eval_sets_of_other_rows_are_refused_and_sets_of_the_same_rows_scored(tm
     for name in sets:
         assert result[f"eval_{name}_f1"] == pytest.approx(expected["f1"])
         assert result[f"eval_{name}_accuracy"] == pytest.approx(expected["accuracy"])
+
+
+@pytest.mark.parametrize("arch", SLIDING_ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_sliding_window_rank_batched_equals_one_by_one_and_full_sequences(tokenizer, arch, method):
+    """With a sliding window, the label tokens after a shorter prompt's pads would lose the start of its window:
+    batched scores equal one-by-one scores and the training forward's, for prompts within the window (padded
+    together) and beyond it."""
+    model = tiny_soft_prompt_model(tokenizer, arch, method)
+    labels = ["complaint", "x", "spam"]  # 7, 2 and 5 tokens with the EOS
+    texts = window_crossing_texts()
+    prompts = [PromptTemplate().encode(tokenizer, text) for text in texts]
+    window = model.get_base_model().config.sliding_window
+    fed = max(len(encode_target(tokenizer, label)) for label in labels) - 1  # all label tokens but the EOS
+    spans = [4 + len(ids) + fed for ids in prompts]  # with tiny_soft_prompt_model's 4 virtual tokens
+    fitting = {len(ids) for ids, span in zip(prompts, spans, strict=True) if span <= window}
+    assert len(fitting) > 1 and max(spans) > window, "padding within the window and prompts beyond it"
+    batched = rank_labels(model, tokenizer, texts, labels, batch_size=len(texts), show_progress=False)
+    single = [rank_labels(model, tokenizer, [text], labels, batch_size=1, show_progress=False)[0] for text in texts]
+    full = rank_labels(model, tokenizer, texts, labels, show_progress=False, use_cache=False)
+    for together, alone, reference in zip(batched, single, full, strict=True):
+        assert together == pytest.approx(alone, abs=1e-4)
+        assert alone == pytest.approx(reference, abs=1e-4)

@@ -4,7 +4,15 @@ import copy
 
 import pytest
 import torch
-from conftest import ARCHS, METHODS, labelled_rows, model_config, tiny_soft_prompt_model
+from conftest import (
+    ARCHS,
+    METHODS,
+    SLIDING_ARCHS,
+    labelled_rows,
+    model_config,
+    tiny_soft_prompt_model,
+    window_crossing_texts,
+)
 from transformers import AutoModelForCausalLM
 
 from softprompt_hf import PromptTemplate, generation
@@ -189,3 +197,109 @@ def test_on_cpu_the_batches_of_a_group_share_each_projection(tokenizer, method, 
     one_at_a_time = generate_label_ids(model, tokenizer, texts, max_new_tokens=3, batch_size=3, show_progress=False)
     assert sorted(projected) == sorted([3, 3, 3, 1] * 3)
     assert grouped == one_at_a_time
+
+
+def fits_the_window(model, prompts, new_tokens):
+    """Per prompt, whether its virtual tokens, itself and the ``new_tokens`` fed after it fit in the model's sliding
+    window (4 virtual tokens: tiny_soft_prompt_model's)."""
+    window = model.get_base_model().config.sliding_window
+    return [4 + len(ids) + new_tokens <= window for ids in prompts]
+
+
+@pytest.mark.parametrize("arch", SLIDING_ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_sliding_window_batched_decoding_equals_one_by_one_and_the_full_forward(tokenizer, arch, method):
+    """With a sliding window, a shorter prompt's pads would take slots of its new tokens' window: every row of a
+    batch gets the tokens it gets alone and the tokens of the training forward (use_cache=False), for prompts
+    within the window (of different lengths) and beyond it."""
+    model = tiny_soft_prompt_model(tokenizer, arch, method)
+    tokenizer.eos_token = "<unk>"  # never picked by the random model: every row decodes all 6 steps
+    texts = window_crossing_texts()
+    prompts = [PromptTemplate().encode(tokenizer, text) for text in texts]
+    fits = fits_the_window(model, prompts, new_tokens=5)
+    assert len({len(ids) for ids, fit in zip(prompts, fits, strict=True) if fit}) > 1 and not all(fits)
+    options = {"max_new_tokens": 6, "show_progress": False}
+    batched = generate_label_ids(model, tokenizer, texts, batch_size=len(texts), **options)
+    single = [generate_label_ids(model, tokenizer, [text], batch_size=1, **options)[0] for text in texts]
+    full = generate_label_ids(model, tokenizer, texts, use_cache=False, **options)
+    assert batched == single
+    assert single == full
+    assert len({tuple(row) for row in batched}) > 1, "all rows generated the same tokens: the test would be blind"
+
+
+@pytest.mark.parametrize("arch", SLIDING_ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_soft_prompt_longer_than_the_sliding_window_decodes_as_the_training_forward(tokenizer, arch, method):
+    """24 virtual tokens fill the whole window: Gemma 3's sliding cache layer keeps only the last window - 1 of them
+    (prefix tuning's key/values too, as in peft's training forward), Mistral's prefix-tuning cache keeps them all and
+    its mask drops them; cached, batched decoding still picks the training forward's tokens."""
+    from softprompt_hf import build_soft_prompt_model
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer)))
+    model = build_soft_prompt_model(base, method=method, prompt_tuning_init="RANDOM", num_virtual_tokens=24)
+    tokenizer.eos_token = "<unk>"  # never picked by the random model: every row decodes all 4 steps
+    texts = window_crossing_texts()[::2]
+    options = {"max_new_tokens": 4, "show_progress": False}
+    cached = generate_label_ids(model, tokenizer, texts, batch_size=len(texts), **options)
+    assert cached == generate_label_ids(model, tokenizer, texts, use_cache=False, **options)
+    assert len({tuple(row) for row in cached}) > 1, "all rows generated the same tokens: the test would be blind"
+
+
+@pytest.mark.parametrize("arch", SLIDING_ARCHS)
+def test_sliding_window_prompts_share_a_padded_batch_only_within_the_window(tokenizer, arch):
+    """Prompts that fit in the window with their new tokens still share padded batches; the others are batched by
+    equal length, without padding."""
+    model = tiny_soft_prompt_model(tokenizer, arch, "p_tuning")
+    prompts = [PromptTemplate().encode(tokenizer, text) for text in window_crossing_texts()]
+    decoder = _CachedDecoder(model, prompts)
+    assert decoder.window == model.get_base_model().config.sliding_window
+    fits = fits_the_window(model, prompts, new_tokens=5)
+    batches = decoder.batches(prompts, len(prompts), new_tokens=5)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(prompts)))
+    assert [i for i, fit in enumerate(fits) if fit] in batches  # one padded batch of different lengths
+    for batch in batches:
+        assert all(fits[i] for i in batch) or len({len(prompts[i]) for i in batch}) == 1
+
+
+@pytest.mark.parametrize("arch", SLIDING_ARCHS)
+def test_a_padded_batch_beyond_the_sliding_window_is_refused(tokenizer, arch):
+    """Whatever asks for one: the rows of a padded batch whose slots cross the window would not compute what they
+    compute alone."""
+    model = tiny_soft_prompt_model(tokenizer, arch, "prompt_tuning")
+    prompts = [PromptTemplate().encode(tokenizer, text) for text in window_crossing_texts()[-2:]]
+    assert len({len(ids) for ids in prompts}) == 2
+    decoder = _CachedDecoder(model)
+    assert decoder.mixed_lengths and 4 + max(len(ids) for ids in prompts) > decoder.window
+    with pytest.raises(RuntimeError, match="sliding window"):
+        decoder.start(prompts)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shared_key_values_count_every_position_on_sliding_window_layers(tokenizer, method):
+    """The virtual tokens and the template's opening, run once, are longer than Gemma 3's local window: its
+    sliding layer keeps only their last window - 1 key/values, yet a batch's cache must count every position (its
+    masks are placed by that count), as the one-row cache it came from does."""
+    model = tiny_soft_prompt_model(tokenizer, "gemma3_text", method)
+    texts = ["@Acme " + "again " * 8 + end for end in ("hi", "thanks")]  # a long common opening
+    prompts = [PromptTemplate().encode(tokenizer, text) for text in texts]
+    decoder = _CachedDecoder(model, prompts)
+    shared = decoder.num_virtual_tokens + len(decoder.shared_tokens)
+    assert shared > decoder.window
+    state = decoder.start(prompts[:1])
+    cache = state.cache
+    assert [cache.get_seq_length(i) for i in range(len(cache.layers))] == [len(prompts[0]) + 4] * len(cache.layers)
+    assert cache.layers[0].keys.shape[-2] == decoder.window - 1  # the sliding layer did drop the oldest ones
+
+
+def test_soft_prompt_beyond_the_sliding_window_is_warned_about(tokenizer, monkeypatch):
+    """Past the window, a sliding layer no longer attends to the soft prompt (pitfall 4): say so (one warning per
+    call here; `warning_once` logs it once per model and settings)."""
+    model = tiny_soft_prompt_model(tokenizer, "mistral", "prompt_tuning")
+    warned: list[str] = []
+    monkeypatch.setattr(generation.logger, "warning_once", lambda message, *args: warned.append(message % args))
+    generate_label_ids(model, tokenizer, window_crossing_texts()[:2], max_new_tokens=2, show_progress=False)
+    assert warned == []
+    generate_label_ids(model, tokenizer, window_crossing_texts(), max_new_tokens=2, show_progress=False)
+    assert len(warned) == 1
+    assert "24-token sliding window" in warned[0] and "longer than 19 tokens" in warned[0]
