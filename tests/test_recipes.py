@@ -301,6 +301,28 @@ def test_recipe_refuses_a_push_that_cannot_work_before_training(tmp_path, hub):
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
 
 
+@pytest.mark.distributed
+def test_both_processes_refuse_a_rejected_token_before_training(tmp_path, hub):
+    """Under DDP the main process asks the Hub once and every process refuses: none goes on to train and wait
+    at the first collective for a main process that stopped."""
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(RECIPES / "p_tuning.py"), "--output_dir", str(out), "--use_cpu", "true", "--push_to_hub", "true",
+        "--hub_model_id", "alice/ddp", "--hub_token", "hf_RejectedSecret999",
+        "--base_model_id", "softprompt-hf/embedded-bloom",
+    ]  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING"))}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf-home"), OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.count("rejected the token (HTTP 401") >= 2  # both processes say why
+    assert hub.count("GET", "/api/whoami-v2") == 1  # asked once, by the main process
+    assert not out.exists()
+
+
 def test_recipe_refuses_to_push_in_offline_mode_before_training(tmp_path):
     flags = ["--output_dir", str(tmp_path), "--push_to_hub", "true", "--hub_model_id", "alice/x"]
     flags += ["--base_model_id", "softprompt-hf/embedded-bloom", "--hub_token", TOKEN]
