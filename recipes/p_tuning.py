@@ -46,7 +46,7 @@ METHOD = "p_tuning"
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, run_args, prompt_args, training_args = parse_recipe_args(METHOD, argv)
     setup_logging(training_args)
-    hub_repo = take_over_hub_push(training_args, model_args)  # pushed in step 6 by us, not by the Trainer
+    hub_repo = take_over_hub_push(training_args, model_args, run_args)  # pushed in step 6 by us, not the Trainer
     set_seed(training_args.seed)
 
     # 1. Data: labelled rows with a stratified, seeded validation split; unlabelled rows for predictions.

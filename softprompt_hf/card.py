@@ -15,7 +15,7 @@ from transformers import TrainingArguments
 from .metrics import INVALID_COLUMN, ClassificationReport
 from .prompt import DEFAULT_TEMPLATE
 
-__all__ = ["METHOD_TAGS", "build_model_card", "is_hub_id"]
+__all__ = ["METHOD_TAGS", "ModelCardInputs", "build_model_card", "is_hub_id", "model_card_inputs", "render_model_card"]
 
 #: Hub tag of each peft soft-prompt type.
 METHOD_TAGS = {"PROMPT_TUNING": "prompt-tuning", "P_TUNING": "p-tuning", "PREFIX_TUNING": "prefix-tuning"}
@@ -63,8 +63,11 @@ def build_model_card(
     for the method, the dataset, the license and, given ``metrics``, a ``model-index`` with the validation
     metrics. The text describes the adapter, gives its PEFT config and trainable-parameter count, the
     training hyperparameters that differ from ``TrainingArguments``' defaults (never credentials or local
-    paths), the metrics of each evaluation in ``log_history``, the confusion matrix of ``report`` and a
-    runnable usage snippet with ``AutoPeftModelForCausalLM``.
+    paths), the metrics of each evaluation made during training in ``log_history``, the confusion matrix of
+    ``report`` and a runnable usage snippet with ``AutoPeftModelForCausalLM``.
+
+    This is ``render_model_card(model_card_inputs(...), repo_id=repo_id)``: the card is rendered from
+    ``ModelCardInputs``, which can be stored beside the adapter and rendered again for another repository.
 
     Args:
         model: The trained ``PeftModel``.
@@ -72,7 +75,9 @@ def build_model_card(
         metrics: Final validation metrics, with or without the ``eval_`` prefix.
         report: The validation ``ClassificationReport`` (e.g. ``GenerationMetrics.last_report``).
         training_args: The run's ``TrainingArguments``.
-        log_history: ``trainer.state.log_history``, for the metrics of each evaluation.
+        log_history: ``trainer.state.log_history``, for the metrics of each evaluation during training
+            (evaluations logged after training ended, e.g. ``trainer.evaluate()`` of the restored best adapter,
+            are the final metrics, not another row).
         dataset: The dataset's Hub id, e.g. ``ought/raft``.
         dataset_config: The dataset's config, e.g. ``twitter_complaints``.
         labels: The label texts the model generates.
@@ -97,6 +102,81 @@ def build_model_card(
     'peft'
     ```
     """
+    inputs = model_card_inputs(
+        model,
+        base_model=base_model,
+        metrics=metrics,
+        report=report,
+        training_args=training_args,
+        log_history=log_history,
+        dataset=dataset,
+        dataset_config=dataset_config,
+        labels=labels,
+        template=template,
+        text_column=text_column,
+        license=license,
+        allow_local_base=allow_local_base,
+    )
+    return render_model_card(inputs, repo_id=repo_id)
+
+
+@dataclasses.dataclass
+class ModelCardInputs:
+    """Everything a model card is rendered from, as plain JSON-able data (see ``render_model_card``).
+
+    Kept in the adapter folder's ``softprompt_hf.json`` (key ``"card"``) so that a push renders the card for
+    the repository it goes to. It holds only what the card itself shows: no credentials, no local paths other
+    than a local base model's (which a card built with ``allow_local_base`` names too).
+    """
+
+    method_tag: str
+    peft_config: dict[str, Any]
+    trainable_parameters: int
+    all_parameters: int
+    base_model: str
+    local_base: bool = False
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    report: dict[str, Any] | None = None
+    hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    evaluations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    dataset: str | None = None
+    dataset_config: str | None = None
+    labels: list[str] | None = None
+    template: str = DEFAULT_TEMPLATE
+    text_column: str = "text"
+    license: str | None = None
+    #: The repository the card was last rendered for (None: none, the snippet loads ``path/to/adapter``).
+    repo_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelCardInputs:
+        names = {spec.name for spec in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"Unknown model card inputs {unknown}: the folder was written by a newer softprompt_hf.")
+        return cls(**values)
+
+
+def model_card_inputs(
+    model: Any,
+    *,
+    base_model: str,
+    metrics: Mapping[str, float] | None = None,
+    report: ClassificationReport | None = None,
+    training_args: TrainingArguments | None = None,
+    log_history: Sequence[Mapping[str, Any]] | None = None,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    labels: Sequence[str] | None = None,
+    template: str | None = None,
+    text_column: str | None = None,
+    license: str | None = None,
+    allow_local_base: bool = False,
+) -> ModelCardInputs:
+    """What ``build_model_card`` renders, taken from the model and the run (same arguments, without ``repo_id``)."""
     local_base = not is_hub_id(base_model)
     if local_base and not allow_local_base:
         raise ValueError(
@@ -105,9 +185,55 @@ def build_model_card(
         )
     peft_config = _active_config(model)
     method_tag = METHOD_TAGS.get(_peft_type(peft_config), _peft_type(peft_config).lower().replace("_", "-"))
-    template = template or DEFAULT_TEMPLATE
-    text_column = text_column or "text"
-    scores = _clean_metrics(metrics or {})
+    trainable, total = _parameter_counts(model)
+    inputs = ModelCardInputs(
+        method_tag=method_tag,
+        peft_config=_shown_peft_config(peft_config, base_model),
+        trainable_parameters=trainable,
+        all_parameters=total,
+        base_model=base_model,
+        local_base=local_base,
+        metrics=_clean_metrics(metrics or {}),
+        report=_report_data(report) if report is not None else None,
+        hyperparameters=changed_hyperparameters(training_args) if training_args is not None else {},
+        evaluations=_training_evaluations(log_history or []),
+        dataset=dataset,
+        dataset_config=dataset_config,
+        labels=list(labels) if labels is not None else None,
+        template=template or DEFAULT_TEMPLATE,
+        text_column=text_column or "text",
+        license=license,
+    )
+    # Through JSON once, so that a card rendered now and one rendered later from the stored inputs are the same.
+    return ModelCardInputs.from_dict(json.loads(json.dumps(inputs.to_dict(), default=str)))
+
+
+def render_model_card(
+    inputs: ModelCardInputs, *, repo_id: str | None = None, base_model: str | None = None
+) -> ModelCard:
+    """Renders the model card from its inputs, for ``repo_id`` (title, model-index name, usage snippet).
+
+    Args:
+        inputs: From ``model_card_inputs`` or ``ModelCardInputs.from_dict``.
+        repo_id: The repository the card is for; ``None``: a card for a local folder.
+        base_model: Another name for the base model, e.g. the Hub id of a model trained from a local copy;
+            default: ``inputs.base_model``.
+
+    Returns:
+        A ``huggingface_hub.ModelCard``. ``inputs`` is not changed.
+    """
+    if base_model is not None and base_model != inputs.base_model:
+        if not is_hub_id(base_model):
+            raise ValueError(f"base_model={base_model!r} is not a Hub id.")
+        inputs = dataclasses.replace(inputs, base_model=base_model, local_base=False)
+    base_model = inputs.base_model
+    local_base = inputs.local_base
+    method_tag = inputs.method_tag
+    # Mappings in sorted order: the inputs are stored as JSON with sorted keys, and a card rendered again from
+    # them must be the same card.
+    scores = dict(sorted(inputs.metrics.items()))
+    dataset, dataset_config = inputs.dataset, inputs.dataset_config
+    labels, template, text_column = inputs.labels, inputs.template, inputs.text_column
     dataset_name = dataset or "custom"
     eval_results = [
         EvalResult(
@@ -129,33 +255,34 @@ def build_model_card(
         pipeline_tag="text-generation",
         tags=["peft", "soft-prompt", method_tag, "softprompt_hf", "text-classification"],
         datasets=[dataset] if dataset else None,
-        license=license,
+        license=inputs.license,
         model_name=repo_id or f"{method_tag} adapter for {base_model}",
         eval_results=eval_results or None,
         metrics=sorted({r.metric_type for r in eval_results}) or None,
     )
+    trainable, total = inputs.trainable_parameters, inputs.all_parameters
+    counts = f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)."
     sections = [
         f"# {repo_id or 'Soft-prompt adapter'}",
         _description(method_tag, base_model, dataset, dataset_config, labels, template, text_column, local_base),
-        "## PEFT config\n\n" + _peft_config_block(peft_config, base_model) + "\n\n" + _parameter_counts(model),
+        "## PEFT config\n\n" + _peft_config_block(inputs.peft_config, base_model) + "\n\n" + counts,
         "## Usage\n\n" + _usage(repo_id, labels, template, text_column),
     ]
-    hyperparameters = changed_hyperparameters(training_args) if training_args is not None else {}
-    if hyperparameters:
+    if inputs.hyperparameters:
         sections.append(
             "## Training hyperparameters\n\nOnly the values that differ from `TrainingArguments`' defaults.\n\n"
-            + _table(["Hyperparameter", "Value"], [[k, f"`{v}`"] for k, v in hyperparameters.items()])
+            + _table(["Hyperparameter", "Value"], [[k, f"`{v}`"] for k, v in sorted(inputs.hyperparameters.items())])
         )
     if scores:
         sections.append(
             "## Validation metrics\n\n"
             + _table(["Metric", "Value"], [[_METRIC_NAMES.get(k, k), _number(v)] for k, v in scores.items()])
         )
-    per_epoch = _per_evaluation(log_history or [])
+    per_epoch = _per_evaluation(inputs.evaluations)
     if per_epoch:
         sections.append("## Metrics per evaluation\n\n" + per_epoch)
-    if report is not None:
-        sections.append("## Confusion matrix\n\n" + _confusion(report))
+    if inputs.report is not None:
+        sections.append("## Confusion matrix\n\n" + _confusion(inputs.report))
     body = "\n\n".join(sections) + "\n"
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
 
@@ -293,19 +420,29 @@ def _description(
     return "\n\n".join(lines)
 
 
-def _peft_config_block(config: Any, base_model: str) -> str:
+def _shown_peft_config(config: Any, base_model: str) -> dict[str, Any]:
     values = config.to_dict()
     values["base_model_name_or_path"] = base_model
     values["inference_mode"] = True  # as peft saves it: the stored prompt is used as is when loaded
     if values.get("tokenizer_name_or_path") and not is_hub_id(values["tokenizer_name_or_path"]):
         values["tokenizer_name_or_path"] = base_model  # a local path (TEXT init) means nothing to readers
+    return values
+
+
+def _peft_config_block(values: Mapping[str, Any], base_model: str) -> str:
+    values = dict(values)
+    previous_base = values.get("base_model_name_or_path")
+    values["base_model_name_or_path"] = base_model
+    tokenizer_source = values.get("tokenizer_name_or_path")
+    if tokenizer_source and (tokenizer_source == previous_base or not is_hub_id(tokenizer_source)):
+        values["tokenizer_name_or_path"] = base_model  # it names the base model (see _shown_peft_config)
     return "```json\n" + json.dumps(values, indent=2, sort_keys=True, default=str) + "\n```"
 
 
-def _parameter_counts(model: Any) -> str:
+def _parameter_counts(model: Any) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.prompt_encoder.parameters()) if hasattr(model, "prompt_encoder") else 0
     total = sum(p.numel() for p in model.get_base_model().parameters()) + trainable
-    return f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)."
+    return trainable, total
 
 
 def _usage(repo_id: str | None, labels: Sequence[str] | None, template: str, text_column: str) -> str:
@@ -346,37 +483,67 @@ print(tokenizer.decode(input_ids[0, prompt_length:], skip_special_tokens=True).s
     )
 
 
-def _per_evaluation(log_history: Sequence[Mapping[str, Any]]) -> str:
-    evaluations = [entry for entry in log_history if any(k.startswith("eval_") for k in entry)]
+def _training_evaluations(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluations made during training, each with its epoch, step, last training loss and metrics.
+
+    Evaluations logged after the last training summary (``train_runtime``) are left out: they come after
+    ``trainer.train()`` returned (e.g. ``trainer.evaluate()`` of the restored best adapter), evaluate no epoch,
+    and their metrics are the card's validation metrics already.
+    """
+    end = max((i for i, entry in enumerate(log_history) if "train_runtime" in entry), default=len(log_history))
+    rows = []
+    for entry in log_history[:end]:
+        metrics = {
+            key.removeprefix("eval_"): value
+            for key, value in entry.items()
+            if key.startswith("eval_") and not key.endswith(_NOT_METRICS)
+        }
+        if not any(key.startswith("eval_") for key in entry):
+            continue
+        step = entry.get("step", 0)
+        train_losses = [e["loss"] for e in log_history[:end] if "loss" in e and e.get("step", 0) <= step]
+        epoch = entry.get("epoch")
+        rows.append(
+            {
+                "epoch": epoch if isinstance(epoch, int | float) else None,
+                "step": step,
+                "training_loss": train_losses[-1] if train_losses else None,
+                "metrics": metrics,
+            }
+        )
+    return rows
+
+
+def _per_evaluation(evaluations: Sequence[Mapping[str, Any]]) -> str:
     if not evaluations:
         return ""
-    metric_keys = list(
-        dict.fromkeys(k for e in evaluations for k in e if k.startswith("eval_") and not k.endswith(_NOT_METRICS))
-    )
-    rows = []
-    for entry in evaluations:
-        step = entry.get("step", 0)
-        train_losses = [e["loss"] for e in log_history if "loss" in e and e.get("step", 0) <= step]
-        rows.append(
-            [
-                f"{entry['epoch']:g}" if isinstance(entry.get("epoch"), int | float) else "-",
-                str(step),
-                _number(train_losses[-1]) if train_losses else "-",
-                *(_number(entry.get(k)) for k in metric_keys),
-            ]
-        )
-    headers = ["Epoch", "Step", "Training loss", *(_METRIC_NAMES.get(k[5:], k[5:]) for k in metric_keys)]
+    metric_keys = sorted({k for e in evaluations for k in e["metrics"]})
+    rows = [
+        [
+            f"{e['epoch']:g}" if e["epoch"] is not None else "-",
+            str(e["step"]),
+            _number(e["training_loss"]),
+            *(_number(e["metrics"].get(k)) for k in metric_keys),
+        ]
+        for e in evaluations
+    ]
+    headers = ["Epoch", "Step", "Training loss", *(_METRIC_NAMES.get(k, k) for k in metric_keys)]
     return _table(headers, rows)
 
 
-def _confusion(report: ClassificationReport) -> str:
-    columns = [*report.labels, INVALID_COLUMN]
-    rows = [[f"**{gold}**", *(str(report.confusion[gold][c]) for c in columns)] for gold in report.labels]
+def _report_data(report: ClassificationReport) -> dict[str, Any]:
+    return {"labels": list(report.labels), "confusion": report.confusion, "num_examples": report.num_examples}
+
+
+def _confusion(report: Mapping[str, Any]) -> str:
+    labels, confusion = report["labels"], report["confusion"]
+    columns = [*labels, INVALID_COLUMN]
+    rows = [[f"**{gold}**", *(str(confusion[gold][c]) for c in columns)] for gold in labels]
     # Backticks keep "<invalid>" from being read as an HTML tag.
-    headers = ["gold \\ predicted", *report.labels, f"`{INVALID_COLUMN}`"]
+    headers = ["gold \\ predicted", *labels, f"`{INVALID_COLUMN}`"]
     return (
         f"Rows: gold label; columns: predicted label (`{INVALID_COLUMN}`: output that matched no label); "
-        f"{report.num_examples} validation rows.\n\n" + _table(headers, rows)
+        f"{report['num_examples']} validation rows.\n\n" + _table(headers, rows)
     )
 
 

@@ -65,7 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true", help="Create the repository as private.")
     push.add_argument("--base-model-id", help="Hub id of the base model, if the folder names a local path.")
     push.add_argument("--commit-message", default="Upload soft-prompt adapter with softprompt_hf")
-    push.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="Seconds per request.")
+    push.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help="Seconds each request may wait for an answer (huggingface_hub retries timed-out uploads a few times; "
+        "the error says how many attempts were made and how long the push waited).",
+    )
     return parser
 
 

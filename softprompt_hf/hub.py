@@ -14,26 +14,36 @@ with a generic one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import os
 import shlex
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, ModelCard, constants, get_session, get_token
+from huggingface_hub import HfApi, ModelCard, constants, get_session, get_token, set_client_factory
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
-from .card import build_model_card, is_hub_id, name_base_model_in_card
+from .card import (
+    ModelCardInputs,
+    is_hub_id,
+    model_card_inputs,
+    name_base_model_in_card,
+    render_model_card,
+)
 from .saving import INFERENCE_CONFIG_NAME, atomic_write_json, atomic_write_text, inference_settings, save_adapter
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "HubPushCallback",
     "HubPushError",
+    "check_push_access",
     "push_adapter",
     "push_adapter_folder",
     "push_command",
@@ -41,8 +51,11 @@ __all__ = [
 
 logger = logging.get_logger(__name__)
 
-#: Seconds a single Hub request may stay silent before the push is abandoned (huggingface_hub waits forever).
+#: Seconds a single Hub request may stay silent before it is abandoned (huggingface_hub waits forever). The client
+#: retries a timed-out or failed (HTTP 5xx) upload request a few times, so a push can wait several times this.
 DEFAULT_TIMEOUT = 60.0
+#: Where ``softprompt_hf.json`` keeps what the model card is rendered from (``ModelCardInputs``).
+CARD_INPUTS_KEY = "card"
 _DEFAULT_COMMIT_MESSAGE = "Upload soft-prompt adapter with softprompt_hf"
 _TOKEN_HELP = (
     "Create a token with write access at https://huggingface.co/settings/tokens, then run `hf auth login` or set "
@@ -68,6 +81,36 @@ def push_command(folder: str | os.PathLike[str], repo_id: str) -> str:
     return f"softprompt-hf push {shlex.quote(str(folder))} {shlex.quote(repo_id)}"
 
 
+def check_push_access(
+    repo_id: str,
+    *,
+    token: str | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT,
+    endpoint: str | None = None,
+) -> None:
+    """Checks, before any training, that a push to ``repo_id`` can work, and refuses with the problem otherwise.
+
+    Checked: huggingface_hub is not in offline mode, a token exists (``token``, the saved login or
+    ``HF_TOKEN``), the Hub accepts it (``whoami``), it is not read-only, and its user may write to the
+    repository's namespace (the user's own name, or an organisation where the user has more than read access;
+    a fine-grained token must grant ``repo.write`` there or on the repository). Whether an existing repository
+    accepts this token's commits cannot be asked without writing; the namespace check stands for it.
+
+    In a distributed run every process must call it: the main process asks the Hub and tells the others, so
+    that all refuse together (none trains on, waiting for a main process that stopped).
+
+    Raises:
+        ValueError: What is wrong, what to do, and that nothing was trained.
+    """
+    problem = _shared_between_processes(lambda: _access_problem(repo_id, token, timeout, endpoint))
+    if problem:
+        raise ValueError(
+            f"Cannot push to the Hub repository {repo_id!r}: {problem} Nothing was trained. Fix this and start "
+            "again, or train without pushing and push the saved adapter later (softprompt-hf push <folder> "
+            f"{repo_id})."
+        )
+
+
 def push_adapter_folder(
     folder: str | os.PathLike[str],
     repo_id: str,
@@ -81,8 +124,11 @@ def push_adapter_folder(
 ) -> str:
     """Uploads a saved adapter folder (from ``save_adapter``) to a Hub model repository.
 
-    The repository is created if needed (``exist_ok``), then the folder is uploaded in one commit. Only the
-    main process should call this.
+    The token and the namespace are checked first (``check_push_access``), the repository is created if
+    needed, then the folder is uploaded in one commit. A card rendered by softprompt_hf (its inputs are in
+    ``softprompt_hf.json``) is rendered again for ``repo_id`` first, so that its title, model-index name and
+    usage snippet name the repository it is pushed to; a card edited by hand is pushed as it is. Only the main
+    process should call this.
 
     Args:
         folder: The adapter folder: ``adapter_config.json``, weights, tokenizer, ``README.md`` card.
@@ -92,8 +138,9 @@ def push_adapter_folder(
         commit_message: The commit's message.
         base_model_id: The base model's Hub id, written into ``adapter_config.json`` and the card first when the
             folder names a local path (pitfall: ``AutoPeftModelForCausalLM`` could not find it for anyone else).
-        timeout: Seconds any single request may take before the push fails (``None``: wait forever, the
-            ``huggingface_hub`` default).
+        timeout: Seconds any single request may wait for an answer (``None``: forever, the ``huggingface_hub``
+            default). huggingface_hub retries timed-out and failed (HTTP 5xx) upload requests a few times; the
+            error says how many attempts were made and how long the push waited in total.
         endpoint: The Hub's URL; default ``HF_ENDPOINT`` or https://huggingface.co.
 
     Returns:
@@ -102,37 +149,62 @@ def push_adapter_folder(
     Raises:
         ValueError: If the folder holds no adapter, or its base model is a local path and no
             ``base_model_id`` is given.
-        HubPushError: If the push fails (no token, token rejected, network error, timeout, Hub error); its
-            message says what happened and the command to retry.
+        HubPushError: If the push fails (offline mode, no token, token rejected or without write access to the
+            namespace, network error, timeout, Hub error); its message says what happened, what became of the
+            repository and the command to retry.
     """
     folder = Path(folder)
     config_path = folder / "adapter_config.json"
     if not config_path.is_file():
         raise ValueError(f"{str(folder)!r} holds no adapter_config.json: save the adapter there first (save_adapter).")
-    _name_base_model(folder, base_model_id)
-    if constants.is_offline_mode():
-        raise HubPushError(
-            "huggingface_hub is in offline mode (HF_HUB_OFFLINE=1), so nothing can be uploaded. Unset HF_HUB_OFFLINE "
-            "on a machine that reaches the Hub.",
-            folder=folder,
-            repo_id=repo_id,
-        )
+    previous_base = _name_base_model(folder, base_model_id)
+    _render_card_for(folder, repo_id, base_model_id, previous_base)
     token = token or get_token()
-    if not token:
-        raise HubPushError(f"no Hugging Face token was found. {_TOKEN_HELP}.", folder=folder, repo_id=repo_id)
+    problem = _access_problem(repo_id, token, timeout, endpoint)
+    if problem:
+        raise HubPushError(problem, folder=folder, repo_id=repo_id)
     api = HfApi(endpoint=endpoint, token=token)
-    endpoint = api.endpoint
+    traffic = _Traffic()
+    created: bool | None = None  # unknown until create_repo has answered
     try:
-        with _request_timeout(timeout):
-            api.create_repo(repo_id, private=private, exist_ok=True)
+        with _watched_session(timeout, traffic):
+            created = _create_repo(api, repo_id, private)
             commit = api.upload_folder(
                 folder_path=folder, repo_id=repo_id, commit_message=commit_message, ignore_patterns=[".*"]
             )
     except Exception as err:
-        problem = _redact(_describe(err, endpoint, timeout, repo_id), token)
-        raise HubPushError(problem, folder=folder, repo_id=repo_id) from None
-    logger.info(f"Pushed {folder} to {endpoint}/{repo_id} ({commit.oid[:8]})")
+        problem = _redact(_describe(err, api.endpoint, timeout, repo_id, traffic), token)
+        raise HubPushError(problem + _repo_state(repo_id, created), folder=folder, repo_id=repo_id) from None
+    logger.info(f"Pushed {folder} to {api.endpoint}/{repo_id} ({commit.oid[:8]})")
     return str(commit.commit_url)
+
+
+def _create_repo(api: HfApi, repo_id: str, private: bool | None) -> bool:
+    """Creates the repository if it does not exist; returns whether this call created it."""
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=False)
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+        if status == 409:  # it exists
+            return False
+        # The Hub answers 403 to a create in an organisation where the token may write but not create repositories.
+        if status == 403 and api.repo_exists(repo_id):
+            return False
+        raise
+    return True
+
+
+def _repo_state(repo_id: str, created: bool | None) -> str:
+    if created is None:
+        return ""
+    if created:
+        return (
+            f" The repository {repo_id!r} was created by this push and holds none of the adapter's files (the upload "
+            "is a single commit, and it failed)."
+        )
+    return (
+        f" The repository {repo_id!r} existed already and is unchanged (the upload is a single commit, and it failed)."
+    )
 
 
 def push_adapter(
@@ -158,6 +230,9 @@ def push_adapter(
     Returns:
         The local folder, which holds the complete adapter even when the push fails.
 
+    A card built here keeps its inputs in ``softprompt_hf.json``, so that a later push to another repository
+    renders it for that one; a ``model_card`` given here is pushed as it is.
+
     Raises:
         ValueError: If ``base_model_id`` is not a Hub id.
         HubPushError: If the push fails; the adapter is saved all the same.
@@ -170,23 +245,23 @@ def push_adapter(
     ```
     """
     _check_base_model_id(base_model_id)
-    extra = extra_json or {}
+    extra = dict(extra_json or {})
     if model_card is None:
-        model_card = build_model_card(
+        inputs = model_card_inputs(
             model,
             base_model=base_model_id,
             labels=extra.get("labels"),
             template=extra.get("template"),
             text_column=extra.get("text_column"),
-            repo_id=repo_id,
         )
+        model_card, extra[CARD_INPUTS_KEY] = card_for_repo(inputs, repo_id)
     folder = save_adapter(
         model,
         output_dir,
         tokenizer=tokenizer,
         base_model_id=base_model_id,
         model_card=model_card,
-        extra_json=extra_json,
+        extra_json=extra,
     )
     push_adapter_folder(
         folder, repo_id, token=token, private=private, commit_message=commit_message, timeout=timeout, endpoint=endpoint
@@ -194,17 +269,29 @@ def push_adapter(
     return folder
 
 
-class HubPushCallback(TrainerCallback):
+def card_for_repo(inputs: ModelCardInputs, repo_id: str | None) -> tuple[ModelCard, dict[str, Any]]:
+    """The card rendered for ``repo_id``, and the inputs to store under ``softprompt_hf.json``'s ``"card"`` key."""
+    inputs = dataclasses.replace(inputs, repo_id=repo_id)
+    return render_model_card(inputs, repo_id=repo_id), inputs.to_dict()
+
+
+class HubPushCallback(TrainerCallback, ExportableState):
     """Pushes the adapter, the tokenizer and a model card to a Hub repository when training ends.
 
     On the main process only, the adapter is first saved with ``save_adapter`` into
     ``<output_dir>/<local_dir>`` (the base model named by its Hub id, the card built by ``build_model_card``,
     ``softprompt_hf.json`` for ``softprompt-hf predict``), then uploaded. If the upload fails at the end of
     training, ``trainer.train()`` raises a ``HubPushError`` that gives the command to push the saved folder.
+    What can be checked before training is checked when training begins (``check_push_access``: offline mode,
+    the token, write access to the namespace), on every process, so that a push that cannot work stops the run
+    before its first step instead of after its last.
 
     With ``push_best=True`` the adapter is saved and pushed each time the evaluation improves
     ``metric_for_best_model`` (a failed push is logged and retried at the end of training), and the
-    repository keeps the best adapter instead of the last one.
+    repository keeps the best adapter instead of the last one. The best score so far is saved in every
+    checkpoint (``trainer_state.json``, this callback's ``state()``), so a resumed run pushes only evaluations
+    that beat it. With ``restore_callback_states_from_checkpoint=True`` the Trainer rebuilds the callback from
+    that state, without its token and ``metrics``: leave that option off, or log in / set ``HF_TOKEN``.
 
     Args:
         repo_id: ``namespace/name`` of the target repository.
@@ -220,7 +307,7 @@ class HubPushCallback(TrainerCallback):
         dataset_config: The dataset's config, for the card.
         license: The license id, for the card.
         local_dir: Folder under ``args.output_dir`` where the adapter is saved before the push.
-        timeout: Seconds any single Hub request may take.
+        timeout: Seconds any single Hub request may wait for an answer (see ``push_adapter_folder``).
         endpoint: The Hub's URL (default ``HF_ENDPOINT``).
 
     Example:
@@ -271,6 +358,7 @@ class HubPushCallback(TrainerCallback):
         self.folder: Path | None = None
         self.pushed = False
         self._best: float | None = None
+        self._saved = False  # whether output_dir/local_dir holds the adapter this callback saved
 
     @classmethod
     def from_training_args(cls, training_args: Any, *, base_model_id: str, **kwargs: Any) -> HubPushCallback:
@@ -278,8 +366,10 @@ class HubPushCallback(TrainerCallback):
 
         Reads ``hub_model_id``, ``hub_token`` and ``hub_private_repo`` from the ``TrainingArguments`` and sets
         their ``push_to_hub`` to ``False``, so that the Trainer does not push on its own as well (it would
-        upload at every save, with peft's card and the local base-model path). Call it before building the
-        Trainer. Other keyword arguments go to the constructor.
+        upload at every save, with peft's card and the local base-model path). The token moves into the callback
+        and ``hub_token`` is cleared: the Trainer pickles its ``TrainingArguments`` into every checkpoint
+        (``training_args.bin``), which would otherwise hold the token. Call it before building the Trainer. Other
+        keyword arguments go to the constructor.
         """
         if not training_args.hub_model_id:
             raise ValueError(
@@ -293,7 +383,22 @@ class HubPushCallback(TrainerCallback):
             **kwargs,
         )
         training_args.push_to_hub = False
+        training_args.hub_token = None
         return callback
+
+    def state(self) -> dict[str, Any]:
+        # Saved by the Trainer into each checkpoint's trainer_state.json: JSON only, and never the token.
+        return {
+            "args": {
+                "repo_id": self.repo_id,
+                "base_model_id": self.base_model_id,
+                "private": self.private,
+                "push_best": self.push_best,
+                "local_dir": self.local_dir,
+                "timeout": self.timeout,
+            },
+            "attributes": {"_best": self._best, "pushed": self.pushed, "_saved": self._saved},
+        }
 
     def __repr__(self) -> str:  # the token must never show up in logs
         return f"{type(self).__name__}(repo_id={self.repo_id!r}, base_model_id={self.base_model_id!r})"
@@ -309,6 +414,33 @@ class HubPushCallback(TrainerCallback):
                 "HubPushCallback(push_best=True) needs TrainingArguments(metric_for_best_model=...), e.g. 'f1', "
                 "and an eval_strategy, to know which evaluation is the best."
             )
+        self._restore(args, state)
+        check_push_access(self.repo_id, token=self._token, timeout=self.timeout, endpoint=self.endpoint)
+
+    def _restore(self, args, state) -> None:
+        """Takes back the best score (and the adapter saved for it) from a resumed checkpoint's state."""
+        name = type(self).__name__
+        saved = state.stateful_callbacks.get(name)
+        if saved is None:
+            # transformers 5.24's _save_checkpoint indexes stateful_callbacks by name and fails on a checkpoint
+            # saved without this callback (a resumed run that adds it): give it an entry.
+            state.stateful_callbacks[name] = self.state()
+            return
+        mine = [
+            entry
+            for entry in (saved if isinstance(saved, list) else [saved])
+            if entry.get("args", {}).get("repo_id") == self.repo_id
+        ]
+        if not mine:
+            return
+        attributes = mine[0].get("attributes", {})
+        self._best = attributes.get("_best")
+        self.pushed = bool(attributes.get("pushed"))
+        folder = Path(args.output_dir) / self.local_dir
+        self._saved = bool(attributes.get("_saved")) and (folder / "adapter_config.json").is_file()
+        self.folder = folder if self._saved else None
+        if self._best is not None:
+            logger.info(f"HubPushCallback: best {args.metric_for_best_model} so far {self._best} (from the checkpoint)")
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
         if not (self.push_best and state.is_world_process_zero and metrics):
@@ -349,7 +481,7 @@ class HubPushCallback(TrainerCallback):
         labels = self.labels or (list(generation_metrics.labels) if generation_metrics is not None else None)
         template = self.template or getattr(generation_metrics, "template", None)
         text_column = self.text_column or getattr(generation_metrics, "text_column", None)
-        card = build_model_card(
+        inputs = model_card_inputs(
             model,
             base_model=self.base_model_id,
             metrics=metrics,
@@ -362,8 +494,8 @@ class HubPushCallback(TrainerCallback):
             template=template,
             text_column=text_column,
             license=self.license,
-            repo_id=self.repo_id,
         )
+        card, card_inputs = card_for_repo(inputs, self.repo_id)
         self.folder = save_adapter(
             model,
             Path(args.output_dir) / self.local_dir,
@@ -371,9 +503,15 @@ class HubPushCallback(TrainerCallback):
             base_model_id=self.base_model_id,
             model_card=card,
             extra_json=inference_settings(
-                model, labels=labels, template=template, text_column=text_column, base_model=self.base_model_id
+                model,
+                labels=labels,
+                template=template,
+                text_column=text_column,
+                base_model=self.base_model_id,
+                **{CARD_INPUTS_KEY: card_inputs},
             ),
         )
+        self._saved = True
         self.pushed = False
 
     def _push(self, commit_message: str) -> None:
@@ -407,8 +545,9 @@ def _check_base_model_id(base_model_id: str) -> None:
         )
 
 
-def _name_base_model(folder: Path, base_model_id: str | None) -> None:
-    """Refuses a folder whose adapter names a local base model, unless ``base_model_id`` replaces it.
+def _name_base_model(folder: Path, base_model_id: str | None) -> str:
+    """Refuses a folder whose adapter names a local base model, unless ``base_model_id`` replaces it; returns the
+    base model the folder named before.
 
     A local ``tokenizer_name_or_path`` (recorded by TEXT-initialised prompt tuning) is replaced by the base
     model's Hub id too: the tokenizer is the base model's, and a path on this machine means nothing to others.
@@ -434,22 +573,143 @@ def _name_base_model(folder: Path, base_model_id: str | None) -> None:
     if updates:
         logger.info(f"Naming the base model by its Hub id in {config_path}: {updates}")
         atomic_write_json(config_path, {**config, **updates})
-    if base_model_id is None:
-        return
-    inference_path = folder / INFERENCE_CONFIG_NAME
-    if inference_path.is_file():
-        inference = json.loads(inference_path.read_text(encoding="utf-8"))
-        if inference.get("base_model") != base_model_id:
-            atomic_write_json(inference_path, {**inference, "base_model": base_model_id})
+    if base_model_id is not None:
+        inference_path = folder / INFERENCE_CONFIG_NAME
+        if inference_path.is_file():
+            inference = json.loads(inference_path.read_text(encoding="utf-8"))
+            if inference.get("base_model") != base_model_id:
+                atomic_write_json(inference_path, {**inference, "base_model": base_model_id})
+    return current
+
+
+def _render_card_for(folder: Path, repo_id: str, base_model_id: str | None, previous_base: str) -> None:
+    """Renders the folder's card for ``repo_id`` (and the base model's Hub id) from its stored inputs.
+
+    Only a card that is exactly what its stored inputs render is replaced; a card edited by hand, or one written
+    without inputs (a ``model_card`` of the caller's, or an older softprompt_hf), is kept, with the base model's
+    local path replaced by ``base_model_id`` if given.
+    """
     card_path = folder / "README.md"
-    if card_path.is_file():
-        card = ModelCard.load(card_path)
-        before = card.content
-        if current and current != base_model_id:
-            name_base_model_in_card(card, current, base_model_id)
-        card.data.base_model = base_model_id
-        if card.content != before:
-            atomic_write_text(card_path, card.content)
+    inference_path = folder / INFERENCE_CONFIG_NAME
+    settings = json.loads(inference_path.read_text(encoding="utf-8")) if inference_path.is_file() else {}
+    stored = settings.get(CARD_INPUTS_KEY) if isinstance(settings, dict) else None
+    if isinstance(stored, dict) and card_path.is_file():
+        inputs = ModelCardInputs.from_dict(stored)
+        rendered = render_model_card(inputs, repo_id=inputs.repo_id).content
+        if card_path.read_text(encoding="utf-8") == rendered:
+            if base_model_id is not None and base_model_id != inputs.base_model:
+                inputs = dataclasses.replace(inputs, base_model=base_model_id, local_base=False)
+            card, card_inputs = card_for_repo(inputs, repo_id)
+            if card_inputs != stored:
+                atomic_write_text(card_path, card.content)
+                atomic_write_json(inference_path, {**settings, CARD_INPUTS_KEY: card_inputs})
+            return
+        logger.warning(
+            f"{card_path} was edited after softprompt_hf wrote it, so it is pushed as it is; check that it names "
+            f"{repo_id!r}."
+        )
+    if base_model_id is None or not card_path.is_file():
+        return
+    card = ModelCard.load(card_path)
+    before = card.content
+    if previous_base and previous_base != base_model_id:
+        name_base_model_in_card(card, previous_base, base_model_id)
+    card.data.base_model = base_model_id
+    if card.content != before:
+        atomic_write_text(card_path, card.content)
+
+
+def _access_problem(repo_id: str, token: str | None, timeout: float | None, endpoint: str | None) -> str | None:
+    """What stops a push to ``repo_id`` before anything is uploaded, or None. Never raises: in a distributed run
+    the answer is shared with every process."""
+    if constants.is_offline_mode():
+        return (
+            "huggingface_hub is in offline mode (HF_HUB_OFFLINE=1), so nothing can be uploaded. Unset HF_HUB_OFFLINE "
+            "on a machine that reaches the Hub."
+        )
+    token = token or get_token()
+    if not token:
+        return f"no Hugging Face token was found. {_TOKEN_HELP}."
+    traffic = _Traffic()
+    api = HfApi(endpoint=endpoint, token=token)
+    try:
+        with _watched_session(timeout, traffic):
+            identity = api.whoami(token=token)
+    except Exception as err:
+        return _redact(_describe(err, api.endpoint, timeout, repo_id, traffic), token)
+    return _namespace_problem(identity, repo_id)
+
+
+def _namespace_problem(identity: Mapping[str, Any], repo_id: str) -> str | None:
+    """Whether ``whoami``'s answer lets the token write to ``repo_id``'s namespace; None when it does (or when the
+    answer does not say)."""
+    namespace = repo_id.split("/")[0]
+    user = identity.get("name")
+    orgs = {org.get("name"): org.get("roleInOrg") for org in identity.get("orgs") or [] if isinstance(org, dict)}
+    access = (identity.get("auth") or {}).get("accessToken") or {}
+    role = access.get("role")
+    if role == "read":
+        return f"the token is read-only (role 'read'), so it can neither create nor write a repository. {_TOKEN_HELP}."
+    if namespace != user and namespace not in orgs:
+        yours = ", ".join(repr(name) for name in [user, *orgs] if name)
+        return (
+            f"the token belongs to {user!r}, who may not write to the namespace {namespace!r} (the token's "
+            f"namespaces: {yours}). Push to one of those, e.g. {user}/{repo_id.split('/')[-1]}, or use a token of "
+            f"a member of {namespace!r} with write access."
+        )
+    if namespace in orgs and orgs[namespace] == "read":
+        return (
+            f"{user!r} has only read access to the organisation {namespace!r}. Ask an admin of {namespace!r} for "
+            "write access, or push to your own namespace."
+        )
+    if role == "fineGrained":
+        scoped = (access.get("fineGrained") or {}).get("scoped")
+        if isinstance(scoped, list):
+            writable = {
+                (entry.get("entity") or {}).get("name")
+                for entry in scoped
+                if isinstance(entry, dict) and "repo.write" in (entry.get("permissions") or [])
+            }
+            if namespace not in writable and repo_id not in writable:
+                return (
+                    f"the fine-grained token grants no write access ('repo.write') to {namespace!r} or {repo_id!r}. "
+                    "Add that permission at https://huggingface.co/settings/tokens, or use a token with write access."
+                )
+    return None
+
+
+def _shared_between_processes(check: Callable[[], str | None]) -> str | None:
+    """``check()`` on the main process, its answer on every process of a distributed run (or ``check()`` here)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return check()
+    answer = [check() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(answer, src=0)
+    return answer[0]
+
+
+@dataclasses.dataclass
+class _Traffic:
+    """The requests a push sent (method and path of each attempt, retries included) and when it started."""
+
+    attempts: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    started: float = dataclasses.field(default_factory=time.monotonic)
+
+    def record(self, request: Any) -> None:
+        self.attempts.append((request.method, request.url.path))
+
+    def last_request(self) -> tuple[str, int]:
+        """The last request (``"POST /api/..."``) and how many attempts in a row it got."""
+        if not self.attempts:
+            return "a request", 0
+        last = self.attempts[-1]
+        tries = 0
+        for attempt in reversed(self.attempts):
+            if attempt != last:
+                break
+            tries += 1
+        return f"{last[0]} {last[1]}", tries
 
 
 def _http_library() -> Any:
@@ -459,18 +719,38 @@ def _http_library() -> Any:
 
 
 @contextlib.contextmanager
-def _request_timeout(timeout: float | None) -> Iterator[None]:
-    # huggingface_hub's shared HTTP client has no timeout: a silent server would hang the end of training.
-    session = get_session()
-    previous = session.timeout
-    session.timeout = _http_library().Timeout(timeout)
+def _watched_session(timeout: float | None, traffic: _Traffic) -> Iterator[None]:
+    """huggingface_hub's shared HTTP client, with ``timeout`` on every request and each request recorded.
+
+    The shared client has no timeout (a silent server would hang the end of training), and huggingface_hub
+    closes and rebuilds it after a connection error, so the timeout and the recording go into the client factory
+    for as long as the push runs. The previous factory is read from huggingface_hub 2.4's private
+    ``_GLOBAL_CLIENT_FACTORY``: there is no public getter.
+    """
+    from huggingface_hub.utils import _http
+
+    previous = _http._GLOBAL_CLIENT_FACTORY
+    http = _http_library()
+
+    def factory() -> Any:
+        client = previous()
+        client.timeout = http.Timeout(timeout)
+        client.event_hooks["request"].append(traffic.record)
+        return client
+
+    set_client_factory(factory)  # closes the current client: the next request gets one of ours
     try:
         yield
     finally:
-        session.timeout = previous
+        set_client_factory(previous)
 
 
-def _describe(err: Exception, endpoint: str, timeout: float | None, repo_id: str) -> str:
+def _describe(err: Exception, endpoint: str, timeout: float | None, repo_id: str, traffic: _Traffic) -> str:
+    request, tries = traffic.last_request()
+    total = len(traffic.attempts)
+    waited = time.monotonic() - traffic.started
+    retried = f" ({tries} attempts: huggingface_hub retried it)" if tries > 1 else ""
+    summary = f" The push gave up after {total} request{'s' if total != 1 else ''} and {waited:.1f} s in total."
     if isinstance(err, HfHubHTTPError) and err.response is not None:
         status = err.response.status_code
         if status == 401:
@@ -481,15 +761,21 @@ def _describe(err: Exception, endpoint: str, timeout: float | None, repo_id: str
                 f"the token may not write to {namespace!r} (HTTP 403). Use a token with write access to that "
                 "namespace, or push to your own namespace."
             )
-        return f"the Hub at {endpoint} answered HTTP {status}: {str(err).strip().splitlines()[0]}."
+        first_line = str(err).strip().splitlines()[0]
+        return f"the Hub at {endpoint} answered HTTP {status} to {request}{retried}: {first_line}.{summary}"
     http = _http_library()
     if isinstance(err, http.TimeoutException):
         return (
-            f"the Hub at {endpoint} did not answer within {timeout} s (timeout). Check your connection, or push "
-            "later with a longer timeout (--timeout)."
+            f"the Hub at {endpoint} did not answer {request} within {timeout} s, {tries} "
+            f"attempt{'s' if tries != 1 else ''} in a row (huggingface_hub retries timed-out requests).{summary} "
+            "Check your connection, or push later with a longer timeout (--timeout, or --push_timeout in the "
+            "recipes)."
         )
     if isinstance(err, http.TransportError | OSError):
-        return f"could not reach the Hub at {endpoint} (network error: {err}). Check the connection and HF_ENDPOINT."
+        return (
+            f"could not reach the Hub at {endpoint} (network error: {err}; {request}, {tries} "
+            f"attempt{'s' if tries != 1 else ''}).{summary} Check the connection and HF_ENDPOINT."
+        )
     return f"{type(err).__name__}: {err}."
 
 

@@ -40,6 +40,7 @@ from .collator import SoftPromptDataCollator
 from .data import ClassificationData, load_classification_data, load_raft
 from .embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
 from .evaluation import GenerationMetrics
+from .hub import DEFAULT_TIMEOUT
 from .label_logits import enable_label_only_logits
 from .methods import METHODS, SoftPromptArguments
 from .metrics import write_predictions, write_raft_submission
@@ -52,6 +53,7 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "RECIPE_TRAINING_DEFAULTS",
     "DataArguments",
+    "HubTarget",
     "ModelArguments",
     "RunArguments",
     "build_collator",
@@ -180,6 +182,18 @@ class RunArguments:
             "See softprompt_hf.enable_shared_prompt."
         },
     )
+    push_timeout: float = field(
+        default=DEFAULT_TIMEOUT,
+        metadata={
+            "help": "--push_to_hub: seconds each Hub request may wait for an answer. huggingface_hub retries "
+            "timed-out and failed upload requests a few times, so a silent Hub can take several times this; "
+            "the error says how many attempts were made and how long the push waited."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if not self.push_timeout > 0:
+            raise ValueError(f"--push_timeout {self.push_timeout}: give a number of seconds above 0.")
 
 
 _ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, SoftPromptArguments, TrainingArguments)
@@ -398,16 +412,38 @@ def resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
     return str(value)
 
 
-def take_over_hub_push(training_args: TrainingArguments, model_args: ModelArguments) -> str | None:
-    """Turn the Trainer's own Hub push off and return the repository the recipe pushes to itself, if any.
+@dataclass
+class HubTarget:
+    """Where and how a recipe pushes its adapter (``take_over_hub_push``); the token stays out of its repr."""
+
+    repo_id: str
+    token: str | None = field(default=None, repr=False)
+    private: bool | None = None
+    timeout: float | None = DEFAULT_TIMEOUT
+
+    def __str__(self) -> str:
+        return self.repo_id
+
+
+def take_over_hub_push(
+    training_args: TrainingArguments, model_args: ModelArguments, run_args: RunArguments | None = None
+) -> HubTarget | None:
+    """Turn the Trainer's own Hub push off and return where the recipe pushes to itself, if anywhere.
 
     The Trainer pushes with ``PeftModel.push_to_hub``, which on transformers 5.x replaces peft's card with a
-    wrong one; the recipes push the complete local ``adapter/`` folder instead, once, at the end. Settings that
-    would make that push fail are refused here, before any training.
+    wrong one; the recipes push the complete local ``adapter/`` folder instead, once, at the end. What would
+    make that push fail is refused here, before any training: no ``--hub_model_id``, a base model without a Hub
+    id, offline mode, no token or one the Hub rejects, no write access to the namespace (``check_push_access``;
+    every process calls this, and all refuse together).
+
+    ``--hub_token`` moves from ``training_args`` into the returned ``HubTarget``: the Trainer pickles its
+    ``TrainingArguments`` into every checkpoint (``training_args.bin``), so the token must not stay there.
     """
+    token, training_args.hub_token = training_args.hub_token, None
     if not training_args.push_to_hub:
         return None
     from .card import is_hub_id
+    from .hub import check_push_access
 
     if not training_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id <user or org>/<repository>.")
@@ -417,25 +453,36 @@ def take_over_hub_push(training_args: TrainingArguments, model_args: ModelArgume
             "names it cannot be loaded by anyone else. Pass --base_model_id <its Hub id> (e.g. "
             "bigscience/bloomz-560m)."
         )
+    target = HubTarget(
+        training_args.hub_model_id,
+        token=token,
+        private=training_args.hub_private_repo,
+        timeout=run_args.push_timeout if run_args is not None else DEFAULT_TIMEOUT,
+    )
+    check_push_access(target.repo_id, token=target.token, timeout=target.timeout)
     training_args.push_to_hub = False
-    return training_args.hub_model_id
+    return target
 
 
-def push_run(trainer: Trainer, repo_id: str, model_args: ModelArguments) -> None:
-    """Push the run's saved ``adapter/`` folder to ``repo_id`` (main process only).
+def push_run(trainer: Trainer, repo: HubTarget | str, model_args: ModelArguments) -> None:
+    """Push the run's saved ``adapter/`` folder to ``repo`` (main process only).
 
-    Raises ``softprompt_hf.hub.HubPushError`` (which says how to push the saved folder later) on failure.
+    ``repo`` is what ``take_over_hub_push`` returned (or a repository id: then the token is the saved login or
+    ``HF_TOKEN``). Raises ``softprompt_hf.hub.HubPushError`` (which says what happened and gives the command
+    that pushes the saved folder later) on failure.
     """
     if not trainer.is_world_process_zero():
         return
     from .hub import push_adapter_folder
 
+    target = repo if isinstance(repo, HubTarget) else HubTarget(repo, private=trainer.args.hub_private_repo)
     push_adapter_folder(
         Path(str(trainer.args.output_dir)) / ADAPTER_DIRNAME,
-        repo_id,
-        token=trainer.args.hub_token,
-        private=trainer.args.hub_private_repo,
+        target.repo_id,
+        token=target.token,
+        private=target.private,
         base_model_id=base_model_id(model_args),
+        timeout=target.timeout,
     )
 
 
@@ -475,14 +522,15 @@ def finish_run(
     model_args: ModelArguments,
     data_args: DataArguments,
     run_args: RunArguments,
-    repo_id: str | None = None,
+    repo_id: HubTarget | str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the final (or best) adapter, then write the run's outputs into ``output_dir``:
 
     ``eval_results.json``, ``predictions.csv`` (the validation rows), ``adapter/`` (adapter + tokenizer +
     model card + ``softprompt_hf.json``, written atomically) and, when the data has unlabelled rows,
     ``raft_submission.csv``. ``repo_id`` is the Hub repository the folder will be pushed to, if any (the
-    card's usage example loads it from there). Returns the final validation metrics.
+    card's usage example loads it from there; a push elsewhere renders the card again from the inputs kept in
+    ``softprompt_hf.json``). Returns the final validation metrics.
     """
     results = trainer.evaluate()
     model: Any = trainer.model
@@ -496,7 +544,7 @@ def finish_run(
         return results
     atomic_write_json(output_dir / RESULTS_NAME, {k: v for k, v in results.items() if _jsonable(v)})
     write_predictions(output_dir / PREDICTIONS_NAME, metrics.last_predictions)
-    card = _model_card(trainer, metrics, data, model_args, data_args, results, repo_id)
+    card, card_inputs = _model_card(trainer, metrics, data, model_args, data_args, results, repo_id)
     save_adapter(
         model,
         output_dir / ADAPTER_DIRNAME,
@@ -511,6 +559,7 @@ def finish_run(
             base_model=base_model_id(model_args),
             class_names=list(data.class_names),
             eval_mode=run_args.eval_mode,
+            card=card_inputs,
         ),
     )
     if predicted:
@@ -536,12 +585,14 @@ def _model_card(
     model_args: ModelArguments,
     data_args: DataArguments,
     results: dict[str, Any],
-    repo_id: str | None,
-) -> Any:
-    from .card import build_model_card, is_hub_id
+    repo: HubTarget | str | None,
+) -> tuple[Any, dict[str, Any]]:
+    """The run's card for ``repo``, and the inputs it is rendered from (kept in ``softprompt_hf.json``)."""
+    from .card import is_hub_id, model_card_inputs
+    from .hub import card_for_repo
 
     dataset = {"embedded": None, "raft": "ought/raft", "files": None}[data_args.dataset]
-    return build_model_card(
+    inputs = model_card_inputs(
         trainer.model,
         base_model=base_model_id(model_args),
         metrics={k: v for k, v in results.items() if isinstance(v, (int, float))},
@@ -553,7 +604,7 @@ def _model_card(
         labels=list(data.classes),
         template=data_args.template,
         text_column=data.text_column,
-        repo_id=repo_id,
         # A local base model (the embedded default) gets a card that says it has no Hub id.
         allow_local_base=not is_hub_id(base_model_id(model_args)),
     )
+    return card_for_repo(inputs, str(repo) if repo is not None else None)

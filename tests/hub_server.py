@@ -14,9 +14,15 @@ so a pooled client connection never outlives a server and reaches the next one o
 The ``hub`` fixture starts one with the tiny Bloom published as ``BASE_ID`` and points this process's
 ``huggingface_hub`` (and transformers' own ``HfApi``) at it; a subprocess only needs ``HF_ENDPOINT``.
 
+``GET /api/whoami-v2`` answers the token's user, its organisations (``orgs``: user -> {org: role}, where a
+"read" role may not write) and the token's role (``roles``: token -> "write" (default) or "read"). A user may
+create and write repositories in their own namespace and in organisations where their role is not "read".
+
 Fault injection for the tests: ``delay`` makes every request wait that many seconds before answering (a
-client with a shorter timeout times out), ``requests`` records ``(method, path)`` of every request, and
-``authorizations`` the Authorization headers it saw.
+client with a shorter timeout times out), ``delays`` does it only for paths that contain a key (e.g.
+``{"/preupload/": 2.0}``), ``fail_commits`` answers that many commits with HTTP 500 (then succeeds again),
+``requests`` records ``(method, path)`` of every request, and ``authorizations`` the Authorization headers
+it saw.
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -53,14 +59,23 @@ class Repo:
 class HubServer:
     """``with HubServer(tokens={"hf_secret": "alice"}) as hub: ...``; ``hub.endpoint`` is its base URL."""
 
-    def __init__(self, tokens: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tokens: dict[str, str] | None = None,
+        orgs: dict[str, dict[str, str]] | None = None,
+        roles: dict[str, str] | None = None,
+    ) -> None:
         self.tokens = dict(tokens or {})
+        self.orgs = dict(orgs or {})
+        self.roles = dict(roles or {})
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str]] = []
         self.authorizations: list[str] = []
         self.delay = 0.0
+        self.delays: dict[str, float] = {}
+        self.fail_commits = 0
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
@@ -85,12 +100,26 @@ class HubServer:
                 repo.files[path.relative_to(folder).as_posix()] = path.read_bytes()
         self._new_commit(repo)
 
+    def count(self, method: str, part: str) -> int:
+        """How many requests of ``method`` had ``part`` in their path."""
+        return sum(1 for verb, path in self.requests if verb == method and part in path)
+
+    def may_write(self, user: str, namespace: str) -> bool:
+        return namespace == user or self.orgs.get(user, {}).get(namespace, "read") != "read"
+
     def _new_commit(self, repo: Repo) -> None:
         repo.commits += 1
         digest = hashlib.sha1(str(repo.commits).encode())
         for name in sorted(repo.files):
             digest.update(name.encode() + hashlib.sha256(repo.files[name]).digest())
         repo.sha = digest.hexdigest()
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        # A client that timed out has closed its end before the (delayed) answer: expected in the timeout tests.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
@@ -140,8 +169,10 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
         def _route(self) -> None:
             path = unquote(urlsplit(self.path).path)
             hub.requests.append((self.command, path))
-            if hub.delay:
-                time.sleep(hub.delay)
+            delay = hub.delay + sum(seconds for part, seconds in hub.delays.items() if part in path)
+            if delay:
+                # Not time.sleep: tests replace huggingface_hub's retry sleeps, which are time.sleep.
+                threading.Event().wait(delay)
             parts = path.strip("/").split("/")
             with hub._lock:
                 if parts[:1] == ["api"]:
@@ -159,6 +190,8 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 return self._create_repo()
             if parts == ["validate-yaml"] and self.command == "POST":
                 return self._validate_yaml()
+            if parts == ["whoami-v2"] and self.command == "GET":
+                return self._whoami()
             if len(parts) >= 3 and parts[0] == "models":
                 repo_id, rest = "/".join(parts[1:3]), parts[3:]
                 repo = hub.repos.get(repo_id)
@@ -180,7 +213,7 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 return
             payload = json.loads(self._body())
             namespace = payload.get("organization") or user
-            if namespace != user:
+            if not hub.may_write(user, namespace) or self._read_only():
                 return self._error(403, f"You cannot create repositories in {namespace!r}.")
             repo_id = f"{namespace}/{payload['name']}"
             if repo_id in hub.repos:
@@ -190,6 +223,22 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
                 return self._json(409, body, {"X-Error-Message": message})
             hub.repos[repo_id] = Repo()
             self._json(200, {"url": f"{hub.endpoint}/{repo_id}", "name": repo_id})
+
+        def _read_only(self) -> bool:
+            token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            return hub.roles.get(token, "write") == "read"
+
+        def _whoami(self) -> None:
+            user = self._user()
+            if user is None:
+                return
+            token = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            orgs = [{"name": name, "roleInOrg": role} for name, role in sorted(hub.orgs.get(user, {}).items())]
+            access = {"displayName": "test token", "role": hub.roles.get(token, "write")}
+            self._json(
+                200,
+                {"type": "user", "name": user, "orgs": orgs, "auth": {"type": "access_token", "accessToken": access}},
+            )
 
         def _validate_yaml(self) -> None:
             content = json.loads(self._body())["content"]
@@ -227,8 +276,15 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             )
 
         def _commit(self, repo_id: str, repo: Repo) -> None:
-            if self._user() is None:
+            user = self._user()
+            if user is None:
                 return
+            if not hub.may_write(user, repo_id.split("/")[0]) or self._read_only():
+                return self._error(403, f"You may not write to {repo_id!r}.")
+            if hub.fail_commits:
+                hub.fail_commits -= 1
+                self._body()
+                return self._error(500, "Internal Error - We're working hard to fix this as soon as possible!")
             lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
             if not lines or lines[0].get("key") != "header":
                 return self._error(400, "A commit starts with a header line")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -16,7 +17,7 @@ from huggingface_hub import ModelCard
 from trained_adapters import LABELS, one_thread, single_thread, train_tiny_adapter
 
 from softprompt_hf import classification_report
-from softprompt_hf.card import build_model_card
+from softprompt_hf.card import ModelCardInputs, build_model_card, model_card_inputs, render_model_card
 from softprompt_hf.hub import push_adapter
 from softprompt_hf.predict import predict
 
@@ -45,6 +46,10 @@ def trained(tmp_path_factory, model_dirs):
 
 
 def card_for(trainer, **overrides) -> ModelCard:
+    return build_model_card(trainer.model, **card_values(trainer, **overrides))
+
+
+def card_values(trainer, **overrides) -> dict:
     metrics = trainer.metrics_callback
     values = {
         "base_model": BASE_ID,
@@ -61,7 +66,7 @@ def card_for(trainer, **overrides) -> ModelCard:
         "repo_id": "alice/complaints",
     }
     values.update(overrides)
-    return build_model_card(trainer.model, **values)
+    return values
 
 
 EXPECTED_TAG = {"prompt_tuning": "prompt-tuning", "p_tuning": "p-tuning", "prefix_tuning": "prefix-tuning"}
@@ -95,14 +100,30 @@ def test_card_metadata_and_sections(trained, method):
     assert str(trainer.args.output_dir) not in str(card)
     per_evaluation = section(text, "Metrics per evaluation").splitlines()[2:]
     eval_losses = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
-    assert len(per_evaluation) == len(eval_losses) == 5  # four epochs, then trainer.evaluate()
-    assert [f"{loss:.4f}" in row for row, loss in zip(per_evaluation, eval_losses, strict=True)] == [True] * 5
+    # Four epochs, then trainer.evaluate() after training: that one is the validation metrics, not a fifth row.
+    assert len(eval_losses) == 5 and len(per_evaluation) == 4
+    assert [row.split(" | ")[:2] for row in per_evaluation] == [["| 1", "3"], ["| 2", "6"], ["| 3", "9"], ["| 4", "12"]]
+    assert [f"{loss:.4f}" in row for row, loss in zip(per_evaluation, eval_losses[:4], strict=True)] == [True] * 4
 
 
 def section(text: str, title: str) -> str:
     match = re.search(rf"## {title}\n\n(.*?)(\n## |\Z)", text, re.DOTALL)
     assert match, f"no section {title!r}"
     return match.group(1)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_card_renders_the_same_from_its_stored_inputs_for_any_repository(trained, method):
+    """What the card is rendered from is kept as JSON (sorted keys, as softprompt_hf.json is written); rendered
+    from there for a repository it is the card build_model_card gives for that repository."""
+    values = card_values(trained[method])
+    repo_id = values.pop("repo_id")
+    inputs = model_card_inputs(trained[method].model, **values)
+    stored = json.loads(json.dumps(inputs.to_dict(), sort_keys=True))
+    assert SECRET not in json.dumps(stored) and str(trained[method].args.output_dir) not in json.dumps(stored)
+    for repo in (repo_id, "bob/elsewhere", None):
+        expected = card_for(trained[method], repo_id=repo).content
+        assert render_model_card(ModelCardInputs.from_dict(stored), repo_id=repo).content == expected
 
 
 def test_confusion_matrix_matches_a_hand_count(trained):

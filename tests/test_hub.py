@@ -5,22 +5,27 @@ from __future__ import annotations
 import json
 import logging
 import shlex
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import METHODS, labelled_rows, next_token_logits
+from datasets import Dataset
 from hub_server import BASE_ID, TOKEN, HubServer, hub_fixture, point_hub_client_at  # noqa: F401  (hub fixture)
-from huggingface_hub import ModelCard
+from huggingface_hub import ModelCard, constants
+from huggingface_hub.utils import _http
 from peft import AutoPeftModelForCausalLM
 from trained_adapters import LABELS, one_thread, train_tiny_adapter
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from softprompt_hf import build_model_card, build_soft_prompt_model
+from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_model_card, build_soft_prompt_model
+from softprompt_hf.card import model_card_inputs
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.generation import generate_label_ids
-from softprompt_hf.hub import HubPushCallback, HubPushError, push_adapter, push_adapter_folder
-from softprompt_hf.saving import save_adapter
+from softprompt_hf.hub import HubPushCallback, HubPushError, card_for_repo, push_adapter, push_adapter_folder
+from softprompt_hf.saving import inference_settings, save_adapter
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
@@ -141,7 +146,7 @@ def failing_push(kind: str, hub: HubServer, monkeypatch):
 EXPECTED_PROBLEM = {
     "no token": "no Hugging Face token",
     "rejected token": "rejected the token (HTTP 401",
-    "timeout": "did not answer within 0.3 s",
+    "timeout": "did not answer GET /api/whoami-v2 within 0.3 s, 1 attempt in a row",
     "network error": "could not reach the Hub",
 }
 
@@ -182,12 +187,259 @@ def test_failed_push_keeps_the_adapter_and_says_how_to_push_it_later(hub, tmp_pa
     )
 
 
+class RevokeToken(TrainerCallback):
+    """Stands for a token revoked while the run trains: the server forgets it once training has begun."""
+
+    def __init__(self, hub: HubServer, token: str) -> None:
+        self.hub, self.token = hub, token
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.hub.tokens.pop(self.token)
+
+
 def test_trainer_push_failure_raises_after_saving(hub, tmp_path):
-    callback = HubPushCallback("alice/denied", base_model_id=BASE_ID, token="hf_RejectedSecret999")
+    hub.tokens["hf_RevokedSecret777"] = "alice"
+    callback = HubPushCallback("alice/denied", base_model_id=BASE_ID, token="hf_RevokedSecret777")
     with pytest.raises(HubPushError, match="rejected the token") as failure:
-        train_tiny_adapter(hub.base_dir, "prefix_tuning", tmp_path / "run", callbacks=[callback], num_train_epochs=1)
+        train_tiny_adapter(
+            hub.base_dir,
+            "prefix_tuning",
+            tmp_path / "run",
+            callbacks=[callback, RevokeToken(hub, "hf_RevokedSecret777")],
+            num_train_epochs=1,
+        )
     assert failure.value.folder == tmp_path / "run" / "hub_adapter"
     assert (failure.value.folder / "adapter_model.safetensors").is_file()
+    assert f"softprompt-hf push {failure.value.folder} alice/denied" in str(failure.value)
+
+
+class CountSteps(TrainerCallback):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+REFUSED_BEFORE_TRAINING = {
+    "no token": ({"token": None}, "no Hugging Face token was found"),
+    "rejected token": ({"token": "hf_RejectedSecret999"}, "rejected the token (HTTP 401"),
+    "another user's namespace": ({"repo_id": "bob/x"}, "belongs to 'alice', who may not write to the namespace 'bob'"),
+    "read-only organisation": ({"repo_id": "readers/x"}, "only read access to the organisation 'readers'"),
+    "read-only token": ({"token": "hf_ReadOnlySecret555"}, "the token is read-only"),
+    "offline mode": ({"offline": True}, "offline mode (HF_HUB_OFFLINE=1)"),
+}
+
+
+@pytest.mark.parametrize("kind", list(REFUSED_BEFORE_TRAINING))
+def test_a_push_that_cannot_work_is_refused_before_the_first_step(hub, tmp_path, monkeypatch, kind):
+    hub.orgs["alice"] = {"readers": "read", "writers": "write"}
+    hub.tokens["hf_ReadOnlySecret555"] = "alice"
+    hub.roles["hf_ReadOnlySecret555"] = "read"
+    settings, expected = REFUSED_BEFORE_TRAINING[kind]
+    if settings.get("offline"):
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    repo_id = settings.get("repo_id", "alice/refused")
+    callback = HubPushCallback(repo_id, base_model_id=BASE_ID, token=settings.get("token", TOKEN))
+    steps = CountSteps()
+    with pytest.raises(ValueError, match="Nothing was trained") as failure:
+        train_tiny_adapter(hub.base_dir, "p_tuning", tmp_path / "run", callbacks=[callback, steps])
+    assert expected in str(failure.value) and f"Cannot push to the Hub repository {repo_id!r}" in str(failure.value)
+    assert steps.steps == 0 and not (tmp_path / "run" / "hub_adapter").exists()
+    assert not any(path.endswith(("/preupload/main", "/commit/main")) for _, path in hub.requests)
+
+
+def test_an_organisation_the_user_may_write_to_is_accepted(hub, tmp_path):
+    hub.orgs["alice"] = {"writers": "write"}
+    callback = HubPushCallback("writers/team-adapter", base_model_id=BASE_ID, token=TOKEN)
+    train_tiny_adapter(hub.base_dir, "prompt_tuning", tmp_path / "run", callbacks=[callback], num_train_epochs=1)
+    assert "adapter_model.safetensors" in hub.repos["writers/team-adapter"].files
+
+
+@pytest.fixture
+def no_retry_sleeps(monkeypatch):
+    """huggingface_hub's back-off sleeps (1, 2, 4, 8, 8 s), recorded instead of slept."""
+    sleeps: list[float] = []
+    monkeypatch.setattr(_http, "time", SimpleNamespace(sleep=sleeps.append))
+    return sleeps
+
+
+@pytest.fixture
+def saved_folder(hub, tmp_path):
+    trainer = train_tiny_adapter(hub.base_dir, "prompt_tuning", tmp_path / "run", num_train_epochs=1)
+    inputs = model_card_inputs(trainer.model, base_model=BASE_ID, labels=LABELS)
+    card, card_inputs = card_for_repo(inputs, None)
+    extra = inference_settings(trainer.model, labels=LABELS, template=None, text_column=None, base_model=BASE_ID)
+    return save_adapter(
+        trainer.model,
+        tmp_path / "adapter",
+        tokenizer=trainer.processing_class,
+        base_model_id=BASE_ID,
+        model_card=card,
+        extra_json={**extra, "card": card_inputs},
+    )
+
+
+def test_a_timeout_message_says_how_many_attempts_were_made(hub, saved_folder, no_retry_sleeps):
+    hub.delays["/preupload/"] = 2.0
+    with pytest.raises(HubPushError) as failure:
+        push_adapter_folder(saved_folder, "alice/slow", token=TOKEN, timeout=0.3)
+    message = str(failure.value)
+    preuploads = hub.count("POST", "/api/models/alice/slow/preupload/")
+    assert preuploads == 6 and len(no_retry_sleeps) == 5  # huggingface_hub 2.4: 1 try + 5 retries
+    assert "did not answer POST /api/models/alice/slow/preupload/main within 0.3 s, 6 attempts in a row" in message
+    first_push_request = next(i for i, (_, path) in enumerate(hub.requests) if path == "/api/repos/create")
+    assert f"gave up after {len(hub.requests) - first_push_request} requests" in message
+    assert "'alice/slow' was created by this push and holds none of the adapter's files" in message
+    assert hub.repos["alice/slow"].files == {}
+
+
+def test_a_failed_commit_says_what_became_of_the_repository(hub, saved_folder, no_retry_sleeps):
+    hub.fail_commits = 100
+    with pytest.raises(HubPushError) as failure:
+        push_adapter_folder(saved_folder, "alice/broken", token=TOKEN)
+    message = str(failure.value)
+    assert hub.count("POST", "/api/models/alice/broken/commit/") == 6
+    assert (
+        "answered HTTP 500 to POST /api/models/alice/broken/commit/main (6 attempts: huggingface_hub retried it)"
+        in message
+    )
+    assert "'alice/broken' was created by this push and holds none of the adapter's files" in message
+    assert hub.repos["alice/broken"].files == {}
+
+    hub.fail_commits = 0
+    push_adapter_folder(saved_folder, "alice/broken", token=TOKEN)
+    files = dict(hub.repos["alice/broken"].files)
+    hub.fail_commits = 100
+    with pytest.raises(HubPushError) as failure:
+        push_adapter_folder(saved_folder, "alice/broken", token=TOKEN, commit_message="second")
+    assert "'alice/broken' existed already and is unchanged" in str(failure.value)
+    assert "created by this push" not in str(failure.value) and hub.repos["alice/broken"].files == files
+
+
+def pushed_card(hub: HubServer, repo_id: str) -> ModelCard:
+    return ModelCard(hub.repos[repo_id].files["README.md"].decode())
+
+
+def test_a_card_is_rendered_for_the_repository_it_is_pushed_to(hub, saved_folder, monkeypatch):
+    assert "adapter = 'path/to/adapter'" in (saved_folder / "README.md").read_text()
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    for repo_id in ("alice/first", "alice/other"):
+        assert cli_main(["push", str(saved_folder), repo_id]) == 0
+        card = pushed_card(hub, repo_id)
+        assert card.text.lstrip().startswith(f"# {repo_id}\n") and card.data.model_name == repo_id
+        assert f"adapter = {repo_id!r}" in card.text and f"softprompt-hf predict {repo_id} " in card.text
+        assert "path/to/adapter" not in card.content
+    assert "alice/first" not in pushed_card(hub, "alice/other").content
+    assert (saved_folder / "README.md").read_text() == pushed_card(hub, "alice/other").content
+
+    # A card edited by hand is the user's: pushed as it is.
+    edited = (saved_folder / "README.md").read_text() + "\nMy own notes.\n"
+    (saved_folder / "README.md").write_text(edited)
+    assert cli_main(["push", str(saved_folder), "alice/third"]) == 0
+    assert pushed_card(hub, "alice/third").content == edited
+
+
+def tiny_trainer(hub, output_dir: Path, callbacks, **overrides) -> Trainer:
+    """A plain Trainer (the stock one, no softprompt_hf callbacks but the metrics') on the tiny Bloom."""
+    tokenizer = AutoTokenizer.from_pretrained(hub.base_dir)
+    torch.manual_seed(0)
+    model = build_soft_prompt_model(
+        AutoModelForCausalLM.from_pretrained(hub.base_dir),
+        method="prompt_tuning",
+        prompt_tuning_init="RANDOM",
+        num_virtual_tokens=4,
+    )
+    rows = labelled_rows(24)
+    metrics = GenerationMetrics(tokenizer, LABELS, rows[:8], batch_size=8)
+    values = dict(
+        output_dir=str(output_dir), per_device_train_batch_size=8, learning_rate=3e-2, eval_strategy="epoch",
+        save_strategy="epoch", remove_unused_columns=False, report_to=[], logging_steps=1, seed=0, use_cpu=True,
+        disable_tqdm=True,
+    )  # fmt: skip
+    args = overrides.pop("args", None) or TrainingArguments(**{**values, **overrides})
+    kwargs = metrics.trainer_kwargs()
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(rows[:8]),
+        data_collator=SoftPromptDataCollator(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=kwargs["compute_metrics"],
+        preprocess_logits_for_metrics=kwargs["preprocess_logits_for_metrics"],
+        callbacks=[*kwargs["callbacks"], *callbacks(metrics)],
+    )
+
+
+def files_holding(folder: Path, secret: str) -> list[str]:
+    return [str(p) for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_from_training_args_keeps_the_token_out_of_every_checkpoint(hub, tmp_path):
+    out = tmp_path / "run"
+    args = TrainingArguments(
+        output_dir=str(out), push_to_hub=True, hub_model_id="alice/no-leak", hub_token=TOKEN, num_train_epochs=2,
+        per_device_train_batch_size=8, eval_strategy="epoch", save_strategy="epoch", remove_unused_columns=False,
+        report_to=[], use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    callback = HubPushCallback.from_training_args(args, base_model_id=BASE_ID)
+    trainer = tiny_trainer(hub, out, lambda metrics: [callback], args=args)
+    trainer.train()
+    assert (out / "checkpoint-6" / "training_args.bin").is_file()
+    assert files_holding(out, TOKEN) == []
+    assert "adapter_model.safetensors" in hub.repos["alice/no-leak"].files
+    assert f"Bearer {TOKEN}" in hub.authorizations  # pushed with that token
+
+
+class ScriptedScore(TrainerCallback):
+    """Puts a chosen ``eval_score`` into each evaluation's metrics, before HubPushCallback reads them."""
+
+    SCORES = {1: 0.5, 2: 0.9, 3: 0.7}
+
+    def __init__(self, seen: list[float]) -> None:
+        self.seen = seen
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        metrics["eval_score"] = self.SCORES[round(state.epoch)]
+        self.seen.append(metrics["eval_score"])
+
+
+class StopAfterEpoch(TrainerCallback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if round(state.epoch) == self.epoch:
+            control.should_training_stop = True  # this epoch is still evaluated and saved
+
+
+def test_push_best_keeps_its_best_score_across_a_resume(hub, tmp_path):
+    out = tmp_path / "run"
+    settings = dict(num_train_epochs=3, metric_for_best_model="score", greater_is_better=True)
+
+    seen: list[float] = []
+
+    def callbacks(*more):
+        return lambda metrics: [
+            ScriptedScore(seen),
+            HubPushCallback("alice/best-resumed", base_model_id=BASE_ID, token=TOKEN, push_best=True, metrics=metrics),
+            *more,
+        ]
+
+    tiny_trainer(hub, out, callbacks(StopAfterEpoch(2)), **settings).train()
+    repo = hub.repos["alice/best-resumed"]
+    assert repo.commits == 2  # epochs 1 (0.5) and 2 (0.9)
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["stateful_callbacks"]["HubPushCallback"]["attributes"]["_best"] == 0.9
+    assert TOKEN not in json.dumps(state)
+
+    resumed = tiny_trainer(hub, out, callbacks(), **settings)
+    resumed.train(resume_from_checkpoint=str(out / "checkpoint-6"))
+    assert resumed.state.global_step == 9 and seen == [0.5, 0.9, 0.7]
+    assert repo.commits == 2  # epoch 3 (0.7) does not beat 0.9: nothing pushed, neither then nor at the end
+    card = pushed_card(hub, "alice/best-resumed")
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results}["score"] == 0.9
 
 
 def test_the_token_never_reaches_logs_cards_or_files(hub, tmp_path, capsys, caplog):

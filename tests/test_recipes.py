@@ -254,8 +254,12 @@ def test_recipe_pushes_its_adapter_and_it_loads_from_the_hub(tmp_path, hub):
     out = tmp_path / "run"
     flags = ["--output_dir", str(out), "--use_cpu", "true", "--num_train_epochs", "1", "--disable_tqdm", "true"]
     flags += ["--predict_unlabeled", "false", "--push_to_hub", "true", "--hub_model_id", "alice/complaints"]
-    flags += ["--hub_token", TOKEN, "--base_model_id", EMBEDDED_HUB_ID]
+    flags += ["--hub_token", TOKEN, "--base_model_id", EMBEDDED_HUB_ID, "--push_timeout", "30"]
     load_recipe("prompt_tuning").main(flags)
+    # The token was used for the push, and no file of the run holds it (the Trainer pickles its arguments into
+    # every checkpoint's training_args.bin).
+    assert f"Bearer {TOKEN}" in hub.authorizations and list(out.glob("checkpoint-*/training_args.bin"))
+    assert [str(p) for p in out.rglob("*") if p.is_file() and TOKEN.encode() in p.read_bytes()] == []
     pushed = hub.repos["alice/complaints"].files
     assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "softprompt_hf.json"} <= set(pushed)
     assert json.loads(pushed["adapter_config.json"])["base_model_name_or_path"] == EMBEDDED_HUB_ID
@@ -267,6 +271,64 @@ def test_recipe_pushes_its_adapter_and_it_loads_from_the_hub(tmp_path, hub):
     predictions = read_csv(out / "predictions.csv")[:8]
     outputs = generate_label_texts(model, tokenizer, [row["text"] for row in predictions], max_new_tokens=4)
     assert [o.strip() for o in outputs] == [row["output"].strip() for row in predictions]
+
+    # Pushed again elsewhere, the card names the new repository (title, model-index, usage), not the first one.
+    from softprompt_hf.cli import main as cli_main
+
+    os.environ["HF_TOKEN"] = TOKEN
+    try:
+        assert cli_main(["push", str(out / "adapter"), "alice/other"]) == 0
+    finally:
+        del os.environ["HF_TOKEN"]
+    card = hub.repos["alice/other"].files["README.md"].decode()
+    assert "# alice/other\n" in card and "adapter = 'alice/other'" in card and "name: alice/other" in card
+    assert "alice/complaints" not in card and "path/to/adapter" not in card
+
+
+def test_recipe_refuses_a_push_that_cannot_work_before_training(tmp_path, hub):
+    hub.delays["/api/whoami-v2"] = 2.0
+    flags = ["--output_dir", str(tmp_path / "run"), "--push_to_hub", "true", "--hub_model_id", "alice/x"]
+    flags += ["--base_model_id", "softprompt-hf/embedded-bloom", "--use_cpu", "true"]
+    with pytest.raises(ValueError, match=r"did not answer GET /api/whoami-v2 within 0.3 s.*Nothing was trained"):
+        load_recipe("p_tuning").main([*flags, "--hub_token", TOKEN, "--push_timeout", "0.3"])
+    hub.delays.clear()
+    with pytest.raises(ValueError, match=r"rejected the token \(HTTP 401.*Nothing was trained"):
+        load_recipe("p_tuning").main([*flags, "--hub_token", "hf_RejectedSecret999"])
+    with pytest.raises(ValueError, match="no Hugging Face token was found"):
+        load_recipe("p_tuning").main(flags)
+    with pytest.raises(ValueError, match="may not write to the namespace 'bob'"):
+        load_recipe("p_tuning").main([*flags, "--hub_token", TOKEN, "--hub_model_id", "bob/x"])
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+@pytest.mark.distributed
+def test_both_processes_refuse_a_rejected_token_before_training(tmp_path, hub):
+    """Under DDP the main process asks the Hub once and every process refuses: none goes on to train and wait
+    at the first collective for a main process that stopped."""
+    out = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(RECIPES / "p_tuning.py"), "--output_dir", str(out), "--use_cpu", "true", "--push_to_hub", "true",
+        "--hub_model_id", "alice/ddp", "--hub_token", "hf_RejectedSecret999",
+        "--base_model_id", "softprompt-hf/embedded-bloom",
+    ]  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING"))}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf-home"), OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.count("rejected the token (HTTP 401") >= 2  # both processes say why
+    assert hub.count("GET", "/api/whoami-v2") == 1  # asked once, by the main process
+    assert not out.exists()
+
+
+def test_recipe_refuses_to_push_in_offline_mode_before_training(tmp_path):
+    flags = ["--output_dir", str(tmp_path), "--push_to_hub", "true", "--hub_model_id", "alice/x"]
+    flags += ["--base_model_id", "softprompt-hf/embedded-bloom", "--hub_token", TOKEN]
+    with pytest.raises(ValueError, match=r"offline mode \(HF_HUB_OFFLINE=1\).*Nothing was trained"):
+        load_recipe("prefix_tuning").main(flags)
+    assert not any(tmp_path.iterdir())
 
 
 def test_push_with_a_local_base_model_is_refused_before_training(tmp_path):
