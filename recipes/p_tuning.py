@@ -26,7 +26,7 @@ from softprompt_hf.callbacks import check_trainer
 from softprompt_hf.runner import (
     build_collator,
     build_metrics,
-    close_distributed,
+    check_output_dir,
     enable_speed_ups,
     finish_run,
     load_recipe_data,
@@ -35,6 +35,7 @@ from softprompt_hf.runner import (
     push_run,
     recipe_callbacks,
     resolve_resume_checkpoint,
+    run_recipe,
     setup_logging,
     summary_line,
     take_over_hub_push,
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, run_args, prompt_args, training_args = parse_recipe_args(METHOD, argv)
     setup_logging(training_args)
     hub_repo = take_over_hub_push(training_args, model_args)  # pushed in step 6 by us, not by the Trainer
+    check_output_dir(training_args)  # writable now, not only when the first checkpoint is due
     set_seed(training_args.seed)
 
     # 1. Data: labelled rows with a stratified, seeded validation split; unlabelled rows for predictions.
@@ -91,5 +93,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    close_distributed()
+    sys.exit(run_recipe(main))  # input errors: one "error: ..." line and exit code 1
