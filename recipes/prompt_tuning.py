@@ -11,7 +11,8 @@ Every TrainingArguments flag is accepted, and every option of SoftPromptArgument
 DataArguments and RunArguments (``--help`` lists them); ``--config file.yaml`` sets flags from a file and the
 command line overrides it. The run ends with the validation metrics of the best adapter, and in
 ``output_dir``: ``adapter/`` (adapter, tokenizer, model card), ``predictions.csv``, ``eval_results.json`` and,
-for data with unlabelled rows, ``raft_submission.csv``.
+for data with unlabelled rows, ``raft_submission.csv``. Bad input ends the run with one ``error: ...`` line and
+exit code 1 (``SOFTPROMPT_HF_TRACEBACK=1`` shows the traceback; the README's Troubleshooting lists the cases).
 """
 
 from __future__ import annotations

@@ -212,6 +212,12 @@ def _truncated_adapter(ctx: Ctx) -> list[str]:
     return [str(folder), "--text", "hi"]
 
 
+def _no_cuda(device: str) -> str:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    return device
+
+
 def _input(ctx: Ctx, name: str, write: Callable[[Path], None]) -> list[str]:
     path = ctx.tmp / name
     write(path)
@@ -413,6 +419,12 @@ CASES = [
         r"in\.csv' is not UTF-8 text: byte 0xe9 on line 2",
     ),
     Case(
+        "CUDA device without a GPU",
+        "predict",
+        lambda c: [str(c.saved["adapter"]), "--text", "hi", "--device", _no_cuda("cuda")],
+        r"Device 'cuda' was asked for, but torch sees no CUDA GPU here: use --device cpu",
+    ),
+    Case(
         "predict template without {text}",
         "predict",
         lambda c: [str(c.saved["adapter"]), "--text", "hi", "--template", "Label: "],
@@ -433,7 +445,7 @@ def test_bad_input_gets_one_clear_message(case, tmp_path, saved, monkeypatch, ca
         code = run_recipe(load_recipe(case.method).main, [*argv, *flags])
         prefix = "error: "
     else:
-        code = cli_main(["predict", *argv, "--device", "cpu"])
+        code = cli_main(["predict", *argv] if "--device" in argv else ["predict", *argv, "--device", "cpu"])
         prefix = "softprompt-hf predict: error: "
     err = capsys.readouterr().err
     assert code == 1, err[-2000:]
@@ -552,3 +564,22 @@ def test_a_recipe_run_with_bad_input_prints_one_line_and_exits_1(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: Data file {str(data)!r} of split 'train' has a header and no rows: add one row per labelled example."
     )
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_under_accelerate_launch_every_process_reports_the_error_and_the_launch_fails(tmp_path):
+    data = tmp_path / "header.csv"
+    data.write_text("ID,Tweet text,Label\n")
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(RECIPES / "p_tuning.py"), "--output_dir", str(tmp_path / "out"), "--use_cpu", "true",
+        "--dataset", "files", "--train_file", str(data), "--text_column", "Tweet text",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "error: Data file" in result.stderr and "has a header and no rows" in result.stderr
+    # The launcher prints its own ChildFailedError summary; no process of the recipe prints a traceback.
+    assert f'File "{RECIPES}' not in result.stderr and f'File "{REPO / "softprompt_hf"}' not in result.stderr
