@@ -339,13 +339,16 @@ def load_recipe_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase
     _check_model_source(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except OSError as err:
+    except (OSError, ValueError) as err:  # ValueError: a folder without tokenizer files (transformers 5.24)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"--model_name_or_path {source}: could not load its tokenizer ({first}). There is no local folder of "
-            f"that name; pass an existing model folder or a Hub id (offline, download it first while online: "
-            f"`hf download {source}`)."
-        ) from err
+        if _looks_local(source):
+            fix = "Save the model's tokenizer into that folder too (tokenizer.save_pretrained(folder))."
+        else:
+            fix = (
+                "There is no local folder of that name; pass an existing model folder or a Hub id (offline, download "
+                f"it first while online: `hf download {source}`)."
+            )
+        raise ValueError(f"--model_name_or_path {source}: could not load its tokenizer ({first}). {fix}") from err
     if tokenizer.eos_token is None:
         raise ValueError(_no_eos_message(source, tokenizer))
     if tokenizer.pad_token is None:

@@ -151,6 +151,13 @@ def _no_eos_model(ctx: Ctx) -> list[str]:
     return ["--model_name_or_path", str(folder)]
 
 
+def _model_without_tokenizer(ctx: Ctx) -> list[str]:
+    folder = Path(shutil.copytree(EMBEDDED_MODEL_PATH, ctx.tmp / "model"))
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer_config.json").unlink()
+    return ["--model_name_or_path", str(folder)]
+
+
 def _read_only_output_dir(ctx: Ctx) -> list[str]:
     out = ctx.tmp / "read-only"
     out.mkdir()
@@ -340,6 +347,12 @@ CASES = [
         "recipe",
         lambda c: ["--model_name_or_path", str(c.tmp)],
         r"is not a model folder \(it has no config\.json\)",
+    ),
+    Case(
+        "model folder without a tokenizer",
+        "recipe",
+        _model_without_tokenizer,
+        r"could not load its tokenizer \(Couldn't instantiate .*\)\. Save the model's tokenizer into that folder",
     ),
     Case(
         "tokenizer with neither EOS nor pad",
