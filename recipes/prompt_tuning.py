@@ -11,7 +11,8 @@ Every TrainingArguments flag is accepted, and every option of SoftPromptArgument
 DataArguments and RunArguments (``--help`` lists them); ``--config file.yaml`` sets flags from a file and the
 command line overrides it. The run ends with the validation metrics of the best adapter, and in
 ``output_dir``: ``adapter/`` (adapter, tokenizer, model card), ``predictions.csv``, ``eval_results.json`` and,
-for data with unlabelled rows, ``raft_submission.csv``.
+for data with unlabelled rows, ``raft_submission.csv``. Bad input ends the run with one ``error: ...`` line and
+exit code 1 (``SOFTPROMPT_HF_TRACEBACK=1`` shows the traceback; the README's Troubleshooting lists the cases).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from softprompt_hf.callbacks import check_trainer
 from softprompt_hf.runner import (
     build_collator,
     build_metrics,
-    close_distributed,
+    check_output_dir,
     enable_speed_ups,
     finish_run,
     load_recipe_data,
@@ -34,6 +35,7 @@ from softprompt_hf.runner import (
     push_run,
     recipe_callbacks,
     resolve_resume_checkpoint,
+    run_recipe,
     setup_logging,
     summary_line,
     take_over_hub_push,
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, run_args, prompt_args, training_args = parse_recipe_args(METHOD, argv)
     setup_logging(training_args)
     hub_repo = take_over_hub_push(training_args, model_args, run_args)  # pushed in step 6 by us, not the Trainer
+    check_output_dir(training_args)  # writable now, not only when the first checkpoint is due
     set_seed(training_args.seed)
 
     # 1. Data: labelled rows with a stratified, seeded validation split; unlabelled rows for predictions.
@@ -90,5 +93,4 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
-    close_distributed()
+    sys.exit(run_recipe(main))  # input errors: one "error: ..." line and exit code 1

@@ -90,9 +90,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Pushed {args.folder} to {args.repo_id}: {url}")
             return 0
         return _predict(args)
-    except (ValueError, FileNotFoundError, AdapterLoadError, HubPushError) as err:
-        print(f"softprompt-hf {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, HubPushError) as err:
+        message = _error_message(err)
+        if message is None or os.environ.get("SOFTPROMPT_HF_TRACEBACK", "").lower() in ("1", "true", "yes"):
+            raise
+        print(f"softprompt-hf {args.command}: error: {message}", file=sys.stderr)
         return 1
+
+
+def _error_message(err: BaseException) -> str | None:
+    """The one line to print for an input error or a machine fault (full disk, read-only folder); None for others."""
+    if isinstance(err, (ValueError, FileNotFoundError, AdapterLoadError, HubPushError)):
+        return str(err)
+    # Imported here: the runner pulls in the Trainer, which the command does not otherwise need.
+    from .runner import user_error_message
+
+    return user_error_message(err)
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -84,13 +84,19 @@ class SoftPromptDataCollator(DataCollatorMixin):
             raise ValueError(
                 f"SoftPromptDataCollator only returns PyTorch tensors; got return_tensors={self.return_tensors!r}."
             )
+        # EOS first: without one, "reuse EOS as pad" would be advice that cannot be followed.
+        if self.tokenizer.eos_token_id is None:
+            pad = "" if self.tokenizer.pad_token_id is not None else " (nor a pad token)"
+            raise ValueError(
+                f"The tokenizer has no eos_token{pad}: every target ends with EOS so that generation stops after "
+                "the label. Set tokenizer.eos_token to the model's end-of-sequence token (the token of "
+                "model.config.eos_token_id), then tokenizer.pad_token = tokenizer.eos_token."
+            )
         if self.tokenizer.pad_token_id is None:
             raise ValueError(
                 "The tokenizer has no pad token. Reuse EOS as pad: `tokenizer.pad_token = tokenizer.eos_token` "
                 "(adding a new token would resize the vocabulary and bloat the adapter)."
             )
-        if self.tokenizer.eos_token_id is None:
-            raise ValueError("The tokenizer has no eos_token: set tokenizer.eos_token to the model's end token.")
         for name in ("max_length", "pad_to_multiple_of"):
             value = getattr(self, name)
             if value is not None and value < 1:

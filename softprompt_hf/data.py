@@ -12,6 +12,7 @@ entirely unlabelled). Evaluation uses a stratified, seeded hold-out of the label
 
 from __future__ import annotations
 
+import codecs
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -554,11 +555,14 @@ def _load_files(data_files: DataFiles, cache_dir: str | None) -> dict[str, datas
         formats = {_file_format(path) for path in files}
         if len(formats) > 1:
             raise ValueError(f"Split {split!r} mixes file formats {sorted(formats)} ({files}); use one format.")
+        builder = formats.pop()
         for path in files:
             is_local = "://" not in path and not any(char in path for char in _GLOB_CHARACTERS)
             if is_local and not os.path.isfile(path):
                 raise FileNotFoundError(f"Data file {path!r} of split {split!r} does not exist.")
-        splits_by_format.setdefault(formats.pop(), {})[split] = files
+            if is_local:
+                _check_local_file(path, split, builder)
+        splits_by_format.setdefault(builder, {})[split] = files
 
     splits: dict[str, datasets.Dataset] = {}
     for builder, split_files in splits_by_format.items():
@@ -572,8 +576,82 @@ def _load_files(data_files: DataFiles, cache_dir: str | None) -> dict[str, datas
                 f"Could not read {remote}: {err}. Without Hub access, copy the files to local disk and pass "
                 "their local paths as data_files."
             ) from err
+        except (datasets.exceptions.DatasetGenerationError, ValueError, OSError) as err:
+            # datasets' own messages ("An error occurred while generating the dataset") name neither the file nor
+            # the cause: the cause is the innermost exception.
+            cause = _innermost(err)
+            raise ValueError(
+                f"Could not read the {builder} data files {dict(split_files)}: {type(cause).__name__}: "
+                f"{_first_line(cause)}. Check that each file is a well-formed {builder} file with a header (column "
+                "names) and at least one row."
+            ) from err
         splits.update({split: loaded[split] for split in split_files})
+    for split, dataset in splits.items():
+        if len(dataset) == 0:
+            raise ValueError(
+                f"Split {split!r} ({files_by_split[split]}) has no rows: add labelled examples to the file(s)."
+            )
     return {split: splits[split] for split in files_by_split}
+
+
+def _utf8_problem(path: str | os.PathLike[str]) -> tuple[str | None, int]:
+    """Where ``path`` stops being UTF-8 (``"byte 0xe9 on line 2"``), or None; and how many non-blank lines it has
+    (counted up to 2)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, non_empty_lines = 1, 0
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            try:
+                text = decoder.decode(block)
+            except UnicodeDecodeError as err:
+                # The decoder may hold back up to 3 bytes of the previous block; err.start counts from them.
+                start = max(err.start - (len(err.object) - len(block)), 0)
+                bad_line = line + block[:start].count(b"\n")
+                return f"byte {block[start]:#04x} on line {bad_line} is not valid UTF-8", non_empty_lines
+            line += block.count(b"\n")
+            if non_empty_lines < 2:
+                non_empty_lines += sum(1 for row in text.splitlines() if row.strip())
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return "it ends in the middle of a UTF-8 character (truncated?)", non_empty_lines
+    return None, min(non_empty_lines, 2)
+
+
+def _innermost(err: BaseException) -> BaseException:
+    while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def _check_local_file(path: str, split: str, builder: str) -> None:
+    """Refuse, naming the file, what datasets would fail on without saying which file: an empty file, text that
+    is not UTF-8, a CSV with a header and no rows."""
+    if os.path.getsize(path) == 0:
+        raise ValueError(
+            f"Data file {path!r} of split {split!r} is empty. It needs the column names (a CSV header, or the keys "
+            "of JSON objects) and one row per example."
+        )
+    if builder not in ("csv", "json") or any(path.lower().endswith(ext) for ext in _COMPRESSION_EXTENSIONS):
+        return
+    problem, non_empty_lines = _utf8_problem(path)
+    if problem is not None:
+        raise ValueError(
+            f"Data file {path!r} of split {split!r} is not UTF-8 text: {problem} (the file was probably saved as "
+            "Latin-1 or Windows-1252). Save it as UTF-8, e.g. pandas.read_csv(path, encoding='latin-1')"
+            ".to_csv(new_path, index=False), or `iconv -f latin1 -t utf-8 old.csv > new.csv`."
+        )
+    if non_empty_lines == 0:
+        raise ValueError(f"Data file {path!r} of split {split!r} holds only whitespace: it has no header and no rows.")
+    if builder == "csv" and non_empty_lines == 1:
+        raise ValueError(
+            f"Data file {path!r} of split {split!r} has a header and no rows: add one row per labelled example."
+        )
 
 
 def _file_format(path: str) -> str:

@@ -19,9 +19,11 @@ import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 from peft import PeftConfig, PeftModel
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from .data import _utf8_problem
 from .evaluation import MODES, Prediction, rank_labels
 from .generation import generate_label_texts
 from .metrics import check_label_set, match_label
@@ -66,10 +68,21 @@ def load_adapter(
         token: A Hub token for private repositories.
 
     Raises:
-        AdapterLoadError: If the adapter or its base model cannot be found; the message says what to download
-            or which local path to pass.
+        AdapterLoadError: If the adapter or its base model cannot be found, the adapter folder has no weights or
+            damaged ones, or the base model's shapes are not those the adapter was trained for; the message says
+            what to download or which local path to pass.
+        ValueError: If ``device`` is unknown, or CUDA is asked for and there is none.
     """
     source = str(adapter)
+    _check_device(device)
+    local = Path(source).expanduser()
+    if local.is_dir():
+        _check_adapter_folder(local)
+    elif _looks_local(source):
+        raise AdapterLoadError(
+            f"No adapter folder at {source!r}. Pass the folder a training run saved (a recipe's <output_dir>/adapter, "
+            "holding adapter_config.json) or a Hub id (namespace/name)."
+        )
     try:
         peft_config = PeftConfig.from_pretrained(source, token=token)
     except Exception as err:
@@ -83,6 +96,12 @@ def load_adapter(
             f"{source!r} does not name its base model (base_model_name_or_path is empty); pass base_model=... "
             "(--base-model) with the model's Hub id or local path."
         )
+    if _looks_local(base) and not Path(base).expanduser().is_dir():
+        named = "--base-model" if base_model is not None else "its adapter_config.json (base_model_name_or_path)"
+        raise AdapterLoadError(
+            f"The adapter {source!r} needs the base model {base!r} (named by {named}), and there is no such folder. "
+            "Pass the folder of the model it was trained on (CLI: --base-model /path/to/model) or its Hub id."
+        )
     try:
         base_lm = AutoModelForCausalLM.from_pretrained(base, token=token)
     except Exception as err:
@@ -91,6 +110,7 @@ def load_adapter(
             f"Download it while online (`hf download {base}`; it is then found offline in the Hugging Face cache), "
             "or pass the local path of a copy: base_model='/path/to/model' (CLI: --base-model /path/to/model)."
         ) from err
+    _check_base_model(source, peft_config, base_lm, base)
     settings = _read_settings(source, token)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, token=token)
@@ -98,7 +118,14 @@ def load_adapter(
         logger.info(f"{source} has no tokenizer; using the base model's ({base})")
         tokenizer = AutoTokenizer.from_pretrained(base, token=token)
     # is_trainable=False: inference mode, so P-tuning and prefix projection use the saved final prompt.
-    model = PeftModel.from_pretrained(base_lm, source, is_trainable=False, token=token)
+    try:
+        model = PeftModel.from_pretrained(base_lm, source, is_trainable=False, token=token)
+    except SafetensorError as err:
+        raise AdapterLoadError(
+            f"The adapter weights of {source!r} are damaged ({_first_line(err)}): the file was truncated or changed "
+            "after it was saved. Copy or download the folder again, or save the adapter again from the run's "
+            "checkpoint."
+        ) from err
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         raise AdapterLoadError(
             f"The tokenizer of {source!r} has {len(tokenizer)} tokens, more than the base model's embeddings: they "
@@ -248,15 +275,31 @@ def read_texts(
     extension = path.suffix.lower()
     import pandas as pd
 
-    if extension == ".csv":
-        # Texts stay strings (an empty cell is "", not NaN); ids keep their inferred type.
-        frame = pd.read_csv(path, dtype={text_column: str} if text_column else str, keep_default_na=False)
-    elif extension in (".jsonl", ".json"):
-        frame = pd.read_json(path, lines=extension == ".jsonl", dtype=False)
-    elif extension == ".parquet":
-        frame = pd.read_parquet(path)
-    else:
+    if extension not in _READERS:
         raise ValueError(f"Cannot read {str(path)!r}: use a {', '.join(_READERS)} file, or pipe text lines to stdin.")
+    if path.stat().st_size == 0:
+        raise ValueError(
+            f"{str(path)!r} is empty: it needs the column names (CSV header or JSON keys) and one row per text."
+        )
+    problem = _utf8_problem(path)[0] if extension != ".parquet" else None
+    if problem is not None:
+        raise ValueError(
+            f"{str(path)!r} is not UTF-8 text: {problem} (probably saved as Latin-1 or Windows-1252). Save it as "
+            "UTF-8, e.g. `iconv -f latin1 -t utf-8 old.csv > new.csv`."
+        )
+    try:
+        if extension == ".csv":
+            # Texts stay strings (an empty cell is "", not NaN); ids keep their inferred type.
+            frame = pd.read_csv(path, dtype={text_column: str} if text_column else str, keep_default_na=False)
+        elif extension in (".jsonl", ".json"):
+            frame = pd.read_json(path, lines=extension == ".jsonl", dtype=False)
+        else:
+            frame = pd.read_parquet(path)
+    except (ValueError, OSError, pd.errors.ParserError) as err:
+        # pandas' messages ("No columns to parse from file", "Expected object or value") do not name the file.
+        raise ValueError(f"Cannot read {str(path)!r} as a {extension[1:]} file: {_first_line(err)}.") from err
+    if frame.empty:
+        raise ValueError(f"{str(path)!r} has no rows: add one row per text to label.")
     columns = [str(c) for c in frame.columns]
     if text_column is None:
         if len(columns) != 1:
@@ -294,6 +337,68 @@ def _read_settings(source: str, token: str | None) -> dict[str, Any]:
     if not isinstance(settings, dict):
         raise AdapterLoadError(f"{INFERENCE_CONFIG_NAME} of {source!r} is not a JSON object.")
     return settings
+
+
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def _looks_local(source: str) -> bool:
+    """Whether ``source`` is meant as a path on this machine: a Hub id is ``name`` or ``namespace/name``."""
+    return (
+        os.path.isabs(source)
+        or source.startswith(("./", "../", "~"))
+        or source in (".", "..")
+        or source.count("/") > 1
+        or "\\" in source
+        or os.path.exists(source)
+    )
+
+
+def _check_adapter_folder(folder: Path) -> None:
+    if not (folder / "adapter_config.json").is_file():
+        raise AdapterLoadError(
+            f"{str(folder)!r} is not an adapter folder: it has no adapter_config.json. Pass the folder a training run "
+            "saved (a recipe's <output_dir>/adapter)."
+        )
+    if not any((folder / name).is_file() for name in _ADAPTER_WEIGHTS):
+        raise AdapterLoadError(
+            f"{str(folder)!r} has adapter_config.json but no adapter weights ({_ADAPTER_WEIGHTS[0]}): the folder was "
+            "copied or downloaded incompletely. Copy the whole folder again (or push/download it with the Hub)."
+        )
+
+
+def _check_device(device: str | torch.device | None) -> None:
+    if device is None:
+        return
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"Unknown device {device!r} ({_first_line(err)}); use cpu, cuda or cuda:N.") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Device {device!r} was asked for, but torch sees no CUDA GPU here: use --device cpu.")
+
+
+def _check_base_model(source: str, peft_config: PeftConfig, base_lm: Any, base: str) -> None:
+    """Refuse a base model whose shapes differ from those the adapter was trained for (it would fail later, in a
+    forward pass, with a bare shape error)."""
+    config = base_lm.config.get_text_config() if hasattr(base_lm.config, "get_text_config") else base_lm.config
+    actual = {
+        "hidden size": base_lm.get_input_embeddings().weight.shape[1],
+        "layers": getattr(config, "num_hidden_layers", None),
+        "attention heads": getattr(config, "num_attention_heads", None),
+    }
+    trained = {
+        "hidden size": getattr(peft_config, "token_dim", None),
+        "layers": getattr(peft_config, "num_layers", None),
+        "attention heads": getattr(peft_config, "num_attention_heads", None),
+    }
+    differ = [name for name in actual if None not in (actual[name], trained[name]) and actual[name] != trained[name]]
+    if differ:
+        shapes = ", ".join(f"{name} {trained[name]} vs {actual[name]}" for name in differ)
+        raise AdapterLoadError(
+            f"The adapter {source!r} was trained for base model {peft_config.base_model_name_or_path!r}, and {base!r} "
+            f"has other shapes ({shapes}). Pass that base model (CLI: --base-model with its folder or Hub id)."
+        )
 
 
 def _first_line(err: BaseException) -> str:

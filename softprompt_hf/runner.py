@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import json
 import logging as std_logging
 import math
 import os
+import sys
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, cast
@@ -34,6 +38,7 @@ from .callbacks import (
     SamplePredictionsCallback,
     SoftPromptCheckpointCallback,
     SoftPromptGuardCallback,
+    _check_complete,
     last_complete_checkpoint,
 )
 from .collator import SoftPromptDataCollator
@@ -44,6 +49,7 @@ from .hub import DEFAULT_TIMEOUT
 from .label_logits import enable_label_only_logits
 from .methods import METHODS, SoftPromptArguments
 from .metrics import write_predictions, write_raft_submission
+from .predict import _looks_local
 from .prompt import DEFAULT_TEMPLATE, encode_target
 from .saving import atomic_write_json, inference_settings, save_adapter
 from .shared_prompt import enable_shared_prompt
@@ -58,6 +64,7 @@ __all__ = [
     "RunArguments",
     "build_collator",
     "build_metrics",
+    "check_output_dir",
     "finish_run",
     "load_recipe_data",
     "load_recipe_tokenizer",
@@ -67,7 +74,9 @@ __all__ = [
     "take_over_hub_push",
     "recipe_callbacks",
     "resolve_resume_checkpoint",
+    "run_recipe",
     "setup_logging",
+    "user_error_message",
 ]
 
 #: TrainingArguments defaults of the recipes (the seed guide's optimisation; evaluation, checkpoints and the
@@ -227,6 +236,18 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
             config = yaml.safe_load(handle)
     except FileNotFoundError:
         raise FileNotFoundError(f"--config {path}: no such file.") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"--config {path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8."
+        ) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(
+            f"--config {path} is not valid YAML: {problem}{where}. Write one 'flag_name: value' per line, with a "
+            "space after the colon and spaces (not tabs) for indentation."
+        ) from None
     if config is None:
         return {}
     if not isinstance(config, dict):
@@ -266,7 +287,12 @@ def parse_recipe_args(
     outputs = []
     for cls in _ARGUMENT_CLASSES:
         names = {f.name for f in fields(cls) if f.init}
-        outputs.append(cls(**{name: value for name, value in vars(parsed).items() if name in names}))
+        try:
+            outputs.append(cls(**{name: value for name, value in vars(parsed).items() if name in names}))
+        except ValueError as err:
+            # TrainingArguments checks its flags in __post_init__ (e.g. eval and save strategies that
+            # load_best_model_at_end cannot pair): a message about the command line, raised here as ours.
+            raise ValueError(f"{err}") from err
     if fsdp_requested(cast(TrainingArguments, outputs[-1])):
         raise ValueError(_RECIPES_FSDP_MESSAGE)
     return tuple(outputs)  # type: ignore[return-value]
@@ -317,11 +343,70 @@ def load_recipe_data(data_args: DataArguments, seed: int) -> ClassificationData:
 
 def load_recipe_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
     """The base model's tokenizer; EOS doubles as the pad token if it has none (a new token would resize the
-    vocabulary and put the whole embedding matrix into the adapter)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    vocabulary and put the whole embedding matrix into the adapter).
+
+    Raises:
+        ValueError: If ``model_name_or_path`` is a local path that is not a model folder, or cannot be loaded, or
+            its tokenizer has no EOS token (the target of every row ends with it).
+    """
+    source = model_args.model_name_or_path
+    _check_model_source(source)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:  # ValueError: a folder without tokenizer files (transformers 5.24)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if _looks_local(source):
+            fix = "Save the model's tokenizer into that folder too (tokenizer.save_pretrained(folder))."
+        else:
+            fix = (
+                "There is no local folder of that name; pass an existing model folder or a Hub id (offline, download "
+                f"it first while online: `hf download {source}`)."
+            )
+        raise ValueError(f"--model_name_or_path {source}: could not load its tokenizer ({first}). {fix}") from err
+    if tokenizer.eos_token is None:
+        raise ValueError(_no_eos_message(source, tokenizer))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _check_model_source(source: str) -> None:
+    if not _looks_local(source):
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ValueError(
+            f"--model_name_or_path {source}: no such folder. Pass the folder that holds the model's config.json "
+            "and weights, or a Hub id such as bigscience/bloomz-560m."
+        )
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise ValueError(
+            f"--model_name_or_path {source} is not a model folder (it has no config.json). Pass the folder that "
+            "model.save_pretrained() (or `hf download`) wrote."
+        )
+
+
+def _no_eos_message(source: str, tokenizer: PreTrainedTokenizerBase) -> str:
+    from transformers import AutoConfig
+
+    pad = f"its pad token is {tokenizer.pad_token!r}" if tokenizer.pad_token is not None else "it has no pad token"
+    hint = ""
+    try:
+        eos_id = AutoConfig.from_pretrained(source).eos_token_id
+    except (OSError, ValueError):
+        eos_id = None
+    if isinstance(eos_id, list):
+        eos_id = eos_id[0] if eos_id else None
+    if isinstance(eos_id, int) and 0 <= eos_id < len(tokenizer):
+        token = tokenizer.convert_ids_to_tokens(eos_id)
+        hint = f" The model's config.json names token {eos_id} ({token!r}) as its end of sequence:"
+        hint += f' add "eos_token": {json.dumps(token)} to {source}/tokenizer_config.json.'
+    else:
+        hint = ' Add the model\'s end-of-sequence token as "eos_token" to its tokenizer_config.json.'
+    return (
+        f"The tokenizer of {source} has no EOS token ({pad}). Every training target ends with EOS, so that "
+        f"generation knows where a label stops, and EOS is reused as the pad token.{hint}"
+    )
 
 
 def build_collator(tokenizer: PreTrainedTokenizerBase, data: ClassificationData, data_args: DataArguments):
@@ -395,21 +480,73 @@ def enable_speed_ups(model: torch.nn.Module, run_args: RunArguments, training_ar
 
 
 def resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
-    """``--resume_from_checkpoint`` as a path, or ``last``/``true`` for the newest *complete* checkpoint."""
+    """``--resume_from_checkpoint`` as a path, or ``last``/``true`` for the newest *complete* checkpoint.
+
+    The checkpoint's files are checked against the SHA-256 record written when it was saved, before any
+    training: a damaged or truncated checkpoint is refused with the newest intact one to resume from instead.
+    """
     value = training_args.resume_from_checkpoint
     if value is None or str(value).lower() in ("", "false", "none"):
         return None
+    output_dir = str(training_args.output_dir)
     if str(value).lower() in ("last", "true"):
-        checkpoint = last_complete_checkpoint(str(training_args.output_dir))
+        checkpoint = last_complete_checkpoint(output_dir)
         if checkpoint is None:
             raise ValueError(
                 f"--resume_from_checkpoint {value}: no complete checkpoint in {training_args.output_dir}. Start "
                 "without it, or pass a checkpoint folder."
             )
-        return checkpoint
-    if not Path(value).is_dir():
-        raise ValueError(f"--resume_from_checkpoint {value}: no such folder.")
-    return str(value)
+    else:
+        if not Path(value).is_dir():
+            raise ValueError(f"--resume_from_checkpoint {value}: no such folder.")
+        checkpoint = str(value)
+    try:
+        _check_complete(Path(checkpoint))
+    except ValueError as err:
+        raise ValueError(f"--resume_from_checkpoint {value}: {err}{_intact_alternative(checkpoint)}") from None
+    return checkpoint
+
+
+def _intact_alternative(damaged: str) -> str:
+    """Where to resume from instead of ``damaged``: the newest older checkpoint whose files match their record."""
+    folder = Path(damaged)
+    older = []
+    for child in folder.parent.glob("checkpoint-*"):
+        step = child.name.removeprefix("checkpoint-")
+        if child != folder and step.isdigit() and child.is_dir():
+            older.append((int(step), child))
+    for _, child in sorted(older, reverse=True):
+        try:
+            _check_complete(child)
+        except ValueError:
+            continue
+        return f" The newest intact checkpoint is {child}: pass --resume_from_checkpoint {child}."
+    return " No other intact checkpoint was found: start without --resume_from_checkpoint."
+
+
+def check_output_dir(training_args: TrainingArguments) -> None:
+    """Make sure ``output_dir`` can be written, before any training (the first checkpoint comes an epoch later).
+
+    Creates the folder if needed and writes, then removes, a probe file in it.
+
+    Raises:
+        ValueError: If ``output_dir`` is a file, or cannot be created or written (read-only file system, no
+            permission, disk full).
+    """
+    output_dir = Path(str(training_args.output_dir))
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {output_dir} is a file, not a folder: pass a folder for the run's outputs.")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=output_dir)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ValueError(
+            f"--output_dir {output_dir} cannot be written ({reason}): checkpoints and the adapter go there. Pass "
+            "--output_dir with a folder you can write to."
+        ) from err
 
 
 @dataclass
@@ -507,6 +644,73 @@ def close_distributed() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+
+
+#: Set this environment variable to 1 to get the full traceback of an error a recipe reports in one line.
+TRACEBACK_ENV = "SOFTPROMPT_HF_TRACEBACK"
+
+# Faults of the machine rather than of the code: reported in one line wherever they are raised.
+_ENVIRONMENT_ERRORS = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+}
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The message to show for an error caused by a run's input or machine, or ``None`` for a bug.
+
+    Input errors are the ``ValueError``/``OSError``/``HubPushError`` that softprompt_hf raises itself (its
+    messages name the problem and the fix); machine faults are a full disk, a read-only file system or a
+    missing permission, wherever raised. Anything else is unexpected and keeps its traceback.
+    """
+    from .hub import HubPushError
+
+    if isinstance(err, OSError) and err.errno in _ENVIRONMENT_ERRORS:
+        where = f" writing {err.filename}" if err.filename else ""
+        return (
+            f"{_ENVIRONMENT_ERRORS[err.errno]}{where} ({err.strerror or err}). Free space or fix the permissions (or "
+            "pass another --output_dir) and run again: the files saved before the failure are complete, and "
+            "--resume_from_checkpoint last continues from the newest complete checkpoint."
+        )
+    if isinstance(err, (ValueError, OSError, HubPushError)) and _raised_in_package(err):
+        return str(err)
+    return None
+
+
+def _raised_in_package(err: BaseException) -> bool:
+    tb = err.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE_DIR)
+
+
+def run_recipe(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> int:
+    """Run a recipe's ``main(argv)`` and return its exit code: 0, or 1 after an input error printed in one line.
+
+    A recipe's ``__main__`` block is ``sys.exit(run_recipe(main))``. Errors that softprompt_hf raises about the
+    input (and a full disk or read-only folder) print ``error: <message>`` on stderr without a traceback;
+    with ``SOFTPROMPT_HF_TRACEBACK=1`` they are raised as usual. Any other exception is a bug and propagates
+    with its traceback. In a distributed run each process exits on its own: an input error is found by every
+    process alike, and a process that fails alone exits non-zero, which makes the launcher stop the others.
+    """
+    try:
+        main(sys.argv[1:] if argv is None else argv)
+    except Exception as err:
+        message = user_error_message(err)
+        if message is None or os.environ.get(TRACEBACK_ENV, "").lower() in ("1", "true", "yes"):
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # No barrier: the other processes may have failed too, or be waiting elsewhere.
+            torch.distributed.destroy_process_group()
+        return 1
+    close_distributed()
+    return 0
 
 
 def base_model_id(model_args: ModelArguments) -> str:
