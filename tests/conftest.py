@@ -235,3 +235,17 @@ def model_dirs(tmp_path_factory, tokenizer_dir) -> dict[str, Path]:
 @pytest.fixture
 def rows() -> list[dict]:
     return labelled_rows()
+
+
+@pytest.fixture
+def restore_recipe_logging():
+    """A recipe configures logging for its process (setup_logging); undo that for the tests that follow."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    ours = logging.getLogger("softprompt_hf")
+    level, verbosity = ours.level, hf_logging.get_verbosity()
+    yield
+    ours.setLevel(level)
+    hf_logging.set_verbosity(verbosity)

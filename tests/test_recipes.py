@@ -41,18 +41,7 @@ SEED_PEFT = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging():
-    """A recipe configures logging for its process (setup_logging); undo that for the tests that follow."""
-    import logging
-
-    from transformers.utils import logging as hf_logging
-
-    ours = logging.getLogger("softprompt_hf")
-    level, verbosity = ours.level, hf_logging.get_verbosity()
-    yield
-    ours.setLevel(level)
-    hf_logging.set_verbosity(verbosity)
+pytestmark = pytest.mark.usefixtures("restore_recipe_logging")
 
 
 def load_recipe(method: str):
