@@ -9,6 +9,7 @@ os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,15 @@ def restore_recipe_logging():
     yield
     ours.setLevel(level)
     hf_logging.set_verbosity(verbosity)
+
+
+def accelerate_two_processes(script: Path, *args: str) -> list[str]:
+    """The command that runs ``script args`` in 2 processes with ``accelerate launch``.
+
+    accelerate 1.15 starts a single process for ``--cpu --num_processes 2`` (multi-CPU needs MPI); its multi-GPU
+    launcher (torchrun) starts two, and the script's ``--use_cpu true`` makes them train on CPU with gloo.
+    """
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *args,
+    ]  # fmt: skip

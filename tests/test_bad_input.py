@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import accelerate_two_processes
 from hub_server import BASE_ID, TOKEN, hub_fixture  # noqa: F401  (hub fixture)
 from transformers import AutoModelForCausalLM, AutoTokenizer, BloomConfig
 
@@ -573,12 +574,10 @@ def test_a_recipe_run_with_bad_input_prints_one_line_and_exits_1(tmp_path):
 def test_under_accelerate_launch_every_process_reports_the_error_and_the_launch_fails(tmp_path):
     data = tmp_path / "header.csv"
     data.write_text("ID,Tweet text,Label\n")
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(RECIPES / "p_tuning.py"), "--output_dir", str(tmp_path / "out"), "--use_cpu", "true",
+    command = accelerate_two_processes(
+        RECIPES / "p_tuning.py", "--output_dir", str(tmp_path / "out"), "--use_cpu", "true",
         "--dataset", "files", "--train_file", str(data), "--text_column", "Tweet text",
-    ]  # fmt: skip
+    )  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert result.returncode != 0

@@ -7,12 +7,11 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import METHODS
+from conftest import METHODS, accelerate_two_processes
 from hub_server import TOKEN, hub_fixture  # noqa: F401  (hub fixture)
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoTokenizer
@@ -172,14 +171,10 @@ def test_recipe_runs_on_the_embedded_default(tmp_path, method, capsys):
 @pytest.mark.distributed
 def test_recipe_under_accelerate_launch_with_two_processes(tmp_path):
     out = tmp_path / "run"
-    # accelerate 1.15 starts a single process for `--cpu --num_processes 2` (multi-CPU needs MPI); its
-    # multi-GPU launcher (torchrun) starts two, and --use_cpu makes them train on CPU with gloo.
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(RECIPES / "p_tuning.py"), "--output_dir", str(out), "--num_train_epochs", "1", "--use_cpu", "true",
+    command = accelerate_two_processes(
+        RECIPES / "p_tuning.py", "--output_dir", str(out), "--num_train_epochs", "1", "--use_cpu", "true",
         "--disable_tqdm", "true", "--predict_unlabeled", "true",
-    ]  # fmt: skip
+    )  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -295,13 +290,11 @@ def test_both_processes_refuse_a_rejected_token_before_training(tmp_path, hub):
     """Under DDP the main process asks the Hub once and every process refuses: none goes on to train and wait
     at the first collective for a main process that stopped."""
     out = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(RECIPES / "p_tuning.py"), "--output_dir", str(out), "--use_cpu", "true", "--push_to_hub", "true",
+    command = accelerate_two_processes(
+        RECIPES / "p_tuning.py", "--output_dir", str(out), "--use_cpu", "true", "--push_to_hub", "true",
         "--hub_model_id", "alice/ddp", "--hub_token", "hf_RejectedSecret999",
         "--base_model_id", "softprompt-hf/embedded-bloom",
-    ]  # fmt: skip
+    )  # fmt: skip
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "HUGGING"))}
     env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf-home"), OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.environ.get("PYTHONPATH", "")
