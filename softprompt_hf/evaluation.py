@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase, TrainerCallback
 from transformers.utils import logging
 
 from .generation import _CachedDecoder, generate_label_texts, join_rows, supports_logits_to_keep
+from .methods import eval_mode
 from .metrics import ClassificationReport, check_label_set, classification_report, match_label
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate, encode_target
 
@@ -366,15 +367,11 @@ def rank_labels(
     template = template or PromptTemplate()
     label_ids = [encode_target(tokenizer, label) for label in labels]
     prompts = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):  # no dropout; every module gets its own mode back, also on errors
         if use_cache and _CachedDecoder.supports(model):
             scores = _rank_with_shared_prompt(model, prompts, label_ids, batch_size, show_progress)
         else:
             scores = _rank_full_sequences(model, prompts, label_ids, batch_size, show_progress)
-    finally:
-        model.train(was_training)
     return [dict(zip(labels, row, strict=True)) for row in scores]
 
 

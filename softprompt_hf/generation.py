@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import inspect
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from peft import PeftModel, PeftType
@@ -57,25 +57,6 @@ def generate_label_texts(
     ]
 
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _in_eval_mode(
-    function: Callable[Concatenate[torch.nn.Module, _P], _R],
-) -> Callable[Concatenate[torch.nn.Module, _P], _R]:
-    """Run ``function(model, ...)`` with the model in eval mode (no dropout); every module gets its mode back
-    afterwards, also when ``function`` raises (``softprompt_hf.methods.eval_mode``)."""
-
-    @functools.wraps(function)
-    def with_eval_mode(model: torch.nn.Module, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-        with eval_mode(model):
-            return function(model, *args, **kwargs)
-
-    return with_eval_mode
-
-
-@_in_eval_mode
 @torch.no_grad()
 def generate_label_ids(
     model: torch.nn.Module,
@@ -132,34 +113,35 @@ def generate_label_ids(
     """
     template = template or PromptTemplate()
     encoded = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
-    device = next(model.parameters()).device
-    decoder = _CachedDecoder(model, encoded) if use_cache and _CachedDecoder.supports(model) else None
-    extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
-    eos = tokenizer.eos_token_id
-    # Every generated token but the last is fed back after its prompt.
-    if decoder is not None:
-        batches = decoder.batches(encoded, batch_size, new_tokens=max_new_tokens - 1)
-    else:
-        batches = equal_length_batches(encoded, batch_size)
-    outputs: list[list[int]] = [[] for _ in texts]
-    per_group = decoder.batches_per_projection(batch_size) if decoder is not None else 1
-    with tqdm(total=len(batches), desc="Generating labels", disable=not show_progress) as progress:
-        for start in range(0, len(batches), per_group):
-            group = batches[start : start + per_group]
-            if decoder is not None:
-                rows = _greedy_with_cache(
-                    decoder, [[encoded[i] for i in batch] for batch in group], max_new_tokens, eos
-                )
-            else:
-                rows = [
-                    _greedy_full_forward(model, [encoded[i] for i in batch], max_new_tokens, eos, extra, device)
-                    for batch in group
-                ]
-            for index, row in zip(
-                (i for batch in group for i in batch), (r for part in rows for r in part), strict=True
-            ):
-                outputs[index] = row[: row.index(eos) + 1] if eos in row else row
-            progress.update(len(group))
+    with eval_mode(model):  # no dropout; every module gets its own mode back, also on errors
+        device = next(model.parameters()).device
+        decoder = _CachedDecoder(model, encoded) if use_cache and _CachedDecoder.supports(model) else None
+        extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
+        eos = tokenizer.eos_token_id
+        # Every generated token but the last is fed back after its prompt.
+        if decoder is not None:
+            batches = decoder.batches(encoded, batch_size, new_tokens=max_new_tokens - 1)
+        else:
+            batches = equal_length_batches(encoded, batch_size)
+        outputs: list[list[int]] = [[] for _ in texts]
+        per_group = decoder.batches_per_projection(batch_size) if decoder is not None else 1
+        with tqdm(total=len(batches), desc="Generating labels", disable=not show_progress) as progress:
+            for start in range(0, len(batches), per_group):
+                group = batches[start : start + per_group]
+                if decoder is not None:
+                    rows = _greedy_with_cache(
+                        decoder, [[encoded[i] for i in batch] for batch in group], max_new_tokens, eos
+                    )
+                else:
+                    rows = [
+                        _greedy_full_forward(model, [encoded[i] for i in batch], max_new_tokens, eos, extra, device)
+                        for batch in group
+                    ]
+                for index, row in zip(
+                    (i for batch in group for i in batch), (r for part in rows for r in part), strict=True
+                ):
+                    outputs[index] = row[: row.index(eos) + 1] if eos in row else row
+                progress.update(len(group))
     return outputs
 
 

@@ -27,6 +27,7 @@ from softprompt_hf import (
     SoftPromptDataCollator,
     build_soft_prompt_model,
     encode_target,
+    evaluation,
     load_raft,
     write_predictions,
     write_raft_submission,
@@ -235,6 +236,25 @@ def test_rank_with_shared_prompt_cache_equals_full_sequences(tokenizer, arch, me
     for shared, reference in zip(cached, full, strict=True):
         assert shared == pytest.approx(reference, abs=1e-4)
         assert max(shared, key=shared.get) == max(reference, key=reference.get)
+
+
+def test_rank_restores_every_modules_mode_when_it_fails(tokenizer, monkeypatch):
+    model = tiny_soft_prompt_model(tokenizer, "gpt2", "p_tuning")
+    model.train()
+    model.get_base_model().lm_head.eval()  # the caller's mixture comes back as it was
+    modes = {name: module.training for name, module in model.named_modules()}
+    seen = []
+
+    def failing_rank(*args, **kwargs):
+        seen.append(model.training)
+        raise RuntimeError("ranking failed")
+
+    monkeypatch.setattr(evaluation, "_rank_with_shared_prompt", failing_rank)
+    monkeypatch.setattr(evaluation, "_rank_full_sequences", failing_rank)
+    with pytest.raises(RuntimeError, match="ranking failed"):
+        rank_labels(model, tokenizer, ["@Acme hi"], LABELS, show_progress=False)
+    assert seen == [False]  # ranking ran in eval mode
+    assert {name: module.training for name, module in model.named_modules()} == modes
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
