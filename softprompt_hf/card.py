@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,6 +39,11 @@ def is_hub_id(name: str) -> bool:
     except HFValidationError:
         return False
     return True
+
+
+def is_local_path(name: str) -> bool:
+    """Whether ``name`` means a path on this machine: it exists here, or it cannot be a Hub id (``is_hub_id``)."""
+    return os.path.exists(os.path.expanduser(name)) or not is_hub_id(name)
 
 
 def build_model_card(

@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from .card import is_local_path
 from .data import _utf8_problem
 from .evaluation import MODES, Prediction, rank_labels
 from .generation import generate_label_texts
@@ -78,7 +79,7 @@ def load_adapter(
     local = Path(source).expanduser()
     if local.is_dir():
         _check_adapter_folder(local)
-    elif _looks_local(source):
+    elif is_local_path(source):
         raise AdapterLoadError(
             f"No adapter folder at {source!r}. Pass the folder a training run saved (a recipe's <output_dir>/adapter, "
             "holding adapter_config.json) or a Hub id (namespace/name)."
@@ -96,7 +97,7 @@ def load_adapter(
             f"{source!r} does not name its base model (base_model_name_or_path is empty); pass base_model=... "
             "(--base-model) with the model's Hub id or local path."
         )
-    if _looks_local(base) and not Path(base).expanduser().is_dir():
+    if is_local_path(base) and not Path(base).expanduser().is_dir():
         named = "--base-model" if base_model is not None else "its adapter_config.json (base_model_name_or_path)"
         raise AdapterLoadError(
             f"The adapter {source!r} needs the base model {base!r} (named by {named}), and there is no such folder. "
@@ -340,18 +341,6 @@ def _read_settings(source: str, token: str | None) -> dict[str, Any]:
 
 
 _ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-
-
-def _looks_local(source: str) -> bool:
-    """Whether ``source`` is meant as a path on this machine: a Hub id is ``name`` or ``namespace/name``."""
-    return (
-        os.path.isabs(source)
-        or source.startswith(("./", "../", "~"))
-        or source in (".", "..")
-        or source.count("/") > 1
-        or "\\" in source
-        or os.path.exists(source)
-    )
 
 
 def _check_adapter_folder(folder: Path) -> None:

@@ -41,6 +41,7 @@ from .callbacks import (
     _check_complete,
     last_complete_checkpoint,
 )
+from .card import is_local_path
 from .collator import SoftPromptDataCollator
 from .data import ClassificationData, load_classification_data, load_raft
 from .embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
@@ -49,7 +50,6 @@ from .hub import DEFAULT_TIMEOUT
 from .label_logits import enable_label_only_logits
 from .methods import METHODS, SoftPromptArguments
 from .metrics import write_predictions, write_raft_submission
-from .predict import _looks_local
 from .prompt import DEFAULT_TEMPLATE, encode_target
 from .saving import atomic_write_json, inference_settings, save_adapter
 from .shared_prompt import enable_shared_prompt
@@ -355,7 +355,7 @@ def load_recipe_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:  # ValueError: a folder without tokenizer files (transformers 5.24)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if _looks_local(source):
+        if is_local_path(source):
             fix = "Save the model's tokenizer into that folder too (tokenizer.save_pretrained(folder))."
         else:
             fix = (
@@ -371,7 +371,7 @@ def load_recipe_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase
 
 
 def _check_model_source(source: str) -> None:
-    if not _looks_local(source):
+    if not is_local_path(source):
         return
     path = Path(source).expanduser()
     if not path.exists():
