@@ -20,6 +20,7 @@ from .data import (
     stratified_split,
 )
 from .evaluation import GenerationMetrics, Prediction, rank_labels
+from .generate import disable_soft_prompt_generate, enable_soft_prompt_generate, soft_prompt_generate
 from .generation import generate_label_ids, generate_label_texts, normalize_label
 from .hub import HubPushCallback, HubPushError, push_adapter, push_adapter_folder
 from .label_logits import enable_label_only_logits
@@ -71,6 +72,8 @@ __all__ = [
     "check_trainer",
     "check_training_arguments",
     "classification_report",
+    "disable_soft_prompt_generate",
+    "enable_soft_prompt_generate",
     "enable_label_only_logits",
     "enable_shared_prompt",
     "encode_target",
@@ -88,6 +91,7 @@ __all__ = [
     "push_adapter_folder",
     "rank_labels",
     "save_adapter",
+    "soft_prompt_generate",
     "stratified_split",
     "write_predictions",
     "write_raft_submission",
