@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from peft import PeftModel, PeftType
+from peft import PeftModel, PeftModelForCausalLM, PeftType
 from transformers import DynamicCache
 from transformers.cache_utils import Cache
 from transformers.utils import logging
@@ -54,6 +54,7 @@ _REFUSED = {
     "past_key_values": "a cache of earlier steps cannot be continued; pass the whole sequence as input_ids",
     "position_ids": "positions are computed from the attention mask, virtual tokens included; leave position_ids unset",
     "task_ids": "task_ids are for multitask prompt tuning, which this does not cover",
+    "custom_generate": "a custom decoding loop from the Hub builds its own inputs; use the built-in decoding",
 }
 
 
@@ -115,10 +116,11 @@ def soft_prompt_generate(model: PeftModel) -> Iterator[PeftModel]:
 
 
 def _check_method(model: Any) -> Any:
-    if not isinstance(model, PeftModel):
+    if not isinstance(model, PeftModelForCausalLM):
         raise TypeError(
-            f"enable_soft_prompt_generate takes a peft PeftModel with a soft prompt, not a {type(model).__name__}; "
-            "a plain transformers model's generate() needs no fix."
+            "enable_soft_prompt_generate takes a causal LM PeftModel with a soft prompt (AutoPeftModelForCausalLM, "
+            f"get_peft_model on a causal LM), not a {type(model).__name__}; a plain transformers model's generate() "
+            "needs no fix."
         )
     config = model.active_peft_config
     if config.peft_type not in _METHODS:
@@ -229,6 +231,7 @@ class _Decoding:
         windows = [w for w in _attention_windows(getattr(self.base, "config", None))[0] if w is not None]
         self.window: int | None = min(windows) if windows else None
         self.new_tokens = new_tokens
+        self.empty_cache: Cache | None = None
         parameters = inspect.signature(self.base.forward).parameters
         self.cache_name = "cache" if "cache" in parameters else "past_key_values"
         self.keeps_logits = "logits_to_keep" in parameters
@@ -250,6 +253,8 @@ class _Decoding:
         cache: Cache | None = kwargs.get("cache")
         use_cache = kwargs.get("use_cache", True)
         first = not use_cache or cache is None or cache.get_seq_length() == 0
+        # The empty cache generate() made for this model (its layer kinds), for prompt tuning and P-tuning to fill.
+        self.empty_cache = cache if use_cache and cache is not None and cache.get_seq_length() == 0 else None
         if first:
             kwargs["next_sequence_length"] = None  # the whole prompt
             kwargs["cache"] = None
@@ -296,7 +301,7 @@ class _Decoding:
                 "input_ids": None,
                 "inputs_embeds": inputs_embeds,
                 "attention_mask": full_mask,
-                "cache": DynamicCache(config=self.base.config) if model_inputs.get("use_cache", True) else None,
+                "cache": self.empty_cache,
             }
         length = input_ids.shape[1]
         padded = bool((mask == 0).any())
