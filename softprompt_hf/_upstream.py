@@ -10,7 +10,10 @@ Cache argument and key/value caches
    ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40); older 5.x and remote-code models
    take ``past_key_values``. Delete once the minimum transformers is 5.24 and every supported model takes
    ``cache``: write ``cache``.
-2. (reserved)
+2. :func:`route_prefix_cache_argument` - peft 0.21.2 ``PeftModelForCausalLM.forward`` (prefix tuning's
+   training and eval-loss forward) passes the prefix as ``past_key_values=self.get_prompt(...)``: warned about
+   by transformers 5.24, refused from 5.40. A forward pre-hook on the base LM passes it as ``cache``. Delete
+   it, and its calls in methods, predict and callbacks, once peft passes ``cache`` itself.
 3. *Elsewhere: softprompt_hf/generate.py.* peft 0.21.2 ``PeftModelForCausalLM.prepare_inputs_for_generation``
    injects/checks ``past_key_values`` and ``cache_position``, which transformers 5.x renamed/removed; see
    softprompt_hf/generate.py (``enable_soft_prompt_generate``). Delete once ``PeftModel.generate`` with a soft
@@ -83,7 +86,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
+from peft import PeftModel, PeftType
+from torch.utils.hooks import RemovableHandle
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
 from transformers.utils import logging
@@ -116,6 +120,48 @@ def takes_cache(module: Any) -> bool:
     name (entry 1)."""
     parameters = _forward_parameters(module)
     return "cache" in parameters or "past_key_values" in parameters
+
+
+def _past_key_values_as_cache(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """Forward pre-hook: passes a ``past_key_values`` keyword on as ``cache`` (entry 2)."""
+    if "past_key_values" not in kwargs:
+        return None
+    prefix = kwargs.pop("past_key_values")
+    if prefix is not None:
+        if kwargs.get("cache") is not None:
+            raise ValueError(
+                f"{type(module).__name__}.forward got both past_key_values (peft 0.21's prefix tuning passes its "
+                "prefix under that name) and cache; the cache would replace the prefix, so the prefix would be "
+                "ignored. peft 0.21's PeftModel.generate does this: decode with "
+                "softprompt_hf.generation.generate_label_texts (or enable softprompt_hf.generate's "
+                "enable_soft_prompt_generate), and pass no cache of your own to a prefix-tuning model's forward."
+            )
+        kwargs["cache"] = prefix
+    return args, kwargs
+
+
+def route_prefix_cache_argument(model: torch.nn.Module) -> RemovableHandle | None:
+    """Makes peft 0.21.2's prefix-tuning forward hand its prefix to the base model as ``cache`` (entry 2).
+
+    peft passes the prefix key/values as ``past_key_values``; transformers 5.24 warns about that name and 5.40
+    refuses it. A forward pre-hook (run before any other) on the base causal LM renames the keyword; a call that
+    also passes a ``cache`` is refused with a ``ValueError`` (the cache would silently replace the prefix).
+
+    Idempotent: a model that already has the hook gets no second one. Nothing is done (``None`` is returned) for
+    a model that is not a prefix-tuning ``PeftModel`` or whose base forward takes no ``cache``.
+
+    Returns:
+        The new hook's handle, or ``None`` if none was added.
+    """
+    if not isinstance(model, PeftModel) or model.active_peft_config.peft_type != PeftType.PREFIX_TUNING:
+        return None
+    base: Any = model.get_base_model()
+    if cache_argument(base) != "cache":
+        return None
+    # torch keeps a module's forward pre-hooks in `_forward_pre_hooks`; the same function means the same hook.
+    if any(hook is _past_key_values_as_cache for hook in base._forward_pre_hooks.values()):
+        return None
+    return base.register_forward_pre_hook(_past_key_values_as_cache, with_kwargs=True, prepend=True)
 
 
 def prefix_cache_from_peft(model: Any, batch_size: int, max_cache_len: int) -> Cache:

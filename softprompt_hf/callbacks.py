@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging
 
-from ._upstream import intercept_checkpoint_loading
+from ._upstream import intercept_checkpoint_loading, route_prefix_cache_argument
 from .methods import check_training_arguments
 from .saving import atomic_write_json
 
@@ -260,6 +260,7 @@ class SoftPromptCheckpointCallback(TrainerCallback):
         model = kwargs.get("model")
         if model is not None:
             peft_model = _peft_model(model)
+            route_prefix_cache_argument(peft_model)
             intercept_checkpoint_loading(peft_model, _load_checkpoint)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
@@ -339,11 +340,13 @@ def check_trainer(trainer: Any) -> None:
 
     Everything ``SoftPromptGuardCallback`` checks, plus what only the Trainer object knows: a
     ``compute_loss_func`` with prompt tuning / P-tuning (the Trainer takes the labels away from the model to
-    call it, so peft cannot extend them over the virtual tokens and the shapes do not match).
+    call it, so peft cannot extend them over the virtual tokens and the shapes do not match). Like the callback,
+    it makes a prefix-tuning model pass its prefix under the cache argument's current name.
     """
     model = trainer.model
     _check_arguments(trainer.args, model)
     peft_model = _peft_model(model)
+    route_prefix_cache_argument(peft_model)  # see SoftPromptGuardCallback.on_init_end
     config = peft_model.peft_config[peft_model.active_adapter]
     if getattr(trainer, "compute_loss_func", None) is not None and config.peft_type in (
         PeftType.PROMPT_TUNING,
@@ -365,10 +368,19 @@ class SoftPromptGuardCallback(TrainerCallback):
     Label smoothing (any method) and prefix tuning with gradient checkpointing (see
     ``check_training_arguments``), DeepSpeed ZeRO-3, packing and padding-free collation. A
     ``compute_loss_func`` is invisible to callbacks: call ``check_trainer(trainer)`` to cover it too.
+
+    It also makes a prefix-tuning model built with ``peft.get_peft_model`` hand its prefix to the base model
+    under the cache argument's current name, as ``build_soft_prompt_model`` does (see
+    ``softprompt_hf._upstream.route_prefix_cache_argument``).
     """
 
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        _check_arguments(args, kwargs.get("model"))
+        model = kwargs.get("model")
+        _check_arguments(args, model)
+        if model is not None:
+            # A user-built prefix-tuning model trains through peft 0.21's forward, which passes its prefix under
+            # transformers' old cache argument name (``softprompt_hf._upstream.route_prefix_cache_argument``).
+            route_prefix_cache_argument(_peft_model(model))
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         _check_arguments(args, kwargs.get("model"))

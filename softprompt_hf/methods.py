@@ -23,7 +23,7 @@ from peft import (
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 from transformers.utils import logging
 
-from ._upstream import activation_checkpointing_enabled, activation_checkpointing_requested
+from ._upstream import activation_checkpointing_enabled, activation_checkpointing_requested, route_prefix_cache_argument
 
 __all__ = [
     "METHODS",
@@ -260,6 +260,8 @@ def build_soft_prompt_model(
         _init_prompt_from_text(peft_model, tokenizer, peft_config.prompt_tuning_init_text or "")
     else:
         peft_model = get_peft_model(model, peft_config)
+    # peft 0.21.2's prefix-tuning forward passes the prefix as `past_key_values`, which transformers 5.40 removes.
+    route_prefix_cache_argument(peft_model)
     trainable, total = peft_model.get_nb_trainable_parameters()
     logger.info(
         "%s: %s trainable parameters of %s (%.4f%%)",
