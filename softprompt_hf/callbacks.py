@@ -307,6 +307,7 @@ def _zero_stage(args: TrainingArguments) -> int | None:
     return None
 
 
+# peft 0.21 cannot save ZeRO-3-sharded prompt encoders (listed in softprompt_hf._upstream).
 _ZERO3_MESSAGE = (
     "DeepSpeed ZeRO-3 is refused for soft prompts: it shards the prompt encoder's and the prefix's parameters "
     "across processes, and gathering them to save the adapter is not supported by peft 0.21 (saving can hang "

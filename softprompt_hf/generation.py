@@ -81,14 +81,14 @@ def generate_label_ids(
 ) -> list[list[int]]:
     """Greedily generates the label tokens after each input's prompt.
 
-    Decoding does not go through ``generate()``: with peft 0.21 and transformers 5.x, ``PeftModel.generate``
-    with a soft prompt (all three methods, on GPT-2, Llama and Bloom) often returns tokens other than the
-    model's own greedy choice. Instead, the soft prompt is put where peft's training forward puts it (the
-    virtual token embeddings in front of the prompt's, or prefix tuning's key/values as the initial cache)
-    and the base model is run with a key/value cache, so each new token costs one position instead of the
-    whole sequence. ``use_cache=False`` runs the model's full training forward on the whole sequence at
-    every step instead; both give the same tokens (tested for the three methods on GPT-2, Llama, Bloom, and
-    Mistral and Gemma 3 with small sliding windows).
+    Decoding does not go through ``generate()`` (listed in ``softprompt_hf._upstream``): with peft 0.21 and
+    transformers 5.x, ``PeftModel.generate`` with a soft prompt (all three methods, on GPT-2, Llama and Bloom)
+    often returns tokens other than the model's own greedy choice. Instead, the soft prompt is put where peft's
+    training forward puts it (the virtual token embeddings in front of the prompt's, or prefix tuning's
+    key/values as the initial cache) and the base model is run with a key/value cache, so each new token costs
+    one position instead of the whole sequence. ``use_cache=False`` runs the model's full training forward on the
+    whole sequence at every step instead; both give the same tokens (tested for the three methods on GPT-2, Llama,
+    Bloom, and Mistral and Gemma 3 with small sliding windows).
 
     Batched results equal one-by-one results. Left padding, as ``generate()`` uses, would put pads between the
     virtual tokens and the text and shift positions with prompt tuning and P-tuning; instead, with the cache,

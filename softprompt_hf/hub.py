@@ -8,7 +8,7 @@ wrong and gives the command that pushes the saved folder later::
 
 Uploads go through ``huggingface_hub`` (``HfApi.create_repo`` + ``HfApi.upload_folder``), not
 ``PeftModel.push_to_hub``, which rejects ``safe_serialization`` on transformers 5 and replaces the card
-with a generic one.
+with a generic one (listed in ``softprompt_hf._upstream``).
 """
 
 from __future__ import annotations

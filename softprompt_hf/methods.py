@@ -302,7 +302,7 @@ def check_training_arguments(peft_config: PeftConfig, training_args: TrainingArg
     Refused: label smoothing with any soft-prompt method (the Trainer pops ``labels`` to smooth the loss
     itself, so peft cannot extend them over the virtual tokens; with peft 0.21.2 and transformers 5.24
     training fails for all three methods), and prefix tuning with gradient checkpointing, which peft
-    cannot combine: the run would die late with a shape error.
+    cannot combine: the run would die late with a shape error. (Both are listed in ``softprompt_hf._upstream``.)
     """
     if training_args.label_smoothing_factor > 0:
         raise ValueError(
