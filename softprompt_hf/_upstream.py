@@ -110,9 +110,6 @@ from peft import PeftModel, PeftType
 from torch.utils.hooks import RemovableHandle
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
-from transformers.utils import logging
-
-logger = logging.get_logger(__name__)
 
 
 def _forward_parameters(module: Any) -> Mapping[str, inspect.Parameter]:
