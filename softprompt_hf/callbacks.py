@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import re
-import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging
 
+from ._upstream import intercept_checkpoint_loading, route_prefix_cache_argument
 from .methods import check_training_arguments
 from .saving import atomic_write_json
 
@@ -188,8 +188,9 @@ def _wait_for_every_process(args: TrainingArguments) -> None:
     """Return once every process of a distributed run got here (at once without a process group).
 
     transformers 5.24's ``Trainer._save_checkpoint`` has every process write its own ``rng_state_<rank>.pth``
-    and then calls ``on_save`` with no barrier in between (pitfall 17 in the project notes): the main process
-    must wait for the others before it hashes the folder, or the marker misses or mis-hashes their files.
+    and then calls ``on_save`` with no barrier in between (pitfall 17 in the project notes; listed in
+    ``softprompt_hf._upstream``): the main process must wait for the others before it hashes the folder,
+    or the marker misses or mis-hashes their files.
     """
     if args.world_size <= 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
@@ -209,35 +210,28 @@ def _needs_module_state(model: PeftModel, adapter_name: str) -> bool:
     )
 
 
-def _install_checkpoint_loader(model: PeftModel) -> None:
-    """Make ``model.load_adapter`` read our full state from checkpoints that have one.
+def _load_checkpoint(model: PeftModel, folder: Path, adapter_name: str) -> bool:
+    """Loads our full state from a checkpoint that has one; ``False`` for a folder peft's loader should read.
 
-    The Trainer resumes (``resume_from_checkpoint``) and restores the best checkpoint
-    (``load_best_model_at_end``) by calling ``model.load_adapter(checkpoint, adapter_name, ...)``; this is the
-    one place both go through, so this instance (only this one) gets a loader that understands our files.
+    The Trainer loads checkpoints (resume, ``load_best_model_at_end``) with ``model.load_adapter``; this runs
+    first (``softprompt_hf._upstream.intercept_checkpoint_loading``).
     """
-    if getattr(model, "_softprompt_checkpoint_loader", False):
-        return
-    original = model.load_adapter
-
-    def load_adapter(self: PeftModel, model_id: Any, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
-        folder = Path(str(model_id))
-        if folder.is_dir() and adapter_name in self.peft_config and self.peft_config[adapter_name].is_prompt_learning:
-            if (folder / SOFT_PROMPT_STATE_NAME).is_file() or (folder / CHECKPOINT_MARKER_NAME).is_file():
-                load_soft_prompt_state(self, folder)
-                logger.info(f"Restored the soft prompt's trainable modules from {folder}")
-                return None
-            if _needs_module_state(self, adapter_name):
-                raise ValueError(
-                    f"{folder} has no {SOFT_PROMPT_STATE_NAME}: its adapter file holds only the prompt that the "
-                    "trained encoder produced, and loading that back into the encoder would silently corrupt "
-                    "it. Checkpoints written with SoftPromptCheckpointCallback resume exactly; this one can be "
-                    "used for inference only (AutoPeftModelForCausalLM.from_pretrained)."
-                )
-        return original(model_id, adapter_name, *args, **kwargs)
-
-    model.load_adapter = types.MethodType(load_adapter, model)  # type: ignore[method-assign]
-    setattr(model, "_softprompt_checkpoint_loader", True)  # noqa: B010 (torch Module typing rejects a bool)
+    if not (
+        folder.is_dir() and adapter_name in model.peft_config and model.peft_config[adapter_name].is_prompt_learning
+    ):
+        return False
+    if (folder / SOFT_PROMPT_STATE_NAME).is_file() or (folder / CHECKPOINT_MARKER_NAME).is_file():
+        load_soft_prompt_state(model, folder)
+        logger.info(f"Restored the soft prompt's trainable modules from {folder}")
+        return True
+    if _needs_module_state(model, adapter_name):
+        raise ValueError(
+            f"{folder} has no {SOFT_PROMPT_STATE_NAME}: its adapter file holds only the prompt that the "
+            "trained encoder produced, and loading that back into the encoder would silently corrupt "
+            "it. Checkpoints written with SoftPromptCheckpointCallback resume exactly; this one can be "
+            "used for inference only (AutoPeftModelForCausalLM.from_pretrained)."
+        )
+    return False
 
 
 class SoftPromptCheckpointCallback(TrainerCallback):
@@ -265,7 +259,9 @@ class SoftPromptCheckpointCallback(TrainerCallback):
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         model = kwargs.get("model")
         if model is not None:
-            _install_checkpoint_loader(_peft_model(model))
+            peft_model = _peft_model(model)
+            route_prefix_cache_argument(peft_model)
+            intercept_checkpoint_loading(peft_model, _load_checkpoint)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         # Every process gets here (the Trainer calls on_save on all of them), so all of them reach the barrier.
@@ -311,6 +307,7 @@ def _zero_stage(args: TrainingArguments) -> int | None:
     return None
 
 
+# peft 0.21 cannot save ZeRO-3-sharded prompt encoders (listed in softprompt_hf._upstream).
 _ZERO3_MESSAGE = (
     "DeepSpeed ZeRO-3 is refused for soft prompts: it shards the prompt encoder's and the prefix's parameters "
     "across processes, and gathering them to save the adapter is not supported by peft 0.21 (saving can hang "
@@ -344,11 +341,13 @@ def check_trainer(trainer: Any) -> None:
 
     Everything ``SoftPromptGuardCallback`` checks, plus what only the Trainer object knows: a
     ``compute_loss_func`` with prompt tuning / P-tuning (the Trainer takes the labels away from the model to
-    call it, so peft cannot extend them over the virtual tokens and the shapes do not match).
+    call it, so peft cannot extend them over the virtual tokens and the shapes do not match). Like the callback,
+    it makes a prefix-tuning model pass its prefix under the cache argument's current name.
     """
     model = trainer.model
     _check_arguments(trainer.args, model)
     peft_model = _peft_model(model)
+    route_prefix_cache_argument(peft_model)  # see SoftPromptGuardCallback.on_init_end
     config = peft_model.peft_config[peft_model.active_adapter]
     if getattr(trainer, "compute_loss_func", None) is not None and config.peft_type in (
         PeftType.PROMPT_TUNING,
@@ -370,10 +369,19 @@ class SoftPromptGuardCallback(TrainerCallback):
     Label smoothing (any method) and prefix tuning with gradient checkpointing (see
     ``check_training_arguments``), DeepSpeed ZeRO-3, packing and padding-free collation. A
     ``compute_loss_func`` is invisible to callbacks: call ``check_trainer(trainer)`` to cover it too.
+
+    It also makes a prefix-tuning model built with ``peft.get_peft_model`` hand its prefix to the base model
+    under the cache argument's current name, as ``build_soft_prompt_model`` does (see
+    ``softprompt_hf._upstream.route_prefix_cache_argument``).
     """
 
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        _check_arguments(args, kwargs.get("model"))
+        model = kwargs.get("model")
+        _check_arguments(args, model)
+        if model is not None:
+            # A user-built prefix-tuning model trains through peft 0.21's forward, which passes its prefix under
+            # transformers' old cache argument name (``softprompt_hf._upstream.route_prefix_cache_argument``).
+            route_prefix_cache_argument(_peft_model(model))
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         _check_arguments(args, kwargs.get("model"))

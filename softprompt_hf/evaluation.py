@@ -226,9 +226,10 @@ class GenerationMetrics(TrainerCallback):
         """Refuse to score other rows than those the Trainer evaluated: the metrics would describe another set."""
         dataloader, self._trainer_eval_dataloader = self._trainer_eval_dataloader, None
         dataset = getattr(dataloader, "dataset", None)
-        # transformers 5.24's evaluation_loop gathers every process's predictions with gather_for_metrics,
-        # which drops the rows repeated to even out the last batches when the dataset has a length: the count is
-        # the eval set's under DDP too. An iterable dataset split between processes may keep such repeats.
+        # transformers 5.24's evaluation_loop (listed in softprompt_hf._upstream) gathers every process's
+        # predictions with gather_for_metrics, which drops the rows repeated to even out the last batches when
+        # the dataset has a length: the count is the eval set's under DDP too. An iterable dataset split between
+        # processes may keep such repeats.
         uneven = isinstance(dataset, torch.utils.data.IterableDataset) and PartialState().num_processes > 1
         count = _prediction_rows(eval_prediction)
         if count is not None and count != len(self._texts) and not uneven:

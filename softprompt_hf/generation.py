@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 from collections import defaultdict
 from collections.abc import Sequence
@@ -12,9 +11,19 @@ import torch
 from peft import PeftModel, PeftType
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedTokenizerBase
-from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
+from transformers.cache_utils import Cache
 from transformers.utils import logging
 
+from ._upstream import (
+    attention_windows,
+    cache_argument,
+    is_plain_dynamic_cache,
+    keeps_positions_per_row,
+    positions_from_mask,
+    prefix_cache_from_peft,
+    set_seen_length,
+    takes_logits_to_keep,
+)
 from .methods import eval_mode
 from .output_head import ChunkedOutputHead
 from .prompt import PromptTemplate
@@ -72,14 +81,14 @@ def generate_label_ids(
 ) -> list[list[int]]:
     """Greedily generates the label tokens after each input's prompt.
 
-    Decoding does not go through ``generate()``: with peft 0.21 and transformers 5.x, ``PeftModel.generate``
-    with a soft prompt (all three methods, on GPT-2, Llama and Bloom) often returns tokens other than the
-    model's own greedy choice. Instead, the soft prompt is put where peft's training forward puts it (the
-    virtual token embeddings in front of the prompt's, or prefix tuning's key/values as the initial cache)
-    and the base model is run with a key/value cache, so each new token costs one position instead of the
-    whole sequence. ``use_cache=False`` runs the model's full training forward on the whole sequence at
-    every step instead; both give the same tokens (tested for the three methods on GPT-2, Llama, Bloom, and
-    Mistral and Gemma 3 with small sliding windows).
+    Decoding does not go through ``generate()`` (listed in ``softprompt_hf._upstream``): with peft 0.21 and
+    transformers 5.x, ``PeftModel.generate`` with a soft prompt (all three methods, on GPT-2, Llama and Bloom)
+    often returns tokens other than the model's own greedy choice. Instead, the soft prompt is put where peft's
+    training forward puts it (the virtual token embeddings in front of the prompt's, or prefix tuning's
+    key/values as the initial cache) and the base model is run with a key/value cache, so each new token costs
+    one position instead of the whole sequence. ``use_cache=False`` runs the model's full training forward on the
+    whole sequence at every step instead; both give the same tokens (tested for the three methods on GPT-2, Llama,
+    Bloom, and Mistral and Gemma 3 with small sliding windows).
 
     Batched results equal one-by-one results. Left padding, as ``generate()`` uses, would put pads between the
     virtual tokens and the text and shift positions with prompt tuning and P-tuning; instead, with the cache,
@@ -304,24 +313,23 @@ class _CachedDecoder:
     """
 
     _PROMPT_TYPES = (PeftType.PROMPT_TUNING, PeftType.P_TUNING)
-    _POSITIONS_FROM_MASK = ("bloom",)
 
     def __init__(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]] = ()) -> None:
         self.peft_config = _prompt_learning_config(model)
         self.model = model
         self.base: Any = model.get_base_model() if self.peft_config is not None else model  # type: ignore[operator]
         inner: Any = model.get_base_model() if isinstance(model, PeftModel) else model
-        parameters = inspect.signature(inner.forward).parameters
-        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
-        self._keep = "logits_to_keep" in parameters
-        self._positions = "position_ids" in parameters
-        model_type = getattr(getattr(inner, "config", None), "model_type", None)
+        self._cache_argument = cache_argument(inner)
+        self._keep = takes_logits_to_keep(inner)
+        self._positions = "position_ids" in inspect.signature(inner.forward).parameters
         # Each layer's sliding window (None: it attends to the whole sequence), and whether every layer is
         # attention, full or windowed, whose padding the mask keeps out.
-        self._layer_windows, plain_attention = _attention_windows(getattr(self.base, "config", None))
+        self._layer_windows, plain_attention = attention_windows(getattr(self.base, "config", None))
         windows = [window for window in self._layer_windows if window is not None]
         self.window: int | None = min(windows) if windows else None
-        self.mixed_lengths = plain_attention and (self._positions or model_type in self._POSITIONS_FROM_MASK)
+        self.mixed_lengths = plain_attention and (
+            self._positions or positions_from_mask(getattr(inner, "config", None))
+        )
         self.head = ChunkedOutputHead.of(self._target)
         self._head_checked = False
         self.num_virtual_tokens = 0
@@ -361,9 +369,8 @@ class _CachedDecoder:
         if self._shared_kv is not None:
             cache = prefix_cache(self._shared_kv, 1, self.base.config, length=virtual)
         elif self.peft_config is not None:  # prefix tuning: its key/values first, if they are a plain cache
-            cache = self.model.get_prompt(batch_size=1, max_cache_len=virtual + len(common))  # type: ignore[operator]
-            plain_layers = (DynamicLayer, DynamicSlidingWindowLayer)
-            if type(cache) is not DynamicCache or any(type(layer) not in plain_layers for layer in cache.layers):
+            cache = prefix_cache_from_peft(self.model, batch_size=1, max_cache_len=virtual + len(common))
+            if not is_plain_dynamic_cache(cache):
                 return
         else:
             cache = DynamicCache(config=getattr(self.base, "config", None))
@@ -452,14 +459,12 @@ class _CachedDecoder:
         if self._shared_kv is not None:
             cache = prefix_cache(self._shared_kv, batch, self.base.config, length=offset)
         elif self.peft_config is not None:
-            cache = self.model.get_prompt(batch_size=batch, max_cache_len=offset + longest)  # type: ignore[operator]
-            if not isinstance(cache, Cache):
-                raise TypeError(f"Prefix tuning returned a {type(cache).__name__}, not a transformers Cache.")
+            cache = prefix_cache_from_peft(self.model, batch_size=batch, max_cache_len=offset + longest)
         else:
             cache = DynamicCache(config=getattr(self.base, "config", None))
         positions = offset + torch.arange(longest, device=device).expand(batch, -1)
         inputs = {"input_ids": input_ids}
-        if keep > 1 and self._keep and _keeps_positions_per_row():
+        if keep > 1 and self._keep and keeps_positions_per_row():
             # Only each row's last prompt position.
             last_positions = (lengths - 1)[:, None]
             outputs = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=last_positions, **inputs)
@@ -571,6 +576,7 @@ def _common_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
 
 def cache_key_values(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Each layer's keys and values in a filled ``DynamicCache`` (``(batch, heads, length, head_dim)``)."""
+    # transformers 5.24 cache layers hold their tensors in `keys` / `values` (listed in softprompt_hf._upstream).
     pairs = []
     for layer in cache.layers:
         keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
@@ -589,49 +595,15 @@ def prefix_cache(
     ``length`` is the number of positions the prefix stands for. A sliding-window layer holds only the last
     ``window - 1`` key/values of a longer prefix, but must count every position: its masks are placed by that count.
     """
+    # transformers 5.24 builds a cache from per-layer key/values with `ddp_cache_data` (listed in
+    # softprompt_hf._upstream).
     cache = DynamicCache(
         ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in key_values],
         config=config,
     )
     if length is not None:
-        for layer in cache.layers:
-            if isinstance(layer, DynamicSlidingWindowLayer):
-                # transformers 5.24: the layer counts what it has seen in `cumulative_length` (its mask offsets
-                # and `get_seq_length()` come from it); filled with the kept key/values it would count only those.
-                layer.cumulative_length = length
+        set_seen_length(cache, length)
     return cache
-
-
-def _attention_windows(config: Any) -> tuple[list[int | None], bool]:
-    """Each layer's sliding window (or attention chunk) as the cache transformers builds for ``config`` sees it,
-    ``None`` for a layer that attends to the whole sequence; and whether every layer is attention of those two
-    kinds (a recurrent or linear-attention state would take the padding in). Mistral's config-less prefix-tuning
-    cache has full layers, but its mask still applies the window: the config decides."""
-    if config is None:
-        return [], True
-    windows: list[int | None] = []
-    for layer in DynamicCache(config=config).layers:
-        if type(layer) is DynamicSlidingWindowLayer:
-            windows.append(layer.sliding_window)
-        elif type(layer) is DynamicLayer:
-            windows.append(None)
-        elif type(layer).__name__ != "DummyLayer":  # a layer without a cache of its own (an MLP, shared key/values)
-            return windows, False
-    return windows, True
-
-
-@functools.cache
-def _keeps_positions_per_row() -> bool:
-    """Whether this transformers' ``logits_to_keep`` takes per-row positions (a ``(batch, n)`` integer tensor)."""
-    try:
-        from transformers.modeling_utils import slice_logits_to_keep
-    except ImportError:
-        return False
-    try:
-        kept = slice_logits_to_keep(torch.zeros(2, 3, 1), torch.tensor([[0], [2]]))
-    except Exception:  # noqa: BLE001 - an older helper may reject the argument in any way
-        return False
-    return tuple(kept.shape) == (2, 1, 1)
 
 
 def _prompt_learning_config(model: torch.nn.Module) -> Any:
@@ -646,4 +618,4 @@ def supports_logits_to_keep(model: torch.nn.Module) -> bool:
     """Whether the (base) model's forward takes ``logits_to_keep``, to compute logits only where needed
     instead of full-vocabulary logits for every position."""
     base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model  # type: ignore[operator]
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return takes_logits_to_keep(base)

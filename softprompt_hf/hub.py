@@ -8,14 +8,13 @@ wrong and gives the command that pushes the saved folder later::
 
 Uploads go through ``huggingface_hub`` (``HfApi.create_repo`` + ``HfApi.upload_folder``), not
 ``PeftModel.push_to_hub``, which rejects ``safe_serialization`` on transformers 5 and replaces the card
-with a generic one.
+with a generic one (listed in ``softprompt_hf._upstream``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import json
 import os
 import shlex
@@ -24,12 +23,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, ModelCard, constants, get_session, get_token, set_client_factory
+from huggingface_hub import HfApi, ModelCard, constants, get_token, set_client_factory
 from huggingface_hub.errors import HfHubHTTPError
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
+from ._upstream import current_client_factory, http_library, saved_callback_state
 from .card import (
     ModelCardInputs,
     is_hub_id,
@@ -420,11 +420,8 @@ class HubPushCallback(TrainerCallback, ExportableState):
     def _restore(self, args, state) -> None:
         """Takes back the best score (and the adapter saved for it) from a resumed checkpoint's state."""
         name = type(self).__name__
-        saved = state.stateful_callbacks.get(name)
+        saved = saved_callback_state(state, name, self.state())
         if saved is None:
-            # transformers 5.24's _save_checkpoint indexes stateful_callbacks by name and fails on a checkpoint
-            # saved without this callback (a resumed run that adds it): give it an entry.
-            state.stateful_callbacks[name] = self.state()
             return
         mine = [
             entry
@@ -712,25 +709,17 @@ class _Traffic:
         return f"{last[0]} {last[1]}", tries
 
 
-def _http_library() -> Any:
-    """The HTTP library of huggingface_hub's client (``httpx2`` in 2.x, ``httpx`` in 1.x), for its timeout and
-    error types, without depending on either name."""
-    return importlib.import_module(type(get_session()).__module__.split(".")[0])
-
-
 @contextlib.contextmanager
 def _watched_session(timeout: float | None, traffic: _Traffic) -> Iterator[None]:
     """huggingface_hub's shared HTTP client, with ``timeout`` on every request and each request recorded.
 
     The shared client has no timeout (a silent server would hang the end of training), and huggingface_hub
     closes and rebuilds it after a connection error, so the timeout and the recording go into the client factory
-    for as long as the push runs. The previous factory is read from huggingface_hub 2.4's private
-    ``_GLOBAL_CLIENT_FACTORY``: there is no public getter.
+    for as long as the push runs. The previous factory is read from huggingface_hub 2.4's private state
+    (``softprompt_hf._upstream.current_client_factory``): there is no public getter.
     """
-    from huggingface_hub.utils import _http
-
-    previous = _http._GLOBAL_CLIENT_FACTORY
-    http = _http_library()
+    previous = current_client_factory()
+    http = http_library()
 
     def factory() -> Any:
         client = previous()
@@ -763,7 +752,7 @@ def _describe(err: Exception, endpoint: str, timeout: float | None, repo_id: str
             )
         first_line = str(err).strip().splitlines()[0]
         return f"the Hub at {endpoint} answered HTTP {status} to {request}{retried}: {first_line}.{summary}"
-    http = _http_library()
+    http = http_library()
     if isinstance(err, http.TimeoutException):
         return (
             f"the Hub at {endpoint} did not answer {request} within {timeout} s, {tries} "

@@ -11,13 +11,14 @@ while the model, peft and the ``Trainer`` run unchanged.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 from peft import PeftModel
 from torch.utils.hooks import RemovableHandle
 from transformers.utils import logging
+
+from ._upstream import takes_label_only_loss
 
 __all__ = ["enable_label_only_logits"]
 
@@ -57,9 +58,7 @@ def enable_label_only_logits(model: torch.nn.Module, *, in_eval: bool = False) -
     ```
     """
     base: Any = model.get_base_model() if isinstance(model, PeftModel) else model
-    parameters = inspect.signature(base.forward).parameters
-    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    if "logits_to_keep" not in parameters or "labels" not in parameters or not takes_kwargs:
+    if not takes_label_only_loss(base):
         logger.warning(
             "%s.forward does not take logits_to_keep and loss keyword arguments; logits stay computed at every "
             "position.",

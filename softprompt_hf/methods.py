@@ -23,6 +23,8 @@ from peft import (
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
 from transformers.utils import logging
 
+from ._upstream import activation_checkpointing_enabled, activation_checkpointing_requested, route_prefix_cache_argument
+
 __all__ = [
     "METHODS",
     "SEED_PROMPT_TUNING_INIT_TEXT",
@@ -239,7 +241,7 @@ def build_soft_prompt_model(
         )
     if training_args is not None:
         check_training_arguments(peft_config, training_args)
-    if peft_config.peft_type == PeftType.PREFIX_TUNING and _checkpointing_enabled(model):
+    if peft_config.peft_type == PeftType.PREFIX_TUNING and activation_checkpointing_enabled(model):
         raise ValueError(_PREFIX_CHECKPOINTING_MESSAGE)
 
     if (
@@ -258,6 +260,8 @@ def build_soft_prompt_model(
         _init_prompt_from_text(peft_model, tokenizer, peft_config.prompt_tuning_init_text or "")
     else:
         peft_model = get_peft_model(model, peft_config)
+    # peft 0.21.2's prefix-tuning forward passes the prefix as `past_key_values`, which transformers 5.40 removes.
+    route_prefix_cache_argument(peft_model)
     trainable, total = peft_model.get_nb_trainable_parameters()
     logger.info(
         "%s: %s trainable parameters of %s (%.4f%%)",
@@ -298,7 +302,7 @@ def check_training_arguments(peft_config: PeftConfig, training_args: TrainingArg
     Refused: label smoothing with any soft-prompt method (the Trainer pops ``labels`` to smooth the loss
     itself, so peft cannot extend them over the virtual tokens; with peft 0.21.2 and transformers 5.24
     training fails for all three methods), and prefix tuning with gradient checkpointing, which peft
-    cannot combine: the run would die late with a shape error.
+    cannot combine: the run would die late with a shape error. (Both are listed in ``softprompt_hf._upstream``.)
     """
     if training_args.label_smoothing_factor > 0:
         raise ValueError(
@@ -306,10 +310,7 @@ def check_training_arguments(peft_config: PeftConfig, training_args: TrainingArg
             "Trainer takes the labels away from the model to smooth the loss itself, so peft cannot line them up "
             "with the virtual tokens and training fails. Set label_smoothing_factor=0."
         )
-    # transformers 5.24 renamed gradient_checkpointing to activation_checkpointing; older 5.x has only the
-    # former. Read both, since a copy of the arguments may have changed only the new name.
-    checkpointing = getattr(training_args, "activation_checkpointing", None) or training_args.gradient_checkpointing
-    if peft_config.peft_type == PeftType.PREFIX_TUNING and checkpointing:
+    if peft_config.peft_type == PeftType.PREFIX_TUNING and activation_checkpointing_requested(training_args):
         raise ValueError(_PREFIX_CHECKPOINTING_MESSAGE)
 
 
@@ -319,15 +320,6 @@ _PREFIX_CHECKPOINTING_MESSAGE = (
     "gradient_checkpointing before transformers 5.24) and leave the model's checkpointing off, or use "
     "prompt tuning or P-tuning, whose virtual tokens work with checkpointing."
 )
-
-
-def _checkpointing_enabled(model: PreTrainedModel) -> bool:
-    # transformers 5 renamed is_gradient_checkpointing (now deprecated, with a warning) to
-    # is_activation_checkpointing; read whichever the installed version has.
-    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
-        if hasattr(type(model), name):
-            return bool(getattr(model, name))
-    return False
 
 
 def _merge(args: SoftPromptArguments | None, overrides: dict[str, Any]) -> SoftPromptArguments:

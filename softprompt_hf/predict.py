@@ -23,6 +23,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from ._upstream import route_prefix_cache_argument
 from .card import is_local_path
 from .data import _utf8_problem
 from .evaluation import MODES, Prediction, rank_labels
@@ -132,6 +133,7 @@ def load_adapter(
             f"The tokenizer of {source!r} has {len(tokenizer)} tokens, more than the base model's embeddings: they "
             "do not belong together. Pass the base model the adapter was trained on."
         )
+    route_prefix_cache_argument(model)  # prefix tuning's eval-loss forward, as in training
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     model.eval()

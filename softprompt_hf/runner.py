@@ -353,7 +353,8 @@ def load_recipe_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase
     _check_model_source(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as err:  # ValueError: a folder without tokenizer files (transformers 5.24)
+    # ValueError: a folder without tokenizer files (transformers 5.24; listed in softprompt_hf._upstream).
+    except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if is_local_path(source):
             fix = "Save the model's tokenizer into that folder too (tokenizer.save_pretrained(folder))."

@@ -205,7 +205,7 @@ def save_adapter(
             for name, config in configs.items()
         }
         try:
-            if base_model_id is not None:
+            if base_model_id is not None:  # peft 0.21 records the local path (listed in softprompt_hf._upstream)
                 for config in configs.values():
                     config.base_model_name_or_path = base_model_id
                     # TEXT-initialised prompt tuning records where its tokenizer came from: a local folder too.

@@ -18,9 +18,9 @@ import torch
 from peft import PeftModel, PeftType
 from torch.utils.hooks import RemovableHandle
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 from transformers.utils import logging
 
+from ._upstream import activation_checkpointing_enabled, cache_argument, full_attention_cache, takes_cache
 from .generation import cache_key_values, prefix_cache
 
 __all__ = ["enable_shared_prompt"]
@@ -74,7 +74,7 @@ def enable_shared_prompt(model: torch.nn.Module, *, in_eval: bool = False) -> Re
     peft_config: Any = model.active_peft_config
     virtual: int = peft_config.num_virtual_tokens
     config = base.config
-    cache_argument = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    cache_name = cache_argument(base)
 
     def share_virtual_tokens(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
         if args or (not module.training and not in_eval):
@@ -82,14 +82,14 @@ def enable_shared_prompt(model: torch.nn.Module, *, in_eval: bool = False) -> Re
         embeds, labels, mask = kwargs.get("inputs_embeds"), kwargs.get("labels"), kwargs.get("attention_mask")
         if embeds is None or labels is None or kwargs.get("input_ids") is not None:
             return None
-        if kwargs.get(cache_argument) is not None or kwargs.get("position_ids") is not None:
+        if kwargs.get(cache_name) is not None or kwargs.get("position_ids") is not None:
             return None
         if kwargs.get("past_key_values") is not None or kwargs.get("shift_labels") is not None:
             return None
         batch, length = embeds.shape[:2]
         if isinstance(kwargs.get("logits_to_keep"), torch.Tensor):
             return None  # positions chosen in the whole sequence, virtual tokens included
-        if batch < 2 or length <= virtual or getattr(module, "is_activation_checkpointing", False):
+        if batch < 2 or length <= virtual or activation_checkpointing_enabled(module):
             return None
         if not bool((labels[:, : virtual + 1] == _IGNORE_INDEX).all()):
             return None
@@ -106,12 +106,12 @@ def enable_shared_prompt(model: torch.nn.Module, *, in_eval: bool = False) -> Re
             attention_mask=prefix_mask,
             use_cache=True,
             logits_to_keep=1,
-            **{cache_argument: virtual_cache},
+            **{cache_name: virtual_cache},
         )
         shared = prefix_cache(cache_key_values(virtual_cache), batch, config)
         # The attention mask keeps covering the virtual tokens (now the cache) and the real tokens.
         kwargs.update({"inputs_embeds": embeds[:, virtual:], "labels": labels[:, virtual:], "use_cache": True})
-        kwargs[cache_argument] = shared
+        kwargs[cache_name] = shared
         return args, kwargs
 
     return base.register_forward_pre_hook(share_virtual_tokens, with_kwargs=True, prepend=True)
@@ -128,13 +128,12 @@ def _unsupported(model: torch.nn.Module) -> str | None:
     parameters = inspect.signature(base.forward).parameters
     if not {"inputs_embeds", "labels", "attention_mask", "use_cache", "logits_to_keep"} <= set(parameters):
         return f"{type(base).__name__}.forward does not take the arguments needed"
-    if "cache" not in parameters and "past_key_values" not in parameters:
+    if not takes_cache(base):
         return f"{type(base).__name__}.forward takes no key/value cache"
     dropout = _dropout(base)
     if dropout is not None:
         return f"{type(base).__name__} has dropout ({dropout}), so each row's virtual tokens differ in training"
-    layers = DynamicCache(config=base.config).layers
-    if layers and not all(type(layer) is DynamicLayer for layer in layers):
+    if not full_attention_cache(base.config):
         return f"{type(base).__name__} has sliding-window or other special cache layers"
     return None
 

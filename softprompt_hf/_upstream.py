@@ -1,0 +1,361 @@
+"""Every place softprompt_hf depends on peft, transformers or huggingface_hub internals, in one file.
+
+Each entry says which upstream version it was written for, what it works around, and what to do once upstream
+is fixed. The code lives here, except for the entries marked *elsewhere*, a few lines tangled in one class,
+whose comments point back to this list.
+
+Cache argument and key/value caches
+
+1. :func:`cache_argument`, :func:`takes_cache` - transformers 5.24 renamed the causal-LM forward's
+   ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40); older 5.x and remote-code models
+   take ``past_key_values``. Delete once the minimum transformers is 5.24 and every supported model takes
+   ``cache``: write ``cache``.
+2. :func:`route_prefix_cache_argument` - peft 0.21.2 ``PeftModelForCausalLM.forward`` (prefix tuning's
+   training and eval-loss forward) passes the prefix as ``past_key_values=self.get_prompt(...)``: warned about
+   by transformers 5.24, refused from 5.40. A forward pre-hook on the base LM passes it as ``cache``. Delete
+   it, and its calls in methods, predict and callbacks, once peft passes ``cache`` itself.
+3. *Elsewhere: softprompt_hf/generate.py.* peft 0.21.2 ``PeftModelForCausalLM.prepare_inputs_for_generation``
+   injects/checks ``past_key_values`` and ``cache_position``, which transformers 5.x renamed/removed; see
+   softprompt_hf/generate.py (``enable_soft_prompt_generate``). Delete once ``PeftModel.generate`` with a soft
+   prompt gives the model's greedy tokens again.
+4. :func:`prefix_cache_from_peft` - peft 0.21's prefix tuning ``get_prompt(batch_size, max_cache_len=...)``
+   returns a transformers ``Cache`` (older peft returned legacy tuples and took no ``max_cache_len``). Update
+   if peft changes that signature.
+5. :func:`set_seen_length` - transformers 5.24 ``DynamicSlidingWindowLayer`` counts the positions it has seen
+   in ``cumulative_length`` (its mask offsets and ``get_seq_length()`` come from it); a cache filled with a
+   prefix's kept key/values must be told the prefix's true length. Update if transformers renames it; delete
+   once a ``DynamicCache`` can be built with that length.
+6. :func:`attention_windows`, :func:`is_plain_dynamic_cache`, :func:`full_attention_cache` - transformers 5.24
+   cache layer classes (``DynamicLayer``, ``DynamicSlidingWindowLayer``, ``DummyLayer``) tell each layer's
+   sliding window, and whether a cache holds plain key/values only. Update with new layer kinds.
+7. *Elsewhere: generation.cache_key_values, generation.prefix_cache.* transformers 5.24 cache layers hold
+   their tensors in ``keys`` / ``values``, and ``DynamicCache(ddp_cache_data=[(keys, values), ...])`` builds a
+   cache from them. Update if transformers renames them.
+8. :func:`positions_from_mask` - transformers 5.24 Bloom (ALiBi) takes no ``position_ids`` and derives positions
+   from the attention mask, so padded prompts still decode exactly. Add models that do the same; delete an
+   entry once its forward takes ``position_ids``.
+
+Logits
+
+9. :func:`takes_logits_to_keep` - transformers 5 causal LMs take ``logits_to_keep``; remote-code and older
+   models may not. Delete once every supported model takes it.
+10. :func:`keeps_positions_per_row` - transformers 5.24's private ``modeling_utils.slice_logits_to_keep``
+    takes per-row positions (a ``(batch, n)`` integer tensor). Delete once the minimum transformers has it.
+11. :func:`takes_label_only_loss` - transformers 5 causal LMs take a boolean ``logits_to_keep`` mask and pass
+    other keyword arguments (``shift_labels``) to their loss function. Delete with entry 9.
+
+Trainer
+
+12. :func:`intercept_checkpoint_loading` - transformers 5.24 ``Trainer._load_from_checkpoint`` (resume) and
+    ``_load_best_model`` (``load_best_model_at_end``) load a PeftModel's checkpoint with
+    ``model.load_adapter(folder, adapter_name, ...)``, and peft 0.21.2's adapter file holds only the final
+    prompt (P-tuning's MLP output, the prefix projection's output); our loader goes in front of that instance's
+    ``load_adapter``. Update if the Trainer loads adapters another way; delete once peft saves and reloads the
+    prompt encoders themselves.
+13. *Elsewhere: callbacks._wait_for_every_process.* transformers 5.24 ``Trainer._save_checkpoint`` has every
+    process write its ``rng_state_<rank>.pth`` and calls ``on_save`` with no barrier in between. Delete the
+    barrier once the Trainer waits for every process before ``on_save``.
+14. :func:`saved_callback_state` - transformers 5.24 ``Trainer._save_checkpoint`` indexes
+    ``state.stateful_callbacks`` by name, and fails for a stateful callback added to a run resumed from a
+    checkpoint saved without it. Delete once the Trainer adds a missing entry itself.
+15. :func:`activation_checkpointing_requested`, :func:`activation_checkpointing_enabled` - transformers 5.24
+    renamed ``TrainingArguments.gradient_checkpointing`` to ``activation_checkpointing``, and the model's
+    ``is_gradient_checkpointing`` (deprecated, warns) to ``is_activation_checkpointing``. Read the new names
+    only once the minimum transformers is 5.24.
+16. *Elsewhere: pyproject.toml, ``[tool.pytest.ini_options] filterwarnings``.* peft 0.21.2's
+    ``get_peft_model`` reads transformers 5.24's deprecated ``is_gradient_checkpointing``; the tests ignore its
+    FutureWarning. Delete the filter once peft reads ``is_activation_checkpointing``.
+
+Hub
+
+17. :func:`current_client_factory` - huggingface_hub 2.4 has ``set_client_factory`` but no getter: the
+    current factory is read from the private ``huggingface_hub.utils._http._GLOBAL_CLIENT_FACTORY``. Delete
+    once a public getter exists, or requests take a timeout.
+18. :func:`http_library` - huggingface_hub's HTTP client library (``httpx2`` in 2.x, ``httpx`` in 1.x), for
+    its timeout and error types, found from the shared session's type rather than imported by name. Import it
+    directly once one name is a declared dependency.
+
+Upstream bugs avoided elsewhere, without touching internals (delete each refusal or detour once fixed)
+
+19. *methods.check_training_arguments.* peft 0.21.2 + transformers 5.24: ``label_smoothing_factor > 0`` (the
+    Trainer pops ``labels``, so peft cannot pad them) and prefix tuning with activation checkpointing (a late
+    shape error) are refused; so is a ``compute_loss_func`` with prompt tuning / P-tuning (``check_trainer``).
+20. *callbacks._ZERO3_MESSAGE.* peft 0.21 cannot gather ZeRO-3-sharded prompt encoders to save them: refused.
+21. *hub.py, runner.take_over_hub_push.* transformers 5.x ``PeftModel.push_to_hub`` rejects
+    ``safe_serialization`` and replaces peft's card: pushes go through ``HfApi.upload_folder`` with our card.
+22. *saving.save_adapter.* peft 0.21 writes the local base-model path into ``adapter_config.json``
+    (``base_model_name_or_path``): with ``base_model_id=``, the Hub id is written instead.
+23. *generation.generate_label_ids, card.py's usage snippet.* peft 0.21.2 ``PeftModel.generate`` with a soft
+    prompt is wrong on transformers 5.x (entry 3): decoding runs the model's forward itself. The card's snippet
+    runs a stock ``AutoPeftModelForCausalLM``, so for prefix tuning it still relies on transformers < 5.40
+    taking ``past_key_values`` (entry 2).
+24. *evaluation.GenerationMetrics._check_trainer_rows.* transformers 5.24's ``evaluation_loop`` gathers
+    predictions with ``gather_for_metrics``, which drops the rows repeated to even out the last batches: the row
+    count is the eval set's. Update if the Trainer gathers otherwise.
+25. *runner.load_recipe_tokenizer.* transformers 5.24's ``AutoTokenizer.from_pretrained`` raises ``ValueError``,
+    not ``OSError``, for a folder without tokenizer files. Catch only ``OSError`` once that is fixed.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel, PeftType
+from torch.utils.hooks import RemovableHandle
+from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
+
+
+def _forward_parameters(module: Any) -> Mapping[str, inspect.Parameter]:
+    """The parameters of the forward of ``module`` (the base model's, for a ``PeftModel``)."""
+    inner = module.get_base_model() if isinstance(module, PeftModel) else module
+    return inspect.signature(inner.forward).parameters
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 1-8: the cache argument and key/value caches
+# ------------------------------------------------------------------------------------------------------------
+
+
+def cache_argument(module: Any) -> str:
+    """The name of the key/value cache argument of ``module``'s forward (the base model's, for a ``PeftModel``).
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (entry 1): ``"cache"`` if the forward takes it,
+    else ``"past_key_values"``.
+    """
+    return "cache" if "cache" in _forward_parameters(module) else "past_key_values"
+
+
+def takes_cache(module: Any) -> bool:
+    """Whether ``module``'s forward (the base model's, for a ``PeftModel``) takes a key/value cache under either
+    name (entry 1)."""
+    parameters = _forward_parameters(module)
+    return "cache" in parameters or "past_key_values" in parameters
+
+
+def _past_key_values_as_cache(module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """Forward pre-hook: passes a ``past_key_values`` keyword on as ``cache`` (entry 2)."""
+    if "past_key_values" not in kwargs:
+        return None
+    prefix = kwargs.pop("past_key_values")
+    if prefix is not None:
+        if kwargs.get("cache") is not None:
+            raise ValueError(
+                f"{type(module).__name__}.forward got both past_key_values (peft 0.21's prefix tuning passes its "
+                "prefix under that name) and cache; the cache would replace the prefix, so the prefix would be "
+                "ignored. peft 0.21's PeftModel.generate does this: decode with "
+                "softprompt_hf.generation.generate_label_texts (or enable softprompt_hf.generate's "
+                "enable_soft_prompt_generate), and pass no cache of your own to a prefix-tuning model's forward."
+            )
+        kwargs["cache"] = prefix
+    return args, kwargs
+
+
+def route_prefix_cache_argument(model: torch.nn.Module) -> RemovableHandle | None:
+    """Makes peft 0.21.2's prefix-tuning forward hand its prefix to the base model as ``cache`` (entry 2).
+
+    peft passes the prefix key/values as ``past_key_values``; transformers 5.24 warns about that name and 5.40
+    refuses it. A forward pre-hook (run before any other) on the base causal LM renames the keyword; a call that
+    also passes a ``cache`` is refused with a ``ValueError`` (the cache would silently replace the prefix).
+
+    Idempotent: a model that already has the hook gets no second one. Nothing is done (``None`` is returned) for
+    a model that is not a prefix-tuning ``PeftModel`` or whose base forward takes no ``cache``.
+
+    Returns:
+        The new hook's handle, or ``None`` if none was added.
+    """
+    if not isinstance(model, PeftModel) or model.active_peft_config.peft_type != PeftType.PREFIX_TUNING:
+        return None
+    base: Any = model.get_base_model()
+    if cache_argument(base) != "cache":
+        return None
+    # torch keeps a module's forward pre-hooks in `_forward_pre_hooks`; the same function means the same hook.
+    if any(hook is _past_key_values_as_cache for hook in base._forward_pre_hooks.values()):
+        return None
+    return base.register_forward_pre_hook(_past_key_values_as_cache, with_kwargs=True, prepend=True)
+
+
+def prefix_cache_from_peft(model: Any, batch_size: int, max_cache_len: int) -> Cache:
+    """Prefix tuning's key/values for ``batch_size`` rows as a transformers ``Cache``, built for up to
+    ``max_cache_len`` positions (peft 0.21's ``get_prompt`` signature, entry 4)."""
+    cache = model.get_prompt(batch_size=batch_size, max_cache_len=max_cache_len)
+    if not isinstance(cache, Cache):
+        raise TypeError(f"Prefix tuning returned a {type(cache).__name__}, not a transformers Cache.")
+    return cache
+
+
+def set_seen_length(cache: Cache | Any, length: int) -> None:
+    """Tells the sliding-window layers of ``cache`` (or the one layer given) that they have seen ``length``
+    positions (entry 5).
+
+    transformers 5.24's ``DynamicSlidingWindowLayer`` counts what it has seen in ``cumulative_length``; filled with
+    the kept key/values of a longer prefix it would count only those, and misplace its masks. Other layers count
+    their key/values, which is right.
+    """
+    for layer in getattr(cache, "layers", [cache]):
+        if isinstance(layer, DynamicSlidingWindowLayer):
+            layer.cumulative_length = length
+
+
+def attention_windows(config: Any) -> tuple[list[int | None], bool]:
+    """Each layer's sliding window (or attention chunk) as the cache transformers builds for ``config`` sees it,
+    ``None`` for a layer that attends to the whole sequence; and whether every layer is attention of those two
+    kinds (a recurrent or linear-attention state would take the padding in). Mistral's config-less prefix-tuning
+    cache has full layers, but its mask still applies the window: the config decides (entry 6)."""
+    if config is None:
+        return [], True
+    windows: list[int | None] = []
+    for layer in DynamicCache(config=config).layers:
+        if type(layer) is DynamicSlidingWindowLayer:
+            windows.append(layer.sliding_window)
+        elif type(layer) is DynamicLayer:
+            windows.append(None)
+        elif type(layer).__name__ != "DummyLayer":  # a layer without a cache of its own (an MLP, shared key/values)
+            return windows, False
+    return windows, True
+
+
+def is_plain_dynamic_cache(cache: Any) -> bool:
+    """Whether ``cache`` is a ``DynamicCache`` of full or sliding-window key/value layers only (entry 6), whose
+    key/values can be read and shared."""
+    plain_layers = (DynamicLayer, DynamicSlidingWindowLayer)
+    return type(cache) is DynamicCache and all(type(layer) in plain_layers for layer in cache.layers)
+
+
+def full_attention_cache(config: Any) -> bool:
+    """Whether the cache transformers builds for ``config`` has full-attention key/value layers only (entry 6)."""
+    layers = DynamicCache(config=config).layers
+    return not layers or all(type(layer) is DynamicLayer for layer in layers)
+
+
+#: Model types that take no ``position_ids`` but derive each token's position from the attention mask
+#: (entry 8): Bloom's ALiBi biases count the unmasked positions before each token.
+POSITIONS_FROM_MASK = frozenset({"bloom"})
+
+
+def positions_from_mask(config: Any) -> bool:
+    """Whether the model of ``config`` derives positions from the attention mask (see ``POSITIONS_FROM_MASK``)."""
+    return getattr(config, "model_type", None) in POSITIONS_FROM_MASK
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 9-11: logits
+# ------------------------------------------------------------------------------------------------------------
+
+
+def takes_logits_to_keep(module: Any) -> bool:
+    """Whether ``module``'s forward (the base model's, for a ``PeftModel``) takes ``logits_to_keep`` (entry 9)."""
+    return "logits_to_keep" in _forward_parameters(module)
+
+
+@functools.cache
+def keeps_positions_per_row() -> bool:
+    """Whether this transformers' ``logits_to_keep`` takes per-row positions (a ``(batch, n)`` integer tensor),
+    tried on its private ``slice_logits_to_keep`` (entry 10)."""
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep
+    except ImportError:
+        return False
+    try:
+        kept = slice_logits_to_keep(torch.zeros(2, 3, 1), torch.tensor([[0], [2]]))
+    except Exception:  # noqa: BLE001 - an older helper may reject the argument in any way
+        return False
+    return tuple(kept.shape) == (2, 1, 1)
+
+
+def takes_label_only_loss(module: Any) -> bool:
+    """Whether ``module``'s forward takes ``logits_to_keep`` and ``labels`` and passes other keyword arguments
+    (``shift_labels``) on to its loss function, as transformers 5 causal LMs do (entry 11)."""
+    parameters = _forward_parameters(module)
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    return "logits_to_keep" in parameters and "labels" in parameters and takes_kwargs
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 12-16: the Trainer
+# ------------------------------------------------------------------------------------------------------------
+
+
+def intercept_checkpoint_loading(model: PeftModel, load: Callable[[PeftModel, Path, str], bool]) -> None:
+    """Makes the Trainer's checkpoint loading into ``model`` go through ``load`` first (entry 12).
+
+    transformers 5.24's Trainer resumes (``resume_from_checkpoint``) and restores the best checkpoint
+    (``load_best_model_at_end``) by calling ``model.load_adapter(checkpoint, adapter_name, ...)``: the one place
+    both go through. This instance (only this one) gets a ``load_adapter`` that calls
+    ``load(model, folder, adapter_name)`` and, if that returns ``False`` (not a checkpoint it handles), peft's own.
+    Idempotent.
+    """
+    if getattr(model, "_softprompt_checkpoint_loader", False):
+        return
+    original = model.load_adapter
+
+    def load_adapter(self: PeftModel, model_id: Any, adapter_name: str, *args: Any, **kwargs: Any) -> Any:
+        if load(self, Path(str(model_id)), adapter_name):
+            return None
+        return original(model_id, adapter_name, *args, **kwargs)
+
+    model.load_adapter = types.MethodType(load_adapter, model)  # type: ignore[method-assign]
+    setattr(model, "_softprompt_checkpoint_loader", True)  # noqa: B010 (torch Module typing rejects a bool)
+
+
+def saved_callback_state(state: Any, name: str, current: dict[str, Any]) -> Any:
+    """The checkpointed state of the stateful callback ``name`` in the Trainer's ``state``, or ``None`` if there is
+    none; then ``current`` is recorded under ``name`` (entry 14).
+
+    transformers 5.24's ``_save_checkpoint`` indexes ``state.stateful_callbacks`` by name, and fails on a run
+    resumed from a checkpoint saved without this callback: it needs an entry.
+    """
+    saved = state.stateful_callbacks.get(name)
+    if saved is None:
+        state.stateful_callbacks[name] = current
+    return saved
+
+
+def activation_checkpointing_requested(training_args: Any) -> bool:
+    """Whether ``TrainingArguments`` ask for activation (gradient) checkpointing (entry 15).
+
+    transformers 5.24 renamed ``gradient_checkpointing`` to ``activation_checkpointing``; older 5.x has only the
+    former. Both are read, since a copy of the arguments may have changed only the new name.
+    """
+    return bool(getattr(training_args, "activation_checkpointing", None) or training_args.gradient_checkpointing)
+
+
+def activation_checkpointing_enabled(model: Any) -> bool:
+    """Whether ``model`` has activation (gradient) checkpointing switched on (entry 15).
+
+    transformers 5 renamed ``is_gradient_checkpointing`` (now deprecated, with a warning) to
+    ``is_activation_checkpointing``; the name the installed version has is read, the new one first.
+    """
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), name):
+            return bool(getattr(model, name))
+    return False
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 17, 18: the Hub client
+# ------------------------------------------------------------------------------------------------------------
+
+
+def current_client_factory() -> Callable[[], Any]:
+    """huggingface_hub's current HTTP client factory, read from huggingface_hub 2.4's private
+    ``_http._GLOBAL_CLIENT_FACTORY``: there is no public getter (entry 17)."""
+    from huggingface_hub.utils import _http
+
+    return _http._GLOBAL_CLIENT_FACTORY
+
+
+def http_library() -> Any:
+    """The HTTP library of huggingface_hub's client (``httpx2`` in 2.x, ``httpx`` in 1.x), for its timeout and
+    error types, without depending on either name (entry 18)."""
+    import importlib
+
+    from huggingface_hub import get_session
+
+    return importlib.import_module(type(get_session()).__module__.split(".")[0])
