@@ -149,9 +149,9 @@ def _past_key_values_as_cache(module: torch.nn.Module, args: tuple, kwargs: dict
             raise ValueError(
                 f"{type(module).__name__}.forward got both past_key_values (peft 0.21's prefix tuning passes its "
                 "prefix under that name) and cache; the cache would replace the prefix, so the prefix would be "
-                "ignored. peft 0.21's PeftModel.generate does this: decode with "
-                "softprompt_hf.generation.generate_label_texts (or enable softprompt_hf.generate's "
-                "enable_soft_prompt_generate), and pass no cache of your own to a prefix-tuning model's forward."
+                "ignored. peft 0.21's PeftModel.generate does this: call "
+                "softprompt_hf.enable_soft_prompt_generate(model) once before model.generate(), and pass no cache "
+                "of your own to a prefix-tuning model's forward."
             )
         kwargs["cache"] = prefix
     return args, kwargs

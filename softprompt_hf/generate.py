@@ -20,6 +20,12 @@ Attention masks and position ids always cover the virtual tokens, so every row c
 (greedy, sampling, beam search; left or right padding: right-padded rows are moved to the left first, and the
 returned sequences start with the inputs exactly as they were passed). Logits processors, stopping criteria,
 streamers, ``max_length`` and ``return_dict_in_generate`` see the inputs as passed and work as with any model.
+
+This is an upstream workaround (entry 3 of ``softprompt_hf/_upstream.py``, which lists them all): it depends on
+transformers 5.24's ``prepare_inputs_for_generation`` keywords (``cache``, ``next_sequence_length``) and on
+peft 0.21.2's ``get_prompt``, ``word_embeddings`` and ``base_model_prepare_inputs_for_generation``. Once
+``PeftModel.generate`` with a soft prompt gives the model's own tokens again, ``enable_soft_prompt_generate``
+can return the model unchanged.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import Cache
 from transformers.utils import logging
 
-from .generation import _attention_windows, cache_key_values
+from ._upstream import attention_windows, cache_argument, prefix_cache_from_peft, set_seen_length, takes_logits_to_keep
+from .generation import cache_key_values
 
 __all__ = ["disable_soft_prompt_generate", "enable_soft_prompt_generate", "soft_prompt_generate"]
 
@@ -228,14 +235,13 @@ class _Decoding:
         # Where the virtual tokens sit: right before each row's tokens (True, "[pads | virtual | text]"), or at the
         # start of every row ("[prefix | pads | text]", prefix tuning's cache when no sliding window cuts it).
         self.after_pads = config.peft_type != PeftType.PREFIX_TUNING
-        windows = [w for w in _attention_windows(getattr(self.base, "config", None))[0] if w is not None]
+        windows = [w for w in attention_windows(getattr(self.base, "config", None))[0] if w is not None]
         self.window: int | None = min(windows) if windows else None
         self.new_tokens = new_tokens
         self.empty_cache: Cache | None = None
-        parameters = inspect.signature(self.base.forward).parameters
-        self.cache_name = "cache" if "cache" in parameters else "past_key_values"
-        self.keeps_logits = "logits_to_keep" in parameters
-        self.takes_positions = "position_ids" in parameters
+        self.cache_name = cache_argument(self.base)
+        self.keeps_logits = takes_logits_to_keep(self.base)
+        self.takes_positions = "position_ids" in inspect.signature(self.base.forward).parameters
 
     def full_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """The attention mask over the virtual tokens and the sequence, ``(batch, virtual + length)``."""
@@ -308,7 +314,7 @@ class _Decoding:
         if self.window is not None and padded and self.virtual + length + self.new_tokens > self.window:
             return self._prefill_by_padding(input_ids, mask)
         self.after_pads = False
-        cache = self.model.get_prompt(batch_size=batch, max_cache_len=self.virtual + length)
+        cache = prefix_cache_from_peft(self.model, batch, self.virtual + length)
         return {"cache": cache, "attention_mask": self.full_mask(mask), "use_cache": True}
 
     def _prefill_by_padding(self, input_ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
@@ -323,7 +329,7 @@ class _Decoding:
         for pad in sorted(set(pads.tolist())):
             rows = (pads == pad).nonzero().flatten()
             own = input_ids[rows, pad:-1]
-            cache = self.model.get_prompt(batch_size=len(rows), max_cache_len=self.virtual + own.shape[1])
+            cache = prefix_cache_from_peft(self.model, len(rows), self.virtual + own.shape[1])
             if own.shape[1]:
                 extra: dict[str, Any] = {"logits_to_keep": 1} if self.keeps_logits else {}
                 if self.takes_positions:
@@ -345,12 +351,3 @@ class _Decoding:
             "attention_mask": self.full_mask(mask),
             "use_cache": True,
         }
-
-
-def set_seen_length(cache: Cache, length: int) -> None:
-    """TODO move to _upstream"""
-    from transformers.cache_utils import DynamicSlidingWindowLayer
-
-    for layer in cache.layers:
-        if isinstance(layer, DynamicSlidingWindowLayer):
-            layer.cumulative_length = length
