@@ -37,6 +37,9 @@ NEW_TOKENS = 5
 # Prompts of 8, 12, 21, 29 and 43 tokens: with 4 virtual and 5 new tokens the first two fit in Gemma 3's 20-token
 # window and Mistral's 24, the others cross them.
 TEXTS = [window_crossing_texts()[i] for i in (0, 3, 8, 5, 11)]
+# With their output layer tied to the embeddings, the tiny random Bloom and Gemma 3 repeat one token for ever,
+# which would check only the first step: untied, their tokens change at every step like the others'.
+_UNTIED = ("bloom", "gemma3_text")
 FIXED = {"max_new_tokens": NEW_TOKENS, "eos_token_id": None, "pad_token_id": 2}
 
 
@@ -50,8 +53,11 @@ def _model(arch: str, variant: str):
     """A tiny random ``arch`` model with a 4-token soft prompt of ``variant`` that looks trained: its prompt
     encoder's parameters moved well away from their initialisation, seeded."""
     tokenizer = _tokenizer()
+    config = model_config(arch, len(tokenizer))
+    if arch in _UNTIED:
+        config.tie_word_embeddings = False
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer)))
+    base = AutoModelForCausalLM.from_config(config)
     model = build_soft_prompt_model(base, num_virtual_tokens=4, **VARIANTS[variant])
     model.eval()
     generator = torch.Generator().manual_seed(1)
