@@ -386,3 +386,24 @@ def test_refuses_masks_it_cannot_place_the_prompt_in(case, arch, variant, mask, 
     ids = torch.tensor([_prompts()[0][:4]] * 2)
     with pytest.raises(ValueError, match=message):
         model.generate(input_ids=ids, attention_mask=torch.tensor(mask), **FIXED)
+
+
+@pytest.mark.parametrize("arch, variant", [("gpt2", "prompt_tuning")])
+def test_with_right_padding_streamers_and_criteria_see_the_rows_moved_left(case, arch, variant):
+    # Right-padded rows are decoded left-padded; only the returned sequences get the inputs back as passed.
+    model, reference = case
+    enable_soft_prompt_generate(model)
+    seen = []
+
+    class _Record(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+            seen.append(input_ids.clone())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    streamer = _Recorder()
+    right, left = _padded("right"), _padded("left")
+    out = model.generate(**right, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Record()]), **FIXED)
+    assert torch.equal(streamer.puts[0], left["input_ids"])
+    assert torch.equal(seen[-1][:, : left["input_ids"].shape[1]], left["input_ids"])
+    assert torch.equal(seen[-1][:, left["input_ids"].shape[1] :], out[:, right["input_ids"].shape[1] :])
+    assert _new_tokens(right, out) == list(reference)
