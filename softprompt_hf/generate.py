@@ -19,7 +19,8 @@ explicitly, never at import) whose inputs are built the way peft's training forw
 Attention masks and position ids always cover the virtual tokens, so every row computes what it computes alone
 (greedy, sampling, beam search; left or right padding: right-padded rows are moved to the left first, and the
 returned sequences start with the inputs exactly as they were passed). Logits processors, stopping criteria,
-streamers, ``max_length`` and ``return_dict_in_generate`` see the inputs as passed and work as with any model.
+streamers, ``max_length`` and ``return_dict_in_generate`` work as with any model; with right-padded inputs, the
+first three see the rows moved to left padding (each row's tokens at its end), as they are decoded.
 
 This is an upstream workaround (entry 3 of ``softprompt_hf/_upstream.py``, which lists them all): it depends on
 transformers 5.24's ``prepare_inputs_for_generation`` keywords (``cache``, ``next_sequence_length``) and on

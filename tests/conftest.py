@@ -129,6 +129,14 @@ def model_config(arch: str, vocab_size: int):
             layer_types=["sliding_attention", "full_attention"],
             **common,
         )
+    if arch == "qwen3":
+        return AutoConfig.for_model(arch, **llama_like, head_dim=8, **common)
+    if arch == "gpt_bigcode":
+        # peft 0.21.2's prefix tuning cannot run GPTBigCode's default multi-query attention (its prefix cache
+        # gets n_head key/value heads where the layers expect one; even the training forward fails), and it
+        # would read a num_key_value_heads attribute as the key/value head count: one config without either
+        # serves all three methods.
+        return AutoConfig.for_model(arch, n_embd=32, n_layer=2, n_head=4, n_positions=256, multi_query=False, **common)
     if arch in MORE_ARCHS:
         return AutoConfig.for_model(arch, **llama_like, **common)
     raise ValueError(arch)

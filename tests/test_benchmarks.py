@@ -1,4 +1,5 @@
-"""Smoke test: every benchmark script runs on a tiny model and prints its tables (marked slow)."""
+"""Every benchmark script runs on a tiny model and prints its tables (marked slow); the generate() correctness
+script runs in the default run and its table is checked."""
 
 from __future__ import annotations
 
@@ -64,6 +65,28 @@ def test_gpu_script_runs_only_the_parts_asked_for():
     assert printed == {"ceiling", "memory"}, result.stdout
 
 
+def test_generate_correctness_script_shows_stock_wrong_and_fixed_right():
+    # Two models, one of which (Mistral) crosses its sliding window, and both prompt placements (virtual token
+    # embeddings, prefix key/values); the script exits 1 if a fixed row differs from its full-forward reference.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    args = ["--models", "gpt2", "mistral", "--methods", "p_tuning_mlp", "prefix_tuning", "--texts", "3"]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "generate_correctness.py"), *args, "--new-tokens", "4"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+    assert [row[:3] for row in rows] == [
+        [model, method, "3"] for model in ("gpt2", "mistral") for method in ("p_tuning_mlp", "prefix_tuning")
+    ]
+    assert all(row[5] == row[6] == "3/3" for row in rows), result.stdout
+    assert any(cell != "3/3" for row in rows for cell in row[3:5]), result.stdout
+
+
 def test_every_script_is_smoke_tested():
     scripts = {path.name for path in BENCHMARKS.glob("*.py") if not path.name.startswith("_")}
-    assert scripts == set(SCRIPTS)
+    assert scripts == {*SCRIPTS, "generate_correctness.py"}
