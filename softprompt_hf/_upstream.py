@@ -181,6 +181,21 @@ def route_prefix_cache_argument(model: torch.nn.Module) -> RemovableHandle | Non
     return base.register_forward_pre_hook(_past_key_values_as_cache, with_kwargs=True, prepend=True)
 
 
+def remove_prefix_cache_routing(model: torch.nn.Module) -> bool:
+    """Takes the hook of :func:`route_prefix_cache_argument` off ``model``'s base LM again (entry 2), so that the
+    model behaves as plain peft builds it (``benchmarks/generate_correctness.py`` measures peft's own
+    ``generate()`` that way); returns whether there was one."""
+    if not isinstance(model, PeftModel):
+        return False
+    base: Any = model.get_base_model()
+    hooks = base._forward_pre_hooks
+    ours = [key for key, hook in hooks.items() if hook is _past_key_values_as_cache]
+    for key in ours:  # as torch's RemovableHandle.remove does
+        del hooks[key]
+        base._forward_pre_hooks_with_kwargs.pop(key, None)
+    return bool(ours)
+
+
 def prefix_cache_from_peft(model: Any, batch_size: int, max_cache_len: int) -> Cache:
     """Prefix tuning's key/values for ``batch_size`` rows as a transformers ``Cache``, built for up to
     ``max_cache_len`` positions (peft 0.21's ``get_prompt`` signature, entry 4)."""
