@@ -467,7 +467,7 @@ texts = {list(_EXAMPLE_TEXTS)!r}"""
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoTokenizer
 
-from softprompt_hf import enable_soft_prompt_generate
+from softprompt_hf import enable_soft_prompt_generate  # pip install softprompt_hf
 
 {load}
 enable_soft_prompt_generate(model)  # makes model.generate() right for the soft prompt
@@ -497,7 +497,8 @@ tokenizer = AutoTokenizer.from_pretrained(adapter)
 answers = []
 with torch.no_grad():
     for text in texts:
-        input_ids = tokenizer({prompt}, return_tensors="pt").input_ids
+        prompt = {prompt}
+        input_ids = tokenizer(prompt, return_tensors="pt").input_ids
         prompt_length = input_ids.shape[1]
         for _ in range(max_new_tokens):
             next_id = model(input_ids=input_ids).logits[0, -1].argmax()
