@@ -197,7 +197,8 @@ def predict(
             the output is matched to the label set as ``GenerationMetrics`` matches it, and ``predicted`` is
             ``None`` for an output that matches no label) or ``"rank"`` (the label with the highest
             log-likelihood; per-label ``scores``).
-        batch_size: Prompts per forward pass (labels do not depend on it; scores only to float rounding).
+        batch_size: Prompts per batch: per ``generate()`` call, or per forward pass in rank mode (labels do not
+            depend on it; scores only to float rounding).
         labels: The label texts; default: the adapter's ``softprompt_hf.json``.
         template: The prompt template; default: the adapter's, else the seed guide's.
         text_column: Fills ``{text_column}`` in the template; default: the adapter's.
