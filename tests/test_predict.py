@@ -277,3 +277,16 @@ def test_load_adapter_model_generate_is_greedy_decoding_by_full_forward_passes(m
     )
     assert reference.shape[1] > prompt.shape[1] + 1  # more than one new token: the later steps are compared too
     assert generated.tolist() == reference.tolist()
+
+
+def test_generate_mode_is_greedy_whatever_the_base_models_generation_config_says(embedded):
+    """transformers fills generate()'s unset settings from the model's generation_config (real models ship
+    do_sample=True, penalties): predict decodes greedily, as GenerationMetrics does, all the same."""
+    model, tokenizer, folder, labels = embedded["p_tuning"]
+    texts = embedded_texts(8)
+    expected = [(p.output, p.predicted) for p in generation_metrics_predictions(model, tokenizer, labels, texts)]
+    loaded = load_adapter(folder, device="cpu")
+    config = loaded.model.get_base_model().generation_config
+    config.do_sample, config.top_k, config.repetition_penalty, config.no_repeat_ngram_size = True, 2, 5.0, 1
+    torch.manual_seed(0)  # were sampling on, a failure would be the same on every run
+    assert [(p.output, p.predicted) for p in predict(loaded, texts, batch_size=4)] == expected
