@@ -456,37 +456,74 @@ def _usage(repo_id: str | None, labels: Sequence[str] | None, template: str, tex
     max_tokens = (
         "max(len(tokenizer(label, add_special_tokens=False).input_ids) for label in labels) + 1" if labels else "8"
     )
-    code = f"""```python
+    prompt = f"{template!r}.format(text_column={text_column!r}, text=text)"
+    load = f"""adapter = {adapter!r}
+model = AutoPeftModelForCausalLM.from_pretrained(adapter).eval()"""
+    settings = f"""labels = {list(labels or [])!r}
+max_new_tokens = {max_tokens}
+
+texts = {list(_EXAMPLE_TEXTS)!r}"""
+    with_package = f"""```python
+from peft import AutoPeftModelForCausalLM
+from transformers import AutoTokenizer
+
+from softprompt_hf import enable_soft_prompt_generate  # pip install softprompt_hf
+
+{load}
+enable_soft_prompt_generate(model)  # makes model.generate() right for the soft prompt
+tokenizer = AutoTokenizer.from_pretrained(adapter, padding_side="left")
+{settings}
+prompts = [{prompt} for text in texts]
+inputs = tokenizer(prompts, padding=True, return_tensors="pt")
+outputs = model.generate(
+    **inputs,
+    max_new_tokens=max_new_tokens,
+    do_sample=False,
+    eos_token_id=tokenizer.eos_token_id,
+    pad_token_id=tokenizer.pad_token_id,
+)
+new_tokens = outputs[:, inputs.input_ids.shape[1] :]
+answers = [answer.strip() for answer in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+print(answers)  # each answer is one of the labels, or text that names none of them
+```"""
+    without_package = f"""```python
 import torch
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoTokenizer
 
-adapter = {adapter!r}
-model = AutoPeftModelForCausalLM.from_pretrained(adapter).eval()
+{load}
 tokenizer = AutoTokenizer.from_pretrained(adapter)
-labels = {list(labels or [])!r}
-max_new_tokens = {max_tokens}
-
-text = "@Acme my parcel never arrived"
-prompt = {template!r}.format(text_column={text_column!r}, text=text)
-input_ids = tokenizer(prompt, return_tensors="pt").input_ids
-prompt_length = input_ids.shape[1]
-# Greedy decoding with the model's own forward pass: PeftModel.generate mishandles soft prompts
-# with peft 0.21 and transformers 5.
+{settings}
+answers = []
 with torch.no_grad():
-    for _ in range(max_new_tokens):
-        next_id = model(input_ids=input_ids).logits[0, -1].argmax()
-        input_ids = torch.cat([input_ids, next_id.view(1, 1)], dim=1)
-        if next_id.item() == tokenizer.eos_token_id:
-            break
-print(tokenizer.decode(input_ids[0, prompt_length:], skip_special_tokens=True).strip())
+    for text in texts:
+        prompt = {prompt}
+        input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+        prompt_length = input_ids.shape[1]
+        for _ in range(max_new_tokens):
+            next_id = model(input_ids=input_ids).logits[0, -1].argmax()
+            input_ids = torch.cat([input_ids, next_id.view(1, 1)], dim=1)
+            if next_id.item() == tokenizer.eos_token_id:
+                break
+        answers.append(tokenizer.decode(input_ids[0, prompt_length:], skip_special_tokens=True).strip())
+print(answers)
 ```"""
     return (
-        code
+        "Label texts with the model's own `generate()`, made right for soft prompts by `softprompt_hf` "
+        "(`pip install softprompt_hf`; with peft 0.21 and transformers 5, `PeftModel.generate()` alone returns "
+        "wrong tokens for a soft prompt). Greedy decoding, a batch padded on the left:\n\n"
+        + with_package
+        + "\n\n**Without softprompt_hf**: the same greedy decoding with the model's own forward pass, one text at "
+        "a time (peft and transformers only):\n\n"
+        + without_package
         + "\n\nOr label a file in batches, by generation or by ranking the labels (`pip install softprompt_hf`):\n\n"
         + f"```bash\nsoftprompt-hf predict {adapter} --input texts.csv --text-column {text_column!r} "
         + "--output predictions.csv --mode rank\n```"
     )
+
+
+# The texts the usage snippets label.
+_EXAMPLE_TEXTS = ("@Acme my parcel never arrived", "@Acme thanks for the quick delivery, love it")
 
 
 def _training_evaluations(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -1,16 +1,18 @@
 """Label texts with a saved soft-prompt adapter (a Hub id or a local folder), by generation or ranking.
 
 The adapter folder's ``softprompt_hf.json`` (written at training time) gives the label set, the prompt
-template and the text column; arguments override it. Decoding goes through ``generate_label_texts`` /
-``rank_labels`` (the training forward pass), never ``PeftModel.generate``, which mishandles soft prompts
-with peft 0.21 and transformers 5.
+template and the text column; arguments override it. Generation mode decodes through the model's own
+``model.generate()`` (greedy, batched with left padding), with :func:`~softprompt_hf.enable_soft_prompt_generate`
+switched on for soft prompts: with peft 0.21.2 and transformers 5.24, ``PeftModel.generate`` alone gives wrong
+tokens for every soft prompt. Rank mode scores the labels with ``rank_labels``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -18,8 +20,9 @@ from typing import IO, Any
 import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
-from peft import PeftConfig, PeftModel
+from peft import PeftConfig, PeftModel, PeftType
 from safetensors import SafetensorError
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging
 
@@ -27,7 +30,9 @@ from ._upstream import route_prefix_cache_argument
 from .card import is_local_path
 from .data import _utf8_problem
 from .evaluation import MODES, Prediction, rank_labels
+from .generate import enable_soft_prompt_generate, soft_prompt_generate
 from .generation import generate_label_texts
+from .methods import eval_mode
 from .metrics import check_label_set, match_label
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate
 from .saving import INFERENCE_CONFIG_NAME
@@ -38,6 +43,22 @@ logger = logging.get_logger(__name__)
 
 _READERS = (".csv", ".jsonl", ".json", ".parquet")
 
+# The adapters whose generate() enable_soft_prompt_generate makes right.
+_SOFT_PROMPTS = (PeftType.PROMPT_TUNING, PeftType.P_TUNING, PeftType.PREFIX_TUNING)
+
+# Plain greedy decoding, whatever the base model's generation_config asks for: transformers fills every
+# generate() setting left unset from it (e.g. Gemma 3's do_sample=True, top_k=64), and a repetition penalty or
+# an n-gram ban would change the greedy tokens that GenerationMetrics scores.
+_GREEDY: dict[str, Any] = {
+    "do_sample": False,
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "min_length": 0,
+    "use_cache": True,  # prefix tuning needs the cache (use_cache=False fails at the second step)
+}
+
 
 class AdapterLoadError(OSError):
     """The adapter or its base model could not be loaded; the message says what to download or pass."""
@@ -45,7 +66,10 @@ class AdapterLoadError(OSError):
 
 @dataclass
 class LoadedAdapter:
-    """A soft-prompt model ready for inference, with its tokenizer and ``softprompt_hf.json`` settings."""
+    """A soft-prompt model ready for inference, with its tokenizer and ``softprompt_hf.json`` settings.
+
+    For prompt tuning, P-tuning and prefix tuning, ``model.generate()`` is right (see :func:`load_adapter`).
+    """
 
     model: PeftModel
     tokenizer: PreTrainedTokenizerBase
@@ -61,6 +85,12 @@ def load_adapter(
     token: str | None = None,
 ) -> LoadedAdapter:
     """Loads a saved adapter (Hub id or local folder) on its base model, in inference mode.
+
+    For a prompt tuning, P-tuning or prefix tuning adapter, the returned model's ``generate()`` is made right with
+    :func:`~softprompt_hf.enable_soft_prompt_generate` (peft 0.21.2's ``generate()`` gives wrong tokens for soft
+    prompts on transformers 5.24): ``loaded.model.generate(**tokenizer(prompts, padding=True,
+    return_tensors="pt"), max_new_tokens=...)`` decodes as the model's own repeated forward passes do, with left
+    or right padding. ``disable_soft_prompt_generate(loaded.model)`` gives it peft's back.
 
     Args:
         adapter: The adapter's Hub id (``me/bloomz-complaints``) or local folder.
@@ -137,6 +167,8 @@ def load_adapter(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     model.eval()
+    if model.active_peft_config.peft_type in _SOFT_PROMPTS:
+        enable_soft_prompt_generate(model)
     return LoadedAdapter(model=model, tokenizer=tokenizer, settings=settings, source=source)
 
 
@@ -162,10 +194,13 @@ def predict(
         adapter: A Hub id or local folder (loaded with :func:`load_adapter`), a ``LoadedAdapter``, or an
             in-memory ``PeftModel`` (then pass ``tokenizer``).
         texts: The texts to label.
-        mode: ``"generate"`` (greedy decoding of the label, matched to the label set; ``predicted`` is
+        mode: ``"generate"`` (greedy decoding of the label with the model's ``generate()``, made right for soft
+            prompts by :func:`~softprompt_hf.enable_soft_prompt_generate` for the call, prompts padded on the left;
+            the output is matched to the label set as ``GenerationMetrics`` matches it, and ``predicted`` is
             ``None`` for an output that matches no label) or ``"rank"`` (the label with the highest
             log-likelihood; per-label ``scores``).
-        batch_size: Prompts per forward pass (labels do not depend on it; scores only to float rounding).
+        batch_size: Prompts per batch: per ``generate()`` call, or per forward pass in rank mode (labels do not
+            depend on it; scores only to float rounding).
         labels: The label texts; default: the adapter's ``softprompt_hf.json``.
         template: The prompt template; default: the adapter's, else the seed guide's.
         text_column: Fills ``{text_column}`` in the template; default: the adapter's.
@@ -222,7 +257,8 @@ def predict(
     scores: list[dict[str, float] | None]
     if mode == "generate":
         lengths = [len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels]
-        outputs = generate_label_texts(
+        decode = generate_label_texts if _generate_is_wrong(model) else _generate_with_model
+        outputs = decode(
             model,
             tokenizer,
             texts,
@@ -251,6 +287,80 @@ def predict(
         Prediction(text=t, gold=None, predicted=match_label(o, labels), output=o, scores=s, id=i)
         for t, o, s, i in zip(texts, outputs, scores, row_ids, strict=True)
     ]
+
+
+def _generate_is_wrong(model: Any) -> bool:
+    """Whether ``model.generate()`` gives wrong tokens even after :func:`enable_soft_prompt_generate`: a peft
+    prompt-learning adapter other than the three soft prompts (multitask prompt tuning, CPT), which that fix does
+    not cover and whose peft 0.21.2 ``generate()`` mishandles its virtual tokens on transformers 5.24 as it does
+    theirs. Such models keep the decoder of ``generate_label_texts`` (peft's training forward, step by step)."""
+    if not isinstance(model, PeftModel):
+        return False
+    config = model.active_peft_config
+    return bool(config.is_prompt_learning) and config.peft_type not in _SOFT_PROMPTS
+
+
+@contextlib.contextmanager
+def _right_generate(model: Any) -> Iterator[None]:
+    """``model.generate()`` made right for the block: a soft prompt's with :func:`soft_prompt_generate` (left on
+    if it already was, as :func:`load_adapter` leaves it); any other model's is the stock one, right as it is."""
+    if isinstance(model, PeftModel) and model.active_peft_config.peft_type in _SOFT_PROMPTS:
+        with soft_prompt_generate(model):
+            yield
+    else:
+        yield
+
+
+@torch.no_grad()
+def _generate_with_model(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    template: PromptTemplate,
+    max_new_tokens: int,
+    max_prompt_tokens: int | None,
+    batch_size: int,
+    show_progress: bool,
+) -> list[str]:
+    """Greedy label text after each prompt, through ``model.generate()``: the prompt token ids of
+    ``generate_label_ids`` (``PromptTemplate.encode``), batches padded on the left, stopped at EOS; the new tokens
+    decoded as ``generate_label_texts`` decodes them (up to the EOS, special tokens skipped, stripped)."""
+    encoded = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
+    eos = tokenizer.eos_token_id
+    # The pad id only fills masked slots: a tokenizer without a pad token pads with EOS (or 0), as training does.
+    pad = next((token for token in (tokenizer.pad_token_id, eos) if token is not None), 0)
+    device = next(model.parameters()).device
+    # Shortest first, so that each batch's rows are of similar lengths and carry little padding.
+    order = sorted(range(len(encoded)), key=lambda index: len(encoded[index]))
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    outputs = [""] * len(encoded)
+    with (
+        eval_mode(model),  # no dropout; every module gets its own mode back, also on errors
+        _right_generate(model),
+        tqdm(total=len(batches), desc="Generating labels", disable=not show_progress) as progress,
+    ):
+        for batch in batches:
+            width = max(len(encoded[index]) for index in batch)
+            pads = [width - len(encoded[index]) for index in batch]
+            input_ids = torch.tensor(
+                [[pad] * n + encoded[index] for n, index in zip(pads, batch, strict=True)], device=device
+            )
+            mask = torch.tensor([[0] * n + [1] * (width - n) for n in pads], device=device)
+            sequences = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                **_GREEDY,
+            )
+            for index, row in zip(batch, sequences[:, width:].tolist(), strict=True):
+                if eos in row:  # a finished row is filled up with pads after its EOS
+                    row = row[: row.index(eos) + 1]
+                outputs[index] = str(tokenizer.decode(row, skip_special_tokens=True)).strip()
+            progress.update(1)
+    return outputs
 
 
 def read_texts(

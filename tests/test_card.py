@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -14,11 +15,21 @@ import pytest
 from conftest import METHODS
 from hub_server import BASE_ID, TOKEN, hub_fixture  # noqa: F401  (provides the hub fixture)
 from huggingface_hub import ModelCard
-from trained_adapters import LABELS, one_thread, single_thread, train_tiny_adapter
+from trained_adapters import (
+    EMBEDDED_TEMPLATE,
+    LABELS,
+    embedded_adapter,
+    embedded_texts,
+    generation_metrics_predictions,
+    one_thread,
+    single_thread,
+    train_tiny_adapter,
+)
 
 from softprompt_hf import classification_report
 from softprompt_hf.card import ModelCardInputs, build_model_card, model_card_inputs, render_model_card
 from softprompt_hf.hub import push_adapter
+from softprompt_hf.metrics import match_label
 from softprompt_hf.predict import predict
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
@@ -151,6 +162,42 @@ def test_minimal_card_without_training_details(trained):
 
 
 SNIPPET = re.compile(r"```python\n(.*?)```", re.DOTALL)
+SNIPPET_TEXTS = re.compile(r"^texts = (\[.*\])$", re.MULTILINE)
+
+
+def snippet_texts(code: str) -> list[str]:
+    """The texts a usage snippet labels."""
+    (texts,) = SNIPPET_TEXTS.findall(code)
+    return ast.literal_eval(texts)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_usage_snippets_give_generation_metrics_labels(method, tmp_path):
+    """The card's two snippets, model.generate() with enable_soft_prompt_generate and the loop without
+    softprompt_hf, run as written on a local adapter folder (offline) and label rows as GenerationMetrics does."""
+    model, tokenizer, folder, labels = embedded_adapter(method, tmp_path / "adapter")
+    inputs = model_card_inputs(
+        model, base_model=BASE_ID, labels=labels, template=EMBEDDED_TEMPLATE, text_column="Tweet text"
+    )
+    stored = json.loads(json.dumps(inputs.to_dict(), sort_keys=True))
+    card = render_model_card(ModelCardInputs.from_dict(stored), repo_id="alice/complaints")
+    with_package, without_package = SNIPPET.findall(card.text)
+    assert "enable_soft_prompt_generate(model)" in with_package and "model.generate(" in with_package
+    assert 'padding_side="left"' in with_package
+    assert "softprompt_hf" not in without_package and "generate(" not in without_package
+    assert "**Without softprompt_hf**" in card.text
+    texts = embedded_texts(8)
+    expected = generation_metrics_predictions(model, tokenizer, labels, texts)
+    assert len({p.predicted for p in expected} - {None}) >= 2
+    for code in (with_package, without_package):
+        code = code.replace("adapter = 'alice/complaints'", f"adapter = {str(folder)!r}")
+        code = SNIPPET_TEXTS.sub(lambda _: f"texts = {texts!r}", code)
+        assert snippet_texts(code) == texts and str(folder) in code
+        namespace: dict = {}
+        exec(compile(code, "card-snippet", "exec"), namespace)
+        answers = namespace["answers"]
+        assert answers == [p.output for p in expected]
+        assert [match_label(answer, labels) for answer in answers] == [p.predicted for p in expected]
 
 
 def test_usage_snippet_runs_against_the_hub_as_written(trained, hub, tmp_path):
@@ -170,19 +217,19 @@ def test_usage_snippet_runs_against_the_hub_as_written(trained, hub, tmp_path):
             token=TOKEN,
         )
         pushed = ModelCard(hub.repos[repo_id].files["README.md"].decode())
-        (code,) = SNIPPET.findall(pushed.text)
-        assert f"adapter = {repo_id!r}" in code
-        snippets.append(code)
-        text = re.search(r'text = "(.*)"', code).group(1)
-        (prediction,) = predict(
+        with_package, without_package = SNIPPET.findall(pushed.text)
+        predictions = predict(
             trainer.model,
-            [text],
+            snippet_texts(with_package),
             tokenizer=trainer.processing_class,
             labels=LABELS,
             template=TEMPLATE,
             text_column="Tweet text",
         )
-        expected.append(prediction.output)
+        for code in (with_package, without_package):
+            assert f"adapter = {repo_id!r}" in code
+            snippets.append(code)
+            expected.append(str([p.output for p in predictions]))  # what `print(answers)` prints
 
     runner = tmp_path / "run_snippets.py"
     runner.write_text(

@@ -53,3 +53,16 @@ def test_callbacks_snippet_restores_the_best_checkpoint(tmp_path):
     live = dict(trainer.model.named_parameters())
     assert all(torch.equal(live[name], value) for name, value in best.items())
     assert trainer.state.best_metric == max(e["eval_f1"] for e in trainer.state.log_history if "eval_f1" in e)
+
+
+def test_generate_snippet_labels_as_generation_metrics_does(tmp_path):
+    """The README's model.generate() after enable_soft_prompt_generate, on a saved adapter folder."""
+    from trained_adapters import embedded_adapter, embedded_texts, generation_metrics_predictions
+
+    model, tokenizer, folder, labels = embedded_adapter("prompt_tuning", tmp_path / "adapter")
+    texts = embedded_texts(8)
+    expected = generation_metrics_predictions(model, tokenizer, labels, texts)
+    assert len({p.predicted for p in expected}) == 2
+    namespace = {"adapter": str(folder), "texts": texts}
+    exec(readme_snippet("generate"), namespace)
+    assert [answer.strip() for answer in namespace["answers"]] == [p.output for p in expected]

@@ -78,3 +78,54 @@ def train_tiny_adapter(base_dir: Path, method: str, output_dir: Path, callbacks=
     trainer.metrics_callback = metrics  # type: ignore[attr-defined]
     trainer.train()
     return trainer
+
+
+# The embedded model answers one of its pretraining tasks after the prompt: the complaint task when prompt
+# tuning starts from its instruction, and, with a random prompt, whichever task the prompt happens to select (the
+# sentiment task's answers among others). Each adapter's label set is answers it gives, so that its predictions
+# are varied labels, and some outputs that name none of them.
+EMBEDDED_ADAPTERS = {
+    "prompt_tuning": ({"prompt_tuning_init": "TEXT"}, ["complaint", "no complaint"]),
+    "p_tuning": ({}, ["positive", "negative", "neutral"]),
+    "prefix_tuning": ({}, ["positive", "negative", "neutral"]),
+}
+EMBEDDED_TEMPLATE = "{text_column} : {text} Label : "
+
+
+def embedded_texts(n: int = 16) -> list[str]:
+    """The first ``n`` tweets of the embedded data's labelled split."""
+    import pandas as pd
+
+    from softprompt_hf.embedded import EMBEDDED_DATA_FILES, TEXT_COLUMN
+
+    return pd.read_parquet(EMBEDDED_DATA_FILES["train"])[TEXT_COLUMN].head(n).tolist()
+
+
+def embedded_adapter(method: str, output_dir: Path):
+    """An untrained 8-token soft prompt of ``method`` on the embedded model (seeded), saved with its labels and
+    template to ``output_dir``: returns (model, tokenizer, saved folder, labels)."""
+    from softprompt_hf.embedded import EMBEDDED_MODEL_PATH, TEXT_COLUMN
+    from softprompt_hf.saving import save_adapter
+
+    options, labels = EMBEDDED_ADAPTERS[method]
+    tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL_PATH)
+    torch.manual_seed(0)
+    model = build_soft_prompt_model(
+        AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_PATH),
+        method=method,
+        tokenizer=tokenizer,
+        num_virtual_tokens=8,
+        **options,
+    )
+    extra = {"labels": labels, "template": EMBEDDED_TEMPLATE, "text_column": TEXT_COLUMN, "method": method}
+    folder = save_adapter(model, output_dir, tokenizer=tokenizer, extra_json=extra)
+    return model, tokenizer, folder, labels
+
+
+def generation_metrics_predictions(model, tokenizer, labels, texts, template=EMBEDDED_TEMPLATE):
+    """GenerationMetrics' predictions (generate mode) on ``texts``: its outputs and matched labels."""
+    # Every row's gold label is the first label: only the predictions are compared, not the scores.
+    rows = [{"Tweet text": text, "text_label": labels[0]} for text in texts]
+    metrics = GenerationMetrics(tokenizer, labels, rows, template=template, batch_size=4)
+    metrics.evaluate(model)
+    return metrics.last_predictions
