@@ -21,6 +21,10 @@ Cache argument and key/value caches
 4. :func:`prefix_cache_from_peft` - peft 0.21's prefix tuning ``get_prompt(batch_size, max_cache_len=...)``
    returns a transformers ``Cache`` (older peft returned legacy tuples and took no ``max_cache_len``). Update
    if peft changes that signature.
+   :func:`prompt_learning_shapes` - peft 0.21's private ``_prepare_prompt_learning_config`` gives a prompt
+   method's ``token_dim`` / ``num_layers`` / ``num_attention_heads`` for a base model (the key/value heads for
+   prefix tuning on grouped-query attention); ``predict.load_adapter`` compares them with the adapter's. Update
+   if peft moves it.
 5. :func:`set_seen_length` - transformers 5.24 ``DynamicSlidingWindowLayer`` counts the positions it has seen
    in ``cumulative_length`` (its mask offsets and ``get_seq_length()`` come from it); a cache filled with a
    prefix's kept key/values must be told the prefix's true length. Update if transformers renames it; delete
@@ -203,6 +207,25 @@ def prefix_cache_from_peft(model: Any, batch_size: int, max_cache_len: int) -> C
     if not isinstance(cache, Cache):
         raise TypeError(f"Prefix tuning returned a {type(cache).__name__}, not a transformers Cache.")
     return cache
+
+
+def prompt_learning_shapes(peft_config: Any, model_config: Any) -> dict[str, int | None]:
+    """The ``token_dim``, ``num_layers`` and ``num_attention_heads`` that peft would give ``peft_config``'s method
+    on a base model of ``model_config`` (entry 4): peft 0.21's private ``utils.other._prepare_prompt_learning_config``
+    fills them from the model's config, and for prefix tuning on grouped-query attention it takes the key/value
+    heads, not the model's hidden size and heads. Compared with a saved adapter's, they tell whether the adapter
+    fits the base model. Update if peft moves or renames that function."""
+    import copy
+
+    from peft.utils.other import _prepare_prompt_learning_config
+
+    fresh = copy.deepcopy(peft_config)
+    fresh.token_dim = fresh.num_layers = fresh.num_attention_heads = None
+    try:
+        _prepare_prompt_learning_config(fresh, model_config)
+    except ValueError:  # a config that names none of them: nothing to compare
+        return {"token_dim": None, "num_layers": None, "num_attention_heads": None}
+    return {name: getattr(fresh, name) for name in ("token_dim", "num_layers", "num_attention_heads")}
 
 
 def set_seen_length(cache: Cache | Any, length: int) -> None:

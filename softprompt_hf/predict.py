@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from ._upstream import route_prefix_cache_argument
+from ._upstream import prompt_learning_shapes, route_prefix_cache_argument
 from .card import is_local_path
 from .data import _utf8_problem
 from .evaluation import MODES, Prediction, rank_labels
@@ -482,17 +482,12 @@ def _check_device(device: str | torch.device | None) -> None:
 def _check_base_model(source: str, peft_config: PeftConfig, base_lm: Any, base: str) -> None:
     """Refuse a base model whose shapes differ from those the adapter was trained for (it would fail later, in a
     forward pass, with a bare shape error)."""
-    config = base_lm.config.get_text_config() if hasattr(base_lm.config, "get_text_config") else base_lm.config
-    actual = {
-        "hidden size": base_lm.get_input_embeddings().weight.shape[1],
-        "layers": getattr(config, "num_hidden_layers", None),
-        "attention heads": getattr(config, "num_attention_heads", None),
-    }
-    trained = {
-        "hidden size": getattr(peft_config, "token_dim", None),
-        "layers": getattr(peft_config, "num_layers", None),
-        "attention heads": getattr(peft_config, "num_attention_heads", None),
-    }
+    # What peft gives this method on this base model (for prefix tuning on grouped-query attention: the key/value
+    # heads and their width), against what the adapter was saved with.
+    expected = prompt_learning_shapes(peft_config, base_lm.config)
+    names = {"token_dim": "hidden size", "num_layers": "layers", "num_attention_heads": "attention heads"}
+    actual = {names[key]: value for key, value in expected.items()}
+    trained = {names[key]: getattr(peft_config, key, None) for key in expected}
     differ = [name for name in actual if None not in (actual[name], trained[name]) and actual[name] != trained[name]]
     if differ:
         shapes = ", ".join(f"{name} {trained[name]} vs {actual[name]}" for name in differ)
