@@ -169,9 +169,9 @@ def tiny_soft_prompt_model(tokenizer, arch: str, method: str):
     return build_soft_prompt_model(base, method=method, prompt_tuning_init="RANDOM", num_virtual_tokens=4)
 
 
-def train_a_few_steps(model, tokenizer, output_dir, steps: int = 4):
-    """Trains ``model`` with the stock Trainer on 16 labelled rows, batches of 4, logging every step; returns
-    the logged losses and the trainable parameters after training."""
+def tiny_trainer(model, tokenizer, output_dir, steps: int = 4, rows: int = 16, callbacks=()):
+    """The stock Trainer for ``model`` on ``rows`` labelled rows, batches of 4, ``steps`` steps, logging every
+    step, saving nothing."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
@@ -189,8 +189,19 @@ def train_a_few_steps(model, tokenizer, output_dir, steps: int = 4):
         disable_tqdm=True,
         seed=0,
     )
-    rows = Dataset.from_list(labelled_rows(16))
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=SoftPromptDataCollator(tokenizer))
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(labelled_rows(rows)),
+        data_collator=SoftPromptDataCollator(tokenizer),
+        callbacks=list(callbacks),
+    )
+
+
+def train_a_few_steps(model, tokenizer, output_dir, steps: int = 4):
+    """Trains ``model`` with the stock Trainer on 16 labelled rows, batches of 4, logging every step; returns
+    the logged losses and the trainable parameters after training."""
+    trainer = tiny_trainer(model, tokenizer, output_dir, steps=steps)
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return losses, [p.detach().clone() for p in model.parameters() if p.requires_grad]

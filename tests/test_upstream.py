@@ -12,11 +12,10 @@ import warnings
 
 import pytest
 import torch
-from conftest import ARCHS, build_tokenizer, labelled_rows, model_config, train_a_few_steps
-from datasets import Dataset
+from conftest import ARCHS, build_tokenizer, labelled_rows, model_config, tiny_trainer, train_a_few_steps
 from peft import PrefixTuningConfig, TaskType, get_peft_model
 from trained_adapters import one_thread
-from transformers import AutoModelForCausalLM, DynamicCache, Trainer, TrainingArguments
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from softprompt_hf import SoftPromptDataCollator, SoftPromptGuardCallback, build_soft_prompt_model, check_trainer
 from softprompt_hf._upstream import _past_key_values_as_cache, cache_argument, route_prefix_cache_argument
@@ -108,25 +107,7 @@ def test_prefix_tuning_trains_when_transformers_refuses_past_key_values(tok, arc
 
 
 def _trainer(model, tok, tmp_path, callbacks=()):
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        max_steps=2,
-        learning_rate=3e-2,
-        remove_unused_columns=False,
-        report_to=[],
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-    )
-    rows = Dataset.from_list(labelled_rows(8))
-    return Trainer(
-        model=model,
-        args=args,
-        train_dataset=rows,
-        data_collator=SoftPromptDataCollator(tok),
-        callbacks=list(callbacks),
-    )
+    return tiny_trainer(model, tok, tmp_path, steps=2, rows=8, callbacks=callbacks)
 
 
 def test_a_user_built_prefix_model_trains_through_the_guard_callback(tok, tmp_path, without_past_key_values):
