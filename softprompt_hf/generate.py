@@ -257,14 +257,16 @@ class _Decoding:
         mask: torch.Tensor | None = kwargs.get("attention_mask")
         if mask is None:  # transformers drops an all-ones mask (no padding): every position is attended
             mask = torch.ones_like(input_ids)
-        cache: Cache | None = kwargs.get("cache")
+        # generate() passes the cache under the name the model's forward takes (transformers 5.24: cache; 5.23:
+        # past_key_values, _upstream entry 1).
+        cache: Cache | None = kwargs.get(self.cache_name)
         use_cache = kwargs.get("use_cache", True)
         first = not use_cache or cache is None or cache.get_seq_length() == 0
         # The empty cache generate() made for this model (its layer kinds), for prompt tuning and P-tuning to fill.
         self.empty_cache = cache if use_cache and cache is not None and cache.get_seq_length() == 0 else None
         if first:
             kwargs["next_sequence_length"] = None  # the whole prompt
-            kwargs["cache"] = None
+            kwargs[self.cache_name] = None
         model_inputs = self.base_prepare(input_ids, **kwargs)
         if first:
             model_inputs.update(self._first_inputs(input_ids, mask, model_inputs))
@@ -308,7 +310,7 @@ class _Decoding:
                 "input_ids": None,
                 "inputs_embeds": inputs_embeds,
                 "attention_mask": full_mask,
-                "cache": self.empty_cache,
+                self.cache_name: self.empty_cache,
             }
         length = input_ids.shape[1]
         padded = bool((mask == 0).any())
@@ -316,7 +318,7 @@ class _Decoding:
             return self._prefill_by_padding(input_ids, mask)
         self.after_pads = False
         cache = prefix_cache_from_peft(self.model, batch, self.virtual + length)
-        return {"cache": cache, "attention_mask": self.full_mask(mask), "use_cache": True}
+        return {self.cache_name: cache, "attention_mask": self.full_mask(mask), "use_cache": True}
 
     def _prefill_by_padding(self, input_ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
         """Prefix tuning under a sliding window: each group of rows with the same padding runs its tokens but the
@@ -348,7 +350,7 @@ class _Decoding:
         set_seen_length(batch_cache, total)
         return {
             "input_ids": input_ids[:, -1:],
-            "cache": batch_cache,
+            self.cache_name: batch_cache,
             "attention_mask": self.full_mask(mask),
             "use_cache": True,
         }
