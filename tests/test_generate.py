@@ -20,7 +20,7 @@ from softprompt_hf import (
     enable_soft_prompt_generate,
     soft_prompt_generate,
 )
-from softprompt_hf._upstream import remove_prefix_cache_routing, route_prefix_cache_argument
+from softprompt_hf._upstream import cache_argument, remove_prefix_cache_routing, route_prefix_cache_argument
 
 ALL_ARCHS = ("gpt2", "llama", "qwen3", "bloom", "gpt_bigcode", *SLIDING_ARCHS)
 # The options of build_soft_prompt_model that ask for each method variant.
@@ -158,6 +158,11 @@ def test_greedy_one_row_and_left_padded_batch_equal_the_reference(case, arch, va
 def test_stock_generate_differs_from_the_reference_and_disable_restores_it(case, arch, variant):
     # Proves the tests above can fail: peft's own generate() is wrong for every variant (pitfall 15).
     model, reference = case
+    if cache_argument(model) != "cache":
+        pytest.skip(
+            "this transformers' models still take past_key_values, the name peft 0.21's generate() injects: the "
+            "bug comes with transformers 5.24's rename to cache"
+        )
     if model.active_peft_config.peft_type == PeftType.PREFIX_TUNING:
         # build_soft_prompt_model's prefix hook (passing peft's past_key_values as cache) refuses the prefix and
         # generate()'s own cache together, naming the fix; without it, as plain peft builds the model, the prefix
