@@ -81,10 +81,10 @@ def generate_label_ids(
 ) -> list[list[int]]:
     """Greedily generates the label tokens after each input's prompt.
 
-    Decoding does not go through ``generate()`` (listed in ``softprompt_hf._upstream``): with peft 0.21 and
-    transformers 5.x, ``PeftModel.generate`` with a soft prompt (all three methods, on GPT-2, Llama and Bloom)
-    often returns tokens other than the model's own greedy choice. Instead, the soft prompt is put where peft's
-    training forward puts it (the virtual token embeddings in front of the prompt's, or prefix tuning's
+    Decoding does not go through ``generate()``: peft 0.21.2's ``PeftModel.generate`` with a soft prompt returns
+    tokens other than the model's own greedy choice on transformers 5.24 (``enable_soft_prompt_generate`` fixes it,
+    see ``softprompt_hf.generate``), and this decoder is built for evaluation's throughput. The soft prompt is put
+    where peft's training forward puts it (the virtual token embeddings in front of the prompt's, or prefix tuning's
     key/values as the initial cache) and the base model is run with a key/value cache, so each new token costs
     one position instead of the whole sequence. ``use_cache=False`` runs the model's full training forward on the
     whole sequence at every step instead; both give the same tokens (tested for the three methods on GPT-2, Llama,
