@@ -39,16 +39,12 @@ from typing import Any
 
 import torch
 from peft import PeftModel, PeftModelForCausalLM, PeftType
-from transformers import DynamicCache
 from transformers.cache_utils import Cache
-from transformers.utils import logging
 
-from ._upstream import attention_windows, cache_argument, prefix_cache_from_peft, set_seen_length, takes_logits_to_keep
-from .generation import cache_key_values
+from ._upstream import attention_windows, cache_argument, prefix_cache_from_peft, takes_logits_to_keep
+from .generation import cache_from_key_values, cache_key_values
 
 __all__ = ["disable_soft_prompt_generate", "enable_soft_prompt_generate", "soft_prompt_generate"]
-
-logger = logging.get_logger(__name__)
 
 _METHODS = (PeftType.PROMPT_TUNING, PeftType.P_TUNING, PeftType.PREFIX_TUNING)
 _STATE = "_softprompt_hf_generate"
@@ -121,6 +117,12 @@ def soft_prompt_generate(model: PeftModel) -> Iterator[PeftModel]:
     finally:
         if not already:
             disable_soft_prompt_generate(model)
+
+
+def fixes_generate(model: Any) -> bool:
+    """Whether :func:`enable_soft_prompt_generate` applies to ``model``: a causal LM ``PeftModel`` whose active
+    adapter is prompt tuning, P-tuning or prefix tuning."""
+    return isinstance(model, PeftModelForCausalLM) and model.active_peft_config.peft_type in _METHODS
 
 
 def _check_method(model: Any) -> Any:
@@ -346,11 +348,9 @@ class _Decoding:
                 # Right-aligned: the row's pads (masked out) first.
                 layers[index][0][rows, :, total - keys.shape[2] :] = keys
                 layers[index][1][rows, :, total - values.shape[2] :] = values
-        batch_cache = DynamicCache(ddp_cache_data=layers, config=self.base.config)
-        set_seen_length(batch_cache, total)
         return {
             "input_ids": input_ids[:, -1:],
-            self.cache_name: batch_cache,
+            self.cache_name: cache_from_key_values(layers, self.base.config, length=total),
             "attention_mask": self.full_mask(mask),
             "use_cache": True,
         }

@@ -32,6 +32,7 @@ __all__ = [
     "equal_length_batches",
     "generate_label_ids",
     "generate_label_texts",
+    "length_sorted_batches",
     "normalize_label",
     "supports_logits_to_keep",
 ]
@@ -224,7 +225,9 @@ def equal_length_batches(sequences: Sequence[Sequence[int]], batch_size: int) ->
     ]
 
 
-def _length_sorted_batches(sequences: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+def length_sorted_batches(sequences: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Indices of ``sequences`` sorted by length (shortest first) and cut into batches of at most ``batch_size``:
+    each batch's rows are of similar lengths and carry little padding."""
     order = sorted(range(len(sequences)), key=lambda index: len(sequences[index]))
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
@@ -429,7 +432,7 @@ class _CachedDecoder:
         within = [i for i in range(len(prompts)) if i not in outside]
         return [
             [indices[j] for j in batch]
-            for indices, batching in ((within, _length_sorted_batches), (beyond, equal_length_batches))
+            for indices, batching in ((within, length_sorted_batches), (beyond, equal_length_batches))
             for batch in batching([prompts[i] for i in indices], batch_size)
         ]
 
@@ -590,17 +593,24 @@ def prefix_cache(
     key_values: Sequence[tuple[torch.Tensor, torch.Tensor]], batch: int, config: Any, length: int | None = None
 ) -> DynamicCache:
     """A new cache for ``batch`` rows that all start with the same one-row ``key_values`` (from
-    :func:`cache_key_values`); the prefix is shared, not copied, until a forward appends to it.
+    :func:`cache_key_values`); the prefix is shared, not copied, until a forward appends to it. ``length``: see
+    :func:`cache_from_key_values`."""
+    return cache_from_key_values(
+        [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in key_values], config, length
+    )
 
-    ``length`` is the number of positions the prefix stands for. A sliding-window layer holds only the last
-    ``window - 1`` key/values of a longer prefix, but must count every position: its masks are placed by that count.
+
+def cache_from_key_values(
+    key_values: Sequence[tuple[torch.Tensor, torch.Tensor]], config: Any, length: int | None = None
+) -> DynamicCache:
+    """A cache holding each layer's ``(keys, values)`` (``(batch, heads, positions, head_dim)``).
+
+    ``length`` is the number of positions the key/values stand for. A sliding-window layer holds only the last
+    ``window - 1`` key/values of a longer sequence, but must count every position: its masks are placed by that count.
     """
     # transformers 5.24 builds a cache from per-layer key/values with `ddp_cache_data` (listed in
     # softprompt_hf._upstream).
-    cache = DynamicCache(
-        ddp_cache_data=[(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in key_values],
-        config=config,
-    )
+    cache = DynamicCache(ddp_cache_data=list(key_values), config=config)
     if length is not None:
         set_seen_length(cache, length)
     return cache

@@ -20,7 +20,7 @@ from typing import IO, Any
 import torch
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
-from peft import PeftConfig, PeftModel, PeftType
+from peft import PeftConfig, PeftModel
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
@@ -30,8 +30,8 @@ from ._upstream import prompt_learning_shapes, route_prefix_cache_argument
 from .card import is_local_path
 from .data import _utf8_problem
 from .evaluation import MODES, Prediction, rank_labels
-from .generate import enable_soft_prompt_generate, soft_prompt_generate
-from .generation import generate_label_texts
+from .generate import enable_soft_prompt_generate, fixes_generate, soft_prompt_generate
+from .generation import generate_label_texts, length_sorted_batches
 from .methods import eval_mode
 from .metrics import check_label_set, match_label
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate
@@ -42,9 +42,6 @@ __all__ = ["AdapterLoadError", "LoadedAdapter", "load_adapter", "predict", "read
 logger = logging.get_logger(__name__)
 
 _READERS = (".csv", ".jsonl", ".json", ".parquet")
-
-# The adapters whose generate() enable_soft_prompt_generate makes right.
-_SOFT_PROMPTS = (PeftType.PROMPT_TUNING, PeftType.P_TUNING, PeftType.PREFIX_TUNING)
 
 # Plain greedy decoding, whatever the base model's generation_config asks for: transformers fills every
 # generate() setting left unset from it (e.g. Gemma 3's do_sample=True, top_k=64), and a repetition penalty or
@@ -167,7 +164,7 @@ def load_adapter(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     model.eval()
-    if model.active_peft_config.peft_type in _SOFT_PROMPTS:
+    if fixes_generate(model):
         enable_soft_prompt_generate(model)
     return LoadedAdapter(model=model, tokenizer=tokenizer, settings=settings, source=source)
 
@@ -297,14 +294,14 @@ def _generate_is_wrong(model: Any) -> bool:
     if not isinstance(model, PeftModel):
         return False
     config = model.active_peft_config
-    return bool(config.is_prompt_learning) and config.peft_type not in _SOFT_PROMPTS
+    return bool(config.is_prompt_learning) and not fixes_generate(model)
 
 
 @contextlib.contextmanager
 def _right_generate(model: Any) -> Iterator[None]:
     """``model.generate()`` made right for the block: a soft prompt's with :func:`soft_prompt_generate` (left on
     if it already was, as :func:`load_adapter` leaves it); any other model's is the stock one, right as it is."""
-    if isinstance(model, PeftModel) and model.active_peft_config.peft_type in _SOFT_PROMPTS:
+    if fixes_generate(model):
         with soft_prompt_generate(model):
             yield
     else:
@@ -331,9 +328,7 @@ def _generate_with_model(
     # The pad id only fills masked slots: a tokenizer without a pad token pads with EOS (or 0), as training does.
     pad = next((token for token in (tokenizer.pad_token_id, eos) if token is not None), 0)
     device = next(model.parameters()).device
-    # Shortest first, so that each batch's rows are of similar lengths and carry little padding.
-    order = sorted(range(len(encoded)), key=lambda index: len(encoded[index]))
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    batches = length_sorted_batches(encoded, batch_size)
     outputs = [""] * len(encoded)
     with (
         eval_mode(model),  # no dropout; every module gets its own mode back, also on errors
