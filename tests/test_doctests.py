@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import json
 import pkgutil
 import re
 from pathlib import Path
@@ -97,16 +98,15 @@ def _ready_objects(names: set[str], folder: Path) -> dict[str, Any]:
 
 
 def _publish_adapter(hub: HubServer, objects: dict[str, Any], folder: Path) -> None:
-    from softprompt_hf.saving import inference_settings, save_adapter
+    """Publishes ``model`` as ``ADAPTER_ID``, with the label set that ``predict`` reads from ``softprompt_hf.json``."""
+    from softprompt_hf.saving import INFERENCE_CONFIG_NAME, save_adapter
 
-    model, data = objects["model"], objects["data"]
     saved = save_adapter(
-        model,
-        folder / "published-adapter",
-        tokenizer=objects["tokenizer"],
-        base_model_id=BASE_ID,
-        extra_json=inference_settings(model, labels=data.classes, template=None, text_column=None, base_model=BASE_ID),
+        objects["model"], folder / "published-adapter", tokenizer=objects["tokenizer"], base_model_id=BASE_ID
     )
+    settings_file = saved / INFERENCE_CONFIG_NAME
+    settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
+    settings_file.write_text(json.dumps({**settings, "labels": objects["data"].classes}), encoding="utf-8")
     hub.add_folder(ADAPTER_ID, saved)
 
 
