@@ -251,8 +251,17 @@ class SoftPromptCheckpointCallback(TrainerCallback):
     Example:
 
     ```python
-    trainer = Trainer(model, args, ..., callbacks=[SoftPromptCheckpointCallback()])
-    trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir))
+    >>> from transformers import Trainer, TrainingArguments
+    >>> from softprompt_hf import SoftPromptDataCollator
+    >>> args = TrainingArguments("run", max_steps=2, save_steps=1, remove_unused_columns=False, report_to=[])
+    >>> trainer = Trainer(model, args, train_dataset=data.train, data_collator=SoftPromptDataCollator(tokenizer),
+    ...                   callbacks=[SoftPromptCheckpointCallback()])
+    >>> trainer.train(resume_from_checkpoint=last_complete_checkpoint(args.output_dir)).global_step  # None: start
+    {'train_runtime': ...}
+    2
+    >>> last_complete_checkpoint(args.output_dir)  # what a rerun of the same line resumes from
+    'run/checkpoint-2'
+
     ```
     """
 

@@ -101,11 +101,11 @@ def build_model_card(
     Example:
 
     ```python
-    >>> card = build_model_card(
-    ...     model, base_model="bigscience/bloomz-560m", repo_id="me/bloomz-complaints"
-    ... )  # doctest: +SKIP
-    >>> card.data.library_name  # doctest: +SKIP
-    'peft'
+    >>> card = build_model_card(model, base_model="bigscience/bloomz-560m", repo_id="me/bloomz-complaints")
+    >>> card.data.library_name, card.data.base_model
+    ('peft', 'bigscience/bloomz-560m')
+    >>> card.save("README.md")
+
     ```
     """
     inputs = model_card_inputs(

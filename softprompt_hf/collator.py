@@ -59,10 +59,13 @@ class SoftPromptDataCollator(DataCollatorMixin):
 
     ```python
     >>> from softprompt_hf import SoftPromptDataCollator
-    >>> collator = SoftPromptDataCollator(tokenizer)  # doctest: +SKIP
-    >>> batch = collator([{"Tweet text": "@Acme where is my parcel?", "text_label": "complaint"}])  # doctest: +SKIP
-    >>> sorted(batch)  # doctest: +SKIP
+    >>> collator = SoftPromptDataCollator(tokenizer)
+    >>> batch = collator([{"Tweet text": "@Acme where is my parcel?", "text_label": "complaint"}])
+    >>> sorted(batch)
     ['attention_mask', 'input_ids', 'labels']
+    >>> tokenizer.decode(batch["input_ids"][0])
+    'Tweet text : @Acme where is my parcel? Label : complaint</s>'
+
     ```
 
     With the ``Trainer``, keep the raw columns (``TrainingArguments(remove_unused_columns=False)``)

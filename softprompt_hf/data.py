@@ -193,9 +193,13 @@ def load_raft(
     Example:
 
     ```python
-    >>> data = load_raft(data_files={"train": "raft/train.csv", "test": "raft/test.csv"})  # doctest: +SKIP
-    >>> data.classes  # doctest: +SKIP
+    >>> from softprompt_hf.embedded import EMBEDDED_DATA_FILES
+    >>> data = load_raft(data_files=EMBEDDED_DATA_FILES)  # or {"train": "train.csv", "test": "test.csv"}
+    >>> data.classes
     ['complaint', 'no complaint']
+    >>> len(data.train), len(data.validation), len(data.unlabeled)
+    (640, 160, 400)
+
     ```
     """
     if text_column is None:

@@ -110,10 +110,13 @@ class GenerationMetrics(TrainerCallback):
     Example:
 
     ```python
-    >>> metrics = GenerationMetrics(tokenizer, data.classes, data.validation)  # doctest: +SKIP
+    >>> from transformers import Trainer
+    >>> from softprompt_hf import SoftPromptDataCollator
+    >>> metrics = GenerationMetrics(tokenizer, data.classes, data.validation)
     >>> trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
-    ...                   data_collator=SoftPromptDataCollator(tokenizer), **metrics.trainer_kwargs())  # doctest: +SKIP
-    >>> trainer.evaluate()["eval_f1"]  # doctest: +SKIP
+    ...                   data_collator=SoftPromptDataCollator(tokenizer), **metrics.trainer_kwargs())
+    >>> trainer.evaluate()["eval_f1"]  # the Trainer also prints the metrics
+    {'eval_loss': ..., 'eval_f1': '1', ...}
     1.0
 
     ```

@@ -241,7 +241,12 @@ def push_adapter(
 
     ```python
     >>> push_adapter(model, "me/bloomz-complaints", base_model_id="bigscience/bloomz-560m",
-    ...              output_dir="outputs/adapter", tokenizer=tokenizer)  # doctest: +SKIP
+    ...              output_dir="outputs/adapter", tokenizer=tokenizer)
+    PosixPath('outputs/adapter')
+    >>> from huggingface_hub import HfApi
+    >>> HfApi().file_exists("me/bloomz-complaints", "adapter_model.safetensors")
+    True
+
     ```
     """
     _check_base_model_id(base_model_id)
@@ -313,8 +318,18 @@ class HubPushCallback(TrainerCallback, ExportableState):
     Example:
 
     ```python
-    >>> trainer = Trainer(..., callbacks=[HubPushCallback("me/bloomz-complaints",
-    ...                                                   base_model_id="bigscience/bloomz-560m")])  # doctest: +SKIP
+    >>> from transformers import Trainer
+    >>> from softprompt_hf import SoftPromptDataCollator
+    >>> push = HubPushCallback("me/bloomz-complaints", base_model_id="bigscience/bloomz-560m")
+    >>> trainer = Trainer(model=model, args=args, train_dataset=data.train,
+    ...                   data_collator=SoftPromptDataCollator(tokenizer), callbacks=[push])
+    >>> trainer.train().global_step  # pushes when training ends; the Trainer also prints the run's summary
+    {'train_runtime': ...}
+    2
+    >>> from huggingface_hub import HfApi
+    >>> HfApi().file_exists("me/bloomz-complaints", "adapter_model.safetensors")
+    True
+
     ```
     """
 

@@ -52,9 +52,17 @@ def enable_label_only_logits(model: torch.nn.Module, *, in_eval: bool = False) -
     Example:
 
     ```python
-    >>> model = build_soft_prompt_model(base_model, method="prompt_tuning", tokenizer=tokenizer)  # doctest: +SKIP
-    >>> enable_label_only_logits(model)  # doctest: +SKIP
-    >>> Trainer(model=model, ...).train()  # doctest: +SKIP
+    >>> from transformers import Trainer
+    >>> from softprompt_hf import SoftPromptDataCollator, build_soft_prompt_model
+    >>> model = build_soft_prompt_model(base_model, method="prompt_tuning", tokenizer=tokenizer)
+    >>> handle = enable_label_only_logits(model)  # training projects only the label positions
+    >>> trainer = Trainer(model=model, args=args, train_dataset=data.train,
+    ...                   data_collator=SoftPromptDataCollator(tokenizer))
+    >>> trainer.train().global_step  # the Trainer also prints the run's summary
+    {'train_runtime': ...}
+    2
+    >>> handle.remove()  # the stock forward again
+
     ```
     """
     base: Any = model.get_base_model() if isinstance(model, PeftModel) else model

@@ -223,8 +223,10 @@ def build_soft_prompt_model(
     Example:
 
     ```python
-    >>> model = build_soft_prompt_model(base_model, method="p_tuning", num_virtual_tokens=20)  # doctest: +SKIP
-    >>> model.print_trainable_parameters()  # doctest: +SKIP
+    >>> model = build_soft_prompt_model(base_model, method="p_tuning", num_virtual_tokens=20)
+    >>> model.print_trainable_parameters()  # the embedded model's counts
+    trainable params: 52,096 || all params: 1,107,840 || trainable%: 4.7025
+
     ```
     """
     if isinstance(args, PeftConfig):

@@ -214,9 +214,10 @@ def predict(
     Example:
 
     ```python
-    >>> predictions = predict("me/bloomz-complaints", ["@Acme my parcel never arrived"], mode="rank")  # doctest: +SKIP
-    >>> predictions[0].predicted  # doctest: +SKIP
+    >>> predictions = predict("me/bloomz-complaints", ["@Acme my parcel never arrived"], mode="rank")
+    >>> predictions[0].predicted
     'complaint'
+
     ```
     """
     if mode not in MODES:

@@ -35,6 +35,7 @@ class PromptTemplate:
     ```python
     >>> PromptTemplate(text_column="Tweet text").render("@Acme my parcel is late")
     'Tweet text : @Acme my parcel is late Label : '
+
     ```
     """
 

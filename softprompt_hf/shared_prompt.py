@@ -61,9 +61,17 @@ def enable_shared_prompt(model: torch.nn.Module, *, in_eval: bool = False) -> Re
     Example:
 
     ```python
-    >>> model = build_soft_prompt_model(base_model, method="prompt_tuning", tokenizer=tokenizer)  # doctest: +SKIP
-    >>> enable_shared_prompt(model)  # doctest: +SKIP
-    >>> Trainer(model=model, ...).train()  # doctest: +SKIP
+    >>> from transformers import Trainer
+    >>> from softprompt_hf import SoftPromptDataCollator, build_soft_prompt_model
+    >>> model = build_soft_prompt_model(base_model, method="prompt_tuning", tokenizer=tokenizer)
+    >>> handle = enable_shared_prompt(model)  # the virtual tokens run once per batch
+    >>> trainer = Trainer(model=model, args=args, train_dataset=data.train,
+    ...                   data_collator=SoftPromptDataCollator(tokenizer))
+    >>> trainer.train().global_step  # the Trainer also prints the run's summary
+    {'train_runtime': ...}
+    2
+    >>> handle.remove()  # peft's forward again
+
     ```
     """
     reason = _unsupported(model)

@@ -16,6 +16,7 @@ Example:
 ['Unlabeled', 'complaint', 'no_complaint']
 >>> model = AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_PATH)
 >>> tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL_PATH)
+
 ```
 
 Rebuild both with ``python -m softprompt_hf.embedded.build_data`` then

@@ -496,6 +496,7 @@ class TweetGenerator:
     >>> tweet = gen.tweet(complaint=True)
     >>> tweet.complaint, tweet.sentiment
     (True, 'negative')
+
     ```
     """
 

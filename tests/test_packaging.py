@@ -1,0 +1,119 @@
+"""Dependencies are declared once and completely: pyproject.toml names every third-party package that the code
+imports, and `tox -e lowest` installs exactly the declared lower bounds."""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import importlib.metadata
+import re
+import sys
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (the test extra installs tomli there)
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement(spec: str) -> tuple[str, str]:
+    """``"transformers>=5.23,<6"`` -> ``("transformers", ">=5.23,<6")``."""
+    match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*(.*)", spec)
+    assert match, spec
+    return _canonical(match.group(1)), match.group(3).split(";")[0].strip()
+
+
+def _declared(*extras: str) -> dict[str, str]:
+    project = PYPROJECT["project"]
+    specs = list(project["dependencies"])
+    for extra in extras:
+        specs += project["optional-dependencies"][extra]
+    return dict(_requirement(spec) for spec in specs)
+
+
+def _in_type_checking_block(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return True
+    return False
+
+
+def _imported_modules(folder: Path) -> dict[str, set[str]]:
+    """Top-level name of every absolute import that runs (any depth, not under ``if TYPE_CHECKING``) -> files."""
+    imports: dict[str, set[str]] = {}
+    for path in sorted(folder.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            if _in_type_checking_block(node, parents):
+                continue
+            for name in names:
+                imports.setdefault(name.split(".")[0], set()).add(str(path.relative_to(ROOT)))
+    return imports
+
+
+def _undeclared(folder: Path, declared: dict[str, str], local: set[str]) -> list[str]:
+    distributions = importlib.metadata.packages_distributions()
+    problems = []
+    for name, files in sorted(_imported_modules(folder).items()):
+        if name in sys.stdlib_module_names or name in local:
+            continue
+        providers = {_canonical(dist) for dist in distributions.get(name, [])}
+        if _canonical(name) in declared:  # e.g. tomli, declared for Python 3.10 only and absent here
+            continue
+        if not providers:
+            problems.append(f"{name} (imported in {sorted(files)}) is not installed")
+        elif not providers & declared.keys():
+            problems.append(f"{name} (imported in {sorted(files)}, distribution {sorted(providers)}) is not declared")
+    return problems
+
+
+def test_every_runtime_import_of_the_package_is_a_declared_dependency():
+    assert _undeclared(ROOT / "softprompt_hf", _declared(), local={"softprompt_hf"}) == []
+
+
+def test_every_import_of_the_tests_is_declared_in_the_test_extra():
+    tests = ROOT / "tests"
+    local = {path.stem for path in tests.rglob("*.py")} | {"softprompt_hf"}
+    assert _undeclared(tests, _declared("test"), local) == []
+
+
+def test_the_lowest_env_installs_the_declared_lower_bounds():
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(ROOT / "tox.ini", encoding="utf-8")
+    pins = dict(_requirement(line) for line in tox["testenv:lowest"]["deps"].split("\n") if line.strip())
+    assert all(spec.startswith("==") for spec in pins.values()), pins
+
+    def padded(version: str) -> tuple[int, ...]:
+        parts = tuple(int(part) for part in version.split("."))
+        return parts + (0,) * (3 - len(parts))
+
+    lower = {}
+    for name, spec in _declared().items():
+        bounds = re.findall(r">=\s*([0-9.]+)", spec)
+        assert bounds, f"{name} has no lower bound: declare the version `tox -e lowest` installs ({spec!r})"
+        lower[name] = padded(bounds[0])
+    assert lower == {name: padded(spec[2:]) for name, spec in pins.items()}
+
+
+def test_the_build_backend_reads_an_spdx_license():
+    """An SPDX string as ``license`` (and ``license-files``) needs setuptools 77 (PEP 639); older ones refuse it."""
+    assert isinstance(PYPROJECT["project"]["license"], str)
+    assert [(ROOT / name).is_file() for name in PYPROJECT["project"]["license-files"]] == [True]
+    (requirement,) = [spec for spec in PYPROJECT["build-system"]["requires"] if _requirement(spec)[0] == "setuptools"]
+    minimum = re.search(r">=\s*([0-9]+)", requirement)
+    assert minimum and int(minimum.group(1)) >= 77, requirement
