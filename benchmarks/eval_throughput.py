@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 import torch  # noqa: E402
 
-from softprompt_hf.evaluation import rank_labels  # noqa: E402
-from softprompt_hf.generation import generate_label_ids  # noqa: E402
+from softprompt_hf import rank_labels  # noqa: E402
+from softprompt_hf._decoding import generate_label_ids  # noqa: E402
 
 LABELS = ["complaint", "no complaint"]
 

@@ -1,5 +1,6 @@
 """Soft-prompt fine-tuning (prompt tuning, P-tuning, prefix tuning) of causal LMs with the stock Trainer."""
 
+from ._decoding import generate_labels, rank_labels
 from .callbacks import (
     ParameterSummaryCallback,
     SamplePredictionsCallback,
@@ -19,9 +20,8 @@ from .data import (
     load_raft,
     stratified_split,
 )
-from .evaluation import GenerationMetrics, Prediction, rank_labels
+from .evaluation import GenerationMetrics, Prediction
 from .generate import disable_soft_prompt_generate, enable_soft_prompt_generate, soft_prompt_generate
-from .generation import generate_label_ids, generate_label_texts, normalize_label
 from .hub import HubPushCallback, HubPushError, push_adapter, push_adapter_folder
 from .label_logits import enable_label_only_logits
 from .methods import (
@@ -37,6 +37,7 @@ from .metrics import (
     check_label_set,
     classification_report,
     match_label,
+    normalize_label,
     write_predictions,
     write_raft_submission,
 )
@@ -77,8 +78,7 @@ __all__ = [
     "enable_label_only_logits",
     "enable_shared_prompt",
     "encode_target",
-    "generate_label_ids",
-    "generate_label_texts",
+    "generate_labels",
     "k_fold_splits",
     "label_text",
     "last_complete_checkpoint",

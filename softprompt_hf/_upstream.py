@@ -32,7 +32,7 @@ Cache argument and key/value caches
 6. :func:`attention_windows`, :func:`is_plain_dynamic_cache`, :func:`full_attention_cache` - transformers 5.24
    cache layer classes (``DynamicLayer``, ``DynamicSlidingWindowLayer``, ``DummyLayer``) tell each layer's
    sliding window, and whether a cache holds plain key/values only. Update with new layer kinds.
-7. *Elsewhere: generation.cache_key_values, generation.prefix_cache.* transformers 5.24 cache layers hold
+7. *Elsewhere: _decoding.cache_key_values, _decoding.prefix_cache.* transformers 5.24 cache layers hold
    their tensors in ``keys`` / ``values``, and ``DynamicCache(ddp_cache_data=[(keys, values), ...])`` builds a
    cache from them. Update if transformers renames them.
 8. :func:`positions_from_mask` - transformers 5.24 Bloom (ALiBi) takes no ``position_ids`` and derives positions
@@ -89,7 +89,7 @@ Upstream bugs avoided elsewhere, without touching internals (delete each refusal
     ``safe_serialization`` and replaces peft's card: pushes go through ``HfApi.upload_folder`` with our card.
 22. *saving.save_adapter.* peft 0.21 writes the local base-model path into ``adapter_config.json``
     (``base_model_name_or_path``): with ``base_model_id=``, the Hub id is written instead.
-23. *generation.generate_label_ids, card.py's usage snippet.* peft 0.21.2 ``PeftModel.generate`` with a soft
+23. *_decoding.generate_labels, card.py's usage snippet.* peft 0.21.2 ``PeftModel.generate`` with a soft
     prompt is wrong on transformers 5.x (entry 3): decoding runs the model's forward itself. The card's snippet
     runs a stock ``AutoPeftModelForCausalLM``, so for prefix tuning it still relies on transformers < 5.40
     taking ``past_key_values`` (entry 2).

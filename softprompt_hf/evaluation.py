@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,20 +12,16 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 from transformers.utils import logging
 
-from .generation import _CachedDecoder, generate_label_texts, join_rows, supports_logits_to_keep
-from .methods import eval_mode
+from ._decoding import MODES, label_outputs
 from .metrics import ClassificationReport, check_label_set, classification_report, match_label
-from .prompt import DEFAULT_TEMPLATE, PromptTemplate, encode_target
+from .prompt import DEFAULT_TEMPLATE, PromptTemplate
 
-__all__ = ["MODES", "GenerationMetrics", "Prediction", "rank_labels"]
+__all__ = ["GenerationMetrics", "Prediction"]
 
 logger = logging.get_logger(__name__)
-
-MODES = ("generate", "rank")
 
 _FSDP_MESSAGE = (
     "GenerationMetrics cannot score a model sharded by FSDP: decoding runs the model's modules outside FSDP's "
@@ -83,7 +79,7 @@ class GenerationMetrics(TrainerCallback):
 
     Predicted labels do not depend on batching: prompts of different lengths share a batch only with masked
     right padding and each row's own positions, and with sliding-window attention only within the window (see
-    :func:`~softprompt_hf.generation.generate_label_ids`);
+    :func:`~softprompt_hf.generate_labels`);
     rank scores depend on it only through float rounding (another batch size is another matrix-product
     shape, about 1e-5 apart in float32), so only labels scored that close together can swap. The
     Trainer keeps no logits (``preprocess_logits_for_metrics`` drops them), so memory does not grow with
@@ -146,8 +142,6 @@ class GenerationMetrics(TrainerCallback):
         for label, length in zip(self.labels, label_lengths, strict=True):
             if not length:
                 raise ValueError(f"Label {label!r} tokenizes to no token at all: the model could never generate it.")
-        # Generation stops at EOS, or one token after the longest label.
-        self._max_new_tokens = max(label_lengths) + 1
         self._prompt = PromptTemplate(self.template, self.text_column)
         self._texts, self._gold, self._ids = self._read_rows(self.eval_rows)
 
@@ -277,32 +271,18 @@ class GenerationMetrics(TrainerCallback):
         state = PartialState()
         indices = list(range(len(texts)))
         with state.split_between_processes(indices) as mine:
-            local_texts = [texts[i] for i in mine]
-            show = state.is_main_process and self._show_progress
-            if self.mode == "generate":
-                local_outputs = generate_label_texts(
-                    model,
-                    self.tokenizer,
-                    local_texts,
-                    template=self._prompt,
-                    max_new_tokens=self._max_new_tokens,
-                    max_prompt_tokens=self.max_prompt_tokens,
-                    batch_size=self.batch_size,
-                    show_progress=show,
-                )
-                local: list[tuple[str, dict[str, float] | None]] = [(o, None) for o in local_outputs]
-            else:
-                local_scores = rank_labels(
-                    model,
-                    self.tokenizer,
-                    local_texts,
-                    self.labels,
-                    template=self._prompt,
-                    max_prompt_tokens=self.max_prompt_tokens,
-                    batch_size=self.batch_size,
-                    show_progress=show,
-                )
-                local = [(max(s, key=s.__getitem__), s) for s in local_scores]
+            outputs, scores = label_outputs(
+                self.mode,
+                model,
+                self.tokenizer,
+                [texts[i] for i in mine],
+                self.labels,
+                template=self._prompt,
+                max_prompt_tokens=self.max_prompt_tokens,
+                batch_size=self.batch_size,
+                show_progress=state.is_main_process and self._show_progress,
+            )
+            local = list(zip(outputs, scores, strict=True))
         gathered = gather_object(local) if state.num_processes > 1 else local
         if len(gathered) != len(texts):
             raise RuntimeError(f"Gathered {len(gathered)} predictions for {len(texts)} eval rows.")
@@ -342,115 +322,3 @@ def _column(dataset: Any, name: str) -> list[Any] | None:
     if isinstance(dataset, list) and dataset and all(isinstance(row, Mapping) and name in row for row in dataset):
         return [row[name] for row in dataset]
     return None
-
-
-@torch.no_grad()
-def rank_labels(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: Sequence[str],
-    labels: Sequence[str],
-    *,
-    template: PromptTemplate | None = None,
-    max_prompt_tokens: int | None = None,
-    batch_size: int = 32,
-    show_progress: bool = True,
-    use_cache: bool = True,
-) -> list[dict[str, float]]:
-    """Log-likelihood of each label's tokens and EOS after each text's prompt.
-
-    Scores depend on batching only through float rounding (another batch size is another matrix-product
-    shape: about 1e-5 apart in float32). With ``use_cache`` (the default) each prompt is run once, with the soft
-    prompt placed as peft's training forward places it, and all labels are scored from its key/value cache
-    in one more forward pass over the label tokens only; prompts of different lengths share a batch where
-    the model can be given each token's position (see :func:`~softprompt_hf.generation.generate_label_ids`).
-    ``use_cache=False`` runs the model's training forward on every prompt + label sequence instead (equal
-    lengths batched without padding), keeping only the logits of the label positions (``logits_to_keep``).
-    Both give the same scores up to float rounding.
-    """
-    template = template or PromptTemplate()
-    label_ids = [encode_target(tokenizer, label) for label in labels]
-    prompts = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
-    with eval_mode(model):  # no dropout; every module gets its own mode back, also on errors
-        if use_cache and _CachedDecoder.supports(model):
-            scores = _rank_with_shared_prompt(model, prompts, label_ids, batch_size, show_progress)
-        else:
-            scores = _rank_full_sequences(model, prompts, label_ids, batch_size, show_progress)
-    return [dict(zip(labels, row, strict=True)) for row in scores]
-
-
-def _rank_with_shared_prompt(
-    model: torch.nn.Module,
-    prompts: list[list[int]],
-    label_ids: list[list[int]],
-    batch_size: int,
-    show_progress: bool,
-) -> list[list[float]]:
-    device = next(model.parameters()).device
-    decoder = _CachedDecoder(model, prompts)
-    n_labels = len(label_ids)
-    longest = max(len(ids) for ids in label_ids)
-    # Row i * n_labels + j continues prompt i with label j's tokens but its last (the EOS, which is only
-    # predicted); shorter labels are padded at the end, where causal attention hides the padding from the
-    # positions that are scored, and no logits are computed for the padding.
-    continuations = torch.tensor([ids[:-1] + [ids[-1]] * (longest - len(ids)) for ids in label_ids], device=device)
-    scored = torch.tensor([[p < len(ids) - 1 for p in range(longest - 1)] for ids in label_ids], device=device)
-    first_tokens = torch.tensor([ids[0] for ids in label_ids], device=device)
-    # The scored positions of one prompt's rows in order: the token each predicts, and its label.
-    targets = torch.tensor([token for ids in label_ids for token in ids[1:]], device=device)
-    owners = torch.tensor([j for j, ids in enumerate(label_ids) for _ in ids[1:]], device=device)
-    scores: list[list[float]] = [[] for _ in prompts]
-    batches = decoder.batches(prompts, batch_size, new_tokens=longest - 1)  # all label tokens but the EOS are fed
-    per_group = decoder.batches_per_projection(batch_size)
-    with tqdm(total=len(batches), desc="Ranking labels", disable=not show_progress) as progress:
-        for start in range(0, len(batches), per_group):
-            group = batches[start : start + per_group]
-            states = [decoder.start([prompts[i] for i in batch]) for batch in group]
-            # The last prompt position predicts every label's first token: one projection for the group's rows.
-            rows = sum(len(batch) for batch in group)
-            first = decoder.log_probs(join_rows([state.last for state in states]), first_tokens.expand(rows, -1))
-            label_outputs = []
-            for batch in group:
-                state = states.pop(0)  # released once its label tokens have run
-                state.repeat_rows(n_labels)
-                mask = scored.repeat(len(batch), 1)
-                label_outputs.append(state.feed(continuations.repeat(len(batch), 1), logits_to_keep=mask))
-            # Every scored label position of the group, projected together too.
-            picked = decoder.log_probs(join_rows(label_outputs), targets.repeat(rows)[:, None]).view(rows, -1)
-            totals = first.index_add(1, owners, picked)
-            for index, row in zip((i for batch in group for i in batch), totals.tolist(), strict=True):
-                scores[index] = row
-            progress.update(len(group))
-    return scores
-
-
-def _rank_full_sequences(
-    model: torch.nn.Module,
-    prompts: list[list[int]],
-    label_ids: list[list[int]],
-    batch_size: int,
-    show_progress: bool,
-) -> list[list[float]]:
-    groups: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
-    for t, prompt in enumerate(prompts):
-        for j, target in enumerate(label_ids):
-            groups[(len(prompt), len(target))].append((t, j))
-    batches = [
-        (n_target, pairs[start : start + batch_size])
-        for (_, n_target), pairs in sorted(groups.items())
-        for start in range(0, len(pairs), batch_size)
-    ]
-    device = next(model.parameters()).device
-    keep = supports_logits_to_keep(model)
-    scores = [[0.0] * len(label_ids) for _ in prompts]
-    for n_target, pairs in tqdm(batches, desc="Ranking labels", disable=not show_progress):
-        input_ids = torch.tensor([prompts[t] + label_ids[j] for t, j in pairs], device=device)
-        # Positions -n_target-1 .. -2 predict the label tokens and EOS; keep only those logits.
-        extra = {"logits_to_keep": n_target + 1} if keep else {}
-        logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **extra).logits
-        logits = logits[:, -n_target - 1 : -1]
-        targets = input_ids[:, -n_target:]
-        log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None])[..., 0].sum(dim=-1)
-        for (t, j), value in zip(pairs, log_probs.tolist(), strict=True):
-            scores[t][j] = value
-    return scores

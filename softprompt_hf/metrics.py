@@ -14,7 +14,6 @@ from typing import IO, Any
 from transformers.utils import logging
 
 from .data import label_text
-from .generation import normalize_label
 from .saving import atomic_open
 
 __all__ = [
@@ -24,6 +23,7 @@ __all__ = [
     "check_label_set",
     "classification_report",
     "match_label",
+    "normalize_label",
     "write_predictions",
     "write_raft_submission",
 ]
@@ -36,6 +36,12 @@ INVALID = None
 INVALID_COLUMN = "<invalid>"
 """Column of [`ClassificationReport.confusion`] counting predictions that matched no label. The brackets keep
 it apart from a real label such as ``"invalid"``."""
+
+
+def normalize_label(text: str) -> str:
+    """Normalises generated or gold label text for comparison: case, inner whitespace, trailing punctuation."""
+    return " ".join(text.lower().split()).rstrip(".!?,;:").strip()
+
 
 # How many offending values an error message lists before summarising the rest.
 _MAX_REPORTED = 5

@@ -4,7 +4,8 @@ The adapter folder's ``softprompt_hf.json`` (written at training time) gives the
 template and the text column; arguments override it. Generation mode decodes through the model's own
 ``model.generate()`` (greedy, batched with left padding), with :func:`~softprompt_hf.enable_soft_prompt_generate`
 switched on for soft prompts: with peft 0.21.2 and transformers 5.24, ``PeftModel.generate`` alone gives wrong
-tokens for every soft prompt. Rank mode scores the labels with ``rank_labels``.
+tokens for every soft prompt. Both modes run the package's decoding functions, as ``GenerationMetrics`` does:
+:func:`~softprompt_hf.generate_labels` (``use_generate=True``) and :func:`~softprompt_hf.rank_labels`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -22,17 +23,15 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 from peft import PeftConfig, PeftModel
 from safetensors import SafetensorError
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from ._decoding import MODES, label_outputs
 from ._upstream import prompt_learning_shapes, route_prefix_cache_argument
 from .card import is_local_path
 from .data import _utf8_problem
-from .evaluation import MODES, Prediction, rank_labels
-from .generate import enable_soft_prompt_generate, fixes_generate, soft_prompt_generate
-from .generation import generate_label_texts, length_sorted_batches
-from .methods import eval_mode
+from .evaluation import Prediction
+from .generate import enable_soft_prompt_generate, fixes_generate
 from .metrics import check_label_set, match_label
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate
 from .saving import INFERENCE_CONFIG_NAME
@@ -42,19 +41,6 @@ __all__ = ["AdapterLoadError", "LoadedAdapter", "load_adapter", "predict", "read
 logger = logging.get_logger(__name__)
 
 _READERS = (".csv", ".jsonl", ".json", ".parquet")
-
-# Plain greedy decoding, whatever the base model's generation_config asks for: transformers fills every
-# generate() setting left unset from it (e.g. Gemma 3's do_sample=True, top_k=64), and a repetition penalty or
-# an n-gram ban would change the greedy tokens that GenerationMetrics scores.
-_GREEDY: dict[str, Any] = {
-    "do_sample": False,
-    "num_beams": 1,
-    "num_return_sequences": 1,
-    "repetition_penalty": 1.0,
-    "no_repeat_ngram_size": 0,
-    "min_length": 0,
-    "use_cache": True,  # prefix tuning needs the cache (use_cache=False fails at the second step)
-}
 
 
 class AdapterLoadError(OSError):
@@ -112,13 +98,13 @@ def load_adapter(
             f"No adapter folder at {source!r}. Pass the folder a training run saved (a recipe's <output_dir>/adapter, "
             "holding adapter_config.json) or a Hub id (namespace/name)."
         )
-    try:
+    with _load_error(
+        lambda error: (
+            f"Could not load the adapter {source!r}: {error}. Pass the folder holding adapter_config.json or a Hub id; "
+            "offline, download it first with `hf download <repo_id>`."
+        )
+    ):
         peft_config = PeftConfig.from_pretrained(source, token=token)
-    except Exception as err:
-        raise AdapterLoadError(
-            f"Could not load the adapter {source!r}: {_first_line(err)}. Pass the folder holding adapter_config.json "
-            "or a Hub id; offline, download it first with `hf download <repo_id>`."
-        ) from err
     base = str(base_model) if base_model is not None else peft_config.base_model_name_or_path
     if not base:
         raise AdapterLoadError(
@@ -131,14 +117,14 @@ def load_adapter(
             f"The adapter {source!r} needs the base model {base!r} (named by {named}), and there is no such folder. "
             "Pass the folder of the model it was trained on (CLI: --base-model /path/to/model) or its Hub id."
         )
-    try:
-        base_lm = AutoModelForCausalLM.from_pretrained(base, token=token)
-    except Exception as err:
-        raise AdapterLoadError(
-            f"The adapter {source!r} needs the base model {base!r}, which could not be loaded ({_first_line(err)}). "
+    with _load_error(
+        lambda error: (
+            f"The adapter {source!r} needs the base model {base!r}, which could not be loaded ({error}). "
             f"Download it while online (`hf download {base}`; it is then found offline in the Hugging Face cache), "
             "or pass the local path of a copy: base_model='/path/to/model' (CLI: --base-model /path/to/model)."
-        ) from err
+        )
+    ):
+        base_lm = AutoModelForCausalLM.from_pretrained(base, token=token)
     _check_base_model(source, peft_config, base_lm, base)
     settings = _read_settings(source, token)
     try:
@@ -147,14 +133,14 @@ def load_adapter(
         logger.info(f"{source} has no tokenizer; using the base model's ({base})")
         tokenizer = AutoTokenizer.from_pretrained(base, token=token)
     # is_trainable=False: inference mode, so P-tuning and prefix projection use the saved final prompt.
-    try:
+    with _load_error(
+        lambda error: (
+            f"The adapter weights of {source!r} are damaged ({error}): the file was truncated or changed after it was "
+            "saved. Copy or download the folder again, or save the adapter again from the run's checkpoint."
+        ),
+        SafetensorError,
+    ):
         model = PeftModel.from_pretrained(base_lm, source, is_trainable=False, token=token)
-    except SafetensorError as err:
-        raise AdapterLoadError(
-            f"The adapter weights of {source!r} are damaged ({_first_line(err)}): the file was truncated or changed "
-            "after it was saved. Copy or download the folder again, or save the adapter again from the run's "
-            "checkpoint."
-        ) from err
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         raise AdapterLoadError(
             f"The tokenizer of {source!r} has {len(tokenizer)} tokens, more than the base model's embeddings: they "
@@ -174,16 +160,16 @@ def predict(
     texts: Sequence[str],
     *,
     mode: str = "generate",
-    batch_size: int = 32,
     labels: Sequence[str] | None = None,
     template: str | None = None,
     text_column: str | None = None,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-    ids: Sequence[Any] | None = None,
     max_prompt_tokens: int | None = None,
+    ids: Sequence[Any] | None = None,
+    batch_size: int = 32,
+    show_progress: bool = False,
+    tokenizer: PreTrainedTokenizerBase | None = None,
     base_model: str | None = None,
     device: str | None = None,
-    show_progress: bool = False,
 ) -> list[Prediction]:
     """Labels ``texts`` with a soft-prompt adapter.
 
@@ -192,21 +178,22 @@ def predict(
             in-memory ``PeftModel`` (then pass ``tokenizer``).
         texts: The texts to label.
         mode: ``"generate"`` (greedy decoding of the label with the model's ``generate()``, made right for soft
-            prompts by :func:`~softprompt_hf.enable_soft_prompt_generate` for the call, prompts padded on the left;
-            the output is matched to the label set as ``GenerationMetrics`` matches it, and ``predicted`` is
-            ``None`` for an output that matches no label) or ``"rank"`` (the label with the highest
-            log-likelihood; per-label ``scores``).
-        batch_size: Prompts per batch: per ``generate()`` call, or per forward pass in rank mode (labels do not
-            depend on it; scores only to float rounding).
+            prompts by :func:`~softprompt_hf.enable_soft_prompt_generate` for the call, prompts padded on the left:
+            :func:`~softprompt_hf.generate_labels` with ``use_generate=True``; the output is matched to the label
+            set as ``GenerationMetrics`` matches it, and ``predicted`` is ``None`` for an output that matches no
+            label) or ``"rank"`` (:func:`~softprompt_hf.rank_labels`: the label with the highest log-likelihood;
+            per-label ``scores``).
         labels: The label texts; default: the adapter's ``softprompt_hf.json``.
         template: The prompt template; default: the adapter's, else the seed guide's.
         text_column: Fills ``{text_column}`` in the template; default: the adapter's.
-        tokenizer: Needed with an in-memory model.
-        ids: Row ids carried into the predictions.
         max_prompt_tokens: Truncate texts (never the template) so that prompts fit.
+        ids: Row ids carried into the predictions.
+        batch_size: Prompts per batch: per ``generate()`` call, or per forward pass in rank mode (labels do not
+            depend on it; scores only to float rounding).
+        show_progress: Show progress bars.
+        tokenizer: Needed with an in-memory model.
         base_model: Local path or Hub id of the base model, overriding the adapter's (see :func:`load_adapter`).
         device: Device for a model loaded here.
-        show_progress: Show progress bars.
 
     Returns:
         One ``Prediction`` per text (``gold`` is ``None``).
@@ -252,111 +239,23 @@ def predict(
         text_column or settings.get("text_column") or "Tweet text",
     )
     texts = list(texts)
-    scores: list[dict[str, float] | None]
-    if mode == "generate":
-        lengths = [len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels]
-        decode = generate_label_texts if _generate_is_wrong(model) else _generate_with_model
-        outputs = decode(
-            model,
-            tokenizer,
-            texts,
-            template=prompt,
-            max_new_tokens=max(lengths) + 1,  # as in GenerationMetrics: EOS, or one token past the longest label
-            max_prompt_tokens=max_prompt_tokens,
-            batch_size=batch_size,
-            show_progress=show_progress,
-        )
-        scores = [None] * len(texts)
-    else:
-        ranked = rank_labels(
-            model,
-            tokenizer,
-            texts,
-            labels,
-            template=prompt,
-            max_prompt_tokens=max_prompt_tokens,
-            batch_size=batch_size,
-            show_progress=show_progress,
-        )
-        outputs = [max(s, key=s.__getitem__) for s in ranked]
-        scores = list(ranked)
+    outputs, scores = label_outputs(
+        mode,
+        model,
+        tokenizer,
+        texts,
+        labels,
+        use_generate=True,
+        template=prompt,
+        max_prompt_tokens=max_prompt_tokens,
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
     row_ids = list(ids) if ids is not None else [None] * len(texts)
     return [
         Prediction(text=t, gold=None, predicted=match_label(o, labels), output=o, scores=s, id=i)
         for t, o, s, i in zip(texts, outputs, scores, row_ids, strict=True)
     ]
-
-
-def _generate_is_wrong(model: Any) -> bool:
-    """Whether ``model.generate()`` gives wrong tokens even after :func:`enable_soft_prompt_generate`: a peft
-    prompt-learning adapter other than the three soft prompts (multitask prompt tuning, CPT), which that fix does
-    not cover and whose peft 0.21.2 ``generate()`` mishandles its virtual tokens on transformers 5.24 as it does
-    theirs. Such models keep the decoder of ``generate_label_texts`` (peft's training forward, step by step)."""
-    if not isinstance(model, PeftModel):
-        return False
-    config = model.active_peft_config
-    return bool(config.is_prompt_learning) and not fixes_generate(model)
-
-
-@contextlib.contextmanager
-def _right_generate(model: Any) -> Iterator[None]:
-    """``model.generate()`` made right for the block: a soft prompt's with :func:`soft_prompt_generate` (left on
-    if it already was, as :func:`load_adapter` leaves it); any other model's is the stock one, right as it is."""
-    if fixes_generate(model):
-        with soft_prompt_generate(model):
-            yield
-    else:
-        yield
-
-
-@torch.no_grad()
-def _generate_with_model(
-    model: Any,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: Sequence[str],
-    *,
-    template: PromptTemplate,
-    max_new_tokens: int,
-    max_prompt_tokens: int | None,
-    batch_size: int,
-    show_progress: bool,
-) -> list[str]:
-    """Greedy label text after each prompt, through ``model.generate()``: the prompt token ids of
-    ``generate_label_ids`` (``PromptTemplate.encode``), batches padded on the left, stopped at EOS; the new tokens
-    decoded as ``generate_label_texts`` decodes them (up to the EOS, special tokens skipped, stripped)."""
-    encoded = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
-    eos = tokenizer.eos_token_id
-    # The pad id only fills masked slots: a tokenizer without a pad token pads with EOS (or 0), as training does.
-    pad = next((token for token in (tokenizer.pad_token_id, eos) if token is not None), 0)
-    device = next(model.parameters()).device
-    batches = length_sorted_batches(encoded, batch_size)
-    outputs = [""] * len(encoded)
-    with (
-        eval_mode(model),  # no dropout; every module gets its own mode back, also on errors
-        _right_generate(model),
-        tqdm(total=len(batches), desc="Generating labels", disable=not show_progress) as progress,
-    ):
-        for batch in batches:
-            width = max(len(encoded[index]) for index in batch)
-            pads = [width - len(encoded[index]) for index in batch]
-            input_ids = torch.tensor(
-                [[pad] * n + encoded[index] for n, index in zip(pads, batch, strict=True)], device=device
-            )
-            mask = torch.tensor([[0] * n + [1] * (width - n) for n in pads], device=device)
-            sequences = model.generate(
-                input_ids=input_ids,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=eos,
-                pad_token_id=pad,
-                **_GREEDY,
-            )
-            for index, row in zip(batch, sequences[:, width:].tolist(), strict=True):
-                if eos in row:  # a finished row is filled up with pads after its EOS
-                    row = row[: row.index(eos) + 1]
-                outputs[index] = str(tokenizer.decode(row, skip_special_tokens=True)).strip()
-            progress.update(1)
-    return outputs
 
 
 def read_texts(
@@ -491,6 +390,16 @@ def _check_base_model(source: str, peft_config: PeftConfig, base_lm: Any, base: 
             f"The adapter {source!r} was trained for base model {peft_config.base_model_name_or_path!r}, and {base!r} "
             f"has other shapes ({shapes}). Pass that base model (CLI: --base-model with its folder or Hub id)."
         )
+
+
+@contextlib.contextmanager
+def _load_error(message: Callable[[str], str], kind: type[Exception] = Exception) -> Iterator[None]:
+    """Raises a ``kind`` error of the block as an ``AdapterLoadError`` whose message is ``message`` of the error's
+    first line."""
+    try:
+        yield
+    except kind as err:
+        raise AdapterLoadError(message(_first_line(err))) from err
 
 
 def _first_line(err: BaseException) -> str:

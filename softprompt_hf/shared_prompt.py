@@ -20,8 +20,8 @@ from torch.utils.hooks import RemovableHandle
 from transformers import DynamicCache
 from transformers.utils import logging
 
+from ._decoding import cache_key_values, prefix_cache
 from ._upstream import activation_checkpointing_enabled, cache_argument, full_attention_cache, takes_cache
-from .generation import cache_key_values, prefix_cache
 
 __all__ = ["enable_shared_prompt"]
 

@@ -17,6 +17,7 @@ SCRIPTS = {
     "eval_throughput.py": ["--size", "tiny", "--rows", "12", "--repeats", "1", "--seed_repeats", "1"],
     "eval_ceiling.py": ["--size", "tiny", "--rows", "12", "--repeats", "1"],
     "eval_memory.py": ["--size", "tiny", "--rows", "8", "16", "--modes", "generate"],
+    "engine_vs_generate.py": ["--models", "tiny", "--rows", "12", "--repeats", "1"],
     "gpu.py": ["--smoke"],
     "output_head.py": ["--shapes", "32x4096", "16x3000", "--rows", "4", "--repeats", "1"],
 }
@@ -85,6 +86,26 @@ def test_generate_correctness_script_shows_stock_wrong_and_fixed_right():
     ]
     assert all(row[5] == row[6] == "3/3" for row in rows), result.stdout
     assert any(cell != "3/3" for row in rows for cell in row[3:5]), result.stdout
+
+
+def test_engine_vs_generate_script_gives_the_same_labels_both_ways():
+    # The decoder that GenerationMetrics runs and the generate() that predict runs, on both soft-prompt placements
+    # and the embedded model: the script exits 1 if a row's tokens differ; the table says so per model and method.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    args = ["--models", "embedded", "--methods", "p_tuning", "prefix_tuning", "--rows", "10", "--repeats", "1"]
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "engine_vs_generate.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+    assert [row[:4] for row in rows] == [
+        ["embedded", method, "10", "10/10"] for method in ("p_tuning", "prefix_tuning")
+    ]
 
 
 def test_every_script_is_smoke_tested():

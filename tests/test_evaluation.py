@@ -9,13 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
-    ARCHS,
-    METHODS,
-    SLIDING_ARCHS,
     labelled_rows,
-    model_config,
-    tiny_soft_prompt_model,
-    window_crossing_texts,
 )
 from datasets import Dataset
 from tokenizers import normalizers
@@ -23,18 +17,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, EvalPrediction, Tr
 
 from softprompt_hf import (
     GenerationMetrics,
-    PromptTemplate,
     SoftPromptDataCollator,
     build_soft_prompt_model,
-    encode_target,
-    evaluation,
     load_raft,
     write_predictions,
     write_raft_submission,
 )
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
-from softprompt_hf.evaluation import rank_labels
-from softprompt_hf.output_head import ChunkedOutputHead
 
 LABELS = ["complaint", "no complaint"]
 
@@ -81,32 +70,6 @@ def test_metrics_come_out_of_trainer_evaluate(tmp_path, embedded, mode):
         assert result["eval_invalid_rate"] == 0.0
         assert all(set(p.scores) == set(data.classes) for p in predictions)
         assert all(p.predicted == max(p.scores, key=p.scores.get) for p in predictions)
-
-
-def test_rank_scores_are_label_log_likelihoods(tokenizer):
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(model_config("llama", len(tokenizer))).eval()
-    text = "@Acme my order never arrived"
-    scores = rank_labels(model, tokenizer, [text], LABELS, show_progress=False)[0]
-    prompt = PromptTemplate().encode(tokenizer, text)
-    for label in LABELS:
-        target = encode_target(tokenizer, label)
-        ids = torch.tensor([prompt + target])
-        with torch.no_grad():
-            log_probs = torch.log_softmax(model(input_ids=ids).logits[0], dim=-1)
-        expected = sum(log_probs[len(prompt) - 1 + i, token].item() for i, token in enumerate(target))
-        assert scores[label] == pytest.approx(expected, abs=1e-4)
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("method", METHODS)
-def test_rank_batched_equals_one_by_one(tokenizer, arch, method):
-    model = tiny_soft_prompt_model(tokenizer, arch, method)
-    texts = [row["Tweet text"] for row in labelled_rows(10)] + ["@Acme hi"]
-    batched = rank_labels(model, tokenizer, texts, LABELS, batch_size=16, show_progress=False)
-    for text, scores in zip(texts, batched, strict=True):
-        single = rank_labels(model, tokenizer, [text], LABELS, batch_size=1, show_progress=False)[0]
-        assert scores == pytest.approx(single, abs=1e-4)
 
 
 def test_logits_are_not_kept():
@@ -222,67 +185,6 @@ def test_perplexity_when_the_trainer_passes_losses(tmp_path, tokenizer, model_di
     assert result["eval_perplexity"] == pytest.approx(math.exp(result["eval_loss"]), rel=1e-5)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("method", METHODS)
-def test_rank_with_shared_prompt_cache_equals_full_sequences(tokenizer, arch, method):
-    """Scoring every label from one run of the prompt (its cache repeated over the labels) gives the scores of
-    one training forward per prompt + label; labels of different token lengths included."""
-    model = tiny_soft_prompt_model(tokenizer, arch, method)
-    labels = ["complaint", "no complaint", "spam", "x"]
-    assert len({len(encode_target(tokenizer, label)) for label in labels}) == 4
-    texts = [row["Tweet text"] for row in labelled_rows(10)] + ["@Acme hi"]
-    cached = rank_labels(model, tokenizer, texts, labels, batch_size=4, show_progress=False)
-    full = rank_labels(model, tokenizer, texts, labels, batch_size=16, show_progress=False, use_cache=False)
-    for shared, reference in zip(cached, full, strict=True):
-        assert shared == pytest.approx(reference, abs=1e-4)
-        assert max(shared, key=shared.get) == max(reference, key=reference.get)
-
-
-def test_rank_restores_every_modules_mode_when_it_fails(tokenizer, monkeypatch):
-    model = tiny_soft_prompt_model(tokenizer, "gpt2", "p_tuning")
-    model.train()
-    model.get_base_model().lm_head.eval()  # the caller's mixture comes back as it was
-    modes = {name: module.training for name, module in model.named_modules()}
-    seen = []
-
-    def failing_rank(*args, **kwargs):
-        seen.append(model.training)
-        raise RuntimeError("ranking failed")
-
-    monkeypatch.setattr(evaluation, "_rank_with_shared_prompt", failing_rank)
-    monkeypatch.setattr(evaluation, "_rank_full_sequences", failing_rank)
-    with pytest.raises(RuntimeError, match="ranking failed"):
-        rank_labels(model, tokenizer, ["@Acme hi"], LABELS, show_progress=False)
-    assert seen == [False]  # ranking ran in eval mode
-    assert {name: module.training for name, module in model.named_modules()} == modes
-
-
-@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
-def test_rank_projects_only_the_positions_it_scores(tokenizer, method, monkeypatch):
-    """The vocabulary projection runs at each prompt's last position and at each label token after the
-    first (the EOS included), not at the padding of shorter labels, nor for the one-row passes over what all
-    prompts share; the model's own output layer runs once, on one position, to check the chunked one."""
-    model = tiny_soft_prompt_model(tokenizer, "llama", method)
-    projected: list[int] = []
-    chunked = ChunkedOutputHead.log_probs
-
-    def counting(self, hidden, tokens):
-        projected.append(hidden.shape[:-1].numel())
-        return chunked(self, hidden, tokens)
-
-    monkeypatch.setattr(ChunkedOutputHead, "log_probs", counting)
-    by_the_model: list[int] = []
-    head = model.get_base_model().get_output_embeddings()
-    handle = head.register_forward_hook(lambda module, args, output: by_the_model.append(args[0].shape[:-1].numel()))
-    labels = ["complaint", "no complaint", "x"]
-    texts = [row["Tweet text"] for row in labelled_rows(7)]
-    rank_labels(model, tokenizer, texts, labels, batch_size=3, show_progress=False)
-    handle.remove()
-    per_prompt = 1 + sum(len(encode_target(tokenizer, label)) - 1 for label in labels)
-    assert sum(projected) == len(texts) * per_prompt
-    assert sum(by_the_model) == 1
-
-
 def _tiny_trainer(tmp_path, tokenizer, model_dirs, metrics, eval_dataset, **args):
     model = build_soft_prompt_model(
         AutoModelForCausalLM.from_pretrained(model_dirs["gpt2"]), method="p_tuning", num_virtual_tokens=4
@@ -333,26 +235,3 @@ def test_eval_sets_of_other_rows_are_refused_and_sets_of_the_same_rows_scored(tm
     for name in sets:
         assert result[f"eval_{name}_f1"] == pytest.approx(expected["f1"])
         assert result[f"eval_{name}_accuracy"] == pytest.approx(expected["accuracy"])
-
-
-@pytest.mark.parametrize("arch", SLIDING_ARCHS)
-@pytest.mark.parametrize("method", METHODS)
-def test_sliding_window_rank_batched_equals_one_by_one_and_full_sequences(tokenizer, arch, method):
-    """With a sliding window, the label tokens after a shorter prompt's pads would lose the start of its window:
-    batched scores equal one-by-one scores and the training forward's, for prompts within the window (padded
-    together) and beyond it."""
-    model = tiny_soft_prompt_model(tokenizer, arch, method)
-    labels = ["complaint", "x", "spam"]  # 7, 2 and 5 tokens with the EOS
-    texts = window_crossing_texts()
-    prompts = [PromptTemplate().encode(tokenizer, text) for text in texts]
-    window = model.get_base_model().config.sliding_window
-    fed = max(len(encode_target(tokenizer, label)) for label in labels) - 1  # all label tokens but the EOS
-    spans = [4 + len(ids) + fed for ids in prompts]  # with tiny_soft_prompt_model's 4 virtual tokens
-    fitting = {len(ids) for ids, span in zip(prompts, spans, strict=True) if span <= window}
-    assert len(fitting) > 1 and max(spans) > window, "padding within the window and prompts beyond it"
-    batched = rank_labels(model, tokenizer, texts, labels, batch_size=len(texts), show_progress=False)
-    single = [rank_labels(model, tokenizer, [text], labels, batch_size=1, show_progress=False)[0] for text in texts]
-    full = rank_labels(model, tokenizer, texts, labels, show_progress=False, use_cache=False)
-    for together, alone, reference in zip(batched, single, full, strict=True):
-        assert together == pytest.approx(alone, abs=1e-4)
-        assert alone == pytest.approx(reference, abs=1e-4)

@@ -21,9 +21,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCa
 from transformers.utils import logging as hf_logging
 
 from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_model_card, build_soft_prompt_model
+from softprompt_hf._decoding import generate_label_ids
 from softprompt_hf.card import model_card_inputs
 from softprompt_hf.cli import main as cli_main
-from softprompt_hf.generation import generate_label_ids
 from softprompt_hf.hub import HubPushCallback, HubPushError, card_for_repo, push_adapter, push_adapter_folder
 from softprompt_hf.saving import inference_settings, save_adapter
 

@@ -17,6 +17,7 @@ from softprompt_hf.metrics import (
     check_label_set,
     classification_report,
     match_label,
+    normalize_label,
     write_predictions,
     write_raft_submission,
 )
@@ -363,3 +364,11 @@ def test_raft_submission_errors(tmp_path, ids, predicted, class_names, fallback,
     with pytest.raises(ValueError, match=message):
         write_raft_submission(tmp_path / "s.csv", ids, predicted, class_names, fallback=fallback)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("Complaint.", "complaint"), ("  no   complaint !", "no complaint"), ("No Complaint", "no complaint")],
+)
+def test_normalize_label(text, expected):
+    assert normalize_label(text) == expected

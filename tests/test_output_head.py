@@ -9,7 +9,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, Gemma2Config
 
 from softprompt_hf import PromptTemplate
-from softprompt_hf.generation import _CachedDecoder, generate_label_ids
+from softprompt_hf._decoding import _CachedDecoder, generate_label_ids
 from softprompt_hf.output_head import ChunkedOutputHead
 
 

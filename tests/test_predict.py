@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import sys
 
 import pandas as pd
 import pytest
@@ -23,14 +22,11 @@ from trained_adapters import (
 )
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from softprompt_hf import PromptTemplate, build_soft_prompt_model
+from softprompt_hf import PromptTemplate, _decoding, build_soft_prompt_model
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
 from softprompt_hf.predict import AdapterLoadError, load_adapter, predict, read_texts
 from softprompt_hf.saving import save_adapter
-
-# The module, not the function that softprompt_hf exports under the same name.
-predict_module = sys.modules["softprompt_hf.predict"]
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
@@ -208,6 +204,12 @@ def _not_the_model_generate(*args, **kwargs):
     raise AssertionError("generate mode must decode with model.generate(), not generate_label_texts")
 
 
+def _forbid_the_package_decoder(monkeypatch):
+    # Both loops of the package's own decoder (with and without the cache) raise: only generate() may decode.
+    monkeypatch.setattr(_decoding, "_greedy_with_cache", _not_the_model_generate)
+    monkeypatch.setattr(_decoding, "_greedy_full_forward", _not_the_model_generate)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_generate_mode_decodes_with_model_generate_and_gives_generation_metrics_labels(
     embedded, method, tmp_path, monkeypatch, capsys
@@ -218,7 +220,7 @@ def test_generate_mode_decodes_with_model_generate_and_gives_generation_metrics_
     # Varied labels (and, with a random prompt, outputs that name no label): matching is compared too.
     assert len({predicted for _, predicted in expected} - {None}) >= 2
     assert (None in {predicted for _, predicted in expected}) == (method != "prompt_tuning")
-    monkeypatch.setattr(predict_module, "generate_label_texts", _not_the_model_generate)
+    _forbid_the_package_decoder(monkeypatch)
 
     # A saved folder: load_adapter's model, batches of 5 prompts of different lengths, padded on the left.
     assert [(p.output, p.predicted) for p in predict(folder, texts, batch_size=5)] == expected
@@ -240,7 +242,7 @@ def test_generate_mode_with_a_plain_model_uses_its_stock_generate(embedded, monk
     base = AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_PATH)
     texts = embedded_texts(8)
     expected = [(p.output, p.predicted) for p in generation_metrics_predictions(base, tokenizer, labels, texts)]
-    monkeypatch.setattr(predict_module, "generate_label_texts", _not_the_model_generate)
+    _forbid_the_package_decoder(monkeypatch)
     predicted = predict(base, texts, tokenizer=tokenizer, labels=labels, template=EMBEDDED_TEMPLATE, batch_size=3)
     assert [(p.output, p.predicted) for p in predicted] == expected
 

@@ -16,8 +16,8 @@ from hub_server import TOKEN, hub_fixture  # noqa: F401  (hub fixture)
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoTokenizer
 
+from softprompt_hf import generate_labels
 from softprompt_hf.callbacks import CHECKPOINT_MARKER_NAME
-from softprompt_hf.generation import generate_label_texts
 from softprompt_hf.runner import (
     RunArguments,
     close_distributed,
@@ -153,7 +153,7 @@ def check_outputs(out: Path, method: str) -> dict:
     # The saved folder is self-contained: it reloads with peft's auto class and predicts what the run reported.
     model = AutoPeftModelForCausalLM.from_pretrained(adapter)
     tokenizer = AutoTokenizer.from_pretrained(adapter)
-    outputs = generate_label_texts(model, tokenizer, [row["text"] for row in predictions[:16]], max_new_tokens=4)
+    outputs = generate_labels(model, tokenizer, [row["text"] for row in predictions[:16]], max_new_tokens=4)
     assert [o.strip() for o in outputs] == [row["output"].strip() for row in predictions[:16]]
     return results
 
@@ -255,7 +255,7 @@ def test_recipe_pushes_its_adapter_and_it_loads_from_the_hub(tmp_path, hub):
     model = AutoPeftModelForCausalLM.from_pretrained("alice/complaints")
     tokenizer = AutoTokenizer.from_pretrained("alice/complaints")
     predictions = read_csv(out / "predictions.csv")[:8]
-    outputs = generate_label_texts(model, tokenizer, [row["text"] for row in predictions], max_new_tokens=4)
+    outputs = generate_labels(model, tokenizer, [row["text"] for row in predictions], max_new_tokens=4)
     assert [o.strip() for o in outputs] == [row["output"].strip() for row in predictions]
 
     # Pushed again elsewhere, the card names the new repository (title, model-index, usage), not the first one.

@@ -1,6 +1,6 @@
 """Label accuracy of the plain embedded model behind a text instruction, for its build script and tests.
 
-The decoding itself is the package's (:func:`softprompt_hf.generation.generate_label_texts`); this module
+The decoding itself is the package's (:func:`softprompt_hf.generate_labels`); this module
 only puts an instruction in front of the seed's template, which is what the model was built to follow.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from softprompt_hf._decoding import generate_labels as _generate_labels
 from softprompt_hf.embedded.tasks import TEMPLATE
-from softprompt_hf.generation import generate_label_texts
 from softprompt_hf.prompt import PromptTemplate
 
 __all__ = ["generate_labels", "label_accuracy"]
@@ -17,7 +17,7 @@ __all__ = ["generate_labels", "label_accuracy"]
 
 def generate_labels(model, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
     """Greedy continuation of each full prompt string, decoded and stripped."""
-    return generate_label_texts(
+    return _generate_labels(
         model, tokenizer, prompts, template=PromptTemplate("{text}"), max_new_tokens=max_new_tokens, show_progress=False
     )
 

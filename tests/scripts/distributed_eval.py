@@ -13,7 +13,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-import softprompt_hf.evaluation as evaluation
+import softprompt_hf._decoding as decoding
 from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model, load_raft
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
 from softprompt_hf.runner import close_distributed
@@ -21,17 +21,17 @@ from softprompt_hf.runner import close_distributed
 
 def main(out_dir: str, mode: str) -> None:
     scored: list[str] = []
-    generate, rank = evaluation.generate_label_texts, evaluation.rank_labels
+    generate, rank = decoding.generate_labels, decoding.rank_labels
 
-    def recording_generate(model, tokenizer, texts, **kwargs):
+    def recording_generate(model, tokenizer, texts, labels=None, **kwargs):
         scored.extend(texts)
-        return generate(model, tokenizer, texts, **kwargs)
+        return generate(model, tokenizer, texts, labels, **kwargs)
 
     def recording_rank(model, tokenizer, texts, labels, **kwargs):
         scored.extend(texts)
         return rank(model, tokenizer, texts, labels, **kwargs)
 
-    evaluation.generate_label_texts, evaluation.rank_labels = recording_generate, recording_rank
+    decoding.generate_labels, decoding.rank_labels = recording_generate, recording_rank
 
     data = load_raft(data_files=EMBEDDED_DATA_FILES, validation_size=45, seed=0)
     tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL_PATH)

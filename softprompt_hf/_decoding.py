@@ -1,7 +1,18 @@
-"""Greedy decoding of label texts, exact for soft-prompt models and equal in batches and one by one."""
+"""Decoding and rank scoring of labels: the one engine behind ``GenerationMetrics`` and ``predict``.
+
+Its two public functions, also exported from ``softprompt_hf``:
+
+- :func:`generate_labels`: the greedy label text after each text's prompt (``mode="generate"``);
+- :func:`rank_labels`: the log-likelihood of each label after each text's prompt (``mode="rank"``).
+
+The rest is their engine, private: :class:`_CachedDecoder` runs the base model with a key/value cache and the soft
+prompt placed where peft's training forward places it; the greedy loops, the rank scoring, the batching helpers
+and the cache builders (which ``generate.py`` and ``shared_prompt.py`` use too) go with it.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from collections import defaultdict
 from collections.abc import Sequence
@@ -26,70 +37,64 @@ from ._upstream import (
 )
 from .methods import eval_mode
 from .output_head import ChunkedOutputHead
-from .prompt import PromptTemplate
+from .prompt import PromptTemplate, encode_target
 
-__all__ = [
-    "equal_length_batches",
-    "generate_label_ids",
-    "generate_label_texts",
-    "length_sorted_batches",
-    "normalize_label",
-    "supports_logits_to_keep",
-]
+__all__ = ["MODES", "generate_labels", "rank_labels"]
 
 logger = logging.get_logger(__name__)
+
+MODES = ("generate", "rank")
 
 # On a CPU, rows projected onto the vocabulary together in decoding (see _CachedDecoder.batches_per_projection).
 _PROJECTION_ROWS = 128
 
+# Plain greedy decoding through generate(), whatever the base model's generation_config asks for: transformers
+# fills every generate() setting left unset from it (e.g. Gemma 3's do_sample=True, top_k=64), and a repetition
+# penalty or an n-gram ban would change the greedy tokens.
+_GREEDY: dict[str, Any] = {
+    "do_sample": False,
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "min_length": 0,
+    "use_cache": True,  # prefix tuning needs the cache (use_cache=False fails at the second step)
+}
 
-def normalize_label(text: str) -> str:
-    """Normalises generated or gold label text for comparison: case, inner whitespace, trailing punctuation."""
-    return " ".join(text.lower().split()).rstrip(".!?,;:").strip()
 
-
-def generate_label_texts(
+def generate_labels(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
-    **kwargs: Any,
-) -> list[str]:
-    """Greedily generates the label text after each input's prompt.
-
-    Takes the arguments of :func:`generate_label_ids` and returns its tokens decoded, special tokens
-    removed, stripped.
-    """
-    return [
-        text.strip()
-        for text in tokenizer.batch_decode(
-            generate_label_ids(model, tokenizer, texts, **kwargs), skip_special_tokens=True
-        )
-    ]
-
-
-@torch.no_grad()
-def generate_label_ids(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: Sequence[str],
+    labels: Sequence[str] | None = None,
     *,
     template: PromptTemplate | None = None,
-    max_new_tokens: int = 4,
+    max_new_tokens: int | None = None,
     max_prompt_tokens: int | None = None,
     batch_size: int = 32,
     show_progress: bool = True,
     use_cache: bool = True,
-) -> list[list[int]]:
-    """Greedily generates the label tokens after each input's prompt.
+    use_generate: bool = False,
+) -> list[str]:
+    """Greedily generates the label text after each input's prompt.
 
-    Decoding does not go through ``generate()``: peft 0.21.2's ``PeftModel.generate`` with a soft prompt returns
-    tokens other than the model's own greedy choice on transformers 5.24 (``enable_soft_prompt_generate`` fixes it,
-    see ``softprompt_hf.generate``), and this decoder is built for evaluation's throughput. The soft prompt is put
-    where peft's training forward puts it (the virtual token embeddings in front of the prompt's, or prefix tuning's
-    key/values as the initial cache) and the base model is run with a key/value cache, so each new token costs
-    one position instead of the whole sequence. ``use_cache=False`` runs the model's full training forward on the
-    whole sequence at every step instead; both give the same tokens (tested for the three methods on GPT-2, Llama,
-    Bloom, and Mistral and Gemma 3 with small sliding windows).
+    What ``GenerationMetrics(mode="generate")`` and ``predict(mode="generate")`` run. Decoding stops at EOS or one
+    token past the longest of ``labels`` (or after ``max_new_tokens``); match the outputs to the label set with
+    :func:`~softprompt_hf.match_label`.
+
+    By default decoding does not go through ``generate()`` but through this module's decoder, built for
+    evaluation's throughput. peft 0.21.2's ``PeftModel.generate`` with a soft prompt returns tokens other than the
+    model's own greedy choice on transformers 5.24; ``enable_soft_prompt_generate`` fixes it (``use_generate=True``
+    decodes that way, as ``predict`` does), and both give the same labels. The decoder is the default because it
+    is faster: on 160 rows (one CPU thread, batches of 32) it labels 1.1-1.5x the rows/s of the fixed
+    ``generate()`` on the 4 MB embedded model and 2.3-2.7x on a Bloom with bloomz' 250,880-token vocabulary, with
+    the same labels on every row (``benchmarks/engine_vs_generate.py``, ``benchmarks/RESULTS.md`` section 8).
+
+    The soft prompt is put where peft's training forward puts it (the virtual token embeddings in front of the
+    prompt's, or prefix tuning's key/values as the initial cache) and the base model is run with a key/value cache,
+    so each new token costs one position instead of the whole sequence. ``use_cache=False`` runs the model's full
+    training forward on the whole sequence at every step instead; both give the same tokens (tested for the three
+    methods on GPT-2, Llama, Bloom, and Mistral and Gemma 3 with small sliding windows).
 
     Batched results equal one-by-one results. Left padding, as ``generate()`` uses, would put pads between the
     virtual tokens and the text and shift positions with prompt tuning and P-tuning; instead, with the cache,
@@ -111,18 +116,63 @@ def generate_label_ids(
         model: A causal LM, with or without a soft prompt (a ``PeftModel``).
         tokenizer: The model's tokenizer.
         texts: Input texts.
-        template: The prompt template used in training (default: the seed guide's).
-        max_new_tokens: Decoding stops at EOS or after this many tokens.
-        max_prompt_tokens: Truncate the text (never the template) so the prompt fits.
-        batch_size: Prompts per forward pass.
-        show_progress: Show a progress bar.
-        use_cache: Decode with a key/value cache (the default), or rerun the full forward at each step.
+        labels: The label texts: decoding stops at EOS or one token past the longest label's tokens.
+        template (`PromptTemplate`, *optional*): The prompt template used in training (default: the seed guide's).
+        max_new_tokens (`int`, *optional*): Decoding stops at EOS or after this many tokens (default: from
+            ``labels``; without them, 4).
+        max_prompt_tokens (`int`, *optional*): Truncate the text (never the template) so the prompt fits.
+        batch_size (`int`, defaults to 32): Prompts per forward pass (per ``generate()`` call with
+            ``use_generate``).
+        show_progress (`bool`, defaults to `True`): Show a progress bar.
+        use_cache (`bool`, defaults to `True`): Decode with a key/value cache, or rerun the full forward at each
+            step (this module's decoder only).
+        use_generate (`bool`, defaults to `False`): Decode through ``model.generate()`` (greedy, batches padded on
+            the left, made right for a soft prompt by ``soft_prompt_generate`` for the call) instead of this
+            module's decoder. A prompt-learning adapter that fix does not cover (multitask prompt tuning, CPT)
+            keeps the decoder.
 
     Returns:
-        For each text, the generated token ids, up to and including the EOS if one was generated.
+        For each text, the generated tokens decoded, special tokens removed, stripped.
     """
+    if max_new_tokens is None:
+        # EOS, or one token past the longest label.
+        lengths = [len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels or ()]
+        max_new_tokens = max(lengths) + 1 if lengths else 4
+    ids = generate_label_ids(
+        model,
+        tokenizer,
+        texts,
+        template=template,
+        max_new_tokens=max_new_tokens,
+        max_prompt_tokens=max_prompt_tokens,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        use_cache=use_cache,
+        use_generate=use_generate,
+    )
+    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+@torch.no_grad()
+def generate_label_ids(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    *,
+    template: PromptTemplate | None = None,
+    max_new_tokens: int = 4,
+    max_prompt_tokens: int | None = None,
+    batch_size: int = 32,
+    show_progress: bool = True,
+    use_cache: bool = True,
+    use_generate: bool = False,
+) -> list[list[int]]:
+    """The token ids of :func:`generate_labels` (same keyword arguments), before decoding: for each text, the
+    generated ids, up to and including the EOS if one was generated."""
     template = template or PromptTemplate()
     encoded = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
+    if use_generate and not _generate_is_wrong(model):
+        return _generate_with_model(model, tokenizer, encoded, max_new_tokens, batch_size, show_progress)
     with eval_mode(model):  # no dropout; every module gets its own mode back, also on errors
         device = next(model.parameters()).device
         decoder = _CachedDecoder(model, encoded) if use_cache and _CachedDecoder.supports(model) else None
@@ -152,6 +202,207 @@ def generate_label_ids(
                 ):
                     outputs[index] = row[: row.index(eos) + 1] if eos in row else row
                 progress.update(len(group))
+    return outputs
+
+
+@torch.no_grad()
+def rank_labels(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    template: PromptTemplate | None = None,
+    max_prompt_tokens: int | None = None,
+    batch_size: int = 32,
+    show_progress: bool = True,
+    use_cache: bool = True,
+) -> list[dict[str, float]]:
+    """Log-likelihood of each label's tokens and EOS after each text's prompt.
+
+    Scores depend on batching only through float rounding (another batch size is another matrix-product
+    shape: about 1e-5 apart in float32). With ``use_cache`` (the default) each prompt is run once, with the soft
+    prompt placed as peft's training forward places it, and all labels are scored from its key/value cache
+    in one more forward pass over the label tokens only; prompts of different lengths share a batch where
+    the model can be given each token's position (see :func:`generate_labels`).
+    ``use_cache=False`` runs the model's training forward on every prompt + label sequence instead (equal
+    lengths batched without padding), keeping only the logits of the label positions (``logits_to_keep``).
+    Both give the same scores up to float rounding.
+
+    Args:
+        model: A causal LM, with or without a soft prompt (a ``PeftModel``).
+        tokenizer: The model's tokenizer.
+        texts: Input texts.
+        labels: The label texts to score (each followed by EOS).
+        template (`PromptTemplate`, *optional*): The prompt template used in training (default: the seed guide's).
+        max_prompt_tokens (`int`, *optional*): Truncate the text (never the template) so the prompt fits.
+        batch_size (`int`, defaults to 32): Prompts per forward pass.
+        show_progress (`bool`, defaults to `True`): Show a progress bar.
+        use_cache (`bool`, defaults to `True`): Score from each prompt's key/value cache, or run the full forward
+            on every prompt + label sequence.
+
+    Returns:
+        For each text, ``{label: log-likelihood}`` (float32 sums of the label tokens' and the EOS's
+        log-probabilities); the predicted label is the one with the highest.
+    """
+    template = template or PromptTemplate()
+    label_ids = [encode_target(tokenizer, label) for label in labels]
+    prompts = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
+    with eval_mode(model):  # no dropout; every module gets its own mode back, also on errors
+        if use_cache and _CachedDecoder.supports(model):
+            scores = _rank_with_shared_prompt(model, prompts, label_ids, batch_size, show_progress)
+        else:
+            scores = _rank_full_sequences(model, prompts, label_ids, batch_size, show_progress)
+    return [dict(zip(labels, row, strict=True)) for row in scores]
+
+
+def label_outputs(
+    mode: str,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    use_generate: bool = False,
+    **options: Any,
+) -> tuple[list[str], list[dict[str, float] | None]]:
+    """What ``GenerationMetrics`` and ``predict`` score in ``mode``: :func:`generate_labels`' outputs (no scores),
+    or :func:`rank_labels`' best label and its scores. ``options``: the keyword arguments both take."""
+    if mode == "generate":
+        outputs = generate_labels(model, tokenizer, texts, labels, use_generate=use_generate, **options)
+        return outputs, [None] * len(outputs)
+    if mode == "rank":
+        ranked = rank_labels(model, tokenizer, texts, labels, **options)
+        return [max(scores, key=scores.__getitem__) for scores in ranked], list(ranked)
+    raise ValueError(f"Unknown mode {mode!r}; choose one of {list(MODES)}.")
+
+
+def _rank_with_shared_prompt(
+    model: torch.nn.Module, prompts: list[list[int]], label_ids: list[list[int]], batch_size: int, show_progress: bool
+) -> list[list[float]]:
+    """Scores from each prompt's key/value cache: one forward pass over the label tokens after the prompt."""
+    device = next(model.parameters()).device
+    decoder = _CachedDecoder(model, prompts)
+    n_labels = len(label_ids)
+    longest = max(len(ids) for ids in label_ids)
+    # Row i * n_labels + j continues prompt i with label j's tokens but its last (the EOS, which is only
+    # predicted); shorter labels are padded at the end, where causal attention hides the padding from the
+    # positions that are scored, and no logits are computed for the padding.
+    continuations = torch.tensor([ids[:-1] + [ids[-1]] * (longest - len(ids)) for ids in label_ids], device=device)
+    scored = torch.tensor([[p < len(ids) - 1 for p in range(longest - 1)] for ids in label_ids], device=device)
+    first_tokens = torch.tensor([ids[0] for ids in label_ids], device=device)
+    # The scored positions of one prompt's rows in order: the token each predicts, and its label.
+    targets = torch.tensor([token for ids in label_ids for token in ids[1:]], device=device)
+    owners = torch.tensor([j for j, ids in enumerate(label_ids) for _ in ids[1:]], device=device)
+    scores: list[list[float]] = [[] for _ in prompts]
+    batches = decoder.batches(prompts, batch_size, new_tokens=longest - 1)  # all label tokens but the EOS are fed
+    per_group = decoder.batches_per_projection(batch_size)
+    with tqdm(total=len(batches), desc="Ranking labels", disable=not show_progress) as progress:
+        for start in range(0, len(batches), per_group):
+            group = batches[start : start + per_group]
+            states = [decoder.start([prompts[i] for i in batch]) for batch in group]
+            # The last prompt position predicts every label's first token: one projection for the group's rows.
+            rows = sum(len(batch) for batch in group)
+            first = decoder.log_probs(join_rows([state.last for state in states]), first_tokens.expand(rows, -1))
+            label_outputs = []
+            for batch in group:
+                state = states.pop(0)  # released once its label tokens have run
+                state.repeat_rows(n_labels)
+                mask = scored.repeat(len(batch), 1)
+                label_outputs.append(state.feed(continuations.repeat(len(batch), 1), logits_to_keep=mask))
+            # Every scored label position of the group, projected together too.
+            picked = decoder.log_probs(join_rows(label_outputs), targets.repeat(rows)[:, None]).view(rows, -1)
+            totals = first.index_add(1, owners, picked)
+            for index, row in zip((i for batch in group for i in batch), totals.tolist(), strict=True):
+                scores[index] = row
+            progress.update(len(group))
+    return scores
+
+
+def _rank_full_sequences(
+    model: torch.nn.Module, prompts: list[list[int]], label_ids: list[list[int]], batch_size: int, show_progress: bool
+) -> list[list[float]]:
+    """Scores from the model's training forward on every prompt + label sequence (equal lengths batched)."""
+    groups: dict[tuple[int, int], list[tuple[int, int]]] = defaultdict(list)
+    for t, prompt in enumerate(prompts):
+        for j, target in enumerate(label_ids):
+            groups[(len(prompt), len(target))].append((t, j))
+    batches = [
+        (n_target, pairs[start : start + batch_size])
+        for (_, n_target), pairs in sorted(groups.items())
+        for start in range(0, len(pairs), batch_size)
+    ]
+    device = next(model.parameters()).device
+    keep = supports_logits_to_keep(model)
+    scores = [[0.0] * len(label_ids) for _ in prompts]
+    for n_target, pairs in tqdm(batches, desc="Ranking labels", disable=not show_progress):
+        input_ids = torch.tensor([prompts[t] + label_ids[j] for t, j in pairs], device=device)
+        # Positions -n_target-1 .. -2 predict the label tokens and EOS; keep only those logits.
+        extra = {"logits_to_keep": n_target + 1} if keep else {}
+        logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **extra).logits
+        logits = logits[:, -n_target - 1 : -1]
+        targets = input_ids[:, -n_target:]
+        log_probs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets[..., None])[..., 0].sum(dim=-1)
+        for (t, j), value in zip(pairs, log_probs.tolist(), strict=True):
+            scores[t][j] = value
+    return scores
+
+
+def _generate_is_wrong(model: Any) -> bool:
+    """Whether ``model.generate()`` gives wrong tokens even after :func:`~softprompt_hf.enable_soft_prompt_generate`:
+    a peft prompt-learning adapter other than the three soft prompts (multitask prompt tuning, CPT), which that fix
+    does not cover and whose peft 0.21.2 ``generate()`` mishandles its virtual tokens on transformers 5.24 as it
+    does theirs."""
+    from .generate import fixes_generate  # generate.py builds its caches with this module's builders
+
+    config = _prompt_learning_config(model)
+    return config is not None and not fixes_generate(model)
+
+
+@torch.no_grad()
+def _generate_with_model(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    encoded: Sequence[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    show_progress: bool,
+) -> list[list[int]]:
+    """Greedy label tokens after each prompt through ``model.generate()``: batches padded on the left, stopped at
+    EOS, a soft prompt's ``generate()`` made right with ``soft_prompt_generate`` for the call (left on if it
+    already was, as ``load_adapter`` leaves it); any other model's is the stock one, right as it is."""
+    from .generate import fixes_generate, soft_prompt_generate
+
+    eos = tokenizer.eos_token_id
+    # The pad id only fills masked slots: a tokenizer without a pad token pads with EOS (or 0), as training does.
+    pad = next((token for token in (tokenizer.pad_token_id, eos) if token is not None), 0)
+    device = next(model.parameters()).device
+    batches = length_sorted_batches(encoded, batch_size)
+    outputs: list[list[int]] = [[] for _ in encoded]
+    with (
+        eval_mode(model),  # no dropout; every module gets its own mode back, also on errors
+        soft_prompt_generate(model) if fixes_generate(model) else contextlib.nullcontext(),
+        tqdm(total=len(batches), desc="Generating labels", disable=not show_progress) as progress,
+    ):
+        for batch in batches:
+            width = max(len(encoded[index]) for index in batch)
+            pads = [width - len(encoded[index]) for index in batch]
+            input_ids = torch.tensor(
+                [[pad] * n + encoded[index] for n, index in zip(pads, batch, strict=True)], device=device
+            )
+            mask = torch.tensor([[0] * n + [1] * (width - n) for n in pads], device=device)
+            sequences = model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                **_GREEDY,
+            )
+            for index, row in zip(batch, sequences[:, width:].tolist(), strict=True):
+                # A finished row is filled up with pads after its EOS.
+                outputs[index] = row[: row.index(eos) + 1] if eos in row else row
+            progress.update(1)
     return outputs
 
 

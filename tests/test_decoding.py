@@ -1,3 +1,5 @@
+"""softprompt_hf._decoding: generate_labels and rank_labels, batched as one by one, cached as the training forward."""
+
 from __future__ import annotations
 
 import copy
@@ -15,9 +17,11 @@ from conftest import (
 )
 from transformers import AutoModelForCausalLM
 
-from softprompt_hf import PromptTemplate, generation
-from softprompt_hf.generation import _CachedDecoder, generate_label_ids, generate_label_texts, normalize_label
+from softprompt_hf import PromptTemplate, _decoding, encode_target, generate_labels, rank_labels
+from softprompt_hf._decoding import _CachedDecoder, generate_label_ids
 from softprompt_hf.output_head import ChunkedOutputHead
+
+LABELS = ["complaint", "no complaint"]
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -27,8 +31,8 @@ def test_batched_generation_equals_one_by_one(tokenizer, arch, method):
     texts = [row["Tweet text"] for row in labelled_rows(12)] + ["@Acme hi", "@Acme a much longer tweet " * 3]
     lengths = {len(PromptTemplate().encode(tokenizer, t)) for t in texts}
     assert 1 < len(lengths) < len(texts), "the test needs prompts of equal and of different lengths"
-    batched = generate_label_texts(model, tokenizer, texts, batch_size=16, max_new_tokens=3, show_progress=False)
-    single = [generate_label_texts(model, tokenizer, [t], max_new_tokens=3, show_progress=False)[0] for t in texts]
+    batched = generate_labels(model, tokenizer, texts, batch_size=16, max_new_tokens=3, show_progress=False)
+    single = [generate_labels(model, tokenizer, [t], max_new_tokens=3, show_progress=False)[0] for t in texts]
     assert batched == single
     assert any(batched), "generation produced only empty strings"
 
@@ -55,7 +59,7 @@ def test_generated_tokens_are_the_models_own_greedy_choice(tokenizer, arch, meth
 def test_generation_restores_training_mode(tokenizer):
     model = AutoModelForCausalLM.from_config(model_config("gpt2", len(tokenizer)))
     model.train()
-    generate_label_texts(model, tokenizer, ["@Acme hi"], max_new_tokens=1, show_progress=False)
+    generate_labels(model, tokenizer, ["@Acme hi"], max_new_tokens=1, show_progress=False)
     assert model.training
 
 
@@ -70,20 +74,12 @@ def test_generation_restores_every_modules_mode_when_it_fails(tokenizer, monkeyp
         seen.append(model.training)
         raise RuntimeError("decoding failed")
 
-    monkeypatch.setattr(generation, "_greedy_with_cache", failing_decode)
-    monkeypatch.setattr(generation, "_greedy_full_forward", failing_decode)
+    monkeypatch.setattr(_decoding, "_greedy_with_cache", failing_decode)
+    monkeypatch.setattr(_decoding, "_greedy_full_forward", failing_decode)
     with pytest.raises(RuntimeError, match="decoding failed"):
         generate_label_ids(model, tokenizer, ["@Acme hi"], max_new_tokens=1, show_progress=False)
     assert seen == [False]  # decoding ran in eval mode
     assert {name: module.training for name, module in model.named_modules()} == modes
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("Complaint.", "complaint"), ("  no   complaint !", "no complaint"), ("No Complaint", "no complaint")],
-)
-def test_normalize_label(text, expected):
-    assert normalize_label(text) == expected
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -192,7 +188,7 @@ def test_on_cpu_the_batches_of_a_group_share_each_projection(tokenizer, method, 
     assert _CachedDecoder(model).batches_per_projection(3) == 128 // 3
     grouped = generate_label_ids(model, tokenizer, texts, max_new_tokens=3, batch_size=3, show_progress=False)
     assert projected == [10, 10, 10]  # 4 batches (3, 3, 3, 1 rows), 3 steps
-    monkeypatch.setattr(generation, "_PROJECTION_ROWS", 1)
+    monkeypatch.setattr(_decoding, "_PROJECTION_ROWS", 1)
     projected.clear()
     one_at_a_time = generate_label_ids(model, tokenizer, texts, max_new_tokens=3, batch_size=3, show_progress=False)
     assert sorted(projected) == sorted([3, 3, 3, 1] * 3)
@@ -297,9 +293,119 @@ def test_soft_prompt_beyond_the_sliding_window_is_warned_about(tokenizer, monkey
     call here; `warning_once` logs it once per model and settings)."""
     model = tiny_soft_prompt_model(tokenizer, "mistral", "prompt_tuning")
     warned: list[str] = []
-    monkeypatch.setattr(generation.logger, "warning_once", lambda message, *args: warned.append(message % args))
+    monkeypatch.setattr(_decoding.logger, "warning_once", lambda message, *args: warned.append(message % args))
     generate_label_ids(model, tokenizer, window_crossing_texts()[:2], max_new_tokens=2, show_progress=False)
     assert warned == []
     generate_label_ids(model, tokenizer, window_crossing_texts(), max_new_tokens=2, show_progress=False)
     assert len(warned) == 1
     assert "24-token sliding window" in warned[0] and "longer than 19 tokens" in warned[0]
+
+
+def test_rank_scores_are_label_log_likelihoods(tokenizer):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(model_config("llama", len(tokenizer))).eval()
+    text = "@Acme my order never arrived"
+    scores = rank_labels(model, tokenizer, [text], LABELS, show_progress=False)[0]
+    prompt = PromptTemplate().encode(tokenizer, text)
+    for label in LABELS:
+        target = encode_target(tokenizer, label)
+        ids = torch.tensor([prompt + target])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(input_ids=ids).logits[0], dim=-1)
+        expected = sum(log_probs[len(prompt) - 1 + i, token].item() for i, token in enumerate(target))
+        assert scores[label] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_rank_batched_equals_one_by_one(tokenizer, arch, method):
+    model = tiny_soft_prompt_model(tokenizer, arch, method)
+    texts = [row["Tweet text"] for row in labelled_rows(10)] + ["@Acme hi"]
+    batched = rank_labels(model, tokenizer, texts, LABELS, batch_size=16, show_progress=False)
+    for text, scores in zip(texts, batched, strict=True):
+        single = rank_labels(model, tokenizer, [text], LABELS, batch_size=1, show_progress=False)[0]
+        assert scores == pytest.approx(single, abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_rank_with_shared_prompt_cache_equals_full_sequences(tokenizer, arch, method):
+    """Scoring every label from one run of the prompt (its cache repeated over the labels) gives the scores of
+    one training forward per prompt + label; labels of different token lengths included."""
+    model = tiny_soft_prompt_model(tokenizer, arch, method)
+    labels = ["complaint", "no complaint", "spam", "x"]
+    assert len({len(encode_target(tokenizer, label)) for label in labels}) == 4
+    texts = [row["Tweet text"] for row in labelled_rows(10)] + ["@Acme hi"]
+    cached = rank_labels(model, tokenizer, texts, labels, batch_size=4, show_progress=False)
+    full = rank_labels(model, tokenizer, texts, labels, batch_size=16, show_progress=False, use_cache=False)
+    for shared, reference in zip(cached, full, strict=True):
+        assert shared == pytest.approx(reference, abs=1e-4)
+        assert max(shared, key=shared.get) == max(reference, key=reference.get)
+
+
+def test_rank_restores_every_modules_mode_when_it_fails(tokenizer, monkeypatch):
+    model = tiny_soft_prompt_model(tokenizer, "gpt2", "p_tuning")
+    model.train()
+    model.get_base_model().lm_head.eval()  # the caller's mixture comes back as it was
+    modes = {name: module.training for name, module in model.named_modules()}
+    seen = []
+
+    def failing_rank(*args, **kwargs):
+        seen.append(model.training)
+        raise RuntimeError("ranking failed")
+
+    monkeypatch.setattr(_decoding, "_rank_with_shared_prompt", failing_rank)
+    monkeypatch.setattr(_decoding, "_rank_full_sequences", failing_rank)
+    with pytest.raises(RuntimeError, match="ranking failed"):
+        rank_labels(model, tokenizer, ["@Acme hi"], LABELS, show_progress=False)
+    assert seen == [False]  # ranking ran in eval mode
+    assert {name: module.training for name, module in model.named_modules()} == modes
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_rank_projects_only_the_positions_it_scores(tokenizer, method, monkeypatch):
+    """The vocabulary projection runs at each prompt's last position and at each label token after the
+    first (the EOS included), not at the padding of shorter labels, nor for the one-row passes over what all
+    prompts share; the model's own output layer runs once, on one position, to check the chunked one."""
+    model = tiny_soft_prompt_model(tokenizer, "llama", method)
+    projected: list[int] = []
+    chunked = ChunkedOutputHead.log_probs
+
+    def counting(self, hidden, tokens):
+        projected.append(hidden.shape[:-1].numel())
+        return chunked(self, hidden, tokens)
+
+    monkeypatch.setattr(ChunkedOutputHead, "log_probs", counting)
+    by_the_model: list[int] = []
+    head = model.get_base_model().get_output_embeddings()
+    handle = head.register_forward_hook(lambda module, args, output: by_the_model.append(args[0].shape[:-1].numel()))
+    labels = ["complaint", "no complaint", "x"]
+    texts = [row["Tweet text"] for row in labelled_rows(7)]
+    rank_labels(model, tokenizer, texts, labels, batch_size=3, show_progress=False)
+    handle.remove()
+    per_prompt = 1 + sum(len(encode_target(tokenizer, label)) - 1 for label in labels)
+    assert sum(projected) == len(texts) * per_prompt
+    assert sum(by_the_model) == 1
+
+
+@pytest.mark.parametrize("arch", SLIDING_ARCHS)
+@pytest.mark.parametrize("method", METHODS)
+def test_sliding_window_rank_batched_equals_one_by_one_and_full_sequences(tokenizer, arch, method):
+    """With a sliding window, the label tokens after a shorter prompt's pads would lose the start of its window:
+    batched scores equal one-by-one scores and the training forward's, for prompts within the window (padded
+    together) and beyond it."""
+    model = tiny_soft_prompt_model(tokenizer, arch, method)
+    labels = ["complaint", "x", "spam"]  # 7, 2 and 5 tokens with the EOS
+    texts = window_crossing_texts()
+    prompts = [PromptTemplate().encode(tokenizer, text) for text in texts]
+    window = model.get_base_model().config.sliding_window
+    fed = max(len(encode_target(tokenizer, label)) for label in labels) - 1  # all label tokens but the EOS
+    spans = [4 + len(ids) + fed for ids in prompts]  # with tiny_soft_prompt_model's 4 virtual tokens
+    fitting = {len(ids) for ids, span in zip(prompts, spans, strict=True) if span <= window}
+    assert len(fitting) > 1 and max(spans) > window, "padding within the window and prompts beyond it"
+    batched = rank_labels(model, tokenizer, texts, labels, batch_size=len(texts), show_progress=False)
+    single = [rank_labels(model, tokenizer, [text], labels, batch_size=1, show_progress=False)[0] for text in texts]
+    full = rank_labels(model, tokenizer, texts, labels, show_progress=False, use_cache=False)
+    for together, alone, reference in zip(batched, single, full, strict=True):
+        assert together == pytest.approx(alone, abs=1e-4)
+        assert alone == pytest.approx(reference, abs=1e-4)
