@@ -213,7 +213,7 @@ def test_usage_snippet_runs_against_the_hub_as_written(trained, hub, tmp_path):
             base_model_id=BASE_ID,
             output_dir=tmp_path / method,
             tokenizer=trainer.processing_class,
-            model_card=card,
+            card=card,
             token=TOKEN,
         )
         pushed = ModelCard(hub.repos[repo_id].files["README.md"].decode())

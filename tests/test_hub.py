@@ -20,12 +20,12 @@ from trained_adapters import LABELS, one_thread, train_tiny_adapter
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_model_card, build_soft_prompt_model
-from softprompt_hf.card import model_card_inputs
+from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model
+from softprompt_hf.card import model_card_inputs, render_model_card
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.generation import generate_label_ids
-from softprompt_hf.hub import HubPushCallback, HubPushError, card_for_repo, push_adapter, push_adapter_folder
-from softprompt_hf.saving import inference_settings, save_adapter
+from softprompt_hf.hub import HubPushCallback, HubPushError, push_adapter, push_adapter_folder
+from softprompt_hf.saving import save_adapter
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
@@ -56,7 +56,7 @@ def test_trainer_pushes_and_auto_peft_model_loads_it_from_the_hub(hub, tmp_path,
     settings = json.loads(repo.files["softprompt_hf.json"])
     assert settings["labels"] == LABELS and settings["method"] == method and settings["base_model"] == BASE_ID
     # Saved locally before the push, with the same files.
-    assert callback.folder == tmp_path / "run" / "hub_adapter"
+    assert callback.folder == tmp_path / "run" / "adapter"
     assert sorted(p.name for p in callback.folder.iterdir()) == sorted(repo.files)
 
     seen = len(hub.requests)
@@ -163,7 +163,7 @@ def test_failed_push_keeps_the_adapter_and_says_how_to_push_it_later(hub, tmp_pa
             base_model_id=BASE_ID,
             output_dir=folder,
             tokenizer=trainer.processing_class,
-            extra_json={"labels": LABELS},
+            labels=LABELS,
             **failing_push(kind, hub, monkeypatch),
         )
     message = str(failure.value)
@@ -208,7 +208,7 @@ def test_trainer_push_failure_raises_after_saving(hub, tmp_path):
             callbacks=[callback, RevokeToken(hub, "hf_RevokedSecret777")],
             num_train_epochs=1,
         )
-    assert failure.value.folder == tmp_path / "run" / "hub_adapter"
+    assert failure.value.folder == tmp_path / "run" / "adapter"
     assert (failure.value.folder / "adapter_model.safetensors").is_file()
     assert f"softprompt-hf push {failure.value.folder} alice/denied" in str(failure.value)
 
@@ -245,7 +245,7 @@ def test_a_push_that_cannot_work_is_refused_before_the_first_step(hub, tmp_path,
     with pytest.raises(ValueError, match="Nothing was trained") as failure:
         train_tiny_adapter(hub.base_dir, "p_tuning", tmp_path / "run", callbacks=[callback, steps])
     assert expected in str(failure.value) and f"Cannot push to the Hub repository {repo_id!r}" in str(failure.value)
-    assert steps.steps == 0 and not (tmp_path / "run" / "hub_adapter").exists()
+    assert steps.steps == 0 and not (tmp_path / "run" / "adapter").exists()
     assert not any(path.endswith(("/preupload/main", "/commit/main")) for _, path in hub.requests)
 
 
@@ -267,16 +267,8 @@ def no_retry_sleeps(monkeypatch):
 @pytest.fixture
 def saved_folder(hub, tmp_path):
     trainer = train_tiny_adapter(hub.base_dir, "prompt_tuning", tmp_path / "run", num_train_epochs=1)
-    inputs = model_card_inputs(trainer.model, base_model=BASE_ID, labels=LABELS)
-    card, card_inputs = card_for_repo(inputs, None)
-    extra = inference_settings(trainer.model, labels=LABELS, template=None, text_column=None, base_model=BASE_ID)
     return save_adapter(
-        trainer.model,
-        tmp_path / "adapter",
-        tokenizer=trainer.processing_class,
-        base_model_id=BASE_ID,
-        model_card=card,
-        extra_json={**extra, "card": card_inputs},
+        trainer.model, tmp_path / "adapter", tokenizer=trainer.processing_class, base_model_id=BASE_ID, labels=LABELS
     )
 
 
@@ -494,9 +486,10 @@ def test_card_written_for_a_local_base_model_names_the_hub_id_once_pushed_with_i
     no local path and no "only loads on this machine" note reach the Hub."""
     trainer = train_tiny_adapter(hub.base_dir, "p_tuning", tmp_path / "run", num_train_epochs=1)
     local = str(hub.base_dir)
-    card = build_model_card(trainer.model, base_model=local, allow_local_base=True, labels=LABELS)
+    card_data = model_card_inputs(trainer.model, base_model=local, allow_local_base=True, labels=LABELS)
+    card = render_model_card(card_data)
     assert f"the local base model `{local}`" in card.text and "only loads on a machine" in card.text
-    folder = save_adapter(trainer.model, tmp_path / "adapter", tokenizer=trainer.processing_class, model_card=card)
+    folder = save_adapter(trainer.model, tmp_path / "adapter", tokenizer=trainer.processing_class, card=card_data)
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert cli_main(["push", str(folder), "alice/from-local", "--base-model-id", BASE_ID]) == 0

@@ -17,9 +17,7 @@ from softprompt_hf.saving import atomic_write_json, atomic_write_text, replace_f
 
 def test_save_adapter_writes_a_complete_folder_with_the_hub_id(tmp_path, tokenizer, model_dirs):
     model = tiny_soft_prompt_model(tokenizer, "bloom", "p_tuning")
-    target = save_adapter(
-        model, tmp_path / "adapter", tokenizer=tokenizer, base_model_id="org/base", extra_json={"labels": ["a"]}
-    )
+    target = save_adapter(model, tmp_path / "adapter", tokenizer=tokenizer, base_model_id="org/base", labels=["a"])
     names = sorted(os.listdir(target))
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "softprompt_hf.json"} <= set(names)
     assert '"base_model_name_or_path": "org/base"' in (target / "adapter_config.json").read_text()
