@@ -319,18 +319,15 @@ class HubPushCallback(TrainerCallback, ExportableState):
         self._token = token
         self.private = private
         self.push_best = push_best
-        self.metrics = metrics
-        self.labels = labels
-        self.template = template
-        self.text_column = text_column
-        self.dataset = dataset
-        self.dataset_config = dataset_config
-        self.license = license
+        # What the card shows, collected during training (ModelCardCallback: hyperparameters, evaluations).
+        facts: dict[str, Any] = {"labels": labels, "template": template, "text_column": text_column, "license": license}
+        self.card = ModelCardCallback(
+            base_model=base_model_id, metrics=metrics, dataset=dataset, dataset_config=dataset_config, **facts
+        )
         self.local_dir = local_dir
         self.timeout = timeout
         self.endpoint = endpoint
         self.folder: Path | None = None
-        self.card: ModelCardCallback | None = None  # collects the card's data; made when training begins
         self.pushed = False
         self._best: float | None = None
         self._saved = False  # whether output_dir/local_dir holds the adapter this callback saved
@@ -360,6 +357,15 @@ class HubPushCallback(TrainerCallback, ExportableState):
         training_args.push_to_hub = False
         training_args.hub_token = None
         return callback
+
+    @property
+    def metrics(self) -> Any:
+        """The run's ``GenerationMetrics`` (labels, confusion matrix and example texts for the card), or None."""
+        return self.card.metrics
+
+    @metrics.setter
+    def metrics(self, metrics: Any) -> None:
+        self.card.metrics = metrics
 
     def state(self) -> dict[str, Any]:
         # Saved by the Trainer into each checkpoint's trainer_state.json: JSON only, and never the token.
@@ -391,17 +397,6 @@ class HubPushCallback(TrainerCallback, ExportableState):
             )
         self._restore(args, state)
         check_push_access(self.repo_id, token=self._token, timeout=self.timeout, endpoint=self.endpoint)
-        # Made here, not in __init__: ``metrics`` may be set after the callback was built.
-        self.card = ModelCardCallback(
-            base_model=self.base_model_id,
-            metrics=self.metrics,
-            labels=self.labels,
-            template=self.template,
-            text_column=self.text_column,
-            dataset=self.dataset,
-            dataset_config=self.dataset_config,
-            license=self.license,
-        )
         self.card.on_train_begin(args, state, control, **kwargs)
 
     def _restore(self, args, state) -> None:
@@ -429,8 +424,7 @@ class HubPushCallback(TrainerCallback, ExportableState):
             logger.info(f"HubPushCallback: best {args.metric_for_best_model} so far {self._best} (from the checkpoint)")
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
-        if self.card is not None:
-            self.card.on_evaluate(args, state, control, metrics=metrics, **kwargs)
+        self.card.on_evaluate(args, state, control, metrics=metrics, **kwargs)
         if not (self.push_best and state.is_world_process_zero and metrics):
             return
         name = args.metric_for_best_model
@@ -448,8 +442,7 @@ class HubPushCallback(TrainerCallback, ExportableState):
             logger.warning(f"{err}\nTraining goes on; the push is retried when training ends.")
 
     def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if self.card is not None:
-            self.card.on_train_end(args, state, control, **kwargs)
+        self.card.on_train_end(args, state, control, **kwargs)
         if not state.is_world_process_zero:
             return
         if self.push_best and self.folder is not None:
@@ -467,8 +460,6 @@ class HubPushCallback(TrainerCallback, ExportableState):
                 "HubPushCallback got no tokenizer, so the pushed repository will hold none and the card's usage "
                 "snippet will not run: pass processing_class=tokenizer to the Trainer."
             )
-        if self.card is None:
-            raise RuntimeError("HubPushCallback saves the adapter only during training (after on_train_begin).")
         self.folder = save_adapter(
             model,
             Path(args.output_dir) / self.local_dir,

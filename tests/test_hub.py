@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,7 +19,7 @@ from huggingface_hub import ModelCard, constants
 from huggingface_hub.utils import _http
 from peft import AutoPeftModelForCausalLM
 from trained_adapters import LABELS, one_thread, train_tiny_adapter
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.utils import logging as hf_logging
 
 from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model
@@ -479,6 +481,17 @@ def test_local_base_model_path_is_refused_unless_a_hub_id_is_given(hub, tmp_path
 
     push_adapter_folder(folder, "alice/local", token=TOKEN, base_model_id=BASE_ID)
     assert json.loads(hub.repos["alice/local"].files["adapter_config.json"])["base_model_name_or_path"] == BASE_ID
+    # The card rendered from its data again, for the Hub id: no local path reaches the Hub.
+    assert str(hub.base_dir) not in pushed_card(hub, "alice/local").content
+    assert pushed_card(hub, "alice/local").data.base_model == BASE_ID
+
+    # A card of the user's own is theirs: pushed as it is, only its YAML base_model set to the Hub id.
+    own = ModelCard(f"---\nlicense: mit\n---\n\n# My adapter\n\nTrained on {hub.base_dir}.\n")
+    folder = save_adapter(trainer.model, tmp_path / "own", tokenizer=trainer.processing_class, card=own)
+    push_adapter_folder(folder, "alice/own", token=TOKEN, base_model_id=BASE_ID)
+    pushed = pushed_card(hub, "alice/own")
+    assert pushed.text == own.text and pushed.data.base_model == BASE_ID and pushed.data.license == "mit"
+    assert "card" not in json.loads(hub.repos["alice/own"].files["softprompt_hf.json"])
 
 
 def test_card_written_for_a_local_base_model_names_the_hub_id_once_pushed_with_it(hub, tmp_path, monkeypatch):
@@ -512,3 +525,50 @@ def test_text_initialised_prompt_keeps_no_local_tokenizer_path(hub, tmp_path):
     assert config["base_model_name_or_path"] == config["tokenizer_name_or_path"] == BASE_ID
     card = hub.repos["alice/text-init"].files["README.md"].decode()
     assert str(hub.base_dir) not in card and "## PEFT config" in card
+
+
+def test_a_card_built_without_a_text_column_names_the_column_the_model_was_trained_on(hub, tmp_path):
+    """HubPushCallback without text_column or metrics: the card and softprompt_hf.json name the training
+    collator's column ('Tweet text'), never 'text', a column the model never saw."""
+    trainer = tiny_trainer(hub, tmp_path / "run", lambda metrics: [HubPushCallback("alice/column", **PUSH)])
+    trainer.train()
+    card = pushed_card(hub, "alice/column")
+    assert "(`{text_column}` = `'Tweet text'`)" in card.text and "text_column='text'" not in card.text
+    assert card.text.count(".format(text_column='Tweet text', text=text)") == 2
+    assert "--text-column 'Tweet text'" in card.text
+    assert json.loads(hub.repos["alice/column"].files["softprompt_hf.json"])["text_column"] == "Tweet text"
+
+
+PUSH = {"base_model_id": BASE_ID, "token": TOKEN}
+
+
+def test_the_pushed_card_labels_the_runs_validation_texts(hub, tmp_path):
+    callback = HubPushCallback("alice/texts", **PUSH)
+    trainer = train_tiny_adapter(hub.base_dir, "prompt_tuning", tmp_path / "run", callbacks=[callback])
+    card = pushed_card(hub, "alice/texts")
+    first = [row["Tweet text"] for row in trainer.metrics_callback.eval_rows[:2]]
+    assert re.findall(r"^texts = (\[.*\])$", card.text, re.MULTILINE) == [repr(first)] * 2
+    assert "@Acme my parcel never arrived" not in card.text
+
+
+def test_a_run_resumed_from_a_checkpoint_of_the_old_hub_adapter_folder_pushes_that_folder(hub, saved_folder):
+    """Checkpoints of softprompt_hf 0.1 name local_dir 'hub_adapter' (its default then): a resumed push_best run
+    takes its best adapter from there, and saves new ones to 'adapter'."""
+    out = saved_folder.parent / "run"
+    shutil.copytree(saved_folder, out / "hub_adapter")
+    callback = HubPushCallback("alice/old-folder", **PUSH, push_best=True)
+    assert callback.local_dir == "adapter"
+    saved = {"repo_id": "alice/old-folder", "local_dir": "hub_adapter", "push_best": True}
+    state = TrainerState()
+    state.stateful_callbacks["HubPushCallback"] = {
+        "args": saved,
+        "attributes": {"_best": 0.9, "pushed": False, "_saved": True},
+    }
+    state.is_world_process_zero = True
+    args = TrainingArguments(output_dir=str(out), metric_for_best_model="f1", report_to=[], use_cpu=True)
+    callback.on_train_begin(args, state, None)
+    assert callback.folder == out / "hub_adapter" and callback._best == 0.9
+    callback.on_train_end(args, state, None)  # the best adapter was never pushed: it is pushed now
+    files = hub.repos["alice/old-folder"].files
+    assert files["adapter_model.safetensors"] == (out / "hub_adapter" / "adapter_model.safetensors").read_bytes()
+    assert not (out / "adapter").exists()
