@@ -534,7 +534,9 @@ def _prepare_for_push(folder: Path, repo_id: str, base_model_id: str | None) -> 
     new_settings = {**settings, "base_model": base_model_id} if base_model_id is not None and settings else settings
     readme = _card_for_push(folder / "README.md", settings.get(CARD_KEY), repo_id, base_model_id)
     if readme is not None:
-        files["README.md"], new_settings = readme[0], {**new_settings, CARD_KEY: readme[1]}
+        files["README.md"] = readme[0]
+        if readme[1] is not None:
+            new_settings = {**new_settings, CARD_KEY: readme[1]}
     if new_settings != settings:
         files[INFERENCE_CONFIG_NAME] = _json_text(new_settings)
     if files:
@@ -555,10 +557,13 @@ def _card_for_push(
                 data = with_base_model(data, base_model_id)
             data = data.replace(repo_id=repo_id)
             return render_model_card(data, repo_id=repo_id).content, data.to_dict()
-        logger.warning(
-            f"{card_path} was edited after softprompt_hf wrote it, so it is pushed as it is; check that it names "
-            f"{repo_id!r}."
+        older = {spec.name for spec in dataclasses.fields(ModelCardInputs)} - set(stored)
+        why = (
+            "was written by an older softprompt_hf (save the adapter again for a card rendered for the repository)"
+            if older
+            else "was edited after softprompt_hf wrote it"
         )
+        logger.warning(f"{card_path} {why}, so it is pushed as it is; check that it names {repo_id!r}.")
     card = ModelCard(text)
     metadata: Any = card.data  # a ModelCardData (typed as its base class)
     if base_model_id is None or metadata.base_model == base_model_id:
