@@ -15,11 +15,16 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from transformers.utils import logging
 
 from . import methods
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
+
+    from .card import ModelCardInputs
 
 logger = logging.get_logger(__name__)
 
@@ -145,7 +150,7 @@ def save_adapter(
     *,
     tokenizer: Any | None = None,
     base_model_id: str | None = None,
-    card: Any | None = None,
+    card: ModelCardInputs | ModelCard | None = None,
     repo_id: str | None = None,
     labels: Sequence[str] | None = None,
     template: str | None = None,
