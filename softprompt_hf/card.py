@@ -1,25 +1,46 @@
-"""The model card of a trained soft prompt: Hub metadata, what was trained and how, and how to use it."""
+"""The model card of a trained soft prompt: Hub metadata, what was trained and how, and how to use it.
+
+The card is data first: ``ModelCardInputs`` holds everything it shows, filled from the run (by
+``ModelCardCallback`` while the Trainer runs, or by ``model_card_inputs`` from a finished run), stored in the
+adapter folder's ``softprompt_hf.json`` and rendered by ``render_model_card`` from one Jinja template,
+``softprompt_hf/templates/model_card.md.jinja``. A card for another repository or base model is the same data
+rendered again; nothing is patched into a rendered card.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
+import string
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import jinja2
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
-from transformers import TrainingArguments
+from transformers import TrainerCallback, TrainingArguments
 
 from .metrics import INVALID_COLUMN, ClassificationReport
 from .prompt import DEFAULT_TEMPLATE
 
-__all__ = ["METHOD_TAGS", "ModelCardInputs", "build_model_card", "is_hub_id", "model_card_inputs", "render_model_card"]
+__all__ = [
+    "METHOD_TAGS",
+    "ModelCardCallback",
+    "ModelCardInputs",
+    "build_model_card",
+    "is_hub_id",
+    "model_card_inputs",
+    "render_model_card",
+]
 
 #: Hub tag of each peft soft-prompt type.
 METHOD_TAGS = {"PROMPT_TUNING": "prompt-tuning", "P_TUNING": "p-tuning", "PREFIX_TUNING": "prefix-tuning"}
+#: The Jinja template every card is rendered from (shipped as package data).
+TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md.jinja"
 
 # Training arguments that never go into a card: credentials, and local paths that mean nothing to readers.
 _NEVER_IN_CARD = {"output_dir", "logging_dir", "run_name", "resume_from_checkpoint", "deepspeed", "hub_model_id"}
@@ -28,6 +49,10 @@ _NEVER_IN_CARD |= {"do_train", "do_eval", "do_predict"}
 # Per-evaluation timings, not results.
 _NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "step")
 _METRIC_NAMES = {"accuracy": "Accuracy", "f1": "Macro F1", "invalid_rate": "Invalid output rate", "loss": "Loss"}
+_METHOD_NAMES = {"prompt-tuning": "prompt tuning", "p-tuning": "P-tuning", "prefix-tuning": "prefix tuning"}
+# How many of the run's validation texts the usage snippets label, and what they label when the run had none.
+_NUM_EXAMPLE_TEXTS = 2
+_PLACEHOLDER_TEXTS = ["The first text to label", "The second text to label"]
 
 
 def is_hub_id(name: str) -> bool:
@@ -46,23 +71,7 @@ def is_local_path(name: str) -> bool:
     return os.path.exists(os.path.expanduser(name)) or not is_hub_id(name)
 
 
-def build_model_card(
-    model: Any,
-    *,
-    base_model: str,
-    metrics: Mapping[str, float] | None = None,
-    report: ClassificationReport | None = None,
-    training_args: TrainingArguments | None = None,
-    log_history: Sequence[Mapping[str, Any]] | None = None,
-    dataset: str | None = None,
-    dataset_config: str | None = None,
-    labels: Sequence[str] | None = None,
-    template: str | None = None,
-    text_column: str | None = None,
-    license: str | None = None,
-    repo_id: str | None = None,
-    allow_local_base: bool = False,
-) -> ModelCard:
+def build_model_card(model: Any, *, repo_id: str | None = None, **values: Any) -> ModelCard:
     """Builds the model card (``README.md``) of a trained soft-prompt adapter.
 
     The YAML metadata has ``library_name: peft``, ``base_model``, ``pipeline_tag: text-generation``, tags
@@ -72,28 +81,13 @@ def build_model_card(
     paths), the metrics of each evaluation made during training in ``log_history``, the confusion matrix of
     ``report`` and a runnable usage snippet with ``AutoPeftModelForCausalLM``.
 
-    This is ``render_model_card(model_card_inputs(...), repo_id=repo_id)``: the card is rendered from
+    This is ``render_model_card(model_card_inputs(model, **values), repo_id=repo_id)``: the card is rendered from
     ``ModelCardInputs``, which can be stored beside the adapter and rendered again for another repository.
 
     Args:
         model: The trained ``PeftModel``.
-        base_model: The base model's Hub id (written to the card instead of any local path).
-        metrics: Final validation metrics, with or without the ``eval_`` prefix.
-        report: The validation ``ClassificationReport`` (e.g. ``GenerationMetrics.last_report``).
-        training_args: The run's ``TrainingArguments``.
-        log_history: ``trainer.state.log_history``, for the metrics of each evaluation during training
-            (evaluations logged after training ended, e.g. ``trainer.evaluate()`` of the restored best adapter,
-            are the final metrics, not another row).
-        dataset: The dataset's Hub id, e.g. ``ought/raft``.
-        dataset_config: The dataset's config, e.g. ``twitter_complaints``.
-        labels: The label texts the model generates.
-        template: The prompt template used in training.
-        text_column: The text column's name (fills ``{text_column}`` in the template).
-        license: The adapter's license id, e.g. ``apache-2.0``.
         repo_id: The Hub repository the card is for (used in the snippet and as the model's name).
-        allow_local_base: Accept a local folder as ``base_model`` (for a card that stays on this machine, e.g.
-            the embedded model's): the metadata then has no ``base_model`` and the text says so. Pushing such
-            an adapter is refused (``push_adapter_folder``).
+        **values: What the card shows, as ``model_card_inputs`` takes it (``base_model`` is required).
 
     Returns:
         A ``huggingface_hub.ModelCard``; ``card.save(path)`` writes it.
@@ -108,22 +102,7 @@ def build_model_card(
 
     ```
     """
-    inputs = model_card_inputs(
-        model,
-        base_model=base_model,
-        metrics=metrics,
-        report=report,
-        training_args=training_args,
-        log_history=log_history,
-        dataset=dataset,
-        dataset_config=dataset_config,
-        labels=labels,
-        template=template,
-        text_column=text_column,
-        license=license,
-        allow_local_base=allow_local_base,
-    )
-    return render_model_card(inputs, repo_id=repo_id)
+    return render_model_card(model_card_inputs(model, **values), repo_id=repo_id)
 
 
 @dataclasses.dataclass
@@ -132,7 +111,8 @@ class ModelCardInputs:
 
     Kept in the adapter folder's ``softprompt_hf.json`` (key ``"card"``) so that a push renders the card for
     the repository it goes to. It holds only what the card itself shows: no credentials, no local paths other
-    than a local base model's (which a card built with ``allow_local_base`` names too).
+    than a local base model's (which a card built with ``allow_local_base`` names too). Data written by an
+    older softprompt_hf lacks the newer fields, which keep their defaults.
     """
 
     method_tag: str
@@ -149,10 +129,18 @@ class ModelCardInputs:
     dataset_config: str | None = None
     labels: list[str] | None = None
     template: str = DEFAULT_TEMPLATE
-    text_column: str = "text"
+    #: The text column the model was trained on (fills ``{text_column}``); None: not known, and the card says so.
+    text_column: str | None = None
     license: str | None = None
     #: The repository the card was last rendered for (None: none, the snippet loads ``path/to/adapter``).
     repo_id: str | None = None
+    #: What the usage snippets label: the run's first validation texts (None: a neutral placeholder).
+    example_texts: list[str] | None = None
+    #: The versions of peft, transformers and softprompt_hf the adapter was saved with.
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: Whether peft's own ``PeftModel.generate()`` is known to give wrong tokens for this adapter with ``versions``
+    #: (softprompt_hf/_upstream.py, entry 3); None: not recorded.
+    stock_generate_wrong: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -165,6 +153,10 @@ class ModelCardInputs:
             raise ValueError(f"Unknown model card inputs {unknown}: the folder was written by a newer softprompt_hf.")
         return cls(**values)
 
+    def replace(self, **changes: Any) -> ModelCardInputs:
+        """A copy with ``changes``; ``None`` values change nothing (so callers can pass what they may not know)."""
+        return dataclasses.replace(self, **{key: value for key, value in changes.items() if value is not None})
+
 
 def model_card_inputs(
     model: Any,
@@ -174,15 +166,43 @@ def model_card_inputs(
     report: ClassificationReport | None = None,
     training_args: TrainingArguments | None = None,
     log_history: Sequence[Mapping[str, Any]] | None = None,
-    dataset: str | None = None,
-    dataset_config: str | None = None,
-    labels: Sequence[str] | None = None,
-    template: str | None = None,
-    text_column: str | None = None,
-    license: str | None = None,
     allow_local_base: bool = False,
+    **values: Any,
 ) -> ModelCardInputs:
-    """What ``build_model_card`` renders, taken from the model and the run (same arguments, without ``repo_id``)."""
+    """What ``render_model_card`` renders, taken from the model and a finished run.
+
+    Args:
+        model: The trained ``PeftModel``.
+        base_model: The base model's Hub id (written to the card instead of any local path).
+        metrics: Final validation metrics, with or without the ``eval_`` prefix.
+        report: The validation ``ClassificationReport`` (e.g. ``GenerationMetrics.last_report``).
+        training_args: The run's ``TrainingArguments``.
+        log_history: ``trainer.state.log_history``, for the metrics of each evaluation during training
+            (evaluations logged after training ended, e.g. ``trainer.evaluate()`` of the restored best adapter,
+            are the final metrics, not another row).
+        allow_local_base: Accept a local folder as ``base_model`` (for a card that stays on this machine, e.g.
+            the embedded model's): the metadata then has no ``base_model`` and the text says so. Pushing such
+            an adapter is refused (``push_adapter_folder``).
+        **values: Other ``ModelCardInputs`` fields: ``dataset`` (the dataset's Hub id, e.g. ``ought/raft``),
+            ``dataset_config`` (e.g. ``twitter_complaints``), ``labels`` (the label texts the model generates),
+            ``template`` (the prompt template used in training), ``text_column`` (the text column the model was
+            trained on, which fills ``{text_column}`` in the template; without it the card says it is not
+            known), ``license`` (e.g. ``apache-2.0``), ``example_texts`` (what the usage snippets label).
+    """
+    return _card_inputs(
+        model,
+        base_model=base_model,
+        allow_local_base=allow_local_base,
+        metrics=_clean_metrics(metrics or {}),
+        report=_report_data(report) if report is not None else None,
+        hyperparameters=changed_hyperparameters(training_args) if training_args is not None else {},
+        evaluations=_training_evaluations(log_history or []),
+        **values,
+    )
+
+
+def _card_inputs(model: Any, *, base_model: str, allow_local_base: bool, **values: Any) -> ModelCardInputs:
+    """``ModelCardInputs`` of ``model`` (its method, PEFT config, parameter counts, versions) with ``values``."""
     local_base = not is_hub_id(base_model)
     if local_base and not allow_local_base:
         raise ValueError(
@@ -192,6 +212,10 @@ def model_card_inputs(
     peft_config = _active_config(model)
     method_tag = METHOD_TAGS.get(_peft_type(peft_config), _peft_type(peft_config).lower().replace("_", "-"))
     trainable, total = _parameter_counts(model)
+    values = {key: value for key, value in values.items() if value is not None}
+    for key in ("labels", "example_texts"):
+        if key in values:
+            values[key] = [str(item) for item in values[key]]
     inputs = ModelCardInputs(
         method_tag=method_tag,
         peft_config=_shown_peft_config(peft_config, base_model),
@@ -199,28 +223,108 @@ def model_card_inputs(
         all_parameters=total,
         base_model=base_model,
         local_base=local_base,
-        metrics=_clean_metrics(metrics or {}),
-        report=_report_data(report) if report is not None else None,
-        hyperparameters=changed_hyperparameters(training_args) if training_args is not None else {},
-        evaluations=_training_evaluations(log_history or []),
-        dataset=dataset,
-        dataset_config=dataset_config,
-        labels=list(labels) if labels is not None else None,
-        template=template or DEFAULT_TEMPLATE,
-        text_column=text_column or "text",
-        license=license,
+        versions=_versions(),
+        stock_generate_wrong=_stock_generate_wrong(model),
+        **values,
     )
     # Through JSON once, so that a card rendered now and one rendered later from the stored inputs are the same.
     return ModelCardInputs.from_dict(json.loads(json.dumps(inputs.to_dict(), default=str)))
 
 
+class ModelCardCallback(TrainerCallback):
+    """Fills the model card's data while the Trainer runs: the hyperparameters when training begins, each
+    evaluation as it is made, the metrics of the latest one; ``card_data(model)`` gives the ``ModelCardInputs``.
+
+    The text column, template and labels are those the model is trained on: given here, else the training
+    collator's (a ``SoftPromptDataCollator``), else ``metrics``' (a ``GenerationMetrics``, whose first eval rows
+    are also the texts the card's usage snippets label). ``HubPushCallback`` holds one; a run without one gets
+    the same data from ``ModelCardCallback.of(trainer)`` afterwards.
+
+    Args:
+        base_model: The base model's Hub id (or a local folder, with ``allow_local_base``).
+        metrics: The run's ``GenerationMetrics``: labels, template, text column, example texts and confusion matrix.
+        allow_local_base: See ``model_card_inputs``.
+        **values: Other ``ModelCardInputs`` fields, e.g. ``labels``, ``template``, ``text_column``, ``dataset``,
+            ``dataset_config``, ``license``.
+    """
+
+    def __init__(self, *, base_model: str, metrics: Any | None = None, allow_local_base: bool = False, **values: Any):
+        self.base_model = base_model
+        self.metrics = metrics
+        self.allow_local_base = allow_local_base
+        self.values = values
+        self.hyperparameters: dict[str, Any] = {}
+        self.evaluations: list[dict[str, Any]] = []
+        self.final_metrics: dict[str, float] = {}
+        self.collator: Any = None
+        self._training = False
+
+    @classmethod
+    def of(cls, trainer: Any, **kwargs: Any) -> ModelCardCallback:
+        """The trainer's own ``ModelCardCallback``, else one built from its finished run (its arguments, log
+        history and collator) with ``kwargs``."""
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, cls):
+                return callback
+        collector = cls(**kwargs)
+        collector._start(trainer.args, trainer.state, trainer.data_collator)
+        collector._training = False
+        return collector
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self._start(args, state, getattr(train_dataloader, "collate_fn", None))
+
+    def _start(self, args: TrainingArguments, state: Any, collator: Any) -> None:
+        self.hyperparameters = changed_hyperparameters(args)
+        # A resumed run starts with the evaluations (and last metrics) of the checkpoint's log history.
+        self.evaluations = _training_evaluations(state.log_history)
+        self.final_metrics = _clean_metrics(_last_eval_entry(state.log_history))
+        self.collator = getattr(collator, "data_collator", collator)  # the Trainer may wrap it
+        self._training = True
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self._training and state.log_history:
+            row = _evaluation_row(state.log_history[-1], state.log_history)
+            if row is not None:
+                self.evaluations.append(row)
+        self.final_metrics = _clean_metrics(metrics or {})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._training = False
+
+    def card_data(self, model: Any, **values: Any) -> ModelCardInputs:
+        """The card's data for ``model`` from what was collected; ``values`` (e.g. ``metrics``) take precedence."""
+        generation_metrics = self.metrics
+        trained = {
+            key: getattr(self.collator, key, None) or getattr(generation_metrics, key, None)
+            for key in ("text_column", "template")
+        }
+        labels = getattr(generation_metrics, "labels", None)
+        report = getattr(generation_metrics, "last_report", None)
+        fields = {
+            "labels": list(labels) if labels is not None else None,
+            **trained,
+            "example_texts": _first_texts(generation_metrics),
+            "hyperparameters": self.hyperparameters,
+            "evaluations": self.evaluations,
+            "metrics": self.final_metrics,
+            "report": _report_data(report) if report is not None else None,
+            **{key: value for key, value in self.values.items() if value is not None},
+        }
+        if values.get("metrics") is not None:
+            values["metrics"] = _clean_metrics(values["metrics"])
+        fields.update({key: value for key, value in values.items() if value is not None})
+        return _card_inputs(model, base_model=self.base_model, allow_local_base=self.allow_local_base, **fields)
+
+
 def render_model_card(
     inputs: ModelCardInputs, *, repo_id: str | None = None, base_model: str | None = None
 ) -> ModelCard:
-    """Renders the model card from its inputs, for ``repo_id`` (title, model-index name, usage snippet).
+    """Renders the model card from its inputs, for ``repo_id`` (title, model-index name, usage snippet), from
+    the template ``TEMPLATE_PATH``.
 
     Args:
-        inputs: From ``model_card_inputs`` or ``ModelCardInputs.from_dict``.
+        inputs: From ``model_card_inputs``, ``ModelCardCallback.card_data`` or ``ModelCardInputs.from_dict``.
         repo_id: The repository the card is for; ``None``: a card for a local folder.
         base_model: Another name for the base model, e.g. the Hub id of a model trained from a local copy;
             default: ``inputs.base_model``.
@@ -229,25 +333,19 @@ def render_model_card(
         A ``huggingface_hub.ModelCard``. ``inputs`` is not changed.
     """
     if base_model is not None and base_model != inputs.base_model:
-        if not is_hub_id(base_model):
-            raise ValueError(f"base_model={base_model!r} is not a Hub id.")
-        inputs = dataclasses.replace(inputs, base_model=base_model, local_base=False)
+        inputs = with_base_model(inputs, base_model)
     base_model = inputs.base_model
-    local_base = inputs.local_base
-    method_tag = inputs.method_tag
     # Mappings in sorted order: the inputs are stored as JSON with sorted keys, and a card rendered again from
     # them must be the same card.
     scores = dict(sorted(inputs.metrics.items()))
-    dataset, dataset_config = inputs.dataset, inputs.dataset_config
-    labels, template, text_column = inputs.labels, inputs.template, inputs.text_column
-    dataset_name = dataset or "custom"
+    dataset_name = inputs.dataset or "custom"
     eval_results = [
         EvalResult(
             task_type="text-classification",
             task_name="Text classification",
             dataset_type=dataset_name,
-            dataset_name=f"{dataset_name} {dataset_config}" if dataset_config else dataset_name,
-            dataset_config=dataset_config,
+            dataset_name=f"{dataset_name} {inputs.dataset_config}" if inputs.dataset_config else dataset_name,
+            dataset_config=inputs.dataset_config,
             dataset_split="validation",
             metric_type=key,
             metric_name=_METRIC_NAMES.get(key, key),
@@ -257,40 +355,102 @@ def render_model_card(
     ]
     card_data = ModelCardData(
         library_name="peft",
-        base_model=None if local_base else base_model,
+        base_model=None if inputs.local_base else base_model,
         pipeline_tag="text-generation",
-        tags=["peft", "soft-prompt", method_tag, "softprompt_hf", "text-classification"],
-        datasets=[dataset] if dataset else None,
+        tags=["peft", "soft-prompt", inputs.method_tag, "softprompt_hf", "text-classification"],
+        datasets=[inputs.dataset] if inputs.dataset else None,
         license=inputs.license,
-        model_name=repo_id or f"{method_tag} adapter for {base_model}",
+        model_name=repo_id or f"{inputs.method_tag} adapter for {base_model}",
         eval_results=eval_results or None,
         metrics=sorted({r.metric_type for r in eval_results}) or None,
     )
-    trainable, total = inputs.trainable_parameters, inputs.all_parameters
-    counts = f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.4f}%)."
-    sections = [
-        f"# {repo_id or 'Soft-prompt adapter'}",
-        _description(method_tag, base_model, dataset, dataset_config, labels, template, text_column, local_base),
-        "## PEFT config\n\n" + _peft_config_block(inputs.peft_config, base_model) + "\n\n" + counts,
-        "## Usage\n\n" + _usage(repo_id, labels, template, text_column),
-    ]
-    if inputs.hyperparameters:
-        sections.append(
-            "## Training hyperparameters\n\nOnly the values that differ from `TrainingArguments`' defaults.\n\n"
-            + _table(["Hyperparameter", "Value"], [[k, f"`{v}`"] for k, v in sorted(inputs.hyperparameters.items())])
-        )
-    if scores:
-        sections.append(
-            "## Validation metrics\n\n"
-            + _table(["Metric", "Value"], [[_METRIC_NAMES.get(k, k), _number(v)] for k, v in scores.items()])
-        )
-    per_epoch = _per_evaluation(inputs.evaluations)
-    if per_epoch:
-        sections.append("## Metrics per evaluation\n\n" + per_epoch)
-    if inputs.report is not None:
-        sections.append("## Confusion matrix\n\n" + _confusion(inputs.report))
-    body = "\n\n".join(sections) + "\n"
-    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}")
+    values = dataclasses.asdict(inputs)
+    values.update(
+        card_data=card_data.to_yaml(),
+        repo_id=repo_id,
+        adapter=repo_id or "path/to/adapter",
+        method=_METHOD_NAMES.get(inputs.method_tag, inputs.method_tag),
+        base_phrase=f"the local base model `{base_model}`"
+        if inputs.local_base
+        else f"[`{base_model}`](https://huggingface.co/{base_model})",
+        uses_text_column="text_column" in _template_fields(inputs.template),
+        example_texts=inputs.example_texts or _PLACEHOLDER_TEXTS,
+        peft_config_json=_peft_config_json(inputs.peft_config, base_model),
+        hyperparameters=[[key, f"`{value}`"] for key, value in sorted(inputs.hyperparameters.items())],
+        scores=[[_METRIC_NAMES.get(key, key), _number(value)] for key, value in scores.items()],
+        invalid=INVALID_COLUMN,
+        confusion=_confusion(inputs.report) if inputs.report is not None else None,
+        **_per_evaluation(inputs.evaluations),
+    )
+    return ModelCard(_template().render(**values))
+
+
+def with_base_model(inputs: ModelCardInputs, base_model: str) -> ModelCardInputs:
+    """``inputs`` for the base model's Hub id ``base_model`` (e.g. of a model trained from a local copy)."""
+    if not is_hub_id(base_model):
+        raise ValueError(f"base_model={base_model!r} is not a Hub id.")
+    return dataclasses.replace(inputs, base_model=base_model, local_base=False)
+
+
+@functools.cache
+def _template() -> jinja2.Template:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_PATH.parent),
+        trim_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,  # a misspelt value fails the render instead of vanishing from the card
+        autoescape=False,  # Markdown, not HTML
+    )
+    environment.filters.update(
+        py=repr,
+        code=lambda value: f"`{value}`",
+        cell=lambda value: str(value).replace("|", "\\|").replace("\n", " "),
+        thousands=lambda value: f"{value:,}",
+    )
+    return environment.get_template(TEMPLATE_PATH.name)
+
+
+def _template_fields(template: str) -> set[str]:
+    try:
+        return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    except ValueError:
+        return set()
+
+
+def _first_texts(generation_metrics: Any) -> list[str] | None:
+    """The first validation texts of a ``GenerationMetrics`` (its eval rows' text column), or None."""
+    rows = getattr(generation_metrics, "eval_rows", None)
+    column = getattr(generation_metrics, "text_column", None)
+    if rows is None or column is None:
+        return None
+    if hasattr(rows, "column_names"):  # a datasets.Dataset: read only the first rows
+        head = rows.select(range(min(_NUM_EXAMPLE_TEXTS, len(rows))))[column] if column in rows.column_names else []
+    else:
+        head = [row.get(column) for row in list(rows)[:_NUM_EXAMPLE_TEXTS]]
+    texts = [text for text in head if isinstance(text, str) and text.strip()]
+    return texts or None
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+
+    from . import __version__
+
+    return {"peft": peft.__version__, "softprompt_hf": __version__, "transformers": transformers.__version__}
+
+
+def _stock_generate_wrong(model: Any) -> bool:
+    """Whether peft's own ``generate()`` is known to be wrong for ``model`` here (softprompt_hf/_upstream.py,
+    entry 3): a soft prompt on a base model whose forward takes transformers 5.24's ``cache``, with a peft up to
+    0.21.2, which still passes ``past_key_values`` (the last version checked)."""
+    import peft
+    from packaging.version import Version
+
+    from ._upstream import cache_argument
+    from .generate import fixes_generate
+
+    return fixes_generate(model) and cache_argument(model) == "cache" and Version(peft.__version__) <= Version("0.21.2")
 
 
 def changed_hyperparameters(training_args: TrainingArguments) -> dict[str, Any]:
@@ -361,71 +521,6 @@ def _clean_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
     return cleaned
 
 
-_LOCAL_BASE_NOTE = (
-    "The base model was loaded from a local folder and has no Hub id here, so this adapter only loads on a machine "
-    "with that folder. To share it, push it with the base model's Hub id (`softprompt-hf push <folder> <repo> "
-    "--base-model-id <id>`), or train again with `--base_model_id`."
-)
-
-
-def _base_phrase(base_model: str, local_base: bool) -> str:
-    if local_base:
-        return f"the local base model `{base_model}`"
-    return f"[`{base_model}`](https://huggingface.co/{base_model})"
-
-
-def name_base_model_in_card(card: ModelCard, local_base: str, base_model_id: str) -> None:
-    """Rewrites, in place, a card built for a local base model (``allow_local_base=True``) to name the base model
-    by its Hub id: the metadata, the description (without its local-folder note), the PEFT config and any other
-    mention of the local path.
-
-    Args:
-        card: The card, e.g. ``ModelCard.load(folder / "README.md")``.
-        local_base: The local path the card was built with.
-        base_model_id: The base model's Hub id.
-    """
-    if not is_hub_id(base_model_id):
-        raise ValueError(f"base_model_id={base_model_id!r} is not a Hub id.")
-    text = card.text.replace(_base_phrase(local_base, True), _base_phrase(base_model_id, False))
-    text = text.replace("\n\n" + _LOCAL_BASE_NOTE, "")
-    # What remains (the PEFT config block, JSON-escaped or not) names the model as it is loaded.
-    text = text.replace(json.dumps(local_base)[1:-1], base_model_id).replace(local_base, base_model_id)
-    card.text = text
-    data: Any = card.data
-    data.base_model = base_model_id
-    if isinstance(data.model_name, str):
-        data.model_name = data.model_name.replace(local_base, base_model_id)
-
-
-def _description(
-    method_tag: str,
-    base_model: str,
-    dataset: str | None,
-    dataset_config: str | None,
-    labels: Sequence[str] | None,
-    template: str,
-    text_column: str,
-    local_base: bool = False,
-) -> str:
-    method = {"prompt-tuning": "prompt tuning", "p-tuning": "P-tuning", "prefix-tuning": "prefix tuning"}.get(
-        method_tag, method_tag
-    )
-    lines = [
-        f"A soft prompt ({method}) for {_base_phrase(base_model, local_base)} that classifies a text by generating "
-        "its label, trained with the stock `transformers.Trainer` and `softprompt_hf`; the base model's weights "
-        "are unchanged.",
-    ]
-    if local_base:
-        lines.append(_LOCAL_BASE_NOTE)
-    if dataset:
-        name = f"{dataset} ({dataset_config})" if dataset_config else dataset
-        lines.append(f"Training data: `{name}`.")
-    if labels:
-        lines.append("Labels: " + ", ".join(f"`{label}`" for label in labels) + ".")
-    lines.append(f"Prompt template: `{template!r}` (`{{text_column}}` = `{text_column!r}`).")
-    return "\n\n".join(lines)
-
-
 def _shown_peft_config(config: Any, base_model: str) -> dict[str, Any]:
     values = config.to_dict()
     values["base_model_name_or_path"] = base_model
@@ -435,95 +530,20 @@ def _shown_peft_config(config: Any, base_model: str) -> dict[str, Any]:
     return values
 
 
-def _peft_config_block(values: Mapping[str, Any], base_model: str) -> str:
+def _peft_config_json(values: Mapping[str, Any], base_model: str) -> str:
     values = dict(values)
     previous_base = values.get("base_model_name_or_path")
     values["base_model_name_or_path"] = base_model
     tokenizer_source = values.get("tokenizer_name_or_path")
     if tokenizer_source and (tokenizer_source == previous_base or not is_hub_id(tokenizer_source)):
         values["tokenizer_name_or_path"] = base_model  # it names the base model (see _shown_peft_config)
-    return "```json\n" + json.dumps(values, indent=2, sort_keys=True, default=str) + "\n```"
+    return json.dumps(values, indent=2, sort_keys=True, default=str)
 
 
 def _parameter_counts(model: Any) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.prompt_encoder.parameters()) if hasattr(model, "prompt_encoder") else 0
     total = sum(p.numel() for p in model.get_base_model().parameters()) + trainable
     return trainable, total
-
-
-def _usage(repo_id: str | None, labels: Sequence[str] | None, template: str, text_column: str) -> str:
-    adapter = repo_id or "path/to/adapter"
-    max_tokens = (
-        "max(len(tokenizer(label, add_special_tokens=False).input_ids) for label in labels) + 1" if labels else "8"
-    )
-    prompt = f"{template!r}.format(text_column={text_column!r}, text=text)"
-    load = f"""adapter = {adapter!r}
-model = AutoPeftModelForCausalLM.from_pretrained(adapter).eval()"""
-    settings = f"""labels = {list(labels or [])!r}
-max_new_tokens = {max_tokens}
-
-texts = {list(_EXAMPLE_TEXTS)!r}"""
-    with_package = f"""```python
-from peft import AutoPeftModelForCausalLM
-from transformers import AutoTokenizer
-
-from softprompt_hf import enable_soft_prompt_generate  # pip install softprompt_hf
-
-{load}
-enable_soft_prompt_generate(model)  # makes model.generate() right for the soft prompt
-tokenizer = AutoTokenizer.from_pretrained(adapter, padding_side="left")
-{settings}
-prompts = [{prompt} for text in texts]
-inputs = tokenizer(prompts, padding=True, return_tensors="pt")
-outputs = model.generate(
-    **inputs,
-    max_new_tokens=max_new_tokens,
-    do_sample=False,
-    eos_token_id=tokenizer.eos_token_id,
-    pad_token_id=tokenizer.pad_token_id,
-)
-new_tokens = outputs[:, inputs.input_ids.shape[1] :]
-answers = [answer.strip() for answer in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-print(answers)  # each answer is one of the labels, or text that names none of them
-```"""
-    without_package = f"""```python
-import torch
-from peft import AutoPeftModelForCausalLM
-from transformers import AutoTokenizer
-
-{load}
-tokenizer = AutoTokenizer.from_pretrained(adapter)
-{settings}
-answers = []
-with torch.no_grad():
-    for text in texts:
-        prompt = {prompt}
-        input_ids = tokenizer(prompt, return_tensors="pt").input_ids
-        prompt_length = input_ids.shape[1]
-        for _ in range(max_new_tokens):
-            next_id = model(input_ids=input_ids).logits[0, -1].argmax()
-            input_ids = torch.cat([input_ids, next_id.view(1, 1)], dim=1)
-            if next_id.item() == tokenizer.eos_token_id:
-                break
-        answers.append(tokenizer.decode(input_ids[0, prompt_length:], skip_special_tokens=True).strip())
-print(answers)
-```"""
-    return (
-        "Label texts with the model's own `generate()`, made right for soft prompts by `softprompt_hf` "
-        "(`pip install softprompt_hf`; with peft 0.21 and transformers 5, `PeftModel.generate()` alone returns "
-        "wrong tokens for a soft prompt). Greedy decoding, a batch padded on the left:\n\n"
-        + with_package
-        + "\n\n**Without softprompt_hf**: the same greedy decoding with the model's own forward pass, one text at "
-        "a time (peft and transformers only):\n\n"
-        + without_package
-        + "\n\nOr label a file in batches, by generation or by ranking the labels (`pip install softprompt_hf`):\n\n"
-        + f"```bash\nsoftprompt-hf predict {adapter} --input texts.csv --text-column {text_column!r} "
-        + "--output predictions.csv --mode rank\n```"
-    )
-
-
-# The texts the usage snippets label.
-_EXAMPLE_TEXTS = ("@Acme my parcel never arrived", "@Acme thanks for the quick delivery, love it")
 
 
 def _training_evaluations(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -534,32 +554,41 @@ def _training_evaluations(log_history: Sequence[Mapping[str, Any]]) -> list[dict
     and their metrics are the card's validation metrics already.
     """
     end = max((i for i, entry in enumerate(log_history) if "train_runtime" in entry), default=len(log_history))
-    rows = []
-    for entry in log_history[:end]:
-        metrics = {
-            key.removeprefix("eval_"): value
-            for key, value in entry.items()
-            if key.startswith("eval_") and not key.endswith(_NOT_METRICS)
-        }
-        if not any(key.startswith("eval_") for key in entry):
-            continue
-        step = entry.get("step", 0)
-        train_losses = [e["loss"] for e in log_history[:end] if "loss" in e and e.get("step", 0) <= step]
-        epoch = entry.get("epoch")
-        rows.append(
-            {
-                "epoch": epoch if isinstance(epoch, int | float) else None,
-                "step": step,
-                "training_loss": train_losses[-1] if train_losses else None,
-                "metrics": metrics,
-            }
-        )
-    return rows
+    rows = [_evaluation_row(entry, log_history[:end]) for entry in log_history[:end]]
+    return [row for row in rows if row is not None]
 
 
-def _per_evaluation(evaluations: Sequence[Mapping[str, Any]]) -> str:
-    if not evaluations:
-        return ""
+def _evaluation_row(entry: Mapping[str, Any], log_history: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The card's row for the log entry ``entry`` if it is an evaluation (its training loss: the last one logged
+    in ``log_history`` up to its step), else None."""
+    if not any(key.startswith("eval_") for key in entry):
+        return None
+    metrics = {
+        key.removeprefix("eval_"): value
+        for key, value in entry.items()
+        if key.startswith("eval_") and not key.endswith(_NOT_METRICS)
+    }
+    step = entry.get("step", 0)
+    train_losses = [e["loss"] for e in log_history if "loss" in e and e.get("step", 0) <= step]
+    epoch = entry.get("epoch")
+    return {
+        "epoch": epoch if isinstance(epoch, int | float) else None,
+        "step": step,
+        "training_loss": train_losses[-1] if train_losses else None,
+        "metrics": metrics,
+    }
+
+
+def _last_eval_entry(log_history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``eval_`` metrics of the latest evaluation in ``log_history`` (empty if there was none)."""
+    for entry in reversed(log_history):
+        if any(key.startswith("eval_") for key in entry):
+            return {key: value for key, value in entry.items() if key.startswith("eval_")}
+    return {}
+
+
+def _per_evaluation(evaluations: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The template's ``evaluation_headers`` and ``evaluations`` (rows of cells) for the per-evaluation table."""
     metric_keys = sorted({k for e in evaluations for k in e["metrics"]})
     rows = [
         [
@@ -571,23 +600,21 @@ def _per_evaluation(evaluations: Sequence[Mapping[str, Any]]) -> str:
         for e in evaluations
     ]
     headers = ["Epoch", "Step", "Training loss", *(_METRIC_NAMES.get(k, k) for k in metric_keys)]
-    return _table(headers, rows)
+    return {"evaluation_headers": headers, "evaluations": rows}
 
 
 def _report_data(report: ClassificationReport) -> dict[str, Any]:
     return {"labels": list(report.labels), "confusion": report.confusion, "num_examples": report.num_examples}
 
 
-def _confusion(report: Mapping[str, Any]) -> str:
+def _confusion(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The template's confusion matrix: headers, rows of cells and the number of validation rows."""
     labels, confusion = report["labels"], report["confusion"]
     columns = [*labels, INVALID_COLUMN]
     rows = [[f"**{gold}**", *(str(confusion[gold][c]) for c in columns)] for gold in labels]
     # Backticks keep "<invalid>" from being read as an HTML tag.
     headers = ["gold \\ predicted", *labels, f"`{INVALID_COLUMN}`"]
-    return (
-        f"Rows: gold label; columns: predicted label (`{INVALID_COLUMN}`: output that matched no label); "
-        f"{report['num_examples']} validation rows.\n\n" + _table(headers, rows)
-    )
+    return {"headers": headers, "rows": rows, "num_examples": report["num_examples"]}
 
 
 def _number(value: Any) -> str:
@@ -596,12 +623,3 @@ def _number(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    def cell(text: str) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)

@@ -3,7 +3,7 @@
     softprompt-hf predict me/bloomz-complaints --text "@Acme my parcel never arrived"
     softprompt-hf predict outputs/adapter --input tweets.csv --text-column "Tweet text" --output preds.csv
     cat tweets.txt | softprompt-hf predict me/bloomz-complaints --mode rank --format jsonl
-    softprompt-hf push outputs/run/hub_adapter me/bloomz-complaints
+    softprompt-hf push outputs/run/adapter me/bloomz-complaints
 
 ``python -m softprompt_hf.cli`` runs the same command.
 """

@@ -4,7 +4,7 @@ The adapter is always written to a local folder (``save_adapter``) before any ne
 or rejected token, a network error or a timeout never loses it; the ``HubPushError`` then says what went
 wrong and gives the command that pushes the saved folder later::
 
-    softprompt-hf push outputs/run/hub_adapter me/bloomz-complaints
+    softprompt-hf push outputs/run/adapter me/bloomz-complaints
 
 Uploads go through ``huggingface_hub`` (``HfApi.create_repo`` + ``HfApi.upload_folder``), not
 ``PeftModel.push_to_hub``, which rejects ``safe_serialization`` on transformers 5 and replaces the card
@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import shlex
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -30,14 +31,8 @@ from transformers.trainer_callback import ExportableState
 from transformers.utils import logging
 
 from ._upstream import current_client_factory, http_library, saved_callback_state
-from .card import (
-    ModelCardInputs,
-    is_hub_id,
-    model_card_inputs,
-    name_base_model_in_card,
-    render_model_card,
-)
-from .saving import INFERENCE_CONFIG_NAME, atomic_write_json, atomic_write_text, inference_settings, save_adapter
+from .card import ModelCardCallback, ModelCardInputs, is_hub_id, render_model_card, with_base_model
+from .saving import CARD_KEY, INFERENCE_CONFIG_NAME, replace_folder, save_adapter
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -54,8 +49,6 @@ logger = logging.get_logger(__name__)
 #: Seconds a single Hub request may stay silent before it is abandoned (huggingface_hub waits forever). The client
 #: retries a timed-out or failed (HTTP 5xx) upload request a few times, so a push can wait several times this.
 DEFAULT_TIMEOUT = 60.0
-#: Where ``softprompt_hf.json`` keeps what the model card is rendered from (``ModelCardInputs``).
-CARD_INPUTS_KEY = "card"
 _DEFAULT_COMMIT_MESSAGE = "Upload soft-prompt adapter with softprompt_hf"
 _TOKEN_HELP = (
     "Create a token with write access at https://huggingface.co/settings/tokens, then run `hf auth login` or set "
@@ -125,10 +118,11 @@ def push_adapter_folder(
     """Uploads a saved adapter folder (from ``save_adapter``) to a Hub model repository.
 
     The token and the namespace are checked first (``check_push_access``), the repository is created if
-    needed, then the folder is uploaded in one commit. A card rendered by softprompt_hf (its inputs are in
-    ``softprompt_hf.json``) is rendered again for ``repo_id`` first, so that its title, model-index name and
-    usage snippet name the repository it is pushed to; a card edited by hand is pushed as it is. Only the main
-    process should call this.
+    needed, then the folder is uploaded in one commit. A card rendered by softprompt_hf (its data is in
+    ``softprompt_hf.json``) is rendered again from that data for ``repo_id`` (and ``base_model_id``) first, so that
+    its title, model-index name, usage snippet and base model name the repository it is pushed to and the model
+    others can download; a card edited by hand, or one of the caller's own, is pushed as it is, with only its YAML
+    ``base_model`` set to ``base_model_id``. Only the main process should call this.
 
     Args:
         folder: The adapter folder: ``adapter_config.json``, weights, tokenizer, ``README.md`` card.
@@ -157,8 +151,7 @@ def push_adapter_folder(
     config_path = folder / "adapter_config.json"
     if not config_path.is_file():
         raise ValueError(f"{str(folder)!r} holds no adapter_config.json: save the adapter there first (save_adapter).")
-    previous_base = _name_base_model(folder, base_model_id)
-    _render_card_for(folder, repo_id, base_model_id, previous_base)
+    _prepare_for_push(folder, repo_id, base_model_id)
     token = token or get_token()
     problem = _access_problem(repo_id, token, timeout, endpoint)
     if problem:
@@ -214,24 +207,25 @@ def push_adapter(
     base_model_id: str,
     output_dir: str | os.PathLike[str],
     tokenizer: Any | None = None,
-    model_card: ModelCard | None = None,
-    extra_json: dict[str, Any] | None = None,
+    card: ModelCardInputs | ModelCard | None = None,
     token: str | None = None,
     private: bool | None = None,
     commit_message: str = _DEFAULT_COMMIT_MESSAGE,
     timeout: float | None = DEFAULT_TIMEOUT,
     endpoint: str | None = None,
+    **settings: Any,
 ) -> Path:
-    """Saves a trained adapter to ``output_dir`` (atomically), then pushes that folder to ``repo_id``.
+    """Saves a trained adapter to ``output_dir`` (atomically, with ``save_adapter``), then pushes that folder to
+    ``repo_id``.
 
-    For use outside the Trainer (the callback does the same at the end of training). Without ``model_card``
-    a card is built from ``extra_json``'s labels and template (see ``build_model_card``).
+    For use outside the Trainer (``HubPushCallback`` does the same at the end of training). ``card`` and
+    ``settings`` (``labels``, ``template``, ``text_column``, ``class_names``, ``eval_mode``) are ``save_adapter``'s:
+    without ``card``, the card is rendered from the model and ``settings``. Card data (``ModelCardInputs``) is kept
+    in ``softprompt_hf.json``, so that a later push to another repository renders the card for that one; a
+    ``huggingface_hub.ModelCard`` given here is pushed as it is.
 
     Returns:
         The local folder, which holds the complete adapter even when the push fails.
-
-    A card built here keeps its inputs in ``softprompt_hf.json``, so that a later push to another repository
-    renders it for that one; a ``model_card`` given here is pushed as it is.
 
     Raises:
         ValueError: If ``base_model_id`` is not a Hub id.
@@ -250,23 +244,8 @@ def push_adapter(
     ```
     """
     _check_base_model_id(base_model_id)
-    extra = dict(extra_json or {})
-    if model_card is None:
-        inputs = model_card_inputs(
-            model,
-            base_model=base_model_id,
-            labels=extra.get("labels"),
-            template=extra.get("template"),
-            text_column=extra.get("text_column"),
-        )
-        model_card, extra[CARD_INPUTS_KEY] = card_for_repo(inputs, repo_id)
     folder = save_adapter(
-        model,
-        output_dir,
-        tokenizer=tokenizer,
-        base_model_id=base_model_id,
-        model_card=model_card,
-        extra_json=extra,
+        model, output_dir, tokenizer=tokenizer, base_model_id=base_model_id, card=card, repo_id=repo_id, **settings
     )
     push_adapter_folder(
         folder, repo_id, token=token, private=private, commit_message=commit_message, timeout=timeout, endpoint=endpoint
@@ -274,17 +253,12 @@ def push_adapter(
     return folder
 
 
-def card_for_repo(inputs: ModelCardInputs, repo_id: str | None) -> tuple[ModelCard, dict[str, Any]]:
-    """The card rendered for ``repo_id``, and the inputs to store under ``softprompt_hf.json``'s ``"card"`` key."""
-    inputs = dataclasses.replace(inputs, repo_id=repo_id)
-    return render_model_card(inputs, repo_id=repo_id), inputs.to_dict()
-
-
 class HubPushCallback(TrainerCallback, ExportableState):
     """Pushes the adapter, the tokenizer and a model card to a Hub repository when training ends.
 
     On the main process only, the adapter is first saved with ``save_adapter`` into
-    ``<output_dir>/<local_dir>`` (the base model named by its Hub id, the card built by ``build_model_card``,
+    ``<output_dir>/<local_dir>`` (``<output_dir>/adapter``, the folder the recipes write too: the base model named
+    by its Hub id, the card rendered from the data a ``ModelCardCallback`` collects during training,
     ``softprompt_hf.json`` for ``softprompt-hf predict``), then uploaded. If the upload fails at the end of
     training, ``trainer.train()`` raises a ``HubPushError`` that gives the command to push the saved folder.
     What can be checked before training is checked when training begins (``check_push_access``: offline mode,
@@ -304,10 +278,10 @@ class HubPushCallback(TrainerCallback, ExportableState):
         token: A Hub token with write access; default: the saved login or ``HF_TOKEN``. Never logged or saved.
         private: Create the repository as private.
         push_best: Push at each new best evaluation rather than only the final adapter.
-        metrics: The run's ``GenerationMetrics``, for the labels, template and confusion matrix in the card.
+        metrics: The run's ``GenerationMetrics``, for the labels, confusion matrix and example texts in the card.
         labels: The label texts (default: ``metrics.labels``).
-        template: The prompt template (default: ``metrics.template``).
-        text_column: The text column (default: ``metrics.text_column``).
+        template: The prompt template (default: the training collator's, else ``metrics.template``).
+        text_column: The text column (default: the training collator's, else ``metrics.text_column``).
         dataset: The dataset's Hub id, for the card.
         dataset_config: The dataset's config, for the card.
         license: The license id, for the card.
@@ -348,7 +322,7 @@ class HubPushCallback(TrainerCallback, ExportableState):
         dataset: str | None = None,
         dataset_config: str | None = None,
         license: str | None = None,
-        local_dir: str = "hub_adapter",
+        local_dir: str = "adapter",
         timeout: float | None = DEFAULT_TIMEOUT,
         endpoint: str | None = None,
     ) -> None:
@@ -360,13 +334,11 @@ class HubPushCallback(TrainerCallback, ExportableState):
         self._token = token
         self.private = private
         self.push_best = push_best
-        self.metrics = metrics
-        self.labels = labels
-        self.template = template
-        self.text_column = text_column
-        self.dataset = dataset
-        self.dataset_config = dataset_config
-        self.license = license
+        # What the card shows, collected during training (ModelCardCallback: hyperparameters, evaluations).
+        facts: dict[str, Any] = {"labels": labels, "template": template, "text_column": text_column, "license": license}
+        self.card = ModelCardCallback(
+            base_model=base_model_id, metrics=metrics, dataset=dataset, dataset_config=dataset_config, **facts
+        )
         self.local_dir = local_dir
         self.timeout = timeout
         self.endpoint = endpoint
@@ -401,6 +373,15 @@ class HubPushCallback(TrainerCallback, ExportableState):
         training_args.hub_token = None
         return callback
 
+    @property
+    def metrics(self) -> Any:
+        """The run's ``GenerationMetrics`` (labels, confusion matrix and example texts for the card), or None."""
+        return self.card.metrics
+
+    @metrics.setter
+    def metrics(self, metrics: Any) -> None:
+        self.card.metrics = metrics
+
     def state(self) -> dict[str, Any]:
         # Saved by the Trainer into each checkpoint's trainer_state.json: JSON only, and never the token.
         return {
@@ -431,6 +412,7 @@ class HubPushCallback(TrainerCallback, ExportableState):
             )
         self._restore(args, state)
         check_push_access(self.repo_id, token=self._token, timeout=self.timeout, endpoint=self.endpoint)
+        self.card.on_train_begin(args, state, control, **kwargs)
 
     def _restore(self, args, state) -> None:
         """Takes back the best score (and the adapter saved for it) from a resumed checkpoint's state."""
@@ -448,13 +430,16 @@ class HubPushCallback(TrainerCallback, ExportableState):
         attributes = mine[0].get("attributes", {})
         self._best = attributes.get("_best")
         self.pushed = bool(attributes.get("pushed"))
-        folder = Path(args.output_dir) / self.local_dir
+        # The folder the checkpointed callback saved to: a checkpoint of softprompt_hf 0.1 names "hub_adapter",
+        # its default then; what this callback saves from now on goes to its own local_dir.
+        folder = Path(args.output_dir) / mine[0].get("args", {}).get("local_dir", self.local_dir)
         self._saved = bool(attributes.get("_saved")) and (folder / "adapter_config.json").is_file()
         self.folder = folder if self._saved else None
         if self._best is not None:
             logger.info(f"HubPushCallback: best {args.metric_for_best_model} so far {self._best} (from the checkpoint)")
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
+        self.card.on_evaluate(args, state, control, metrics=metrics, **kwargs)
         if not (self.push_best and state.is_world_process_zero and metrics):
             return
         name = args.metric_for_best_model
@@ -472,13 +457,14 @@ class HubPushCallback(TrainerCallback, ExportableState):
             logger.warning(f"{err}\nTraining goes on; the push is retried when training ends.")
 
     def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
+        self.card.on_train_end(args, state, control, **kwargs)
         if not state.is_world_process_zero:
             return
         if self.push_best and self.folder is not None:
             if not self.pushed:
                 self._push(f"Best adapter: {args.metric_for_best_model} = {self._best:.4f}")
             return
-        self._save(args, state, model, processing_class, _last_eval_metrics(state.log_history))
+        self._save(args, state, model, processing_class, None)
         self._push(f"Adapter after {state.global_step} training steps")
 
     def _save(self, args, state, model, tokenizer, metrics: Mapping[str, float] | None) -> None:
@@ -489,39 +475,13 @@ class HubPushCallback(TrainerCallback, ExportableState):
                 "HubPushCallback got no tokenizer, so the pushed repository will hold none and the card's usage "
                 "snippet will not run: pass processing_class=tokenizer to the Trainer."
             )
-        generation_metrics = self.metrics
-        labels = self.labels or (list(generation_metrics.labels) if generation_metrics is not None else None)
-        template = self.template or getattr(generation_metrics, "template", None)
-        text_column = self.text_column or getattr(generation_metrics, "text_column", None)
-        inputs = model_card_inputs(
-            model,
-            base_model=self.base_model_id,
-            metrics=metrics,
-            report=getattr(generation_metrics, "last_report", None),
-            training_args=args,
-            log_history=state.log_history,
-            dataset=self.dataset,
-            dataset_config=self.dataset_config,
-            labels=labels,
-            template=template,
-            text_column=text_column,
-            license=self.license,
-        )
-        card, card_inputs = card_for_repo(inputs, self.repo_id)
         self.folder = save_adapter(
             model,
             Path(args.output_dir) / self.local_dir,
             tokenizer=tokenizer,
             base_model_id=self.base_model_id,
-            model_card=card,
-            extra_json=inference_settings(
-                model,
-                labels=labels,
-                template=template,
-                text_column=text_column,
-                base_model=self.base_model_id,
-                **{CARD_INPUTS_KEY: card_inputs},
-            ),
+            card=self.card.card_data(model, metrics=metrics),  # the metrics of the evaluation saved for
+            repo_id=self.repo_id,
         )
         self._saved = True
         self.pushed = False
@@ -541,13 +501,6 @@ class HubPushCallback(TrainerCallback, ExportableState):
         self.pushed = True
 
 
-def _last_eval_metrics(log_history: Sequence[Mapping[str, Any]]) -> dict[str, float] | None:
-    for entry in reversed(log_history):
-        if any(key.startswith("eval_") for key in entry):
-            return {k: v for k, v in entry.items() if k.startswith("eval_")}
-    return None
-
-
 def _check_base_model_id(base_model_id: str) -> None:
     if not is_hub_id(base_model_id):
         raise ValueError(
@@ -557,12 +510,16 @@ def _check_base_model_id(base_model_id: str) -> None:
         )
 
 
-def _name_base_model(folder: Path, base_model_id: str | None) -> str:
-    """Refuses a folder whose adapter names a local base model, unless ``base_model_id`` replaces it; returns the
-    base model the folder named before.
+def _prepare_for_push(folder: Path, repo_id: str, base_model_id: str | None) -> None:
+    """Makes the saved folder name ``repo_id`` and the base model's Hub id before it is uploaded.
 
-    A local ``tokenizer_name_or_path`` (recorded by TEXT-initialised prompt tuning) is replaced by the base
-    model's Hub id too: the tokenizer is the base model's, and a path on this machine means nothing to others.
+    Refused: a folder whose adapter names a local base model, unless ``base_model_id`` replaces it. The Hub id goes
+    into ``adapter_config.json`` (and replaces a local ``tokenizer_name_or_path``, recorded by TEXT-initialised
+    prompt tuning: the tokenizer is the base model's) and ``softprompt_hf.json``. A card rendered from the data in
+    ``softprompt_hf.json``, and unchanged since, is rendered again from that data for ``repo_id`` and the base
+    model; any other card (edited by hand, a caller's own, or from an older softprompt_hf) is kept as it is, with
+    only its YAML ``base_model`` set (``ModelCardData``) when ``base_model_id`` is given. The changed files
+    replace the folder in one swap (``replace_folder``).
     """
     config_path = folder / "adapter_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -576,6 +533,7 @@ def _name_base_model(folder: Path, base_model_id: str | None) -> str:
     if base_model_id is not None:
         _check_base_model_id(base_model_id)
     base = base_model_id or current
+    files: dict[str, str] = {}  # name -> new content
     updates = {}
     if current != base:
         updates["base_model_name_or_path"] = base
@@ -584,51 +542,63 @@ def _name_base_model(folder: Path, base_model_id: str | None) -> str:
         updates["tokenizer_name_or_path"] = base
     if updates:
         logger.info(f"Naming the base model by its Hub id in {config_path}: {updates}")
-        atomic_write_json(config_path, {**config, **updates})
-    if base_model_id is not None:
-        inference_path = folder / INFERENCE_CONFIG_NAME
-        if inference_path.is_file():
-            inference = json.loads(inference_path.read_text(encoding="utf-8"))
-            if inference.get("base_model") != base_model_id:
-                atomic_write_json(inference_path, {**inference, "base_model": base_model_id})
-    return current
+        files[config_path.name] = _json_text({**config, **updates})
+    settings_path = folder / INFERENCE_CONFIG_NAME
+    settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
+    settings = settings if isinstance(settings, dict) else {}
+    new_settings = {**settings, "base_model": base_model_id} if base_model_id is not None and settings else settings
+    readme = _card_for_push(folder / "README.md", settings.get(CARD_KEY), repo_id, base_model_id)
+    if readme is not None:
+        files["README.md"] = readme[0]
+        if readme[1] is not None:
+            new_settings = {**new_settings, CARD_KEY: readme[1]}
+    if new_settings != settings:
+        files[INFERENCE_CONFIG_NAME] = _json_text(new_settings)
+    if files:
+        replace_folder(folder, lambda new: _copy_with(folder, new, files))
 
 
-def _render_card_for(folder: Path, repo_id: str, base_model_id: str | None, previous_base: str) -> None:
-    """Renders the folder's card for ``repo_id`` (and the base model's Hub id) from its stored inputs.
-
-    Only a card that is exactly what its stored inputs render is replaced; a card edited by hand, or one written
-    without inputs (a ``model_card`` of the caller's, or an older softprompt_hf), is kept, with the base model's
-    local path replaced by ``base_model_id`` if given.
-    """
-    card_path = folder / "README.md"
-    inference_path = folder / INFERENCE_CONFIG_NAME
-    settings = json.loads(inference_path.read_text(encoding="utf-8")) if inference_path.is_file() else {}
-    stored = settings.get(CARD_INPUTS_KEY) if isinstance(settings, dict) else None
-    if isinstance(stored, dict) and card_path.is_file():
-        inputs = ModelCardInputs.from_dict(stored)
-        rendered = render_model_card(inputs, repo_id=inputs.repo_id).content
-        if card_path.read_text(encoding="utf-8") == rendered:
-            if base_model_id is not None and base_model_id != inputs.base_model:
-                inputs = dataclasses.replace(inputs, base_model=base_model_id, local_base=False)
-            card, card_inputs = card_for_repo(inputs, repo_id)
-            if card_inputs != stored:
-                atomic_write_text(card_path, card.content)
-                atomic_write_json(inference_path, {**settings, CARD_INPUTS_KEY: card_inputs})
-            return
-        logger.warning(
-            f"{card_path} was edited after softprompt_hf wrote it, so it is pushed as it is; check that it names "
-            f"{repo_id!r}."
+def _card_for_push(
+    card_path: Path, stored: Any, repo_id: str, base_model_id: str | None
+) -> tuple[str, dict[str, Any]] | None:
+    """The card's new content and data for ``repo_id``, or None when the card stays as it is."""
+    if not card_path.is_file():
+        return None
+    text = card_path.read_text(encoding="utf-8")
+    if isinstance(stored, dict):
+        data = ModelCardInputs.from_dict(stored)
+        if text == render_model_card(data, repo_id=data.repo_id).content:
+            if base_model_id is not None and base_model_id != data.base_model:
+                data = with_base_model(data, base_model_id)
+            data = data.replace(repo_id=repo_id)
+            return render_model_card(data, repo_id=repo_id).content, data.to_dict()
+        older = {spec.name for spec in dataclasses.fields(ModelCardInputs)} - set(stored)
+        why = (
+            "was written by an older softprompt_hf (save the adapter again for a card rendered for the repository)"
+            if older
+            else "was edited after softprompt_hf wrote it"
         )
-    if base_model_id is None or not card_path.is_file():
-        return
-    card = ModelCard.load(card_path)
-    before = card.content
-    if previous_base and previous_base != base_model_id:
-        name_base_model_in_card(card, previous_base, base_model_id)
-    card.data.base_model = base_model_id
-    if card.content != before:
-        atomic_write_text(card_path, card.content)
+        logger.warning(f"{card_path} {why}, so it is pushed as it is; check that it names {repo_id!r}.")
+    card = ModelCard(text)
+    metadata: Any = card.data  # a ModelCardData (typed as its base class)
+    if base_model_id is None or metadata.base_model == base_model_id:
+        return None
+    metadata.base_model = base_model_id
+    return card.content, stored
+
+
+def _json_text(payload: Any) -> str:
+    return json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _copy_with(source: Path, target: Path, files: Mapping[str, str]) -> None:
+    """Fills ``target`` with the files of ``source``, those named in ``files`` with their new content."""
+    for path in source.iterdir():
+        if path.name in files or not path.is_file():
+            continue
+        shutil.copy2(path, target / path.name)
+    for name, content in files.items():
+        (target / name).write_text(content, encoding="utf-8")
 
 
 def _access_problem(repo_id: str, token: str | None, timeout: float | None, endpoint: str | None) -> str | None:

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
+from .card import ModelCardCallback
 from .collator import SoftPromptDataCollator
 from .data import load_raft
 from .embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
 from .evaluation import GenerationMetrics
 from .methods import SoftPromptArguments, build_soft_prompt_model
+from .saving import save_adapter
 
 _TRAINING_DEFAULTS = {
     "output_dir": "outputs/quickstart",
@@ -79,12 +82,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     trainer.train()
     after = metrics.evaluate(model)["accuracy"]
-    # 4. Save the adapter and the tokenizer.
-    model.save_pretrained(training_args.output_dir)
-    tokenizer.save_pretrained(training_args.output_dir)
+    # 4. Save the adapter folder (adapter, tokenizer, card, softprompt_hf.json), as the recipes do: it loads with
+    # AutoPeftModelForCausalLM, and `softprompt-hf predict <folder>` knows its labels, template and text column.
+    collected = ModelCardCallback.of(
+        trainer, base_model=data_args.model_name_or_path, metrics=metrics, allow_local_base=True
+    )
+    card_data = collected.card_data(model, metrics={"accuracy": after})
+    folder = save_adapter(model, Path(training_args.output_dir) / "adapter", tokenizer=tokenizer, card=card_data)
     print(
         f"{prompt_args.method}: validation accuracy {before:.3f} before training, {after:.3f} after "
-        f"({len(validation)} rows); adapter saved to {training_args.output_dir}"
+        f"({len(validation)} rows); adapter saved to {folder}"
     )
     return {"accuracy_before": before, "accuracy_after": after}
 

@@ -51,7 +51,7 @@ from .label_logits import enable_label_only_logits
 from .methods import METHODS, SoftPromptArguments
 from .metrics import write_predictions, write_raft_submission
 from .prompt import DEFAULT_TEMPLATE, encode_target
-from .saving import atomic_write_json, inference_settings, save_adapter
+from .saving import atomic_write_json, save_adapter
 from .shared_prompt import enable_shared_prompt
 
 logger = logging.get_logger(__name__)
@@ -749,23 +749,15 @@ def finish_run(
         return results
     atomic_write_json(output_dir / RESULTS_NAME, {k: v for k, v in results.items() if _jsonable(v)})
     write_predictions(output_dir / PREDICTIONS_NAME, metrics.last_predictions)
-    card, card_inputs = _model_card(trainer, metrics, data, model_args, data_args, results, repo_id)
     save_adapter(
         model,
         output_dir / ADAPTER_DIRNAME,
         tokenizer=trainer.processing_class,
         base_model_id=model_args.base_model_id,
-        model_card=card,
-        extra_json=inference_settings(
-            model,
-            labels=data.classes,
-            template=data_args.template,
-            text_column=data.text_column,
-            base_model=base_model_id(model_args),
-            class_names=list(data.class_names),
-            eval_mode=run_args.eval_mode,
-            card=card_inputs,
-        ),
+        card=_model_card(trainer, metrics, data, model_args, data_args, results),
+        repo_id=str(repo_id) if repo_id is not None else None,
+        class_names=list(data.class_names),
+        eval_mode=run_args.eval_mode,
     )
     if predicted:
         assert unlabeled is not None
@@ -790,26 +782,24 @@ def _model_card(
     model_args: ModelArguments,
     data_args: DataArguments,
     results: dict[str, Any],
-    repo: HubTarget | str | None,
-) -> tuple[Any, dict[str, Any]]:
-    """The run's card for ``repo``, and the inputs it is rendered from (kept in ``softprompt_hf.json``)."""
-    from .card import is_hub_id, model_card_inputs
-    from .hub import card_for_repo
+) -> Any:
+    """The run's card data (``ModelCardInputs``): what the Trainer ran, and the final ``results``."""
+    from .card import ModelCardCallback, is_hub_id
 
     dataset = {"embedded": None, "raft": "ought/raft", "files": None}[data_args.dataset]
-    inputs = model_card_inputs(
-        trainer.model,
+    collector = ModelCardCallback.of(
+        trainer,
         base_model=base_model_id(model_args),
-        metrics={k: v for k, v in results.items() if isinstance(v, (int, float))},
-        report=metrics.last_report,
-        training_args=trainer.args,
-        log_history=trainer.state.log_history,
+        metrics=metrics,
+        # A local base model (the embedded default) gets a card that says it has no Hub id.
+        allow_local_base=not is_hub_id(base_model_id(model_args)),
         dataset=dataset,
         dataset_config=data_args.raft_subset if dataset else None,
+    )
+    return collector.card_data(
+        trainer.model,
+        metrics=results,
         labels=list(data.classes),
         template=data_args.template,
         text_column=data.text_column,
-        # A local base model (the embedded default) gets a card that says it has no Hub id.
-        allow_local_base=not is_hub_id(base_model_id(model_args)),
     )
-    return card_for_repo(inputs, str(repo) if repo is not None else None)

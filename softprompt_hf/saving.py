@@ -1,8 +1,8 @@
 """Save a trained soft prompt so that an interruption never leaves a half-written adapter behind.
 
-``save_adapter`` writes the adapter, the tokenizer and a model card into a temporary sibling folder and
-moves it into place only once every file is on disk: the target folder is either the previous complete
-adapter or the new complete one, never a mixture.
+``save_adapter`` writes the adapter, the tokenizer, the model card and ``softprompt_hf.json`` into a temporary
+sibling folder and moves it into place only once every file is on disk: the target folder is either the
+previous complete adapter or the new complete one, never a mixture.
 """
 
 from __future__ import annotations
@@ -15,49 +15,33 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from transformers.utils import logging
 
-from .methods import eval_mode, method_name
+from . import methods
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
+
+    from .card import ModelCardInputs
 
 logger = logging.get_logger(__name__)
 
 __all__ = [
+    "CARD_KEY",
     "INFERENCE_CONFIG_NAME",
     "atomic_open",
     "atomic_write_json",
     "atomic_write_text",
-    "inference_settings",
     "replace_folder",
     "save_adapter",
 ]
 
-# What inference needs beyond the adapter: the label set, the prompt template, the text column (JSON).
+# What inference needs beyond the adapter (JSON): see ``save_adapter``.
 INFERENCE_CONFIG_NAME = "softprompt_hf.json"
-
-
-def inference_settings(
-    model: Any,
-    *,
-    labels: Sequence[str] | None,
-    template: str | None,
-    text_column: str | None,
-    base_model: str | None,
-    **more: Any,
-) -> dict[str, Any]:
-    """What ``softprompt_hf.json`` (``save_adapter(extra_json=...)``) holds for ``predict`` and other readers: the
-    label set, the prompt template, the text column, the method and the base model, plus ``more``; ``None``
-    values are left out."""
-    settings = {
-        "labels": list(labels) if labels is not None else None,
-        "template": template,
-        "text_column": text_column,
-        "method": method_name(model),
-        "base_model": base_model,
-        **more,
-    }
-    return {key: value for key, value in settings.items() if value is not None}
+#: The key of ``softprompt_hf.json`` that holds the card's data (``ModelCardInputs``).
+CARD_KEY = "card"
 
 
 # What a folder written by ``save_adapter`` may hold; anything else means the caller pointed it at a folder
@@ -166,10 +150,26 @@ def save_adapter(
     *,
     tokenizer: Any | None = None,
     base_model_id: str | None = None,
-    model_card: Any | None = None,
-    extra_json: dict[str, Any] | None = None,
+    card: ModelCardInputs | ModelCard | None = None,
+    repo_id: str | None = None,
+    labels: Sequence[str] | None = None,
+    template: str | None = None,
+    text_column: str | None = None,
+    class_names: Sequence[str] | None = None,
+    eval_mode: str | None = None,
 ) -> Path:
-    """Save a soft-prompt adapter, its tokenizer and a model card atomically.
+    """Writes a complete adapter folder atomically: the adapter, its tokenizer, its model card and
+    ``softprompt_hf.json``. Every adapter folder softprompt_hf writes (recipes, ``HubPushCallback``,
+    ``push_adapter``, the quick start) comes from here, and loads with ``AutoPeftModelForCausalLM`` and
+    ``softprompt-hf predict`` alike.
+
+    ``softprompt_hf.json`` (``INFERENCE_CONFIG_NAME``) holds what inference needs beyond the adapter, keys left
+    out when unknown: ``method`` (``prompt_tuning``, ``p_tuning``, ``prefix_tuning``), ``base_model`` (its Hub id,
+    or the local path it was loaded from), ``labels`` (the label texts the model generates), ``template`` (the
+    prompt template), ``text_column`` (the column the model was trained on, which fills ``{text_column}``),
+    ``class_names`` (the dataset's class names, when its label column holds integers), ``eval_mode``
+    (``generate`` or ``rank``) and ``card`` (``CARD_KEY``: the ``ModelCardInputs`` the card was rendered from, so
+    that a push renders it again for its repository; absent for a card of the caller's own).
 
     Args:
         model: The ``PeftModel`` (trained in memory: prompt tuning's embeddings, P-tuning's encoder output
@@ -181,23 +181,46 @@ def save_adapter(
         base_model_id: Written as ``base_model_name_or_path`` in ``adapter_config.json`` instead of the path
             the base model was loaded from, so that others can find it (a Hub id such as
             ``bigscience/bloomz-560m``); a local ``tokenizer_name_or_path`` (TEXT-initialised prompt tuning) is
-            replaced by it too. The live model's config is left as it was.
-        model_card: A ``huggingface_hub.ModelCard`` (or anything with ``.save(path)``) saved as ``README.md``
-            instead of peft's generic card.
-        extra_json: Written to ``softprompt_hf.json`` (``INFERENCE_CONFIG_NAME``): what inference needs
-            beyond the adapter, i.e. ``{"labels": [...], "template": ..., "text_column": ..., "method": ...,
-            "base_model": ...}``.
+            replaced by it too, and the card names it. The live model's config is left as it was.
+        card: The card's data (``ModelCardInputs``, e.g. ``ModelCardCallback.card_data(model)``), rendered into
+            ``README.md`` and kept in ``softprompt_hf.json``; or a ``huggingface_hub.ModelCard`` of your own,
+            written as it is. Default: the data of ``model`` itself (method, PEFT config, parameter counts) with
+            ``labels``, ``template`` and ``text_column``.
+        repo_id: The Hub repository the folder is for (the card's title and usage snippet name it).
+        labels: The label texts (default: the card data's).
+        template: The prompt template (default: the card data's, else the seed guide's).
+        text_column: The text column the model was trained on (default: the card data's).
+        class_names: The class names of integer labels, for ``softprompt_hf.json``.
+        eval_mode: How the run scored the model (``generate`` or ``rank``), for ``softprompt_hf.json``.
 
     Returns:
         The path of the saved adapter folder.
 
     Only the main process should call this in a distributed run.
     """
+    # Imported here: the card module imports the metrics, which import this module's atomic writers.
+    from .card import ModelCardInputs, model_card_inputs, render_model_card, with_base_model
+
     target = Path(output_dir)
     _check_adapter_folder(target)
     configs = getattr(model, "peft_config", None)
     if not configs:
         raise TypeError(f"save_adapter expects a peft PeftModel, got {type(model).__name__}.")
+    named = {"labels": list(labels) if labels is not None else None, "template": template, "text_column": text_column}
+    base_model = base_model_id or next(iter(configs.values())).base_model_name_or_path
+    readme: Any = card
+    settings: dict[str, Any] = {"method": methods.method_name(model), "base_model": base_model, **named}
+    if card is None or isinstance(card, ModelCardInputs):
+        data = card or model_card_inputs(model, base_model=base_model, allow_local_base=base_model_id is None)
+        if base_model_id is not None and data.base_model != base_model_id:
+            data = with_base_model(data, base_model_id)
+        data = data.replace(repo_id=repo_id, **named)
+        readme = render_model_card(data, repo_id=data.repo_id)
+        settings.update(
+            labels=data.labels, template=data.template, text_column=data.text_column, **{CARD_KEY: data.to_dict()}
+        )
+    settings.update(class_names=list(class_names) if class_names is not None else None, eval_mode=eval_mode)
+    settings = {key: value for key, value in settings.items() if value is not None}
 
     def write(folder: Path) -> None:
         previous = {
@@ -216,7 +239,7 @@ def save_adapter(
             # projection): in eval mode, or their dropout would be baked into the adapter.
             # save_embedding_layers=False: soft prompts never train the embedding matrix, and "auto" would look
             # the base model up (on the Hub) to decide.
-            with eval_mode(model):
+            with methods.eval_mode(model):
                 model.save_pretrained(str(folder), save_embedding_layers=False)
         finally:
             for name, (base_path, tokenizer_path) in previous.items():
@@ -225,12 +248,10 @@ def save_adapter(
                     configs[name].tokenizer_name_or_path = tokenizer_path
         if tokenizer is not None:
             tokenizer.save_pretrained(str(folder))
-        if model_card is not None:
-            model_card.save(str(folder / "README.md"))
-        if extra_json is not None:
-            (folder / INFERENCE_CONFIG_NAME).write_text(
-                json.dumps(extra_json, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
-            )
+        readme.save(str(folder / "README.md"))  # replaces peft's generic card
+        (folder / INFERENCE_CONFIG_NAME).write_text(
+            json.dumps(settings, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
 
     replace_folder(target, write)
     logger.info(f"Saved the adapter to {target}")

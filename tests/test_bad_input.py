@@ -67,8 +67,7 @@ def saved(tmp_path_factory) -> dict[str, Path]:
         prompt_tuning_init="RANDOM",
         num_virtual_tokens=4,
     )
-    extra = {"labels": LABELS, "text_column": "Tweet text", "method": "prompt_tuning"}
-    adapter = save_adapter(model, root / "adapter", tokenizer=tokenizer, extra_json=extra)
+    adapter = save_adapter(model, root / "adapter", tokenizer=tokenizer, labels=LABELS, text_column="Tweet text")
     other = root / "other-base"
     AutoModelForCausalLM.from_config(
         BloomConfig(vocab_size=len(tokenizer), hidden_size=32, n_layer=2, n_head=4)
@@ -494,7 +493,7 @@ def test_disk_full_while_saving_keeps_the_previous_adapter(tmp_path, saved, monk
     # peft 0.21 writes the adapter weights with safetensors' save_file, imported into peft.peft_model.
     monkeypatch.setattr(peft.peft_model, "safe_save_file", disk_full)
     with pytest.raises(OSError) as raised:
-        save_adapter(model, target, extra_json={"labels": LABELS})
+        save_adapter(model, target, labels=LABELS)
     assert _digest(target) == before  # the previous adapter, untouched
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no temporary folder left behind
     assert load_adapter(target, device="cpu").settings["labels"] == LABELS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import re
@@ -26,8 +27,16 @@ from trained_adapters import (
     train_tiny_adapter,
 )
 
+import softprompt_hf
 from softprompt_hf import classification_report
-from softprompt_hf.card import ModelCardInputs, build_model_card, model_card_inputs, render_model_card
+from softprompt_hf._upstream import cache_argument
+from softprompt_hf.card import (
+    ModelCardCallback,
+    ModelCardInputs,
+    build_model_card,
+    model_card_inputs,
+    render_model_card,
+)
 from softprompt_hf.hub import push_adapter
 from softprompt_hf.metrics import match_label
 from softprompt_hf.predict import predict
@@ -213,7 +222,7 @@ def test_usage_snippet_runs_against_the_hub_as_written(trained, hub, tmp_path):
             base_model_id=BASE_ID,
             output_dir=tmp_path / method,
             tokenizer=trainer.processing_class,
-            model_card=card,
+            card=card,
             token=TOKEN,
         )
         pushed = ModelCard(hub.repos[repo_id].files["README.md"].decode())
@@ -249,3 +258,59 @@ def test_usage_snippet_runs_against_the_hub_as_written(trained, hub, tmp_path):
     assert printed == expected
     assert any(path.endswith("/model.safetensors") and path.startswith(f"/{BASE_ID}/") for _, path in hub.requests)
     assert Path(tmp_path / "fresh-hf-home").is_dir()  # downloads went to the fresh cache, through the server
+
+
+def test_usage_snippets_label_the_runs_first_validation_texts(trained):
+    """The texts the snippets label come from the run (its first validation rows), not from a sample tweet
+    written into every card; a card that knows no data labels neutral placeholders."""
+    trainer = trained["p_tuning"]
+    metrics = trainer.metrics_callback
+    data = ModelCardCallback.of(trainer, base_model=BASE_ID, metrics=metrics).card_data(trainer.model)
+    first = [row["Tweet text"] for row in metrics.eval_rows[:2]]
+    assert data.example_texts == first
+    for code in SNIPPET.findall(render_model_card(data).text):
+        assert snippet_texts(code) == first
+    bare = build_model_card(trainer.model, base_model=BASE_ID, labels=LABELS, text_column="Tweet text")
+    (placeholders,) = {tuple(snippet_texts(code)) for code in SNIPPET.findall(bare.text)}
+    rows = {row["Tweet text"] for row in metrics.eval_rows} | {"@Acme my parcel never arrived"}
+    assert len(placeholders) == 2 and not set(placeholders) & rows
+
+
+def test_the_generate_caveat_names_the_versions_the_adapter_was_saved_with(trained):
+    """The card says peft's own generate() is wrong only as a fact about the versions it was saved with."""
+    import peft
+    import transformers
+
+    model = trained["prompt_tuning"].model
+    data = model_card_inputs(model, base_model=BASE_ID, labels=LABELS, text_column="Tweet text")
+    assert data.versions == {
+        "peft": peft.__version__,
+        "softprompt_hf": softprompt_hf.__version__,
+        "transformers": transformers.__version__,
+    }
+    wrong = cache_argument(model) == "cache"  # the base forward takes transformers 5.24's renamed argument
+    assert data.stock_generate_wrong is wrong
+    usage = section(render_model_card(data).text, "Usage").split("\n\n")[0]
+    claim = "`PeftModel.generate()` alone returns wrong tokens for a soft prompt"
+    versions = f"with peft {peft.__version__} and transformers {transformers.__version__}, the versions this"
+    assert (claim in usage and versions in usage) is wrong
+    assert "peft 0.21 and transformers 5," not in usage
+    # Data that records no such fact (an older folder's) states no caveat.
+    unknown = render_model_card(dataclasses.replace(data, stock_generate_wrong=None, versions={}))
+    assert claim not in unknown.text
+
+
+def test_a_card_without_a_known_text_column_never_renders_a_wrong_prompt(trained):
+    """Built without the text column the model was trained on, the card says so and its snippets stop with a
+    KeyError instead of filling {text_column} with a name the model never saw."""
+    card = build_model_card(trained["prefix_tuning"].model, base_model=BASE_ID, labels=LABELS)
+    assert "text_column='text'" not in card.text and "'text'" not in card.text
+    assert "which this card does not record" in card.text and "--text-column" in section(card.text, "Usage")
+    assert "--text-column '" not in card.text
+    for code in SNIPPET.findall(card.text):
+        (prompt,) = re.findall(r"^\s*(?:prompts = \[|prompt = )('.*'\.format\(text=text\))", code, re.MULTILINE)
+        with pytest.raises(KeyError, match="text_column"):
+            eval(prompt, {"text": "@Acme late again"})
+    # A template without {text_column} needs no column name.
+    plain = build_model_card(trained["prefix_tuning"].model, base_model=BASE_ID, labels=LABELS, template=TEMPLATE)
+    assert f"Prompt template: `{TEMPLATE!r}`." in plain.text and "does not record" not in plain.text

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shlex
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,15 +19,15 @@ from huggingface_hub import ModelCard, constants
 from huggingface_hub.utils import _http
 from peft import AutoPeftModelForCausalLM
 from trained_adapters import LABELS, one_thread, train_tiny_adapter
-from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_model_card, build_soft_prompt_model
+from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model
 from softprompt_hf._decoding import generate_label_ids
-from softprompt_hf.card import model_card_inputs
+from softprompt_hf.card import model_card_inputs, render_model_card
 from softprompt_hf.cli import main as cli_main
-from softprompt_hf.hub import HubPushCallback, HubPushError, card_for_repo, push_adapter, push_adapter_folder
-from softprompt_hf.saving import inference_settings, save_adapter
+from softprompt_hf.hub import HubPushCallback, HubPushError, push_adapter, push_adapter_folder
+from softprompt_hf.saving import save_adapter
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 
@@ -56,7 +58,7 @@ def test_trainer_pushes_and_auto_peft_model_loads_it_from_the_hub(hub, tmp_path,
     settings = json.loads(repo.files["softprompt_hf.json"])
     assert settings["labels"] == LABELS and settings["method"] == method and settings["base_model"] == BASE_ID
     # Saved locally before the push, with the same files.
-    assert callback.folder == tmp_path / "run" / "hub_adapter"
+    assert callback.folder == tmp_path / "run" / "adapter"
     assert sorted(p.name for p in callback.folder.iterdir()) == sorted(repo.files)
 
     seen = len(hub.requests)
@@ -163,7 +165,7 @@ def test_failed_push_keeps_the_adapter_and_says_how_to_push_it_later(hub, tmp_pa
             base_model_id=BASE_ID,
             output_dir=folder,
             tokenizer=trainer.processing_class,
-            extra_json={"labels": LABELS},
+            labels=LABELS,
             **failing_push(kind, hub, monkeypatch),
         )
     message = str(failure.value)
@@ -208,7 +210,7 @@ def test_trainer_push_failure_raises_after_saving(hub, tmp_path):
             callbacks=[callback, RevokeToken(hub, "hf_RevokedSecret777")],
             num_train_epochs=1,
         )
-    assert failure.value.folder == tmp_path / "run" / "hub_adapter"
+    assert failure.value.folder == tmp_path / "run" / "adapter"
     assert (failure.value.folder / "adapter_model.safetensors").is_file()
     assert f"softprompt-hf push {failure.value.folder} alice/denied" in str(failure.value)
 
@@ -245,7 +247,7 @@ def test_a_push_that_cannot_work_is_refused_before_the_first_step(hub, tmp_path,
     with pytest.raises(ValueError, match="Nothing was trained") as failure:
         train_tiny_adapter(hub.base_dir, "p_tuning", tmp_path / "run", callbacks=[callback, steps])
     assert expected in str(failure.value) and f"Cannot push to the Hub repository {repo_id!r}" in str(failure.value)
-    assert steps.steps == 0 and not (tmp_path / "run" / "hub_adapter").exists()
+    assert steps.steps == 0 and not (tmp_path / "run" / "adapter").exists()
     assert not any(path.endswith(("/preupload/main", "/commit/main")) for _, path in hub.requests)
 
 
@@ -267,16 +269,8 @@ def no_retry_sleeps(monkeypatch):
 @pytest.fixture
 def saved_folder(hub, tmp_path):
     trainer = train_tiny_adapter(hub.base_dir, "prompt_tuning", tmp_path / "run", num_train_epochs=1)
-    inputs = model_card_inputs(trainer.model, base_model=BASE_ID, labels=LABELS)
-    card, card_inputs = card_for_repo(inputs, None)
-    extra = inference_settings(trainer.model, labels=LABELS, template=None, text_column=None, base_model=BASE_ID)
     return save_adapter(
-        trainer.model,
-        tmp_path / "adapter",
-        tokenizer=trainer.processing_class,
-        base_model_id=BASE_ID,
-        model_card=card,
-        extra_json={**extra, "card": card_inputs},
+        trainer.model, tmp_path / "adapter", tokenizer=trainer.processing_class, base_model_id=BASE_ID, labels=LABELS
     )
 
 
@@ -487,6 +481,17 @@ def test_local_base_model_path_is_refused_unless_a_hub_id_is_given(hub, tmp_path
 
     push_adapter_folder(folder, "alice/local", token=TOKEN, base_model_id=BASE_ID)
     assert json.loads(hub.repos["alice/local"].files["adapter_config.json"])["base_model_name_or_path"] == BASE_ID
+    # The card rendered from its data again, for the Hub id: no local path reaches the Hub.
+    assert str(hub.base_dir) not in pushed_card(hub, "alice/local").content
+    assert pushed_card(hub, "alice/local").data.base_model == BASE_ID
+
+    # A card of the user's own is theirs: pushed as it is, only its YAML base_model set to the Hub id.
+    own = ModelCard(f"---\nlicense: mit\n---\n\n# My adapter\n\nTrained on {hub.base_dir}.\n")
+    folder = save_adapter(trainer.model, tmp_path / "own", tokenizer=trainer.processing_class, card=own)
+    push_adapter_folder(folder, "alice/own", token=TOKEN, base_model_id=BASE_ID)
+    pushed = pushed_card(hub, "alice/own")
+    assert pushed.text == own.text and pushed.data.base_model == BASE_ID and pushed.data.license == "mit"
+    assert "card" not in json.loads(hub.repos["alice/own"].files["softprompt_hf.json"])
 
 
 def test_card_written_for_a_local_base_model_names_the_hub_id_once_pushed_with_it(hub, tmp_path, monkeypatch):
@@ -494,9 +499,10 @@ def test_card_written_for_a_local_base_model_names_the_hub_id_once_pushed_with_i
     no local path and no "only loads on this machine" note reach the Hub."""
     trainer = train_tiny_adapter(hub.base_dir, "p_tuning", tmp_path / "run", num_train_epochs=1)
     local = str(hub.base_dir)
-    card = build_model_card(trainer.model, base_model=local, allow_local_base=True, labels=LABELS)
+    card_data = model_card_inputs(trainer.model, base_model=local, allow_local_base=True, labels=LABELS)
+    card = render_model_card(card_data)
     assert f"the local base model `{local}`" in card.text and "only loads on a machine" in card.text
-    folder = save_adapter(trainer.model, tmp_path / "adapter", tokenizer=trainer.processing_class, model_card=card)
+    folder = save_adapter(trainer.model, tmp_path / "adapter", tokenizer=trainer.processing_class, card=card_data)
 
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert cli_main(["push", str(folder), "alice/from-local", "--base-model-id", BASE_ID]) == 0
@@ -519,3 +525,50 @@ def test_text_initialised_prompt_keeps_no_local_tokenizer_path(hub, tmp_path):
     assert config["base_model_name_or_path"] == config["tokenizer_name_or_path"] == BASE_ID
     card = hub.repos["alice/text-init"].files["README.md"].decode()
     assert str(hub.base_dir) not in card and "## PEFT config" in card
+
+
+def test_a_card_built_without_a_text_column_names_the_column_the_model_was_trained_on(hub, tmp_path):
+    """HubPushCallback without text_column or metrics: the card and softprompt_hf.json name the training
+    collator's column ('Tweet text'), never 'text', a column the model never saw."""
+    trainer = tiny_trainer(hub, tmp_path / "run", lambda metrics: [HubPushCallback("alice/column", **PUSH)])
+    trainer.train()
+    card = pushed_card(hub, "alice/column")
+    assert "(`{text_column}` = `'Tweet text'`)" in card.text and "text_column='text'" not in card.text
+    assert card.text.count(".format(text_column='Tweet text', text=text)") == 2
+    assert "--text-column 'Tweet text'" in card.text
+    assert json.loads(hub.repos["alice/column"].files["softprompt_hf.json"])["text_column"] == "Tweet text"
+
+
+PUSH = {"base_model_id": BASE_ID, "token": TOKEN}
+
+
+def test_the_pushed_card_labels_the_runs_validation_texts(hub, tmp_path):
+    callback = HubPushCallback("alice/texts", **PUSH)
+    trainer = train_tiny_adapter(hub.base_dir, "prompt_tuning", tmp_path / "run", callbacks=[callback])
+    card = pushed_card(hub, "alice/texts")
+    first = [row["Tweet text"] for row in trainer.metrics_callback.eval_rows[:2]]
+    assert re.findall(r"^texts = (\[.*\])$", card.text, re.MULTILINE) == [repr(first)] * 2
+    assert "@Acme my parcel never arrived" not in card.text
+
+
+def test_a_run_resumed_from_a_checkpoint_of_the_old_hub_adapter_folder_pushes_that_folder(hub, saved_folder):
+    """Checkpoints of softprompt_hf 0.1 name local_dir 'hub_adapter' (its default then): a resumed push_best run
+    takes its best adapter from there, and saves new ones to 'adapter'."""
+    out = saved_folder.parent / "run"
+    shutil.copytree(saved_folder, out / "hub_adapter")
+    callback = HubPushCallback("alice/old-folder", **PUSH, push_best=True)
+    assert callback.local_dir == "adapter"
+    saved = {"repo_id": "alice/old-folder", "local_dir": "hub_adapter", "push_best": True}
+    state = TrainerState()
+    state.stateful_callbacks["HubPushCallback"] = {
+        "args": saved,
+        "attributes": {"_best": 0.9, "pushed": False, "_saved": True},
+    }
+    state.is_world_process_zero = True
+    args = TrainingArguments(output_dir=str(out), metric_for_best_model="f1", report_to=[], use_cpu=True)
+    callback.on_train_begin(args, state, None)
+    assert callback.folder == out / "hub_adapter" and callback._best == 0.9
+    callback.on_train_end(args, state, None)  # the best adapter was never pushed: it is pushed now
+    files = hub.repos["alice/old-folder"].files
+    assert files["adapter_model.safetensors"] == (out / "hub_adapter" / "adapter_model.safetensors").read_bytes()
+    assert not (out / "adapter").exists()

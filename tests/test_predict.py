@@ -44,8 +44,14 @@ def adapters(tmp_path_factory, model_dirs):
             trainer = train_tiny_adapter(
                 model_dirs["bloom"], method, root / "run", num_train_epochs=2, eval_strategy="no"
             )
-        extra = {"labels": LABELS, "template": TEMPLATE, "text_column": "Tweet text", "method": method}
-        folder = save_adapter(trainer.model, root / "adapter", tokenizer=trainer.processing_class, extra_json=extra)
+        folder = save_adapter(
+            trainer.model,
+            root / "adapter",
+            tokenizer=trainer.processing_class,
+            labels=LABELS,
+            template=TEMPLATE,
+            text_column="Tweet text",
+        )
         trained[method] = (trainer.model, trainer.processing_class, folder)
     return trained
 

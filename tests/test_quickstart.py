@@ -2,19 +2,41 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import METHODS
+from huggingface_hub import ModelCard
 from peft import AutoPeftModelForCausalLM
 
 from softprompt_hf import quickstart
+from softprompt_hf.cli import main as cli_main
+from softprompt_hf.embedded import EMBEDDED_DATA_FILES, TEXT_COLUMN
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_quickstart_learns_the_task(tmp_path, method):
+def test_quickstart_learns_the_task(tmp_path, method, capsys):
     metrics = quickstart.main(["--method", method, "--output_dir", str(tmp_path), "--disable_tqdm", "true"])
     # The embedded model without an instruction answers other tasks; the learned prompt selects this one.
     assert metrics["accuracy_before"] <= 0.5
     assert metrics["accuracy_after"] >= 0.9
-    assert (tmp_path / "adapter_model.safetensors").is_file()
-    assert (tmp_path / "tokenizer.json").is_file()
-    AutoPeftModelForCausalLM.from_pretrained(tmp_path)  # the saved adapter loads on its own
+    folder = tmp_path / "adapter"
+    assert f"adapter saved to {folder}" in capsys.readouterr().out
+    assert (folder / "adapter_model.safetensors").is_file()
+    assert (folder / "tokenizer.json").is_file()
+    AutoPeftModelForCausalLM.from_pretrained(folder)  # the saved adapter loads on its own
+    settings = json.loads((folder / "softprompt_hf.json").read_text())
+    assert settings["labels"] == ["complaint", "no complaint"] and settings["text_column"] == TEXT_COLUMN
+    assert ModelCard.load(folder / "README.md").data.library_name == "peft"
+
+    # `softprompt-hf predict` labels with the folder alone: labels, template and text column come from it.
+    import pandas as pd
+
+    rows = pd.read_parquet(EMBEDDED_DATA_FILES["train"]).head(6)
+    rows[[TEXT_COLUMN]].to_csv(tmp_path / "texts.csv", index=False)
+    output = tmp_path / "predictions.csv"
+    assert cli_main(["predict", str(folder), "--input", str(tmp_path / "texts.csv"), "--output", str(output)]) == 0
+    predicted = pd.read_csv(output, keep_default_na=False)["predicted"].tolist()
+    assert len(predicted) == 6 and set(predicted) <= {"complaint", "no complaint"}
+    gold = rows["Label"].map({1: "complaint", 2: "no complaint"}).tolist()
+    assert sum(p == g for p, g in zip(predicted, gold, strict=True)) >= 4

@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 
 import pytest
 import torch
 from conftest import model_config, tiny_soft_prompt_model
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from softprompt_hf import build_soft_prompt_model
-from softprompt_hf.saving import atomic_write_json, atomic_write_text, replace_folder, save_adapter
+from softprompt_hf import DEFAULT_TEMPLATE, build_soft_prompt_model
+from softprompt_hf.card import ModelCardInputs, render_model_card
+from softprompt_hf.saving import (
+    CARD_KEY,
+    INFERENCE_CONFIG_NAME,
+    atomic_write_json,
+    atomic_write_text,
+    replace_folder,
+    save_adapter,
+)
 
 
 def test_save_adapter_writes_a_complete_folder_with_the_hub_id(tmp_path, tokenizer, model_dirs):
     model = tiny_soft_prompt_model(tokenizer, "bloom", "p_tuning")
-    target = save_adapter(
-        model, tmp_path / "adapter", tokenizer=tokenizer, base_model_id="org/base", extra_json={"labels": ["a"]}
-    )
+    target = save_adapter(model, tmp_path / "adapter", tokenizer=tokenizer, base_model_id="org/base", labels=["a"])
     names = sorted(os.listdir(target))
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "softprompt_hf.json"} <= set(names)
     assert '"base_model_name_or_path": "org/base"' in (target / "adapter_config.json").read_text()
@@ -142,3 +150,24 @@ def test_save_adapter_gives_the_modes_back_when_saving_fails(tmp_path, tokenizer
         save_adapter(model, tmp_path / "adapter")
     assert seen == [False]  # the save ran in eval mode
     assert all(module.training for module in model.modules())
+
+
+def test_every_folder_gets_the_card_rendered_from_the_data_in_its_one_settings_file(tmp_path, tokenizer):
+    model = tiny_soft_prompt_model(tokenizer, "bloom", "prompt_tuning")
+    target = save_adapter(
+        model,
+        tmp_path / "adapter",
+        tokenizer=tokenizer,
+        base_model_id="org/base",
+        labels=["yes", "no"],
+        text_column="body",
+        eval_mode="rank",
+    )
+    settings = json.loads((target / INFERENCE_CONFIG_NAME).read_text())
+    assert set(settings) == {"method", "base_model", "labels", "template", "text_column", "eval_mode", CARD_KEY}
+    assert settings["method"] == "prompt_tuning" and settings["base_model"] == "org/base"
+    assert settings["labels"] == ["yes", "no"] and settings["template"] == DEFAULT_TEMPLATE
+    card = ModelCard.load(target / "README.md")  # ours, not peft's generic card
+    assert card.data.base_model == "org/base" and card.data.library_name == "peft"
+    assert card.content == render_model_card(ModelCardInputs.from_dict(settings[CARD_KEY])).content
+    assert "text_column='body'" in card.text and settings[CARD_KEY]["labels"] == ["yes", "no"]

@@ -117,8 +117,9 @@ def embedded_adapter(method: str, output_dir: Path):
         num_virtual_tokens=8,
         **options,
     )
-    extra = {"labels": labels, "template": EMBEDDED_TEMPLATE, "text_column": TEXT_COLUMN, "method": method}
-    folder = save_adapter(model, output_dir, tokenizer=tokenizer, extra_json=extra)
+    folder = save_adapter(
+        model, output_dir, tokenizer=tokenizer, labels=labels, template=EMBEDDED_TEMPLATE, text_column=TEXT_COLUMN
+    )
     return model, tokenizer, folder, labels
 
 
