@@ -1,97 +1,52 @@
-"""Prefix tuning (Li & Liang, 2021) of a causal LM with the stock Trainer.
+"""Prefix tuning (Li & Liang, 2021) of a causal LM with the stock Trainer:
+
+    python recipes/prefix_tuning.py
+    accelerate launch recipes/prefix_tuning.py --config recipes/configs/prefix_tuning_bloomz-560m.yaml
+    python recipes/prefix_tuning.py --prefix_projection true --encoder_hidden_size 256
+    python recipes/prefix_tuning.py --help     # every flag, with the recipes' defaults
 
 Learns a key/value prefix for every attention layer (optionally through a projection MLP,
 ``--prefix_projection``); the model stays frozen. Gradient checkpointing is refused: peft cannot combine it
 with prefixes. With no arguments it trains on the package's embedded model and data, offline, in about a
-minute on a CPU:
-
-    python recipes/prefix_tuning.py
-    accelerate launch recipes/prefix_tuning.py --config recipes/configs/prefix_tuning_bloomz-560m.yaml
-    python recipes/prefix_tuning.py --prefix_projection --encoder_hidden_size 256
-
-Every TrainingArguments flag is accepted, and every option of SoftPromptArguments, ModelArguments,
-DataArguments and RunArguments (``--help`` lists them); ``--config file.yaml`` sets flags from a file and the
-command line overrides it. The run ends with the validation metrics of the best adapter, and in
-``output_dir``: ``adapter/`` (adapter, tokenizer, model card), ``predictions.csv``, ``eval_results.json`` and,
-for data with unlabelled rows, ``raft_submission.csv``. Bad input ends the run with one ``error: ...`` line and
-exit code 1 (``SOFTPROMPT_HF_TRACEBACK=1`` shows the traceback; the README's Troubleshooting lists the cases).
+minute on a CPU. Copy this file to change what the steps do; recipes/README.md says what a run writes and
+how errors look.
 """
 
 from __future__ import annotations
 
 import sys
 
-from transformers import AutoModelForCausalLM, Trainer, set_seed
+from peft import PrefixTuningConfig, TaskType
 
-from softprompt_hf import build_soft_prompt_model
-from softprompt_hf.callbacks import check_trainer
-from softprompt_hf.runner import (
-    build_collator,
-    build_metrics,
-    check_output_dir,
-    enable_speed_ups,
-    finish_run,
-    load_recipe_data,
-    load_recipe_tokenizer,
-    parse_recipe_args,
-    push_run,
-    recipe_callbacks,
-    resolve_resume_checkpoint,
-    run_recipe,
-    setup_logging,
-    summary_line,
-    take_over_hub_push,
-)
-
-METHOD = "prefix_tuning"
+from softprompt_hf.arguments import parse_recipe_args
+from softprompt_hf.runner import build_trainer, finish_recipe, run_recipe, start_run
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    model_args, data_args, run_args, prompt_args, training_args = parse_recipe_args(METHOD, argv)
-    setup_logging(training_args)
-    hub_repo = take_over_hub_push(training_args, model_args, run_args)  # pushed in step 6 by us, not the Trainer
-    check_output_dir(training_args)  # writable now, not only when the first checkpoint is due
-    set_seed(training_args.seed)
+    # 1. Arguments (--config file, then flags), then the checks, the seed, the data and the tokenizer.
+    args = parse_recipe_args("prefix_tuning", argv)
+    run = start_run(args)
 
-    # 1. Data: labelled rows with a stratified, seeded validation split; unlabelled rows for predictions.
-    data = load_recipe_data(data_args, seed=training_args.seed)
-
-    # 2. Model: the frozen base model with a trainable key/value prefix per layer (and its projection MLP with
-    #    --prefix_projection, which checkpoints keep so that --resume_from_checkpoint is exact).
-    tokenizer = load_recipe_tokenizer(model_args)
-    base_model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path)
-    model = build_soft_prompt_model(base_model, prompt_args, tokenizer=tokenizer, training_args=training_args)
-    enable_speed_ups(model, run_args, training_args)  # exact: logits at labels only, virtual tokens once
-
-    # 3. Trainer: our collator, generation-based metrics, exact checkpoints, refusals, sample predictions.
-    metrics = build_metrics(tokenizer, data, data_args, run_args, training_args)
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=data.train,
-        eval_dataset=data.validation,
-        data_collator=build_collator(tokenizer, data, data_args),
-        processing_class=tokenizer,
-        compute_metrics=metrics,
-        preprocess_logits_for_metrics=metrics.trainer_kwargs()["preprocess_logits_for_metrics"],
-        callbacks=recipe_callbacks(metrics, run_args),
+    # 2. peft's config: a prefix of 20 key/value positions (--num_virtual_tokens) per layer; with
+    #    --prefix_projection, produced by a two-layer MLP of --encoder_hidden_size (checkpoints keep the MLP,
+    #    so --resume_from_checkpoint is exact).
+    projection = args.prompt.prefix_projection
+    peft_config = PrefixTuningConfig(
+        task_type=TaskType.CAUSAL_LM,
+        prefix_projection=projection,
+        encoder_hidden_size=args.prompt.encoder_hidden_size if projection else None,
+        num_virtual_tokens=args.prompt.num_virtual_tokens_for(),
     )
-    check_trainer(trainer)
+
+    # 3. Model and Trainer: the frozen base model with the prefix; our collator, generation-based metrics,
+    #    checkpoints that resume exactly, refusals, sample predictions.
+    trainer = build_trainer(run, peft_config)
 
     # 4. Train (from the last complete checkpoint with --resume_from_checkpoint last).
-    trainer.train(resume_from_checkpoint=resolve_resume_checkpoint(training_args))
+    trainer.train(resume_from_checkpoint=run.resume_from_checkpoint)
 
-    # 5. Evaluate the best adapter; save it (atomically) with its tokenizer, card, predictions, submission.
-    results = finish_run(
-        trainer, metrics, data, model_args=model_args, data_args=data_args, run_args=run_args, repo_id=hub_repo
-    )
-
-    # 6. Push the saved folder to the Hub (--push_to_hub --hub_model_id); the local copy is already complete.
-    if hub_repo is not None:
-        push_run(trainer, hub_repo, model_args)
-    if trainer.is_world_process_zero():
-        print(summary_line(METHOD, results, data, training_args.output_dir))
-    return results
+    # 5. Evaluate the best adapter, save it with its tokenizer and card, predictions, submission; push.
+    return finish_recipe(trainer, run)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ Upstream bugs avoided elsewhere, without touching internals (delete each refusal
     Trainer pops ``labels``, so peft cannot pad them) and prefix tuning with activation checkpointing (a late
     shape error) are refused; so is a ``compute_loss_func`` with prompt tuning / P-tuning (``check_trainer``).
 20. *callbacks._ZERO3_MESSAGE.* peft 0.21 cannot gather ZeRO-3-sharded prompt encoders to save them: refused.
-21. *hub.py, runner.take_over_hub_push.* transformers 5.x ``PeftModel.push_to_hub`` rejects
+21. *hub.py, runner._take_over_hub_push.* transformers 5.x ``PeftModel.push_to_hub`` rejects
     ``safe_serialization`` and replaces peft's card: pushes go through ``HfApi.upload_folder`` with our card.
 22. *saving.save_adapter.* peft 0.21 writes the local base-model path into ``adapter_config.json``
     (``base_model_name_or_path``): with ``base_model_id=``, the Hub id is written instead.
@@ -96,7 +96,7 @@ Upstream bugs avoided elsewhere, without touching internals (delete each refusal
 24. *evaluation.GenerationMetrics._check_trainer_rows.* transformers 5.24's ``evaluation_loop`` gathers
     predictions with ``gather_for_metrics``, which drops the rows repeated to even out the last batches: the row
     count is the eval set's. Update if the Trainer gathers otherwise.
-25. *runner.load_recipe_tokenizer.* transformers 5.24's ``AutoTokenizer.from_pretrained`` raises ``ValueError``,
+25. *runner._load_tokenizer.* transformers 5.24's ``AutoTokenizer.from_pretrained`` raises ``ValueError``,
     not ``OSError``, for a folder without tokenizer files. Catch only ``OSError`` once that is fixed.
 """
 

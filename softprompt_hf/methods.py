@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from ._upstream import activation_checkpointing_enabled, activation_checkpointin
 
 __all__ = [
     "METHODS",
+    "METHOD_OPTIONS",
     "SEED_PROMPT_TUNING_INIT_TEXT",
     "SoftPromptArguments",
     "build_peft_config",
@@ -50,7 +51,23 @@ _METHOD_BY_PEFT_TYPE = {
 }
 
 _DEFAULT_NUM_VIRTUAL_TOKENS = 20
+_SEED_ENCODER_HIDDEN_SIZE = 128
+_TEXT_INIT_NEEDS_TOKENIZER = (
+    "Prompt tuning with TEXT init needs the tokenizer (pass tokenizer=...), to turn the init text into token "
+    "embeddings; or use prompt_tuning_init='RANDOM'."
+)
 _PROMPT_INITS = tuple(init.value for init in PromptTuningInit)
+
+#: The methods that take each option of ``SoftPromptArguments`` (``num_virtual_tokens``: all three).
+METHOD_OPTIONS: dict[str, tuple[str, ...]] = {
+    "prompt_tuning_init": ("prompt_tuning",),
+    "prompt_tuning_init_text": ("prompt_tuning",),
+    "encoder_reparameterization_type": ("p_tuning",),
+    "encoder_hidden_size": ("p_tuning", "prefix_tuning"),
+    "encoder_num_layers": ("p_tuning",),
+    "encoder_dropout": ("p_tuning",),
+    "prefix_projection": ("prefix_tuning",),
+}
 _ENCODER_TYPES = tuple(kind.value for kind in PromptEncoderReparameterizationType)
 
 
@@ -58,8 +75,9 @@ _ENCODER_TYPES = tuple(kind.value for kind in PromptEncoderReparameterizationTyp
 class SoftPromptArguments:
     """Which soft-prompt method to train and how; the defaults are the seed guide's.
 
-    Parsable with ``transformers.HfArgumentParser``. Fields that do not belong to the chosen method
-    are ignored.
+    Parsable with ``transformers.HfArgumentParser``. An option of another method than the chosen one must keep
+    its default: ``SoftPromptArguments(method="p_tuning", prefix_projection=True)`` is refused, with the
+    methods that take it (``METHOD_OPTIONS``).
     """
 
     method: str = field(
@@ -90,7 +108,7 @@ class SoftPromptArguments:
         metadata={"help": "P-tuning prompt encoder: MLP or LSTM.", "choices": list(_ENCODER_TYPES)},
     )
     encoder_hidden_size: int | None = field(
-        default=128,
+        default=_SEED_ENCODER_HIDDEN_SIZE,
         metadata={
             "help": "Hidden size of the P-tuning prompt encoder (the seed's 128), and of the prefix projection "
             "when prefix tuning uses prefix_projection."
@@ -118,6 +136,7 @@ class SoftPromptArguments:
                 f"Unknown encoder_reparameterization_type {self.encoder_reparameterization_type!r}; "
                 f"choose one of {list(_ENCODER_TYPES)}."
             )
+        self._check_options_apply()
         if self.num_virtual_tokens is not None and self.num_virtual_tokens < 1:
             raise ValueError(f"num_virtual_tokens must be at least 1, got {self.num_virtual_tokens}.")
         if self.encoder_hidden_size is not None and self.encoder_hidden_size < 1:
@@ -128,6 +147,37 @@ class SoftPromptArguments:
             raise ValueError(f"encoder_dropout must be in [0, 1), got {self.encoder_dropout}.")
         if self.uses_init_text and not self.prompt_tuning_init_text.strip():
             raise ValueError("prompt_tuning_init=TEXT needs a non-empty prompt_tuning_init_text.")
+
+    def _check_options_apply(self) -> None:
+        for spec in fields(self):
+            takers = METHOD_OPTIONS.get(spec.name)
+            value = getattr(self, spec.name)
+            if takers is None or self.method in takers or value == spec.default:
+                continue
+            raise ValueError(
+                f"{spec.name}={value!r} does not apply to {self.method}: only {' and '.join(takers)} "
+                f"take{'s' if len(takers) == 1 else ''} it. Leave it at its default ({spec.default!r}), or train "
+                f"{takers[0]} instead."
+            )
+        hidden_size = self.encoder_hidden_size
+        if self.method == "prefix_tuning" and not self.prefix_projection and hidden_size != _SEED_ENCODER_HIDDEN_SIZE:
+            raise ValueError(
+                f"encoder_hidden_size={self.encoder_hidden_size!r} does not apply to prefix_tuning without "
+                "prefix_projection: it is the hidden size of the prefix projection (and of P-tuning's prompt "
+                "encoder). Set prefix_projection=True, or leave encoder_hidden_size at its default "
+                f"({_SEED_ENCODER_HIDDEN_SIZE})."
+            )
+
+    def num_virtual_tokens_for(self, tokenizer: PreTrainedTokenizerBase | None = None) -> int:
+        """The number of virtual tokens: ``num_virtual_tokens`` if set, else the init text's token count (prompt
+        tuning with TEXT init, which needs ``tokenizer``), else 20."""
+        if self.num_virtual_tokens is not None:
+            return self.num_virtual_tokens
+        if not self.uses_init_text:
+            return _DEFAULT_NUM_VIRTUAL_TOKENS
+        if tokenizer is None:
+            raise ValueError(_TEXT_INIT_NEEDS_TOKENIZER)
+        return len(tokenizer(self.prompt_tuning_init_text)["input_ids"])
 
     @property
     def uses_init_text(self) -> bool:
@@ -160,28 +210,22 @@ def build_peft_config(
     args = _merge(args, overrides)
     common: dict[str, Any] = {"task_type": TaskType.CAUSAL_LM}
     if args.method == "prompt_tuning":
-        num_tokens = args.num_virtual_tokens
-        if args.uses_init_text:
-            if tokenizer is None:
-                raise ValueError(
-                    "Prompt tuning with TEXT init needs the tokenizer (pass tokenizer=...), to turn the init text "
-                    "into token embeddings; or use prompt_tuning_init='RANDOM'."
-                )
-            if num_tokens is None:
-                num_tokens = len(tokenizer(args.prompt_tuning_init_text)["input_ids"])
+        if not args.uses_init_text:
             return PromptTuningConfig(
                 **common,
-                num_virtual_tokens=num_tokens,
-                prompt_tuning_init=PromptTuningInit.TEXT,
-                prompt_tuning_init_text=args.prompt_tuning_init_text,
-                tokenizer_name_or_path=tokenizer_name_or_path or tokenizer.name_or_path or "unknown",
+                num_virtual_tokens=args.num_virtual_tokens_for(),
+                prompt_tuning_init=PromptTuningInit(args.prompt_tuning_init),
             )
+        if tokenizer is None:
+            raise ValueError(_TEXT_INIT_NEEDS_TOKENIZER)
         return PromptTuningConfig(
             **common,
-            num_virtual_tokens=num_tokens or _DEFAULT_NUM_VIRTUAL_TOKENS,
-            prompt_tuning_init=PromptTuningInit(args.prompt_tuning_init),
+            num_virtual_tokens=args.num_virtual_tokens_for(tokenizer),
+            prompt_tuning_init=PromptTuningInit.TEXT,
+            prompt_tuning_init_text=args.prompt_tuning_init_text,
+            tokenizer_name_or_path=tokenizer_name_or_path or tokenizer.name_or_path or "unknown",
         )
-    num_tokens = args.num_virtual_tokens or _DEFAULT_NUM_VIRTUAL_TOKENS
+    num_tokens = args.num_virtual_tokens_for()
     if args.method == "p_tuning":
         return PromptEncoderConfig(
             **common,

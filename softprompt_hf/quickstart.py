@@ -13,6 +13,7 @@ is the embedded model's own instruction for the task, it is right before any tra
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +51,12 @@ class DataArguments:
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser([DataArguments, SoftPromptArguments, TrainingArguments])  # type: ignore[list-item]
-    parser.set_defaults(**_TRAINING_DEFAULTS, prompt_tuning_init="RANDOM")
+    parser.set_defaults(**_TRAINING_DEFAULTS)
+    method = argparse.ArgumentParser(add_help=False)
+    method.add_argument("--method", default="prompt_tuning")
+    if method.parse_known_args(argv)[0].method == "prompt_tuning":
+        # Only prompt tuning takes the option: SoftPromptArguments refuses it for the other methods.
+        parser.set_defaults(prompt_tuning_init="RANDOM")
     data_args, prompt_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     set_seed(training_args.seed)
 

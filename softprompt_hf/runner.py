@@ -1,13 +1,15 @@
-"""What the recipes in ``recipes/`` share: their arguments, ``--config`` files, data loading and the end of a run.
+"""What the recipes in ``recipes/`` share: a run's start, its Trainer and its end.
 
-A recipe reads as the steps of a run (parse -> data -> model -> Trainer -> train -> finish); the details of
-each step live here so that the three recipes stay short and behave the same.
+A recipe parses its arguments (``softprompt_hf.arguments.parse_recipe_args``), builds its method's peft config
+itself, and makes three calls: ``start_run`` (logging, the Hub push taken over, the output folder checked, the
+seed, data, tokenizer and metrics), ``build_trainer`` (the base model wrapped with the peft config, a stock
+``Trainer`` with our collator, metrics and callbacks) and, after ``trainer.train()``, ``finish_recipe``
+(the final evaluation, the outputs, the push and ``Trainer.end()``). ``run_recipe`` runs a recipe's ``main``
+and reports bad input in one line.
 """
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import errno
 import json
 import logging as std_logging
@@ -16,91 +18,60 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
-import yaml
+from peft import PeftConfig
 from transformers import (
+    AutoModelForCausalLM,
     AutoTokenizer,
     EarlyStoppingCallback,
-    HfArgumentParser,
     PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
     TrainingArguments,
+    set_seed,
 )
 from transformers.utils import logging
 
+from .arguments import DataArguments, ModelArguments, RecipeArguments, SoftPromptTrainingArguments, fsdp_requested
 from .callbacks import (
     ParameterSummaryCallback,
     SamplePredictionsCallback,
     SoftPromptCheckpointCallback,
     SoftPromptGuardCallback,
     _check_complete,
+    check_trainer,
     last_complete_checkpoint,
 )
 from .card import is_local_path
 from .collator import SoftPromptDataCollator
 from .data import ClassificationData, load_classification_data, load_raft
-from .embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
+from .embedded import EMBEDDED_DATA_FILES
 from .evaluation import GenerationMetrics
 from .hub import DEFAULT_TIMEOUT
 from .label_logits import enable_label_only_logits
-from .methods import METHODS, SoftPromptArguments
+from .methods import build_soft_prompt_model
 from .metrics import write_predictions, write_raft_submission
-from .prompt import DEFAULT_TEMPLATE, encode_target
+from .prompt import encode_target
 from .saving import atomic_write_json, save_adapter
 from .shared_prompt import enable_shared_prompt
 
 logger = logging.get_logger(__name__)
 
 __all__ = [
-    "RECIPE_TRAINING_DEFAULTS",
-    "DataArguments",
     "HubTarget",
-    "ModelArguments",
-    "RunArguments",
-    "build_collator",
-    "build_metrics",
-    "check_output_dir",
+    "RecipeRun",
+    "build_trainer",
+    "finish_recipe",
     "finish_run",
-    "load_recipe_data",
-    "load_recipe_tokenizer",
-    "parse_recipe_args",
     "push_run",
-    "summary_line",
-    "take_over_hub_push",
-    "recipe_callbacks",
-    "resolve_resume_checkpoint",
     "run_recipe",
-    "setup_logging",
+    "start_run",
     "user_error_message",
 ]
-
-#: TrainingArguments defaults of the recipes (the seed guide's optimisation; evaluation, checkpoints and the
-#: best-adapter selection every epoch). Config files and flags override them.
-RECIPE_TRAINING_DEFAULTS: dict[str, Any] = {
-    "learning_rate": 3e-2,
-    "num_train_epochs": 3,
-    "per_device_train_batch_size": 16,
-    "per_device_eval_batch_size": 32,
-    "lr_scheduler_type": "linear",
-    "warmup_steps": 0,
-    "remove_unused_columns": False,
-    "eval_strategy": "epoch",
-    "save_strategy": "epoch",
-    "save_total_limit": 2,
-    "load_best_model_at_end": True,
-    "metric_for_best_model": "f1",
-    "greater_is_better": True,
-    "logging_steps": 10,
-    "report_to": "none",
-    "seed": 42,
-    # Every trainable parameter gets a gradient at every step; searching for unused ones costs a graph walk.
-    "ddp_find_unused_parameters": False,
-}
 
 ADAPTER_DIRNAME = "adapter"
 PREDICTIONS_NAME = "predictions.csv"
@@ -109,209 +80,94 @@ RESULTS_NAME = "eval_results.json"
 
 
 @dataclass
-class ModelArguments:
-    """The frozen base model."""
+class RecipeRun:
+    """A recipe run from ``start_run`` to ``finish_recipe``: what the steps after the start need."""
 
-    model_name_or_path: str = field(
-        default=str(EMBEDDED_MODEL_PATH),
-        metadata={"help": "Base model: a Hub id or a local folder. Default: the embedded model (offline)."},
-    )
-    base_model_id: str | None = field(
-        default=None,
-        metadata={
-            "help": "The base model's Hub id, recorded in adapter_config.json and the model card. Needed when "
-            "model_name_or_path is a local copy: others cannot load an adapter that names a path on your disk."
-        },
-    )
+    args: RecipeArguments
+    data: ClassificationData
+    tokenizer: PreTrainedTokenizerBase
+    metrics: GenerationMetrics
+    resume_from_checkpoint: str | None = None
+    hub_target: HubTarget | None = None
 
 
-@dataclass
-class DataArguments:
-    """The classification data and how each row becomes a prompt."""
+def start_run(args: RecipeArguments) -> RecipeRun:
+    """Start a recipe run: everything that can be checked before a model is loaded, then the data.
 
-    dataset: str = field(
-        default="embedded",
-        metadata={
-            "help": "embedded (the package's synthetic tweets, offline), raft (ought/raft from the Hub, or "
-            "--train_file/--test_file copies of its files), or files (your own CSV/JSON/parquet files).",
-            "choices": ["embedded", "raft", "files"],
-        },
-    )
-    raft_subset: str = field(default="twitter_complaints", metadata={"help": "RAFT subset (dataset=raft)."})
-    train_file: str | None = field(default=None, metadata={"help": "Labelled rows (dataset=raft or files)."})
-    test_file: str | None = field(default=None, metadata={"help": "More rows, e.g. RAFT's unlabelled test split."})
-    text_column: str | None = field(default=None, metadata={"help": "Text column. Default: RAFT's, or required."})
-    label_column: str = field(default="Label", metadata={"help": "Label column."})
-    id_column: str | None = field(default="ID", metadata={"help": "Row id column (for submissions), if any."})
-    class_names: str | None = field(
-        default=None, metadata={"help": "Comma-separated class names, when the label column holds integers."}
-    )
-    unlabeled_class: str | None = field(default="Unlabeled", metadata={"help": "Class that marks unlabelled rows."})
-    validation_size: float = field(
-        default=0.2,
-        metadata={"help": "Labelled rows held out for validation, stratified: a fraction (<1) or a count (>=1)."},
-    )
-    template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "Prompt template ({text_column}, {text})."})
-    max_length: int | None = field(
-        default=None, metadata={"help": "Cap on prompt + label tokens; only the text is ever truncated."}
-    )
+    Shows the progress on the main process; takes the Hub push over from the Trainer (and checks it can work:
+    see ``_take_over_hub_push``; the token leaves ``args.training``); makes sure ``output_dir`` can be written
+    and ``--resume_from_checkpoint`` names a complete checkpoint; sets the seed; loads the data (with its
+    stratified, seeded validation split), the tokenizer and the generation-based metrics.
 
-
-@dataclass
-class RunArguments:
-    """Evaluation and outputs of a recipe run."""
-
-    eval_mode: str = field(
-        default="generate",
-        metadata={
-            "help": "generate (greedy decoding matched to the labels) or rank (most likely label).",
-            "choices": ["generate", "rank"],
-        },
-    )
-    num_sample_predictions: int = field(default=4, metadata={"help": "Rows logged at each evaluation (0: none)."})
-    early_stopping_patience: int | None = field(
-        default=None,
-        metadata={"help": "Stop after this many evaluations without improvement of metric_for_best_model."},
-    )
-    predict_unlabeled: bool = field(
-        default=True, metadata={"help": "Label the unlabelled rows and write RAFT's ID,Label submission file."}
-    )
-    label_only_logits: bool = field(
-        default=True,
-        metadata={
-            "help": "Compute logits only at the label positions in training and eval loss (same loss; with a "
-            "large vocabulary most of a step's cost). See softprompt_hf.enable_label_only_logits."
-        },
-    )
-    shared_prompt: bool = field(
-        default=True,
-        metadata={
-            "help": "Prompt tuning and P-tuning: run the virtual tokens through the layers once per batch instead "
-            "of once per row (same loss and gradients; not under FSDP, nor with dropout in the base model). "
-            "See softprompt_hf.enable_shared_prompt."
-        },
-    )
-    push_timeout: float = field(
-        default=DEFAULT_TIMEOUT,
-        metadata={
-            "help": "--push_to_hub: seconds each Hub request may wait for an answer. huggingface_hub retries "
-            "timed-out and failed upload requests a few times, so a silent Hub can take several times this; "
-            "the error says how many attempts were made and how long the push waited."
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if not self.push_timeout > 0:
-            raise ValueError(f"--push_timeout {self.push_timeout}: give a number of seconds above 0.")
-
-
-_ARGUMENT_CLASSES = (ModelArguments, DataArguments, RunArguments, SoftPromptArguments, TrainingArguments)
-
-
-def _config_to_argv(config: dict[str, Any], parser: HfArgumentParser, path: str) -> list[str]:
-    known = {action.dest for action in parser._actions}
-    argv: list[str] = []
-    for key, value in config.items():
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"{path}: unknown setting {key!r}.{hint} Settings are the recipe's flags without '--'.")
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            argv += [f"--{key}", str(value).lower()]
-        elif isinstance(value, list):
-            argv += [f"--{key}", *(str(item) for item in value)]
-        elif isinstance(value, dict):
-            argv += [f"--{key}", json.dumps(value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
-
-
-def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a recipe config: a YAML mapping of flag names (without ``--``) to values."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            config = yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--config {path}: no such file.") from None
-    except UnicodeDecodeError as err:
-        raise ValueError(
-            f"--config {path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8."
-        ) from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ValueError(
-            f"--config {path} is not valid YAML: {problem}{where}. Write one 'flag_name: value' per line, with a "
-            "space after the colon and spaces (not tabs) for indentation."
-        ) from None
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: a recipe config is a YAML mapping of flag names to values.")
-    return config
-
-
-def parse_recipe_args(
-    method: str, argv: list[str] | None = None
-) -> tuple[ModelArguments, DataArguments, RunArguments, SoftPromptArguments, TrainingArguments]:
-    """Parse a recipe's command line: ``[--config file.yaml] [flags]``, flags overriding the file.
-
-    Every ``TrainingArguments``, ``SoftPromptArguments``, ``ModelArguments``, ``DataArguments`` and
-    ``RunArguments`` flag is accepted; ``RECIPE_TRAINING_DEFAULTS`` replace a few ``TrainingArguments``
-    defaults. The method is the recipe's own: a config that names another one is refused.
+    Raises:
+        ValueError: For input that cannot work, before any training, with what to change.
     """
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}.")
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    known, rest = pre.parse_known_args(argv)
-    parser = HfArgumentParser(_ARGUMENT_CLASSES)  # type: ignore[arg-type]
-    parser.add_argument("--config", help="YAML file of flag values; flags on the command line override it.")
-    parser.set_defaults(**RECIPE_TRAINING_DEFAULTS, method=method, output_dir=f"outputs/{method}")
-    config_argv: list[str] = []
-    if known.config:
-        config = read_config(known.config)
-        if config.get("method", method) != method:
-            raise ValueError(
-                f"{known.config} is a config for method {config['method']!r}; run it with "
-                f"recipes/{config['method']}.py, or remove 'method' from it."
-            )
-        config_argv = _config_to_argv(config, parser, known.config)
-    parsed = parser.parse_args(config_argv + rest)
-    if parsed.method != method:
-        raise ValueError(f"This recipe trains {method}; for {parsed.method} run recipes/{parsed.method}.py.")
-    outputs = []
-    for cls in _ARGUMENT_CLASSES:
-        names = {f.name for f in fields(cls) if f.init}
-        try:
-            outputs.append(cls(**{name: value for name, value in vars(parsed).items() if name in names}))
-        except ValueError as err:
-            # TrainingArguments checks its flags in __post_init__ (e.g. eval and save strategies that
-            # load_best_model_at_end cannot pair): a message about the command line, raised here as ours.
-            raise ValueError(f"{err}") from err
-    if fsdp_requested(cast(TrainingArguments, outputs[-1])):
-        raise ValueError(_RECIPES_FSDP_MESSAGE)
-    return tuple(outputs)  # type: ignore[return-value]
+    training_args = args.training
+    _setup_logging(training_args)
+    hub_target = _take_over_hub_push(training_args, args.model)  # pushed by finish_recipe, not the Trainer
+    _check_output_dir(training_args)  # writable now, not only when the first checkpoint is due
+    resume = _resolve_resume_checkpoint(training_args)
+    set_seed(training_args.seed)
+    data = _load_data(args.data, seed=training_args.seed)
+    tokenizer = _load_tokenizer(args.model)
+    metrics = _build_metrics(tokenizer, data, args.data, training_args)
+    return RecipeRun(args, data, tokenizer, metrics, resume_from_checkpoint=resume, hub_target=hub_target)
 
 
-_RECIPES_FSDP_MESSAGE = (
-    "The recipes cannot run under FSDP yet: they score the model with GenerationMetrics (during training and at "
-    "the end, before the adapter is saved), and its decoding runs the model's modules outside FSDP's forward, where "
-    "their parameters are shards. Launch with recipes/accelerate/multi_gpu.yaml (DDP) or "
-    "recipes/accelerate/deepspeed_zero2.yaml instead: the base model is frozen and the soft prompt is tiny."
-)
+def build_trainer(run: RecipeRun, peft_config: PeftConfig) -> Trainer:
+    """The frozen base model wrapped with ``peft_config``, in a stock ``Trainer`` set up for soft prompts.
+
+    The model gets the recipes' exact speed-ups (``--label_only_logits``, ``--shared_prompt``); the Trainer gets
+    our collator (the run's template and length cap), the generation-based metrics, and the callbacks: refusals,
+    checkpoints that resume exactly, the parameter summary, sample predictions and early stopping.
+    """
+    args = run.args
+    base_model = AutoModelForCausalLM.from_pretrained(args.model.model_name_or_path)
+    model = build_soft_prompt_model(base_model, peft_config, tokenizer=run.tokenizer, training_args=args.training)
+    _enable_speed_ups(model, args.training)
+    trainer = Trainer(
+        model=model,
+        args=args.training,
+        train_dataset=run.data.train,
+        eval_dataset=run.data.validation,
+        data_collator=_build_collator(run.tokenizer, run.data, args.data),
+        processing_class=run.tokenizer,
+        compute_metrics=run.metrics,
+        preprocess_logits_for_metrics=run.metrics.trainer_kwargs()["preprocess_logits_for_metrics"],
+        callbacks=_callbacks(run.metrics, args.training),
+    )
+    check_trainer(trainer)
+    return trainer
 
 
-def fsdp_requested(training_args: TrainingArguments) -> bool:
-    """Whether this run is set up for FSDP: ``--fsdp`` or an ``accelerate launch`` FSDP config."""
-    return bool(training_args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+def finish_recipe(trainer: Trainer, run: RecipeRun) -> dict[str, Any]:
+    """End a recipe run: evaluate the best adapter and write the outputs (``finish_run``), push the saved folder
+    (``--push_to_hub``), print the recipe's one-line summary on the main process, then ``trainer.end()``.
+
+    ``Trainer.end()`` destroys the process group: a process that exits with its gloo group still alive can abort
+    while the interpreter shuts down (SIGABRT), failing a run whose work had all finished. Returns the final
+    validation metrics.
+    """
+    args = run.args
+    results = finish_run(
+        trainer,
+        run.metrics,
+        run.data,
+        model_args=args.model,
+        data_args=args.data,
+        predict_unlabeled=args.training.predict_unlabeled,
+        repo_id=run.hub_target,
+    )
+    if run.hub_target is not None:
+        push_run(trainer, run.hub_target, args.model)
+    if trainer.is_world_process_zero():
+        # The recipe's output on the command line, like run_recipe's error line: not a log record.
+        print(_summary_line(args.prompt.method, results, run.data, str(args.training.output_dir)))
+    trainer.end()
+    return results
 
 
-def setup_logging(training_args: TrainingArguments) -> None:
+def _setup_logging(training_args: TrainingArguments) -> None:
     """Show the Trainer's and softprompt_hf's progress on the main process, warnings elsewhere."""
     std_logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=std_logging.WARNING)
     level = training_args.get_process_log_level()
@@ -319,7 +175,7 @@ def setup_logging(training_args: TrainingArguments) -> None:
     std_logging.getLogger("softprompt_hf").setLevel(level)
 
 
-def load_recipe_data(data_args: DataArguments, seed: int) -> ClassificationData:
+def _load_data(data_args: DataArguments, seed: int) -> ClassificationData:
     """Load the data a recipe trains on, with its stratified, seeded validation split."""
     size: float | int = int(data_args.validation_size) if data_args.validation_size >= 1 else data_args.validation_size
     class_names = [name.strip() for name in data_args.class_names.split(",")] if data_args.class_names else None
@@ -341,7 +197,7 @@ def load_recipe_data(data_args: DataArguments, seed: int) -> ClassificationData:
     return load_classification_data(files, text_column=data_args.text_column, **common)
 
 
-def load_recipe_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
+def _load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
     """The base model's tokenizer; EOS doubles as the pad token if it has none (a new token would resize the
     vocabulary and put the whole embedding matrix into the adapter).
 
@@ -410,7 +266,7 @@ def _no_eos_message(source: str, tokenizer: PreTrainedTokenizerBase) -> str:
     )
 
 
-def build_collator(tokenizer: PreTrainedTokenizerBase, data: ClassificationData, data_args: DataArguments):
+def _build_collator(tokenizer: PreTrainedTokenizerBase, data: ClassificationData, data_args: DataArguments):
     """The training collator for ``data`` with the run's template and length cap."""
     return SoftPromptDataCollator(
         tokenizer,
@@ -421,12 +277,11 @@ def build_collator(tokenizer: PreTrainedTokenizerBase, data: ClassificationData,
     )
 
 
-def build_metrics(
+def _build_metrics(
     tokenizer: PreTrainedTokenizerBase,
     data: ClassificationData,
     data_args: DataArguments,
-    run_args: RunArguments,
-    training_args: TrainingArguments,
+    training_args: SoftPromptTrainingArguments,
 ) -> GenerationMetrics:
     """Generation-based metrics on the validation split, prompts cut exactly as in training."""
     if data.validation is None or len(data.validation) == 0:
@@ -443,13 +298,13 @@ def build_metrics(
         target_column=data.target_column,
         id_column=data.id_column,
         template=data_args.template,
-        mode=run_args.eval_mode,
+        mode=training_args.eval_mode,
         batch_size=training_args.per_device_eval_batch_size,
         max_prompt_tokens=max_prompt_tokens,
     )
 
 
-def recipe_callbacks(metrics: GenerationMetrics, run_args: RunArguments) -> list[TrainerCallback]:
+def _callbacks(metrics: GenerationMetrics, training_args: SoftPromptTrainingArguments) -> list[TrainerCallback]:
     """The callbacks every recipe run uses: refusals, exact checkpoints, parameter summary, samples, early stop."""
     callbacks: list[TrainerCallback] = [
         SoftPromptGuardCallback(),
@@ -457,22 +312,22 @@ def recipe_callbacks(metrics: GenerationMetrics, run_args: RunArguments) -> list
         ParameterSummaryCallback(),
         *metrics.trainer_kwargs()["callbacks"],
     ]
-    if run_args.num_sample_predictions > 0:
-        callbacks.append(SamplePredictionsCallback(metrics, num_samples=run_args.num_sample_predictions))
-    if run_args.early_stopping_patience is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=run_args.early_stopping_patience))
+    if training_args.num_sample_predictions > 0:
+        callbacks.append(SamplePredictionsCallback(metrics, num_samples=training_args.num_sample_predictions))
+    if training_args.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
     return callbacks
 
 
-def enable_speed_ups(model: torch.nn.Module, run_args: RunArguments, training_args: TrainingArguments) -> None:
+def _enable_speed_ups(model: torch.nn.Module, training_args: SoftPromptTrainingArguments) -> None:
     """The recipes' exact speed-ups (``--label_only_logits``, ``--shared_prompt``), in training and eval loss.
 
     Sharing the virtual tokens runs the base model's layers twice per forward (the virtual tokens, then the
     batch); FSDP expects one run per forward, so under FSDP the virtual tokens stay per row.
     """
-    if run_args.label_only_logits:  # the same loss, with logits only where labels are supervised
+    if training_args.label_only_logits:  # the same loss, with logits only where labels are supervised
         enable_label_only_logits(model, in_eval=True)
-    if not run_args.shared_prompt:
+    if not training_args.shared_prompt:
         return
     if fsdp_requested(training_args):
         logger.info("FSDP: the soft prompt's virtual tokens are computed per row (--shared_prompt needs plain DDP).")
@@ -480,7 +335,7 @@ def enable_speed_ups(model: torch.nn.Module, run_args: RunArguments, training_ar
     enable_shared_prompt(model, in_eval=True)  # the same loss; a log line says why if it cannot be exact
 
 
-def resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
+def _resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
     """``--resume_from_checkpoint`` as a path, or ``last``/``true`` for the newest *complete* checkpoint.
 
     The checkpoint's files are checked against the SHA-256 record written when it was saved, before any
@@ -525,7 +380,7 @@ def _intact_alternative(damaged: str) -> str:
     return " No other intact checkpoint was found: start without --resume_from_checkpoint."
 
 
-def check_output_dir(training_args: TrainingArguments) -> None:
+def _check_output_dir(training_args: TrainingArguments) -> None:
     """Make sure ``output_dir`` can be written, before any training (the first checkpoint comes an epoch later).
 
     Creates the folder if needed and writes, then removes, a probe file in it.
@@ -552,7 +407,7 @@ def check_output_dir(training_args: TrainingArguments) -> None:
 
 @dataclass
 class HubTarget:
-    """Where and how a recipe pushes its adapter (``take_over_hub_push``); the token stays out of its repr."""
+    """Where and how a recipe pushes its adapter (``_take_over_hub_push``); the token stays out of its repr."""
 
     repo_id: str
     token: str | None = field(default=None, repr=False)
@@ -563,9 +418,7 @@ class HubTarget:
         return self.repo_id
 
 
-def take_over_hub_push(
-    training_args: TrainingArguments, model_args: ModelArguments, run_args: RunArguments | None = None
-) -> HubTarget | None:
+def _take_over_hub_push(training_args: TrainingArguments, model_args: ModelArguments) -> HubTarget | None:
     """Turn the Trainer's own Hub push off and return where the recipe pushes to itself, if anywhere.
 
     The Trainer pushes with ``PeftModel.push_to_hub``, which on transformers 5.x replaces peft's card with a
@@ -595,7 +448,7 @@ def take_over_hub_push(
         training_args.hub_model_id,
         token=token,
         private=training_args.hub_private_repo,
-        timeout=run_args.push_timeout if run_args is not None else DEFAULT_TIMEOUT,
+        timeout=getattr(training_args, "push_timeout", DEFAULT_TIMEOUT),
     )
     check_push_access(target.repo_id, token=target.token, timeout=target.timeout)
     training_args.push_to_hub = False
@@ -605,7 +458,7 @@ def take_over_hub_push(
 def push_run(trainer: Trainer, repo: HubTarget | str, model_args: ModelArguments) -> None:
     """Push the run's saved ``adapter/`` folder to ``repo`` (main process only).
 
-    ``repo`` is what ``take_over_hub_push`` returned (or a repository id: then the token is the saved login or
+    ``repo`` is what ``_take_over_hub_push`` returned (or a repository id: then the token is the saved login or
     ``HF_TOKEN``). Raises ``softprompt_hf.hub.HubPushError`` (which says what happened and gives the command
     that pushes the saved folder later) on failure.
     """
@@ -624,7 +477,7 @@ def push_run(trainer: Trainer, repo: HubTarget | str, model_args: ModelArguments
     )
 
 
-def summary_line(method: str, results: dict[str, Any], data: ClassificationData, output_dir: str) -> str:
+def _summary_line(method: str, results: dict[str, Any], data: ClassificationData, output_dir: str) -> str:
     """The one line a recipe prints at the end."""
     shown = ", ".join(
         f"{key.removeprefix('eval_')} {results[key]:.3f}"
@@ -633,18 +486,6 @@ def summary_line(method: str, results: dict[str, Any], data: ClassificationData,
     )
     rows = len(data.validation) if data.validation is not None else 0
     return f"{method}: validation {shown} ({rows} rows); adapter saved to {Path(output_dir) / ADAPTER_DIRNAME}"
-
-
-def close_distributed() -> None:
-    """End a distributed run cleanly: wait for every process, then destroy the process group.
-
-    A recipe's ``__main__`` calls this last. A process that exits with its gloo process group still alive can
-    abort while the interpreter shuts down ("terminate called without an active exception", SIGABRT), failing
-    a run whose work had all finished. Outside a distributed run this does nothing.
-    """
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
 
 
 #: Set this environment variable to 1 to get the full traceback of an error a recipe reports in one line.
@@ -710,7 +551,6 @@ def run_recipe(main: Callable[[list[str]], Any], argv: list[str] | None = None) 
             # No barrier: the other processes may have failed too, or be waiting elsewhere.
             torch.distributed.destroy_process_group()
         return 1
-    close_distributed()
     return 0
 
 
@@ -726,7 +566,7 @@ def finish_run(
     *,
     model_args: ModelArguments,
     data_args: DataArguments,
-    run_args: RunArguments,
+    predict_unlabeled: bool = True,
     repo_id: HubTarget | str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the final (or best) adapter, then write the run's outputs into ``output_dir``:
@@ -739,7 +579,7 @@ def finish_run(
     """
     results = trainer.evaluate()
     model: Any = trainer.model
-    unlabeled = data.unlabeled if run_args.predict_unlabeled else None
+    unlabeled = data.unlabeled if predict_unlabeled else None
     predicted: list[str | None] = []
     if unlabeled is not None and len(unlabeled) > 0:
         # Every process takes part: GenerationMetrics splits the rows between the processes and gathers them.
@@ -757,7 +597,7 @@ def finish_run(
         card=_model_card(trainer, metrics, data, model_args, data_args, results),
         repo_id=str(repo_id) if repo_id is not None else None,
         class_names=list(data.class_names),
-        eval_mode=run_args.eval_mode,
+        eval_mode=metrics.mode,
     )
     if predicted:
         assert unlabeled is not None

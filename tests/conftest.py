@@ -160,13 +160,25 @@ def window_crossing_texts() -> list[str]:
     return short + [row["Tweet text"] for row in labelled_rows(6)] + ["@Acme a much longer tweet " * 3]
 
 
+def method_options(method: str, **options) -> dict:
+    """``method=method`` and those of ``options`` that apply to it: ``SoftPromptArguments`` refuses an option of
+    another method (``prompt_tuning_init`` for P-tuning, ``encoder_hidden_size`` for prefix tuning without
+    projection), so a test run over the three methods passes each only its own."""
+    from softprompt_hf.methods import METHOD_OPTIONS
+
+    kept = {name: value for name, value in options.items() if method in METHOD_OPTIONS.get(name, (method,))}
+    if method == "prefix_tuning" and not kept.get("prefix_projection"):
+        kept.pop("encoder_hidden_size", None)
+    return {"method": method, **kept}
+
+
 def tiny_soft_prompt_model(tokenizer, arch: str, method: str):
     """A tiny random ``arch`` model with a random 4-token soft prompt of ``method``, seeded."""
     from softprompt_hf import build_soft_prompt_model
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer)))
-    return build_soft_prompt_model(base, method=method, prompt_tuning_init="RANDOM", num_virtual_tokens=4)
+    return build_soft_prompt_model(base, **method_options(method, prompt_tuning_init="RANDOM", num_virtual_tokens=4))
 
 
 def tiny_trainer(model, tokenizer, output_dir, steps: int = 4, rows: int = 16, callbacks=()):

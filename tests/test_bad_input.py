@@ -318,6 +318,13 @@ CASES = [
         r"This recipe trains prompt_tuning; for prefix_tuning run recipes/prefix_tuning\.py",
     ),
     Case(
+        "an option of another method",
+        "recipe",
+        lambda c: ["--prefix_projection", "true"],
+        r"prefix_projection=True does not apply to p_tuning: only prefix_tuning takes it",
+        method="p_tuning",
+    ),
+    Case(
         "prefix tuning with gradient checkpointing",
         "recipe",
         lambda c: ["--gradient_checkpointing", "true"],

@@ -11,6 +11,7 @@ from conftest import (
     METHODS,
     SLIDING_ARCHS,
     labelled_rows,
+    method_options,
     model_config,
     tiny_soft_prompt_model,
     window_crossing_texts,
@@ -233,7 +234,7 @@ def test_soft_prompt_longer_than_the_sliding_window_decodes_as_the_training_forw
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer)))
-    model = build_soft_prompt_model(base, method=method, prompt_tuning_init="RANDOM", num_virtual_tokens=24)
+    model = build_soft_prompt_model(base, **method_options(method, prompt_tuning_init="RANDOM", num_virtual_tokens=24))
     tokenizer.eos_token = "<unk>"  # never picked by the random model: every row decodes all 4 steps
     texts = window_crossing_texts()[::2]
     options = {"max_new_tokens": 4, "show_progress": False}

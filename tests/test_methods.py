@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import METHODS, model_config
+from conftest import METHODS, method_options, model_config
 from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, PromptTuningInit
 from transformers import AutoModelForCausalLM, BloomConfig, HfArgumentParser, TrainingArguments
 
@@ -133,7 +133,7 @@ def test_prefix_tuning_with_gradient_checkpointing_is_refused(tmp_path, flag):
 def test_label_smoothing_is_refused(tmp_path, method):
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], label_smoothing_factor=0.1)
     with pytest.raises(ValueError, match="Set label_smoothing_factor=0"):
-        build_soft_prompt_model(tiny_model(), method=method, prompt_tuning_init="RANDOM", training_args=args)
+        build_soft_prompt_model(tiny_model(), **method_options(method, prompt_tuning_init="RANDOM"), training_args=args)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-from conftest import METHODS, labelled_rows
+from conftest import METHODS, labelled_rows, method_options
 from trained_adapters import (
     EMBEDDED_TEMPLATE,
     LABELS,
@@ -264,9 +264,7 @@ def test_load_adapter_model_generate_is_greedy_decoding_by_full_forward_passes(m
     torch.manual_seed(0)
     model = build_soft_prompt_model(
         AutoModelForCausalLM.from_pretrained(model_dirs[arch]),
-        method=method,
-        prompt_tuning_init="RANDOM",
-        num_virtual_tokens=4,
+        **method_options(method, prompt_tuning_init="RANDOM", num_virtual_tokens=4),
     )
     loaded = load_adapter(save_adapter(model, tmp_path / "adapter", tokenizer=tokenizer), device="cpu")
     prompt = torch.tensor([PromptTemplate().encode(tokenizer, TEXTS[0])])

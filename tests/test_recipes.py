@@ -11,20 +11,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import METHODS, accelerate_two_processes
+from conftest import METHODS, accelerate_two_processes, method_options
 from hub_server import TOKEN, hub_fixture  # noqa: F401  (hub fixture)
 from peft import AutoPeftModelForCausalLM
 from transformers import AutoTokenizer
 
 from softprompt_hf import generate_labels
+from softprompt_hf.arguments import SoftPromptTrainingArguments, parse_recipe_args
 from softprompt_hf.callbacks import CHECKPOINT_MARKER_NAME
-from softprompt_hf.runner import (
-    RunArguments,
-    close_distributed,
-    enable_speed_ups,
-    parse_recipe_args,
-    resolve_resume_checkpoint,
-)
+from softprompt_hf.methods import build_peft_config
+from softprompt_hf.runner import _enable_speed_ups, start_run
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -52,6 +48,47 @@ def load_recipe(method: str):
     return module
 
 
+# Options of each method other than the seed's, to check that a recipe passes every one of them to peft.
+OTHER_PEFT = {
+    "prompt_tuning": {"prompt_tuning_init": "RANDOM", "num_virtual_tokens": 5},
+    "p_tuning": {
+        "encoder_reparameterization_type": "LSTM",
+        "encoder_hidden_size": 32,
+        "encoder_num_layers": 1,
+        "encoder_dropout": 0.1,
+    },
+    "prefix_tuning": {"prefix_projection": True, "encoder_hidden_size": 64, "num_virtual_tokens": 6},
+}
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("options", [{}, SEED_PEFT, OTHER_PEFT], ids=["defaults", "seed", "other"])
+@pytest.mark.parametrize("method", METHODS)
+def test_each_recipe_builds_the_peft_config_of_build_peft_config(monkeypatch, tmp_path, method, options):
+    """The config a recipe writes out is build_peft_config's (whose parameter counts tests/test_methods.py checks)."""
+    recipe = load_recipe(method)
+    built = []
+
+    def stop_at_the_trainer(run, peft_config):
+        built.append((run, peft_config))
+        raise _Stop
+
+    monkeypatch.setattr(recipe, "build_trainer", stop_at_the_trainer)
+    flags = ["--output_dir", str(tmp_path)]
+    for key, value in options.get(method, {}).items():
+        flags += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    with pytest.raises(_Stop):
+        recipe.main(flags)
+    ((run, config),) = built
+    expected = build_peft_config(run.args.prompt, tokenizer=run.tokenizer)
+    assert type(config) is type(expected) and config.to_dict() == expected.to_dict()
+    for key, value in options.get(method, {}).items():
+        assert getattr(config, key) == value, key
+
+
 def test_every_yaml_in_the_repo_is_a_known_config_and_starts_with_its_command():
     assert set(ALL_YAML) == set(CONFIGS) | set(ACCELERATE_CONFIGS), "a YAML file outside the tested folders"
     assert len(CONFIGS) == 3 and len(ACCELERATE_CONFIGS) == 5
@@ -68,7 +105,7 @@ def test_recipe_configs_reproduce_the_seed_setup(path):
         path.read_text().splitlines()[0]
         == f"# accelerate launch recipes/{method}.py --config recipes/configs/{path.name}"
     )
-    model_args, data_args, run_args, prompt_args, training_args = parse_recipe_args(method, ["--config", str(path)])
+    model_args, data_args, prompt_args, training_args = parse_recipe_args(method, ["--config", str(path)])
     assert model_args.model_name_or_path == "bigscience/bloomz-560m"
     assert (data_args.dataset, data_args.raft_subset, data_args.validation_size) == ("raft", "twitter_complaints", 10)
     assert training_args.learning_rate == 3e-2
@@ -124,13 +161,11 @@ def test_resume_flag_takes_the_last_complete_checkpoint(tmp_path):
         folder.mkdir()
         if complete:
             (folder / CHECKPOINT_MARKER_NAME).write_text("{}")
-    *_, args = parse_recipe_args("p_tuning", ["--output_dir", str(tmp_path), "--resume_from_checkpoint", "last"])
-    assert resolve_resume_checkpoint(args) == str(tmp_path / "checkpoint-8")
-    *_, args = parse_recipe_args(
-        "p_tuning", ["--output_dir", str(tmp_path / "empty"), "--resume_from_checkpoint", "last"]
-    )
+    args = parse_recipe_args("p_tuning", ["--output_dir", str(tmp_path), "--resume_from_checkpoint", "last"])
+    assert start_run(args).resume_from_checkpoint == str(tmp_path / "checkpoint-8")
+    args = parse_recipe_args("p_tuning", ["--output_dir", str(tmp_path / "empty"), "--resume_from_checkpoint", "last"])
     with pytest.raises(ValueError, match="no complete checkpoint"):
-        resolve_resume_checkpoint(args)
+        start_run(args)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -188,7 +223,7 @@ def test_recipe_under_accelerate_launch_with_two_processes(tmp_path):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_recipes_switch_on_both_exact_speed_ups_where_they_apply(monkeypatch, tmp_path, method):
-    from transformers import AutoModelForCausalLM, TrainingArguments
+    from transformers import AutoModelForCausalLM
 
     from softprompt_hf import build_soft_prompt_model
     from softprompt_hf._upstream import _past_key_values_as_cache
@@ -197,9 +232,10 @@ def test_recipes_switch_on_both_exact_speed_ups_where_they_apply(monkeypatch, tm
     def hooks(fsdp: bool, **run) -> int:
         monkeypatch.setenv("ACCELERATE_USE_FSDP", "true" if fsdp else "false")
         model = build_soft_prompt_model(
-            AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_PATH), method=method, prompt_tuning_init="RANDOM"
+            AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_PATH),
+            **method_options(method, prompt_tuning_init="RANDOM"),
         )
-        enable_speed_ups(model, RunArguments(**run), TrainingArguments(output_dir=str(tmp_path), use_cpu=True))
+        _enable_speed_ups(model, SoftPromptTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **run))
         # Not counted: prefix tuning's cache-argument hook, which build_soft_prompt_model adds (see test_upstream).
         return sum(hook is not _past_key_values_as_cache for hook in model.get_base_model()._forward_pre_hooks.values())
 
@@ -209,15 +245,21 @@ def test_recipes_switch_on_both_exact_speed_ups_where_they_apply(monkeypatch, tm
     assert hooks(False, label_only_logits=False, shared_prompt=False) == 0
 
 
-def test_close_distributed_destroys_the_process_group_and_is_a_no_op_without_one(tmp_path):
+def test_a_recipe_run_ends_with_trainer_end_which_destroys_the_process_group(tmp_path):
+    """finish_recipe calls Trainer.end(): a process that exits with its gloo group alive can abort at exit."""
     import torch.distributed as dist
 
-    close_distributed()  # nothing to close: no error
-    store = dist.FileStore(str(tmp_path / "store"), 1)
-    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
-    assert dist.is_initialized()
-    close_distributed()
-    assert not dist.is_initialized()
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        flags = ["--output_dir", str(tmp_path / "run"), "--use_cpu", "true", "--max_steps", "2"]
+        flags += ["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
+        flags += ["--predict_unlabeled", "false", "--disable_tqdm", "true"]
+        results = load_recipe("p_tuning").main(flags)
+        assert not dist.is_initialized()
+        assert math.isfinite(results["eval_loss"])
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def test_bf16_mixed_precision_runs_on_cpu(tmp_path):
@@ -324,19 +366,19 @@ def test_push_with_a_local_base_model_is_refused_before_training(tmp_path):
         load_recipe("p_tuning").main(["--output_dir", str(tmp_path), "--push_to_hub", "true"])
 
 
-def test_eval_prompts_are_cut_with_the_collators_budget():
+def test_eval_prompts_are_cut_with_the_collators_budget(tmp_path):
     from softprompt_hf.prompt import encode_target
-    from softprompt_hf.runner import build_collator, build_metrics, load_recipe_data, load_recipe_tokenizer
+    from softprompt_hf.runner import build_trainer
 
-    model_args, data_args, run_args, _, training_args = parse_recipe_args("p_tuning", ["--max_length", "24"])
-    data = load_recipe_data(data_args, seed=0)
-    tokenizer = load_recipe_tokenizer(model_args)
-    metrics = build_metrics(tokenizer, data, data_args, run_args, training_args)
+    run = start_run(parse_recipe_args("p_tuning", ["--max_length", "24", "--output_dir", str(tmp_path)]))
+    trainer = build_trainer(run, build_peft_config(run.args.prompt))
+    data, tokenizer = run.data, run.tokenizer
     longest = max(data.classes, key=lambda label: len(encode_target(tokenizer, label)))
-    batch = build_collator(tokenizer, data, data_args)([{data.text_column: "word " * 200, data.target_column: longest}])
+    batch = trainer.data_collator([{data.text_column: "word " * 200, data.target_column: longest}])
     assert batch["input_ids"].shape[1] == 24
     # One row, no padding: the -100 labels are exactly the prompt, which evaluation must cut the same way.
-    assert metrics.max_prompt_tokens == int((batch["labels"][0] == -100).sum())
+    assert trainer.compute_metrics is run.metrics
+    assert run.metrics.max_prompt_tokens == int((batch["labels"][0] == -100).sum())
 
 
 def test_recipes_refuse_fsdp_before_loading_anything(monkeypatch):

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from conftest import ARCHS, MORE_ARCHS, labelled_rows, model_config, train_a_few_steps
+from conftest import ARCHS, MORE_ARCHS, labelled_rows, method_options, model_config, train_a_few_steps
 from transformers import AutoModelForCausalLM
 
 from softprompt_hf import SoftPromptDataCollator, build_soft_prompt_model
@@ -26,7 +26,7 @@ def no_dropout_model(tokenizer, arch: str, method: str, **options):
             setattr(config, name, value)
     base = AutoModelForCausalLM.from_config(config)
     options = {"prompt_tuning_init": "RANDOM", "num_virtual_tokens": 4, **options}
-    return build_soft_prompt_model(base, method=method, **options)
+    return build_soft_prompt_model(base, **method_options(method, **options))
 
 
 def loss_and_grads(model, batch, **extra):

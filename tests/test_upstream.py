@@ -12,7 +12,15 @@ import warnings
 
 import pytest
 import torch
-from conftest import ARCHS, build_tokenizer, labelled_rows, model_config, tiny_trainer, train_a_few_steps
+from conftest import (
+    ARCHS,
+    build_tokenizer,
+    labelled_rows,
+    method_options,
+    model_config,
+    tiny_trainer,
+    train_a_few_steps,
+)
 from peft import PrefixTuningConfig, TaskType, get_peft_model
 from trained_adapters import one_thread
 from transformers import AutoModelForCausalLM, DynamicCache, GPT2LMHeadModel
@@ -152,7 +160,7 @@ def test_the_hook_is_idempotent_removable_and_only_for_prefix_tuning(tok):
     assert routing_hooks(model) == 0
 
     for method in ("prompt_tuning", "p_tuning"):
-        other = build_soft_prompt_model(_base(tok, "llama"), method=method, prompt_tuning_init="RANDOM")
+        other = build_soft_prompt_model(_base(tok, "llama"), **method_options(method, prompt_tuning_init="RANDOM"))
         assert route_prefix_cache_argument(other) is None
         assert routing_hooks(other) == 0
     assert route_prefix_cache_argument(_base(tok, "llama")) is None  # not a PeftModel

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import labelled_rows
+from conftest import labelled_rows, method_options
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
@@ -41,7 +41,8 @@ def train_tiny_adapter(base_dir: Path, method: str, output_dir: Path, callbacks=
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     torch.manual_seed(0)
     model = build_soft_prompt_model(
-        AutoModelForCausalLM.from_pretrained(base_dir), method=method, prompt_tuning_init="RANDOM", num_virtual_tokens=4
+        AutoModelForCausalLM.from_pretrained(base_dir),
+        **method_options(method, prompt_tuning_init="RANDOM", num_virtual_tokens=4),
     )
     rows = labelled_rows(24)
     metrics = GenerationMetrics(tokenizer, LABELS, rows[:8], batch_size=8)

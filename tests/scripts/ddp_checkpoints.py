@@ -25,8 +25,6 @@ from transformers import Trainer
 sys.path.insert(0, str(Path(__file__).parent))
 from resumable_run import run  # noqa: E402
 
-from softprompt_hf.runner import close_distributed  # noqa: E402
-
 LATE_PROCESS = 1
 FIRST_STEPS = 3
 RESUMED_STEPS = 5
@@ -53,7 +51,7 @@ def main(output_dir: str) -> None:
             "resumed_steps": resumed.state.global_step,
         }
         Path(output_dir, "report.json").write_text(json.dumps(report), encoding="utf-8")
-    close_distributed()  # without it, a process can abort at exit (gloo), failing the run after its work
+    resumed.end()  # destroys the process group: without it a process can abort at exit (gloo)
 
 
 if __name__ == "__main__":

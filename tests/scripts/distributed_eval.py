@@ -16,7 +16,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingA
 import softprompt_hf._decoding as decoding
 from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model, load_raft
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
-from softprompt_hf.runner import close_distributed
 
 
 def main(out_dir: str, mode: str) -> None:
@@ -65,7 +64,7 @@ def main(out_dir: str, mode: str) -> None:
     with open(os.path.join(out_dir, f"process{state.process_index}.json"), "w") as f:
         report = {"num_processes": state.num_processes, "metrics": result, "scored": scored_rows, "refusal": refusal}
         json.dump(report, f)
-    close_distributed()  # without it, a process can abort at exit (gloo), failing the run after its work
+    trainer.end()  # destroys the process group: without it a process can abort at exit (gloo)
 
 
 if __name__ == "__main__":

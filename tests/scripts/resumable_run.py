@@ -36,6 +36,15 @@ class _KillAt(TrainerCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _method_options(method: str, prefix_projection: bool) -> dict:
+    """Each method's own options (SoftPromptArguments refuses those of another method)."""
+    if method == "prompt_tuning":
+        return {"prompt_tuning_init": "RANDOM"}
+    if method == "p_tuning":
+        return {"encoder_hidden_size": 16}
+    return {"prefix_projection": True, "encoder_hidden_size": 16} if prefix_projection else {}
+
+
 def run(
     output_dir: str | Path,
     method: str,
@@ -58,10 +67,8 @@ def run(
     model = build_soft_prompt_model(
         AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_PATH),
         method=method,
-        prompt_tuning_init="RANDOM",
         num_virtual_tokens=4,
-        encoder_hidden_size=16,
-        prefix_projection=prefix_projection,
+        **_method_options(method, prefix_projection),
     )
     values = {
         "output_dir": str(output_dir),

@@ -1,0 +1,320 @@
+"""The recipes' arguments: the base model, the data, the soft prompt and ``SoftPromptTrainingArguments``.
+
+``parse_recipe_args`` reads a recipe's command line, ``[--config file.yaml] [flags]``: the YAML file sets the
+parser's defaults and the flags override them, so a value means the same from either.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
+
+from .embedded import EMBEDDED_MODEL_PATH
+from .hub import DEFAULT_TIMEOUT
+from .methods import METHODS, SoftPromptArguments
+from .prompt import DEFAULT_TEMPLATE
+
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "RecipeArguments",
+    "SoftPromptTrainingArguments",
+    "fsdp_requested",
+    "parse_recipe_args",
+    "read_config",
+]
+
+_DATASETS = ("embedded", "raft", "files")
+_EVAL_MODES = ("generate", "rank")
+
+
+@dataclass
+class ModelArguments:
+    """The frozen base model."""
+
+    model_name_or_path: str = field(
+        default=str(EMBEDDED_MODEL_PATH),
+        metadata={"help": "Base model: a Hub id or a local folder. Default: the embedded model (offline)."},
+    )
+    base_model_id: str | None = field(
+        default=None,
+        metadata={
+            "help": "The base model's Hub id, recorded in adapter_config.json and the model card. Needed when "
+            "model_name_or_path is a local copy: others cannot load an adapter that names a path on your disk."
+        },
+    )
+
+
+@dataclass
+class DataArguments:
+    """The classification data and how each row becomes a prompt."""
+
+    dataset: str = field(
+        default="embedded",
+        metadata={
+            "help": "embedded (the package's synthetic tweets, offline), raft (ought/raft from the Hub, or "
+            "--train_file/--test_file copies of its files), or files (your own CSV/JSON/parquet files).",
+            "choices": _DATASETS,
+        },
+    )
+    raft_subset: str = field(default="twitter_complaints", metadata={"help": "RAFT subset (dataset=raft)."})
+    train_file: str | None = field(default=None, metadata={"help": "Labelled rows (dataset=raft or files)."})
+    test_file: str | None = field(default=None, metadata={"help": "More rows, e.g. RAFT's unlabelled test split."})
+    text_column: str | None = field(default=None, metadata={"help": "Text column. Default: RAFT's, or required."})
+    label_column: str = field(default="Label", metadata={"help": "Label column."})
+    id_column: str | None = field(default="ID", metadata={"help": "Row id column (for submissions), if any."})
+    class_names: str | None = field(
+        default=None, metadata={"help": "Comma-separated class names, when the label column holds integers."}
+    )
+    unlabeled_class: str | None = field(default="Unlabeled", metadata={"help": "Class that marks unlabelled rows."})
+    validation_size: float = field(
+        default=0.2,
+        metadata={"help": "Labelled rows held out for validation, stratified: a fraction (<1) or a count (>=1)."},
+    )
+    template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "Prompt template ({text_column}, {text})."})
+    max_length: int | None = field(
+        default=None, metadata={"help": "Cap on prompt + label tokens; only the text is ever truncated."}
+    )
+
+    def __post_init__(self) -> None:
+        # The parser checks choices on the command line only; a config file or a Python caller lands here.
+        if self.dataset not in _DATASETS:
+            raise ValueError(f"dataset={self.dataset!r}: choose one of {', '.join(_DATASETS)}.")
+
+
+def _inherited(name: str, default: Any) -> Any:
+    """A new default for a ``TrainingArguments`` field, with its help text (``--help`` shows both)."""
+    help_text = TrainingArguments.__dataclass_fields__[name].metadata.get("help", "")
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class SoftPromptTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with the recipes' defaults, and the options of a recipe run.
+
+    The defaults are the seed guide's optimisation (lr 3e-2, batch 16, linear schedule without warm-up) and an
+    evaluation, a checkpoint and the best-adapter selection (generated macro-F1) every epoch. Everything else
+    is ``TrainingArguments``' own. ``--help`` of a recipe shows these defaults, and Python code gets the same:
+
+    ```python
+    >>> from softprompt_hf.arguments import SoftPromptTrainingArguments
+    >>> args = SoftPromptTrainingArguments(output_dir="outputs/run", use_cpu=True)
+    >>> args.learning_rate, args.metric_for_best_model, args.eval_mode
+    (0.03, 'f1', 'generate')
+    ```
+    """
+
+    learning_rate: float = _inherited("learning_rate", 3e-2)
+    num_train_epochs: float = _inherited("num_train_epochs", 3)
+    per_device_train_batch_size: int = _inherited("per_device_train_batch_size", 16)
+    per_device_eval_batch_size: int = _inherited("per_device_eval_batch_size", 32)
+    lr_scheduler_type: SchedulerType | str = _inherited("lr_scheduler_type", "linear")
+    warmup_steps: float = _inherited("warmup_steps", 0)
+    remove_unused_columns: bool = _inherited("remove_unused_columns", False)
+    eval_strategy: IntervalStrategy | str = _inherited("eval_strategy", "epoch")
+    save_strategy: SaveStrategy | str = _inherited("save_strategy", "epoch")
+    save_total_limit: int | None = _inherited("save_total_limit", 2)
+    load_best_model_at_end: bool = _inherited("load_best_model_at_end", True)
+    metric_for_best_model: str | None = _inherited("metric_for_best_model", "f1")
+    greater_is_better: bool | None = _inherited("greater_is_better", True)
+    logging_steps: float = _inherited("logging_steps", 10)
+    report_to: None | str | list[str] = _inherited("report_to", "none")
+    seed: int = _inherited("seed", 42)
+    # Every trainable parameter gets a gradient at every step; searching for unused ones costs a graph walk.
+    ddp_find_unused_parameters: bool | None = _inherited("ddp_find_unused_parameters", False)
+
+    eval_mode: str = field(
+        default="generate",
+        metadata={
+            "help": "generate (greedy decoding matched to the labels) or rank (most likely label).",
+            "choices": _EVAL_MODES,
+        },
+    )
+    num_sample_predictions: int = field(default=4, metadata={"help": "Rows logged at each evaluation (0: none)."})
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={"help": "Stop after this many evaluations without improvement of metric_for_best_model."},
+    )
+    predict_unlabeled: bool = field(
+        default=True, metadata={"help": "Label the unlabelled rows and write RAFT's ID,Label submission file."}
+    )
+    label_only_logits: bool = field(
+        default=True,
+        metadata={
+            "help": "Compute logits only at the label positions in training and eval loss (same loss; with a "
+            "large vocabulary most of a step's cost). See softprompt_hf.enable_label_only_logits."
+        },
+    )
+    shared_prompt: bool = field(
+        default=True,
+        metadata={
+            "help": "Prompt tuning and P-tuning: run the virtual tokens through the layers once per batch instead "
+            "of once per row (same loss and gradients; not under FSDP, nor with dropout in the base model). "
+            "See softprompt_hf.enable_shared_prompt."
+        },
+    )
+    push_timeout: float = field(
+        default=DEFAULT_TIMEOUT,
+        metadata={
+            "help": "--push_to_hub: seconds each Hub request may wait for an answer. huggingface_hub retries "
+            "timed-out and failed upload requests a few times, so a silent Hub can take several times this; "
+            "the error says how many attempts were made and how long the push waited."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.eval_mode not in _EVAL_MODES:
+            raise ValueError(f"--eval_mode {self.eval_mode!r}: choose one of {', '.join(_EVAL_MODES)}.")
+        if not self.push_timeout > 0:
+            raise ValueError(f"--push_timeout {self.push_timeout}: give a number of seconds above 0.")
+        super().__post_init__()
+
+
+class RecipeArguments(NamedTuple):
+    """What ``parse_recipe_args`` returns: one dataclass per group of flags."""
+
+    model: ModelArguments
+    data: DataArguments
+    prompt: SoftPromptArguments
+    training: SoftPromptTrainingArguments
+
+
+_ARGUMENT_CLASSES = (ModelArguments, DataArguments, SoftPromptArguments, SoftPromptTrainingArguments)
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a recipe config: a YAML mapping of flag names (without ``--``) to values."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path}: no such file.") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"--config {path} is not UTF-8 text ({err.reason} at byte {err.start}): save it as UTF-8."
+        ) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(
+            f"--config {path} is not valid YAML: {problem}{where}. Write one 'flag_name: value' per line, with a "
+            "space after the colon and spaces (not tabs) for indentation."
+        ) from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a recipe config is a YAML mapping of flag names to values.")
+    return config
+
+
+def parse_recipe_args(method: str, argv: list[str] | None = None) -> RecipeArguments:
+    """Parse a recipe's command line: ``[--config file.yaml] [flags]``, flags overriding the file.
+
+    Every flag of ``ModelArguments``, ``DataArguments``, ``SoftPromptArguments`` and
+    ``SoftPromptTrainingArguments`` (which holds all of ``TrainingArguments``) is accepted. The config file's
+    values become the parser's defaults, so they are converted and shown exactly as flags would be. The method
+    is the recipe's own: a config or flag that names another one is refused.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}.")
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    config_path = pre.parse_known_args(argv)[0].config
+    parser = HfArgumentParser(_ARGUMENT_CLASSES)  # type: ignore[arg-type]
+    parser.add_argument("--config", help="YAML file of flag values; flags on the command line override it.")
+    parser.set_defaults(method=method, output_dir=f"outputs/{method}")
+    if config_path:
+        config = read_config(config_path)
+        if config.get("method", method) != method:
+            raise ValueError(
+                f"{config_path} is a config for method {config['method']!r}; run it with "
+                f"recipes/{config['method']}.py, or remove 'method' from it."
+            )
+        parser.set_defaults(**_config_defaults(config, config_path))
+    parsed = vars(parser.parse_args(argv))
+    if parsed["method"] != method:
+        raise ValueError(f"This recipe trains {method}; for {parsed['method']} run recipes/{parsed['method']}.py.")
+    outputs: list[Any] = []
+    for cls in _ARGUMENT_CLASSES:
+        names = {f.name for f in fields(cls) if f.init}
+        try:
+            outputs.append(cls(**{name: value for name, value in parsed.items() if name in names}))
+        except ValueError as err:
+            # TrainingArguments checks its flags in __post_init__ (e.g. eval and save strategies that
+            # load_best_model_at_end cannot pair): a message about the command line, raised here as ours.
+            raise ValueError(f"{err}") from err
+    args = RecipeArguments(*outputs)
+    if fsdp_requested(args.training):
+        raise ValueError(_RECIPES_FSDP_MESSAGE)
+    return args
+
+
+def _config_defaults(config: dict[str, Any], path: str) -> dict[str, Any]:
+    """The parser defaults that a config sets, each in the form the command line would give it.
+
+    argparse converts a string default with the flag's own type (documented behaviour), so a value is
+    handed over as the text a user would type: YAML 1.1 reads ``3e-2`` as a string and ``3.0e-2`` as a float,
+    and both become the flag's float. A single value for a list flag becomes a one-item list, as
+    ``--report_to tensorboard`` does. A mapping (``lr_scheduler_kwargs``) stays a mapping: ``TrainingArguments``
+    takes it as it takes the JSON text of the flag. ``null`` keeps the default.
+    """
+    hints = {name: hint for cls in _ARGUMENT_CLASSES for name, hint in _field_types(cls).items()}
+    defaults: dict[str, Any] = {}
+    for key, value in config.items():
+        if key not in hints:
+            close = difflib.get_close_matches(key, hints, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"{path}: unknown setting {key!r}.{hint} Settings are the recipe's flags without '--'.")
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            defaults[key] = value
+        elif _is_list_type(hints[key]):
+            items = value if isinstance(value, list) else [value]
+            defaults[key] = [_as_flag_text(item) for item in items]
+        else:
+            defaults[key] = _as_flag_text(value)
+    return defaults
+
+
+def _as_flag_text(value: Any) -> Any:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    return value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name) for f in fields(cls) if f.init}
+
+
+def _is_list_type(hint: Any) -> bool:
+    """Whether the parser takes several values for a field of this type (``nargs="+"``): a list, not a string."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
+    return any(typing.get_origin(option) is list for option in options) and str not in options
+
+
+_UnionType = type(int | None)
+
+_RECIPES_FSDP_MESSAGE = (
+    "The recipes cannot run under FSDP yet: they score the model with GenerationMetrics (during training and at "
+    "the end, before the adapter is saved), and its decoding runs the model's modules outside FSDP's forward, where "
+    "their parameters are shards. Launch with recipes/accelerate/multi_gpu.yaml (DDP) or "
+    "recipes/accelerate/deepspeed_zero2.yaml instead: the base model is frozen and the soft prompt is tiny."
+)
+
+
+def fsdp_requested(training_args: TrainingArguments) -> bool:
+    """Whether this run is set up for FSDP: ``--fsdp`` or an ``accelerate launch`` FSDP config."""
+    return bool(training_args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
