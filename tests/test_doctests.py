@@ -165,7 +165,7 @@ def test_fence_lines_end_the_expected_output():
 
 
 def test_examples_read_the_same_without_the_fence_rule():
-    """Each example ends with a blank line before its closing fence, so ``pytest --doctest-modules`` runs it too."""
+    """Each example ends with a blank line before its closing fence, so stock doctest tools read it as we do."""
     stock = doctest.DocTestParser()
     for module_name in MODULES_WITH_EXAMPLES:
         for test in _find(module_name):
