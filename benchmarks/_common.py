@@ -28,6 +28,7 @@ from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM
 from transformers.utils import logging as hf_logging
 
 from softprompt_hf import build_soft_prompt_model, load_raft
+from softprompt_hf._upstream import remove_prefix_cache_routing, route_prefix_cache_argument
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
 
 METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")
@@ -151,12 +152,20 @@ def seed_generate_one_by_one(model: Any, tok: Any, texts: Sequence[str], max_new
     """The seed's inference: one ``tokenizer(prompt)`` and one ``model.generate`` per text."""
     outputs = []
     model.eval()
-    with torch.no_grad():
-        for text in texts:
-            inputs = tok(f"{TEXT_COLUMN} : {text} Label : ", return_tensors="pt")
-            inputs = {k: v.to(model.device) for k, v in inputs.items()}
-            generated = model.generate(input_ids=inputs["input_ids"], max_new_tokens=max_new_tokens)
-            outputs.append(generated[0, inputs["input_ids"].shape[1] :].tolist())
+    # The seed runs peft's own generate() on the model as plain peft builds it: build_soft_prompt_model's
+    # prefix-tuning hook (softprompt_hf._upstream, entry 2) refuses that generate()'s cache beside the prefix, so
+    # it is off for the call.
+    routed = remove_prefix_cache_routing(model)
+    try:
+        with torch.no_grad():
+            for text in texts:
+                inputs = tok(f"{TEXT_COLUMN} : {text} Label : ", return_tensors="pt")
+                inputs = {k: v.to(model.device) for k, v in inputs.items()}
+                generated = model.generate(input_ids=inputs["input_ids"], max_new_tokens=max_new_tokens)
+                outputs.append(generated[0, inputs["input_ids"].shape[1] :].tolist())
+    finally:
+        if routed:
+            route_prefix_cache_argument(model)
     return outputs
 
 
