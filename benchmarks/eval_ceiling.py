@@ -36,9 +36,9 @@ import _common as c  # noqa: E402
 import torch  # noqa: E402
 from eval_throughput import LABELS  # noqa: E402
 
-from softprompt_hf import PromptTemplate, encode_target  # noqa: E402
 from softprompt_hf._decoding import _PROJECTION_ROWS, _common_prefix  # noqa: E402
 from softprompt_hf.output_head import ChunkedOutputHead  # noqa: E402
+from softprompt_hf.prompt import PromptTemplate, encode_target
 
 HEADERS = [
     "path",

@@ -29,13 +29,9 @@ import _common as c  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
-from softprompt_hf import (  # noqa: E402
-    PromptTemplate,
-    build_soft_prompt_model,
-    disable_soft_prompt_generate,
-    enable_soft_prompt_generate,
-)
+from softprompt_hf import build_soft_prompt_model, disable_soft_prompt_generate, enable_soft_prompt_generate
 from softprompt_hf._upstream import remove_prefix_cache_routing  # noqa: E402
+from softprompt_hf.prompt import PromptTemplate
 
 # The options of build_soft_prompt_model for each method variant.
 VARIANTS: dict[str, dict[str, Any]] = {

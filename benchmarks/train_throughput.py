@@ -44,8 +44,9 @@ from transformers import (  # noqa: E402
     get_linear_schedule_with_warmup,
 )
 
-from softprompt_hf import PromptTemplate, SoftPromptDataCollator, encode_target  # noqa: E402
+from softprompt_hf import SoftPromptDataCollator
 from softprompt_hf.label_logits import enable_label_only_logits  # noqa: E402
+from softprompt_hf.prompt import PromptTemplate, encode_target
 from softprompt_hf.shared_prompt import enable_shared_prompt  # noqa: E402
 
 

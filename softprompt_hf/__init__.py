@@ -1,98 +1,58 @@
-"""Soft-prompt fine-tuning (prompt tuning, P-tuning, prefix tuning) of causal LMs with the stock Trainer."""
+"""Soft-prompt fine-tuning (prompt tuning, P-tuning, prefix tuning) of causal LMs with the stock Trainer.
+
+The package's public names, by what users do with them (everything else is importable from its module; the
+README's "Package layout" says which module does what):
+
+- train: ``SoftPromptArguments``, ``SoftPromptTrainingArguments``, ``build_soft_prompt_model``,
+  ``SoftPromptDataCollator``, ``load_raft``, ``load_classification_data``, and the exact speed-ups
+  ``enable_label_only_logits`` and ``enable_shared_prompt``;
+- train safely: ``SoftPromptCheckpointCallback``, ``SoftPromptGuardCallback``;
+- evaluate: ``GenerationMetrics`` (the Trainer's ``compute_metrics``), ``generate_labels``, ``rank_labels``;
+- save and push: ``save_adapter``, ``push_adapter``, ``HubPushCallback``, ``HubPushError``;
+- predict: ``predict``, and ``enable_soft_prompt_generate`` / ``disable_soft_prompt_generate`` /
+  ``soft_prompt_generate`` for ``model.generate()``.
+"""
 
 from ._decoding import generate_labels, rank_labels
-from .callbacks import (
-    ParameterSummaryCallback,
-    SamplePredictionsCallback,
-    SoftPromptCheckpointCallback,
-    SoftPromptGuardCallback,
-    check_trainer,
-    last_complete_checkpoint,
-)
-from .card import build_model_card
+from .arguments import SoftPromptTrainingArguments
+from .callbacks import SoftPromptCheckpointCallback, SoftPromptGuardCallback
 from .collator import SoftPromptDataCollator
-from .data import (
-    RAFT_CLASS_NAMES,
-    ClassificationData,
-    k_fold_splits,
-    label_text,
-    load_classification_data,
-    load_raft,
-    stratified_split,
-)
-from .evaluation import GenerationMetrics, Prediction
+from .data import load_classification_data, load_raft
+from .evaluation import GenerationMetrics
 from .generate import disable_soft_prompt_generate, enable_soft_prompt_generate, soft_prompt_generate
-from .hub import HubPushCallback, HubPushError, push_adapter, push_adapter_folder
+from .hub import HubPushCallback, HubPushError, push_adapter
 from .label_logits import enable_label_only_logits
-from .methods import (
-    METHODS,
-    SEED_PROMPT_TUNING_INIT_TEXT,
-    SoftPromptArguments,
-    build_peft_config,
-    build_soft_prompt_model,
-    check_training_arguments,
-)
-from .metrics import (
-    ClassificationReport,
-    check_label_set,
-    classification_report,
-    match_label,
-    normalize_label,
-    write_predictions,
-    write_raft_submission,
-)
+from .methods import SoftPromptArguments, build_soft_prompt_model
 from .predict import predict
-from .prompt import DEFAULT_TEMPLATE, PromptTemplate, encode_target
 from .saving import save_adapter
 from .shared_prompt import enable_shared_prompt
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_TEMPLATE",
-    "METHODS",
-    "RAFT_CLASS_NAMES",
-    "SEED_PROMPT_TUNING_INIT_TEXT",
-    "ClassificationData",
-    "ClassificationReport",
-    "GenerationMetrics",
-    "HubPushCallback",
-    "HubPushError",
-    "ParameterSummaryCallback",
-    "Prediction",
-    "PromptTemplate",
-    "SamplePredictionsCallback",
+    # train
     "SoftPromptArguments",
-    "SoftPromptCheckpointCallback",
-    "SoftPromptDataCollator",
-    "SoftPromptGuardCallback",
-    "build_model_card",
-    "build_peft_config",
+    "SoftPromptTrainingArguments",
     "build_soft_prompt_model",
-    "check_label_set",
-    "check_trainer",
-    "check_training_arguments",
-    "classification_report",
-    "disable_soft_prompt_generate",
-    "enable_soft_prompt_generate",
+    "SoftPromptDataCollator",
+    "load_raft",
+    "load_classification_data",
     "enable_label_only_logits",
     "enable_shared_prompt",
-    "encode_target",
+    "SoftPromptCheckpointCallback",
+    "SoftPromptGuardCallback",
+    # evaluate
+    "GenerationMetrics",
     "generate_labels",
-    "k_fold_splits",
-    "label_text",
-    "last_complete_checkpoint",
-    "load_classification_data",
-    "load_raft",
-    "match_label",
-    "normalize_label",
-    "predict",
-    "push_adapter",
-    "push_adapter_folder",
     "rank_labels",
+    # save and push
     "save_adapter",
+    "push_adapter",
+    "HubPushCallback",
+    "HubPushError",
+    # predict and generate
+    "predict",
+    "enable_soft_prompt_generate",
+    "disable_soft_prompt_generate",
     "soft_prompt_generate",
-    "stratified_split",
-    "write_predictions",
-    "write_raft_submission",
 ]

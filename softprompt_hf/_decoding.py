@@ -80,7 +80,7 @@ def generate_labels(
 
     What ``GenerationMetrics(mode="generate")`` and ``predict(mode="generate")`` run. Decoding stops at EOS or one
     token past the longest of ``labels`` (or after ``max_new_tokens``); match the outputs to the label set with
-    :func:`~softprompt_hf.match_label`.
+    :func:`~softprompt_hf.metrics.match_label`.
 
     By default decoding does not go through ``generate()`` but through this module's decoder, built for
     evaluation's throughput. peft 0.21.2's ``PeftModel.generate`` with a soft prompt returns tokens other than the

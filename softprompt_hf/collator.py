@@ -28,7 +28,7 @@ class SoftPromptDataCollator(DataCollatorMixin):
 
     - raw rows with a text column and a target column (the label text, e.g. ``"no complaint"``): the
       prompt is ``template`` filled with the text and tokenized on its own, exactly as at inference
-      time (see :class:`~softprompt_hf.PromptTemplate`); the target is tokenized separately;
+      time (see :class:`~softprompt_hf.prompt.PromptTemplate`); the target is tokenized separately;
     - pre-tokenized rows with ``input_ids`` and ``labels`` (and optionally ``attention_mask``),
       which are only padded.
 

@@ -222,7 +222,7 @@ def train_a_few_steps(model, tokenizer, output_dir, steps: int = 4):
 @torch.no_grad()
 def next_token_logits(model, tokenizer, texts) -> torch.Tensor:
     """The model's next-token logits after each text's prompt, one text at a time (eval mode)."""
-    from softprompt_hf import PromptTemplate
+    from softprompt_hf.prompt import PromptTemplate
 
     model.eval()
     rows = []

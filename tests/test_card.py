@@ -28,7 +28,6 @@ from trained_adapters import (
 )
 
 import softprompt_hf
-from softprompt_hf import classification_report
 from softprompt_hf._upstream import cache_argument
 from softprompt_hf.card import (
     ModelCardCallback,
@@ -38,7 +37,7 @@ from softprompt_hf.card import (
     render_model_card,
 )
 from softprompt_hf.hub import push_adapter
-from softprompt_hf.metrics import match_label
+from softprompt_hf.metrics import classification_report, match_label
 from softprompt_hf.predict import predict
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)

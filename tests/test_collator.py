@@ -5,7 +5,8 @@ import torch
 from conftest import labelled_rows
 from transformers import PreTrainedTokenizer
 
-from softprompt_hf import DEFAULT_TEMPLATE, PromptTemplate, SoftPromptDataCollator
+from softprompt_hf import SoftPromptDataCollator
+from softprompt_hf.prompt import DEFAULT_TEMPLATE, PromptTemplate
 
 ROW = {"ID": 7, "Tweet text": "@Acme my order never arrived", "Label": 1, "text_label": "no complaint"}
 

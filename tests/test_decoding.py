@@ -18,9 +18,10 @@ from conftest import (
 )
 from transformers import AutoModelForCausalLM
 
-from softprompt_hf import PromptTemplate, _decoding, encode_target, generate_labels, rank_labels
+from softprompt_hf import _decoding, generate_labels, rank_labels
 from softprompt_hf._decoding import _CachedDecoder, generate_label_ids
 from softprompt_hf.output_head import ChunkedOutputHead
+from softprompt_hf.prompt import PromptTemplate, encode_target
 
 LABELS = ["complaint", "no complaint"]
 

@@ -15,15 +15,9 @@ from datasets import Dataset
 from tokenizers import normalizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, EvalPrediction, Trainer, TrainingArguments
 
-from softprompt_hf import (
-    GenerationMetrics,
-    SoftPromptDataCollator,
-    build_soft_prompt_model,
-    load_raft,
-    write_predictions,
-    write_raft_submission,
-)
+from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model, load_raft
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
+from softprompt_hf.metrics import write_predictions, write_raft_submission
 
 LABELS = ["complaint", "no complaint"]
 

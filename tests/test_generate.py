@@ -14,13 +14,13 @@ from transformers import AutoModelForCausalLM, DynamicCache, StoppingCriteria, S
 from transformers.generation.streamers import BaseStreamer
 
 from softprompt_hf import (
-    PromptTemplate,
     build_soft_prompt_model,
     disable_soft_prompt_generate,
     enable_soft_prompt_generate,
     soft_prompt_generate,
 )
 from softprompt_hf._upstream import cache_argument, remove_prefix_cache_routing, route_prefix_cache_argument
+from softprompt_hf.prompt import PromptTemplate
 
 ALL_ARCHS = ("gpt2", "llama", "qwen3", "bloom", "gpt_bigcode", *SLIDING_ARCHS)
 # The options of build_soft_prompt_model that ask for each method variant.

@@ -6,13 +6,8 @@ from conftest import METHODS, method_options, model_config
 from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, PromptTuningInit
 from transformers import AutoModelForCausalLM, BloomConfig, HfArgumentParser, TrainingArguments
 
-from softprompt_hf import (
-    SEED_PROMPT_TUNING_INIT_TEXT,
-    SoftPromptArguments,
-    build_peft_config,
-    build_soft_prompt_model,
-)
-from softprompt_hf.methods import eval_mode
+from softprompt_hf import SoftPromptArguments, build_soft_prompt_model
+from softprompt_hf.methods import SEED_PROMPT_TUNING_INIT_TEXT, build_peft_config, eval_mode
 
 # bigscience/bloomz-560m's architecture, from its config.json.
 BLOOMZ_560M = {"vocab_size": 250880, "hidden_size": 1024, "n_layer": 24, "n_head": 16}

@@ -22,10 +22,11 @@ from trained_adapters import (
 )
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from softprompt_hf import PromptTemplate, _decoding, build_soft_prompt_model
+from softprompt_hf import _decoding, build_soft_prompt_model
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
 from softprompt_hf.predict import AdapterLoadError, load_adapter, predict, read_texts
+from softprompt_hf.prompt import PromptTemplate
 from softprompt_hf.saving import save_adapter
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)

@@ -13,8 +13,9 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from softprompt_hf import DEFAULT_TEMPLATE, build_soft_prompt_model
+from softprompt_hf import build_soft_prompt_model
 from softprompt_hf.card import ModelCardInputs, render_model_card
+from softprompt_hf.prompt import DEFAULT_TEMPLATE
 from softprompt_hf.saving import (
     CARD_KEY,
     INFERENCE_CONFIG_NAME,

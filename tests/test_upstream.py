@@ -25,8 +25,9 @@ from peft import PrefixTuningConfig, TaskType, get_peft_model
 from trained_adapters import one_thread
 from transformers import AutoModelForCausalLM, DynamicCache, GPT2LMHeadModel
 
-from softprompt_hf import SoftPromptDataCollator, SoftPromptGuardCallback, build_soft_prompt_model, check_trainer
+from softprompt_hf import SoftPromptDataCollator, SoftPromptGuardCallback, build_soft_prompt_model
 from softprompt_hf._upstream import _past_key_values_as_cache, cache_argument, route_prefix_cache_argument
+from softprompt_hf.callbacks import check_trainer
 from softprompt_hf.predict import load_adapter
 from softprompt_hf.saving import save_adapter
 
