@@ -138,8 +138,8 @@ def _check_complete(folder: Path) -> None:
         raise ValueError(
             f"{folder} is not a complete soft-prompt checkpoint ({CHECKPOINT_MARKER_NAME} is missing: the run was "
             "probably interrupted while saving it, or saved without SoftPromptCheckpointCallback). Resume from "
-            f"the last complete one, softprompt_hf.callbacks.last_complete_checkpoint({str(folder.parent)!r}), or delete "
-            "this folder."
+            "the last complete one, softprompt_hf.callbacks.last_complete_checkpoint("
+            f"{str(folder.parent)!r}), or delete this folder."
         )
     files = json.loads(marker.read_text(encoding="utf-8")).get("files", {})
     for name, digest in files.items():
