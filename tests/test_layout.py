@@ -1,0 +1,47 @@
+"""The README's "Package layout" stays true: the public API it lists is the package's, and it names every module."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import softprompt_hf
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "softprompt_hf"
+
+
+def _layout_section() -> str:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## Package layout")
+    end = readme.index("\n## ", start + 1)
+    return readme[start:end]
+
+
+def _table_rows(section: str, header: str) -> list[list[str]]:
+    lines = section[section.index(header) :].splitlines()[2:]
+    rows = []
+    for line in lines:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows
+
+
+def test_the_readme_lists_exactly_the_public_api():
+    rows = _table_rows(_layout_section(), "| you want to | names |")
+    listed = [name for _, names in rows for name in re.findall(r"`([A-Za-z_]+)`", names)]
+    assert sorted(listed) == sorted(softprompt_hf.__all__)
+    assert len(listed) == len(set(listed))
+    for name in softprompt_hf.__all__:
+        assert getattr(softprompt_hf, name) is not None
+
+
+def test_the_readme_names_every_module_of_the_package():
+    rows = _table_rows(_layout_section(), "| module | its job |")
+    named = {path for cell, _ in rows for path in re.findall(r"`([\w/.]+)`", cell)}
+    modules = {p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
+    modules |= {f"{p.name}/" for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    modules |= {f"templates/{p.name}" for p in (PACKAGE / "templates").iterdir()}
+    assert modules <= named, f"not in the README's Package layout: {sorted(modules - named)}"
+    assert named <= modules, f"in the README's Package layout but not in the package: {sorted(named - modules)}"
