@@ -109,6 +109,7 @@ class SoftPromptTrainingArguments(TrainingArguments):
     >>> args = SoftPromptTrainingArguments(output_dir="outputs/run", use_cpu=True)
     >>> args.learning_rate, args.metric_for_best_model, args.eval_mode
     (0.03, 'f1', 'generate')
+
     ```
     """
 
