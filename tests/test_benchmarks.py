@@ -23,20 +23,27 @@ SCRIPTS = {
 }
 
 
+def _run(script: str, args: list[str]) -> subprocess.CompletedProcess:
+    """Run a benchmark script offline; it must exit 0."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def _table_rows(stdout: str) -> list[list[str]]:
+    """The cells of every markdown table row printed, header rows included, separator rows left out."""
+    lines = [line for line in stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_benchmark_script_runs(script):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *SCRIPTS[script]],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    table_rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(table_rows) >= 2, result.stdout  # a header and at least one measured row
+    result = _run(script, SCRIPTS[script])
+    assert len(_table_rows(result.stdout)) >= 2, result.stdout  # a header and at least one measured row
     assert "nan" not in result.stdout.lower()
     if script == "gpu.py":
         assert [title for title in GPU_PART_TITLES.values() if f"## {title}" not in result.stdout] == []
@@ -53,15 +60,7 @@ GPU_PART_TITLES = {
 
 @pytest.mark.slow
 def test_gpu_script_runs_only_the_parts_asked_for():
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gpu.py"), "--smoke", "--parts", "ceiling", "memory"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _run("gpu.py", ["--smoke", "--parts", "ceiling", "memory"])
     printed = {part for part, title in GPU_PART_TITLES.items() if f"## {title}" in result.stdout}
     assert printed == {"ceiling", "memory"}, result.stdout
 
@@ -69,18 +68,9 @@ def test_gpu_script_runs_only_the_parts_asked_for():
 def test_generate_correctness_script_shows_stock_wrong_and_fixed_right():
     # Two models, one of which (Mistral) crosses its sliding window, and both prompt placements (virtual token
     # embeddings, prefix key/values); the script exits 1 if a fixed row differs from its full-forward reference.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     args = ["--models", "gpt2", "mistral", "--methods", "p_tuning_mlp", "prefix_tuning", "--texts", "3"]
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "generate_correctness.py"), *args, "--new-tokens", "4"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+    result = _run("generate_correctness.py", [*args, "--new-tokens", "4"])
+    rows = _table_rows(result.stdout)[1:]
     assert [row[:3] for row in rows] == [
         [model, method, "3"] for model in ("gpt2", "mistral") for method in ("p_tuning_mlp", "prefix_tuning")
     ]
@@ -91,18 +81,8 @@ def test_generate_correctness_script_shows_stock_wrong_and_fixed_right():
 def test_engine_vs_generate_script_gives_the_same_labels_both_ways():
     # The decoder that GenerationMetrics runs and the generate() that predict runs, on both soft-prompt placements
     # and the embedded model: the script exits 1 if a row's tokens differ; the table says so per model and method.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     args = ["--models", "embedded", "--methods", "p_tuning", "prefix_tuning", "--rows", "10", "--repeats", "1"]
-    result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "engine_vs_generate.py"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+    rows = _table_rows(_run("engine_vs_generate.py", args).stdout)[1:]
     assert [row[:4] for row in rows] == [
         ["embedded", method, "10", "10/10"] for method in ("p_tuning", "prefix_tuning")
     ]

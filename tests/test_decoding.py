@@ -65,22 +65,32 @@ def test_generation_restores_training_mode(tokenizer):
     assert model.training
 
 
-def test_generation_restores_every_modules_mode_when_it_fails(tokenizer, monkeypatch):
+@pytest.mark.parametrize(
+    "scoring, internals",
+    [
+        ("generate", ("_greedy_with_cache", "_greedy_full_forward")),
+        ("rank", ("_rank_with_shared_prompt", "_rank_full_sequences")),
+    ],
+)
+def test_scoring_restores_every_modules_mode_when_it_fails(tokenizer, monkeypatch, scoring, internals):
     model = tiny_soft_prompt_model(tokenizer, "gpt2", "p_tuning")
     model.train()
     model.get_base_model().lm_head.eval()  # the caller's mixture comes back as it was
     modes = {name: module.training for name, module in model.named_modules()}
     seen = []
 
-    def failing_decode(*args, **kwargs):
+    def failing(*args, **kwargs):
         seen.append(model.training)
-        raise RuntimeError("decoding failed")
+        raise RuntimeError(f"{scoring} failed")
 
-    monkeypatch.setattr(_decoding, "_greedy_with_cache", failing_decode)
-    monkeypatch.setattr(_decoding, "_greedy_full_forward", failing_decode)
-    with pytest.raises(RuntimeError, match="decoding failed"):
-        generate_label_ids(model, tokenizer, ["@Acme hi"], max_new_tokens=1, show_progress=False)
-    assert seen == [False]  # decoding ran in eval mode
+    for name in internals:
+        monkeypatch.setattr(_decoding, name, failing)
+    with pytest.raises(RuntimeError, match=f"{scoring} failed"):
+        if scoring == "generate":
+            generate_label_ids(model, tokenizer, ["@Acme hi"], max_new_tokens=1, show_progress=False)
+        else:
+            rank_labels(model, tokenizer, ["@Acme hi"], LABELS, show_progress=False)
+    assert seen == [False]  # scoring ran in eval mode
     assert {name: module.training for name, module in model.named_modules()} == modes
 
 
@@ -343,25 +353,6 @@ def test_rank_with_shared_prompt_cache_equals_full_sequences(tokenizer, arch, me
     for shared, reference in zip(cached, full, strict=True):
         assert shared == pytest.approx(reference, abs=1e-4)
         assert max(shared, key=shared.get) == max(reference, key=reference.get)
-
-
-def test_rank_restores_every_modules_mode_when_it_fails(tokenizer, monkeypatch):
-    model = tiny_soft_prompt_model(tokenizer, "gpt2", "p_tuning")
-    model.train()
-    model.get_base_model().lm_head.eval()  # the caller's mixture comes back as it was
-    modes = {name: module.training for name, module in model.named_modules()}
-    seen = []
-
-    def failing_rank(*args, **kwargs):
-        seen.append(model.training)
-        raise RuntimeError("ranking failed")
-
-    monkeypatch.setattr(_decoding, "_rank_with_shared_prompt", failing_rank)
-    monkeypatch.setattr(_decoding, "_rank_full_sequences", failing_rank)
-    with pytest.raises(RuntimeError, match="ranking failed"):
-        rank_labels(model, tokenizer, ["@Acme hi"], LABELS, show_progress=False)
-    assert seen == [False]  # ranking ran in eval mode
-    assert {name: module.training for name, module in model.named_modules()} == modes
 
 
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
