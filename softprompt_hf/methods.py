@@ -177,7 +177,8 @@ class SoftPromptArguments:
             return _DEFAULT_NUM_VIRTUAL_TOKENS
         if tokenizer is None:
             raise ValueError(_TEXT_INIT_NEEDS_TOKENIZER)
-        return len(tokenizer(self.prompt_tuning_init_text)["input_ids"])
+        # The text's own tokens: a BOS that the tokenizer puts before every input would be a virtual token too.
+        return len(tokenizer(self.prompt_tuning_init_text, add_special_tokens=False)["input_ids"])
 
     @property
     def uses_init_text(self) -> bool:
@@ -381,7 +382,7 @@ def _init_prompt_from_text(peft_model: PeftModel, tokenizer: PreTrainedTokenizer
     """Sets the prompt embeddings to those of ``text``'s tokens, repeated or cut to the prompt length."""
     embedding: torch.nn.Embedding = peft_model.prompt_encoder[peft_model.active_adapter].embedding  # type: ignore[assignment]
     num_tokens = embedding.weight.shape[0]
-    token_ids = list(tokenizer(text)["input_ids"])
+    token_ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])  # no BOS (see num_virtual_tokens_for)
     if not token_ids:
         raise ValueError(f"The prompt init text {text!r} tokenizes to nothing; choose another text.")
     token_ids = (token_ids * -(-num_tokens // len(token_ids)))[:num_tokens]

@@ -58,6 +58,18 @@ def test_text_init_copies_init_text_embeddings(tokenizer):
     assert torch.equal(prompt, model.get_input_embeddings().weight[ids])
 
 
+def test_text_init_leaves_out_the_tokenizers_special_tokens(bos_tokenizer):
+    """A tokenizer that starts every input with BOS (Llama, Gemma) must not put a BOS into the prompt: the text's
+    own tokens only, so the input does not start with two BOS (the virtual one, then the prompt's own)."""
+    model = tiny_model("llama", vocab_size=len(bos_tokenizer))
+    peft_model = build_soft_prompt_model(model, tokenizer=bos_tokenizer, tokenizer_name_or_path="org/base")
+    ids = bos_tokenizer(SEED_PROMPT_TUNING_INIT_TEXT, add_special_tokens=False)["input_ids"]
+    assert bos_tokenizer(SEED_PROMPT_TUNING_INIT_TEXT)["input_ids"] == [bos_tokenizer.bos_token_id, *ids]
+    assert peft_model.peft_config["default"].num_virtual_tokens == len(ids)
+    prompt = peft_model.prompt_encoder["default"].embedding.weight
+    assert torch.equal(prompt, model.get_input_embeddings().weight[ids])
+
+
 def test_text_init_repeats_text_for_longer_prompts(tokenizer):
     peft_model = build_soft_prompt_model(
         tiny_model(), tokenizer=tokenizer, prompt_tuning_init_text="complaint", num_virtual_tokens=5
