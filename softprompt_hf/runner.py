@@ -168,11 +168,17 @@ def finish_recipe(trainer: Trainer, run: RecipeRun) -> dict[str, Any]:
 
 
 def _setup_logging(training_args: TrainingArguments) -> None:
-    """Show the Trainer's and softprompt_hf's progress on the main process, warnings elsewhere."""
+    """Show the run's own INFO lines (parameter summary, sample predictions, outputs written) on the main process,
+    and the Trainer's at ``--log_level``; warnings elsewhere (``--log_level_replica``)."""
     std_logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=std_logging.WARNING)
     level = training_args.get_process_log_level()
     logging.set_verbosity(level)
-    std_logging.getLogger("softprompt_hf").setLevel(level)
+    ours = level
+    if training_args.log_level == "passive" and training_args.should_log:
+        # "passive" leaves transformers at its default, WARNING, which would hide the few lines a recipe run is
+        # for; `--log_level info` shows them together with every INFO line of transformers.
+        ours = min(level, std_logging.INFO)
+    std_logging.getLogger("softprompt_hf").setLevel(ours)
 
 
 def _load_data(data_args: DataArguments, seed: int) -> ClassificationData:

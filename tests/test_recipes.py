@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import subprocess
@@ -20,7 +21,7 @@ from softprompt_hf import generate_labels
 from softprompt_hf.arguments import SoftPromptTrainingArguments, parse_recipe_args
 from softprompt_hf.callbacks import CHECKPOINT_MARKER_NAME
 from softprompt_hf.methods import build_peft_config
-from softprompt_hf.runner import _enable_speed_ups, start_run
+from softprompt_hf.runner import _enable_speed_ups, _setup_logging, start_run
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -388,3 +389,25 @@ def test_recipes_refuse_fsdp_before_loading_anything(monkeypatch):
         parse_recipe_args("prompt_tuning", [])
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
     assert parse_recipe_args("prompt_tuning", [])[-1].fsdp in ([], "", None)
+
+
+@pytest.mark.parametrize(
+    ("log_level", "ours", "transformers_level"),
+    [
+        ("passive", logging.INFO, logging.WARNING),
+        ("warning", logging.WARNING, logging.WARNING),
+        ("info", logging.INFO, logging.INFO),
+    ],
+)
+def test_a_run_shows_its_own_info_lines_unless_told_otherwise(tmp_path, caplog, log_level, ours, transformers_level):
+    """By default (--log_level passive: transformers at WARNING) the main process still shows the run's own INFO
+    lines (parameter summary, sample predictions, where the outputs went), without transformers' INFO flood."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_warning()
+    _setup_logging(SoftPromptTrainingArguments(output_dir=str(tmp_path), use_cpu=True, log_level=log_level))
+    assert logging.getLogger("softprompt_hf").getEffectiveLevel() == ours
+    assert hf_logging.get_verbosity() == transformers_level
+    with caplog.at_level(logging.NOTSET):
+        hf_logging.get_logger("softprompt_hf.runner").info("Outputs written to somewhere")
+    assert ("Outputs written to somewhere" in caplog.text) == (ours <= logging.INFO)
