@@ -17,7 +17,8 @@ Cache argument and key/value caches
 3. *Elsewhere: softprompt_hf/generate.py.* peft 0.21.2 ``PeftModelForCausalLM.prepare_inputs_for_generation``
    injects/checks ``past_key_values`` and ``cache_position``, which transformers 5.x renamed/removed; see
    softprompt_hf/generate.py (``enable_soft_prompt_generate``). Delete once ``PeftModel.generate`` with a soft
-   prompt gives the model's greedy tokens again.
+   prompt gives the model's greedy tokens again. :func:`stock_generate_is_wrong` says where that is known (the
+   model card states it only there): raise its peft bound once a newer peft is checked and still wrong.
 4. :func:`prefix_cache_from_peft` - peft 0.21's prefix tuning ``get_prompt(batch_size, max_cache_len=...)``
    returns a transformers ``Cache`` (older peft returned legacy tuples and took no ``max_cache_len``). Update
    if peft changes that signature.
@@ -134,6 +135,16 @@ def cache_argument(module: Any) -> str:
     else ``"past_key_values"``.
     """
     return "cache" if "cache" in _forward_parameters(module) else "past_key_values"
+
+
+def stock_generate_is_wrong(model: Any) -> bool:
+    """Whether peft's own ``generate()`` is known to give wrong tokens for ``model`` here (entry 3): its base
+    forward takes transformers 5.24's ``cache``, and peft is at most 0.21.2 (the last version checked), which still
+    passes ``past_key_values``."""
+    import peft
+    from packaging.version import Version
+
+    return cache_argument(model) == "cache" and Version(peft.__version__) <= Version("0.21.2")
 
 
 def takes_cache(module: Any) -> bool:

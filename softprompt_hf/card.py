@@ -441,16 +441,12 @@ def _versions() -> dict[str, str]:
 
 
 def _stock_generate_wrong(model: Any) -> bool:
-    """Whether peft's own ``generate()`` is known to be wrong for ``model`` here (softprompt_hf/_upstream.py,
-    entry 3): a soft prompt on a base model whose forward takes transformers 5.24's ``cache``, with a peft up to
-    0.21.2, which still passes ``past_key_values`` (the last version checked)."""
-    import peft
-    from packaging.version import Version
-
-    from ._upstream import cache_argument
+    """Whether peft's own ``generate()`` is known to be wrong for ``model`` here: a soft prompt that
+    ``enable_soft_prompt_generate`` fixes, on versions where the stock one is wrong (softprompt_hf/_upstream.py)."""
+    from ._upstream import stock_generate_is_wrong
     from .generate import fixes_generate
 
-    return fixes_generate(model) and cache_argument(model) == "cache" and Version(peft.__version__) <= Version("0.21.2")
+    return fixes_generate(model) and stock_generate_is_wrong(model)
 
 
 def changed_hyperparameters(training_args: TrainingArguments) -> dict[str, Any]:
