@@ -163,6 +163,8 @@ def finish_recipe(trainer: Trainer, run: RecipeRun) -> dict[str, Any]:
     if trainer.is_world_process_zero():
         # The recipe's output on the command line, like run_recipe's error line: not a log record.
         print(_summary_line(args.prompt.method, results, run.data, str(args.training.output_dir)))
+    # Trainer.end() destroys the process group without waiting: the main process may still be writing or pushing.
+    trainer.accelerator.wait_for_everyone()
     trainer.end()
     return results
 

@@ -51,6 +51,7 @@ def main(output_dir: str) -> None:
             "resumed_steps": resumed.state.global_step,
         }
         Path(output_dir, "report.json").write_text(json.dumps(report), encoding="utf-8")
+    resumed.accelerator.wait_for_everyone()  # end() does not wait: rank 0 may still be writing the report
     resumed.end()  # destroys the process group: without it a process can abort at exit (gloo)
 
 
