@@ -64,6 +64,7 @@ def main(out_dir: str, mode: str) -> None:
     with open(os.path.join(out_dir, f"process{state.process_index}.json"), "w") as f:
         report = {"num_processes": state.num_processes, "metrics": result, "scored": scored_rows, "refusal": refusal}
         json.dump(report, f)
+    trainer.accelerator.wait_for_everyone()  # end() does not wait for the other process
     trainer.end()  # destroys the process group: without it a process can abort at exit (gloo)
 
 
