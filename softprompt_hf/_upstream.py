@@ -99,6 +99,30 @@ Upstream bugs avoided elsewhere, without touching internals (delete each refusal
     count is the eval set's. Update if the Trainer gathers otherwise.
 25. *runner._load_tokenizer.* transformers 5.24's ``AutoTokenizer.from_pretrained`` raises ``ValueError``,
     not ``OSError``, for a folder without tokenizer files. Catch only ``OSError`` once that is fixed.
+
+FSDP
+
+26. :func:`adapter_only_fsdp_state_dict` - transformers 5.24 ``Trainer.save_model`` under FSDP2 gathers the whole
+    model with accelerate 1.15's ``Accelerator.get_state_dict`` (the frozen base included, into the main process's
+    memory), which leaves every parameter sharded, and then calls ``save_pretrained`` on the main process only;
+    peft 0.21.2 saves a soft prompt by running its encoder on the live parameters ("aten.embedding.default got
+    mixed torch.Tensor and DTensor"). ``check_trainer`` gives the Trainer's accelerator a ``get_state_dict`` that
+    gathers the trainable parameters only and leaves the root unit (the soft prompt's modules) gathered. Delete
+    once peft saves a prompt from the state dict it is given, or the Trainer saves on every process.
+27. :func:`load_fsdp_checkpoints_as_soft_prompts` - transformers 5.24 ``Trainer._load_from_checkpoint`` (resume) and
+    ``_load_best_model`` under FSDP load with accelerate 1.15's ``load_fsdp_model``, whose adapter-only
+    ``set_model_state_dict`` (torch 2.13, ``broadcast_from_rank0``) fails on a prompt-learning ``PeftModel``
+    (``KeyError: 'word_embeddings.weight'``: peft's reference to the base embedding is in the model's state dict
+    but not in the adapter's). ``check_trainer`` makes that Trainer load a checkpoint holding the soft-prompt state
+    (``SoftPromptCheckpointCallback``) with ``load_soft_prompt_state``, each process keeping its own shard; the
+    optimizer, scheduler and RNG states still load the Trainer's way. Delete once ``load_fsdp_model`` loads a
+    prompt-learning adapter.
+28. *Elsewhere: tests/scripts/cpu_fsdp.py.* accelerate 1.15 turns ``ACCELERATE_USE_FSDP`` into FSDP only on
+    accelerator devices; on CPU processes (gloo) it is ignored and the Trainer uses DDP. The FSDP tests' launcher
+    lets accelerate take its FSDP branch on CPU. Delete once accelerate runs FSDP on CPU.
+29. *Elsewhere: the README's FSDP section.* transformers 5.24 ``Trainer.evaluate`` before any ``train`` under
+    FSDP2 fails in accelerate 1.15 ("a model and optimizer must be passed together to Accelerator.prepare()"):
+    the recipes evaluate only during and after training.
 """
 
 from __future__ import annotations
@@ -390,6 +414,68 @@ def activation_checkpointing_enabled(model: Any) -> bool:
 # ------------------------------------------------------------------------------------------------------------
 # 17, 18: the Hub client
 # ------------------------------------------------------------------------------------------------------------
+
+
+def adapter_only_fsdp_state_dict(trainer: Any) -> bool:
+    """Entry 26: under FSDP2, makes ``trainer.accelerator.get_state_dict`` of a prompt-learning ``PeftModel``
+    gather the trainable parameters only, and leave the FSDP root's own parameters (the soft prompt's modules)
+    gathered, so that the main process alone can run peft's ``save_pretrained``. Every process calls
+    ``get_state_dict`` (both collectives happen there). Returns whether it was installed; idempotent."""
+    from peft import PeftModel
+
+    from .sharding import fsdp_root, full_tensor, gather_root
+
+    accelerator = getattr(trainer, "accelerator", None)
+    model = trainer.model
+    if accelerator is None or not getattr(accelerator, "is_fsdp2", False) or not isinstance(model, PeftModel):
+        return False
+    if not model.peft_config[model.active_adapter].is_prompt_learning:
+        return False
+    original = accelerator.get_state_dict
+    if getattr(original, "_softprompt_hf", False):
+        return True
+
+    def get_state_dict(target: Any, unwrap: bool = True) -> dict[str, torch.Tensor]:
+        if target is not model or fsdp_root(target) is None:
+            return original(target, unwrap=unwrap)
+        state = {
+            name: full_tensor(param.detach()).cpu() for name, param in target.named_parameters() if param.requires_grad
+        }
+        gather_root(target)
+        return state
+
+    get_state_dict._softprompt_hf = True  # type: ignore[attr-defined]
+    accelerator.get_state_dict = get_state_dict
+    return True
+
+
+def load_fsdp_checkpoints_as_soft_prompts(trainer: Any, load: Callable[[Any, Path, str], bool]) -> bool:
+    """Entry 27: under FSDP2, the Trainer's resume and best-model loads of a checkpoint go through
+    ``load(model, folder, adapter_name)`` first (it returns ``False`` for a folder it does not handle, which the
+    Trainer then loads its own way). Returns whether it was installed; idempotent."""
+    from peft import PeftModel
+
+    accelerator = getattr(trainer, "accelerator", None)
+    model = trainer.model
+    if accelerator is None or not getattr(accelerator, "is_fsdp2", False) or not isinstance(model, PeftModel):
+        return False
+    if getattr(trainer._load_best_model, "_softprompt_hf", False):
+        return True
+    load_from_checkpoint, load_best_model = trainer._load_from_checkpoint, trainer._load_best_model
+
+    def _load_from_checkpoint(resume_from_checkpoint: str, model: Any = None) -> None:
+        if not load(trainer.model, Path(resume_from_checkpoint), trainer.model.active_adapter):
+            load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model() -> None:
+        best = trainer.state.best_model_checkpoint
+        if best is None or not load(trainer.model, Path(best), trainer.model.active_adapter):
+            load_best_model()
+
+    for replacement in (_load_from_checkpoint, _load_best_model):
+        replacement._softprompt_hf = True  # type: ignore[attr-defined]
+    trainer._load_from_checkpoint, trainer._load_best_model = _load_from_checkpoint, _load_best_model
+    return True
 
 
 def current_client_factory() -> Callable[[], Any]:

@@ -28,6 +28,7 @@ __all__ = [
     "RecipeArguments",
     "SoftPromptTrainingArguments",
     "fsdp_requested",
+    "fsdp_version_requested",
     "parse_recipe_args",
     "read_config",
 ]
@@ -254,8 +255,9 @@ def parse_recipe_args(method: str, argv: list[str] | None = None) -> RecipeArgum
             # load_best_model_at_end cannot pair): a message about the command line, raised here as ours.
             raise ValueError(f"{err}") from err
     args = RecipeArguments(*outputs)
-    if fsdp_requested(args.training):
-        raise ValueError(_RECIPES_FSDP_MESSAGE)
+    version = fsdp_version_requested(args.training)
+    if version is not None and version != 2:
+        raise ValueError(_RECIPES_FSDP1_MESSAGE.format(version=version))
     return args
 
 
@@ -308,14 +310,27 @@ def _is_list_type(hint: Any) -> bool:
 
 _UnionType = type(int | None)
 
-_RECIPES_FSDP_MESSAGE = (
-    "The recipes cannot run under FSDP yet: they score the model with GenerationMetrics (during training and at "
-    "the end, before the adapter is saved), and its decoding runs the model's modules outside FSDP's forward, where "
-    "their parameters are shards. Launch with recipes/accelerate/multi_gpu.yaml (DDP) or "
-    "recipes/accelerate/deepspeed_zero2.yaml instead: the base model is frozen and the soft prompt is tiny."
+_RECIPES_FSDP1_MESSAGE = (
+    "The recipes run under FSDP2 only, and this run asks for FSDP version {version}: the soft prompt's scoring "
+    "(GenerationMetrics, during training and before the adapter is saved) runs the model's modules itself, which "
+    "FSDP1's flat parameters do not allow outside the wrapper's forward. Launch with "
+    "recipes/accelerate/fsdp.yaml (fsdp_version: 2), or add --fsdp_version 2 to `accelerate launch --use_fsdp`."
 )
 
 
 def fsdp_requested(training_args: TrainingArguments) -> bool:
     """Whether this run is set up for FSDP: ``--fsdp`` or an ``accelerate launch`` FSDP config."""
-    return bool(training_args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    return fsdp_version_requested(training_args) is not None
+
+
+def fsdp_version_requested(training_args: TrainingArguments) -> int | None:
+    """The FSDP version this run is set up for (None: no FSDP).
+
+    ``--fsdp`` with ``--fsdp_config`` takes the config's ``version`` (transformers 5.24 defaults to 2); an
+    ``accelerate launch`` FSDP config sets ``FSDP_VERSION`` (accelerate 1.15 defaults to 1 when it is not given).
+    """
+    if training_args.fsdp:
+        return int((training_args.fsdp_config or {}).get("version", 2))
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
+        return int(os.environ.get("FSDP_VERSION", "1"))
+    return None

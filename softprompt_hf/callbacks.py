@@ -22,9 +22,15 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging
 
-from ._upstream import intercept_checkpoint_loading, route_prefix_cache_argument
+from ._upstream import (
+    adapter_only_fsdp_state_dict,
+    intercept_checkpoint_loading,
+    load_fsdp_checkpoints_as_soft_prompts,
+    route_prefix_cache_argument,
+)
 from .methods import check_training_arguments
 from .saving import atomic_write_json
+from .sharding import copy_into, full_tensor, reshard_root
 
 if TYPE_CHECKING:
     from .evaluation import GenerationMetrics
@@ -74,7 +80,12 @@ def _peft_model(model: Any) -> PeftModel:
 
 
 def _trainable_state(model: PeftModel) -> dict[str, torch.Tensor]:
-    return {name: param.detach().cpu().contiguous() for name, param in model.named_parameters() if param.requires_grad}
+    # Under FSDP2 each parameter is gathered whole (a collective: every process gets here).
+    return {
+        name: full_tensor(param.detach()).cpu().contiguous()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
 
 
 def _sha256(path: Path) -> str:
@@ -85,14 +96,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_soft_prompt_state(model: Any, checkpoint_dir: str | os.PathLike[str]) -> Path:
+def save_soft_prompt_state(
+    model: Any, checkpoint_dir: str | os.PathLike[str], state: dict[str, torch.Tensor] | None = None
+) -> Path:
     """Write the model's trainable parameters (``SOFT_PROMPT_STATE_NAME``) into ``checkpoint_dir`` atomically.
 
     Unlike peft's ``adapter_model.safetensors``, which holds the prompt the trained modules *produce*, this
-    holds the modules themselves, so training can continue from them exactly.
+    holds the modules themselves, so training can continue from them exactly. ``state`` is what
+    ``_trainable_state`` read, when every process had to take part in reading it (FSDP2).
     """
     model = _peft_model(model)
-    state = _trainable_state(model)
+    state = _trainable_state(model) if state is None else state
     if not state:
         raise ValueError("The model has no trainable parameters: there is no soft prompt to checkpoint.")
     folder = Path(checkpoint_dir)
@@ -116,6 +130,8 @@ def load_soft_prompt_state(model: Any, checkpoint_dir: str | os.PathLike[str]) -
     folder = Path(checkpoint_dir)
     _check_complete(folder)
     saved = load_file(str(folder / SOFT_PROMPT_STATE_NAME))
+    # Under FSDP2, write into each process's shard, not into gathered copies that FSDP frees later.
+    reshard_root(model)
     params = {name: param for name, param in model.named_parameters() if param.requires_grad}
     missing, unexpected = sorted(params.keys() - saved.keys()), sorted(saved.keys() - params.keys())
     if missing or unexpected:
@@ -129,7 +145,7 @@ def load_soft_prompt_state(model: Any, checkpoint_dir: str | os.PathLike[str]) -
                 f"{folder}: {name} has shape {tuple(saved[name].shape)} in the checkpoint and {tuple(param.shape)} "
                 "in the model. Resume with the same method and options that wrote the checkpoint."
             )
-        param.copy_(saved[name].to(device=param.device, dtype=param.dtype))
+        copy_into(param, saved[name])  # under FSDP2, this process's shard of it
 
 
 def _check_complete(folder: Path) -> None:
@@ -273,15 +289,17 @@ class SoftPromptCheckpointCallback(TrainerCallback):
             intercept_checkpoint_loading(peft_model, _load_checkpoint)
 
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
-        # Every process gets here (the Trainer calls on_save on all of them), so all of them reach the barrier.
+        # Every process gets here (the Trainer calls on_save on all of them), so all of them reach the barrier,
+        # and all of them gather the soft prompt's parameters when FSDP2 shards them.
         _wait_for_every_process(args)
+        trainable = _trainable_state(_peft_model(kwargs["model"]))
         if not args.should_save:
             return
         folder = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
         if not folder.is_dir():
             logger.warning(f"Expected the Trainer's checkpoint at {folder}; no soft-prompt state written.")
             return
-        save_soft_prompt_state(kwargs["model"], folder)
+        save_soft_prompt_state(kwargs["model"], folder, trainable)
         files = {path.relative_to(folder).as_posix(): _sha256(path) for path in _checkpoint_files(folder)}
         record = {"format": _FORMAT_VERSION, "global_step": state.global_step, "files": files}
         atomic_write_json(folder / CHECKPOINT_MARKER_NAME, record)
@@ -351,9 +369,14 @@ def check_trainer(trainer: Any) -> None:
     Everything ``SoftPromptGuardCallback`` checks, plus what only the Trainer object knows: a
     ``compute_loss_func`` with prompt tuning / P-tuning (the Trainer takes the labels away from the model to
     call it, so peft cannot extend them over the virtual tokens and the shapes do not match). Like the callback,
-    it makes a prefix-tuning model pass its prefix under the cache argument's current name.
+    it makes a prefix-tuning model pass its prefix under the cache argument's current name. Under FSDP2 it
+    makes the Trainer's saves gather the soft prompt only, and its resume and best-model loads read the soft-prompt
+    state (``softprompt_hf._upstream`` entries 26 and 27): without it, saving a checkpoint of a prompt-learning
+    model fails on the main process, and loading one fails in accelerate.
     """
     model = trainer.model
+    adapter_only_fsdp_state_dict(trainer)
+    load_fsdp_checkpoints_as_soft_prompts(trainer, _load_checkpoint)
     _check_arguments(trainer.args, model)
     peft_model = _peft_model(model)
     route_prefix_cache_argument(peft_model)  # see SoftPromptGuardCallback.on_init_end

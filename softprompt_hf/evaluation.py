@@ -18,33 +18,11 @@ from transformers.utils import logging
 from ._decoding import MODES, label_outputs
 from .metrics import ClassificationReport, check_label_set, classification_report, match_label
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate
+from .sharding import check_supported, run_sharded
 
 __all__ = ["GenerationMetrics", "Prediction"]
 
 logger = logging.get_logger(__name__)
-
-_FSDP_MESSAGE = (
-    "GenerationMetrics cannot score a model sharded by FSDP: decoding runs the model's modules outside FSDP's "
-    "forward, where their parameters are shards (it would fail with \"'weight' must be 2-D\"). Train with DDP "
-    "(recipes/accelerate/multi_gpu.yaml) or DeepSpeed ZeRO-2 (recipes/accelerate/deepspeed_zero2.yaml) to evaluate "
-    "during training; under FSDP, train with --eval_strategy no and score the saved adapter afterwards on one "
-    "process (`softprompt-hf predict`, or GenerationMetrics.evaluate on the loaded model)."
-)
-
-
-def sharded_by_fsdp(model: torch.nn.Module) -> bool:
-    """Whether FSDP (``FullyShardedDataParallel`` or ``fully_shard``) manages ``model`` or any of its modules."""
-    kinds: list[type] = []
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        kinds.append(FullyShardedDataParallel)
-        from torch.distributed.fsdp import FSDPModule
-
-        kinds.append(FSDPModule)
-    except ImportError:  # a torch without distributed support, or without FSDP2
-        pass
-    return bool(kinds) and any(isinstance(module, tuple(kinds)) for module in model.modules())
 
 
 @dataclass
@@ -189,10 +167,10 @@ class GenerationMetrics(TrainerCallback):
         self._show_progress = not args.disable_tqdm
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        # The Trainer hands callbacks its prepared model: under FSDP, the wrapper. Refuse before the first step
-        # rather than at the first evaluation.
-        if model is not None and args.eval_strategy != "no" and sharded_by_fsdp(model):
-            raise ValueError(_FSDP_MESSAGE)
+        # The Trainer hands callbacks its model as accelerate prepared it. Refuse what cannot be scored (FSDP1)
+        # before the first step rather than at the first evaluation.
+        if model is not None and args.eval_strategy != "no":
+            check_supported(model)
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
         # The dataloader the Trainer is evaluating right now: __call__ checks that its rows are ours.
@@ -266,21 +244,23 @@ class GenerationMetrics(TrainerCallback):
         ]
 
     def _score(self, model: torch.nn.Module, texts: list[str]) -> tuple[list[str], list[dict[str, float] | None]]:
-        if sharded_by_fsdp(model):
-            raise ValueError(_FSDP_MESSAGE)
         state = PartialState()
         indices = list(range(len(texts)))
         with state.split_between_processes(indices) as mine:
-            outputs, scores = label_outputs(
-                self.mode,
+            # Under FSDP2 the processes decode their shares in step (softprompt_hf.sharding); otherwise as is.
+            outputs, scores = run_sharded(
                 model,
-                self.tokenizer,
-                [texts[i] for i in mine],
-                self.labels,
-                template=self._prompt,
-                max_prompt_tokens=self.max_prompt_tokens,
-                batch_size=self.batch_size,
-                show_progress=state.is_main_process and self._show_progress,
+                lambda: label_outputs(
+                    self.mode,
+                    model,
+                    self.tokenizer,
+                    [texts[i] for i in mine],
+                    self.labels,
+                    template=self._prompt,
+                    max_prompt_tokens=self.max_prompt_tokens,
+                    batch_size=self.batch_size,
+                    show_progress=state.is_main_process and self._show_progress,
+                ),
             )
             local = list(zip(outputs, scores, strict=True))
         gathered = gather_object(local) if state.num_processes > 1 else local

@@ -33,6 +33,7 @@ from transformers.utils import logging
 from ._upstream import current_client_factory, http_library, saved_callback_state
 from .card import ModelCardCallback, ModelCardInputs, is_hub_id, render_model_card, with_base_model
 from .saving import CARD_KEY, INFERENCE_CONFIG_NAME, replace_folder, save_adapter
+from .sharding import gather_root
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -440,6 +441,8 @@ class HubPushCallback(TrainerCallback, ExportableState):
 
     def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
         self.card.on_evaluate(args, state, control, metrics=metrics, **kwargs)
+        if self.push_best and metrics and model is not None:
+            gather_root(model)  # FSDP2: every process gathers the soft prompt, which the main process saves
         if not (self.push_best and state.is_world_process_zero and metrics):
             return
         name = args.metric_for_best_model
@@ -458,6 +461,8 @@ class HubPushCallback(TrainerCallback, ExportableState):
 
     def on_train_end(self, args, state, control, model=None, processing_class=None, **kwargs):
         self.card.on_train_end(args, state, control, **kwargs)
+        if model is not None:
+            gather_root(model)  # FSDP2: every process gathers the soft prompt, which the main process saves
         if not state.is_world_process_zero:
             return
         if self.push_best and self.folder is not None:

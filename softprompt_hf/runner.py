@@ -57,6 +57,7 @@ from .methods import build_soft_prompt_model
 from .metrics import write_predictions, write_raft_submission
 from .prompt import encode_target
 from .saving import atomic_write_json, save_adapter
+from .sharding import gathered_root
 from .shared_prompt import enable_shared_prompt
 
 logger = logging.get_logger(__name__)
@@ -593,20 +594,22 @@ def finish_run(
         # Every process takes part: GenerationMetrics splits the rows between the processes and gathers them.
         predicted = [p.predicted for p in metrics.predict(model, list(unlabeled[data.text_column]))]
     output_dir = Path(str(trainer.args.output_dir))
-    if not trainer.is_world_process_zero():
-        return results
-    atomic_write_json(output_dir / RESULTS_NAME, {k: v for k, v in results.items() if _jsonable(v)})
-    write_predictions(output_dir / PREDICTIONS_NAME, metrics.last_predictions)
-    save_adapter(
-        model,
-        output_dir / ADAPTER_DIRNAME,
-        tokenizer=trainer.processing_class,
-        base_model_id=model_args.base_model_id,
-        card=_model_card(trainer, metrics, data, model_args, data_args, results),
-        repo_id=str(repo_id) if repo_id is not None else None,
-        class_names=list(data.class_names),
-        eval_mode=metrics.mode,
-    )
+    # Under FSDP2 every process gathers the soft prompt's modules for the main process to save them.
+    with gathered_root(model):
+        if not trainer.is_world_process_zero():
+            return results
+        atomic_write_json(output_dir / RESULTS_NAME, {k: v for k, v in results.items() if _jsonable(v)})
+        write_predictions(output_dir / PREDICTIONS_NAME, metrics.last_predictions)
+        save_adapter(
+            model,
+            output_dir / ADAPTER_DIRNAME,
+            tokenizer=trainer.processing_class,
+            base_model_id=model_args.base_model_id,
+            card=_model_card(trainer, metrics, data, model_args, data_args, results),
+            repo_id=str(repo_id) if repo_id is not None else None,
+            class_names=list(data.class_names),
+            eval_mode=metrics.mode,
+        )
     if predicted:
         assert unlabeled is not None
         ids = list(unlabeled[data.id_column]) if data.id_column else list(range(len(predicted)))

@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 from transformers.utils import logging
 
 from . import methods
+from .sharding import fsdp_root
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -196,7 +197,8 @@ def save_adapter(
     Returns:
         The path of the saved adapter folder.
 
-    Only the main process should call this in a distributed run.
+    Only the main process should call this in a distributed run; under FSDP2, inside
+    ``softprompt_hf.sharding.gathered_root(model)`` entered by every process.
     """
     # Imported here: the card module imports the metrics, which import this module's atomic writers.
     from .card import ModelCardInputs, model_card_inputs, render_model_card, with_base_model
@@ -239,8 +241,16 @@ def save_adapter(
             # projection): in eval mode, or their dropout would be baked into the adapter.
             # save_embedding_layers=False: soft prompts never train the embedding matrix, and "auto" would look
             # the base model up (on the Hub) to decide.
+            # Under FSDP2 (inside sharding.gathered_root) peft must not call model.state_dict() itself: FSDP's
+            # state-dict hook registers the sharded parameters again, and peft then runs the prompt encoder on
+            # shards. Its adapter file holds the prompt computed from the live modules either way.
+            extra: dict[str, Any] = {}
+            if fsdp_root(model) is not None:
+                extra["state_dict"] = {
+                    name: param.detach() for name, param in model.named_parameters() if param.requires_grad
+                }
             with methods.eval_mode(model):
-                model.save_pretrained(str(folder), save_embedding_layers=False)
+                model.save_pretrained(str(folder), save_embedding_layers=False, **extra)
         finally:
             for name, (base_path, tokenizer_path) in previous.items():
                 configs[name].base_model_name_or_path = base_path
