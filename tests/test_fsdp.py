@@ -1,18 +1,165 @@
-"""GenerationMetrics refuses a model sharded by FSDP with a clear message instead of failing inside decoding."""
+"""FSDP2: soft prompts on a sharded frozen base train, evaluate, checkpoint, resume and save as in one process.
+
+The 2-process runs use gloo on CPU through tests/scripts/cpu_fsdp.py (accelerate 1.15 turns FSDP on only for
+accelerator devices; listed in softprompt_hf._upstream). Each compares with the same run in one process without
+FSDP and the same global batch: generated texts and ranked labels equal, scores and weights within float32
+rounding (another reduction order), and each process holding half of the base model's parameters.
+"""
 
 from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 from conftest import labelled_rows, tiny_soft_prompt_model
+from safetensors.torch import load_file
 from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 from transformers import TrainerControl, TrainerState, TrainingArguments
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from softprompt_hf import GenerationMetrics
-from softprompt_hf.evaluation import sharded_by_fsdp
+from softprompt_hf.arguments import fsdp_version_requested, parse_recipe_args
+from softprompt_hf.sharding import sharded_by_fsdp
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = Path(__file__).parent / "scripts"
+METHODS = ["prompt_tuning", "p_tuning", "prefix_tuning"]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+FSDP_FLAGS = [
+    "--use_fsdp", "--fsdp_version", "2", "--fsdp_auto_wrap_policy", "TRANSFORMER_BASED_WRAP",
+    "--fsdp_state_dict_type", "FULL_STATE_DICT",
+]  # fmt: skip
+
+
+def under_fsdp(script: Path, *args: str, config: Path | None = None) -> list[str]:
+    """``accelerate launch`` of ``script args`` with FSDP2 over 2 CPU processes (flags, or an accelerate config)."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--config_file", str(config)] if config is not None else FSDP_FLAGS
+    return [*launch, str(SCRIPTS / "cpu_fsdp.py"), str(script), *args]
+
+
+def run(command: list[str], cwd: Path, expect: int = 0) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, env=ENV, cwd=cwd)
+    assert result.returncode == expect, result.stderr[-4000:]
+    return result
+
+
+def reports(folder: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(folder.glob("process_*.json"))]
+
+
+def assert_same_tensors(got: Path, want: Path, atol: float) -> None:
+    a, b = load_file(str(got)), load_file(str(want))
+    assert a.keys() == b.keys()
+    for name in b:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=name)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one")
+    run([sys.executable, str(SCRIPTS / "fsdp_run.py"), str(out), "--per_device_batch", "8"], out)
+    return out
+
+
+@pytest.mark.distributed
+def test_fsdp2_over_two_processes_equals_one_process(tmp_path, one_process):
+    run(under_fsdp(SCRIPTS / "fsdp_run.py", str(tmp_path), "--per_device_batch", "4"), tmp_path)
+    for method in METHODS:
+        sharded, single = reports(tmp_path / method), reports(one_process / method)
+        assert [r["processes"] for r in sharded] == [2, 2] and single[0]["processes"] == 1
+        want = single[0]
+        for got in sharded:  # every process gets the gathered predictions
+            assert got["generate"]["outputs"] == want["generate"]["outputs"], method
+            assert got["generate"]["metrics"] == want["generate"]["metrics"], method
+            assert got["rank"]["predicted"] == want["rank"]["predicted"], method
+            for a, b in zip(got["rank"]["scores"], want["rank"]["scores"], strict=True):
+                assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-4 for k in b), method
+            assert got["losses"] == pytest.approx(want["losses"], rel=1e-5), method
+            # The best checkpoint was loaded at the end, from the same step.
+            assert Path(got["best_checkpoint"]).name == Path(want["best_checkpoint"]).name
+            # Each process holds half of the frozen base (FSDP2 shards every parameter along its first dim).
+            assert 0.45 < got["base_parameter_bytes"] / want["base_parameter_bytes"] < 0.55, method
+        assert_same_tensors(tmp_path / method / "trainable.safetensors", one_process / method / "trainable.safetensors",
+                            atol=1e-5)  # fmt: skip
+        adapter = "adapter/adapter_model.safetensors"
+        assert_same_tensors(tmp_path / method / adapter, one_process / method / adapter, atol=1e-4)
+        # The checkpoints hold the soft-prompt state, which resume and the best-model load read under FSDP2;
+        # accelerate's own adapter-only file holds the trainable modules too (and the tied embedding).
+        checkpoint = tmp_path / method / "checkpoint-6"
+        soft_prompt = load_file(str(checkpoint / "soft_prompt_state.safetensors"))
+        fsdp_state = torch.load(checkpoint / "pytorch_model_fsdp.bin", weights_only=True)
+        assert soft_prompt and set(soft_prompt) <= set(fsdp_state)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.parametrize("method", METHODS)
+def test_fsdp2_resume_after_sigkill_equals_an_uninterrupted_fsdp2_run(tmp_path, method):
+    killed, full = tmp_path / "killed", tmp_path / "full"
+    script = SCRIPTS / "fsdp_run.py"
+    flags = ["--per_device_batch", "4", "--methods", method]
+    run(under_fsdp(script, str(killed), *flags, "--kill_at_step", "4"), tmp_path, expect=1)
+    assert json.loads((killed / method / "last_complete_checkpoint.json").read_text())["global_step"] == 3
+    assert not (killed / method / "trainable.safetensors").exists()
+    run(under_fsdp(script, str(killed), *flags, "--resume"), tmp_path)
+    run(under_fsdp(script, str(full), *flags), tmp_path)
+    name = f"{method}/trainable.safetensors"
+    assert_same_tensors(killed / name, full / name, atol=1e-6)
+    assert reports(killed / method)[0]["generate"] == reports(full / method)[0]["generate"]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_recipe_with_the_fsdp_config_equals_one_process(tmp_path):
+    """The README's FSDP command (recipes/accelerate/fsdp.yaml) on the embedded model and data, 1 epoch."""
+    flags = ["--num_train_epochs", "1", "--use_cpu", "true", "--disable_tqdm", "true"]
+    recipe = REPO / "recipes" / "prompt_tuning.py"
+    config = REPO / "recipes" / "accelerate" / "fsdp.yaml"
+    run(under_fsdp(recipe, "--output_dir", "sharded", "--per_device_train_batch_size", "8", *flags, config=config),
+        tmp_path)  # fmt: skip
+    run(
+        [sys.executable, str(recipe), "--output_dir", "single", "--per_device_train_batch_size", "16", *flags], tmp_path
+    )
+    rows = {}
+    for name in ("sharded", "single"):
+        with open(tmp_path / name / "predictions.csv", encoding="utf-8") as handle:
+            rows[name] = [(row["predicted"], row["output"]) for row in csv.DictReader(handle)]
+    assert rows["sharded"] == rows["single"]
+    results = {name: json.loads((tmp_path / name / "eval_results.json").read_text()) for name in rows}
+    assert results["sharded"]["eval_f1"] == results["single"]["eval_f1"]
+    # 40 Adam steps on near-zero gradients amplify float32 rounding; the labels above are the same.
+    adapter = "adapter/adapter_model.safetensors"
+    assert_same_tensors(tmp_path / "sharded" / adapter, tmp_path / "single" / adapter, atol=5e-3)
+
+
+def test_fsdp_version_requested_reads_accelerate_and_trainer_settings(monkeypatch, tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True)
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert fsdp_version_requested(args) is None
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.delenv("FSDP_VERSION", raising=False)
+    assert fsdp_version_requested(args) == 1  # accelerate 1.15's default when the launch names none
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    assert fsdp_version_requested(args) == 2
+
+
+def test_recipes_take_fsdp2_and_refuse_fsdp1_with_the_fix(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    with pytest.raises(ValueError, match=r"FSDP version 1.*fsdp\.yaml.*--fsdp_version 2"):
+        parse_recipe_args("prompt_tuning", [])
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    assert parse_recipe_args("prompt_tuning", [])[-1].output_dir
 
 
 @pytest.fixture
@@ -22,7 +169,7 @@ def process_group(tmp_path):
     dist.destroy_process_group()
 
 
-def test_metrics_refuse_an_fsdp_model_with_the_fix_in_the_message(process_group, tokenizer, tmp_path):
+def test_metrics_refuse_an_fsdp1_model_with_the_fix_in_the_message(process_group, tokenizer, tmp_path):
     model = tiny_soft_prompt_model(tokenizer, "llama", "prompt_tuning")
     metrics = GenerationMetrics(tokenizer, ["complaint", "no complaint"], labelled_rows(4))
     assert not sharded_by_fsdp(model)
@@ -34,12 +181,12 @@ def test_metrics_refuse_an_fsdp_model_with_the_fix_in_the_message(process_group,
     )
     assert sharded_by_fsdp(wrapped)
     assert sharded_by_fsdp(model)  # its decoder layers are FSDP units: what GenerationMetrics holds under FSDP
-    with pytest.raises(ValueError, match=r"FSDP.*multi_gpu\.yaml"):
+    with pytest.raises(ValueError, match=r"FSDP1.*fsdp_version: 2"):
         metrics.evaluate(model)
     # As a callback: refused when training starts, if the run evaluates at all.
     state, control = TrainerState(), TrainerControl()
     evaluating = TrainingArguments(output_dir=str(tmp_path), eval_strategy="epoch", use_cpu=True)
-    with pytest.raises(ValueError, match="FSDP"):
+    with pytest.raises(ValueError, match="FSDP1"):
         metrics.on_train_begin(evaluating, state, control, model=wrapped)
     quiet = TrainingArguments(output_dir=str(tmp_path), eval_strategy="no", use_cpu=True)
     metrics.on_train_begin(quiet, state, control, model=wrapped)

@@ -382,15 +382,6 @@ def test_eval_prompts_are_cut_with_the_collators_budget(tmp_path):
     assert run.metrics.max_prompt_tokens == int((batch["labels"][0] == -100).sum())
 
 
-def test_recipes_refuse_fsdp_before_loading_anything(monkeypatch):
-    """GenerationMetrics cannot decode a model sharded by FSDP; the recipes say so at once, with the configs to use."""
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(ValueError, match=r"FSDP.*multi_gpu\.yaml.*deepspeed_zero2\.yaml"):
-        parse_recipe_args("prompt_tuning", [])
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
-    assert parse_recipe_args("prompt_tuning", [])[-1].fsdp in ([], "", None)
-
-
 @pytest.mark.parametrize(
     ("log_level", "ours", "transformers_level"),
     [

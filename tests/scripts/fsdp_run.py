@@ -1,0 +1,114 @@
+"""Short soft-prompt runs of each method, run by tests/test_fsdp.py under FSDP2 or in one process.
+
+    # FSDP2 over 2 CPU processes (gloo), through the launcher that lets accelerate take its FSDP branch on CPU:
+    accelerate launch --multi_gpu --num_processes 2 --use_fsdp --fsdp_version 2 ... \\
+        tests/scripts/cpu_fsdp.py tests/scripts/fsdp_run.py OUT --per_device_batch 4
+    # The same run in one process, without FSDP:
+    python tests/scripts/fsdp_run.py OUT --per_device_batch 8
+
+For each method: 6 training steps (a checkpoint and a generation evaluation every 3, the best one loaded at the
+end), then an evaluation by generation and one by rank on the 32 validation rows, and the adapter saved. Each
+process writes ``OUT/<method>/process_<rank>.json``: the logged losses, both evaluations' metrics and per-row
+outputs and scores, and the most bytes of the base model's parameters it held after a training step; the main
+process writes the trainable parameters (``trainable.safetensors``) and the adapter folder. ``--kill_at_step N`` SIGKILLs every
+process at the end of step N; ``--resume`` continues from the last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import torch
+from accelerate import PartialState
+from resumable_run import run
+from safetensors.torch import save_file
+from transformers import TrainerCallback
+
+from softprompt_hf import GenerationMetrics, save_adapter
+from softprompt_hf.callbacks import _trainable_state, check_trainer, last_complete_checkpoint
+from softprompt_hf.sharding import gathered_root
+
+STEPS, EVERY = 6, 3
+
+
+def base_parameter_bytes(model) -> int:
+    """Bytes of the frozen parameters this process holds (its shards under FSDP2), each storage counted once:
+    a tied weight (the output layer's, the embedding's) can show up as two parameter objects."""
+    storages: dict[int, int] = {}
+    for param in model.parameters():
+        if param.requires_grad:
+            continue
+        local = param.to_local() if hasattr(param, "to_local") else param
+        storages[local.untyped_storage().data_ptr()] = local.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+class _ParameterBytes(TrainerCallback):
+    """The frozen base's bytes on this process after each training step (FSDP2: the shards only; the root unit
+    is gathered during an evaluation and stays so until the next backward)."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.seen.append(base_parameter_bytes(model))
+
+
+def main(out: Path, methods: list[str], per_device_batch: int, kill_at_step: int | None, resume: bool) -> None:
+    state = PartialState()
+    for method in methods:
+        folder = out / method
+        memory = _ParameterBytes()
+        trainer = run(
+            folder, method, evaluate=True, train=False, kill_at_step=kill_at_step, callbacks=[memory],
+            per_device_train_batch_size=per_device_batch, max_steps=STEPS, save_steps=EVERY, eval_strategy="steps",
+            eval_steps=EVERY, logging_steps=1, load_best_model_at_end=True, metric_for_best_model="f1",
+            per_device_eval_batch_size=8,
+        )  # fmt: skip
+        check_trainer(trainer)  # what the recipes' build_trainer does: FSDP2 saves and loads (softprompt_hf._upstream)
+        trainer.train(resume_from_checkpoint=last_complete_checkpoint(folder) if resume else None)
+        generate = trainer.compute_metrics
+        assert isinstance(generate, GenerationMetrics)
+        model = trainer.model
+        generated = generate.evaluate(model)
+        rank = GenerationMetrics(
+            generate.tokenizer, generate.labels, generate.eval_rows, text_column=generate.text_column, mode="rank"
+        )
+        ranked = rank.evaluate(model)
+        trainable = _trainable_state(model)  # every process: under FSDP2 the parameters are gathered
+        report = {
+            "processes": state.num_processes,
+            "losses": [log["loss"] for log in trainer.state.log_history if "loss" in log],
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "generate": {"metrics": generated, "outputs": [p.output for p in generate.last_predictions]},
+            "rank": {
+                "metrics": ranked,
+                "predicted": [p.predicted for p in rank.last_predictions],
+                "scores": [p.scores for p in rank.last_predictions],
+            },
+            "base_parameter_bytes": max(memory.seen),
+        }
+        (folder / f"process_{state.process_index}.json").write_text(json.dumps(report))
+        with gathered_root(model):  # every process gathers the soft prompt; the main process saves it
+            if state.is_main_process:
+                save_file(trainable, str(folder / "trainable.safetensors"))
+                save_adapter(model, folder / "adapter", tokenizer=generate.tokenizer, labels=generate.labels)
+        state.wait_for_everyone()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--methods", nargs="+", default=["prompt_tuning", "p_tuning", "prefix_tuning"])
+    parser.add_argument("--per_device_batch", type=int, default=8)
+    parser.add_argument("--kill_at_step", type=int)
+    parser.add_argument("--resume", action="store_true")
+    options = parser.parse_args()
+    main(options.out, options.methods, options.per_device_batch, options.kill_at_step, options.resume)
