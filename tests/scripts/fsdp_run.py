@@ -10,8 +10,8 @@ For each method: 6 training steps (a checkpoint and a generation evaluation ever
 end), then an evaluation by generation and one by rank on the 32 validation rows, and the adapter saved. Each
 process writes ``OUT/<method>/process_<rank>.json``: the logged losses, both evaluations' metrics and per-row
 outputs and scores, and the most bytes of the base model's parameters it held after a training step; the main
-process writes the trainable parameters (``trainable.safetensors``) and the adapter folder. ``--kill_at_step N`` SIGKILLs every
-process at the end of step N; ``--resume`` continues from the last complete checkpoint.
+process writes the trainable parameters (``trainable.safetensors``) and the adapter folder. ``--kill_at_step N``
+SIGKILLs every process at the end of step N; ``--resume`` continues from the last complete checkpoint.
 """
 
 from __future__ import annotations
