@@ -472,8 +472,8 @@ def load_fsdp_checkpoints_as_soft_prompts(trainer: Any, load: Callable[[Any, Pat
         if best is None or not load(trainer.model, Path(best), trainer.model.active_adapter):
             load_best_model()
 
-    for replacement in (_load_from_checkpoint, _load_best_model):
-        replacement._softprompt_hf = True  # type: ignore[attr-defined]
+    _load_from_checkpoint._softprompt_hf = True  # type: ignore[attr-defined]
+    _load_best_model._softprompt_hf = True  # type: ignore[attr-defined]
     trainer._load_from_checkpoint, trainer._load_best_model = _load_from_checkpoint, _load_best_model
     return True
 

@@ -330,7 +330,8 @@ def fsdp_version_requested(training_args: TrainingArguments) -> int | None:
     ``accelerate launch`` FSDP config sets ``FSDP_VERSION`` (accelerate 1.15 defaults to 1 when it is not given).
     """
     if training_args.fsdp:
-        return int((training_args.fsdp_config or {}).get("version", 2))
+        config = training_args.fsdp_config if isinstance(training_args.fsdp_config, dict) else {}
+        return int(config.get("version", 2))
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true"):
         return int(os.environ.get("FSDP_VERSION", "1"))
     return None

@@ -41,6 +41,7 @@ __all__ = [
     "fsdp_root",
     "full_tensor",
     "gathered_root",
+    "local_parameter_bytes",
     "reshard_root",
     "gather_root",
     "run_sharded",
@@ -138,6 +139,21 @@ def reshard_root(model: torch.nn.Module) -> None:
     root = fsdp_root(model)
     if root is not None:
         root.reshard()  # type: ignore[operator]
+
+
+def local_parameter_bytes(model: torch.nn.Module, *, trainable: bool = False) -> int:
+    """Bytes of ``model``'s frozen (or, with ``trainable=True``, trainable) parameters that this process holds:
+    under FSDP2 its shards, or the gathered parameters of a unit that is gathered at the moment (the root unit
+    stays gathered after a forward until the next backward). Each storage counts once, so a tied weight (the
+    output layer's and the embedding's) is not counted twice."""
+    storages: dict[int, int] = {}
+    for param in model.parameters():
+        if param.requires_grad != trainable:
+            continue
+        local = param.to_local() if hasattr(param, "to_local") else param
+        storage = local.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
 
 
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:

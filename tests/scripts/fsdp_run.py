@@ -31,21 +31,9 @@ from transformers import TrainerCallback
 
 from softprompt_hf import GenerationMetrics, save_adapter
 from softprompt_hf.callbacks import _trainable_state, check_trainer, last_complete_checkpoint
-from softprompt_hf.sharding import gathered_root
+from softprompt_hf.sharding import gathered_root, local_parameter_bytes
 
 STEPS, EVERY = 6, 3
-
-
-def base_parameter_bytes(model) -> int:
-    """Bytes of the frozen parameters this process holds (its shards under FSDP2), each storage counted once:
-    a tied weight (the output layer's, the embedding's) can show up as two parameter objects."""
-    storages: dict[int, int] = {}
-    for param in model.parameters():
-        if param.requires_grad:
-            continue
-        local = param.to_local() if hasattr(param, "to_local") else param
-        storages[local.untyped_storage().data_ptr()] = local.untyped_storage().nbytes()
-    return sum(storages.values())
 
 
 class _ParameterBytes(TrainerCallback):
@@ -56,7 +44,7 @@ class _ParameterBytes(TrainerCallback):
         self.seen: list[int] = []
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.seen.append(base_parameter_bytes(model))
+        self.seen.append(local_parameter_bytes(model))
 
 
 def main(out: Path, methods: list[str], per_device_batch: int, kill_at_step: int | None, resume: bool) -> None:
