@@ -19,13 +19,15 @@ import pytest
 import torch
 import torch.distributed as dist
 from conftest import labelled_rows, tiny_soft_prompt_model
+from hub_server import TOKEN, hub_fixture  # noqa: F401  (hub fixture)
+from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
 from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-from transformers import TrainerControl, TrainerState, TrainingArguments
+from transformers import AutoTokenizer, TrainerControl, TrainerState, TrainingArguments
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-from softprompt_hf import GenerationMetrics
+from softprompt_hf import GenerationMetrics, generate_labels
 from softprompt_hf.arguments import fsdp_version_requested, parse_recipe_args
 from softprompt_hf.sharding import sharded_by_fsdp
 
@@ -120,16 +122,25 @@ def test_fsdp2_resume_after_sigkill_equals_an_uninterrupted_fsdp2_run(tmp_path, 
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_recipe_with_the_fsdp_config_equals_one_process(tmp_path):
-    """The README's FSDP command (recipes/accelerate/fsdp.yaml) on the embedded model and data, 1 epoch."""
+def test_recipe_with_the_fsdp_config_equals_one_process_and_pushes(tmp_path, hub):
+    """The README's FSDP command (recipes/accelerate/fsdp.yaml) on the embedded model and data, 1 epoch, pushed to
+    the local Hub, against the same recipe in one process."""
+    from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
+
+    base_id = "softprompt-hf/embedded-bloom"
+    hub.add_folder(base_id, EMBEDDED_MODEL_PATH)
     flags = ["--num_train_epochs", "1", "--use_cpu", "true", "--disable_tqdm", "true"]
     recipe = REPO / "recipes" / "prompt_tuning.py"
     config = REPO / "recipes" / "accelerate" / "fsdp.yaml"
-    run(under_fsdp(recipe, "--output_dir", "sharded", "--per_device_train_batch_size", "8", *flags, config=config),
-        tmp_path)  # fmt: skip
-    run(
-        [sys.executable, str(recipe), "--output_dir", "single", "--per_device_train_batch_size", "16", *flags], tmp_path
-    )
+    push = ["--push_to_hub", "true", "--hub_model_id", "alice/fsdp", "--hub_token", TOKEN, "--base_model_id", base_id]
+    env = {key: value for key, value in ENV.items() if not key.startswith(("HF_", "HUGGING"))}
+    env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(tmp_path / "hf-home"), HF_HUB_OFFLINE="0")
+    sharded = under_fsdp(recipe, "--output_dir", "sharded", "--per_device_train_batch_size", "8", *flags, *push,
+                         config=config)  # fmt: skip
+    result = subprocess.run(sharded, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    single = [sys.executable, str(recipe), "--output_dir", "single", "--per_device_train_batch_size", "16"]
+    run([*single, *flags], tmp_path)
     rows = {}
     for name in ("sharded", "single"):
         with open(tmp_path / name / "predictions.csv", encoding="utf-8") as handle:
@@ -140,6 +151,15 @@ def test_recipe_with_the_fsdp_config_equals_one_process(tmp_path):
     # 40 Adam steps on near-zero gradients amplify float32 rounding; the labels above are the same.
     adapter = "adapter/adapter_model.safetensors"
     assert_same_tensors(tmp_path / "sharded" / adapter, tmp_path / "single" / adapter, atol=5e-3)
+    # The main process pushed the adapter it saved, and it loads by its id with the run's own outputs.
+    pushed = hub.repos["alice/fsdp"].files
+    assert pushed["adapter_model.safetensors"] == (tmp_path / "sharded" / adapter).read_bytes()
+    model = AutoPeftModelForCausalLM.from_pretrained("alice/fsdp")
+    tokenizer = AutoTokenizer.from_pretrained("alice/fsdp")
+    with open(tmp_path / "sharded" / "predictions.csv", encoding="utf-8") as handle:
+        first = list(csv.DictReader(handle))[:8]
+    outputs = generate_labels(model, tokenizer, [row["text"] for row in first], max_new_tokens=4)
+    assert [o.strip() for o in outputs] == [row["output"].strip() for row in first]
 
 
 def test_fsdp_version_requested_reads_accelerate_and_trainer_settings(monkeypatch, tmp_path):
