@@ -99,6 +99,15 @@ Upstream bugs avoided elsewhere, without touching internals (delete each refusal
     count is the eval set's. Update if the Trainer gathers otherwise.
 25. *runner._load_tokenizer.* transformers 5.24's ``AutoTokenizer.from_pretrained`` raises ``ValueError``,
     not ``OSError``, for a folder without tokenizer files. Catch only ``OSError`` once that is fixed.
+
+GGUF checkpoints
+
+26. :func:`drop_gguf_quantizer` - transformers 5.24 keeps a ``GgufHfQuantizer`` on a model loaded with
+    ``from_pretrained(..., gguf_file=...)``, and ``config.quantization_config``, even where every weight was
+    dequantised into a plain float32 tensor (the legacy GGUF loader that Gemma 3 goes through);
+    ``save_pretrained`` then refuses the model ("quantized with gguf and is not serializable"). It checks that
+    the weights are dense and drops the quantizer (``real.prepare_model_from_gguf`` uses it). Delete it once
+    ``save_pretrained`` saves a dequantised GGUF model (``GgufHfQuantizer.is_serializable`` says True for it).
 """
 
 from __future__ import annotations
@@ -408,3 +417,44 @@ def http_library() -> Any:
     from huggingface_hub import get_session
 
     return importlib.import_module(type(get_session()).__module__.split(".")[0])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 26: GGUF checkpoints
+# ------------------------------------------------------------------------------------------------------------
+
+
+def drop_gguf_quantizer(model: Any) -> None:
+    """Makes a causal LM loaded from a GGUF file saveable with ``save_pretrained`` (entry 26).
+
+    transformers 5.24 leaves its GGUF quantizer on the model after ``from_pretrained(..., gguf_file=...)`` and
+    refuses to save it, even though the weights were dequantised at load time. This removes the quantizer and the
+    ``quantization_config``, after checking that nothing is left in GGUF blocks: every parameter must be a plain
+    floating-point tensor.
+
+    Raises:
+        ValueError: If the model's quantizer is not transformers' GGUF one, or some weights still sit in packed
+            GGUF blocks (a kernel-backed load; load it with ``GgufConfig(dequantize=True)`` instead).
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    method = getattr(quantizer.quantization_config, "quant_method", None)
+    if str(getattr(method, "value", method)) != "gguf":
+        raise ValueError(
+            f"The model is quantized with {method!r}, not loaded from a GGUF file: this cannot make it dense."
+        )
+    packed = sorted(getattr(quantizer, "packed_modules", None) or {})
+    not_dense = [
+        name
+        for name, parameter in model.named_parameters()
+        if type(parameter) not in (torch.Tensor, torch.nn.Parameter) or not parameter.is_floating_point()
+    ]
+    if packed or not_dense:
+        raise ValueError(
+            f"Some weights of the GGUF model are still packed in GGUF blocks ({(packed or not_dense)[:3]} ...), so "
+            "saving it dense would lose them. Load it dequantised: from_pretrained(..., gguf_file=..., "
+            "quantization_config=GgufConfig(dequantize=True))."
+        )
+    # HfQuantizer's own clean-up (transformers 5.24): deletes model.hf_quantizer and config.quantization_config.
+    quantizer.remove_quantization_config(model)
