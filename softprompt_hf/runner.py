@@ -56,6 +56,7 @@ from .label_logits import enable_label_only_logits
 from .methods import build_soft_prompt_model
 from .metrics import write_predictions, write_raft_submission
 from .prompt import encode_target
+from .real import load_bbc_news
 from .saving import atomic_write_json, save_adapter
 from .shared_prompt import enable_shared_prompt
 
@@ -200,6 +201,9 @@ def _load_data(data_args: DataArguments, seed: int) -> ClassificationData:
         return load_raft(data_files=EMBEDDED_DATA_FILES, text_column=data_args.text_column, **common)
     if data_args.dataset == "raft":
         return load_raft(data_args.raft_subset, files or None, text_column=data_args.text_column, **common)
+    if data_args.dataset == "bbc_news":
+        # Its columns and topics are fixed; the recipes score the validation split, so no test rows are held out.
+        return load_bbc_news(text=data_args.bbc_news_text, validation_size=size, test_size=0, seed=seed)
     if not files or data_args.text_column is None:
         raise ValueError("dataset=files needs --train_file (and optionally --test_file) and --text_column.")
     return load_classification_data(files, text_column=data_args.text_column, **common)
@@ -634,7 +638,7 @@ def _model_card(
     """The run's card data (``ModelCardInputs``): what the Trainer ran, and the final ``results``."""
     from .card import ModelCardCallback, is_hub_id
 
-    dataset = {"embedded": None, "raft": "ought/raft", "files": None}[data_args.dataset]
+    dataset = {"raft": "ought/raft"}.get(data_args.dataset)
     collector = ModelCardCallback.of(
         trainer,
         base_model=base_model_id(model_args),

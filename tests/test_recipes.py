@@ -26,6 +26,8 @@ from softprompt_hf.runner import _enable_speed_ups, _setup_logging, start_run
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 CONFIGS = sorted((RECIPES / "configs").glob("*.yaml"))
+SEED_CONFIGS = sorted((RECIPES / "configs").glob("*_bloomz-560m.yaml"))
+GEMMA_CONFIGS = sorted((RECIPES / "configs").glob("*_gemma-3-270m_*.yaml"))
 ACCELERATE_CONFIGS = sorted((RECIPES / "accelerate").glob("*.yaml"))
 ALL_YAML = sorted(p for p in REPO.rglob("*.y*ml") if ".git" not in p.parts and "site-packages" not in p.parts)
 
@@ -92,14 +94,15 @@ def test_each_recipe_builds_the_peft_config_of_build_peft_config(monkeypatch, tm
 
 def test_every_yaml_in_the_repo_is_a_known_config_and_starts_with_its_command():
     assert set(ALL_YAML) == set(CONFIGS) | set(ACCELERATE_CONFIGS), "a YAML file outside the tested folders"
-    assert len(CONFIGS) == 3 and len(ACCELERATE_CONFIGS) == 5
+    assert len(SEED_CONFIGS) == 3 and len(GEMMA_CONFIGS) == 6 and len(ACCELERATE_CONFIGS) == 5
+    assert set(CONFIGS) == set(SEED_CONFIGS) | set(GEMMA_CONFIGS)
     for path in ALL_YAML:
         first = path.read_text().splitlines()[0]
         assert first.startswith("# accelerate launch ") or first.startswith("# On each machine"), path
         assert yaml.safe_load(path.read_text()), path
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SEED_CONFIGS, ids=lambda p: p.name)
 def test_recipe_configs_reproduce_the_seed_setup(path):
     method = path.name.split("_bloomz")[0]
     assert (
@@ -120,6 +123,32 @@ def test_recipe_configs_reproduce_the_seed_setup(path):
         assert getattr(prompt_args, key) == value, key
     if method == "prompt_tuning":
         assert prompt_args.prompt_tuning_init_text == "Classify if the tweet is a complaint or no complaint.\n"
+
+
+@pytest.mark.parametrize("path", GEMMA_CONFIGS, ids=lambda p: p.name)
+def test_gemma_configs_name_the_prepared_model_and_their_data(path):
+    """Each Gemma 3 270M config starts with its command, reads the folder `softprompt-hf prepare-real` makes by
+    default (a config cannot rely on the shell for ~), and sets up its dataset: BBC News with a text-only cap."""
+    method, dataset = path.stem.split("_gemma-3-270m_")
+    assert path.read_text().splitlines()[0] == (
+        f"# accelerate launch recipes/{method}.py --config recipes/configs/{path.name}"
+    )
+    model_args, data_args, prompt_args, training_args = parse_recipe_args(method, ["--config", str(path)])
+    assert model_args.model_name_or_path == str(Path.home() / ".cache/softprompt_hf/gemma-3-270m-q4_k_m-float32")
+    assert prompt_args.method == method
+    assert training_args.output_dir == f"outputs/{path.stem}"
+    if dataset == "tweets":
+        assert data_args.dataset == "embedded" and data_args.max_length is None
+    else:
+        assert dataset == "bbc-news"
+        assert (data_args.dataset, data_args.bbc_news_text, data_args.max_length) == ("bbc_news", "title_and_body", 256)
+        assert data_args.template == "Article : {text} Topic : "
+    if method == "prompt_tuning":
+        assert prompt_args.prompt_tuning_init == "TEXT"
+        assert ("topic" in prompt_args.prompt_tuning_init_text) == (dataset == "bbc-news")
+    # A flag after --config still wins, e.g. for a model prepared with --cache-dir.
+    (model_args, *_) = parse_recipe_args(method, ["--config", str(path), "--model_name_or_path", "/data/gemma"])
+    assert model_args.model_name_or_path == "/data/gemma"
 
 
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
