@@ -361,6 +361,11 @@ def prepare_model_from_gguf(
                 shutil.copyfile(path, folder / name)
             if notice is not None:
                 atomic_write_text(folder / "NOTICE", notice)
+            # transformers 5.24 writes model.safetensors private (0600); the folder is for whoever uses the cache.
+            umask = os.umask(0)
+            os.umask(umask)
+            for path in _files_of(folder):
+                path.chmod(0o666 & ~umask)
             import transformers
 
             manifest.update(

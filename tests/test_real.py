@@ -219,6 +219,8 @@ def test_prepare_writes_a_float32_model_folder_with_a_manifest_of_every_file(pre
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
     assert (folder / "NOTICE").read_text() == "A notice.\n"
     assert not list(folder.parent.glob(f".{folder.name}.tmp-*"))
+    modes = {name: (folder / name).stat().st_mode & 0o777 for name in names}
+    assert set(modes.values()) == {modes["config.json"]}, modes  # model.safetensors too, not private to its writer
 
     model, tokenizer = gguf_model
     loaded = AutoModelForCausalLM.from_pretrained(folder)
