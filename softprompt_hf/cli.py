@@ -178,12 +178,19 @@ def _prepare_real(args: argparse.Namespace) -> int:
 
     from .real import GEMMA_NOTICE, prepare_real
 
-    # The steps between the progress bars (the tokenizer's conversion takes a minute) are INFO lines.
+    # The steps between the progress bars (the tokenizer's conversion takes a minute) are INFO lines, shown for
+    # this command only: main() may run in a process that goes on to do other things.
     package_logger = std_logging.getLogger("softprompt_hf")
+    handler, level = std_logging.StreamHandler(sys.stderr), package_logger.level
     if not package_logger.handlers:
-        package_logger.addHandler(std_logging.StreamHandler(sys.stderr))
+        package_logger.addHandler(handler)
         package_logger.setLevel(std_logging.INFO)
-    prepared = prepare_real(args.cache_dir, force=args.force, progress=not args.no_progress)
+    try:
+        prepared = prepare_real(args.cache_dir, force=args.force, progress=not args.no_progress)
+    finally:
+        if handler in package_logger.handlers:
+            package_logger.removeHandler(handler)
+            package_logger.setLevel(level)
     model, manifest, bbc = prepared.model, prepared.model.manifest, prepared.bbc_news
     how = f"prepared in {model.seconds:.0f} s" if model.created else "already prepared: every file matches its manifest"
     print(f"Gemma 3 270M, float32 (dequantised from Q4_K_M): {model.path} ({how})")

