@@ -100,16 +100,25 @@ Upstream bugs avoided elsewhere, without touching internals (delete each refusal
 25. *runner._load_tokenizer.* transformers 5.24's ``AutoTokenizer.from_pretrained`` raises ``ValueError``,
     not ``OSError``, for a folder without tokenizer files. Catch only ``OSError`` once that is fixed.
 
+GGUF checkpoints
+
+26. :func:`drop_gguf_quantizer` - transformers 5.24 keeps a ``GgufHfQuantizer`` on a model loaded with
+    ``from_pretrained(..., gguf_file=...)``, and ``config.quantization_config``, even where every weight was
+    dequantised into a plain float32 tensor (the legacy GGUF loader that Gemma 3 goes through);
+    ``save_pretrained`` then refuses the model ("quantized with gguf and is not serializable"). It checks that
+    the weights are dense and drops the quantizer (``real.prepare_model_from_gguf`` uses it). Delete it once
+    ``save_pretrained`` saves a dequantised GGUF model (``GgufHfQuantizer.is_serializable`` says True for it).
+
 FSDP
 
-26. :func:`adapter_only_fsdp_state_dict` - transformers 5.24 ``Trainer.save_model`` under FSDP2 gathers the whole
+27. :func:`adapter_only_fsdp_state_dict` - transformers 5.24 ``Trainer.save_model`` under FSDP2 gathers the whole
     model with accelerate 1.15's ``Accelerator.get_state_dict`` (the frozen base included, into the main process's
     memory), which leaves every parameter sharded, and then calls ``save_pretrained`` on the main process only;
     peft 0.21.2 saves a soft prompt by running its encoder on the live parameters ("aten.embedding.default got
     mixed torch.Tensor and DTensor"). ``check_trainer`` gives the Trainer's accelerator a ``get_state_dict`` that
     gathers the trainable parameters only and leaves the root unit (the soft prompt's modules) gathered. Delete
     once peft saves a prompt from the state dict it is given, or the Trainer saves on every process.
-27. :func:`load_fsdp_checkpoints_as_soft_prompts` - transformers 5.24 ``Trainer._load_from_checkpoint`` (resume) and
+28. :func:`load_fsdp_checkpoints_as_soft_prompts` - transformers 5.24 ``Trainer._load_from_checkpoint`` (resume) and
     ``_load_best_model`` under FSDP load with accelerate 1.15's ``load_fsdp_model``, whose adapter-only
     ``set_model_state_dict`` (torch 2.13, ``broadcast_from_rank0``) fails on a prompt-learning ``PeftModel``
     (``KeyError: 'word_embeddings.weight'``: peft's reference to the base embedding is in the model's state dict
@@ -117,10 +126,10 @@ FSDP
     (``SoftPromptCheckpointCallback``) with ``load_soft_prompt_state``, each process keeping its own shard; the
     optimizer, scheduler and RNG states still load the Trainer's way. Delete once ``load_fsdp_model`` loads a
     prompt-learning adapter.
-28. *Elsewhere: tests/scripts/cpu_fsdp.py.* accelerate 1.15 turns ``ACCELERATE_USE_FSDP`` into FSDP only on
+29. *Elsewhere: tests/scripts/cpu_fsdp.py.* accelerate 1.15 turns ``ACCELERATE_USE_FSDP`` into FSDP only on
     accelerator devices; on CPU processes (gloo) it is ignored and the Trainer uses DDP. The FSDP tests' launcher
     lets accelerate take its FSDP branch on CPU. Delete once accelerate runs FSDP on CPU.
-29. *Elsewhere: the README's FSDP section.* transformers 5.24 ``Trainer.evaluate`` before any ``train`` under
+30. *Elsewhere: the README's FSDP section.* transformers 5.24 ``Trainer.evaluate`` before any ``train`` under
     FSDP2 fails in accelerate 1.15 ("a model and optimizer must be passed together to Accelerator.prepare()"):
     the recipes evaluate only during and after training.
 """
@@ -417,7 +426,7 @@ def activation_checkpointing_enabled(model: Any) -> bool:
 
 
 def adapter_only_fsdp_state_dict(trainer: Any) -> bool:
-    """Entry 26: under FSDP2, makes ``trainer.accelerator.get_state_dict`` of a prompt-learning ``PeftModel``
+    """Entry 27: under FSDP2, makes ``trainer.accelerator.get_state_dict`` of a prompt-learning ``PeftModel``
     gather the trainable parameters only, and leave the FSDP root's own parameters (the soft prompt's modules)
     gathered, so that the main process alone can run peft's ``save_pretrained``. Every process calls
     ``get_state_dict`` (both collectives happen there). Returns whether it was installed; idempotent."""
@@ -450,7 +459,7 @@ def adapter_only_fsdp_state_dict(trainer: Any) -> bool:
 
 
 def load_fsdp_checkpoints_as_soft_prompts(trainer: Any, load: Callable[[Any, Path, str], bool]) -> bool:
-    """Entry 27: under FSDP2, the Trainer's resume and best-model loads of a checkpoint go through
+    """Entry 28: under FSDP2, the Trainer's resume and best-model loads of a checkpoint go through
     ``load(model, folder, adapter_name)`` first (it returns ``False`` for a folder it does not handle, which the
     Trainer then loads its own way). Returns whether it was installed; idempotent."""
     from peft import PeftModel
@@ -494,3 +503,44 @@ def http_library() -> Any:
     from huggingface_hub import get_session
 
     return importlib.import_module(type(get_session()).__module__.split(".")[0])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 26: GGUF checkpoints
+# ------------------------------------------------------------------------------------------------------------
+
+
+def drop_gguf_quantizer(model: Any) -> None:
+    """Makes a causal LM loaded from a GGUF file saveable with ``save_pretrained`` (entry 26).
+
+    transformers 5.24 leaves its GGUF quantizer on the model after ``from_pretrained(..., gguf_file=...)`` and
+    refuses to save it, even though the weights were dequantised at load time. This removes the quantizer and the
+    ``quantization_config``, after checking that nothing is left in GGUF blocks: every parameter must be a plain
+    floating-point tensor.
+
+    Raises:
+        ValueError: If the model's quantizer is not transformers' GGUF one, or some weights still sit in packed
+            GGUF blocks (a kernel-backed load; load it with ``GgufConfig(dequantize=True)`` instead).
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    method = getattr(quantizer.quantization_config, "quant_method", None)
+    if str(getattr(method, "value", method)) != "gguf":
+        raise ValueError(
+            f"The model is quantized with {method!r}, not loaded from a GGUF file: this cannot make it dense."
+        )
+    packed = sorted(getattr(quantizer, "packed_modules", None) or {})
+    not_dense = [
+        name
+        for name, parameter in model.named_parameters()
+        if type(parameter) not in (torch.Tensor, torch.nn.Parameter) or not parameter.is_floating_point()
+    ]
+    if packed or not_dense:
+        raise ValueError(
+            f"Some weights of the GGUF model are still packed in GGUF blocks ({(packed or not_dense)[:3]} ...), so "
+            "saving it dense would lose them. Load it dequantised: from_pretrained(..., gguf_file=..., "
+            "quantization_config=GgufConfig(dequantize=True))."
+        )
+    # HfQuantizer's own clean-up (transformers 5.24): deletes model.hf_quantizer and config.quantization_config.
+    quantizer.remove_quantization_config(model)

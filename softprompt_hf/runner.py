@@ -56,6 +56,7 @@ from .label_logits import enable_label_only_logits
 from .methods import build_soft_prompt_model
 from .metrics import write_predictions, write_raft_submission
 from .prompt import encode_target
+from .real import ExtraNotInstalledError, load_bbc_news
 from .saving import atomic_write_json, save_adapter
 from .sharding import gathered_root
 from .shared_prompt import enable_shared_prompt
@@ -201,6 +202,9 @@ def _load_data(data_args: DataArguments, seed: int) -> ClassificationData:
         return load_raft(data_files=EMBEDDED_DATA_FILES, text_column=data_args.text_column, **common)
     if data_args.dataset == "raft":
         return load_raft(data_args.raft_subset, files or None, text_column=data_args.text_column, **common)
+    if data_args.dataset == "bbc_news":
+        # Its columns and topics are fixed; the recipes score the validation split, so no test rows are held out.
+        return load_bbc_news(text=data_args.bbc_news_text, validation_size=size, test_size=0, seed=seed)
     if not files or data_args.text_column is None:
         raise ValueError("dataset=files needs --train_file (and optionally --test_file) and --text_column.")
     return load_classification_data(files, text_column=data_args.text_column, **common)
@@ -514,8 +518,9 @@ def user_error_message(err: BaseException) -> str | None:
     """The message to show for an error caused by a run's input or machine, or ``None`` for a bug.
 
     Input errors are the ``ValueError``/``OSError``/``HubPushError`` that softprompt_hf raises itself (its
-    messages name the problem and the fix); machine faults are a full disk, a read-only file system or a
-    missing permission, wherever raised. Anything else is unexpected and keeps its traceback.
+    messages name the problem and the fix), and ``ExtraNotInstalledError`` (it names the pip command); machine
+    faults are a full disk, a read-only file system or a missing permission, wherever raised. Anything else is
+    unexpected and keeps its traceback.
     """
     from .hub import HubPushError
 
@@ -526,7 +531,7 @@ def user_error_message(err: BaseException) -> str | None:
             "pass another --output_dir) and run again: the files saved before the failure are complete, and "
             "--resume_from_checkpoint last continues from the newest complete checkpoint."
         )
-    if isinstance(err, (ValueError, OSError, HubPushError)) and _raised_in_package(err):
+    if isinstance(err, (ValueError, OSError, HubPushError, ExtraNotInstalledError)) and _raised_in_package(err):
         return str(err)
     return None
 
@@ -637,7 +642,7 @@ def _model_card(
     """The run's card data (``ModelCardInputs``): what the Trainer ran, and the final ``results``."""
     from .card import ModelCardCallback, is_hub_id
 
-    dataset = {"embedded": None, "raft": "ought/raft", "files": None}[data_args.dataset]
+    dataset = {"raft": "ought/raft"}.get(data_args.dataset)
     collector = ModelCardCallback.of(
         trainer,
         base_model=base_model_id(model_args),

