@@ -339,7 +339,8 @@ _ZERO3_MESSAGE = (
     "DeepSpeed ZeRO-3 is refused for soft prompts: it shards the prompt encoder's and the prefix's parameters "
     "across processes, and gathering them to save the adapter is not supported by peft 0.21 (saving can hang "
     "or write empty tensors). A soft prompt and its optimizer state are tiny: use ZeRO-2 "
-    "(recipes/accelerate/deepspeed_zero2.yaml) or DDP (recipes/accelerate/multi_gpu.yaml) instead."
+    "(recipes/accelerate/deepspeed_zero2.yaml), DDP (recipes/accelerate/multi_gpu.yaml) or FSDP2 "
+    "(recipes/accelerate/fsdp.yaml) instead."
 )
 
 

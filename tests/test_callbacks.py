@@ -267,7 +267,7 @@ def test_guard_refuses_deepspeed_zero3(tmp_path):
     trainer.args.hf_deepspeed_config = SimpleNamespace(config={"zero_optimization": {"stage": 2}})
     guard.on_init_end(trainer.args, trainer.state, trainer.control, model=trainer.model)  # ZeRO-2 is fine
     trainer.args.hf_deepspeed_config = SimpleNamespace(config={"zero_optimization": {"stage": 3}})
-    with pytest.raises(ValueError, match="ZeRO-3 is refused"):
+    with pytest.raises(ValueError, match=r"ZeRO-3 is refused.*FSDP2 \(recipes/accelerate/fsdp\.yaml\)"):
         guard.on_init_end(trainer.args, trainer.state, trainer.control, model=trainer.model)
 
 
