@@ -55,7 +55,7 @@ from .hub import DEFAULT_TIMEOUT
 from .label_logits import enable_label_only_logits
 from .methods import build_soft_prompt_model
 from .metrics import write_predictions, write_raft_submission
-from .prompt import encode_target
+from .prompt import PromptTemplate
 from .saving import atomic_write_json, save_adapter
 from .shared_prompt import enable_shared_prompt
 
@@ -282,6 +282,7 @@ def _build_collator(tokenizer: PreTrainedTokenizerBase, data: ClassificationData
         target_column=data.target_column,
         template=data_args.template,
         max_length=data_args.max_length,
+        label_tokenization=data_args.label_tokenization,
     )
 
 
@@ -297,7 +298,10 @@ def _build_metrics(
     max_prompt_tokens = None
     if data_args.max_length is not None:
         # The collator's budget: max_length minus the target (label + EOS), for the longest label.
-        max_prompt_tokens = data_args.max_length - max(len(encode_target(tokenizer, label)) for label in data.classes)
+        prompt = PromptTemplate(data_args.template, data.text_column, data_args.label_tokenization)
+        max_prompt_tokens = data_args.max_length - max(
+            len(prompt.encode_target(tokenizer, label)) for label in data.classes
+        )
     return GenerationMetrics(
         tokenizer,
         data.classes,
@@ -306,6 +310,7 @@ def _build_metrics(
         target_column=data.target_column,
         id_column=data.id_column,
         template=data_args.template,
+        label_tokenization=data_args.label_tokenization,
         mode=training_args.eval_mode,
         batch_size=training_args.per_device_eval_batch_size,
         max_prompt_tokens=max_prompt_tokens,
@@ -650,4 +655,5 @@ def _model_card(
         labels=list(data.classes),
         template=data_args.template,
         text_column=data.text_column,
+        label_tokenization=data_args.label_tokenization,
     )
