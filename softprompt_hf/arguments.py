@@ -80,12 +80,13 @@ class DataArguments:
         metadata={"help": "Labelled rows held out for validation, stratified: a fraction (<1) or a count (>=1)."},
     )
     template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "Prompt template ({text_column}, {text})."})
-    label_tokenization: str = field(
-        default="joint",
+    label_tokenization: str | None = field(
+        default=None,
         metadata={
             "help": "Where the prompt ends and the label begins: joint (as the tokenizer splits prompt + label "
             "written as one text; the template's closing space goes with the label) or separate (tokenized apart, "
-            "as the seed guide and older runs did).",
+            "as the seed guide and older runs did). Default: joint; separate for the embedded model, which was "
+            "pretrained that way.",
             "choices": list(LABEL_TOKENIZATIONS),
         },
     )
@@ -97,7 +98,7 @@ class DataArguments:
         # The parser checks choices on the command line only; a config file or a Python caller lands here.
         if self.dataset not in _DATASETS:
             raise ValueError(f"dataset={self.dataset!r}: choose one of {', '.join(_DATASETS)}.")
-        if self.label_tokenization not in LABEL_TOKENIZATIONS:
+        if self.label_tokenization is not None and self.label_tokenization not in LABEL_TOKENIZATIONS:
             raise ValueError(
                 f"label_tokenization={self.label_tokenization!r}: choose one of {', '.join(LABEL_TOKENIZATIONS)}."
             )

@@ -71,7 +71,7 @@ class SoftPromptDataCollator(DataCollatorMixin):
     ['attention_mask', 'input_ids', 'labels']
     >>> tokenizer.decode(batch["input_ids"][0])
     'Tweet text : @Acme where is my parcel? Label : complaint</s>'
-    >>> tokenizer.convert_ids_to_tokens(batch["input_ids"][0][-3:])  # the label is the model's own word token
+    >>> tokenizer.convert_ids_to_tokens(batch["input_ids"][0, -3:].tolist())  # the label: the model's own word
     ['Ġ:', 'Ġcomplaint', '</s>']
 
     ```

@@ -49,7 +49,7 @@ from .callbacks import (
 from .card import is_local_path
 from .collator import SoftPromptDataCollator
 from .data import ClassificationData, load_classification_data, load_raft
-from .embedded import EMBEDDED_DATA_FILES
+from .embedded import EMBEDDED_DATA_FILES, label_tokenization_for
 from .evaluation import GenerationMetrics
 from .hub import DEFAULT_TIMEOUT
 from .label_logits import enable_label_only_logits
@@ -108,6 +108,8 @@ def start_run(args: RecipeArguments) -> RecipeRun:
     _check_output_dir(training_args)  # writable now, not only when the first checkpoint is due
     resume = _resolve_resume_checkpoint(training_args)
     set_seed(training_args.seed)
+    if args.data.label_tokenization is None:  # the base model's own boundary: one value for the whole run
+        args.data.label_tokenization = label_tokenization_for(args.model.model_name_or_path)
     data = _load_data(args.data, seed=training_args.seed)
     tokenizer = _load_tokenizer(args.model)
     metrics = _build_metrics(tokenizer, data, args.data, training_args)
@@ -274,6 +276,12 @@ def _no_eos_message(source: str, tokenizer: PreTrainedTokenizerBase) -> str:
     )
 
 
+def _label_tokenization(data_args: DataArguments) -> str:
+    """The run's ``label_tokenization``: ``start_run`` sets it to the base model's own when left unset (None); a
+    ``DataArguments`` used without it gets the collator's default."""
+    return data_args.label_tokenization or "joint"
+
+
 def _build_collator(tokenizer: PreTrainedTokenizerBase, data: ClassificationData, data_args: DataArguments):
     """The training collator for ``data`` with the run's template and length cap."""
     return SoftPromptDataCollator(
@@ -282,7 +290,7 @@ def _build_collator(tokenizer: PreTrainedTokenizerBase, data: ClassificationData
         target_column=data.target_column,
         template=data_args.template,
         max_length=data_args.max_length,
-        label_tokenization=data_args.label_tokenization,
+        label_tokenization=_label_tokenization(data_args),
     )
 
 
@@ -298,7 +306,7 @@ def _build_metrics(
     max_prompt_tokens = None
     if data_args.max_length is not None:
         # The collator's budget: max_length minus the target (label + EOS), for the longest label.
-        prompt = PromptTemplate(data_args.template, data.text_column, data_args.label_tokenization)
+        prompt = PromptTemplate(data_args.template, data.text_column, _label_tokenization(data_args))
         max_prompt_tokens = data_args.max_length - max(
             len(prompt.encode_target(tokenizer, label)) for label in data.classes
         )
@@ -310,7 +318,7 @@ def _build_metrics(
         target_column=data.target_column,
         id_column=data.id_column,
         template=data_args.template,
-        label_tokenization=data_args.label_tokenization,
+        label_tokenization=_label_tokenization(data_args),
         mode=training_args.eval_mode,
         batch_size=training_args.per_device_eval_batch_size,
         max_prompt_tokens=max_prompt_tokens,
@@ -655,5 +663,5 @@ def _model_card(
         labels=list(data.classes),
         template=data_args.template,
         text_column=data.text_column,
-        label_tokenization=data_args.label_tokenization,
+        label_tokenization=_label_tokenization(data_args),
     )

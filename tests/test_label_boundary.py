@@ -286,3 +286,16 @@ def test_a_tokenizer_that_merges_into_the_label_falls_back_and_says_so(caplog):
     prompt, collated = _split(batch)
     assert collated == target and prompt == template.encode(tok, "@Acme hi")
     assert _tokens(tok, prompt)[-1] == ":"
+
+
+def test_the_embedded_model_keeps_the_boundary_it_was_pretrained_with(tmp_path):
+    """The embedded model was pretrained with prompt and answer tokenized apart: the quick start and the recipes
+    default to that for it, and to the tokenizer's joint boundary for any other model."""
+    from softprompt_hf.arguments import DataArguments
+    from softprompt_hf.embedded import EMBEDDED_MODEL_PATH, label_tokenization_for
+
+    assert label_tokenization_for(EMBEDDED_MODEL_PATH) == "separate"
+    assert label_tokenization_for(tmp_path) == "joint" and label_tokenization_for("google/gemma-3-270m") == "joint"
+    assert DataArguments().label_tokenization is None  # resolved by start_run for the run's base model
+    with pytest.raises(ValueError, match="label_tokenization='spaced'"):
+        DataArguments(label_tokenization="spaced")
