@@ -62,7 +62,8 @@ class PromptTemplate:
     - ``"separate"``: the rendered prompt, closing whitespace included, and the label are tokenized apart,
       the label without a leading space: the seed guide's way, and softprompt_hf's before ``"joint"``. For
       reproducing such runs; an adapter folder whose ``softprompt_hf.json`` has no ``label_tokenization`` was
-      trained this way and is predicted this way.
+      trained this way and is predicted this way. The embedded model was pretrained this way, so the quick
+      start and the recipes keep it for that model (``softprompt_hf.embedded.label_tokenization_for``).
 
     Training (``SoftPromptDataCollator``) and inference (``GenerationMetrics``, ``generate_labels``,
     ``rank_labels``, ``predict``, the model card's snippets) read the same choice, so they see the same ids.
