@@ -38,7 +38,7 @@ from eval_throughput import LABELS  # noqa: E402
 
 from softprompt_hf._decoding import _PROJECTION_ROWS, _common_prefix  # noqa: E402
 from softprompt_hf.output_head import ChunkedOutputHead  # noqa: E402
-from softprompt_hf.prompt import PromptTemplate, encode_target
+from softprompt_hf.prompt import PromptTemplate
 
 HEADERS = [
     "path",
@@ -77,7 +77,7 @@ def per_row_counts(args: argparse.Namespace, tok: Any, virtual: int) -> dict[str
     prompts = [PromptTemplate().encode(tok, text) for text in texts]
     prompt = sum(len(ids) for ids in prompts) / len(prompts)
     shared = len(_common_prefix(prompts))
-    labels = [len(encode_target(tok, label)) for label in LABELS]
+    labels = [len(PromptTemplate().encode_target(tok, label)) for label in LABELS]
     new_tokens = max(labels)  # the longest label + EOS: what generation decodes
     continuations = sum(length - 1 for length in labels)
     return {

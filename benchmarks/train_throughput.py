@@ -46,7 +46,7 @@ from transformers import (  # noqa: E402
 
 from softprompt_hf import SoftPromptDataCollator
 from softprompt_hf.label_logits import enable_label_only_logits  # noqa: E402
-from softprompt_hf.prompt import PromptTemplate, encode_target
+from softprompt_hf.prompt import PromptTemplate
 from softprompt_hf.shared_prompt import enable_shared_prompt  # noqa: E402
 
 
@@ -111,7 +111,8 @@ def trainer_step_times(
             {
                 c.TEXT_COLUMN: row[c.TEXT_COLUMN],
                 "text_label": row["text_label"],
-                "length": len(template.encode(tok, row[c.TEXT_COLUMN])) + len(encode_target(tok, row["text_label"])),
+                "length": len(template.encode(tok, row[c.TEXT_COLUMN]))
+                + len(template.encode_target(tok, row["text_label"])),
             }
             for row in rows
         ]

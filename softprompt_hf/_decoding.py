@@ -37,7 +37,7 @@ from ._upstream import (
 )
 from .methods import eval_mode
 from .output_head import ChunkedOutputHead
-from .prompt import PromptTemplate, encode_target
+from .prompt import PromptTemplate
 
 __all__ = ["MODES", "generate_labels", "rank_labels"]
 
@@ -135,9 +135,9 @@ def generate_labels(
         For each text, the generated tokens decoded, special tokens removed, stripped.
     """
     if max_new_tokens is None:
-        # EOS, or one token past the longest label.
-        lengths = [len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in labels or ()]
-        max_new_tokens = max(lengths) + 1 if lengths else 4
+        # EOS, or one token past the longest label: its ids as training saw them, EOS included.
+        lengths = [len((template or PromptTemplate()).encode_target(tokenizer, label)) for label in labels or ()]
+        max_new_tokens = max(lengths) if lengths else 4
     ids = generate_label_ids(
         model,
         tokenizer,
@@ -246,7 +246,7 @@ def rank_labels(
         log-probabilities); the predicted label is the one with the highest.
     """
     template = template or PromptTemplate()
-    label_ids = [encode_target(tokenizer, label) for label in labels]
+    label_ids = [template.encode_target(tokenizer, label) for label in labels]
     prompts = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
     with eval_mode(model):  # no dropout; every module gets its own mode back, also on errors
         if use_cache and _CachedDecoder.supports(model):

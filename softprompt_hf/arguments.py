@@ -20,7 +20,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 from .embedded import EMBEDDED_MODEL_PATH
 from .hub import DEFAULT_TIMEOUT
 from .methods import METHODS, SoftPromptArguments
-from .prompt import DEFAULT_TEMPLATE
+from .prompt import DEFAULT_TEMPLATE, LABEL_TOKENIZATIONS
 from .real import BBC_NEWS_TEXT_FIELDS
 
 __all__ = [
@@ -96,6 +96,16 @@ class DataArguments:
         metadata={"help": "Labelled rows held out for validation, stratified: a fraction (<1) or a count (>=1)."},
     )
     template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "Prompt template ({text_column}, {text})."})
+    label_tokenization: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the prompt ends and the label begins: joint (as the tokenizer splits prompt + label "
+            "written as one text; the template's closing space goes with the label) or separate (tokenized apart, "
+            "as the seed guide and older runs did). Default: joint; separate for the embedded model, which was "
+            "pretrained that way.",
+            "choices": list(LABEL_TOKENIZATIONS),
+        },
+    )
     max_length: int | None = field(
         default=None, metadata={"help": "Cap on prompt + label tokens; only the text is ever truncated."}
     )
@@ -106,6 +116,10 @@ class DataArguments:
             raise ValueError(f"dataset={self.dataset!r}: choose one of {', '.join(_DATASETS)}.")
         if self.bbc_news_text not in BBC_NEWS_TEXT_FIELDS:
             raise ValueError(f"bbc_news_text={self.bbc_news_text!r}: choose one of {', '.join(BBC_NEWS_TEXT_FIELDS)}.")
+        if self.label_tokenization is not None and self.label_tokenization not in LABEL_TOKENIZATIONS:
+            raise ValueError(
+                f"label_tokenization={self.label_tokenization!r}: choose one of {', '.join(LABEL_TOKENIZATIONS)}."
+            )
 
 
 def _inherited(name: str, default: Any) -> Any:

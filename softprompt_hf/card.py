@@ -25,7 +25,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import TrainerCallback, TrainingArguments
 
 from .metrics import INVALID_COLUMN, ClassificationReport
-from .prompt import DEFAULT_TEMPLATE
+from .prompt import DEFAULT_TEMPLATE, SAVED_WITHOUT_LABEL_TOKENIZATION, PromptTemplate
 
 __all__ = [
     "METHOD_TAGS",
@@ -131,6 +131,9 @@ class ModelCardInputs:
     template: str = DEFAULT_TEMPLATE
     #: The text column the model was trained on (fills ``{text_column}``); None: not known, and the card says so.
     text_column: str | None = None
+    #: Where the prompt ends and the label begins in training (``PromptTemplate.label_tokenization``); data stored
+    #: before the choice existed was trained with ``"separate"`` (see ``from_dict``).
+    label_tokenization: str = "joint"
     license: str | None = None
     #: The repository the card was last rendered for (None: none, the snippet loads ``path/to/adapter``).
     repo_id: str | None = None
@@ -151,7 +154,8 @@ class ModelCardInputs:
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"Unknown model card inputs {unknown}: the folder was written by a newer softprompt_hf.")
-        return cls(**values)
+        # Written before label_tokenization existed: trained with the seed's separate tokenization.
+        return cls(**{"label_tokenization": SAVED_WITHOUT_LABEL_TOKENIZATION, **values})
 
     def replace(self, **changes: Any) -> ModelCardInputs:
         """A copy with ``changes``; ``None`` values change nothing (so callers can pass what they may not know)."""
@@ -297,7 +301,7 @@ class ModelCardCallback(TrainerCallback):
         generation_metrics = self.metrics
         trained = {
             key: getattr(self.collator, key, None) or getattr(generation_metrics, key, None)
-            for key in ("text_column", "template")
+            for key in ("text_column", "template", "label_tokenization")
         }
         labels = getattr(generation_metrics, "labels", None)
         report = getattr(generation_metrics, "last_report", None)
@@ -374,6 +378,7 @@ def render_model_card(
         if inputs.local_base
         else f"[`{base_model}`](https://huggingface.co/{base_model})",
         uses_text_column="text_column" in _template_fields(inputs.template),
+        **_prompt_boundary(inputs),
         example_texts=inputs.example_texts or _PLACEHOLDER_TEXTS,
         peft_config_json=_peft_config_json(inputs.peft_config, base_model),
         hyperparameters=[[key, f"`{value}`"] for key, value in sorted(inputs.hyperparameters.items())],
@@ -408,6 +413,17 @@ def _template() -> jinja2.Template:
         thousands=lambda value: f"{value:,}",
     )
     return environment.get_template(TEMPLATE_PATH.name)
+
+
+def _prompt_boundary(inputs: ModelCardInputs) -> dict[str, str]:
+    """The snippets' prompt pattern (the template without what goes with the label) and the label's context."""
+    prompt = PromptTemplate(inputs.template, inputs.text_column or "", inputs.label_tokenization)
+    separator = prompt.label_separator
+    return {
+        "prompt_template": inputs.template[: len(inputs.template) - len(separator)],
+        "label_context": prompt.label_context,
+        "label_separator": separator,
+    }
 
 
 def _template_fields(template: str) -> set[str]:

@@ -24,6 +24,7 @@ from .evaluation import MODES, Prediction
 from .hub import DEFAULT_TIMEOUT, HubPushError, push_adapter_folder
 from .metrics import _write_csv_rows, write_predictions
 from .predict import AdapterLoadError, load_adapter, predict, read_texts
+from .prompt import LABEL_TOKENIZATIONS
 from .real import ExtraNotInstalledError
 
 __all__ = ["build_parser", "main"]
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=32, help="Prompts per forward pass.")
     run.add_argument("--labels", help="Comma-separated label texts (default: the adapter's).")
     run.add_argument("--template", help="Prompt template with {text} (default: the adapter's).")
+    run.add_argument(
+        "--label-tokenization",
+        choices=LABEL_TOKENIZATIONS,
+        help="Where the prompt ends and the label begins: joint or separate (default: the adapter's).",
+    )
     run.add_argument("--max-prompt-tokens", type=int, help="Truncate texts so that prompts fit.")
     run.add_argument("--base-model", help="Local path (or Hub id) of the base model, e.g. an offline copy.")
     run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available).")
@@ -157,6 +163,7 @@ def _predict(args: argparse.Namespace) -> int:
         labels=labels,
         template=args.template,
         text_column=args.text_column,
+        label_tokenization=args.label_tokenization,
         ids=ids,
         max_prompt_tokens=args.max_prompt_tokens,
     )

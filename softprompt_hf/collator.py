@@ -10,7 +10,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 from transformers.data.data_collator import DataCollatorMixin
 
-from .prompt import DEFAULT_TEMPLATE, PromptTemplate, encode_target
+from .prompt import DEFAULT_TEMPLATE, PromptTemplate
 
 __all__ = ["SoftPromptDataCollator"]
 
@@ -28,7 +28,8 @@ class SoftPromptDataCollator(DataCollatorMixin):
 
     - raw rows with a text column and a target column (the label text, e.g. ``"no complaint"``): the
       prompt is ``template`` filled with the text and tokenized on its own, exactly as at inference
-      time (see :class:`~softprompt_hf.prompt.PromptTemplate`); the target is tokenized separately;
+      time, and the target's ids are those that every evaluation scores after it (see
+      ``label_tokenization`` and :class:`~softprompt_hf.prompt.PromptTemplate`);
     - pre-tokenized rows with ``input_ids`` and ``labels`` (and optionally ``attention_mask``),
       which are only padded.
 
@@ -54,6 +55,11 @@ class SoftPromptDataCollator(DataCollatorMixin):
         pad_to_multiple_of: Round the padded length up to a multiple of this.
         label_pad_token_id: Label value that the loss ignores.
         return_tensors: Only ``"pt"`` is supported.
+        label_tokenization: Where the prompt ends and the target begins: ``"joint"`` (default) follows what
+            the tokenizer does with the prompt and the label as one text (the template's closing space goes with
+            the label, which becomes the model's own word tokens); ``"separate"`` tokenizes them apart, as the
+            seed guide did (to reproduce such runs). Evaluate and predict with the same value:
+            ``GenerationMetrics`` and the saved adapter's ``softprompt_hf.json`` carry it.
 
     Example:
 
@@ -65,6 +71,8 @@ class SoftPromptDataCollator(DataCollatorMixin):
     ['attention_mask', 'input_ids', 'labels']
     >>> tokenizer.decode(batch["input_ids"][0])
     'Tweet text : @Acme where is my parcel? Label : complaint</s>'
+    >>> tokenizer.convert_ids_to_tokens(batch["input_ids"][0, -3:].tolist())  # the label: the model's own word
+    ['Ġ:', 'Ġcomplaint', '</s>']
 
     ```
 
@@ -80,6 +88,7 @@ class SoftPromptDataCollator(DataCollatorMixin):
     pad_to_multiple_of: int | None = None
     label_pad_token_id: int = -100
     return_tensors: str = "pt"
+    label_tokenization: str = "joint"
     _prompt: PromptTemplate = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -104,7 +113,7 @@ class SoftPromptDataCollator(DataCollatorMixin):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer or None, got {value}.")
-        self._prompt = PromptTemplate(self.template, self.text_column)
+        self._prompt = PromptTemplate(self.template, self.text_column, self.label_tokenization)
 
     def torch_call(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
@@ -132,7 +141,7 @@ class SoftPromptDataCollator(DataCollatorMixin):
             )
         if not isinstance(target, str) or not target.strip():
             raise ValueError(f"Column {self.target_column!r} must hold non-empty label strings, got {target!r}.")
-        target_ids = encode_target(self.tokenizer, target)
+        target_ids = self._prompt.encode_target(self.tokenizer, target)
         prompt_budget = None
         if self.max_length is not None:
             prompt_budget = self.max_length - len(target_ids)

@@ -80,6 +80,9 @@ class GenerationMetrics(TrainerCallback):
         mode: ``"generate"`` or ``"rank"``.
         batch_size: Prompts per forward pass.
         max_prompt_tokens: Truncate texts (never the template) so that prompts fit.
+        label_tokenization: Where the prompt ends and the label begins, as in training (the collator's
+            ``label_tokenization``): ``"joint"`` (default) or ``"separate"``
+            (see :class:`~softprompt_hf.prompt.PromptTemplate`).
 
     Example:
 
@@ -107,6 +110,7 @@ class GenerationMetrics(TrainerCallback):
     batch_size: int = 32
     max_prompt_tokens: int | None = None
     model: torch.nn.Module | None = field(default=None, repr=False)
+    label_tokenization: str = "joint"
     last_report: ClassificationReport | None = field(default=None, init=False, repr=False)
     last_predictions: list[Prediction] = field(default_factory=list, init=False, repr=False)
 
@@ -120,7 +124,7 @@ class GenerationMetrics(TrainerCallback):
         for label, length in zip(self.labels, label_lengths, strict=True):
             if not length:
                 raise ValueError(f"Label {label!r} tokenizes to no token at all: the model could never generate it.")
-        self._prompt = PromptTemplate(self.template, self.text_column)
+        self._prompt = PromptTemplate(self.template, self.text_column, self.label_tokenization)
         self._texts, self._gold, self._ids = self._read_rows(self.eval_rows)
 
     def _read_rows(self, rows: Any) -> tuple[list[str], list[str], list[Any]]:

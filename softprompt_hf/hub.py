@@ -220,10 +220,10 @@ def push_adapter(
     ``repo_id``.
 
     For use outside the Trainer (``HubPushCallback`` does the same at the end of training). ``card`` and
-    ``settings`` (``labels``, ``template``, ``text_column``, ``class_names``, ``eval_mode``) are ``save_adapter``'s:
-    without ``card``, the card is rendered from the model and ``settings``. Card data (``ModelCardInputs``) is kept
-    in ``softprompt_hf.json``, so that a later push to another repository renders the card for that one; a
-    ``huggingface_hub.ModelCard`` given here is pushed as it is.
+    ``settings`` (``labels``, ``template``, ``text_column``, ``label_tokenization``, ``class_names``, ``eval_mode``)
+    are ``save_adapter``'s: without ``card``, the card is rendered from the model and ``settings``. Card data
+    (``ModelCardInputs``) is kept in ``softprompt_hf.json``, so that a later push to another repository renders the
+    card for that one; a ``huggingface_hub.ModelCard`` given here is pushed as it is.
 
     Returns:
         The local folder, which holds the complete adapter even when the push fails.

@@ -1,7 +1,8 @@
 """Label texts with a saved soft-prompt adapter (a Hub id or a local folder), by generation or ranking.
 
 The adapter folder's ``softprompt_hf.json`` (written at training time) gives the label set, the prompt
-template and the text column; arguments override it. Generation mode decodes through the model's own
+template, the text column and where the prompt ends and the label begins (``label_tokenization``); arguments
+override it. Generation mode decodes through the model's own
 ``model.generate()`` (greedy, batched with left padding), with :func:`~softprompt_hf.enable_soft_prompt_generate`
 switched on for soft prompts: with peft 0.21.2 and transformers 5.24, ``PeftModel.generate`` alone gives wrong
 tokens for every soft prompt. Both modes run the package's decoding functions, as ``GenerationMetrics`` does:
@@ -33,7 +34,7 @@ from .data import _utf8_problem
 from .evaluation import Prediction
 from .generate import enable_soft_prompt_generate, fixes_generate
 from .metrics import check_label_set, match_label
-from .prompt import DEFAULT_TEMPLATE, PromptTemplate
+from .prompt import DEFAULT_TEMPLATE, SAVED_WITHOUT_LABEL_TOKENIZATION, PromptTemplate
 from .saving import INFERENCE_CONFIG_NAME
 
 __all__ = ["AdapterLoadError", "LoadedAdapter", "load_adapter", "predict", "read_texts"]
@@ -163,6 +164,7 @@ def predict(
     labels: Sequence[str] | None = None,
     template: str | None = None,
     text_column: str | None = None,
+    label_tokenization: str | None = None,
     max_prompt_tokens: int | None = None,
     ids: Sequence[Any] | None = None,
     batch_size: int = 32,
@@ -186,6 +188,10 @@ def predict(
         labels: The label texts; default: the adapter's ``softprompt_hf.json``.
         template: The prompt template; default: the adapter's, else the seed guide's.
         text_column: Fills ``{text_column}`` in the template; default: the adapter's.
+        label_tokenization: ``"joint"`` or ``"separate"`` (see :class:`~softprompt_hf.prompt.PromptTemplate`);
+            default: the adapter's, the one it was trained with; ``"separate"`` for a folder saved before the
+            choice existed (its ``softprompt_hf.json`` has no ``label_tokenization``), ``"joint"`` for an
+            in-memory model.
         max_prompt_tokens: Truncate texts (never the template) so that prompts fit.
         ids: Row ids carried into the predictions.
         batch_size: Prompts per batch: per ``generate()`` call, or per forward pass in rank mode (labels do not
@@ -234,9 +240,13 @@ def predict(
             "'complaint,no complaint')."
         )
     labels = check_label_set(labels)
+    if label_tokenization is None:
+        saved = SAVED_WITHOUT_LABEL_TOKENIZATION if isinstance(adapter, LoadedAdapter) else "joint"
+        label_tokenization = settings.get("label_tokenization", saved)
     prompt = PromptTemplate(
         template or settings.get("template") or DEFAULT_TEMPLATE,
         text_column or settings.get("text_column") or "Tweet text",
+        label_tokenization,
     )
     texts = list(texts)
     outputs, scores = label_outputs(

@@ -1,9 +1,10 @@
 """The prompt a soft-prompt model reads, built the same way at training and at inference time.
 
-Training and generation must see the same prompt tokens for the same text, so every component of
-the package (the collator, the evaluation, the predict command) goes through
-:class:`PromptTemplate` to turn a text into token ids, and through :func:`encode_target` to turn a
-label text into the ids the model has to generate.
+Training and generation must see the same prompt tokens for the same text, and every label must continue the
+same prompt tokens, so every component of the package (the collator, the evaluation, the predict command) goes
+through :class:`PromptTemplate`: :meth:`PromptTemplate.encode` turns a text into the prompt's token ids and
+:meth:`PromptTemplate.encode_target` turns a label text into the ids the model has to generate after them.
+Where the prompt ends and the label begins is the template's ``label_tokenization`` (see there).
 """
 
 from __future__ import annotations
@@ -12,35 +13,84 @@ import string
 from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
+from transformers.utils import logging
 
-__all__ = ["DEFAULT_TEMPLATE", "PromptTemplate", "encode_target"]
+__all__ = ["DEFAULT_TEMPLATE", "LABEL_TOKENIZATIONS", "PromptTemplate", "encode_target"]
+
+logger = logging.get_logger(__name__)
 
 #: The seed guide's template: ``f"{text_column} : {text} Label : "``.
 DEFAULT_TEMPLATE = "{text_column} : {text} Label : "
+
+#: The ways a prompt and its label are tokenized (``PromptTemplate.label_tokenization``): ``"joint"`` (the
+#: default) follows what the tokenizer does with the prompt and the label as one text; ``"separate"`` tokenizes
+#: them apart, as the seed guide (and softprompt_hf before it had the choice) did.
+LABEL_TOKENIZATIONS = ("joint", "separate")
+
+#: What an adapter folder whose ``softprompt_hf.json`` has no ``label_tokenization`` was trained with: those were
+#: all written before the choice existed, with separate tokenization.
+SAVED_WITHOUT_LABEL_TOKENIZATION = "separate"
+
+# Stands for the text while the template's fixed tail is cut out of it: a private-use character, which no
+# template contains.
+_TEXT_MARK = "\ue000"
 
 _ALLOWED_FIELDS = {"text", "text_column"}
 
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """Formats a text into the prompt the model reads and tokenizes it.
+    """Formats a text into the prompt the model reads, tokenizes it, and tokenizes the labels that follow it.
+
+    Where the prompt ends and the label begins (``label_tokenization``):
+
+    - ``"joint"`` (the default) follows what the tokenizer does with the prompt and the label written as one
+      text, ``render(text) + label``. The whitespace the template ends with goes with the label, as a
+      tokenizer puts a word's leading space into the word's own token: the prompt's ids are those of
+      :meth:`prompt_text` (the rendered prompt without that whitespace), and a label's ids are what tokenizing
+      the template's fixed tail and the label together adds after the tail's own ids. With the seed's
+      template, ``"complaint"`` becomes the model's own word token (``'▁complaint'`` on a SentencePiece-style
+      tokenizer such as Gemma's or Llama's, ``'Ġcomplaint'`` on GPT-2-style byte-level BPE) after a prompt
+      ending in ``'▁:'`` / ``'Ġ:'``, where separate tokenization gives ``['compl', 'aint']`` after a lone
+      ``'▁'`` that the model never sees before a word. A label's ids are computed against the template's fixed
+      tail (``" Label :"``), never against the text, so they are the same after every text, as rank scoring and
+      greedy decoding need: tokenizers cut the text into words at whitespace before anything else (byte-level
+      BPE, Metaspace), and even one that runs BPE over the whole text merges only neighbouring pieces, which
+      the tail holds whatever the text is. Where the tail's ids are not a prefix of the tail-and-label's ids
+      (the tokenizer merges the tail's end into the label), the label's ids are its text with the template's
+      closing whitespace, tokenized on its own, and a warning says so once.
+    - ``"separate"``: the rendered prompt, closing whitespace included, and the label are tokenized apart,
+      the label without a leading space: the seed guide's way, and softprompt_hf's before ``"joint"``. For
+      reproducing such runs; an adapter folder whose ``softprompt_hf.json`` has no ``label_tokenization`` was
+      trained this way and is predicted this way. The embedded model was pretrained this way, so the quick
+      start and the recipes keep it for that model (``softprompt_hf.embedded.label_tokenization_for``).
+
+    Training (``SoftPromptDataCollator``) and inference (``GenerationMetrics``, ``generate_labels``,
+    ``rank_labels``, ``predict``, the model card's snippets) read the same choice, so they see the same ids.
 
     Args:
         template: A ``str.format`` pattern with a ``{text}`` field and optionally ``{text_column}``
             (replaced by the name of the text column, as the seed guide does).
         text_column: Name of the column holding the text; only used to fill ``{text_column}``.
+        label_tokenization: ``"joint"`` or ``"separate"`` (see above).
 
     Example:
 
     ```python
-    >>> PromptTemplate(text_column="Tweet text").render("@Acme my parcel is late")
+    >>> template = PromptTemplate(text_column="Tweet text")
+    >>> template.render("@Acme my parcel is late")
     'Tweet text : @Acme my parcel is late Label : '
+    >>> template.prompt_text("@Acme my parcel is late")  # the closing space goes with the label
+    'Tweet text : @Acme my parcel is late Label :'
+    >>> tokenizer.convert_ids_to_tokens(template.encode_target(tokenizer, "complaint"))
+    ['Ġcomplaint', '</s>']
 
     ```
     """
 
     template: str = DEFAULT_TEMPLATE
     text_column: str = "Tweet text"
+    label_tokenization: str = "joint"
 
     def __post_init__(self) -> None:
         try:
@@ -61,17 +111,47 @@ class PromptTemplate:
                 f"Prompt template {self.template!r} uses unknown field(s) {sorted(unknown)}; "
                 f"only {sorted(_ALLOWED_FIELDS)} are filled in."
             )
+        if self.label_tokenization not in LABEL_TOKENIZATIONS:
+            raise ValueError(
+                f"label_tokenization={self.label_tokenization!r}: choose 'joint' (the prompt/label boundary the "
+                "tokenizer gives the joined text; the default) or 'separate' (prompt and label tokenized apart, "
+                "as the seed guide and older softprompt_hf runs did)."
+            )
 
     def render(self, text: str) -> str:
-        """Returns the prompt string for ``text``."""
+        """Returns the template filled with ``text``."""
         return self.template.format(text=text, text_column=self.text_column)
+
+    @property
+    def label_separator(self) -> str:
+        """The whitespace the template ends with, which goes with the label (``"joint"``); ``""`` otherwise."""
+        if self.label_tokenization != "joint":
+            return ""
+        tail = self._tail()
+        return tail[len(tail.rstrip()) :]
+
+    @property
+    def label_context(self) -> str:
+        """The template's fixed text between the last ``{text}`` and the label, without :attr:`label_separator`:
+        what a label's ids are tokenized after (``"joint"``)."""
+        tail = self._tail()
+        return tail[: len(tail) - len(self.label_separator)]
+
+    def prompt_text(self, text: str) -> str:
+        """The string whose tokens are the prompt for ``text``: :meth:`render` without :attr:`label_separator`."""
+        rendered = self.render(text)
+        return rendered[: len(rendered) - len(self.label_separator)]
+
+    def _tail(self) -> str:
+        rendered = self.template.format(text=_TEXT_MARK, text_column=self.text_column)
+        return rendered[rendered.rindex(_TEXT_MARK) + len(_TEXT_MARK) :]
 
     def encode(self, tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int | None = None) -> list[int]:
         """Tokenizes the prompt for ``text`` exactly as generation will see it.
 
-        The prompt is tokenized on its own (with the tokenizer's special tokens, as
-        ``tokenizer(prompt)`` does at inference), never together with the target, so that a template
-        ending in a space produces the same tokens at training and at inference time.
+        :meth:`prompt_text` is tokenized on its own (with the tokenizer's special tokens, as
+        ``tokenizer(prompt)`` does at inference), never together with the target, so that the prompt's ids are
+        the same at training and at inference time and for every label.
 
         Args:
             tokenizer: The model's tokenizer.
@@ -83,7 +163,7 @@ class PromptTemplate:
         Raises:
             ValueError: If the template alone (with an empty text) is longer than ``max_tokens``.
         """
-        ids = _tokenize(tokenizer, self.render(text))
+        ids = _tokenize(tokenizer, self.prompt_text(text))
         if max_tokens is None or len(ids) <= max_tokens:
             return ids
         if max_tokens < 1:
@@ -93,11 +173,12 @@ class PromptTemplate:
         # Re-rendering the shortened text can tokenize differently at the text/template boundary, so
         # shorten until the rendered prompt fits instead of trusting the first estimate.
         while keep > 0:
-            ids = _tokenize(tokenizer, self.render(_keep_pieces(text, pieces, keep, tokenizer.truncation_side)))
+            shortened = _keep_pieces(text, pieces, keep, tokenizer.truncation_side)
+            ids = _tokenize(tokenizer, self.prompt_text(shortened))
             if len(ids) <= max_tokens:
                 return ids
             keep -= len(ids) - max_tokens
-        ids = _tokenize(tokenizer, self.render(""))
+        ids = _tokenize(tokenizer, self.prompt_text(""))
         if len(ids) > max_tokens:
             raise ValueError(
                 f"The prompt template alone takes {len(ids)} tokens, more than the {max_tokens} allowed for "
@@ -105,19 +186,54 @@ class PromptTemplate:
             )
         return ids
 
+    def encode_target(self, tokenizer: PreTrainedTokenizerBase, target: str) -> list[int]:
+        """Token ids the model must generate after :meth:`encode`'s prompt for the label ``target``, then EOS.
+
+        They depend on the label, the template and the tokenizer only, never on the text: every label
+        continues the same prompt ids. ``"separate"``: the label tokenized on its own (:func:`encode_target`);
+        ``"joint"``: see the class docstring.
+        """
+        if self.label_tokenization != "joint":
+            return encode_target(tokenizer, target)
+        _check_eos(tokenizer)
+        context, labelled = self.label_context, self.label_separator + target
+        context_ids = _tokenize(tokenizer, context, add_special_tokens=False)
+        joined = _tokenize(tokenizer, context + labelled, add_special_tokens=False)
+        if len(joined) > len(context_ids) and joined[: len(context_ids)] == context_ids:
+            ids = joined[len(context_ids) :]
+        else:
+            # The tokenizer merges the tail's end with the label: no prompt ids end where the label starts. Its
+            # own tokens, separator included, still continue the same prompt ids after every text.
+            logger.warning_once(
+                "The tokenizer merges the end of the prompt template (%r) into the label %r, so the label cannot "
+                "follow the prompt's own tokens; it is tokenized on its own, with its leading %r, after every prompt. "
+                "Training and inference use the same ids.",
+                context,
+                target,
+                self.label_separator,
+            )
+            ids = _tokenize(tokenizer, labelled, add_special_tokens=False)
+        return [*ids, tokenizer.eos_token_id]
+
 
 def encode_target(tokenizer: PreTrainedTokenizerBase, target: str) -> list[int]:
-    """Token ids the model must generate for ``target``: the label text followed by EOS.
+    """Token ids the model must generate for ``target`` with separate tokenization: the label text on its own,
+    followed by EOS (``PromptTemplate(label_tokenization="separate")``; :meth:`PromptTemplate.encode_target`
+    gives a template's own, the default's ``"joint"`` included).
 
     The target is tokenized without special tokens and on its own, so its ids do not depend on the
     prompt in front of it.
     """
+    _check_eos(tokenizer)
+    return [*_tokenize(tokenizer, target, add_special_tokens=False), tokenizer.eos_token_id]
+
+
+def _check_eos(tokenizer: PreTrainedTokenizerBase) -> None:
     if tokenizer.eos_token_id is None:
         raise ValueError(
             "The tokenizer has no eos_token: generation could never stop after the label. "
             "Set tokenizer.eos_token to the model's end-of-sequence token."
         )
-    return [*_tokenize(tokenizer, target, add_special_tokens=False), tokenizer.eos_token_id]
 
 
 def _tokenize(tokenizer: PreTrainedTokenizerBase, text: str, add_special_tokens: bool = True) -> list[int]:

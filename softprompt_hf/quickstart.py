@@ -23,7 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, 
 from .card import ModelCardCallback
 from .collator import SoftPromptDataCollator
 from .data import load_raft
-from .embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
+from .embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH, label_tokenization_for
 from .evaluation import GenerationMetrics
 from .methods import SoftPromptArguments, build_soft_prompt_model
 from .saving import save_adapter
@@ -76,14 +76,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         training_args=training_args,
     )
     model.print_trainable_parameters()
-    metrics = GenerationMetrics(tokenizer, data.classes, validation, text_column=data.text_column)
+    # Where the prompt ends and the label begins: the tokenizer's joint boundary, or the embedded model's own.
+    boundary = label_tokenization_for(data_args.model_name_or_path)
+    metrics = GenerationMetrics(
+        tokenizer, data.classes, validation, text_column=data.text_column, label_tokenization=boundary
+    )
     before = metrics.evaluate(model)["accuracy"]
     # 3. Train with the stock Trainer and our collator.
     trainer = Trainer(
         model=model,
         args=training_args,
         train_dataset=data.train,
-        data_collator=SoftPromptDataCollator(tokenizer, text_column=data.text_column),
+        data_collator=SoftPromptDataCollator(tokenizer, text_column=data.text_column, label_tokenization=boundary),
         processing_class=tokenizer,
     )
     trainer.train()

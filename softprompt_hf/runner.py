@@ -49,13 +49,13 @@ from .callbacks import (
 from .card import is_local_path
 from .collator import SoftPromptDataCollator
 from .data import ClassificationData, load_classification_data, load_raft
-from .embedded import EMBEDDED_DATA_FILES
+from .embedded import EMBEDDED_DATA_FILES, label_tokenization_for
 from .evaluation import GenerationMetrics
 from .hub import DEFAULT_TIMEOUT
 from .label_logits import enable_label_only_logits
 from .methods import build_soft_prompt_model
 from .metrics import write_predictions, write_raft_submission
-from .prompt import encode_target
+from .prompt import PromptTemplate
 from .real import ExtraNotInstalledError, load_bbc_news
 from .saving import atomic_write_json, save_adapter
 from .sharding import gathered_root
@@ -110,6 +110,8 @@ def start_run(args: RecipeArguments) -> RecipeRun:
     _check_output_dir(training_args)  # writable now, not only when the first checkpoint is due
     resume = _resolve_resume_checkpoint(training_args)
     set_seed(training_args.seed)
+    if args.data.label_tokenization is None:  # the base model's own boundary: one value for the whole run
+        args.data.label_tokenization = label_tokenization_for(args.model.model_name_or_path)
     data = _load_data(args.data, seed=training_args.seed)
     tokenizer = _load_tokenizer(args.model)
     metrics = _build_metrics(tokenizer, data, args.data, training_args)
@@ -279,6 +281,12 @@ def _no_eos_message(source: str, tokenizer: PreTrainedTokenizerBase) -> str:
     )
 
 
+def _label_tokenization(data_args: DataArguments) -> str:
+    """The run's ``label_tokenization``: ``start_run`` sets it to the base model's own when left unset (None); a
+    ``DataArguments`` used without it gets the collator's default."""
+    return data_args.label_tokenization or "joint"
+
+
 def _build_collator(tokenizer: PreTrainedTokenizerBase, data: ClassificationData, data_args: DataArguments):
     """The training collator for ``data`` with the run's template and length cap."""
     return SoftPromptDataCollator(
@@ -287,6 +295,7 @@ def _build_collator(tokenizer: PreTrainedTokenizerBase, data: ClassificationData
         target_column=data.target_column,
         template=data_args.template,
         max_length=data_args.max_length,
+        label_tokenization=_label_tokenization(data_args),
     )
 
 
@@ -302,7 +311,10 @@ def _build_metrics(
     max_prompt_tokens = None
     if data_args.max_length is not None:
         # The collator's budget: max_length minus the target (label + EOS), for the longest label.
-        max_prompt_tokens = data_args.max_length - max(len(encode_target(tokenizer, label)) for label in data.classes)
+        prompt = PromptTemplate(data_args.template, data.text_column, _label_tokenization(data_args))
+        max_prompt_tokens = data_args.max_length - max(
+            len(prompt.encode_target(tokenizer, label)) for label in data.classes
+        )
     return GenerationMetrics(
         tokenizer,
         data.classes,
@@ -311,6 +323,7 @@ def _build_metrics(
         target_column=data.target_column,
         id_column=data.id_column,
         template=data_args.template,
+        label_tokenization=_label_tokenization(data_args),
         mode=training_args.eval_mode,
         batch_size=training_args.per_device_eval_batch_size,
         max_prompt_tokens=max_prompt_tokens,
@@ -658,4 +671,5 @@ def _model_card(
         labels=list(data.classes),
         template=data_args.template,
         text_column=data.text_column,
+        label_tokenization=_label_tokenization(data_args),
     )

@@ -20,6 +20,7 @@ from typing import IO, TYPE_CHECKING, Any
 from transformers.utils import logging
 
 from . import methods
+from .prompt import LABEL_TOKENIZATIONS
 from .sharding import fsdp_root
 
 if TYPE_CHECKING:
@@ -158,6 +159,7 @@ def save_adapter(
     text_column: str | None = None,
     class_names: Sequence[str] | None = None,
     eval_mode: str | None = None,
+    label_tokenization: str | None = None,
 ) -> Path:
     """Writes a complete adapter folder atomically: the adapter, its tokenizer, its model card and
     ``softprompt_hf.json``. Every adapter folder softprompt_hf writes (recipes, ``HubPushCallback``,
@@ -168,6 +170,8 @@ def save_adapter(
     out when unknown: ``method`` (``prompt_tuning``, ``p_tuning``, ``prefix_tuning``), ``base_model`` (its Hub id,
     or the local path it was loaded from), ``labels`` (the label texts the model generates), ``template`` (the
     prompt template), ``text_column`` (the column the model was trained on, which fills ``{text_column}``),
+    ``label_tokenization`` (where the prompt ends and the label begins, ``joint`` or ``separate``: see
+    ``PromptTemplate``; always written, and a folder without it was trained with ``separate``),
     ``class_names`` (the dataset's class names, when its label column holds integers), ``eval_mode``
     (``generate`` or ``rank``) and ``card`` (``CARD_KEY``: the ``ModelCardInputs`` the card was rendered from, so
     that a push renders it again for its repository; absent for a card of the caller's own).
@@ -193,6 +197,8 @@ def save_adapter(
         text_column: The text column the model was trained on (default: the card data's).
         class_names: The class names of integer labels, for ``softprompt_hf.json``.
         eval_mode: How the run scored the model (``generate`` or ``rank``), for ``softprompt_hf.json``.
+        label_tokenization: How the model was trained to continue the prompt with its label (the collator's
+            ``label_tokenization``; default: the card data's, else ``"joint"``, the collator's default).
 
     Returns:
         The path of the saved adapter folder.
@@ -208,7 +214,12 @@ def save_adapter(
     configs = getattr(model, "peft_config", None)
     if not configs:
         raise TypeError(f"save_adapter expects a peft PeftModel, got {type(model).__name__}.")
-    named = {"labels": list(labels) if labels is not None else None, "template": template, "text_column": text_column}
+    named = {
+        "labels": list(labels) if labels is not None else None,
+        "template": template,
+        "text_column": text_column,
+        "label_tokenization": label_tokenization,
+    }
     base_model = base_model_id or next(iter(configs.values())).base_model_name_or_path
     readme: Any = card
     settings: dict[str, Any] = {"method": methods.method_name(model), "base_model": base_model, **named}
@@ -219,7 +230,19 @@ def save_adapter(
         data = data.replace(repo_id=repo_id, **named)
         readme = render_model_card(data, repo_id=data.repo_id)
         settings.update(
-            labels=data.labels, template=data.template, text_column=data.text_column, **{CARD_KEY: data.to_dict()}
+            labels=data.labels,
+            template=data.template,
+            text_column=data.text_column,
+            label_tokenization=data.label_tokenization,
+            **{CARD_KEY: data.to_dict()},
+        )
+    # Predict must continue the prompt as training did: a folder always says how (one without the key is older).
+    if settings.get("label_tokenization") is None:
+        settings["label_tokenization"] = "joint"
+    if settings["label_tokenization"] not in LABEL_TOKENIZATIONS:
+        raise ValueError(
+            f"label_tokenization={settings['label_tokenization']!r}: choose one of {list(LABEL_TOKENIZATIONS)}, the "
+            "value the model was trained with (the collator's label_tokenization)."
         )
     settings.update(class_names=list(class_names) if class_names is not None else None, eval_mode=eval_mode)
     settings = {key: value for key, value in settings.items() if value is not None}

@@ -42,8 +42,11 @@ def seed_preprocess(examples, tokenizer, text_column="Tweet text", label_column=
 
 def test_row_is_prompt_then_target_then_eos(tokenizer):
     batch = SoftPromptDataCollator(tokenizer)([ROW])
-    prompt = tokenizer("Tweet text : @Acme my order never arrived Label : ")["input_ids"]
-    target = tokenizer("no complaint", add_special_tokens=False)["input_ids"]
+    # The template's closing space goes with the label, as the tokenizer writes the joined text.
+    prompt = tokenizer("Tweet text : @Acme my order never arrived Label :")["input_ids"]
+    joined = tokenizer("Tweet text : @Acme my order never arrived Label : no complaint")["input_ids"]
+    assert joined[: len(prompt)] == prompt
+    target = joined[len(prompt) :]
     assert len(target) >= 2, "the test needs a multi-token label"
     expected = prompt + target + [tokenizer.eos_token_id]
     assert batch["input_ids"][0].tolist() == expected
@@ -54,8 +57,8 @@ def test_row_is_prompt_then_target_then_eos(tokenizer):
 def test_first_target_token_is_predicted_from_last_prompt_position(tokenizer):
     batch = SoftPromptDataCollator(tokenizer)([ROW])
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
-    n_prompt = len(tokenizer(PromptTemplate().render(ROW["Tweet text"]))["input_ids"])
-    target = tokenizer("no complaint", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    n_prompt = len(PromptTemplate().encode(tokenizer, ROW["Tweet text"]))
+    target = PromptTemplate().encode_target(tokenizer, "no complaint")
     pairs = supervised_pairs(ids, labels)
     # The last prompt position (where greedy generation reads its first token) learns the first
     # target token, and every later target token is learned with the previous one as input.
@@ -70,7 +73,7 @@ def test_seed_preprocessing_misses_first_position_and_multi_token_labels(tokeniz
     seed = seed_preprocess({k: [r[k] for r in rows] for k in ROW}, tokenizer)
     ours = SoftPromptDataCollator(tokenizer)(rows)
     for i, row in enumerate(rows):
-        target = tokenizer(row["text_label"], add_special_tokens=False)["input_ids"]
+        target = PromptTemplate().encode_target(tokenizer, row["text_label"])[:-1]
         seed_ids, seed_labels = seed["input_ids"][i], seed["labels"][i]
         last_prompt_pos = len(seed_ids) - 1  # the seed left-pads, so the prompt ends the row
         seed_pairs = supervised_pairs(seed_ids, seed_labels)
@@ -87,16 +90,23 @@ def test_seed_preprocessing_misses_first_position_and_multi_token_labels(tokeniz
 
 
 def test_template_ending_in_space_tokenizes_like_inference(tokenizer):
+    """label_tokenization='separate' (the seed's): the prompt, closing space included, is tokenized on its own,
+    as inference tokenizes it, never together with the label."""
     assert DEFAULT_TEMPLATE.endswith(" ")
     text = ROW["Tweet text"]
     prompt = PromptTemplate().render(text)
     inference_ids = tokenizer(prompt)["input_ids"]
     joint_ids = tokenizer(prompt + ROW["text_label"])["input_ids"]
-    # Tokenizing prompt and target together merges the trailing space into the label's first token,
-    # which generation never sees: the premise of this test.
+    # Tokenizing the rendered prompt and the target together merges the trailing space into the label's
+    # first token: the premise of this test.
     assert joint_ids[: len(inference_ids)] != inference_ids
-    batch = SoftPromptDataCollator(tokenizer)([ROW])
+    batch = SoftPromptDataCollator(tokenizer, label_tokenization="separate")([ROW])
     assert batch["input_ids"][0].tolist()[: len(inference_ids)] == inference_ids
+    assert inference_ids == PromptTemplate(label_tokenization="separate").encode(tokenizer, text)
+    # The default ('joint') gives that space to the label; its prompt is what inference tokenizes too.
+    joint_prompt = PromptTemplate().encode(tokenizer, text)
+    assert joint_prompt == tokenizer(prompt.rstrip())["input_ids"]
+    assert SoftPromptDataCollator(tokenizer)([ROW])["input_ids"][0].tolist() == joint_ids + [tokenizer.eos_token_id]
 
 
 def test_bos_tokenizer_keeps_bos_on_prompt_only(bos_tokenizer):
@@ -104,9 +114,10 @@ def test_bos_tokenizer_keeps_bos_on_prompt_only(bos_tokenizer):
     ids = batch["input_ids"][0].tolist()
     assert ids[0] == bos_tokenizer.bos_token_id
     assert ids.count(bos_tokenizer.bos_token_id) == 1
-    prompt = bos_tokenizer(PromptTemplate().render(ROW["Tweet text"]))["input_ids"]
-    target = bos_tokenizer("no complaint", add_special_tokens=False)["input_ids"]
-    assert ids == prompt + target + [bos_tokenizer.eos_token_id]
+    prompt = bos_tokenizer(PromptTemplate().prompt_text(ROW["Tweet text"]))["input_ids"]
+    joined = bos_tokenizer(PromptTemplate().render(ROW["Tweet text"]) + "no complaint")["input_ids"]
+    assert ids == joined + [bos_tokenizer.eos_token_id]
+    assert ids[: len(prompt)] == prompt
 
 
 def test_custom_template_and_columns(tokenizer):
@@ -155,12 +166,12 @@ def test_truncation_removes_text_tokens_only(tokenizer, side):
     max_length = full - 25
     batch = SoftPromptDataCollator(tokenizer, max_length=max_length)([row])
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
-    target = tokenizer("no complaint", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    target = PromptTemplate().encode_target(tokenizer, "no complaint")
     assert len(ids) <= max_length
     assert ids[-len(target) :] == target and labels[-len(target) :] == target
     prompt = tokenizer.decode(ids[: -len(target)])
-    assert prompt.startswith("Tweet text : ") and prompt.endswith(" Label : ")
-    kept = prompt[len("Tweet text : ") : -len(" Label : ")]
+    assert prompt.startswith("Tweet text : ") and prompt.endswith(" Label :")
+    kept = prompt[len("Tweet text : ") : -len(" Label :")]
     assert len(kept) < len(row["Tweet text"])
     if side == "right":
         assert row["Tweet text"].startswith(kept) and "w0" in kept
@@ -176,8 +187,8 @@ def test_truncation_leaves_short_rows_alone(tokenizer):
 
 
 def test_max_length_too_small_for_template(tokenizer):
-    n_target = len(tokenizer("no complaint", add_special_tokens=False)["input_ids"]) + 1
-    n_template = len(tokenizer(PromptTemplate().render(""))["input_ids"])
+    n_target = len(PromptTemplate().encode_target(tokenizer, "no complaint"))
+    n_template = len(PromptTemplate().encode(tokenizer, ""))
     with pytest.raises(ValueError, match=f"template alone takes {n_template} tokens"):
         SoftPromptDataCollator(tokenizer, max_length=n_target + n_template - 1)([ROW])
     with pytest.raises(ValueError, match="leaves no room for the prompt"):

@@ -27,6 +27,8 @@ def test_quickstart_learns_the_task(tmp_path, method, capsys):
     AutoPeftModelForCausalLM.from_pretrained(folder)  # the saved adapter loads on its own
     settings = json.loads((folder / "softprompt_hf.json").read_text())
     assert settings["labels"] == ["complaint", "no complaint"] and settings["text_column"] == TEXT_COLUMN
+    # The boundary the embedded model was pretrained with, which predict below reads from the folder.
+    assert settings["label_tokenization"] == "separate"
     assert ModelCard.load(folder / "README.md").data.library_name == "peft"
 
     # `softprompt-hf predict` labels with the folder alone: labels, template and text column come from it.

@@ -418,13 +418,16 @@ def test_push_with_a_local_base_model_is_refused_before_training(tmp_path):
 
 
 def test_eval_prompts_are_cut_with_the_collators_budget(tmp_path):
-    from softprompt_hf.prompt import encode_target
+    from softprompt_hf.prompt import PromptTemplate
     from softprompt_hf.runner import build_trainer
 
     run = start_run(parse_recipe_args("p_tuning", ["--max_length", "24", "--output_dir", str(tmp_path)]))
     trainer = build_trainer(run, build_peft_config(run.args.prompt))
     data, tokenizer = run.data, run.tokenizer
-    longest = max(data.classes, key=lambda label: len(encode_target(tokenizer, label)))
+    # The run's boundary: start_run resolved it for the base model (the embedded one's: separate).
+    assert run.args.data.label_tokenization == "separate"
+    prompt = PromptTemplate(run.args.data.template, data.text_column, run.args.data.label_tokenization)
+    longest = max(data.classes, key=lambda label: len(prompt.encode_target(tokenizer, label)))
     batch = trainer.data_collator([{data.text_column: "word " * 200, data.target_column: longest}])
     assert batch["input_ids"].shape[1] == 24
     # One row, no padding: the -100 labels are exactly the prompt, which evaluation must cut the same way.

@@ -165,8 +165,18 @@ def test_every_folder_gets_the_card_rendered_from_the_data_in_its_one_settings_f
         eval_mode="rank",
     )
     settings = json.loads((target / INFERENCE_CONFIG_NAME).read_text())
-    assert set(settings) == {"method", "base_model", "labels", "template", "text_column", "eval_mode", CARD_KEY}
+    assert set(settings) == {
+        "method",
+        "base_model",
+        "labels",
+        "template",
+        "text_column",
+        "label_tokenization",
+        "eval_mode",
+        CARD_KEY,
+    }
     assert settings["method"] == "prompt_tuning" and settings["base_model"] == "org/base"
+    assert settings["label_tokenization"] == "joint"  # the collator's default, which predict then uses
     assert settings["labels"] == ["yes", "no"] and settings["template"] == DEFAULT_TEMPLATE
     card = ModelCard.load(target / "README.md")  # ours, not peft's generic card
     assert card.data.base_model == "org/base" and card.data.library_name == "peft"
