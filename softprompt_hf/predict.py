@@ -1,7 +1,8 @@
 """Label texts with a saved soft-prompt adapter (a Hub id or a local folder), by generation or ranking.
 
 The adapter folder's ``softprompt_hf.json`` (written at training time) gives the label set, the prompt
-template and the text column; arguments override it. Generation mode decodes through the model's own
+template and the text column, arguments override it, and where the tokenizer comes from (the base model's own,
+or the folder's where it differs). Generation mode decodes through the model's own
 ``model.generate()`` (greedy, batched with left padding), with :func:`~softprompt_hf.enable_soft_prompt_generate`
 switched on for soft prompts: with peft 0.21.2 and transformers 5.24, ``PeftModel.generate`` alone gives wrong
 tokens for every soft prompt. Both modes run the package's decoding functions, as ``GenerationMetrics`` does:
@@ -34,7 +35,7 @@ from .evaluation import Prediction
 from .generate import enable_soft_prompt_generate, fixes_generate
 from .metrics import check_label_set, match_label
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate
-from .saving import INFERENCE_CONFIG_NAME
+from .saving import INFERENCE_CONFIG_NAME, TOKENIZER_FROM_BASE, TOKENIZER_KEY
 
 __all__ = ["AdapterLoadError", "LoadedAdapter", "load_adapter", "predict", "read_texts"]
 
@@ -127,11 +128,7 @@ def load_adapter(
         base_lm = AutoModelForCausalLM.from_pretrained(base, token=token)
     _check_base_model(source, peft_config, base_lm, base)
     settings = _read_settings(source, token)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, token=token)
-    except Exception:
-        logger.info(f"{source} has no tokenizer; using the base model's ({base})")
-        tokenizer = AutoTokenizer.from_pretrained(base, token=token)
+    tokenizer = _load_tokenizer(source, base, settings, token)
     # is_trainable=False: inference mode, so P-tuning and prefix projection use the saved final prompt.
     with _load_error(
         lambda error: (
@@ -322,6 +319,24 @@ def read_texts(
             raise ValueError(f"Row {i} of {str(path)!r} has {text!r} in {text_column!r}; texts must be non-empty.")
     ids = [_plain(v) for v in frame[id_column].tolist()] if id_column else None
     return texts, ids
+
+
+def _load_tokenizer(source: str, base: str, settings: dict[str, Any], token: str | None) -> PreTrainedTokenizerBase:
+    """The adapter's tokenizer: the base model's own where ``softprompt_hf.json`` says so (``save_adapter`` saves
+    none then), else the folder's, else (a folder without one) the base model's."""
+    if settings.get(TOKENIZER_KEY) != TOKENIZER_FROM_BASE:
+        try:
+            return AutoTokenizer.from_pretrained(source, token=token)
+        except Exception:  # any failure to find or read one: the folder has none usable
+            logger.info(f"{source} has no tokenizer; using the base model's ({base})")
+    with _load_error(
+        lambda error: (
+            f"The adapter {source!r} uses the tokenizer of its base model {base!r}, which could not be loaded "
+            f"({error}). Download the base model while online (`hf download {base}`), or pass the local path of a "
+            "copy that holds its tokenizer: base_model='/path/to/model' (CLI: --base-model /path/to/model)."
+        )
+    ):
+        return AutoTokenizer.from_pretrained(base, token=token)
 
 
 def _plain(value: Any) -> Any:
