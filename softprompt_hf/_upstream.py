@@ -99,6 +99,11 @@ Upstream bugs avoided elsewhere, without touching internals (delete each refusal
     count is the eval set's. Update if the Trainer gathers otherwise.
 25. *runner._load_tokenizer.* transformers 5.24's ``AutoTokenizer.from_pretrained`` raises ``ValueError``,
     not ``OSError``, for a folder without tokenizer files. Catch only ``OSError`` once that is fixed.
+26. *saving._TOKENIZER_LOADER_KEYS.* transformers 5.24's tokenizer ``from_pretrained`` records how it was
+    loaded (``local_files_only``: true offline or when asked, false otherwise) in ``init_kwargs``, which
+    ``save_pretrained`` writes into ``tokenizer_config.json``: the same tokenizer saves other bytes after an online
+    and an offline load. ``save_adapter`` and ``SoftPromptCheckpointCallback`` leave that key out when they compare
+    a run's tokenizer with the base model's. Delete once ``save_pretrained`` no longer writes it.
 """
 
 from __future__ import annotations

@@ -149,17 +149,35 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _saved_tokenizer_files(tokenizer: Any) -> dict[str, str]:
-    """The files ``tokenizer.save_pretrained`` writes: relative path -> SHA-256."""
+# How a tokenizer was loaded, which transformers 5.24 writes into tokenizer_config.json (softprompt_hf._upstream,
+# entry 26): no part of the tokenizer.
+_TOKENIZER_LOADER_KEYS = ("local_files_only",)
+
+
+def _comparable_sha256(path: Path) -> str:
+    if path.name != "tokenizer_config.json":
+        return _sha256(path)
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in _TOKENIZER_LOADER_KEYS:
+        config.pop(key, None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _saved_tokenizer_files(tokenizer: Any) -> dict[str, tuple[str, str]]:
+    """The files ``tokenizer.save_pretrained`` writes: relative path -> (SHA-256, SHA-256 of what is compared)."""
     with tempfile.TemporaryDirectory() as folder:
         tokenizer.save_pretrained(folder)
         root = Path(folder)
-        return {path.relative_to(root).as_posix(): _sha256(path) for path in sorted(root.rglob("*")) if path.is_file()}
+        return {
+            path.relative_to(root).as_posix(): (_sha256(path), _comparable_sha256(path))
+            for path in sorted(root.rglob("*"))
+            if path.is_file()
+        }
 
 
 def _base_tokenizer_files(tokenizer: Any, base_model: str | None) -> dict[str, str] | None:
     """The files ``tokenizer`` saves (relative path -> SHA-256) when they are those of ``base_model``'s own tokenizer,
-    else ``None``.
+    else ``None``. (``tokenizer_config.json`` is compared without the keys that say how a tokenizer was loaded.)
 
     The base model's own tokenizer is what ``AutoTokenizer.from_pretrained(base_model)`` loads, here from the local
     folder or the Hugging Face cache only (saving never goes to the network). Both are saved with
@@ -179,8 +197,12 @@ def _base_tokenizer_files(tokenizer: Any, base_model: str | None) -> dict[str, s
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         logger.info(f"Could not load the base model's tokenizer ({base_model}) to compare with ({reason}).")
         return None
-    files = _saved_tokenizer_files(tokenizer)
-    return files if files == _saved_tokenizer_files(base) else None
+    files, base_files = _saved_tokenizer_files(tokenizer), _saved_tokenizer_files(base)
+    if {name: compared for name, (_, compared) in files.items()} != {
+        name: compared for name, (_, compared) in base_files.items()
+    }:
+        return None
+    return {name: digest for name, (digest, _) in files.items()}
 
 
 def _keeps_tokenizer(tokenizer: Any, base_model: str | None) -> bool:
@@ -230,7 +252,8 @@ def save_adapter(
     262k-token ``tokenizer.json`` is 33 MB, its adapter a few KB), so by default (``save_tokenizer="auto"``) the
     folder holds one only when ``tokenizer`` differs from ``AutoTokenizer.from_pretrained(<base model>)``: a pad
     token set to EOS on a model without one, an added token, another chat template. Where the base
-    model's tokenizer cannot be loaded to compare (a Hub id that is not in the local cache), it is saved too.
+    model's tokenizer cannot be loaded to compare (a Hub id that is not in the local cache), it is saved too, and
+    so it is with a ``card`` of the caller's own (a ``ModelCard``), whose snippets may load it from the folder.
     ``softprompt_hf.json`` says which (key ``"tokenizer"``: ``"base_model"`` or ``"adapter"``), and
     ``softprompt-hf predict`` and the card's usage snippets load it from there.
 
@@ -287,9 +310,16 @@ def save_adapter(
     named = {"labels": list(labels) if labels is not None else None, "template": template, "text_column": text_column}
     loaded_from = next(iter(configs.values())).base_model_name_or_path
     base_model = base_model_id or loaded_from
-    keep_tokenizer = tokenizer is not None and (
-        save_tokenizer if isinstance(save_tokenizer, bool) else _keeps_tokenizer(tokenizer, loaded_from or base_model)
-    )
+    own_card = card is not None and not isinstance(card, ModelCardInputs)
+    if tokenizer is None:
+        keep_tokenizer = False
+    elif isinstance(save_tokenizer, bool):
+        keep_tokenizer = save_tokenizer
+    elif own_card:
+        # A card of the caller's own (build_model_card's, say) may tell readers to load the folder's tokenizer.
+        keep_tokenizer = True
+    else:
+        keep_tokenizer = _keeps_tokenizer(tokenizer, loaded_from or base_model)
     tokenizer_from = TOKENIZER_FROM_ADAPTER if keep_tokenizer else TOKENIZER_FROM_BASE
     readme: Any = card
     settings: dict[str, Any] = {

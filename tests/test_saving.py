@@ -255,6 +255,15 @@ def no_pad_base(tmp_path_factory, model_dirs):
     return path
 
 
+def test_a_tokenizer_loaded_online_is_still_the_base_models(tmp_path, model_dirs):
+    """transformers 5.24 writes how a tokenizer was loaded (local_files_only: false online, true offline) into
+    tokenizer_config.json (softprompt_hf._upstream, entry 26): that alone does not make it another tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dirs["gpt2"])
+    tokenizer.init_kwargs["local_files_only"] = False  # what a load with the Hub reachable records
+    folder = save_adapter(_prompt_tuning_on(model_dirs["gpt2"]), tmp_path / "adapter", tokenizer=tokenizer)
+    assert sorted(os.listdir(folder)) == ADAPTER_FILES and _settings(folder)["tokenizer"] == "base_model"
+
+
 CHANGES = {
     "pad token set to EOS": lambda tokenizer: setattr(tokenizer, "pad_token", tokenizer.eos_token),
     "added token": lambda tokenizer: tokenizer.add_tokens(["<extra>"]),
@@ -283,6 +292,9 @@ def test_save_tokenizer_always_never_or_refused(tmp_path, no_pad_base):
     model = _prompt_tuning_on(no_pad_base)
     kept = save_adapter(model, tmp_path / "always", tokenizer=tokenizer, save_tokenizer=True)
     assert "tokenizer.json" in os.listdir(kept) and _settings(kept)["tokenizer"] == "adapter"
+    # A card of the caller's own may load the tokenizer from the folder (build_model_card's snippets do): kept.
+    own_card = save_adapter(model, tmp_path / "own-card", tokenizer=tokenizer, card=ModelCard("---\n---\nMine."))
+    assert "tokenizer.json" in os.listdir(own_card) and _settings(own_card)["tokenizer"] == "adapter"
     CHANGES["pad token set to EOS"](tokenizer)
     left_out = save_adapter(model, tmp_path / "never", tokenizer=tokenizer, save_tokenizer=False)
     assert sorted(os.listdir(left_out)) == ADAPTER_FILES and _settings(left_out)["tokenizer"] == "base_model"
