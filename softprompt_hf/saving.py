@@ -182,8 +182,10 @@ def _base_tokenizer_files(tokenizer: Any, base_model: str | None) -> dict[str, s
     The base model's own tokenizer is what ``AutoTokenizer.from_pretrained(base_model)`` loads, here from the local
     folder or the Hugging Face cache only (saving never goes to the network). Both are saved with
     ``save_pretrained`` and compared byte for byte: equal files load into the same tokenizer (vocabulary, merges,
-    added and special tokens, pad token, normalizer, chat template, padding side, ...), while a pad token set to
-    EOS, an added token or a new chat template makes them differ. ``None`` too when ``base_model`` is not known or
+    added and special tokens, pad token, normalizer, chat template, the settings it was loaded with such as
+    ``padding_side=...``), while a pad token set to EOS, an added token or a new chat template makes them differ;
+    what ``save_pretrained`` does not write (an attribute set after loading, such as ``padding_side``) a saved copy
+    would not carry either. ``None`` too when ``base_model`` is not known or
     its tokenizer cannot be loaded here (a Hub id that is not in the cache, a folder without tokenizer files): the
     caller then keeps the tokenizer, as it cannot know.
     """
