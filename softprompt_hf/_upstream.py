@@ -99,10 +99,15 @@ Upstream bugs avoided elsewhere, without touching internals (delete each refusal
     count is the eval set's. Update if the Trainer gathers otherwise.
 25. *runner._load_tokenizer.* transformers 5.24's ``AutoTokenizer.from_pretrained`` raises ``ValueError``,
     not ``OSError``, for a folder without tokenizer files. Catch only ``OSError`` once that is fixed.
+26. *saving._TOKENIZER_LOADER_KEYS.* transformers 5.24's tokenizer ``from_pretrained`` records how it was
+    loaded (``local_files_only``: true offline or when asked, false otherwise) in ``init_kwargs``, which
+    ``save_pretrained`` writes into ``tokenizer_config.json``: the same tokenizer saves other bytes after an online
+    and an offline load. ``save_adapter`` and ``SoftPromptCheckpointCallback`` leave that key out when they compare
+    a run's tokenizer with the base model's. Delete once ``save_pretrained`` no longer writes it.
 
 GGUF checkpoints
 
-26. :func:`drop_gguf_quantizer` - transformers 5.24 keeps a ``GgufHfQuantizer`` on a model loaded with
+27. :func:`drop_gguf_quantizer` - transformers 5.24 keeps a ``GgufHfQuantizer`` on a model loaded with
     ``from_pretrained(..., gguf_file=...)``, and ``config.quantization_config``, even where every weight was
     dequantised into a plain float32 tensor (the legacy GGUF loader that Gemma 3 goes through);
     ``save_pretrained`` then refuses the model ("quantized with gguf and is not serializable"). It checks that
@@ -111,14 +116,14 @@ GGUF checkpoints
 
 FSDP
 
-27. :func:`adapter_only_fsdp_state_dict` - transformers 5.24 ``Trainer.save_model`` under FSDP2 gathers the whole
+28. :func:`adapter_only_fsdp_state_dict` - transformers 5.24 ``Trainer.save_model`` under FSDP2 gathers the whole
     model with accelerate 1.15's ``Accelerator.get_state_dict`` (the frozen base included, into the main process's
     memory), which leaves every parameter sharded, and then calls ``save_pretrained`` on the main process only;
     peft 0.21.2 saves a soft prompt by running its encoder on the live parameters ("aten.embedding.default got
     mixed torch.Tensor and DTensor"). ``check_trainer`` gives the Trainer's accelerator a ``get_state_dict`` that
     gathers the trainable parameters only and leaves the root unit (the soft prompt's modules) gathered. Delete
     once peft saves a prompt from the state dict it is given, or the Trainer saves on every process.
-28. :func:`load_fsdp_checkpoints_as_soft_prompts` - transformers 5.24 ``Trainer._load_from_checkpoint`` (resume) and
+29. :func:`load_fsdp_checkpoints_as_soft_prompts` - transformers 5.24 ``Trainer._load_from_checkpoint`` (resume) and
     ``_load_best_model`` under FSDP load with accelerate 1.15's ``load_fsdp_model``, whose adapter-only
     ``set_model_state_dict`` (torch 2.13, ``broadcast_from_rank0``) fails on a prompt-learning ``PeftModel``
     (``KeyError: 'word_embeddings.weight'``: peft's reference to the base embedding is in the model's state dict
@@ -126,10 +131,10 @@ FSDP
     (``SoftPromptCheckpointCallback``) with ``load_soft_prompt_state``, each process keeping its own shard; the
     optimizer, scheduler and RNG states still load the Trainer's way. Delete once ``load_fsdp_model`` loads a
     prompt-learning adapter.
-29. *Elsewhere: tests/scripts/cpu_fsdp.py.* accelerate 1.15 turns ``ACCELERATE_USE_FSDP`` into FSDP only on
+30. *Elsewhere: tests/scripts/cpu_fsdp.py.* accelerate 1.15 turns ``ACCELERATE_USE_FSDP`` into FSDP only on
     accelerator devices; on CPU processes (gloo) it is ignored and the Trainer uses DDP. The FSDP tests' launcher
     lets accelerate take its FSDP branch on CPU. Delete once accelerate runs FSDP on CPU.
-30. *Elsewhere: the README's FSDP section.* transformers 5.24 ``Trainer.evaluate`` before any ``train`` under
+31. *Elsewhere: the README's FSDP section.* transformers 5.24 ``Trainer.evaluate`` before any ``train`` under
     FSDP2 fails in accelerate 1.15 ("a model and optimizer must be passed together to Accelerator.prepare()"):
     the recipes evaluate only during and after training.
 """
@@ -426,7 +431,7 @@ def activation_checkpointing_enabled(model: Any) -> bool:
 
 
 def adapter_only_fsdp_state_dict(trainer: Any) -> bool:
-    """Entry 27: under FSDP2, makes ``trainer.accelerator.get_state_dict`` of a prompt-learning ``PeftModel``
+    """Entry 28: under FSDP2, makes ``trainer.accelerator.get_state_dict`` of a prompt-learning ``PeftModel``
     gather the trainable parameters only, and leave the FSDP root's own parameters (the soft prompt's modules)
     gathered, so that the main process alone can run peft's ``save_pretrained``. Every process calls
     ``get_state_dict`` (both collectives happen there). Returns whether it was installed; idempotent."""
@@ -459,7 +464,7 @@ def adapter_only_fsdp_state_dict(trainer: Any) -> bool:
 
 
 def load_fsdp_checkpoints_as_soft_prompts(trainer: Any, load: Callable[[Any, Path, str], bool]) -> bool:
-    """Entry 28: under FSDP2, the Trainer's resume and best-model loads of a checkpoint go through
+    """Entry 29: under FSDP2, the Trainer's resume and best-model loads of a checkpoint go through
     ``load(model, folder, adapter_name)`` first (it returns ``False`` for a folder it does not handle, which the
     Trainer then loads its own way). Returns whether it was installed; idempotent."""
     from peft import PeftModel
@@ -511,7 +516,7 @@ def http_library() -> Any:
 
 
 def drop_gguf_quantizer(model: Any) -> None:
-    """Makes a causal LM loaded from a GGUF file saveable with ``save_pretrained`` (entry 26).
+    """Makes a causal LM loaded from a GGUF file saveable with ``save_pretrained`` (entry 27).
 
     transformers 5.24 leaves its GGUF quantizer on the model after ``from_pretrained(..., gguf_file=...)`` and
     refuses to save it, even though the weights were dequantised at load time. This removes the quantizer and the

@@ -29,7 +29,7 @@ from ._upstream import (
     route_prefix_cache_argument,
 )
 from .methods import check_training_arguments
-from .saving import atomic_write_json
+from .saving import _base_tokenizer_files, atomic_write_json
 from .sharding import copy_into, full_tensor, reshard_root
 
 if TYPE_CHECKING:
@@ -217,6 +217,16 @@ def _wait_for_every_process(args: TrainingArguments) -> None:
         torch.distributed.barrier()
 
 
+def _checkpoint_tokenizer(kwargs: dict[str, Any]) -> Any:
+    """What the Trainer saves into each checkpoint as the tokenizer: its ``processing_class``, else its data
+    collator's ``tokenizer``."""
+    tokenizer = kwargs.get("processing_class")
+    if tokenizer is None:
+        collator = getattr(kwargs.get("train_dataloader"), "collate_fn", None)
+        tokenizer = getattr(getattr(collator, "data_collator", collator), "tokenizer", None)
+    return tokenizer
+
+
 def _needs_module_state(model: PeftModel, adapter_name: str) -> bool:
     # For these, peft's adapter file holds the encoder's *output*, which cannot be loaded back into the
     # encoder's input (P-tuning would apply its MLP twice; the prefix projection's shapes differ).
@@ -261,6 +271,9 @@ class SoftPromptCheckpointCallback(TrainerCallback):
       SHA-256 of every file (``CHECKPOINT_MARKER_NAME``: a checkpoint without it is incomplete), and records
       the newest complete checkpoint in ``output_dir/last_complete_checkpoint.json``. In a distributed run the
       main process first waits for every process to finish its part of the checkpoint (its RNG state);
+    - removes the tokenizer files the Trainer saves into each checkpoint (its ``processing_class``) when they are
+      the base model's own tokenizer's, byte for byte (Gemma 3's 262k-token ``tokenizer.json`` is 33 MB): resuming
+      needs none, and the base model has it. A changed tokenizer (a pad token set to EOS, say) stays;
     - makes the model load those modules whenever the Trainer loads a checkpoint into it. The Trainer itself
       restores the optimizer, the scheduler, the RNG states and the data order.
 
@@ -280,6 +293,10 @@ class SoftPromptCheckpointCallback(TrainerCallback):
 
     ```
     """
+
+    def __init__(self) -> None:
+        # The base model's tokenizer files as the run's tokenizer saves them ({} where it is another), found once.
+        self._base_tokenizer: dict[str, str] | None = None
 
     def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any):
         model = kwargs.get("model")
@@ -301,12 +318,24 @@ class SoftPromptCheckpointCallback(TrainerCallback):
             return
         save_soft_prompt_state(kwargs["model"], folder, trainable)
         files = {path.relative_to(folder).as_posix(): _sha256(path) for path in _checkpoint_files(folder)}
+        tokenizer_files = self._base_tokenizer_files(kwargs["model"], _checkpoint_tokenizer(kwargs))
+        if tokenizer_files and all(files.get(name) == digest for name, digest in tokenizer_files.items()):
+            for name in tokenizer_files:
+                (folder / name).unlink()
+                del files[name]
         record = {"format": _FORMAT_VERSION, "global_step": state.global_step, "files": files}
         atomic_write_json(folder / CHECKPOINT_MARKER_NAME, record)
         atomic_write_json(
             Path(str(args.output_dir)) / LAST_CHECKPOINT_NAME,
             {"checkpoint": folder.name, "global_step": state.global_step},
         )
+
+    def _base_tokenizer_files(self, model: Any, tokenizer: Any) -> dict[str, str]:
+        if self._base_tokenizer is None:
+            peft_model = _peft_model(model)
+            base = peft_model.peft_config[peft_model.active_adapter].base_model_name_or_path
+            self._base_tokenizer = _base_tokenizer_files(tokenizer, base) or {}
+        return self._base_tokenizer
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -372,7 +401,7 @@ def check_trainer(trainer: Any) -> None:
     call it, so peft cannot extend them over the virtual tokens and the shapes do not match). Like the callback,
     it makes a prefix-tuning model pass its prefix under the cache argument's current name. Under FSDP2 it
     makes the Trainer's saves gather the soft prompt only, and its resume and best-model loads read the soft-prompt
-    state (``softprompt_hf._upstream`` entries 27 and 28): without it, saving a checkpoint of a prompt-learning
+    state (``softprompt_hf._upstream`` entries 28 and 29): without it, saving a checkpoint of a prompt-learning
     model fails on the main process, and loading one fails in accelerate.
     """
     model = trainer.model

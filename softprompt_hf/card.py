@@ -144,6 +144,9 @@ class ModelCardInputs:
     #: Whether peft's own ``PeftModel.generate()`` is known to give wrong tokens for this adapter with ``versions``
     #: (softprompt_hf/_upstream.py, entry 3); None: not recorded.
     stock_generate_wrong: bool | None = None
+    #: Where the usage snippets load the tokenizer from: ``"base_model"`` (the adapter was trained with the base
+    #: model's own tokenizer, and its folder holds none) or ``"adapter"`` / None (the folder's own).
+    tokenizer: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

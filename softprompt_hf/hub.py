@@ -126,7 +126,8 @@ def push_adapter_folder(
     ``base_model`` set to ``base_model_id``. Only the main process should call this.
 
     Args:
-        folder: The adapter folder: ``adapter_config.json``, weights, tokenizer, ``README.md`` card.
+        folder: The adapter folder: ``adapter_config.json``, weights, ``README.md`` card, ``softprompt_hf.json``
+            and the tokenizer where it is not the base model's.
         repo_id: ``namespace/name`` of the target repository.
         token: A Hub token with write access; default: the saved login or ``HF_TOKEN``.
         private: Create the repository as private (ignored if it exists).
@@ -255,7 +256,8 @@ def push_adapter(
 
 
 class HubPushCallback(TrainerCallback, ExportableState):
-    """Pushes the adapter, the tokenizer and a model card to a Hub repository when training ends.
+    """Pushes the adapter (with the tokenizer where it is not the base model's) and a model card to a Hub
+    repository when training ends.
 
     On the main process only, the adapter is first saved with ``save_adapter`` into
     ``<output_dir>/<local_dir>`` (``<output_dir>/adapter``, the folder the recipes write too: the base model named
@@ -477,8 +479,8 @@ class HubPushCallback(TrainerCallback, ExportableState):
             raise ValueError("HubPushCallback needs the model: pass it to the Trainer.")
         if tokenizer is None:
             logger.warning(
-                "HubPushCallback got no tokenizer, so the pushed repository will hold none and the card's usage "
-                "snippet will not run: pass processing_class=tokenizer to the Trainer."
+                "HubPushCallback got no tokenizer, so the card's usage snippet and softprompt-hf predict will use the "
+                "base model's: pass processing_class=tokenizer to the Trainer if the run's tokenizer differs."
             )
         self.folder = save_adapter(
             model,

@@ -2,7 +2,8 @@
 
 The adapter folder's ``softprompt_hf.json`` (written at training time) gives the label set, the prompt
 template, the text column and where the prompt ends and the label begins (``label_tokenization``); arguments
-override it. Generation mode decodes through the model's own
+override it. The tokenizer comes from the base model (its own) or from the folder (where it differs).
+Generation mode decodes through the model's own
 ``model.generate()`` (greedy, batched with left padding), with :func:`~softprompt_hf.enable_soft_prompt_generate`
 switched on for soft prompts: with peft 0.21.2 and transformers 5.24, ``PeftModel.generate`` alone gives wrong
 tokens for every soft prompt. Both modes run the package's decoding functions, as ``GenerationMetrics`` does:
@@ -35,7 +36,7 @@ from .evaluation import Prediction
 from .generate import enable_soft_prompt_generate, fixes_generate
 from .metrics import check_label_set, match_label
 from .prompt import DEFAULT_TEMPLATE, SAVED_WITHOUT_LABEL_TOKENIZATION, PromptTemplate
-from .saving import INFERENCE_CONFIG_NAME
+from .saving import INFERENCE_CONFIG_NAME, TOKENIZER_FROM_BASE, TOKENIZER_KEY
 
 __all__ = ["AdapterLoadError", "LoadedAdapter", "load_adapter", "predict", "read_texts"]
 
@@ -128,11 +129,7 @@ def load_adapter(
         base_lm = AutoModelForCausalLM.from_pretrained(base, token=token)
     _check_base_model(source, peft_config, base_lm, base)
     settings = _read_settings(source, token)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, token=token)
-    except Exception:
-        logger.info(f"{source} has no tokenizer; using the base model's ({base})")
-        tokenizer = AutoTokenizer.from_pretrained(base, token=token)
+    tokenizer = _load_tokenizer(source, base, settings, token)
     # is_trainable=False: inference mode, so P-tuning and prefix projection use the saved final prompt.
     with _load_error(
         lambda error: (
@@ -332,6 +329,24 @@ def read_texts(
             raise ValueError(f"Row {i} of {str(path)!r} has {text!r} in {text_column!r}; texts must be non-empty.")
     ids = [_plain(v) for v in frame[id_column].tolist()] if id_column else None
     return texts, ids
+
+
+def _load_tokenizer(source: str, base: str, settings: dict[str, Any], token: str | None) -> PreTrainedTokenizerBase:
+    """The adapter's tokenizer: the base model's own where ``softprompt_hf.json`` says so (``save_adapter`` saves
+    none then), else the folder's, else (a folder without one) the base model's."""
+    if settings.get(TOKENIZER_KEY) != TOKENIZER_FROM_BASE:
+        try:
+            return AutoTokenizer.from_pretrained(source, token=token)
+        except Exception:  # any failure to find or read one: the folder has none usable
+            logger.info(f"{source} has no tokenizer; using the base model's ({base})")
+    with _load_error(
+        lambda error: (
+            f"The adapter {source!r} uses the tokenizer of its base model {base!r}, which could not be loaded "
+            f"({error}). Download the base model while online (`hf download {base}`), or pass the local path of a "
+            "copy that holds its tokenizer: base_model='/path/to/model' (CLI: --base-model /path/to/model)."
+        )
+    ):
+        return AutoTokenizer.from_pretrained(base, token=token)
 
 
 def _plain(value: Any) -> Any:

@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     trainer.train()
     after = metrics.evaluate(model)["accuracy"]
-    # 4. Save the adapter folder (adapter, tokenizer, card, softprompt_hf.json), as the recipes do: it loads with
-    # AutoPeftModelForCausalLM, and `softprompt-hf predict <folder>` knows its labels, template and text column.
+    # 4. Save the adapter folder (adapter, card, softprompt_hf.json; no copy of the tokenizer, the base model's own),
+    # as the recipes do: it loads with AutoPeftModelForCausalLM, and `softprompt-hf predict <folder>` knows its
+    # labels, template, text column and where its tokenizer is.
     collected = ModelCardCallback.of(
         trainer, base_model=data_args.model_name_or_path, metrics=metrics, allow_local_base=True
     )

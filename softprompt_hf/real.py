@@ -274,7 +274,7 @@ def prepare_model_from_gguf(
     If ``target`` exists, it is checked against its manifest and returned as it is ([`verify_prepared_folder`];
     ``force=True`` prepares it again instead). Otherwise the parts are concatenated and checked against
     ``expected_sha256``, the model is loaded with transformers' GGUF loader (dequantised, float32), its GGUF
-    quantizer is dropped so that it can be saved (``softprompt_hf._upstream`` entry 26), and model, tokenizer,
+    quantizer is dropped so that it can be saved (``softprompt_hf._upstream`` entry 27), and model, tokenizer,
     ``extra_files``, ``NOTICE`` and the manifest are written into a temporary folder that is renamed to ``target``
     only once complete. An interrupted run leaves at most a ``.<name>.tmp-*`` folder, which nothing trusts and the
     next run deletes.

@@ -598,8 +598,9 @@ def finish_run(
 ) -> dict[str, Any]:
     """Evaluate the final (or best) adapter, then write the run's outputs into ``output_dir``:
 
-    ``eval_results.json``, ``predictions.csv`` (the validation rows), ``adapter/`` (adapter + tokenizer +
-    model card + ``softprompt_hf.json``, written atomically) and, when the data has unlabelled rows,
+    ``eval_results.json``, ``predictions.csv`` (the validation rows), ``adapter/`` (adapter + model card +
+    ``softprompt_hf.json``, + the tokenizer where it is not the base model's; written atomically) and, when the
+    data has unlabelled rows,
     ``raft_submission.csv``. ``repo_id`` is the Hub repository the folder will be pushed to, if any (the
     card's usage example loads it from there; a push elsewhere renders the card again from the inputs kept in
     ``softprompt_hf.json``). Returns the final validation metrics.

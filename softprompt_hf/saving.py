@@ -1,13 +1,14 @@
 """Save a trained soft prompt so that an interruption never leaves a half-written adapter behind.
 
-``save_adapter`` writes the adapter, the tokenizer, the model card and ``softprompt_hf.json`` into a temporary
-sibling folder and moves it into place only once every file is on disk: the target folder is either the
-previous complete adapter or the new complete one, never a mixture.
+``save_adapter`` writes the adapter, the model card, ``softprompt_hf.json`` and, when it is not the base model's own,
+the tokenizer into a temporary sibling folder and moves it into place only once every file is on disk: the target
+folder is either the previous complete adapter or the new complete one, never a mixture.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from transformers.utils import logging
 
@@ -33,6 +34,9 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "CARD_KEY",
     "INFERENCE_CONFIG_NAME",
+    "TOKENIZER_FROM_ADAPTER",
+    "TOKENIZER_FROM_BASE",
+    "TOKENIZER_KEY",
     "atomic_open",
     "atomic_write_json",
     "atomic_write_text",
@@ -44,6 +48,13 @@ __all__ = [
 INFERENCE_CONFIG_NAME = "softprompt_hf.json"
 #: The key of ``softprompt_hf.json`` that holds the card's data (``ModelCardInputs``).
 CARD_KEY = "card"
+#: The key of ``softprompt_hf.json`` that says where inference loads the tokenizer from: ``TOKENIZER_FROM_BASE``
+#: or ``TOKENIZER_FROM_ADAPTER``. Absent in folders of softprompt_hf 0.1, which hold the tokenizer.
+TOKENIZER_KEY = "tokenizer"
+#: The base model's own tokenizer, unchanged (``AutoTokenizer.from_pretrained(base_model)``): the folder holds none.
+TOKENIZER_FROM_BASE = "base_model"
+#: The folder's own tokenizer (``AutoTokenizer.from_pretrained(folder)``): it differs from the base model's.
+TOKENIZER_FROM_ADAPTER = "adapter"
 
 
 # What a folder written by ``save_adapter`` may hold; anything else means the caller pointed it at a folder
@@ -132,6 +143,81 @@ def replace_folder(target: str | os.PathLike[str], write: Callable[[Path], None]
     return target
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# How a tokenizer was loaded, which transformers 5.24 writes into tokenizer_config.json (softprompt_hf._upstream,
+# entry 26): no part of the tokenizer.
+_TOKENIZER_LOADER_KEYS = ("local_files_only",)
+
+
+def _comparable_sha256(path: Path) -> str:
+    if path.name != "tokenizer_config.json":
+        return _sha256(path)
+    config = json.loads(path.read_text(encoding="utf-8"))
+    for key in _TOKENIZER_LOADER_KEYS:
+        config.pop(key, None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def _saved_tokenizer_files(tokenizer: Any) -> dict[str, tuple[str, str]]:
+    """The files ``tokenizer.save_pretrained`` writes: relative path -> (SHA-256, SHA-256 of what is compared)."""
+    with tempfile.TemporaryDirectory() as folder:
+        tokenizer.save_pretrained(folder)
+        root = Path(folder)
+        return {
+            path.relative_to(root).as_posix(): (_sha256(path), _comparable_sha256(path))
+            for path in sorted(root.rglob("*"))
+            if path.is_file()
+        }
+
+
+def _base_tokenizer_files(tokenizer: Any, base_model: str | None) -> dict[str, str] | None:
+    """The files ``tokenizer`` saves (relative path -> SHA-256) when they are those of ``base_model``'s own tokenizer,
+    else ``None``. (``tokenizer_config.json`` is compared without the keys that say how a tokenizer was loaded.)
+
+    The base model's own tokenizer is what ``AutoTokenizer.from_pretrained(base_model)`` loads, here from the local
+    folder or the Hugging Face cache only (saving never goes to the network). Both are saved with
+    ``save_pretrained`` and compared byte for byte: equal files load into the same tokenizer (vocabulary, merges,
+    added and special tokens, pad token, normalizer, chat template, the settings it was loaded with such as
+    ``padding_side=...``), while a pad token set to EOS, an added token or a new chat template makes them differ;
+    what ``save_pretrained`` does not write (an attribute set after loading, such as ``padding_side``) a saved copy
+    would not carry either. ``None`` too when ``base_model`` is not known or
+    its tokenizer cannot be loaded here (a Hub id that is not in the cache, a folder without tokenizer files): the
+    caller then keeps the tokenizer, as it cannot know.
+    """
+    if tokenizer is None or not base_model:
+        return None
+    from transformers import AutoTokenizer  # imported here: importing it takes a second, and it is rarely needed
+
+    try:
+        base = AutoTokenizer.from_pretrained(base_model, local_files_only=True)
+    except Exception as err:  # any failure (OSError, ValueError for a folder without one, ...) means "cannot tell"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        logger.info(f"Could not load the base model's tokenizer ({base_model}) to compare with ({reason}).")
+        return None
+    files, base_files = _saved_tokenizer_files(tokenizer), _saved_tokenizer_files(base)
+    if {name: compared for name, (_, compared) in files.items()} != {
+        name: compared for name, (_, compared) in base_files.items()
+    }:
+        return None
+    return {name: digest for name, (digest, _) in files.items()}
+
+
+def _keeps_tokenizer(tokenizer: Any, base_model: str | None) -> bool:
+    """``save_tokenizer="auto"``: whether ``tokenizer`` must be saved with the adapter (it is not the base model's)."""
+    if _base_tokenizer_files(tokenizer, base_model) is not None:
+        logger.info(f"The tokenizer is the base model's ({base_model}): the adapter folder loads that one, not a copy.")
+        return False
+    logger.info("Saving the tokenizer with the adapter: it differs from the base model's, or that could not be read.")
+    return True
+
+
 def _check_adapter_folder(target: Path) -> None:
     if not target.exists():
         return
@@ -160,11 +246,21 @@ def save_adapter(
     class_names: Sequence[str] | None = None,
     eval_mode: str | None = None,
     label_tokenization: str | None = None,
+    save_tokenizer: bool | Literal["auto"] = "auto",
 ) -> Path:
-    """Writes a complete adapter folder atomically: the adapter, its tokenizer, its model card and
-    ``softprompt_hf.json``. Every adapter folder softprompt_hf writes (recipes, ``HubPushCallback``,
-    ``push_adapter``, the quick start) comes from here, and loads with ``AutoPeftModelForCausalLM`` and
-    ``softprompt-hf predict`` alike.
+    """Writes a complete adapter folder atomically: the adapter, its model card, ``softprompt_hf.json`` and, when it
+    is not the base model's own, its tokenizer. Every adapter folder softprompt_hf writes (recipes,
+    ``HubPushCallback``, ``push_adapter``, the quick start) comes from here, and loads with
+    ``AutoPeftModelForCausalLM`` and ``softprompt-hf predict`` alike.
+
+    The tokenizer: a soft prompt trained with the base model's tokenizer as it is needs no copy of it (Gemma 3's
+    262k-token ``tokenizer.json`` is 33 MB, its adapter a few KB), so by default (``save_tokenizer="auto"``) the
+    folder holds one only when ``tokenizer`` differs from ``AutoTokenizer.from_pretrained(<base model>)``: a pad
+    token set to EOS on a model without one, an added token, another chat template. Where the base
+    model's tokenizer cannot be loaded to compare (a Hub id that is not in the local cache), it is saved too, and
+    so it is with a ``card`` of the caller's own (a ``ModelCard``), whose snippets may load it from the folder.
+    ``softprompt_hf.json`` says which (key ``"tokenizer"``: ``"base_model"`` or ``"adapter"``), and
+    ``softprompt-hf predict`` and the card's usage snippets load it from there.
 
     ``softprompt_hf.json`` (``INFERENCE_CONFIG_NAME``) holds what inference needs beyond the adapter, keys left
     out when unknown: ``method`` (``prompt_tuning``, ``p_tuning``, ``prefix_tuning``), ``base_model`` (its Hub id,
@@ -173,8 +269,9 @@ def save_adapter(
     ``label_tokenization`` (where the prompt ends and the label begins, ``joint`` or ``separate``: see
     ``PromptTemplate``; always written, and a folder without it was trained with ``separate``),
     ``class_names`` (the dataset's class names, when its label column holds integers), ``eval_mode``
-    (``generate`` or ``rank``) and ``card`` (``CARD_KEY``: the ``ModelCardInputs`` the card was rendered from, so
-    that a push renders it again for its repository; absent for a card of the caller's own).
+    (``generate`` or ``rank``), ``tokenizer`` (``TOKENIZER_KEY``: ``"base_model"``, the base model's own tokenizer,
+    not in the folder; ``"adapter"``, the folder's) and ``card`` (``CARD_KEY``: the ``ModelCardInputs`` the card was
+    rendered from, so that a push renders it again for its repository; absent for a card of the caller's own).
 
     Args:
         model: The ``PeftModel`` (trained in memory: prompt tuning's embeddings, P-tuning's encoder output
@@ -182,7 +279,8 @@ def save_adapter(
             eval mode so that no dropout is applied; every module's mode is given back afterwards).
         output_dir: The adapter's own folder. It is replaced as a whole, so it may only hold a previous
             adapter (a Trainer ``output_dir`` with checkpoints is refused).
-        tokenizer: Saved beside the adapter, so that the folder (or its Hub repository) is self-contained.
+        tokenizer: The tokenizer the model was trained with; saved beside the adapter as ``save_tokenizer`` says.
+            ``None``: none is saved, and inference uses the base model's.
         base_model_id: Written as ``base_model_name_or_path`` in ``adapter_config.json`` instead of the path
             the base model was loaded from, so that others can find it (a Hub id such as
             ``bigscience/bloomz-560m``); a local ``tokenizer_name_or_path`` (TEXT-initialised prompt tuning) is
@@ -199,6 +297,9 @@ def save_adapter(
         eval_mode: How the run scored the model (``generate`` or ``rank``), for ``softprompt_hf.json``.
         label_tokenization: How the model was trained to continue the prompt with its label (the collator's
             ``label_tokenization``; default: the card data's, else ``"joint"``, the collator's default).
+        save_tokenizer: ``"auto"``: save ``tokenizer`` unless it is the base model's own (see above); ``True``: always
+            (a folder that needs nothing of the base model's but its weights); ``False``: never, and record that
+            the base model's tokenizer is the one to use (take care: right only if it is).
 
     Returns:
         The path of the saved adapter folder.
@@ -214,20 +315,39 @@ def save_adapter(
     configs = getattr(model, "peft_config", None)
     if not configs:
         raise TypeError(f"save_adapter expects a peft PeftModel, got {type(model).__name__}.")
+    if not (isinstance(save_tokenizer, bool) or save_tokenizer == "auto"):
+        raise ValueError(f"save_tokenizer must be 'auto', True or False, got {save_tokenizer!r}.")
     named = {
         "labels": list(labels) if labels is not None else None,
         "template": template,
         "text_column": text_column,
         "label_tokenization": label_tokenization,
     }
-    base_model = base_model_id or next(iter(configs.values())).base_model_name_or_path
+    loaded_from = next(iter(configs.values())).base_model_name_or_path
+    base_model = base_model_id or loaded_from
+    own_card = card is not None and not isinstance(card, ModelCardInputs)
+    if tokenizer is None:
+        keep_tokenizer = False
+    elif isinstance(save_tokenizer, bool):
+        keep_tokenizer = save_tokenizer
+    elif own_card:
+        # A card of the caller's own (build_model_card's, say) may tell readers to load the folder's tokenizer.
+        keep_tokenizer = True
+    else:
+        keep_tokenizer = _keeps_tokenizer(tokenizer, loaded_from or base_model)
+    tokenizer_from = TOKENIZER_FROM_ADAPTER if keep_tokenizer else TOKENIZER_FROM_BASE
     readme: Any = card
-    settings: dict[str, Any] = {"method": methods.method_name(model), "base_model": base_model, **named}
+    settings: dict[str, Any] = {
+        "method": methods.method_name(model),
+        "base_model": base_model,
+        **named,
+        TOKENIZER_KEY: tokenizer_from,
+    }
     if card is None or isinstance(card, ModelCardInputs):
         data = card or model_card_inputs(model, base_model=base_model, allow_local_base=base_model_id is None)
         if base_model_id is not None and data.base_model != base_model_id:
             data = with_base_model(data, base_model_id)
-        data = data.replace(repo_id=repo_id, **named)
+        data = data.replace(repo_id=repo_id, tokenizer=tokenizer_from, **named)
         readme = render_model_card(data, repo_id=data.repo_id)
         settings.update(
             labels=data.labels,
@@ -279,7 +399,7 @@ def save_adapter(
                 configs[name].base_model_name_or_path = base_path
                 if tokenizer_path is not None:
                     configs[name].tokenizer_name_or_path = tokenizer_path
-        if tokenizer is not None:
+        if keep_tokenizer and tokenizer is not None:
             tokenizer.save_pretrained(str(folder))
         readme.save(str(folder / "README.md"))  # replaces peft's generic card
         (folder / INFERENCE_CONFIG_NAME).write_text(

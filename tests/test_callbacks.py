@@ -123,6 +123,68 @@ def test_marker_leaves_out_files_still_being_written(tmp_path, monkeypatch):
     load_soft_prompt_state(trainer.model, folder)
 
 
+@pytest.mark.parametrize("changed", [False, True], ids=["base tokenizer", "changed tokenizer"])
+def test_checkpoints_hold_the_tokenizer_only_where_it_is_not_the_base_models(tmp_path, model_dirs, changed):
+    """Issue 15: every checkpoint carried the tokenizer the Trainer saves into it (Gemma 3's 262k-token
+    tokenizer.json is 33 MB, its soft prompt a few KB). Resuming needs none: the base model's own is left out,
+    a changed one stays; the marker records what is there, and the run resumes exactly."""
+    from conftest import labelled_rows
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    from softprompt_hf import SoftPromptCheckpointCallback, SoftPromptDataCollator, build_soft_prompt_model
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dirs["gpt2"])
+    if changed:
+        tokenizer.chat_template = "{{ messages[0]['content'] }}"
+    out = tmp_path / "run"
+
+    def trainer() -> Trainer:
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(model_dirs["gpt2"])
+        args = TrainingArguments(
+            output_dir=str(out),
+            max_steps=4,
+            save_steps=2,
+            per_device_train_batch_size=4,
+            learning_rate=3e-2,
+            remove_unused_columns=False,
+            report_to=[],
+            logging_steps=100,
+            use_cpu=True,
+            disable_tqdm=True,
+            seed=0,
+        )
+        return Trainer(
+            model=build_soft_prompt_model(base, method="p_tuning", num_virtual_tokens=4),
+            args=args,
+            train_dataset=Dataset.from_list(labelled_rows(16)),
+            data_collator=SoftPromptDataCollator(tokenizer),
+            processing_class=tokenizer,
+            callbacks=[SoftPromptCheckpointCallback()],
+        )
+
+    uninterrupted = trainer()
+    uninterrupted.train()
+    want = trainable(uninterrupted)
+    for step in (2, 4):
+        folder = out / f"checkpoint-{step}"
+        names = {path.name for path in folder.iterdir()}
+        assert {"adapter_model.safetensors", SOFT_PROMPT_STATE_NAME, "optimizer.pt"} <= names
+        assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} & names == (
+            {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} if changed else set()
+        )
+        assert set(json.loads((folder / CHECKPOINT_MARKER_NAME).read_text())["files"]) == names - {
+            CHECKPOINT_MARKER_NAME
+        }
+    resumed = trainer()
+    resumed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+    got = trainable(resumed)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6, msg=name)
+
+
 def test_resume_without_the_callback_corrupts_p_tuning(tmp_path):
     """Why the callback exists: the Trainer's own resume loads P-tuning's encoder *output* into its input."""
     full = run(tmp_path / "full", "p_tuning")

@@ -184,15 +184,17 @@ def test_usage_snippets_give_generation_metrics_labels(method, tmp_path):
     """The card's two snippets, model.generate() with enable_soft_prompt_generate and the loop without
     softprompt_hf, run as written on a local adapter folder (offline) and label rows as GenerationMetrics does."""
     model, tokenizer, folder, labels = embedded_adapter(method, tmp_path / "adapter")
-    inputs = model_card_inputs(
-        model, base_model=BASE_ID, labels=labels, template=EMBEDDED_TEMPLATE, text_column="Tweet text"
-    )
-    stored = json.loads(json.dumps(inputs.to_dict(), sort_keys=True))
+    # The folder's own card data: it names the embedded model as the base, whose tokenizer the folder does not copy.
+    stored = json.loads((folder / "softprompt_hf.json").read_text())["card"]
+    assert stored["tokenizer"] == "base_model" and not (folder / "tokenizer.json").exists()
+    assert stored["template"] == EMBEDDED_TEMPLATE and stored["labels"] == labels
     card = render_model_card(ModelCardInputs.from_dict(stored), repo_id="alice/complaints")
     with_package, without_package = SNIPPET.findall(card.text)
     assert "enable_soft_prompt_generate(model)" in with_package and "model.generate(" in with_package
     assert 'padding_side="left"' in with_package
-    assert "softprompt_hf" not in without_package and "generate(" not in without_package
+    # (The base model's own tokenizer is the embedded model's, whose path names the package.)
+    assert "softprompt_hf" not in without_package.replace(stored["base_model"], "")
+    assert "generate(" not in without_package
     assert "**Without softprompt_hf**" in card.text
     texts = embedded_texts(8)
     expected = generation_metrics_predictions(model, tokenizer, labels, texts)
@@ -201,6 +203,7 @@ def test_usage_snippets_give_generation_metrics_labels(method, tmp_path):
         code = code.replace("adapter = 'alice/complaints'", f"adapter = {str(folder)!r}")
         code = SNIPPET_TEXTS.sub(lambda _: f"texts = {texts!r}", code)
         assert snippet_texts(code) == texts and str(folder) in code
+        assert f"AutoTokenizer.from_pretrained({stored['base_model']!r}" in code
         namespace: dict = {}
         exec(compile(code, "card-snippet", "exec"), namespace)
         answers = namespace["answers"]

@@ -45,29 +45,26 @@ def test_trainer_pushes_and_auto_peft_model_loads_it_from_the_hub(hub, tmp_path,
     expected_logits = next_token_logits(model, tokenizer, TEXTS)
 
     repo = hub.repos[repo_id]
-    assert {
-        "adapter_config.json",
-        "adapter_model.safetensors",
-        "README.md",
-        "tokenizer.json",
-        "softprompt_hf.json",
-    } <= (repo.files.keys())
+    # The run's tokenizer is the base model's own: the repository names it instead of holding a copy.
+    assert sorted(repo.files) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "softprompt_hf.json"]
     assert json.loads(repo.files["adapter_config.json"])["base_model_name_or_path"] == BASE_ID
     card = ModelCard(repo.files["README.md"].decode())
     assert card.data.base_model == BASE_ID and card.data.library_name == "peft"
     settings = json.loads(repo.files["softprompt_hf.json"])
     assert settings["labels"] == LABELS and settings["method"] == method and settings["base_model"] == BASE_ID
+    assert settings["tokenizer"] == "base_model"
+    assert f"tokenizer = AutoTokenizer.from_pretrained({BASE_ID!r}, padding_side=" in card.text
     # Saved locally before the push, with the same files.
     assert callback.folder == tmp_path / "run" / "adapter"
     assert sorted(p.name for p in callback.folder.iterdir()) == sorted(repo.files)
 
     seen = len(hub.requests)
     reloaded = AutoPeftModelForCausalLM.from_pretrained(repo_id)
-    reloaded_tokenizer = AutoTokenizer.from_pretrained(repo_id)
+    reloaded_tokenizer = AutoTokenizer.from_pretrained(settings["base_model"])  # where softprompt_hf.json says
     downloads = {path for verb, path in hub.requests[seen:] if verb == "GET"}
     assert any(p.startswith(f"/{BASE_ID}/resolve/") and p.endswith("/model.safetensors") for p in downloads)
     assert any(p.startswith(f"/{repo_id}/resolve/") and p.endswith("/adapter_model.safetensors") for p in downloads)
-    assert any(p.startswith(f"/{repo_id}/resolve/") and p.endswith("/tokenizer.json") for p in downloads)
+    assert any(p.startswith(f"/{BASE_ID}/resolve/") and p.endswith("/tokenizer.json") for p in downloads)
 
     assert generate_label_ids(reloaded, reloaded_tokenizer, TEXTS, show_progress=False) == expected_ids
     torch.testing.assert_close(
@@ -172,7 +169,7 @@ def test_failed_push_keeps_the_adapter_and_says_how_to_push_it_later(hub, tmp_pa
     assert EXPECTED_PROBLEM[kind] in message
     assert f"softprompt-hf push {folder} alice/later" in message
     assert "alice/later" not in hub.repos or not hub.repos["alice/later"].files
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= {
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "softprompt_hf.json"} <= {
         p.name for p in folder.iterdir()
     }
     hub.delay = 0.0

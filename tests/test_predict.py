@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import METHODS, labelled_rows, method_options
+from peft import AutoPeftModelForCausalLM
 from trained_adapters import (
     EMBEDDED_TEMPLATE,
     LABELS,
@@ -125,6 +126,45 @@ def test_missing_base_model_offline_says_what_to_download_or_pass(adapters, tmp_
     # The fix the message names: the local path of a copy.
     expected = predict(folder, TEXTS, mode="rank")
     assert_same_predictions(predict(moved, TEXTS, mode="rank", base_model=str(model_dirs["bloom"])), expected)
+
+
+def test_an_adapter_saved_without_the_base_models_tokenizer_predicts_as_one_saved_with_it(adapters, tmp_path):
+    """The folder names the base model's tokenizer instead of holding a copy: predict, and AutoPeftModelForCausalLM
+    with the tokenizer softprompt_hf.json names, label as the trained model and a folder with the copy do."""
+    model, tokenizer, folder = adapters["p_tuning"]
+    settings = json.loads((folder / "softprompt_hf.json").read_text())
+    assert settings["tokenizer"] == "base_model" and not list(folder.glob("tokenizer*"))
+    copy = save_adapter(
+        model,
+        tmp_path / "copy",
+        tokenizer=tokenizer,
+        labels=LABELS,
+        template=TEMPLATE,
+        text_column="Tweet text",
+        save_tokenizer=True,
+    )
+    assert (copy / "tokenizer.json").is_file()
+    for mode in ("generate", "rank"):
+        expected = predict(model, TEXTS, tokenizer=tokenizer, labels=LABELS, template=TEMPLATE, mode=mode)
+        assert_same_predictions(predict(str(folder), TEXTS, mode=mode), expected)
+        assert_same_predictions(predict(str(copy), TEXTS, mode=mode), expected)
+    auto = AutoPeftModelForCausalLM.from_pretrained(folder)
+    recorded = AutoTokenizer.from_pretrained(settings["base_model"])
+    prompt = PromptTemplate(TEMPLATE, "Tweet text")
+    assert _decoding.generate_label_ids(auto, recorded, TEXTS, template=prompt, show_progress=False) == (
+        _decoding.generate_label_ids(model, tokenizer, TEXTS, template=prompt, show_progress=False)
+    )
+
+
+def test_the_base_models_tokenizer_missing_says_what_to_pass(adapters, tmp_path, model_dirs):
+    _, _, folder = adapters["prompt_tuning"]
+    weights_only = tmp_path / "weights-only"
+    weights_only.mkdir()
+    for path in model_dirs["bloom"].iterdir():
+        if not path.name.startswith("tokenizer"):
+            shutil.copy(path, weights_only / path.name)
+    with pytest.raises(AdapterLoadError, match="uses the tokenizer of its base model.*--base-model"):
+        load_adapter(folder, base_model=weights_only)
 
 
 @pytest.mark.parametrize("extension", [".csv", ".jsonl", ".parquet"])

@@ -23,9 +23,10 @@ def test_quickstart_learns_the_task(tmp_path, method, capsys):
     folder = tmp_path / "adapter"
     assert f"adapter saved to {folder}" in capsys.readouterr().out
     assert (folder / "adapter_model.safetensors").is_file()
-    assert (folder / "tokenizer.json").is_file()
     AutoPeftModelForCausalLM.from_pretrained(folder)  # the saved adapter loads on its own
     settings = json.loads((folder / "softprompt_hf.json").read_text())
+    # The embedded tokenizer is the base model's own, unchanged: the folder names it instead of copying it.
+    assert not (folder / "tokenizer.json").exists() and settings["tokenizer"] == "base_model"
     assert settings["labels"] == ["complaint", "no complaint"] and settings["text_column"] == TEXT_COLUMN
     # The boundary the embedded model was pretrained with, which predict below reads from the folder.
     assert settings["label_tokenization"] == "separate"

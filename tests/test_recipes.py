@@ -214,10 +214,13 @@ def check_outputs(out: Path, method: str) -> dict:
     adapter = out / "adapter"
     inference = json.loads((adapter / "softprompt_hf.json").read_text())
     assert inference["method"] == method and inference["labels"] == ["complaint", "no complaint"]
-    assert (adapter / "README.md").is_file() and (adapter / "tokenizer.json").is_file()
-    # The saved folder is self-contained: it reloads with peft's auto class and predicts what the run reported.
+    assert (adapter / "README.md").is_file()
+    # The run's tokenizer is the base model's own: neither the folder nor a checkpoint holds a copy of it.
+    assert inference["tokenizer"] == "base_model" and list(out.glob("checkpoint-*/adapter_model.safetensors"))
+    assert not list(out.glob("**/tokenizer*.json"))
+    # The saved folder reloads with peft's auto class and the tokenizer it names, and predicts what the run reported.
     model = AutoPeftModelForCausalLM.from_pretrained(adapter)
-    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    tokenizer = AutoTokenizer.from_pretrained(inference["base_model"])
     outputs = generate_labels(model, tokenizer, [row["text"] for row in predictions[:16]], max_new_tokens=4)
     assert [o.strip() for o in outputs] == [row["output"].strip() for row in predictions[:16]]
     return results
@@ -346,7 +349,8 @@ def test_recipe_pushes_its_adapter_and_it_loads_from_the_hub(tmp_path, hub):
     assert f"base_model: {EMBEDDED_HUB_ID}" in card and "library_name: peft" in card and TOKEN not in card
     # Anyone can now load it by its id (base model included) and get the run's own predictions.
     model = AutoPeftModelForCausalLM.from_pretrained("alice/complaints")
-    tokenizer = AutoTokenizer.from_pretrained("alice/complaints")
+    assert "tokenizer.json" not in pushed and json.loads(pushed["softprompt_hf.json"])["tokenizer"] == "base_model"
+    tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_HUB_ID)  # the base model's, as softprompt_hf.json says
     predictions = read_csv(out / "predictions.csv")[:8]
     outputs = generate_labels(model, tokenizer, [row["text"] for row in predictions], max_new_tokens=4)
     assert [o.strip() for o in outputs] == [row["output"].strip() for row in predictions]

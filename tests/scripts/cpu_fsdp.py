@@ -17,7 +17,7 @@ import runpy
 import signal
 import sys
 
-os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def allow_fsdp_on_cpu() -> None:
