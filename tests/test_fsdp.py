@@ -155,7 +155,9 @@ def test_recipe_with_the_fsdp_config_equals_one_process_and_pushes(tmp_path, hub
     pushed = hub.repos["alice/fsdp"].files
     assert pushed["adapter_model.safetensors"] == (tmp_path / "sharded" / adapter).read_bytes()
     model = AutoPeftModelForCausalLM.from_pretrained("alice/fsdp")
-    tokenizer = AutoTokenizer.from_pretrained("alice/fsdp")
+    # The run used the base model's own tokenizer, so the repository names it instead of holding a copy.
+    assert json.loads(pushed["softprompt_hf.json"])["tokenizer"] == "base_model"
+    tokenizer = AutoTokenizer.from_pretrained(base_id)
     with open(tmp_path / "sharded" / "predictions.csv", encoding="utf-8") as handle:
         first = list(csv.DictReader(handle))[:8]
     outputs = generate_labels(model, tokenizer, [row["text"] for row in first], max_new_tokens=4)
