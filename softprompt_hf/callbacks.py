@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,7 +28,7 @@ from ._upstream import (
     route_prefix_cache_argument,
 )
 from .methods import check_training_arguments
-from .saving import _base_tokenizer_files, atomic_write_json
+from .saving import _base_tokenizer_files, _sha256, atomic_write_json
 from .sharding import copy_into, full_tensor, reshard_root
 
 if TYPE_CHECKING:
@@ -86,14 +85,6 @@ def _trainable_state(model: PeftModel) -> dict[str, torch.Tensor]:
         for name, param in model.named_parameters()
         if param.requires_grad
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_soft_prompt_state(
