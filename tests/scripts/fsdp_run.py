@@ -7,7 +7,7 @@
     python tests/scripts/fsdp_run.py OUT --per_device_batch 8
 
 For each method: 6 training steps (a checkpoint and a generation evaluation every 3, the best one loaded at the
-end), then an evaluation by generation and one by rank on the 32 validation rows, and the adapter saved. Each
+end), then an evaluation by generation on the 32 validation rows and one by rank on 33, and the adapter saved. Each
 process writes ``OUT/<method>/process_<rank>.json``: the logged losses, both evaluations' metrics and per-row
 outputs and scores, and the most bytes of the base model's parameters it held after a training step; the main
 process writes the trainable parameters (``trainable.safetensors``) and the adapter folder. ``--kill_at_step N``
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging as std_logging
 import sys
 from pathlib import Path
 
@@ -29,11 +30,24 @@ from resumable_run import run
 from safetensors.torch import save_file
 from transformers import TrainerCallback
 
-from softprompt_hf import GenerationMetrics, save_adapter
+from softprompt_hf import GenerationMetrics, load_raft, save_adapter
 from softprompt_hf.callbacks import _trainable_state, check_trainer, last_complete_checkpoint
+from softprompt_hf.embedded import EMBEDDED_DATA_FILES
 from softprompt_hf.sharding import gathered_root, local_parameter_bytes
 
 STEPS, EVERY = 6, 3
+
+
+class _Served(std_logging.Handler):
+    """Counts the one-token forwards a process ran in step with the others (the sharding module's debug line)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def emit(self, record: std_logging.LogRecord) -> None:
+        if "one-token forwards" in record.getMessage():
+            self.count += int(record.args[0])  # type: ignore[index]
 
 
 class _ParameterBytes(TrainerCallback):
@@ -64,10 +78,17 @@ def main(out: Path, methods: list[str], per_device_batch: int, kill_at_step: int
         assert isinstance(generate, GenerationMetrics)
         model = trainer.model
         generated = generate.evaluate(model)
+        # 33 rows in batches of 4: 17 and 16 rows, 5 and 4 batches, so one process runs out of forwards first and
+        # runs one-token forwards in step with the other (softprompt_hf.sharding).
+        rows = load_raft(data_files=EMBEDDED_DATA_FILES, validation_size=0.2, seed=7).validation.select(range(33))
         rank = GenerationMetrics(
-            generate.tokenizer, generate.labels, generate.eval_rows, text_column=generate.text_column, mode="rank"
+            generate.tokenizer, generate.labels, rows, text_column=generate.text_column, mode="rank", batch_size=4
         )
+        served, sharding_logger = _Served(), std_logging.getLogger("softprompt_hf.sharding")
+        sharding_logger.addHandler(served)
+        sharding_logger.setLevel(std_logging.DEBUG)
         ranked = rank.evaluate(model)
+        sharding_logger.removeHandler(served)
         trainable = _trainable_state(model)  # every process: under FSDP2 the parameters are gathered
         report = {
             "processes": state.num_processes,
@@ -80,6 +101,7 @@ def main(out: Path, methods: list[str], per_device_batch: int, kill_at_step: int
                 "scores": [p.scores for p in rank.last_predictions],
             },
             "base_parameter_bytes": max(memory.seen),
+            "one_token_forwards": served.count,
         }
         (folder / f"process_{state.process_index}.json").write_text(json.dumps(report))
         with gathered_root(model):  # every process gathers the soft prompt; the main process saves it
