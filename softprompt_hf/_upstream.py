@@ -437,7 +437,8 @@ def adapter_only_fsdp_state_dict(trainer: Any) -> bool:
     ``get_state_dict`` (both collectives happen there). Returns whether it was installed; idempotent."""
     from peft import PeftModel
 
-    from .sharding import fsdp_root, full_tensor, gather_root
+    from .callbacks import _trainable_state
+    from .sharding import fsdp_root, gather_root
 
     accelerator = getattr(trainer, "accelerator", None)
     model = trainer.model
@@ -452,9 +453,7 @@ def adapter_only_fsdp_state_dict(trainer: Any) -> bool:
     def get_state_dict(target: Any, unwrap: bool = True) -> dict[str, torch.Tensor]:
         if target is not model or fsdp_root(target) is None:
             return original(target, unwrap=unwrap)
-        state = {
-            name: full_tensor(param.detach()).cpu() for name, param in target.named_parameters() if param.requires_grad
-        }
+        state = _trainable_state(target)  # the soft-prompt state every checkpoint holds, gathered the same way
         gather_root(target)
         return state
 
