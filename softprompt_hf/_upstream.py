@@ -30,7 +30,7 @@ Cache argument and key/value caches
    in ``cumulative_length`` (its mask offsets and ``get_seq_length()`` come from it); a cache filled with a
    prefix's kept key/values must be told the prefix's true length. Update if transformers renames it; delete
    once a ``DynamicCache`` can be built with that length.
-6. :func:`attention_windows`, :func:`is_plain_dynamic_cache`, :func:`full_attention_cache` - transformers 5.24
+6. :func:`attention_windows`, :func:`is_plain_dynamic_cache` - transformers 5.24
    cache layer classes (``DynamicLayer``, ``DynamicSlidingWindowLayer``, ``DummyLayer``) tell each layer's
    sliding window, and whether a cache holds plain key/values only. Update with new layer kinds.
 7. *Elsewhere: _decoding.cache_key_values, _decoding.prefix_cache.* transformers 5.24 cache layers hold
@@ -313,12 +313,6 @@ def is_plain_dynamic_cache(cache: Any) -> bool:
     key/values can be read and shared."""
     plain_layers = (DynamicLayer, DynamicSlidingWindowLayer)
     return type(cache) is DynamicCache and all(type(layer) in plain_layers for layer in cache.layers)
-
-
-def full_attention_cache(config: Any) -> bool:
-    """Whether the cache transformers builds for ``config`` has full-attention key/value layers only (entry 6)."""
-    layers = DynamicCache(config=config).layers
-    return not layers or all(type(layer) is DynamicLayer for layer in layers)
 
 
 #: Model types that take no ``position_ids`` but derive each token's position from the attention mask

@@ -7,6 +7,11 @@ positions on rows of a few dozen tokens, a fifth or more of a step. This module 
 of one) and gives their key/values to the rest of the batch as a cache, the way prefix tuning's key/values are
 given; gradients flow back through that cache to the soft prompt, summed over the rows as before. The loss and
 the gradients are the stock ones up to float rounding.
+
+Sliding-window attention (Mistral, the local layers of Gemma 2 and 3) is shared exactly too: a window is placed by
+position, the virtual tokens hold the first positions of every row with or without the cache, and a sliding cache
+layer keeps all of them as long as there are fewer than its window (Gemma 3 270M: 512 positions), so every real
+token sees the virtual tokens it would see in peft's forward, and no others.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from transformers import DynamicCache
 from transformers.utils import logging
 
 from ._decoding import cache_key_values, prefix_cache
-from ._upstream import activation_checkpointing_enabled, cache_argument, full_attention_cache, takes_cache
+from ._upstream import activation_checkpointing_enabled, attention_windows, cache_argument, takes_cache
 
 __all__ = ["enable_shared_prompt"]
 
@@ -48,7 +53,8 @@ def enable_shared_prompt(model: torch.nn.Module, *, in_eval: bool = False) -> Re
     Not enabled (a log line says why, and ``None`` is returned) for prefix tuning (its key/values are already
     computed once), models that are not prompt-tuning or P-tuning ``PeftModel``\\ s, base models with dropout
     (each row would no longer get its own dropout masks), and base models whose forward takes no cache or
-    whose cache is not a plain full-attention one. Not for FSDP or DeepSpeed ZeRO-3, which expect each layer
+    whose cache is not made of plain full-attention and sliding-window layers, or with as many virtual tokens as the
+    smallest sliding window (its cache layer would drop some). Not for FSDP or DeepSpeed ZeRO-3, which expect each layer
     to run once per forward.
 
     Args:
@@ -141,8 +147,14 @@ def _unsupported(model: torch.nn.Module) -> str | None:
     dropout = _dropout(base)
     if dropout is not None:
         return f"{type(base).__name__} has dropout ({dropout}), so each row's virtual tokens differ in training"
-    if not full_attention_cache(base.config):
-        return f"{type(base).__name__} has sliding-window or other special cache layers"
+    windows, plain_attention = attention_windows(base.config)
+    if not plain_attention:
+        return f"{type(base).__name__} has cache layers other than full or sliding-window attention"
+    virtual = config.num_virtual_tokens
+    smallest = min((window for window in windows if window is not None), default=None)
+    if smallest is not None and virtual >= smallest:
+        # transformers 5.24's sliding cache layer keeps the last `window - 1` key/values only.
+        return f"its {virtual} virtual tokens do not fit in its {smallest}-token sliding window"
     return None
 
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from conftest import ARCHS, MORE_ARCHS, labelled_rows, method_options, model_config, train_a_few_steps
+from conftest import ARCHS, MORE_ARCHS, SLIDING_ARCHS, labelled_rows, method_options, model_config, train_a_few_steps
 from transformers import AutoModelForCausalLM
 
 from softprompt_hf import SoftPromptDataCollator, build_soft_prompt_model
@@ -175,3 +175,36 @@ def test_other_architectures_get_the_same_loss_and_gradients(tokenizer, arch):
     assert shared.loss.item() == pytest.approx(stock.loss.item(), abs=1e-5)
     for name, grad in stock_grads.items():
         torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", SLIDING_ARCHS)
+@pytest.mark.parametrize("method", SHARED_METHODS)
+def test_sliding_window_models_get_the_same_loss_and_gradients(tokenizer, arch, method):
+    """Mistral (a 24-token window in every layer) and Gemma 3 (a 20-token local layer next to a global one), on
+    rows long enough to cross the window: the virtual tokens fall out of the window of the later real tokens in
+    both forwards alike."""
+    model = no_dropout_model(tokenizer, arch, method).train()
+    rows = labelled_rows(4)
+    rows[0]["Tweet text"] = "hi"
+    rows[1]["Tweet text"] = "@Acme a much longer tweet " * 4
+    batch = SoftPromptDataCollator(tokenizer)(rows)
+    window = model.get_base_model().config.sliding_window
+    lengths = batch["attention_mask"].sum(dim=1) + 4  # the virtual tokens come first
+    assert lengths.max() > 2 * window  # the last tokens attend to none of the virtual tokens
+    stock, stock_grads = loss_and_grads(model, batch)
+    seen, recorder = count_base_calls(model)
+    assert enable_shared_prompt(model) is not None
+    shared, shared_grads = loss_and_grads(model, batch)
+    recorder.remove()
+    assert seen[0] == (1, 4)  # the virtual tokens alone, then the real tokens of every row
+    assert seen[1] == (len(rows), batch["input_ids"].shape[1])
+    assert shared.loss.item() == pytest.approx(stock.loss.item(), abs=1e-5)
+    for name, grad in stock_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-5, rtol=1e-4)
+
+
+def test_not_enabled_when_the_virtual_tokens_fill_a_sliding_window(tokenizer, caplog):
+    model = no_dropout_model(tokenizer, "mistral", "prompt_tuning", num_virtual_tokens=24)
+    with caplog.at_level(logging.INFO, logger="softprompt_hf"):
+        assert enable_shared_prompt(model) is None
+    assert "its 24 virtual tokens do not fit in its 24-token sliding window" in caplog.text
