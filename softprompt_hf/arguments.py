@@ -109,6 +109,13 @@ class DataArguments:
     max_length: int | None = field(
         default=None, metadata={"help": "Cap on prompt + label tokens; only the text is ever truncated."}
     )
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Train on this many rows of the train split: a stratified, seeded subset (a quick run on a CPU). "
+            "The validation split stays whole. Default: all rows."
+        },
+    )
 
     def __post_init__(self) -> None:
         # The parser checks choices on the command line only; a config file or a Python caller lands here.
@@ -116,6 +123,8 @@ class DataArguments:
             raise ValueError(f"dataset={self.dataset!r}: choose one of {', '.join(_DATASETS)}.")
         if self.bbc_news_text not in BBC_NEWS_TEXT_FIELDS:
             raise ValueError(f"bbc_news_text={self.bbc_news_text!r}: choose one of {', '.join(BBC_NEWS_TEXT_FIELDS)}.")
+        if self.max_train_samples is not None and self.max_train_samples < 1:
+            raise ValueError(f"max_train_samples={self.max_train_samples}: give a number of rows (1 or more), or none.")
         if self.label_tokenization is not None and self.label_tokenization not in LABEL_TOKENIZATIONS:
             raise ValueError(
                 f"label_tokenization={self.label_tokenization!r}: choose one of {', '.join(LABEL_TOKENIZATIONS)}."

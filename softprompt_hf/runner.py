@@ -18,7 +18,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from .callbacks import (
 )
 from .card import is_local_path
 from .collator import SoftPromptDataCollator
-from .data import ClassificationData, load_classification_data, load_raft
+from .data import ClassificationData, load_classification_data, load_raft, stratified_split
 from .embedded import EMBEDDED_DATA_FILES, label_tokenization_for
 from .evaluation import GenerationMetrics
 from .hub import DEFAULT_TIMEOUT
@@ -188,7 +188,23 @@ def _setup_logging(training_args: TrainingArguments) -> None:
 
 
 def _load_data(data_args: DataArguments, seed: int) -> ClassificationData:
-    """Load the data a recipe trains on, with its stratified, seeded validation split."""
+    """Load the data a recipe trains on, with its stratified, seeded validation split, and its train rows cut to
+    a stratified subset of ``--max_train_samples`` if set."""
+    data = _load_splits(data_args, seed)
+    wanted = data_args.max_train_samples
+    if wanted is not None and wanted < len(data.train):
+        if wanted < len(data.classes):
+            raise ValueError(
+                f"--max_train_samples {wanted} is fewer rows than the {len(data.classes)} classes: every class needs "
+                "a training row. Give at least that many."
+            )
+        # The subset is what a stratified split would hold out: each class in proportion, seeded.
+        _, subset = stratified_split(data.train, data.label_column, wanted, seed)
+        data = replace(data, train=subset)
+    return data
+
+
+def _load_splits(data_args: DataArguments, seed: int) -> ClassificationData:
     size: float | int = int(data_args.validation_size) if data_args.validation_size >= 1 else data_args.validation_size
     class_names = [name.strip() for name in data_args.class_names.split(",")] if data_args.class_names else None
     files = {split: path for split, path in (("train", data_args.train_file), ("test", data_args.test_file)) if path}

@@ -141,7 +141,8 @@ def test_gemma_configs_name_the_prepared_model_and_their_data(path):
         assert data_args.dataset == "embedded" and data_args.max_length is None
     else:
         assert dataset == "bbc-news"
-        assert (data_args.dataset, data_args.bbc_news_text, data_args.max_length) == ("bbc_news", "title_and_body", 256)
+        assert (data_args.dataset, data_args.bbc_news_text, data_args.max_length) == ("bbc_news", "title_and_body", 128)
+        assert (data_args.max_train_samples, training_args.num_train_epochs) == (250, 2)  # a CPU-sized run
         assert data_args.template == "Article : {text} Topic : "
     if method == "prompt_tuning":
         assert prompt_args.prompt_tuning_init == "TEXT"
@@ -459,3 +460,25 @@ def test_a_run_shows_its_own_info_lines_unless_told_otherwise(tmp_path, caplog, 
     with caplog.at_level(logging.NOTSET):
         hf_logging.get_logger("softprompt_hf.runner").info("Outputs written to somewhere")
     assert ("Outputs written to somewhere" in caplog.text) == (ours <= logging.INFO)
+
+
+def test_max_train_samples_trains_on_a_stratified_seeded_subset():
+    from collections import Counter
+
+    from softprompt_hf.arguments import DataArguments
+    from softprompt_hf.runner import _load_data
+
+    full = _load_data(DataArguments(), seed=42)
+    cut = _load_data(DataArguments(max_train_samples=64), seed=42)
+    assert len(cut.train) == 64 and len(full.train) > 64
+    assert cut.validation["ID"] == full.validation["ID"]  # the validation split stays whole
+    assert set(cut.train["ID"]) <= set(full.train["ID"])
+    whole, part = Counter(full.train["text_label"]), Counter(cut.train["text_label"])
+    for label, count in whole.items():
+        assert abs(part[label] - 64 * count / len(full.train)) <= 1  # each class in proportion
+    assert _load_data(DataArguments(max_train_samples=64), seed=42).train["ID"] == cut.train["ID"]
+    assert _load_data(DataArguments(max_train_samples=64), seed=7).train["ID"] != cut.train["ID"]
+    with pytest.raises(ValueError, match="fewer rows than the 2 classes"):
+        _load_data(DataArguments(max_train_samples=1), seed=42)
+    with pytest.raises(ValueError, match="max_train_samples=0: give a number of rows"):
+        DataArguments(max_train_samples=0)
