@@ -383,7 +383,7 @@ def _collect_cells(f: dict[str, Any]) -> list[Any]:
     def maybe(value: Any, scale: float = 1.0) -> Any:
         return "-" if value is None else value / scale
 
-    best = f" ({f['best_epoch']:g})" if f["best_epoch"] is not None else ""
+    best = f" ({f['best_epoch']:.3g})" if f["best_epoch"] is not None else ""
     final_accuracy = "-" if f["final_accuracy"] is None else f"{f['final_accuracy']:.3f}{best}"
     by_epoch = " / ".join(f"{v:.3g}" for v in f["eval_rows_per_s_by_epoch"] if v is not None)
     final_rate = "-" if f["final_eval_rows_per_s"] is None else f"{f['final_eval_rows_per_s']:.3g}"
