@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BloomConfig, BloomForCausalLM
 from transformers.utils import logging as hf_logging
 
 from softprompt_hf import build_soft_prompt_model, load_raft
@@ -117,6 +117,29 @@ def base_model(size: ModelSize, *, dtype: torch.dtype = torch.float32, device: s
         pad_token_id=3,
     )
     return BloomForCausalLM(config).to(device=device, dtype=dtype)
+
+
+def pretrained_tokenizer(path: str) -> Any:
+    """A local model folder's own tokenizer; EOS doubles as the pad token if it has none, as in the recipes."""
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def pretrained_model(path: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Any:
+    """The causal LM saved in the local folder ``path`` (e.g. Gemma 3 270M as ``softprompt-hf prepare-real`` saves
+    it)."""
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+
+
+def describe_pretrained(path: str) -> str:
+    config = AutoConfig.from_pretrained(path)
+    text = getattr(config, "text_config", config)
+    return (
+        f"{config.architectures[0] if config.architectures else config.model_type} from {path}, vocab "
+        f"{text.vocab_size:,}, hidden {text.hidden_size}, {text.num_hidden_layers} layers"
+    )
 
 
 def soft_prompt_model(base: Any, method: str, tok: Any) -> Any:

@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py                # the CPU model of RESULTS.md (a few minutes per method)
     python benchmarks/train_throughput.py --size tiny    # smoke test
+    python benchmarks/train_throughput.py --model_name_or_path M   # a local pretrained model and its tokenizer
 
 Two measurements per method, each in one process, with the runs of the paths interleaved:
 
@@ -16,6 +17,11 @@ Two measurements per method, each in one process, with the runs of the paths int
    supervised positions only, with the virtual tokens run per row (peft) or once per batch
    (``enable_shared_prompt``), against the frozen base model's forward + backward (to the input embeddings)
    on our batches' real tokens with no soft prompt: the least any soft-prompt method can cost.
+
+The model is a randomly initialised Bloom with bloomz' vocabulary (``--size``), tokenized with the embedded
+miniature bloomz tokenizer, or a local model folder (``--model_name_or_path``, e.g. Gemma 3 270M as
+``softprompt-hf prepare-real`` saves it) with its own tokenizer and vocabulary. The rows are the embedded tweets
+either way.
 """
 
 from __future__ import annotations
@@ -158,7 +164,7 @@ def end_to_end(args: argparse.Namespace, tok: Any, rows: list[dict]) -> list[lis
     seed_tokens, our_tokens = mean_real_tokens(rows, tok)
     results = []
     for method in args.methods:
-        model = c.soft_prompt_model(c.base_model(args.model_size, dtype=args.dtype, device=args.device), method, tok)
+        model = c.soft_prompt_model(load_base(args), method, tok)
         times: dict[str, list[float]] = {"seed": [], "ours": [], "ours_grouped": []}
         for _ in range(args.repeats):
             times["seed"] += seed_loop_step_times(model, rows, tok, args.steps, args.batch_size, args.device)
@@ -214,7 +220,7 @@ def step_breakdown(args: argparse.Namespace, tok: Any, rows: list[dict]) -> list
 
 
 def _breakdown_one(args: argparse.Namespace, method: str, tok: Any, seed: list[dict], ours: list[dict]) -> list[Any]:
-    base = c.base_model(args.model_size, dtype=args.dtype, device=args.device)
+    base = load_base(args)
     model = c.soft_prompt_model(base, method, tok)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c.SEED_LR)
     embeddings = base.get_input_embeddings()
@@ -304,6 +310,19 @@ BREAKDOWN_HEADERS = [
 ]
 
 
+def load_base(args: argparse.Namespace) -> Any:
+    """The frozen base model of this run: the local ``--model_name_or_path``, else a Bloom of ``--size``."""
+    if args.model_name_or_path:
+        return c.pretrained_model(args.model_name_or_path, dtype=args.dtype, device=args.device)
+    return c.base_model(args.model_size, dtype=args.dtype, device=args.device)
+
+
+def describe_model(args: argparse.Namespace) -> str:
+    if not args.model_name_or_path:
+        return args.model_size.describe()
+    return c.describe_pretrained(args.model_name_or_path)
+
+
 def _autocast(args: argparse.Namespace) -> Any:
     if args.bf16:
         return torch.autocast(device_type=args.device.split(":")[0], dtype=torch.bfloat16)
@@ -313,6 +332,10 @@ def _autocast(args: argparse.Namespace) -> Any:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(c.SIZES), default="cpu")
+    parser.add_argument(
+        "--model_name_or_path",
+        help="A local model folder to measure instead of the built --size (its own tokenizer and vocabulary).",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bf16", action="store_true", help="Run the model in bfloat16 (and the Trainer with bf16).")
     parser.add_argument("--methods", nargs="+", default=list(c.METHODS), choices=c.METHODS)
@@ -339,11 +362,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     c.quiet()
     c.set_threads(args.threads)
-    tok = c.tokenizer()
+    tok = c.pretrained_tokenizer(args.model_name_or_path) if args.model_name_or_path else c.tokenizer()
     rows = c.labelled_rows()
     command = "python benchmarks/train_throughput.py" + c.flags(args)
     print(c.header("Training throughput", command))
-    print(f"Model: {args.model_size.describe()}; batch {args.batch_size}; {len(rows)} tweet rows\n")
+    print(f"Model: {describe_model(args)}; batch {args.batch_size}; {len(rows)} tweet rows\n")
     results: dict[str, Any] = {}
     if "end_to_end" not in args.skip:
         print(c.table(END_TO_END_HEADERS, []))

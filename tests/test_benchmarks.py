@@ -3,14 +3,20 @@ script runs in the default run and its table is checked."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+from softprompt_hf._decoding import MODES
+from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARKS = REPO / "benchmarks"
 
 SCRIPTS = {
     "train_throughput.py": ["--size", "tiny", "--steps", "1", "--batches", "1", "--repeats", "1"],
@@ -21,12 +27,13 @@ SCRIPTS = {
     "gpu.py": ["--smoke"],
     "fsdp_memory.py": ["--size", "tiny"],
     "output_head.py": ["--shapes", "32x4096", "16x3000", "--rows", "4", "--repeats", "1"],
+    "real_model.py": ["zero-shot", "--model_name_or_path", str(EMBEDDED_MODEL_PATH), "--rows", "4"],
 }
 
 
 def _run(script: str, args: list[str]) -> subprocess.CompletedProcess:
     """Run a benchmark script offline; it must exit 0."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, env=env, timeout=900
     )
@@ -92,3 +99,94 @@ def test_engine_vs_generate_script_gives_the_same_labels_both_ways():
 def test_every_script_is_smoke_tested():
     scripts = {path.name for path in BENCHMARKS.glob("*.py") if not path.name.startswith("_")}
     assert scripts == {*SCRIPTS, "generate_correctness.py"}
+
+
+def test_train_throughput_measures_a_local_model_folder_with_its_own_tokenizer():
+    # --model_name_or_path replaces the built Bloom (and the embedded tokenizer) with the folder's model and tokenizer.
+    args = ["--model_name_or_path", str(EMBEDDED_MODEL_PATH), "--methods", "prompt_tuning", "--steps", "1"]
+    result = _run("train_throughput.py", [*args, "--repeats", "1", "--skip", "breakdown", "--threads", "1"])
+    assert f"Model: BloomForCausalLM from {EMBEDDED_MODEL_PATH}, vocab 2,048, hidden 128, 4 layers" in result.stdout
+    rows = _table_rows(result.stdout)
+    assert [row[0] for row in rows] == ["method", "prompt_tuning"]
+    assert float(rows[1][3]) > 0  # our samples/s
+
+
+@pytest.fixture(scope="module")
+def real_model():
+    """benchmarks/real_model.py imported into the test process (its functions are called directly: a subprocess
+    would spend most of its time importing the libraries again)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("real_model", BENCHMARKS / "real_model.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _small_tweets_config(tmp_path: Path) -> Path:
+    """The Gemma tweets config of the prompt-tuning recipe with 16 validation rows, for the embedded model."""
+    config = yaml.safe_load((REPO / "recipes/configs/prompt_tuning_gemma-3-270m_tweets.yaml").read_text())
+    config["validation_size"] = 16
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_real_model_tables_read_a_recipe_run_and_score_its_adapter_as_the_recipe_did(tmp_path, real_model, capsys):
+    """collect reads a finished recipe run (its checkpoints, results, log and /usr/bin/time -v log); eval-modes
+    scores its adapter on the same validation rows in every mode, generate giving the recipe's own figures."""
+    config = _small_tweets_config(tmp_path)
+    run = tmp_path / "prompt_tuning_tweets"
+    recipe = [sys.executable, str(REPO / "recipes/prompt_tuning.py"), "--config", str(config), "--use_cpu", "true"]
+    recipe += ["--model_name_or_path", str(EMBEDDED_MODEL_PATH), "--output_dir", str(run), "--max_steps", "2"]
+    recipe += ["--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1"]
+    recipe += ["--disable_tqdm", "true", "--num_sample_predictions", "0", "--predict_unlabeled", "false"]
+    timed = Path("/usr/bin/time").is_file()  # GNU time's -v gives the peak RSS
+    if timed:
+        recipe = ["/usr/bin/time", "-v", "-o", f"{run}.time.log", *recipe]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    with open(f"{run}.log", "w") as log:
+        done = subprocess.run(recipe, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=600)
+    assert done.returncode == 0, Path(f"{run}.log").read_text()[-3000:]
+
+    real_model.collect(real_model.parse_args(["collect", str(run), "--json", str(tmp_path / "collect.json")]))
+    (figures,) = json.loads((tmp_path / "collect.json").read_text())
+    state = json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())
+    evaluations = [entry for entry in state["log_history"] if "eval_accuracy" in entry]
+    final = json.loads((run / "eval_results.json").read_text())
+    assert (figures["method"], figures["dataset"]) == ("prompt_tuning", "tweets")
+    assert figures["eval_accuracy_by_epoch"] == [entry["eval_accuracy"] for entry in evaluations] and evaluations
+    assert figures["eval_f1_by_epoch"] == [entry["eval_f1"] for entry in evaluations]
+    assert (figures["final_accuracy"], figures["final_f1"]) == (final["eval_accuracy"], final["eval_f1"])
+    assert figures["final_eval_rows_per_s"] == final["eval_samples_per_second"]
+    # train_runtime comes from the run's log (no checkpoint holds it); 2 steps of 40 make 0.05 epochs.
+    assert figures["train_runtime"] > 0 and f"{run}.log" in figures["logs"]
+    assert figures["seconds_per_epoch"] == pytest.approx(figures["train_runtime"] / state["epoch"])
+    if timed:
+        assert figures["max_rss_kib"] > 100_000 and figures["wall_seconds"] > 0
+    assert len(_table_rows(capsys.readouterr().out)) == 2
+
+    args = ["eval-modes", str(run / "adapter"), "--config", str(config), "--json", str(tmp_path / "modes.json")]
+    real_model.eval_modes(real_model.parse_args(args))
+    scored = json.loads((tmp_path / "modes.json").read_text())
+    assert [r["mode"] for r in scored] == ["generate", *(mode for mode in MODES if mode != "generate")]
+    assert all(r["rows"] == 16 for r in scored)
+    # The recipe's final evaluation generated on the same 16 rows with the same adapter.
+    assert (scored[0]["accuracy"], scored[0]["f1"]) == (final["eval_accuracy"], final["eval_f1"])
+    assert next(r for r in scored if r["mode"] == "rank")["invalid_rate"] == 0
+    assert len(_table_rows(capsys.readouterr().out)) == 1 + len(MODES)
+
+
+def test_real_model_zero_shot_scores_the_recipe_template_with_and_without_the_instruction(tmp_path, real_model, capsys):
+    config = yaml.safe_load((REPO / "recipes/configs/prompt_tuning_gemma-3-270m_tweets.yaml").read_text())
+    args = ["zero-shot", "--model_name_or_path", str(EMBEDDED_MODEL_PATH), "--datasets", "tweets", "--rows", "4"]
+    real_model.zero_shot(real_model.parse_args([*args, "--modes", "rank", "--json", str(tmp_path / "zero.json")]))
+    scored = json.loads((tmp_path / "zero.json").read_text())
+    assert [(r["dataset"], r["mode"], r["rows"]) for r in scored] == [("tweets", "rank", 4)] * 2
+    assert [r["template_text"] for r in scored] == [
+        config["template"],
+        config["prompt_tuning_init_text"] + config["template"],
+    ]
+    assert all(0 <= r["accuracy"] <= 1 and r["invalid_rate"] == 0 for r in scored)
+    assert len(_table_rows(capsys.readouterr().out)) == 3
