@@ -351,6 +351,8 @@ class _LabelTrie:
     from ``node`` leads to, if only one does (then decoding can stop: the rest is forced)."""
 
     def __init__(self, labels: Sequence[str], label_ids: Sequence[Sequence[int]], eos: int | None) -> None:
+        if not labels:
+            raise ValueError("Constrained decoding needs at least one label to decode.")
         self.children: list[dict[int, int]] = [{}]
         leaves: dict[int, str] = {}
         for label, ids in zip(labels, label_ids, strict=True):

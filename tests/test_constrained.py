@@ -74,6 +74,8 @@ def test_the_trie_refuses_labels_it_cannot_tell_apart_or_that_hold_eos():
         _LabelTrie(["Yes", "yes"], [[5, EOS], [5, EOS]], EOS)
     with pytest.raises(ValueError, match="EOS token before its end"):
         _LabelTrie(["a</s>b"], [[5, EOS, 6, EOS]], EOS)
+    with pytest.raises(ValueError, match="at least one label"):
+        _LabelTrie([], [], EOS)
 
 
 @torch.no_grad()
@@ -230,7 +232,8 @@ def test_generation_metrics_constrained_mode_is_never_invalid(embedded, method):
     assert scored["invalid_rate"] == 0
     predicted = [p.predicted for p in metrics.last_predictions]
     assert predicted == [p.output for p in metrics.last_predictions] and set(predicted) <= set(labels)
-    assert scored["accuracy"] == sum(p == row["text_label"] for p, row in zip(predicted, rows, strict=True)) / len(rows)
+    right = sum(label == row["text_label"] for label, row in zip(predicted, rows, strict=True))
+    assert scored["accuracy"] == right / len(rows)
     assert [p.scores for p in metrics.last_predictions] == [None] * len(rows)
 
 
