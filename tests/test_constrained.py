@@ -179,6 +179,8 @@ def test_labels_do_not_depend_on_batch_size_or_the_cache(tokenizer, arch, method
     assert batched == constrained_labels(model, tokenizer, texts, LABELS, batch_size=1, **options)
     assert batched == constrained_labels(model, tokenizer, texts, LABELS, batch_size=3, use_cache=False, **options)
     assert set(batched) <= set(LABELS)
+    if arch != "bloom":  # the random tiny Bloom answers "complaint" after every prompt, whatever the soft prompt
+        assert len(set(batched)) > 1, "every row got the same label: the test would be blind"
 
 
 @pytest.fixture(scope="module")
