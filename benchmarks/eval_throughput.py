@@ -12,9 +12,13 @@ For each method, on the same validation rows and model, in one process with the 
   with masked padding, soft prompt placed as in training, key/value cache, vocabulary projected a chunk at a
   time; and ``use_cache=False`` (equal-length prompts batched, the whole sequence run at every step);
 - ``rank_labels`` (``mode="rank"``): each prompt run once, the labels scored from its shared cache; and the
-  previous release's one forward per prompt + label.
+  previous release's one forward per prompt + label;
+- ``constrained_labels`` (``mode="constrained"``): greedy decoding over the tokens that continue some label, with
+  only those tokens' rows of the output layer computed; with its agreement with generate (the label generate's
+  output matches, an invalid output counting as a disagreement) and with rank, on every row.
 
-Every path's predictions are checked against the no-cache path before any timing.
+Every path's predictions are checked against the no-cache path before any timing; constrained decoding is
+checked to give generate's label wherever generate produces a label's exact tokens.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ import _common as c  # noqa: E402
 import torch  # noqa: E402
 
 from softprompt_hf import rank_labels  # noqa: E402
-from softprompt_hf._decoding import generate_label_ids  # noqa: E402
+from softprompt_hf._decoding import constrained_labels, generate_label_ids  # noqa: E402
+from softprompt_hf.metrics import match_label  # noqa: E402
+from softprompt_hf.prompt import PromptTemplate  # noqa: E402
 
 LABELS = ["complaint", "no complaint"]
 
@@ -43,6 +49,10 @@ HEADERS = [
     "rank, no cache, rows/s",
     "rank, rows/s",
     "rank / seed",
+    "constrained, rows/s",
+    "constrained / seed",
+    "constrained = generate",
+    "constrained = rank",
 ]
 
 
@@ -60,6 +70,9 @@ def run_method(args: argparse.Namespace, method: str, tok: Any, texts: list[str]
             model, tok, texts, LABELS, batch_size=args.batch_size, show_progress=False, use_cache=False
         ),
         "rank": lambda: rank_labels(model, tok, texts, LABELS, batch_size=args.batch_size, show_progress=False),
+        "constrained": lambda: constrained_labels(
+            model, tok, texts, LABELS, batch_size=args.batch_size, show_progress=False
+        ),
     }
     # Same results before any timing: tokens for generation, scores for ranking. In float32 a difference is an
     # error; in bfloat16 rounding can flip near-ties, so the agreement is reported instead.
@@ -78,6 +91,26 @@ def run_method(args: argparse.Namespace, method: str, tok: Any, texts: list[str]
             f"largest rank-score difference {worst:.3g}",
             flush=True,
         )
+    # Constrained decoding gives generate's label wherever generate produced a label's exact tokens (its argmax was
+    # a candidate at every step); in bfloat16 near-ties can flip, so that agreement is reported instead.
+    label_ids = {tuple(PromptTemplate().encode_target(tok, label)): label for label in LABELS}
+    generated = generate_label_ids(model, tok, texts, **common)
+    constrained = constrained_labels(model, tok, texts, LABELS, batch_size=args.batch_size, show_progress=False)
+    exact = [
+        (label_ids[tuple(ids)], answer)
+        for ids, answer in zip(generated, constrained, strict=True)
+        if tuple(ids) in label_ids
+    ]
+    if not args.bf16 and any(label != answer for label, answer in exact):
+        raise AssertionError(f"{method}: constrained decoding differs from generate where generate gave a label")
+    generate_labels = [
+        match_label(text.strip(), LABELS) for text in tok.batch_decode(generated, skip_special_tokens=True)
+    ]
+    best = [
+        max(scores, key=scores.__getitem__) for scores in rank_labels(model, tok, texts, LABELS, show_progress=False)
+    ]
+    with_generate = sum(a == b for a, b in zip(constrained, generate_labels, strict=True)) / len(texts)
+    with_rank = sum(a == b for a, b in zip(constrained, best, strict=True)) / len(texts)
     runs = {
         "seed": args.seed_repeats,
         "generate_no_cache": args.no_cache_repeats,
@@ -95,6 +128,10 @@ def run_method(args: argparse.Namespace, method: str, tok: Any, texts: list[str]
         speed["rank_no_cache"],
         speed["rank"],
         speed["rank"] / speed["seed"],
+        speed["constrained"],
+        speed["constrained"] / speed["seed"],
+        f"{with_generate:.1%}",
+        f"{with_rank:.1%}",
     ]
 
 

@@ -1,13 +1,14 @@
 """Decoding and rank scoring of labels: the one engine behind ``GenerationMetrics`` and ``predict``.
 
-Its two public functions, also exported from ``softprompt_hf``:
+Its public functions (the first two also exported from ``softprompt_hf``):
 
 - :func:`generate_labels`: the greedy label text after each text's prompt (``mode="generate"``);
-- :func:`rank_labels`: the log-likelihood of each label after each text's prompt (``mode="rank"``).
+- :func:`rank_labels`: the log-likelihood of each label after each text's prompt (``mode="rank"``);
+- :func:`constrained_labels`: greedy decoding over the tokens that continue some label (``mode="constrained"``).
 
 The rest is their engine, private: :class:`_CachedDecoder` runs the base model with a key/value cache and the soft
-prompt placed where peft's training forward places it; the greedy loops, the rank scoring, the batching helpers
-and the cache builders (which ``generate.py`` and ``shared_prompt.py`` use too) go with it.
+prompt placed where peft's training forward places it; the greedy loops, the rank scoring, the label trie, the
+batching helpers and the cache builders (which ``generate.py`` and ``shared_prompt.py`` use too) go with it.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ from .methods import eval_mode
 from .output_head import ChunkedOutputHead
 from .prompt import PromptTemplate
 
-__all__ = ["MODES", "generate_labels", "rank_labels"]
+__all__ = ["MODES", "constrained_labels", "generate_labels", "rank_labels"]
 
 logger = logging.get_logger(__name__)
 
-MODES = ("generate", "rank")
+MODES = ("generate", "rank", "constrained")
 
 # On a CPU, rows projected onto the vocabulary together in decoding (see _CachedDecoder.batches_per_projection).
 _PROJECTION_ROWS = 128
@@ -256,6 +257,215 @@ def rank_labels(
     return [dict(zip(labels, row, strict=True)) for row in scores]
 
 
+@torch.no_grad()
+def constrained_labels(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    *,
+    template: PromptTemplate | None = None,
+    max_prompt_tokens: int | None = None,
+    batch_size: int = 32,
+    show_progress: bool = True,
+    use_cache: bool = True,
+) -> list[str]:
+    """Greedy decoding restricted to the labels: at each step, the highest-scoring token among those that
+    continue some label's tokens (``mode="constrained"``).
+
+    The labels' token ids, each followed by EOS and tokenized as training and :func:`rank_labels` tokenize them
+    (the template's ``label_tokenization``), form a prefix tree. After the prompt, and after each chosen token,
+    only the tree's next tokens are candidates; decoding stops as soon as the tokens so far leave a single label
+    (``["complaint", "no complaint"]``: after the prompt alone), and where one label's tokens are a prefix of
+    another's, EOS competes with the longer label's next token. The answer is therefore always a label.
+
+    How it differs from the other modes:
+
+    - ``"generate"`` takes the argmax over the whole vocabulary. Wherever its tokens are exactly a label's
+      tokens (and EOS), that token was a candidate at every step, so this mode picks the same label (up to the
+      float rounding of a projection of another shape on near-ties). Where greedy decoding leaves the labels
+      (an invalid answer, another casing or tokenization of a label), this mode still answers the label that
+      the model's greedy path prefers.
+    - ``"rank"`` compares each label's whole log-likelihood (every token and EOS); this mode commits to the
+      best next token at each step, so they differ where a label whose first token scores lower has the higher
+      total (with one-token labels: where the EOS terms reverse the first tokens' order).
+    - Cost: one forward of the prompts, then one one-token step per tree level that still separates labels, and
+      at each step only the candidate tokens' rows of the output layer are computed (a few rows instead of a
+      262k-row vocabulary; where the model's logits are not that layer's plain output, soft-capping aside, the
+      model's own logits are used instead). Batching is :func:`generate_labels`', so labels do not depend on
+      ``batch_size``.
+
+    Args:
+        model: A causal LM, with or without a soft prompt (a ``PeftModel``).
+        tokenizer: The model's tokenizer.
+        texts: Input texts.
+        labels: The label texts; two labels may not have the same token ids.
+        template (`PromptTemplate`, *optional*): The prompt template used in training (default: the seed guide's).
+        max_prompt_tokens (`int`, *optional*): Truncate the text (never the template) so the prompt fits.
+        batch_size (`int`, defaults to 32): Prompts per forward pass.
+        show_progress (`bool`, defaults to `True`): Show a progress bar.
+        use_cache (`bool`, defaults to `True`): Decode with a key/value cache, or rerun the full forward at each
+            step (equal-length prompts batched); both give the same labels.
+
+    Returns:
+        For each text, one of ``labels``.
+    """
+    template = template or PromptTemplate()
+    trie = _LabelTrie(labels, [template.encode_target(tokenizer, label) for label in labels], tokenizer.eos_token_id)
+    if trie.settled[0] is not None:  # a single label: nothing to decide
+        return [trie.settled[0]] * len(texts)
+    prompts = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
+    outputs: list[str] = [""] * len(texts)
+    with eval_mode(model):  # no dropout; every module gets its own mode back, also on errors
+        device = next(model.parameters()).device
+        decoder = None
+        if use_cache and _CachedDecoder.supports(model):
+            decoder = _CachedDecoder(model, prompts, softcapped_head=True)
+            # A label's tokens but its EOS are fed at most.
+            batches = decoder.batches(prompts, batch_size, new_tokens=trie.depth - 1)
+            per_group = decoder.batches_per_projection(batch_size)
+        else:
+            batches, per_group = equal_length_batches(prompts, batch_size), 1
+        extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
+        with tqdm(total=len(batches), desc="Decoding labels", disable=not show_progress) as progress:
+            for start in range(0, len(batches), per_group):
+                group = batches[start : start + per_group]
+                if decoder is not None:
+                    rows = _constrained_with_cache(decoder, trie, [[prompts[i] for i in batch] for batch in group])
+                else:
+                    rows = [
+                        _constrained_full_forward(model, trie, [prompts[i] for i in batch], extra, device)
+                        for batch in group
+                    ]
+                for index, label in zip(
+                    (i for batch in group for i in batch), (r for part in rows for r in part), strict=True
+                ):
+                    outputs[index] = label
+                progress.update(len(group))
+    return outputs
+
+
+class _LabelTrie:
+    """The labels' token ids (each ending with EOS) as a prefix tree: node 0 is the root, ``children[node]`` maps
+    each token that continues some label from there to its node, and ``settled[node]`` is the label every path
+    from ``node`` leads to, if only one does (then decoding can stop: the rest is forced)."""
+
+    def __init__(self, labels: Sequence[str], label_ids: Sequence[Sequence[int]], eos: int | None) -> None:
+        if not labels:
+            raise ValueError("Constrained decoding needs at least one label to decode.")
+        self.children: list[dict[int, int]] = [{}]
+        leaves: dict[int, str] = {}
+        for label, ids in zip(labels, label_ids, strict=True):
+            if eos in ids[:-1]:
+                raise ValueError(
+                    f"Label {label!r} tokenizes to ids holding the EOS token before its end: decoding would stop "
+                    "inside it. Remove the tokenizer's EOS text from the label."
+                )
+            node = 0
+            for token in ids:
+                if token not in self.children[node]:
+                    self.children[node][token] = len(self.children)
+                    self.children.append({})
+                node = self.children[node][token]
+            if node in leaves:
+                raise ValueError(
+                    f"Labels {leaves[node]!r} and {label!r} have the same token ids, so no decoding can tell them "
+                    "apart; make the labels differ in more than what the tokenizer normalises away."
+                )
+            leaves[node] = label
+        self.depth = max((len(ids) for ids in label_ids), default=0)
+        # Nodes are numbered after their parents: children are settled first.
+        self.settled: list[str | None] = [None] * len(self.children)
+        for node in reversed(range(len(self.children))):
+            following = list(self.children[node].values())
+            if not following:
+                self.settled[node] = leaves[node]
+            elif len(following) == 1:
+                self.settled[node] = self.settled[following[0]]
+
+    def choose(self, nodes: Sequence[int], token_logits: Any, device: torch.device) -> list[int]:
+        """For rows at ``nodes``, the next token: among the node's children, the one of highest logit, and of
+        them the lowest token id on a tie, as an argmax over the vocabulary picks. ``token_logits(tokens)``
+        returns each row's logits of the 1-D ``tokens``."""
+        union = sorted({token for node in nodes for token in self.children[node]})
+        tokens = torch.tensor(union, device=device)
+        allowed = torch.tensor([[token in self.children[node] for token in union] for node in nodes], device=device)
+        logits = token_logits(tokens).masked_fill(~allowed, -torch.inf)
+        return tokens[logits.argmax(dim=-1)].tolist()
+
+
+def _constrained_with_cache(
+    decoder: _CachedDecoder, trie: _LabelTrie, batches: Sequence[Sequence[Sequence[int]]]
+) -> list[list[str]]:
+    """Constrained greedy labels for a group of batches decoded in step, with the cache (as
+    :func:`_greedy_with_cache`: the batches' last positions are projected together, onto the candidate tokens'
+    rows only); a row leaves its batch once its label is settled."""
+    states: list[_DecodingState | None] = [decoder.start(prompts) for prompts in batches]
+    outputs: list[list[str]] = [[""] * len(prompts) for prompts in batches]
+    rows = [list(range(len(prompts))) for prompts in batches]  # per batch, the prompt each row of its state holds
+    nodes = [[0] * len(prompts) for prompts in batches]  # per batch, each row's node in the trie
+    while True:
+        live = [(b, state) for b, state in enumerate(states) if state is not None]
+        if not live:
+            return outputs
+        hidden = join_rows([state.last for _, state in live])
+        chosen = trie.choose(
+            [node for b, _ in live for node in nodes[b]],
+            lambda tokens, hidden=hidden: decoder.token_logits(hidden, tokens),
+            hidden.device,
+        )
+        offset = 0
+        for b, state in live:
+            tokens, offset = chosen[offset : offset + len(rows[b])], offset + len(rows[b])
+            going = []
+            for i, (row, node, token) in enumerate(zip(rows[b], nodes[b], tokens, strict=True)):
+                child = trie.children[node][token]
+                label = trie.settled[child]
+                if label is None:
+                    going.append(i)
+                    nodes[b][i] = child
+                else:
+                    outputs[b][row] = label
+            if not going:
+                states[b] = None
+                continue
+            next_tokens = torch.tensor([tokens[i] for i in going], device=hidden.device)
+            if len(going) < len(rows[b]):
+                state.select_rows(torch.tensor(going, device=hidden.device))
+                rows[b] = [rows[b][i] for i in going]
+                nodes[b] = [nodes[b][i] for i in going]
+            state.feed(next_tokens[:, None])
+
+
+def _constrained_full_forward(
+    model: torch.nn.Module,
+    trie: _LabelTrie,
+    prompts: Sequence[Sequence[int]],
+    extra: dict[str, Any],
+    device: torch.device,
+) -> list[str]:
+    """Constrained greedy labels for one batch of equal-length prompts, running the model's full forward on the
+    whole sequence at every step (no cache), from the model's own logits."""
+    sequences = torch.tensor([list(ids) for ids in prompts], device=device)
+    outputs = [""] * len(prompts)
+    rows, nodes = list(range(len(prompts))), [0] * len(prompts)
+    while rows:
+        logits = model(input_ids=sequences, attention_mask=torch.ones_like(sequences), **extra).logits[:, -1]
+        tokens = trie.choose(nodes, lambda allowed, logits=logits: logits[:, allowed], device)
+        going = []
+        for i, (row, node, token) in enumerate(zip(rows, nodes, tokens, strict=True)):
+            child = trie.children[node][token]
+            if trie.settled[child] is None:
+                going.append(i)
+                nodes[i] = child
+            else:
+                outputs[row] = trie.settled[child]  # type: ignore[assignment]
+        keep = torch.tensor(going, device=device, dtype=torch.long)
+        sequences = torch.cat([sequences[keep], torch.tensor(tokens, device=device)[keep][:, None]], dim=1)
+        rows, nodes = [rows[i] for i in going], [nodes[i] for i in going]
+    return outputs
+
+
 def label_outputs(
     mode: str,
     model: torch.nn.Module,
@@ -267,9 +477,13 @@ def label_outputs(
     **options: Any,
 ) -> tuple[list[str], list[dict[str, float] | None]]:
     """What ``GenerationMetrics`` and ``predict`` score in ``mode``: :func:`generate_labels`' outputs (no scores),
-    or :func:`rank_labels`' best label and its scores. ``options``: the keyword arguments both take."""
+    :func:`rank_labels`' best label and its scores, or :func:`constrained_labels`' labels (no scores).
+    ``options``: the keyword arguments all three take."""
     if mode == "generate":
         outputs = generate_labels(model, tokenizer, texts, labels, use_generate=use_generate, **options)
+        return outputs, [None] * len(outputs)
+    if mode == "constrained":
+        outputs = constrained_labels(model, tokenizer, texts, labels, **options)
         return outputs, [None] * len(outputs)
     if mode == "rank":
         ranked = rank_labels(model, tokenizer, texts, labels, **options)
@@ -568,7 +782,9 @@ class _CachedDecoder:
 
     _PROMPT_TYPES = (PeftType.PROMPT_TUNING, PeftType.P_TUNING)
 
-    def __init__(self, model: torch.nn.Module, prompts: Sequence[Sequence[int]] = ()) -> None:
+    def __init__(
+        self, model: torch.nn.Module, prompts: Sequence[Sequence[int]] = (), *, softcapped_head: bool = False
+    ) -> None:
         self.peft_config = _prompt_learning_config(model)
         self.model = model
         self.base: Any = model.get_base_model() if self.peft_config is not None else model  # type: ignore[operator]
@@ -584,7 +800,9 @@ class _CachedDecoder:
         self.mixed_lengths = plain_attention and (
             self._positions or positions_from_mask(getattr(inner, "config", None))
         )
-        self.head = ChunkedOutputHead.of(self._target)
+        # softcapped_head: constrained decoding projects a few rows of the vocabulary, also for models that
+        # soft-cap their logits (Gemma 2/3), where the head applies the same soft-capping.
+        self.head = ChunkedOutputHead.of(self._target, softcap=softcapped_head)
         self._head_checked = False
         self.num_virtual_tokens = 0
         # What every row starts with, computed once as one row: the key/values of the virtual tokens (prompt
@@ -803,6 +1021,13 @@ class _CachedDecoder:
     def argmax(self, outputs: torch.Tensor) -> torch.Tensor:
         """Each position's greedy token, from what :meth:`run` returned."""
         return self.head.argmax(outputs) if self.head is not None else outputs.argmax(dim=-1)
+
+    def token_logits(self, outputs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The logits of the vocabulary entries ``tokens`` (1-D token ids) at each position, ``(..., len(tokens))``,
+        from what :meth:`run` returned: with :attr:`head`, only those rows of the output layer are computed."""
+        if self.head is not None:
+            return self.head.token_logits(outputs, tokens)
+        return outputs[..., tokens]
 
     def log_probs(self, outputs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Float32 log-probabilities of ``tokens`` (``(..., k)``) at each position, from what :meth:`run`

@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 _DATASETS = ("embedded", "raft", "files", "bbc_news")
-_EVAL_MODES = ("generate", "rank")
+_EVAL_MODES = ("generate", "rank", "constrained")
 
 
 @dataclass
@@ -176,7 +176,9 @@ class SoftPromptTrainingArguments(TrainingArguments):
     eval_mode: str = field(
         default="generate",
         metadata={
-            "help": "generate (greedy decoding matched to the labels) or rank (most likely label).",
+            "help": "generate (greedy decoding matched to the labels), rank (most likely label), or constrained "
+            "(greedy decoding over the tokens that continue some label: never invalid, and only those tokens' "
+            "rows of the output layer are computed).",
             "choices": _EVAL_MODES,
         },
     )

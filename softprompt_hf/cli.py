@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", help="CSV, JSONL or parquet file of texts; '-' or nothing: lines on stdin.")
     run.add_argument("--text-column", help="Column of --input holding the text (default: the adapter's).")
     run.add_argument("--id-column", help="Column of --input with row ids, copied to the output.")
-    run.add_argument("--mode", choices=MODES, default="generate", help="generate the label, or rank the labels.")
+    run.add_argument(
+        "--mode",
+        choices=MODES,
+        default="generate",
+        help="generate the label, rank the labels, or constrained: greedy decoding over the labels' tokens only.",
+    )
     run.add_argument("--batch-size", type=int, default=32, help="Prompts per forward pass.")
     run.add_argument("--labels", help="Comma-separated label texts (default: the adapter's).")
     run.add_argument("--template", help="Prompt template with {text} (default: the adapter's).")

@@ -28,7 +28,7 @@ logger = logging.get_logger(__name__)
 @dataclass
 class Prediction:
     """One scored eval row: the matched label (``None`` if the output matched no label) and, in rank
-    mode, the log-likelihood of each label."""
+    mode, the log-likelihood of each label. In constrained mode ``output`` is the label itself."""
 
     text: str
     gold: str | None
@@ -54,6 +54,10 @@ class GenerationMetrics(TrainerCallback):
       the label set, anything else counts as invalid.
     - ``"rank"``: rank classification: the log-likelihood of each label's tokens and EOS after the
       prompt, argmax over the label set (always valid); per-label scores are kept.
+    - ``"constrained"``: greedy decoding restricted at each step to the tokens that continue some label
+      (:func:`~softprompt_hf._decoding.constrained_labels`): always a label (``eval_invalid_rate`` is 0), the
+      same label as ``"generate"`` wherever greedy decoding produces a label's exact tokens, and only the
+      candidate tokens' rows of the output layer are computed (fast with a large vocabulary).
 
     Predicted labels do not depend on batching: prompts of different lengths share a batch only with masked
     right padding and each row's own positions, and with sliding-window attention only within the window (see
@@ -77,7 +81,7 @@ class GenerationMetrics(TrainerCallback):
         target_column: Column holding the gold label text.
         id_column: Optional column identifying rows, carried into the predictions.
         template: The prompt template used in training.
-        mode: ``"generate"`` or ``"rank"``.
+        mode: ``"generate"``, ``"rank"`` or ``"constrained"``.
         batch_size: Prompts per forward pass.
         max_prompt_tokens: Truncate texts (never the template) so that prompts fit.
         label_tokenization: Where the prompt ends and the label begins, as in training (the collator's

@@ -34,29 +34,39 @@ class ChunkedOutputHead:
 
     ``hidden`` arguments are the output layer's inputs, ``(..., hidden_size)``; results have the leading shape.
     Per chunk, the logits are exactly what the layer computes for those vocabulary rows (its weight's rows and
-    bias), up to the float rounding of a matrix product of another shape.
+    bias), up to the float rounding of a matrix product of another shape, then soft-capped as the model's forward
+    soft-caps them when ``softcap`` is set (``tanh(logits / softcap) * softcap``, Gemma 2/3's
+    ``final_logit_softcapping``).
     """
 
-    def __init__(self, layer: torch.nn.Linear) -> None:
+    def __init__(self, layer: torch.nn.Linear, softcap: float | None = None) -> None:
         if type(layer) is not torch.nn.Linear:
             raise TypeError(f"ChunkedOutputHead needs a plain torch.nn.Linear layer, not {type(layer).__name__}.")
         self.layer = layer
+        self.softcap = softcap
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> ChunkedOutputHead | None:
+    def of(cls, model: torch.nn.Module, *, softcap: bool = False) -> ChunkedOutputHead | None:
         """The output layer of ``model`` (a causal LM) as a chunked head, or ``None`` if its logits are not the
         output of a plain linear layer: an adapter on the layer (LoRA), or a model that soft-caps or scales its
-        logits afterwards (Gemma 2, Cohere, Granite, ...)."""
+        logits afterwards (Gemma 2, Cohere, Granite, ...). With ``softcap=True``, a model whose only transform is
+        ``final_logit_softcapping`` gets a head that soft-caps its logits the same way."""
         get_output_embeddings = getattr(model, "get_output_embeddings", None)
         layer = get_output_embeddings() if callable(get_output_embeddings) else None
         if type(layer) is not torch.nn.Linear:
             return None
         config = getattr(model, "config", None)
+        cap = None
         for part in (config, getattr(config, "text_config", None)):
             for name in _LOGIT_TRANSFORMS:
-                if getattr(part, name, None) not in (None, 1, 1.0):
-                    return None
-        return cls(layer)
+                value = getattr(part, name, None)
+                if value in (None, 1, 1.0):
+                    continue
+                if softcap and name == "final_logit_softcapping":
+                    cap = float(value)
+                    continue
+                return None
+        return cls(layer, softcap=cap)
 
     @property
     def vocab_size(self) -> int:
@@ -77,11 +87,26 @@ class ChunkedOutputHead:
         step = self.chunk_size(hidden.shape[0], hidden.device)
         for start in range(0, self.vocab_size, step):
             chunk_bias = None if bias is None else bias[start : start + step]
-            yield start, torch.nn.functional.linear(hidden, weight[start : start + step], chunk_bias)
+            yield start, self._capped(torch.nn.functional.linear(hidden, weight[start : start + step], chunk_bias))
+
+    def _capped(self, logits: torch.Tensor) -> torch.Tensor:
+        # The same operations, in the same order and dtype, as transformers 5.24's Gemma 2/3 forwards.
+        if self.softcap is None:
+            return logits
+        return torch.tanh(logits / self.softcap) * self.softcap
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """All the logits, as the layer computes them (for checks; the point of this class is not to)."""
-        return torch.nn.functional.linear(hidden, self.layer.weight, self.layer.bias)
+        return self._capped(torch.nn.functional.linear(hidden, self.layer.weight, self.layer.bias))
+
+    def token_logits(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """The logits of the vocabulary entries ``tokens`` (1-D token ids) only, ``(..., len(tokens))``: the
+        layer's weight rows (and bias) of those tokens, so that a few allowed tokens cost a few rows of a large
+        vocabulary's projection. Equal to ``logits(hidden)[..., tokens]`` up to float rounding."""
+        if ((tokens < 0) | (tokens >= self.vocab_size)).any():
+            raise ValueError(f"Token ids must be in [0, {self.vocab_size}).")
+        bias = None if self.layer.bias is None else self.layer.bias[tokens]
+        return self._capped(torch.nn.functional.linear(hidden, self.layer.weight[tokens], bias))
 
     def argmax(self, hidden: torch.Tensor) -> torch.Tensor:
         """The index of each position's largest logit (the first one on ties, like ``torch.argmax``)."""

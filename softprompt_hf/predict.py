@@ -6,8 +6,9 @@ override it. The tokenizer comes from the base model (its own) or from the folde
 Generation mode decodes through the model's own
 ``model.generate()`` (greedy, batched with left padding), with :func:`~softprompt_hf.enable_soft_prompt_generate`
 switched on for soft prompts: with peft 0.21.2 and transformers 5.24, ``PeftModel.generate`` alone gives wrong
-tokens for every soft prompt. Both modes run the package's decoding functions, as ``GenerationMetrics`` does:
-:func:`~softprompt_hf.generate_labels` (``use_generate=True``) and :func:`~softprompt_hf.rank_labels`.
+tokens for every soft prompt. The modes run the package's decoding functions, as ``GenerationMetrics`` does:
+:func:`~softprompt_hf.generate_labels` (``use_generate=True``), :func:`~softprompt_hf.rank_labels` and
+:func:`~softprompt_hf._decoding.constrained_labels` (greedy over the tokens that continue some label).
 """
 
 from __future__ import annotations
@@ -180,8 +181,9 @@ def predict(
             prompts by :func:`~softprompt_hf.enable_soft_prompt_generate` for the call, prompts padded on the left:
             :func:`~softprompt_hf.generate_labels` with ``use_generate=True``; the output is matched to the label
             set as ``GenerationMetrics`` matches it, and ``predicted`` is ``None`` for an output that matches no
-            label) or ``"rank"`` (:func:`~softprompt_hf.rank_labels`: the label with the highest log-likelihood;
-            per-label ``scores``).
+            label), ``"rank"`` (:func:`~softprompt_hf.rank_labels`: the label with the highest log-likelihood;
+            per-label ``scores``) or ``"constrained"`` (:func:`~softprompt_hf._decoding.constrained_labels`: greedy
+            decoding over the tokens that continue some label, with the package's decoder; always a label).
         labels: The label texts; default: the adapter's ``softprompt_hf.json``.
         template: The prompt template; default: the adapter's, else the seed guide's.
         text_column: Fills ``{text_column}`` in the template; default: the adapter's.
@@ -191,8 +193,8 @@ def predict(
             in-memory model.
         max_prompt_tokens: Truncate texts (never the template) so that prompts fit.
         ids: Row ids carried into the predictions.
-        batch_size: Prompts per batch: per ``generate()`` call, or per forward pass in rank mode (labels do not
-            depend on it; scores only to float rounding).
+        batch_size: Prompts per batch: per ``generate()`` call, or per forward pass in rank and constrained
+            mode (labels do not depend on it; scores only to float rounding).
         show_progress: Show progress bars.
         tokenizer: Needed with an in-memory model.
         base_model: Local path or Hub id of the base model, overriding the adapter's (see :func:`load_adapter`).

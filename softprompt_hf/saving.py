@@ -269,9 +269,10 @@ def save_adapter(
     ``label_tokenization`` (where the prompt ends and the label begins, ``joint`` or ``separate``: see
     ``PromptTemplate``; always written, and a folder without it was trained with ``separate``),
     ``class_names`` (the dataset's class names, when its label column holds integers), ``eval_mode``
-    (``generate`` or ``rank``), ``tokenizer`` (``TOKENIZER_KEY``: ``"base_model"``, the base model's own tokenizer,
-    not in the folder; ``"adapter"``, the folder's) and ``card`` (``CARD_KEY``: the ``ModelCardInputs`` the card was
-    rendered from, so that a push renders it again for its repository; absent for a card of the caller's own).
+    (``generate``, ``rank`` or ``constrained``), ``tokenizer`` (``TOKENIZER_KEY``: ``"base_model"``, the base model's
+    own tokenizer, not in the folder; ``"adapter"``, the folder's) and ``card`` (``CARD_KEY``: the ``ModelCardInputs``
+    the card was rendered from, so that a push renders it again for its repository; absent for a card of the caller's
+    own).
 
     Args:
         model: The ``PeftModel`` (trained in memory: prompt tuning's embeddings, P-tuning's encoder output
@@ -294,7 +295,7 @@ def save_adapter(
         template: The prompt template (default: the card data's, else the seed guide's).
         text_column: The text column the model was trained on (default: the card data's).
         class_names: The class names of integer labels, for ``softprompt_hf.json``.
-        eval_mode: How the run scored the model (``generate`` or ``rank``), for ``softprompt_hf.json``.
+        eval_mode: How the run scored the model (``generate``, ``rank`` or ``constrained``), for ``softprompt_hf.json``.
         label_tokenization: How the model was trained to continue the prompt with its label (the collator's
             ``label_tokenization``; default: the card data's, else ``"joint"``, the collator's default).
         save_tokenizer: ``"auto"``: save ``tokenizer`` unless it is the base model's own (see above); ``True``: always

@@ -84,6 +84,7 @@ def test_fsdp2_over_two_processes_equals_one_process(tmp_path, one_process):
             assert got["generate"]["outputs"] == want["generate"]["outputs"], method
             assert got["generate"]["metrics"] == want["generate"]["metrics"], method
             assert got["rank"]["predicted"] == want["rank"]["predicted"], method
+            assert got["constrained"] == want["constrained"], method  # labels and the metrics counted from them
             for a, b in zip(got["rank"]["scores"], want["rank"]["scores"], strict=True):
                 assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-4 for k in b), method
             assert got["losses"] == pytest.approx(want["losses"], rel=1e-5), method

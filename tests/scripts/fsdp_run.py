@@ -7,11 +7,12 @@
     python tests/scripts/fsdp_run.py OUT --per_device_batch 8
 
 For each method: 6 training steps (a checkpoint and a generation evaluation every 3, the best one loaded at the
-end), then an evaluation by generation on the 32 validation rows and one by rank on 33, and the adapter saved. Each
-process writes ``OUT/<method>/process_<rank>.json``: the logged losses, both evaluations' metrics and per-row
-outputs and scores, and the most bytes of the base model's parameters it held after a training step; the main
-process writes the trainable parameters (``trainable.safetensors``) and the adapter folder. ``--kill_at_step N``
-SIGKILLs every process at the end of step N; ``--resume`` continues from the last complete checkpoint.
+end), then an evaluation by generation on the 32 validation rows and ones by rank and by constrained decoding on 33,
+and the adapter saved. Each process writes ``OUT/<method>/process_<rank>.json``: the logged losses, the evaluations'
+metrics and per-row outputs and scores, and the most bytes of the base model's parameters it held after a training
+step; the main process writes the trainable parameters (``trainable.safetensors``) and the adapter folder.
+``--kill_at_step N`` SIGKILLs every process at the end of step N; ``--resume`` continues from the last complete
+checkpoint.
 """
 
 from __future__ import annotations
@@ -89,6 +90,15 @@ def main(out: Path, methods: list[str], per_device_batch: int, kill_at_step: int
         sharding_logger.setLevel(std_logging.DEBUG)
         ranked = rank.evaluate(model)
         sharding_logger.removeHandler(served)
+        constrained = GenerationMetrics(
+            generate.tokenizer,
+            generate.labels,
+            rows,
+            text_column=generate.text_column,
+            mode="constrained",
+            batch_size=4,
+        )
+        constrained_metrics = constrained.evaluate(model)
         trainable = _trainable_state(model)  # every process: under FSDP2 the parameters are gathered
         report = {
             "processes": state.num_processes,
@@ -99,6 +109,10 @@ def main(out: Path, methods: list[str], per_device_batch: int, kill_at_step: int
                 "metrics": ranked,
                 "predicted": [p.predicted for p in rank.last_predictions],
                 "scores": [p.scores for p in rank.last_predictions],
+            },
+            "constrained": {
+                "metrics": constrained_metrics,
+                "predicted": [p.predicted for p in constrained.last_predictions],
             },
             "base_parameter_bytes": max(memory.seen),
             "one_token_forwards": served.count,
