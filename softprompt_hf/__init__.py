@@ -7,13 +7,14 @@ README's "Package layout" says which module does what):
   ``SoftPromptDataCollator``, ``load_raft``, ``load_classification_data``, and the exact speed-ups
   ``enable_label_only_logits`` and ``enable_shared_prompt``;
 - train safely: ``SoftPromptCheckpointCallback``, ``SoftPromptGuardCallback``;
-- evaluate: ``GenerationMetrics`` (the Trainer's ``compute_metrics``), ``generate_labels``, ``rank_labels``;
+- evaluate: ``GenerationMetrics`` (the Trainer's ``compute_metrics``), ``generate_labels``, ``rank_labels``,
+  ``constrained_labels``;
 - save and push: ``save_adapter``, ``push_adapter``, ``HubPushCallback``, ``HubPushError``;
 - predict: ``predict``, and ``enable_soft_prompt_generate`` / ``disable_soft_prompt_generate`` /
   ``soft_prompt_generate`` for ``model.generate()``.
 """
 
-from ._decoding import generate_labels, rank_labels
+from ._decoding import constrained_labels, generate_labels, rank_labels
 from .arguments import SoftPromptTrainingArguments
 from .callbacks import SoftPromptCheckpointCallback, SoftPromptGuardCallback
 from .collator import SoftPromptDataCollator
@@ -45,6 +46,7 @@ __all__ = [
     "GenerationMetrics",
     "generate_labels",
     "rank_labels",
+    "constrained_labels",
     # save and push
     "save_adapter",
     "push_adapter",
