@@ -1,7 +1,7 @@
 """The real-model tables (issue 15): zero-shot, the recipes' own runs, and trained adapters in each mode.
 
     python benchmarks/real_model.py zero-shot                      # Gemma 3 270M, both datasets, every mode
-    python benchmarks/real_model.py zero-shot --rows 8 --datasets tweets       # a quick look
+    python benchmarks/real_model.py zero-shot --rows 8 --datasets tweets       # a quick look (8 rows, classes in turn)
     python benchmarks/real_model.py collect outputs/prompt_tuning_tweets outputs/p_tuning_tweets ...
     python benchmarks/real_model.py eval-modes outputs/prompt_tuning_tweets/adapter ...
 
@@ -108,8 +108,21 @@ def dataset_of(labels: list[str], text_column: str) -> str:
 
 
 def _rows(recipe: RecipeEval, rows: int | None) -> Any:
+    """The validation rows, or ``rows`` of them taken in turn from each label (in split order within each), so
+    that a subset keeps every class: BBC News' validation split lists its topics one after the other."""
     validation = recipe.data.validation
-    return validation if rows is None else validation.select(range(min(rows, len(validation))))
+    if rows is None or rows >= len(validation):
+        return validation
+    by_label: dict[str, list[int]] = {}
+    for index, label in enumerate(validation[recipe.data.target_column]):
+        by_label.setdefault(label, []).append(index)
+    queues = list(by_label.values())
+    picked: list[int] = []
+    while len(picked) < rows:
+        for queue in queues:
+            if queue and len(picked) < rows:
+                picked.append(queue.pop(0))
+    return validation.select(sorted(picked))
 
 
 def _quiet_copy(metrics: GenerationMetrics, **changes: Any) -> GenerationMetrics:
@@ -419,7 +432,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def scoring(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--rows", type=int, help="Score the first N validation rows (default: all).")
+        sub.add_argument(
+            "--rows", type=int, help="Score N validation rows, taken in turn from each label (default: all)."
+        )
         sub.add_argument("--modes", nargs="+", help=f"Modes to score (default: all of {', '.join(MODES)}).")
         sub.add_argument("--batch_size", type=int, help="Prompts per forward pass (default: the recipe config's).")
         sub.add_argument("--device", default="cpu")

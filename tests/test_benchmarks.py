@@ -190,3 +190,17 @@ def test_real_model_zero_shot_scores_the_recipe_template_with_and_without_the_in
     ]
     assert all(0 <= r["accuracy"] <= 1 and r["invalid_rate"] == 0 for r in scored)
     assert len(_table_rows(capsys.readouterr().out)) == 3
+
+
+def test_real_model_takes_a_subset_of_rows_from_every_label_in_turn(real_model):
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+
+    # BBC News' validation split lists its topics one after the other: the first rows would all be "business".
+    labels = ["business"] * 4 + ["sports"] * 3 + ["tech"] * 2
+    validation = Dataset.from_dict({"text_label": labels, "i": list(range(len(labels)))})
+    recipe = SimpleNamespace(data=SimpleNamespace(validation=validation, target_column="text_label"))
+    picked = real_model._rows(recipe, 7)
+    assert picked["i"] == [0, 1, 2, 4, 5, 7, 8]  # in split order, classes as even as they allow
+    assert real_model._rows(recipe, None) is validation and len(real_model._rows(recipe, 20)) == len(labels)
