@@ -137,16 +137,33 @@ FSDP
 31. *Elsewhere: the README's FSDP section.* transformers 5.24 ``Trainer.evaluate`` before any ``train`` under
     FSDP2 fails in accelerate 1.15 ("a model and optimizer must be passed together to Accelerator.prepare()"):
     the recipes evaluate only during and after training.
+
+Ending a process
+
+32. :func:`gloo_group_alive`, :func:`exit_without_gloo_teardown` - torch 2.13's gloo backend tears a process
+    group down by joining its worker threads while the GIL is held, and a worker may still be releasing the
+    tensors of a finished collective, which for a tensor Python has seen needs the GIL: the process hangs after its
+    work is done. Seen in CI inside ``Trainer.end()`` (``destroy_process_group``); tests/scripts/gloo_teardown.py
+    makes the release late on purpose and hangs 5 runs in 6, at interpreter exit since its DDP module keeps the
+    group past ``destroy_process_group`` (gdb, both times: the main thread in ``std::thread::join`` of
+    ``pt_gloo_runloop``, that thread in ``~AsyncAllgatherWork`` -> ``decref_pyobject`` -> ``take_gil``).
+    ``finish_recipe`` does not destroy a gloo group, and ``run_recipe`` ends such a process with ``os._exit`` once
+    the exit handlers have run, so no teardown happens. Delete both, and let ``finish_recipe`` call
+    ``Trainer.end()`` again, once gloo's teardown is safe (the slow test in tests/test_teardown.py then fails).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import inspect
+import os
+import sys
 import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from peft import PeftModel, PeftType
@@ -420,7 +437,7 @@ def activation_checkpointing_enabled(model: Any) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# 17, 18: the Hub client
+# 28, 29: FSDP
 # ------------------------------------------------------------------------------------------------------------
 
 
@@ -485,6 +502,11 @@ def load_fsdp_checkpoints_as_soft_prompts(trainer: Any, load: Callable[[Any, Pat
     return True
 
 
+# ------------------------------------------------------------------------------------------------------------
+# 17, 18: the Hub client
+# ------------------------------------------------------------------------------------------------------------
+
+
 def current_client_factory() -> Callable[[], Any]:
     """huggingface_hub's current HTTP client factory, read from huggingface_hub 2.4's private
     ``_http._GLOBAL_CLIENT_FACTORY``: there is no public getter (entry 17)."""
@@ -504,7 +526,7 @@ def http_library() -> Any:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# 26: GGUF checkpoints
+# 27: GGUF checkpoints
 # ------------------------------------------------------------------------------------------------------------
 
 
@@ -542,3 +564,29 @@ def drop_gguf_quantizer(model: Any) -> None:
         )
     # HfQuantizer's own clean-up (transformers 5.24): deletes model.hf_quantizer and config.quantization_config.
     quantizer.remove_quantization_config(model)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 32: ending a process whose group gloo serves
+# ------------------------------------------------------------------------------------------------------------
+
+
+def gloo_group_alive() -> bool:
+    """Whether this process is in an initialised ``torch.distributed`` group with a gloo backend (entry 32)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    return "gloo" in str(torch.distributed.get_backend())
+
+
+def exit_without_gloo_teardown(code: int) -> NoReturn:
+    """End this process with exit status ``code``, leaving its gloo process group as it is (entry 32).
+
+    The exit handlers run first, as at a normal exit (``logging`` flushes its handlers, trackers finish), then the
+    standard streams are flushed and ``os._exit`` ends the process before the interpreter shuts down: nothing
+    destroys the group or joins gloo's threads. Call it once every process is done with the group.
+    """
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)

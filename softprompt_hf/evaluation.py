@@ -55,7 +55,7 @@ class GenerationMetrics(TrainerCallback):
     - ``"rank"``: rank classification: the log-likelihood of each label's tokens and EOS after the
       prompt, argmax over the label set (always valid); per-label scores are kept.
     - ``"constrained"``: greedy decoding restricted at each step to the tokens that continue some label
-      (:func:`~softprompt_hf._decoding.constrained_labels`): always a label (``eval_invalid_rate`` is 0), the
+      (:func:`~softprompt_hf.constrained_labels`): always a label (``eval_invalid_rate`` is 0), the
       same label as ``"generate"`` wherever greedy decoding produces a label's exact tokens, and only the
       candidate tokens' rows of the output layer are computed (fast with a large vocabulary).
 

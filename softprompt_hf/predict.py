@@ -8,7 +8,7 @@ Generation mode decodes through the model's own
 switched on for soft prompts: with peft 0.21.2 and transformers 5.24, ``PeftModel.generate`` alone gives wrong
 tokens for every soft prompt. The modes run the package's decoding functions, as ``GenerationMetrics`` does:
 :func:`~softprompt_hf.generate_labels` (``use_generate=True``), :func:`~softprompt_hf.rank_labels` and
-:func:`~softprompt_hf._decoding.constrained_labels` (greedy over the tokens that continue some label).
+:func:`~softprompt_hf.constrained_labels` (greedy over the tokens that continue some label).
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def predict(
             :func:`~softprompt_hf.generate_labels` with ``use_generate=True``; the output is matched to the label
             set as ``GenerationMetrics`` matches it, and ``predicted`` is ``None`` for an output that matches no
             label), ``"rank"`` (:func:`~softprompt_hf.rank_labels`: the label with the highest log-likelihood;
-            per-label ``scores``) or ``"constrained"`` (:func:`~softprompt_hf._decoding.constrained_labels`: greedy
+            per-label ``scores``) or ``"constrained"`` (:func:`~softprompt_hf.constrained_labels`: greedy
             decoding over the tokens that continue some label, with the package's decoder; always a label).
         labels: The label texts; default: the adapter's ``softprompt_hf.json``.
         template: The prompt template; default: the adapter's, else the seed guide's.

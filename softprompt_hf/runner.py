@@ -4,8 +4,8 @@ A recipe parses its arguments (``softprompt_hf.arguments.parse_recipe_args``), b
 itself, and makes three calls: ``start_run`` (logging, the Hub push taken over, the output folder checked, the
 seed, data, tokenizer and metrics), ``build_trainer`` (the base model wrapped with the peft config, a stock
 ``Trainer`` with our collator, metrics and callbacks) and, after ``trainer.train()``, ``finish_recipe``
-(the final evaluation, the outputs, the push and ``Trainer.end()``). ``run_recipe`` runs a recipe's ``main``
-and reports bad input in one line.
+(the final evaluation, the outputs, the push and ``Trainer.end()``). ``run_recipe`` runs a recipe's ``main``,
+reports bad input in one line, and ends a gloo process without its teardown (``_upstream`` entry 32).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import math
 import os
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,6 +37,7 @@ from transformers import (
 )
 from transformers.utils import logging
 
+from . import _upstream
 from .arguments import DataArguments, ModelArguments, RecipeArguments, SoftPromptTrainingArguments, fsdp_requested
 from .callbacks import (
     ParameterSummaryCallback,
@@ -146,11 +148,13 @@ def build_trainer(run: RecipeRun, peft_config: PeftConfig) -> Trainer:
 
 def finish_recipe(trainer: Trainer, run: RecipeRun) -> dict[str, Any]:
     """End a recipe run: evaluate the best adapter and write the outputs (``finish_run``), push the saved folder
-    (``--push_to_hub``), print the recipe's one-line summary on the main process, then ``trainer.end()``.
+    (``--push_to_hub``), print the recipe's one-line summary on the main process, wait for every process, then
+    ``trainer.end()`` (trackers finish, the process group is destroyed).
 
-    ``Trainer.end()`` destroys the process group: a process that exits with its gloo group still alive can abort
-    while the interpreter shuts down (SIGABRT), failing a run whose work had all finished. Returns the final
-    validation metrics.
+    A gloo group (processes on CPU) is not destroyed: torch 2.13's gloo teardown can hang or crash a run whose
+    work had all finished (``_upstream`` entry 32). ``run_recipe`` then ends the process without tearing the
+    group down; a script that calls a recipe's ``main`` itself should end its processes the same way
+    (``softprompt_hf._upstream.exit_without_gloo_teardown``). Returns the final validation metrics.
     """
     args = run.args
     results = finish_run(
@@ -169,7 +173,11 @@ def finish_recipe(trainer: Trainer, run: RecipeRun) -> dict[str, Any]:
         print(_summary_line(args.prompt.method, results, run.data, str(args.training.output_dir)))
     # Trainer.end() destroys the process group without waiting: the main process may still be writing or pushing.
     trainer.accelerator.wait_for_everyone()
-    trainer.end()
+    if _upstream.gloo_group_alive():
+        for tracker in trainer.accelerator.trackers:  # what Trainer.end() does besides destroying the group
+            tracker.finish()
+    else:
+        trainer.end()
     return results
 
 
@@ -582,19 +590,29 @@ def run_recipe(main: Callable[[list[str]], Any], argv: list[str] | None = None) 
     with ``SOFTPROMPT_HF_TRACEBACK=1`` they are raised as usual. Any other exception is a bug and propagates
     with its traceback. In a distributed run each process exits on its own: an input error is found by every
     process alike, and a process that fails alone exits non-zero, which makes the launcher stop the others.
+
+    A process in a gloo group (distributed on CPU) does not return: once the exit handlers have run it ends with
+    ``os._exit`` and this exit code (a bug's traceback printed first), so that torch 2.13's gloo teardown, which
+    can hang or crash there, never runs (``_upstream`` entry 32).
     """
     try:
         main(sys.argv[1:] if argv is None else argv)
+        code = 0
     except Exception as err:
         message = user_error_message(err)
         if message is None or os.environ.get(TRACEBACK_ENV, "").lower() in ("1", "true", "yes"):
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # No barrier: the other processes may have failed too, or be waiting elsewhere.
-            torch.distributed.destroy_process_group()
-        return 1
-    return 0
+            if not _upstream.gloo_group_alive():
+                raise
+            traceback.print_exc()  # what the interpreter prints for an uncaught exception, then exit code 1
+        else:
+            print(f"error: {message}", file=sys.stderr)
+        code = 1
+    # No barrier after an error: the other processes may have failed too, or be waiting elsewhere.
+    if _upstream.gloo_group_alive():
+        _upstream.exit_without_gloo_teardown(code)
+    if code and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return code
 
 
 def base_model_id(model_args: ModelArguments) -> str:

@@ -280,23 +280,6 @@ def test_recipes_switch_on_both_exact_speed_ups_where_they_apply(monkeypatch, tm
     assert hooks(False, label_only_logits=False, shared_prompt=False) == 0
 
 
-def test_a_recipe_run_ends_with_trainer_end_which_destroys_the_process_group(tmp_path):
-    """finish_recipe calls Trainer.end(): a process that exits with its gloo group alive can abort at exit."""
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
-    try:
-        flags = ["--output_dir", str(tmp_path / "run"), "--use_cpu", "true", "--max_steps", "2"]
-        flags += ["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
-        flags += ["--predict_unlabeled", "false", "--disable_tqdm", "true"]
-        results = load_recipe("p_tuning").main(flags)
-        assert not dist.is_initialized()
-        assert math.isfinite(results["eval_loss"])
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def test_bf16_mixed_precision_runs_on_cpu(tmp_path):
     out = tmp_path / "bf16"
     flags = ["--output_dir", str(out), "--use_cpu", "true", "--bf16", "true", "--max_steps", "4"]

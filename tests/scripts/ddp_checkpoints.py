@@ -22,6 +22,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from accelerate import PartialState
 from transformers import Trainer
 
+from softprompt_hf._upstream import exit_without_gloo_teardown
+
 sys.path.insert(0, str(Path(__file__).parent))
 from resumable_run import run  # noqa: E402
 
@@ -52,14 +54,7 @@ def main(output_dir: str) -> None:
         }
         Path(output_dir, "report.json").write_text(json.dumps(report), encoding="utf-8")
     resumed.accelerator.wait_for_everyone()  # rank 0 may still be writing the report
-    # Not Trainer.end(): with torch 2.13's gloo, destroy_process_group joins the gloo work thread while holding the
-    # GIL, and that thread can still be freeing an all-gather's Python-owned tensors, which needs the GIL: a
-    # deadlock seen once in CI (gdb: main thread in std::thread::join, pt_gloo_runloop in ~AsyncAllgatherWork ->
-    # take_gil). Leaving without interpreter teardown skips both that and gloo's abort at exit; what this run
-    # checks is on disk by now. The teardown itself is tested in test_recipes.py.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_without_gloo_teardown(0)  # not Trainer.end(): torch 2.13's gloo teardown can hang (_upstream entry 32)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingA
 
 import softprompt_hf._decoding as decoding
 from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model, load_raft
+from softprompt_hf._upstream import exit_without_gloo_teardown
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
 
 
@@ -64,8 +65,8 @@ def main(out_dir: str, mode: str) -> None:
     with open(os.path.join(out_dir, f"process{state.process_index}.json"), "w") as f:
         report = {"num_processes": state.num_processes, "metrics": result, "scored": scored_rows, "refusal": refusal}
         json.dump(report, f)
-    trainer.accelerator.wait_for_everyone()  # end() does not wait for the other process
-    trainer.end()  # destroys the process group: without it a process can abort at exit (gloo)
+    trainer.accelerator.wait_for_everyone()
+    exit_without_gloo_teardown(0)  # not Trainer.end(): torch 2.13's gloo teardown can hang (_upstream entry 32)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from transformers import TrainerCallback
 
 from softprompt_hf import GenerationMetrics, load_raft, save_adapter
+from softprompt_hf._upstream import exit_without_gloo_teardown
 from softprompt_hf.callbacks import _trainable_state, check_trainer, last_complete_checkpoint
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES
 from softprompt_hf.sharding import gathered_root, local_parameter_bytes
@@ -123,8 +124,8 @@ def main(out: Path, methods: list[str], per_device_batch: int, kill_at_step: int
                 save_file(trainable, str(folder / "trainable.safetensors"))
                 save_adapter(model, folder / "adapter", tokenizer=generate.tokenizer, labels=generate.labels)
         state.wait_for_everyone()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    if torch.distributed.is_initialized():  # not destroyed: torch 2.13's gloo teardown can hang (_upstream entry 32)
+        exit_without_gloo_teardown(0)
 
 
 if __name__ == "__main__":
