@@ -140,16 +140,17 @@ FSDP
 
 Ending a process
 
-32. :func:`gloo_group_alive`, :func:`exit_without_gloo_teardown` - torch 2.13's gloo backend tears a process
-    group down by joining its worker threads while the GIL is held, and a worker may still be releasing the
-    tensors of a finished collective, which for a tensor Python has seen needs the GIL: the process hangs after its
-    work is done. Seen in CI inside ``Trainer.end()`` (``destroy_process_group``); tests/scripts/gloo_teardown.py
-    makes the release late on purpose and hangs 5 runs in 6, at interpreter exit since its DDP module keeps the
-    group past ``destroy_process_group`` (gdb, both times: the main thread in ``std::thread::join`` of
-    ``pt_gloo_runloop``, that thread in ``~AsyncAllgatherWork`` -> ``decref_pyobject`` -> ``take_gil``).
-    ``finish_recipe`` does not destroy a gloo group, and ``run_recipe`` ends such a process with ``os._exit`` once
-    the exit handlers have run, so no teardown happens. Delete both, and let ``finish_recipe`` call
-    ``Trainer.end()`` again, once gloo's teardown is safe (the slow test in tests/test_teardown.py then fails).
+32. :func:`gloo_group_alive`, :func:`launched_gloo_process`, :func:`exit_without_gloo_teardown` - torch 2.13's gloo
+    backend tears a process group down by joining its worker threads while the GIL is held, and a worker may still
+    be releasing the tensors of a finished collective, which for a tensor Python has seen needs the GIL: the process
+    hangs after its work is done. Seen in CI inside ``Trainer.end()`` (``destroy_process_group``);
+    tests/scripts/gloo_teardown.py makes the release late on purpose and hangs 5 runs in 6, at interpreter exit
+    since its DDP module keeps the group past ``destroy_process_group`` (gdb, both times: the main thread in
+    ``std::thread::join`` of ``pt_gloo_runloop``, that thread in ``~AsyncAllgatherWork`` -> ``decref_pyobject`` ->
+    ``take_gil``). ``finish_recipe`` does not destroy a gloo group, and ``run_recipe`` ends such a process, if a
+    launcher started it, with ``os._exit`` once the exit handlers have run, so no teardown happens. Delete the
+    three, and let ``finish_recipe`` call ``Trainer.end()`` again, once gloo's teardown is safe (the slow test in
+    tests/test_teardown.py then fails).
 """
 
 from __future__ import annotations
@@ -576,6 +577,13 @@ def gloo_group_alive() -> bool:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return False
     return "gloo" in str(torch.distributed.get_backend())
+
+
+def launched_gloo_process() -> bool:
+    """Whether this process is one a launcher started (torchrun, ``accelerate launch``: ``WORLD_SIZE`` is set) and
+    is in a gloo group (entry 32): only such a process is ended by ``runner.run_recipe``, never a caller's own
+    process (a notebook, a test session) that called it with a group of its own."""
+    return "WORLD_SIZE" in os.environ and gloo_group_alive()
 
 
 def exit_without_gloo_teardown(code: int) -> NoReturn:

@@ -591,9 +591,9 @@ def run_recipe(main: Callable[[list[str]], Any], argv: list[str] | None = None) 
     with its traceback. In a distributed run each process exits on its own: an input error is found by every
     process alike, and a process that fails alone exits non-zero, which makes the launcher stop the others.
 
-    A process in a gloo group (distributed on CPU) does not return: once the exit handlers have run it ends with
-    ``os._exit`` and this exit code (a bug's traceback printed first), so that torch 2.13's gloo teardown, which
-    can hang or crash there, never runs (``_upstream`` entry 32).
+    A process that a launcher started (``WORLD_SIZE`` set) in a gloo group (distributed on CPU) does not return:
+    once the exit handlers have run it ends with ``os._exit`` and this exit code (a bug's traceback printed first),
+    so that torch 2.13's gloo teardown, which can hang or crash there, never runs (``_upstream`` entry 32).
     """
     try:
         main(sys.argv[1:] if argv is None else argv)
@@ -601,14 +601,14 @@ def run_recipe(main: Callable[[list[str]], Any], argv: list[str] | None = None) 
     except Exception as err:
         message = user_error_message(err)
         if message is None or os.environ.get(TRACEBACK_ENV, "").lower() in ("1", "true", "yes"):
-            if not _upstream.gloo_group_alive():
+            if not _upstream.launched_gloo_process():
                 raise
             traceback.print_exc()  # what the interpreter prints for an uncaught exception, then exit code 1
         else:
             print(f"error: {message}", file=sys.stderr)
         code = 1
     # No barrier after an error: the other processes may have failed too, or be waiting elsewhere.
-    if _upstream.gloo_group_alive():
+    if _upstream.launched_gloo_process():
         _upstream.exit_without_gloo_teardown(code)
     if code and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

@@ -56,8 +56,9 @@ def test_upstream_gloo_teardown_still_hangs_or_crashes_there():
     assert outcomes[-1] != 0, f"5 runs of destroy_process_group ended cleanly: {outcomes}"
 
 
-# One process in a FileStore gloo group, as torchrun's processes are: run_recipe must end it with the exit code,
-# after the exit handlers, and print what it prints at a normal exit.
+# One process in a FileStore gloo group. Started as a launcher starts one (WORLD_SIZE set), run_recipe must end it
+# with the exit code, after the exit handlers, and print what it prints at a normal exit; started otherwise (a
+# notebook or a test session with a group of its own), run_recipe must return.
 ONE_PROCESS = textwrap.dedent(
     """
     import atexit, sys
@@ -80,11 +81,15 @@ ONE_PROCESS = textwrap.dedent(
 )
 
 
-def one_gloo_process(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+def one_gloo_process(tmp_path: Path, *argv: str, launched: bool = True) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "one_process.py"
     script.write_text(ONE_PROCESS.format(recipes=str(REPO / "recipes"), store=str(tmp_path / "store")))
+    (tmp_path / "store").unlink(missing_ok=True)
+    env = {key: value for key, value in ENV.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    if launched:
+        env.update(WORLD_SIZE="1", RANK="0", LOCAL_RANK="0")  # what torchrun sets for each process
     return subprocess.run(
-        [sys.executable, str(script), *argv], capture_output=True, text=True, timeout=600, env=ENV, cwd=tmp_path
+        [sys.executable, str(script), *argv], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path
     )
 
 
@@ -109,3 +114,12 @@ def test_run_recipe_ends_a_gloo_process_with_its_exit_code_after_the_exit_handle
     assert bug.returncode == 1
     assert "Traceback" in bug.stderr and bug.stderr.strip().splitlines()[-1] == "RuntimeError: a bug"
     assert bug.stdout.rstrip().endswith("exit handlers ran") and "run_recipe returned" not in bug.stdout
+
+
+def test_run_recipe_returns_in_a_process_no_launcher_started(tmp_path):
+    """Never ends a caller's own process: with a gloo group but no launcher, run_recipe returns its exit code."""
+    bug = one_gloo_process(tmp_path, "bug", launched=False)
+    assert bug.returncode == 1 and bug.stderr.strip().endswith("RuntimeError: a bug")  # raised, uncaught
+    bad_input = one_gloo_process(tmp_path, "--model_name_or_path", "no/such/dir", launched=False)
+    assert bad_input.returncode == 0, bad_input.stderr[-3000:]  # the script's own exit: run_recipe returned
+    assert "run_recipe returned 1" in bad_input.stdout and "exit handlers ran" in bad_input.stdout
