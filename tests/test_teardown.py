@@ -10,6 +10,7 @@ FileStore group) and in 2 (torchrun).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -22,11 +23,26 @@ SCRIPT = REPO / "tests" / "scripts" / "gloo_teardown.py"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
 
 
+def _kill_script_processes() -> None:
+    """SIGKILL every process running the script: torchrun starts each in a session of its own, so a hung one
+    outlives its launcher."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(SCRIPT).encode() in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
 def torchrun(mode: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run the script in 2 processes; on a timeout, kill the launcher and both processes (a hung one included)."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    return subprocess.run(
-        [*command, str(SCRIPT), mode], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO
-    )
+    try:
+        return subprocess.run(
+            [*command, str(SCRIPT), mode], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=REPO
+        )
+    finally:
+        _kill_script_processes()
 
 
 @pytest.mark.distributed
