@@ -123,12 +123,105 @@ class DataArguments:
             raise ValueError(f"dataset={self.dataset!r}: choose one of {', '.join(_DATASETS)}.")
         if self.bbc_news_text not in BBC_NEWS_TEXT_FIELDS:
             raise ValueError(f"bbc_news_text={self.bbc_news_text!r}: choose one of {', '.join(BBC_NEWS_TEXT_FIELDS)}.")
-        if self.max_train_samples is not None and self.max_train_samples < 1:
-            raise ValueError(f"max_train_samples={self.max_train_samples}: give a number of rows (1 or more), or none.")
+        _check_ranges(self, _DATA_RANGES)
+        if self.validation_size >= 1 and self.validation_size != int(self.validation_size):
+            raise ValueError(
+                f"--validation_size {self.validation_size}: give a fraction below 1 (e.g. 0.2) or a whole number of "
+                "rows (e.g. 40)."
+            )
         if self.label_tokenization is not None and self.label_tokenization not in LABEL_TOKENIZATIONS:
             raise ValueError(
                 f"label_tokenization={self.label_tokenization!r}: choose one of {', '.join(LABEL_TOKENIZATIONS)}."
             )
+
+
+class _Range(NamedTuple):
+    """The values a numeric flag takes: ``low`` (inclusive, or exclusive with ``above``), ``high`` (exclusive, or
+    inclusive with ``up_to``), and ``also``, values outside them that mean something (``--max_steps -1``)."""
+
+    low: float | None = None
+    high: float | None = None
+    above: bool = False
+    up_to: bool = False
+    also: tuple[float, ...] = ()
+    #: What the flag counts, for the message (e.g. "rows per device").
+    what: str = ""
+
+    def holds(self, value: float) -> bool:
+        if value in self.also:
+            return True
+        if self.low is not None and (value <= self.low if self.above else value < self.low):
+            return False
+        return self.high is None or (value <= self.high if self.up_to else value < self.high)
+
+    def describe(self) -> str:
+        low = "" if self.low is None else f"{'above' if self.above else 'of at least'} {_number(self.low)}"
+        high = "" if self.high is None else f"{'at most' if self.up_to else 'below'} {_number(self.high)}"
+        bounds = " and ".join(part for part in (low, high) if part)
+        extra = "".join(f", or {_number(value)}" for value in self.also)
+        return f"give a value {bounds}{extra}{f' ({self.what})' if self.what else ''}"
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _check_ranges(args: Any, ranges: dict[str, _Range]) -> None:
+    """Raises a ``ValueError`` naming the flag, its value and the values it takes, for the first field of ``args``
+    outside its ``_Range`` (None, for an optional flag, is always allowed)."""
+    for name, valid in ranges.items():
+        value = getattr(args, name)
+        if value is not None and not (isinstance(value, (int, float)) and valid.holds(value)):
+            raise ValueError(f"--{name} {value}: {valid.describe()}.")
+
+
+_COUNT = _Range(low=1)
+_SEED = _Range(low=0, high=2**32 - 1, up_to=True, what="numpy takes 32-bit seeds")
+_STEPS = _Range(low=0, above=True, what="a number of steps, or a fraction (below 1) of the run's steps")
+_PROBABILITY = _Range(low=0, high=1)
+
+#: The valid values of the numeric DataArguments flags (SoftPromptArguments checks its own).
+_DATA_RANGES = {
+    "validation_size": _Range(low=0, what="a fraction of the labelled rows (below 1) or a number of rows"),
+    "max_length": _Range(low=1, what="a number of tokens"),
+    "max_train_samples": _Range(low=1, what="a number of rows"),
+}
+
+#: The valid values of every numeric flag of SoftPromptTrainingArguments (TrainingArguments' own included, which
+#: it checks only in part or not at all: a batch size of 0 got as far as torch's DataLoader). local_rank is the
+#: launcher's, not the user's.
+_TRAINING_RANGES = {
+    "per_device_train_batch_size": _Range(low=1, what="rows per device and step"),
+    "per_device_eval_batch_size": _Range(low=1, what="rows per device and step"),
+    "gradient_accumulation_steps": _COUNT,
+    "eval_accumulation_steps": _COUNT,
+    "num_train_epochs": _Range(low=0, what="a number of epochs"),
+    "max_steps": _Range(low=1, also=(-1,), what="-1 trains for num_train_epochs"),
+    "learning_rate": _Range(low=0, above=True),
+    "warmup_steps": _Range(low=0, what="a number of steps, or a fraction (below 1) of the run's steps"),
+    "weight_decay": _Range(low=0),
+    "adam_beta1": _PROBABILITY,
+    "adam_beta2": _PROBABILITY,
+    "adam_epsilon": _Range(low=0, above=True),
+    "max_grad_norm": _Range(low=0, what="the gradient norm to clip to (0: no clipping)"),
+    "label_smoothing_factor": _PROBABILITY,
+    "neftune_noise_alpha": _Range(low=0, above=True),
+    "torch_empty_cache_steps": _COUNT,
+    "logging_steps": _STEPS,
+    "eval_steps": _STEPS,
+    "save_steps": _STEPS,
+    "eval_delay": _Range(low=0),
+    "save_total_limit": _Range(low=1, what="checkpoints to keep (leave it unset to keep all)"),
+    "seed": _SEED,
+    "data_seed": _SEED,
+    "dataloader_num_workers": _Range(low=0),
+    "dataloader_prefetch_factor": _COUNT,
+    "ddp_bucket_cap_mb": _COUNT,
+    "ddp_timeout": _Range(low=1, what="seconds"),
+    "num_sample_predictions": _Range(low=0, what="rows"),
+    "early_stopping_patience": _Range(low=1, what="evaluations"),
+    "push_timeout": _Range(low=0, above=True, what="seconds"),
+}
 
 
 def _inherited(name: str, default: Any) -> Any:
@@ -217,8 +310,12 @@ class SoftPromptTrainingArguments(TrainingArguments):
     def __post_init__(self) -> None:
         if self.eval_mode not in _EVAL_MODES:
             raise ValueError(f"--eval_mode {self.eval_mode!r}: choose one of {', '.join(_EVAL_MODES)}.")
-        if not self.push_timeout > 0:
-            raise ValueError(f"--push_timeout {self.push_timeout}: give a number of seconds above 0.")
+        _check_ranges(self, _TRAINING_RANGES)
+        if self.max_steps <= 0 and self.num_train_epochs == 0:
+            raise ValueError(
+                "--num_train_epochs 0 with no --max_steps trains nothing: give a number of epochs above 0, or "
+                "--max_steps."
+            )
         super().__post_init__()
 
 

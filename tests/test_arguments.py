@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import pickle
 import re
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 from conftest import METHODS
 from transformers import TrainingArguments
 
-from softprompt_hf.arguments import SoftPromptTrainingArguments, parse_recipe_args
+from softprompt_hf import runner
+from softprompt_hf.arguments import _ARGUMENT_CLASSES, SoftPromptTrainingArguments, parse_recipe_args
 from softprompt_hf.methods import SoftPromptArguments, build_peft_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,7 +195,7 @@ def test_null_in_a_config_keeps_the_default(tmp_path):
     [
         ("dataset: tweets\n", r"dataset='tweets': choose one of embedded, raft, files"),
         ("eval_mode: vote\n", r"--eval_mode 'vote': choose one of generate, rank"),
-        ("push_timeout: 0\n", r"--push_timeout 0.0: give a number of seconds above 0"),
+        ("push_timeout: 0\n", r"--push_timeout 0.0: give a value above 0 \(seconds\)"),
         ("learning_rat: 0.1\n", r"unknown setting 'learning_rat'\. Did you mean 'learning_rate'"),
     ],
 )
@@ -236,3 +239,93 @@ def test_each_method_takes_its_own_options_and_the_defaults_of_the_others():
     assert SoftPromptArguments(method="p_tuning", prompt_tuning_init="TEXT", prefix_projection=False)
     args = parse_recipe_args("prefix_tuning", ["--prefix_projection", "true", "--encoder_hidden_size", "64"])
     assert build_peft_config(args.prompt).encoder_hidden_size == 64
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Every numeric flag is checked for its range before anything runs: one `error:` line naming the flag.
+# ----------------------------------------------------------------------------------------------------------
+
+#: A value out of range for every numeric flag of the recipes, and the recipe that takes the flag.
+OUT_OF_RANGE = {
+    # DataArguments
+    "validation_size": "-0.1",
+    "max_length": "0",
+    "max_train_samples": "0",
+    # SoftPromptArguments
+    "num_virtual_tokens": "0",
+    "encoder_hidden_size": "0",
+    "encoder_num_layers": "0",
+    "encoder_dropout": "1.0",
+    # SoftPromptTrainingArguments (TrainingArguments' own included)
+    "per_device_train_batch_size": "0",
+    "per_device_eval_batch_size": "0",
+    "gradient_accumulation_steps": "0",
+    "eval_accumulation_steps": "0",
+    "num_train_epochs": "-1",
+    "max_steps": "0",
+    "learning_rate": "0",
+    "warmup_steps": "-1",
+    "weight_decay": "-0.01",
+    "adam_beta1": "1.0",
+    "adam_beta2": "-0.5",
+    "adam_epsilon": "0",
+    "max_grad_norm": "-1",
+    "label_smoothing_factor": "1.5",
+    "neftune_noise_alpha": "-5",
+    "torch_empty_cache_steps": "0",
+    "logging_steps": "0",
+    "eval_steps": "-2",
+    "save_steps": "-2",
+    "eval_delay": "-1",
+    "save_total_limit": "0",
+    "seed": "-1",
+    "data_seed": "4294967296",
+    "dataloader_num_workers": "-1",
+    "dataloader_prefetch_factor": "0",
+    "ddp_bucket_cap_mb": "0",
+    "ddp_timeout": "0",
+    "num_sample_predictions": "-1",
+    "early_stopping_patience": "0",
+    "push_timeout": "0",
+}
+#: Numeric fields that are not the user's to set.
+NOT_A_USER_FLAG = {"local_rank"}  # set by the launcher
+P_TUNING_FLAGS = {"encoder_hidden_size", "encoder_num_layers", "encoder_dropout"}
+
+
+def numeric_fields() -> set[str]:
+    numeric = set()
+    for cls in _ARGUMENT_CLASSES:
+        hints = typing.get_type_hints(cls)
+        for spec in dataclasses.fields(cls):
+            options = set(typing.get_args(hints[spec.name])) or {hints[spec.name]}
+            if spec.init and options & {int, float} and bool not in options:
+                numeric.add(spec.name)
+    return numeric
+
+
+def test_every_numeric_flag_has_an_out_of_range_case():
+    assert numeric_fields() == set(OUT_OF_RANGE) | NOT_A_USER_FLAG
+
+
+@pytest.mark.parametrize("flag", sorted(OUT_OF_RANGE))
+def test_a_numeric_flag_out_of_range_gets_one_error_line_before_anything_runs(flag, tmp_path, capsys, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the run went past its arguments")
+
+    monkeypatch.setattr(runner, "_load_data", never)
+    method = "p_tuning" if flag in P_TUNING_FLAGS else "prompt_tuning"
+    spec = importlib.util.spec_from_file_location(f"recipe_{method}", REPO / "recipes" / f"{method}.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    value = OUT_OF_RANGE[flag]
+    argv = [f"--{flag}", value, "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"]
+    if flag in ("eval_steps", "save_steps"):
+        argv += ["--eval_strategy", "steps", "--save_strategy", "steps"]
+    code = runner.run_recipe(recipe.main, argv)
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], err
+    # The value as given (or as a float), not a number that merely starts with it.
+    assert re.search(rf"(?<![\w.-]){re.escape(value)}(\.0)?(?!\.?\d)", lines[0]), err

@@ -322,6 +322,12 @@ CASES = [
         r"load_best_model_at_end requires the save and eval strategy to match.*Save strategy: SaveStrategy\.STEPS",
     ),
     Case(
+        "a number out of its range",
+        "recipe",
+        lambda c: ["--per_device_train_batch_size", "0"],
+        r"--per_device_train_batch_size 0: give a value of at least 1 \(rows per device and step\)",
+    ),
+    Case(
         "another method than the recipe's",
         "recipe",
         lambda c: ["--method", "prefix_tuning"],
