@@ -397,7 +397,8 @@ def with_base_model(inputs: ModelCardInputs, base_model: str) -> ModelCardInputs
     """``inputs`` for the base model's Hub id ``base_model`` (e.g. of a model trained from a local copy)."""
     if not is_hub_id(base_model):
         raise ValueError(f"base_model={base_model!r} is not a Hub id.")
-    return dataclasses.replace(inputs, base_model=base_model, local_base=False)
+    peft_config = _peft_config_for(inputs.peft_config, base_model)
+    return dataclasses.replace(inputs, base_model=base_model, local_base=False, peft_config=peft_config)
 
 
 @functools.cache
@@ -545,14 +546,19 @@ def _shown_peft_config(config: Any, base_model: str) -> dict[str, Any]:
     return values
 
 
-def _peft_config_json(values: Mapping[str, Any], base_model: str) -> str:
+def _peft_config_for(values: Mapping[str, Any], base_model: str) -> dict[str, Any]:
+    """A shown PEFT config (``_shown_peft_config``) for the base model ``base_model`` instead of the one it names."""
     values = dict(values)
     previous_base = values.get("base_model_name_or_path")
     values["base_model_name_or_path"] = base_model
     tokenizer_source = values.get("tokenizer_name_or_path")
     if tokenizer_source and (tokenizer_source == previous_base or not is_hub_id(tokenizer_source)):
         values["tokenizer_name_or_path"] = base_model  # it names the base model (see _shown_peft_config)
-    return json.dumps(values, indent=2, sort_keys=True, default=str)
+    return values
+
+
+def _peft_config_json(values: Mapping[str, Any], base_model: str) -> str:
+    return json.dumps(_peft_config_for(values, base_model), indent=2, sort_keys=True, default=str)
 
 
 def _parameter_counts(model: Any) -> tuple[int, int]:

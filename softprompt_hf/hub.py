@@ -19,6 +19,7 @@ import json
 import os
 import shlex
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from transformers.utils import logging
 
 from ._upstream import current_client_factory, http_library, saved_callback_state
 from .card import ModelCardCallback, ModelCardInputs, is_hub_id, render_model_card, with_base_model
+from .constants import DEFAULT_COMMIT_MESSAGE, DEFAULT_TIMEOUT
 from .saving import CARD_KEY, INFERENCE_CONFIG_NAME, replace_folder, save_adapter
 from .sharding import gather_root
 
@@ -47,10 +49,6 @@ __all__ = [
 
 logger = logging.get_logger(__name__)
 
-#: Seconds a single Hub request may stay silent before it is abandoned (huggingface_hub waits forever). The client
-#: retries a timed-out or failed (HTTP 5xx) upload request a few times, so a push can wait several times this.
-DEFAULT_TIMEOUT = 60.0
-_DEFAULT_COMMIT_MESSAGE = "Upload soft-prompt adapter with softprompt_hf"
 _TOKEN_HELP = (
     "Create a token with write access at https://huggingface.co/settings/tokens, then run `hf auth login` or set "
     "the HF_TOKEN environment variable"
@@ -111,19 +109,23 @@ def push_adapter_folder(
     *,
     token: str | None = None,
     private: bool | None = None,
-    commit_message: str = _DEFAULT_COMMIT_MESSAGE,
+    commit_message: str = DEFAULT_COMMIT_MESSAGE,
     base_model_id: str | None = None,
     timeout: float | None = DEFAULT_TIMEOUT,
     endpoint: str | None = None,
 ) -> str:
     """Uploads a saved adapter folder (from ``save_adapter``) to a Hub model repository.
 
-    The token and the namespace are checked first (``check_push_access``), the repository is created if
-    needed, then the folder is uploaded in one commit. A card rendered by softprompt_hf (its data is in
-    ``softprompt_hf.json``) is rendered again from that data for ``repo_id`` (and ``base_model_id``) first, so that
-    its title, model-index name, usage snippet and base model name the repository it is pushed to and the model
-    others can download; a card edited by hand, or one of the caller's own, is pushed as it is, with only its YAML
-    ``base_model`` set to ``base_model_id``. Only the main process should call this.
+    What is uploaded is prepared in memory first: a card rendered by softprompt_hf (its data is in
+    ``softprompt_hf.json``) is rendered again from that data for ``repo_id`` (and ``base_model_id``), so that its
+    title, model-index name, usage snippet and base model name the repository it is pushed to and the model others
+    can download; a card edited by hand, or one of the caller's own, is pushed as it is, with only its YAML
+    ``base_model`` set to ``base_model_id``. A text file that would still carry a local path (the folder, the local
+    base model, the home folder) or the token is refused before anything is sent. Then the token and the namespace
+    are checked (``check_push_access``), the repository is created if needed, and the folder is uploaded in one
+    commit. The local folder is left byte for byte as it was unless the push succeeds; then the files the push
+    changed (card, ``softprompt_hf.json``, ``adapter_config.json``) are written there too, as pushed, and the log
+    says so. Only the main process should call this.
 
     Args:
         folder: The adapter folder: ``adapter_config.json``, weights, ``README.md`` card, ``softprompt_hf.json``
@@ -143,18 +145,19 @@ def push_adapter_folder(
         The URL of the commit.
 
     Raises:
-        ValueError: If the folder holds no adapter, or its base model is a local path and no
-            ``base_model_id`` is given.
+        ValueError: If the folder holds no adapter, its base model is a local path and no ``base_model_id`` is
+            given, or a file to upload names a local path or holds the token (nothing is sent).
         HubPushError: If the push fails (offline mode, no token, token rejected or without write access to the
             namespace, network error, timeout, Hub error); its message says what happened, what became of the
             repository and the command to retry.
     """
     folder = Path(folder)
-    config_path = folder / "adapter_config.json"
-    if not config_path.is_file():
+    if not (folder / "adapter_config.json").is_file():
         raise ValueError(f"{str(folder)!r} holds no adapter_config.json: save the adapter there first (save_adapter).")
-    _prepare_for_push(folder, repo_id, base_model_id)
+    changed = _files_for_push(folder, repo_id, base_model_id)
     token = token or get_token()
+    upload = _upload_contents(folder, changed)
+    _check_nothing_local(upload, _local_names(folder), token)
     problem = _access_problem(repo_id, token, timeout, endpoint)
     if problem:
         raise HubPushError(problem, folder=folder, repo_id=repo_id)
@@ -162,15 +165,20 @@ def push_adapter_folder(
     traffic = _Traffic()
     created: bool | None = None  # unknown until create_repo has answered
     try:
-        with _watched_session(timeout, traffic):
+        with _watched_session(timeout, traffic), _staged(upload) as staged:
             created = _create_repo(api, repo_id, private)
-            commit = api.upload_folder(
-                folder_path=folder, repo_id=repo_id, commit_message=commit_message, ignore_patterns=[".*"]
-            )
+            commit = api.upload_folder(folder_path=staged, repo_id=repo_id, commit_message=commit_message)
     except Exception as err:
         problem = _redact(_describe(err, api.endpoint, timeout, repo_id, traffic), token)
         raise HubPushError(problem + _repo_state(repo_id, created), folder=folder, repo_id=repo_id) from None
     logger.info(f"Pushed {folder} to {api.endpoint}/{repo_id} ({commit.oid[:8]})")
+    if changed:
+        # Only now that the repository holds them: the local folder then says what the repository says.
+        replace_folder(folder, lambda new: _copy_with(folder, new, changed))
+        logger.info(
+            f"Updated {', '.join(sorted(changed))} in {folder} as pushed (the card rendered for {repo_id}, the base "
+            "model named by its Hub id)."
+        )
     return str(commit.commit_url)
 
 
@@ -212,7 +220,7 @@ def push_adapter(
     card: ModelCardInputs | ModelCard | None = None,
     token: str | None = None,
     private: bool | None = None,
-    commit_message: str = _DEFAULT_COMMIT_MESSAGE,
+    commit_message: str = DEFAULT_COMMIT_MESSAGE,
     timeout: float | None = DEFAULT_TIMEOUT,
     endpoint: str | None = None,
     **settings: Any,
@@ -517,16 +525,17 @@ def _check_base_model_id(base_model_id: str) -> None:
         )
 
 
-def _prepare_for_push(folder: Path, repo_id: str, base_model_id: str | None) -> None:
-    """Makes the saved folder name ``repo_id`` and the base model's Hub id before it is uploaded.
+def _files_for_push(folder: Path, repo_id: str, base_model_id: str | None) -> dict[str, str]:
+    """The files of the saved folder that the push changes (name -> new content), for ``repo_id`` and the base
+    model's Hub id; nothing is written here.
 
     Refused: a folder whose adapter names a local base model, unless ``base_model_id`` replaces it. The Hub id goes
     into ``adapter_config.json`` (and replaces a local ``tokenizer_name_or_path``, recorded by TEXT-initialised
-    prompt tuning: the tokenizer is the base model's) and ``softprompt_hf.json``. A card rendered from the data in
-    ``softprompt_hf.json``, and unchanged since, is rendered again from that data for ``repo_id`` and the base
-    model; any other card (edited by hand, a caller's own, or from an older softprompt_hf) is kept as it is, with
-    only its YAML ``base_model`` set (``ModelCardData``) when ``base_model_id`` is given. The changed files
-    replace the folder in one swap (``replace_folder``).
+    prompt tuning: the tokenizer is the base model's) and ``softprompt_hf.json`` (its card data's PEFT config
+    too). A card rendered from the data in ``softprompt_hf.json``, and unchanged since, is rendered again from that
+    data for ``repo_id`` and the base model; any other card (edited by hand, a caller's own, or from an older
+    softprompt_hf) is kept as it is, with only its YAML ``base_model`` set (``ModelCardData``) when
+    ``base_model_id`` is given.
     """
     config_path = folder / "adapter_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -540,7 +549,7 @@ def _prepare_for_push(folder: Path, repo_id: str, base_model_id: str | None) -> 
     if base_model_id is not None:
         _check_base_model_id(base_model_id)
     base = base_model_id or current
-    files: dict[str, str] = {}  # name -> new content
+    files: dict[str, str] = {}
     updates = {}
     if current != base:
         updates["base_model_name_or_path"] = base
@@ -548,50 +557,107 @@ def _prepare_for_push(folder: Path, repo_id: str, base_model_id: str | None) -> 
     if tokenizer_source and not is_hub_id(tokenizer_source):
         updates["tokenizer_name_or_path"] = base
     if updates:
-        logger.info(f"Naming the base model by its Hub id in {config_path}: {updates}")
         files[config_path.name] = _json_text({**config, **updates})
     settings_path = folder / INFERENCE_CONFIG_NAME
     settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
     settings = settings if isinstance(settings, dict) else {}
     new_settings = {**settings, "base_model": base_model_id} if base_model_id is not None and settings else settings
-    readme = _card_for_push(folder / "README.md", settings.get(CARD_KEY), repo_id, base_model_id)
-    if readme is not None:
-        files["README.md"] = readme[0]
-        if readme[1] is not None:
-            new_settings = {**new_settings, CARD_KEY: readme[1]}
+    stored = settings.get(CARD_KEY)
+    stored = stored if isinstance(stored, dict) else None
+    data = ModelCardInputs.from_dict(stored) if stored is not None else None
+    card_path = folder / "README.md"
+    text = card_path.read_text(encoding="utf-8") if card_path.is_file() else None
+    rendered = data is not None and text == render_model_card(data, repo_id=data.repo_id).content
+    if data is not None and base_model_id is not None and base_model_id != data.base_model:
+        data = with_base_model(data, base_model_id)
+        new_settings = {**new_settings, CARD_KEY: data.to_dict()}
+    if data is not None and rendered:
+        data = data.replace(repo_id=repo_id)
+        files["README.md"] = render_model_card(data, repo_id=repo_id).content
+        new_settings = {**new_settings, CARD_KEY: data.to_dict()}
+    elif text is not None:
+        if stored is not None:
+            older = {spec.name for spec in dataclasses.fields(ModelCardInputs)} - set(stored)
+            why = (
+                "was written by an older softprompt_hf (save the adapter again for a card rendered for the repository)"
+                if older
+                else "was edited after softprompt_hf wrote it"
+            )
+            logger.warning(f"{card_path} {why}, so it is pushed as it is; check that it names {repo_id!r}.")
+        card = ModelCard(text)
+        metadata: Any = card.data  # a ModelCardData (typed as its base class)
+        if base_model_id is not None and metadata.base_model != base_model_id:
+            metadata.base_model = base_model_id
+            files["README.md"] = card.content
     if new_settings != settings:
         files[INFERENCE_CONFIG_NAME] = _json_text(new_settings)
-    if files:
-        replace_folder(folder, lambda new: _copy_with(folder, new, files))
+    return files
 
 
-def _card_for_push(
-    card_path: Path, stored: Any, repo_id: str, base_model_id: str | None
-) -> tuple[str, dict[str, Any]] | None:
-    """The card's new content and data for ``repo_id``, or None when the card stays as it is."""
-    if not card_path.is_file():
-        return None
-    text = card_path.read_text(encoding="utf-8")
-    if isinstance(stored, dict):
-        data = ModelCardInputs.from_dict(stored)
-        if text == render_model_card(data, repo_id=data.repo_id).content:
-            if base_model_id is not None and base_model_id != data.base_model:
-                data = with_base_model(data, base_model_id)
-            data = data.replace(repo_id=repo_id)
-            return render_model_card(data, repo_id=repo_id).content, data.to_dict()
-        older = {spec.name for spec in dataclasses.fields(ModelCardInputs)} - set(stored)
-        why = (
-            "was written by an older softprompt_hf (save the adapter again for a card rendered for the repository)"
-            if older
-            else "was edited after softprompt_hf wrote it"
-        )
-        logger.warning(f"{card_path} {why}, so it is pushed as it is; check that it names {repo_id!r}.")
-    card = ModelCard(text)
-    metadata: Any = card.data  # a ModelCardData (typed as its base class)
-    if base_model_id is None or metadata.base_model == base_model_id:
-        return None
-    metadata.base_model = base_model_id
-    return card.content, stored
+def _upload_contents(folder: Path, changed: Mapping[str, str]) -> dict[str, Path | bytes]:
+    """What the push uploads (path in the repository -> file or content): every file of ``folder`` outside hidden
+    folders and files (temporary and cache files), those in ``changed`` with their new content."""
+    upload: dict[str, Path | bytes] = {}
+    for path in sorted(folder.rglob("*")):
+        name = path.relative_to(folder).as_posix()
+        if path.is_file() and not any(part.startswith(".") for part in name.split("/")):
+            upload[name] = changed[name].encode("utf-8") if name in changed else path
+    return upload
+
+
+@contextlib.contextmanager
+def _staged(upload: Mapping[str, Path | bytes]) -> Iterator[Path]:
+    """A temporary folder outside the adapter's holding what ``upload`` says, for ``HfApi.upload_folder``: the
+    adapter folder itself is not touched before the push has succeeded."""
+    with tempfile.TemporaryDirectory(prefix="softprompt_hf-push-") as root:
+        staged = Path(root) / "adapter"
+        for name, content in upload.items():
+            target = staged / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                shutil.copyfile(content, target)
+        yield staged
+
+
+def _local_names(folder: Path) -> list[str]:
+    """Names that only mean something on this machine: the adapter folder, the local base model and tokenizer it
+    was saved with, and the home folder (which holds the user's name)."""
+    names = {str(folder.absolute()), str(folder.resolve()), str(Path.home())}
+    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    for key in ("base_model_name_or_path", "tokenizer_name_or_path"):
+        value = config.get(key)
+        if isinstance(value, str) and value and not is_hub_id(value):
+            names |= {value, str(Path(value).expanduser().absolute())}
+    # One character or the root ("/", "C:\\") would match everything.
+    return sorted(name for name in names if len(name.strip("/\\")) > 2)
+
+
+def _check_nothing_local(upload: Mapping[str, Path | bytes], local_names: Sequence[str], token: str | None) -> None:
+    """Refuses, before anything is sent, an upload whose text files hold a local path or the token.
+
+    The push writes the Hub ids into every field it knows (``_files_for_push``); this is the last look at what
+    actually leaves the machine, including a card or file the user wrote.
+    """
+    for name, content in upload.items():
+        data = content if isinstance(content, bytes) else content.read_bytes()
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue  # weights and other binary files
+        if token and token.encode() in data:
+            raise ValueError(
+                f"{name} in the adapter folder holds the Hub token, which must never be uploaded: remove it from "
+                "the file, then push again. Nothing was pushed."
+            )
+        for local in local_names:
+            if local.encode() in data:
+                raise ValueError(
+                    f"{name} in the adapter folder names the local path {local!r}, which would be uploaded for "
+                    "everyone to read and means nothing on their machines. Edit it out (a base model is named by "
+                    "its Hub id: --base-model-id / base_model_id=...), then push again. Nothing was pushed."
+                )
 
 
 def _json_text(payload: Any) -> str:

@@ -21,8 +21,8 @@ create and write repositories in their own namespace and in organisations where 
 Fault injection for the tests: ``delay`` makes every request wait that many seconds before answering (a
 client with a shorter timeout times out), ``delays`` does it only for paths that contain a key (e.g.
 ``{"/preupload/": 2.0}``), ``fail_commits`` answers that many commits with HTTP 500 (then succeeds again),
-``requests`` records ``(method, path)`` of every request, and ``authorizations`` the Authorization headers
-it saw.
+``failures`` answers every request whose path contains a key with that HTTP status (e.g. ``{"/commit/": 403}``),
+``requests`` records ``(method, path)`` of every request, and ``authorizations`` the Authorization headers it saw.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ class HubServer:
         self.delay = 0.0
         self.delays: dict[str, float] = {}
         self.fail_commits = 0
+        self.failures: dict[str, int] = {}
         self._lock = threading.Lock()
         self._httpd = _QuietServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
@@ -173,6 +174,10 @@ def _handler(hub: HubServer) -> type[BaseHTTPRequestHandler]:
             if delay:
                 # Not time.sleep: tests replace huggingface_hub's retry sleeps, which are time.sleep.
                 threading.Event().wait(delay)
+            status = next((code for part, code in hub.failures.items() if part in path), None)
+            if status is not None:
+                self._body()
+                return self._error(status, f"Injected failure: HTTP {status}")
             parts = path.strip("/").split("/")
             with hub._lock:
                 if parts[:1] == ["api"]:

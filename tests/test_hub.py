@@ -482,8 +482,9 @@ def test_local_base_model_path_is_refused_unless_a_hub_id_is_given(hub, tmp_path
     assert str(hub.base_dir) not in pushed_card(hub, "alice/local").content
     assert pushed_card(hub, "alice/local").data.base_model == BASE_ID
 
-    # A card of the user's own is theirs: pushed as it is, only its YAML base_model set to the Hub id.
-    own = ModelCard(f"---\nlicense: mit\n---\n\n# My adapter\n\nTrained on {hub.base_dir}.\n")
+    # A card of the user's own is theirs: pushed as it is, only its YAML base_model set to the Hub id (one that
+    # names the local folder is refused: test_a_file_that_would_upload_a_local_path_or_the_token_is_refused...).
+    own = ModelCard("---\nlicense: mit\n---\n\n# My adapter\n\nTrained on my own copy of the base model.\n")
     folder = save_adapter(trainer.model, tmp_path / "own", tokenizer=trainer.processing_class, card=own)
     push_adapter_folder(folder, "alice/own", token=TOKEN, base_model_id=BASE_ID)
     pushed = pushed_card(hub, "alice/own")
@@ -569,3 +570,112 @@ def test_a_run_resumed_from_a_checkpoint_of_the_old_hub_adapter_folder_pushes_th
     files = hub.repos["alice/old-folder"].files
     assert files["adapter_model.safetensors"] == (out / "hub_adapter" / "adapter_model.safetensors").read_bytes()
     assert not (out / "adapter").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A failed push changes nothing; nothing pushed holds a local path, the user's name or the token
+# ----------------------------------------------------------------------------------------------------------
+
+
+def folder_state(folder: Path) -> dict[str, bytes]:
+    """Every file of ``folder`` and of the folder around it (a leftover temporary folder shows), with its bytes."""
+    return {str(p.relative_to(folder.parent)): p.read_bytes() for p in sorted(folder.parent.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def local_base_folder(hub, tmp_path):
+    """An adapter saved as a run from a local copy of the base model saves it: its config, card data and card name
+    the local folder, so a push with the base model's Hub id changes all three."""
+    trainer = train_tiny_adapter(hub.base_dir, "p_tuning", tmp_path / "run", num_train_epochs=1)
+    data = model_card_inputs(trainer.model, base_model=str(hub.base_dir), allow_local_base=True, labels=LABELS)
+    return save_adapter(trainer.model, tmp_path / "saved" / "adapter", tokenizer=trainer.processing_class, card=data)
+
+
+FAILED_PUSHES = {
+    "rejected token (401)": ("hf_RejectedSecret999", "rejected the token (HTTP 401"),
+    "no token": (None, "no Hugging Face token was found"),
+    "no write access (403)": (TOKEN, "may not write to 'alice' (HTTP 403)"),
+    "Hub error (500)": (TOKEN, "answered HTTP 500 to GET /api/whoami-v2"),
+    "500 on the commit": (TOKEN, "answered HTTP 500 to POST /api/models/alice/some-repo/commit/main"),
+    "server down": (TOKEN, "could not reach the Hub"),
+    "timeout": (TOKEN, "did not answer GET /api/whoami-v2 within 0.3 s"),
+}
+
+
+@pytest.mark.parametrize("kind", list(FAILED_PUSHES))
+def test_a_failed_push_leaves_the_folder_byte_identical(
+    hub, local_base_folder, monkeypatch, capsys, no_retry_sleeps, kind
+):
+    folder = local_base_folder
+    token, expected = FAILED_PUSHES[kind]
+    endpoint = hub.endpoint
+    if kind == "no write access (403)":
+        hub.failures["/commit/"] = 403
+    elif kind == "Hub error (500)":
+        hub.failures["/api/whoami-v2"] = 500
+    elif kind == "500 on the commit":
+        hub.fail_commits = 100
+    elif kind == "server down":
+        with HubServer() as gone:
+            point_hub_client_at(monkeypatch, gone.endpoint, hub.home)
+    elif kind == "timeout":
+        hub.delay = 2.0
+    if token is not None:
+        monkeypatch.setenv("HF_TOKEN", token)
+    before = folder_state(folder)
+    push = ["push", str(folder), "alice/some-repo", "--base-model-id", BASE_ID, "--timeout", "0.3"]
+    assert cli_main(push) == 1
+    assert expected in capsys.readouterr().err
+    assert folder_state(folder) == before
+    assert not hub.repos.get("alice/some-repo", SimpleNamespace(files={})).files
+
+    # Once the problem is gone, the same command pushes, and only then the local folder says what was pushed.
+    hub.failures.clear()
+    hub.fail_commits, hub.delay = 0, 0.0
+    point_hub_client_at(monkeypatch, endpoint, hub.home)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert cli_main(push) == 0
+    pushed = hub.repos["alice/some-repo"].files
+    changed = {name for name in pushed if (folder / name).read_bytes() != before[f"adapter/{name}"]}
+    assert changed == {"README.md", "adapter_config.json", "softprompt_hf.json"}
+    assert all((folder / name).read_bytes() == data for name, data in pushed.items())
+
+
+def test_nothing_pushed_holds_a_local_path_the_users_name_or_the_token(hub, tmp_path, monkeypatch):
+    """The issue's path: a recipe trains on a local base-model folder in the user's home, then the adapter is
+    pushed with --base-model-id. Every pushed file is scanned."""
+    from test_recipes import EMBEDDED_HUB_ID, load_recipe
+
+    from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
+
+    home = tmp_path / "home" / "zelda-local-user"
+    monkeypatch.setenv("HOME", str(home))
+    base = Path(shutil.copytree(EMBEDDED_MODEL_PATH, home / "models" / "embedded-bloom"))
+    out = home / "runs" / "complaints"
+    flags = ["--model_name_or_path", str(base), "--output_dir", str(out), "--use_cpu", "true", "--max_steps", "2"]
+    flags += ["--disable_tqdm", "true", "--predict_unlabeled", "false", "--prompt_tuning_init", "TEXT"]
+    load_recipe("prompt_tuning").main(flags)
+    saved = json.loads((out / "adapter" / "softprompt_hf.json").read_text())
+    assert saved["card"]["peft_config"]["base_model_name_or_path"] == str(base)  # the run itself was local
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    assert cli_main(["push", str(out / "adapter"), "alice/from-home", "--base-model-id", EMBEDDED_HUB_ID]) == 0
+    pushed = hub.repos["alice/from-home"].files
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md", "softprompt_hf.json"} <= set(pushed)
+    for name, data in pushed.items():
+        for trace in (str(tmp_path), str(home), "zelda-local-user", str(base), TOKEN):
+            assert trace.encode() not in data, (name, trace)
+    card = json.loads(pushed["softprompt_hf.json"])["card"]
+    assert card["peft_config"]["base_model_name_or_path"] == card["peft_config"]["tokenizer_name_or_path"]
+    assert card["peft_config"]["base_model_name_or_path"] == EMBEDDED_HUB_ID == card["base_model"]
+
+
+def test_a_file_that_would_upload_a_local_path_or_the_token_is_refused_before_anything_is_sent(hub, saved_folder):
+    card = (saved_folder / "README.md").read_text()
+    for extra, problem in ((f"\nSaved in {saved_folder}.\n", "names the local path"), (TOKEN, "Hub token")):
+        (saved_folder / "README.md").write_text(card + extra)
+        before = folder_state(saved_folder)
+        requests = len(hub.requests)
+        with pytest.raises(ValueError, match=f"README.md in the adapter folder .*{problem}.*Nothing was pushed"):
+            push_adapter_folder(saved_folder, "alice/leak", token=TOKEN)
+        assert len(hub.requests) == requests and folder_state(saved_folder) == before

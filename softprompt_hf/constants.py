@@ -1,0 +1,21 @@
+"""Values shared by the library and the ``softprompt-hf`` command line, importable without torch, transformers
+or peft: the command answers ``--help`` and argument errors before those load (seconds)."""
+
+from __future__ import annotations
+
+__all__ = ["DEFAULT_COMMIT_MESSAGE", "DEFAULT_TIMEOUT", "LABEL_TOKENIZATIONS", "MODES"]
+
+#: How a label is read from the model: generated greedily, ranked by likelihood, or decoded over the labels' tokens.
+MODES = ("generate", "rank", "constrained")
+
+#: The ways a prompt and its label are tokenized (``PromptTemplate.label_tokenization``): ``"joint"`` (the
+#: default) follows what the tokenizer does with the prompt and the label as one text; ``"separate"`` tokenizes
+#: them apart, as the seed guide (and softprompt_hf before it had the choice) did.
+LABEL_TOKENIZATIONS = ("joint", "separate")
+
+#: Seconds a single Hub request may stay silent before it is abandoned (huggingface_hub waits forever). The client
+#: retries a timed-out or failed (HTTP 5xx) upload request a few times, so a push can wait several times this.
+DEFAULT_TIMEOUT = 60.0
+
+#: The message of a push's commit.
+DEFAULT_COMMIT_MESSAGE = "Upload soft-prompt adapter with softprompt_hf"
