@@ -48,8 +48,8 @@ import _common as c  # noqa: E402
 import torch  # noqa: E402
 
 from softprompt_hf import runner  # noqa: E402
-from softprompt_hf._decoding import MODES  # noqa: E402
 from softprompt_hf.arguments import RecipeArguments, parse_recipe_args  # noqa: E402
+from softprompt_hf.constants import MODES  # noqa: E402
 from softprompt_hf.embedded import label_tokenization_for  # noqa: E402
 from softprompt_hf.evaluation import GenerationMetrics  # noqa: E402
 from softprompt_hf.real import BBC_NEWS_TOPICS, GEMMA_FOLDER_NAME, default_cache_dir  # noqa: E402

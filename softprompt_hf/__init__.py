@@ -14,19 +14,80 @@ README's "Package layout" says which module does what):
   ``soft_prompt_generate`` for ``model.generate()``.
 """
 
-from ._decoding import constrained_labels, generate_labels, rank_labels
-from .arguments import SoftPromptTrainingArguments
-from .callbacks import SoftPromptCheckpointCallback, SoftPromptGuardCallback
-from .collator import SoftPromptDataCollator
-from .data import load_classification_data, load_raft
-from .evaluation import GenerationMetrics
-from .generate import disable_soft_prompt_generate, enable_soft_prompt_generate, soft_prompt_generate
-from .hub import HubPushCallback, HubPushError, push_adapter
-from .label_logits import enable_label_only_logits
-from .methods import SoftPromptArguments, build_soft_prompt_model
-from .predict import predict
-from .saving import save_adapter
-from .shared_prompt import enable_shared_prompt
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is imported when first used (below)
+    from ._decoding import constrained_labels, generate_labels, rank_labels
+    from .arguments import SoftPromptTrainingArguments
+    from .callbacks import SoftPromptCheckpointCallback, SoftPromptGuardCallback
+    from .collator import SoftPromptDataCollator
+    from .data import load_classification_data, load_raft
+    from .evaluation import GenerationMetrics
+    from .generate import disable_soft_prompt_generate, enable_soft_prompt_generate, soft_prompt_generate
+    from .hub import HubPushCallback, HubPushError, push_adapter
+    from .label_logits import enable_label_only_logits
+    from .methods import SoftPromptArguments, build_soft_prompt_model
+    from .predict import predict
+    from .saving import save_adapter
+    from .shared_prompt import enable_shared_prompt
+
+# Where each public name lives. `import softprompt_hf` (and so `softprompt-hf --help`) loads none of torch,
+# transformers or peft, which takes seconds; `softprompt_hf.<name>` imports its module on first use.
+_MODULES = {
+    "constrained_labels": "_decoding",
+    "generate_labels": "_decoding",
+    "rank_labels": "_decoding",
+    "SoftPromptTrainingArguments": "arguments",
+    "SoftPromptCheckpointCallback": "callbacks",
+    "SoftPromptGuardCallback": "callbacks",
+    "SoftPromptDataCollator": "collator",
+    "load_classification_data": "data",
+    "load_raft": "data",
+    "GenerationMetrics": "evaluation",
+    "disable_soft_prompt_generate": "generate",
+    "enable_soft_prompt_generate": "generate",
+    "soft_prompt_generate": "generate",
+    "HubPushCallback": "hub",
+    "HubPushError": "hub",
+    "push_adapter": "hub",
+    "enable_label_only_logits": "label_logits",
+    "SoftPromptArguments": "methods",
+    "build_soft_prompt_model": "methods",
+    "predict": "predict",
+    "save_adapter": "saving",
+    "enable_shared_prompt": "shared_prompt",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next lookup finds it directly
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULES))
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Importing the submodule softprompt_hf.predict binds the module to the package's name `predict`, which
+        # is the function: the function keeps the name (as when this file imported it eagerly).
+        if isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}" and name in _MODULES:
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __version__ = "0.1.0"
 

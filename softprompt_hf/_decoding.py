@@ -36,15 +36,14 @@ from ._upstream import (
     set_seen_length,
     takes_logits_to_keep,
 )
+from .constants import MODES
 from .methods import eval_mode
 from .output_head import ChunkedOutputHead
 from .prompt import PromptTemplate
 
-__all__ = ["MODES", "constrained_labels", "generate_labels", "rank_labels"]
+__all__ = ["constrained_labels", "generate_labels", "rank_labels"]
 
 logger = logging.get_logger(__name__)
-
-MODES = ("generate", "rank", "constrained")
 
 # On a CPU, rows projected onto the vocabulary together in decoding (see _CachedDecoder.batches_per_projection).
 _PROJECTION_ROWS = 128

@@ -17,10 +17,10 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
+from .constants import DEFAULT_TIMEOUT, LABEL_TOKENIZATIONS, MODES
 from .embedded import EMBEDDED_MODEL_PATH
-from .hub import DEFAULT_TIMEOUT
 from .methods import METHODS, SoftPromptArguments
-from .prompt import DEFAULT_TEMPLATE, LABEL_TOKENIZATIONS
+from .prompt import DEFAULT_TEMPLATE
 from .real import BBC_NEWS_TEXT_FIELDS
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
 ]
 
 _DATASETS = ("embedded", "raft", "files", "bbc_news")
-_EVAL_MODES = ("generate", "rank", "constrained")
 
 
 @dataclass
@@ -272,7 +271,7 @@ class SoftPromptTrainingArguments(TrainingArguments):
             "help": "generate (greedy decoding matched to the labels), rank (most likely label), or constrained "
             "(greedy decoding over the tokens that continue some label: never invalid, and only those tokens' "
             "rows of the output layer are computed).",
-            "choices": _EVAL_MODES,
+            "choices": MODES,
         },
     )
     num_sample_predictions: int = field(default=4, metadata={"help": "Rows logged at each evaluation (0: none)."})
@@ -308,8 +307,8 @@ class SoftPromptTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self) -> None:
-        if self.eval_mode not in _EVAL_MODES:
-            raise ValueError(f"--eval_mode {self.eval_mode!r}: choose one of {', '.join(_EVAL_MODES)}.")
+        if self.eval_mode not in MODES:
+            raise ValueError(f"--eval_mode {self.eval_mode!r}: choose one of {', '.join(MODES)}.")
         _check_ranges(self, _TRAINING_RANGES)
         if self.max_steps <= 0 and self.num_train_epochs == 0:
             raise ValueError(

@@ -15,7 +15,8 @@ from accelerate.utils import gather_object
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 from transformers.utils import logging
 
-from ._decoding import MODES, label_outputs
+from ._decoding import label_outputs
+from .constants import MODES
 from .metrics import ClassificationReport, check_label_set, classification_report, match_label
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate
 from .sharding import check_supported, run_sharded

@@ -24,6 +24,7 @@ __all__ = [
     "classification_report",
     "match_label",
     "normalize_label",
+    "write_csv_rows",
     "write_predictions",
     "write_raft_submission",
 ]
@@ -368,7 +369,7 @@ def write_predictions(path: str | os.PathLike, rows: Sequence[Mapping[str, Any] 
             for record in records:
                 file.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
         else:
-            _write_csv_rows(file, records)
+            write_csv_rows(file, records)
     return path
 
 
@@ -382,7 +383,8 @@ def _as_record(index: int, row: Any) -> dict[str, Any]:
     )
 
 
-def _write_csv_rows(file: IO[str], rows: Sequence[dict[str, Any]]) -> None:
+def write_csv_rows(file: IO[str], rows: Sequence[dict[str, Any]]) -> None:
+    """Writes ``rows`` as CSV to an open text file, ``write_predictions``' layout (``scores`` as ``score_<label>``)."""
     flat_rows = [_flatten_scores(row) for row in rows]
     columns = list(dict.fromkeys(column for row in flat_rows for column in row))
     writer = csv.DictWriter(file, fieldnames=columns, restval="", lineterminator=_CSV_LINE_END)

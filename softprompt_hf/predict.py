@@ -29,9 +29,10 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from ._decoding import MODES, label_outputs
+from ._decoding import label_outputs
 from ._upstream import prompt_learning_shapes, route_prefix_cache_argument
 from .card import is_local_path
+from .constants import MODES
 from .data import _utf8_problem
 from .evaluation import Prediction
 from .generate import enable_soft_prompt_generate, fixes_generate

@@ -15,17 +15,14 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
-__all__ = ["DEFAULT_TEMPLATE", "LABEL_TOKENIZATIONS", "PromptTemplate", "encode_target"]
+from .constants import LABEL_TOKENIZATIONS
+
+__all__ = ["DEFAULT_TEMPLATE", "PromptTemplate", "encode_target"]
 
 logger = logging.get_logger(__name__)
 
 #: The seed guide's template: ``f"{text_column} : {text} Label : "``.
 DEFAULT_TEMPLATE = "{text_column} : {text} Label : "
-
-#: The ways a prompt and its label are tokenized (``PromptTemplate.label_tokenization``): ``"joint"`` (the
-#: default) follows what the tokenizer does with the prompt and the label as one text; ``"separate"`` tokenizes
-#: them apart, as the seed guide (and softprompt_hf before it had the choice) did.
-LABEL_TOKENIZATIONS = ("joint", "separate")
 
 #: What an adapter folder whose ``softprompt_hf.json`` has no ``label_tokenization`` was trained with: those were
 #: all written before the choice existed, with separate tokenization.

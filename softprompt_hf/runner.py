@@ -50,10 +50,10 @@ from .callbacks import (
 )
 from .card import is_local_path
 from .collator import SoftPromptDataCollator
+from .constants import DEFAULT_TIMEOUT
 from .data import ClassificationData, load_classification_data, load_raft, stratified_split
 from .embedded import EMBEDDED_DATA_FILES, label_tokenization_for
 from .evaluation import GenerationMetrics
-from .hub import DEFAULT_TIMEOUT
 from .label_logits import enable_label_only_logits
 from .methods import build_soft_prompt_model
 from .metrics import write_predictions, write_raft_submission

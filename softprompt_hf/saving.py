@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 from transformers.utils import logging
 
 from . import methods
-from .prompt import LABEL_TOKENIZATIONS
+from .constants import LABEL_TOKENIZATIONS
 from .sharding import fsdp_root
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from softprompt_hf._decoding import MODES
+from softprompt_hf.constants import MODES
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
 
 REPO = Path(__file__).resolve().parent.parent

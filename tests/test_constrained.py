@@ -31,9 +31,10 @@ from softprompt_hf._decoding import (
 from softprompt_hf.arguments import parse_recipe_args
 from softprompt_hf.cli import build_parser
 from softprompt_hf.cli import main as cli_main
+from softprompt_hf.constants import LABEL_TOKENIZATIONS
 from softprompt_hf.output_head import ChunkedOutputHead
 from softprompt_hf.predict import predict
-from softprompt_hf.prompt import LABEL_TOKENIZATIONS, PromptTemplate
+from softprompt_hf.prompt import PromptTemplate
 
 EOS = 2
 # "no" is a prefix of "no complaint"; "complaint" and "no complaint" share their last tokens.
