@@ -143,3 +143,20 @@ def test_the_build_backend_reads_an_spdx_license():
     (requirement,) = [spec for spec in PYPROJECT["build-system"]["requires"] if _requirement(spec)[0] == "setuptools"]
     minimum = re.search(r">=\s*([0-9]+)", requirement)
     assert minimum and int(minimum.group(1)) >= 77, requirement
+
+
+def test_the_readme_version_table_names_the_versions_installed_here():
+    """README's "Supported versions" names what the test runs install: a fresh install as the README says (CI, tox -e
+    py) gets the "newest" row, `tox -e lowest` the "lowest" row. A new upstream release fails this until its row is
+    updated, after the suite has passed on it."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Supported versions\n", 1)[1].split("\n#", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0].split(" ")[0]] = dict(zip(header[1:], cells[1:], strict=True))
+    assert set(rows) == {"lowest", "newest"}, rows
+    installed = {name: importlib.metadata.version(name).split("+")[0] for name in header[1:]}
+    assert installed in (rows["lowest"], rows["newest"]), f"installed {installed}; README: {rows}"
