@@ -9,6 +9,7 @@ import json
 import logging as std_logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from .evaluation import Prediction
@@ -25,16 +26,7 @@ def run(args: argparse.Namespace) -> int:
     """Runs the command that ``args`` (from ``cli.build_parser``) names; returns the exit code."""
     try:
         if args.command == "push":
-            url = push_adapter_folder(
-                args.folder,
-                args.repo_id,
-                private=args.private or None,
-                commit_message=args.commit_message,
-                base_model_id=args.base_model_id,
-                timeout=args.timeout,
-            )
-            print(f"Pushed {args.folder} to {args.repo_id}: {url}")
-            return 0
+            return _push(args)
         if args.command == "prepare-real":
             return _prepare_real(args)
         return _predict(args)
@@ -51,6 +43,28 @@ def _error_message(err: BaseException) -> str | None:
     if isinstance(err, (ValueError, FileNotFoundError, AdapterLoadError, HubPushError, ExtraNotInstalledError)):
         return str(err)
     return user_error_message(err)
+
+
+def _push(args: argparse.Namespace) -> int:
+    before = _contents(args.folder)
+    url = push_adapter_folder(
+        args.folder,
+        args.repo_id,
+        private=args.private or None,
+        commit_message=args.commit_message,
+        base_model_id=args.base_model_id,
+        timeout=args.timeout,
+    )
+    print(f"Pushed {args.folder} to {args.repo_id}: {url}")
+    changed = sorted(name for name, data in _contents(args.folder).items() if before.get(name) != data)
+    if changed:
+        print(f"{args.folder}: {', '.join(changed)} updated as pushed (the card rendered for {args.repo_id}).")
+    return 0
+
+
+def _contents(folder: str) -> dict[str, bytes]:
+    """The small files of an adapter folder (cards and configs, not weights) with their bytes."""
+    return {path.name: path.read_bytes() for path in Path(folder).glob("*") if path.suffix in (".json", ".md")}
 
 
 def _predict(args: argparse.Namespace) -> int:

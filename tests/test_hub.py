@@ -635,6 +635,8 @@ def test_a_failed_push_leaves_the_folder_byte_identical(
     point_hub_client_at(monkeypatch, endpoint, hub.home)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     assert cli_main(push) == 0
+    said = capsys.readouterr().out
+    assert f"{folder}: README.md, adapter_config.json, softprompt_hf.json updated as pushed" in said
     pushed = hub.repos["alice/some-repo"].files
     changed = {name for name in pushed if (folder / name).read_bytes() != before[f"adapter/{name}"]}
     assert changed == {"README.md", "adapter_config.json", "softprompt_hf.json"}
