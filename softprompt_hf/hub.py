@@ -665,11 +665,13 @@ def _json_text(payload: Any) -> str:
 
 
 def _copy_with(source: Path, target: Path, files: Mapping[str, str]) -> None:
-    """Fills ``target`` with the files of ``source``, those named in ``files`` with their new content."""
+    """Fills ``target`` with what ``source`` holds (subfolders too), the files named in ``files`` with their new
+    content."""
     for path in source.iterdir():
-        if path.name in files or not path.is_file():
-            continue
-        shutil.copy2(path, target / path.name)
+        if path.is_dir():
+            shutil.copytree(path, target / path.name)
+        elif path.name not in files:
+            shutil.copy2(path, target / path.name)
     for name, content in files.items():
         (target / name).write_text(content, encoding="utf-8")
 

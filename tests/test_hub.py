@@ -607,6 +607,8 @@ def test_a_failed_push_leaves_the_folder_byte_identical(
     hub, local_base_folder, monkeypatch, capsys, no_retry_sleeps, kind
 ):
     folder = local_base_folder
+    (folder / "notes").mkdir()  # a subfolder of the user's own is pushed and kept
+    (folder / "notes" / "run.txt").write_text("lr 3e-2, 1 epoch\n")
     token, expected = FAILED_PUSHES[kind]
     endpoint = hub.endpoint
     if kind == "no write access (403)":
@@ -641,6 +643,7 @@ def test_a_failed_push_leaves_the_folder_byte_identical(
     changed = {name for name in pushed if (folder / name).read_bytes() != before[f"adapter/{name}"]}
     assert changed == {"README.md", "adapter_config.json", "softprompt_hf.json"}
     assert all((folder / name).read_bytes() == data for name, data in pushed.items())
+    assert pushed["notes/run.txt"] == b"lr 3e-2, 1 epoch\n"
 
 
 def test_nothing_pushed_holds_a_local_path_the_users_name_or_the_token(hub, tmp_path, monkeypatch):
