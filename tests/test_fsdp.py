@@ -1,7 +1,7 @@
 """FSDP2: soft prompts on a sharded frozen base train, evaluate, checkpoint, resume and save as in one process.
 
-The 2-process runs use gloo on CPU through tests/scripts/cpu_fsdp.py (accelerate 1.15 turns FSDP on only for
-accelerator devices; listed in softprompt_hf._upstream). Each compares with the same run in one process without
+The 2-process runs use gloo on CPU through tests/scripts/cpu_fsdp.py (accelerate 1.15 and 1.16 turn FSDP on only
+for accelerator devices; listed in softprompt_hf._upstream). Each compares with the same run in one process without
 FSDP and the same global batch: generated texts and ranked labels equal, scores and weights within float32
 rounding (another reduction order), and each process holding half of the base model's parameters.
 
@@ -171,12 +171,13 @@ def test_fsdp2_resume_after_sigkill_equals_an_uninterrupted_fsdp2_run(tmp_path, 
 @pytest.mark.distributed
 def test_recipe_with_the_fsdp_config_equals_one_process_and_pushes(tmp_path, hub):
     """The README's FSDP command (recipes/accelerate/fsdp.yaml) on the embedded model and data, 1 epoch, pushed to
-    the local Hub, against the same recipe in one process."""
+    the local Hub, against the same recipe in one process. ``--eval_on_start true``: the recipes' evaluation before
+    training, which the Trainer runs once the model is prepared with its optimizer (so with accelerate 1.15 too)."""
     from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
 
     base_id = "softprompt-hf/embedded-bloom"
     hub.add_folder(base_id, EMBEDDED_MODEL_PATH)
-    flags = ["--num_train_epochs", "1", "--use_cpu", "true", "--disable_tqdm", "true"]
+    flags = ["--num_train_epochs", "1", "--use_cpu", "true", "--disable_tqdm", "true", "--eval_on_start", "true"]
     recipe = REPO / "recipes" / "prompt_tuning.py"
     config = REPO / "recipes" / "accelerate" / "fsdp.yaml"
     push = ["--push_to_hub", "true", "--hub_model_id", "alice/fsdp", "--hub_token", TOKEN, "--base_model_id", base_id]
@@ -195,6 +196,10 @@ def test_recipe_with_the_fsdp_config_equals_one_process_and_pushes(tmp_path, hub
     assert rows["sharded"] == rows["single"]
     results = {name: json.loads((tmp_path / name / "eval_results.json").read_text()) for name in rows}
     assert results["sharded"]["eval_f1"] == results["single"]["eval_f1"]
+    # The evaluation before the first step (not its loss: another global eval batch, 2 x 8 against 8).
+    first = {name: evaluation_at_step_0(tmp_path / name) for name in rows}
+    for name in ("eval_accuracy", "eval_f1", "eval_invalid_rate"):
+        assert first["sharded"][name] == pytest.approx(first["single"][name], abs=1e-4), name
     # 40 Adam steps on near-zero gradients amplify float32 rounding; the labels above are the same.
     adapter = "adapter/adapter_model.safetensors"
     assert_same_tensors(tmp_path / "sharded" / adapter, tmp_path / "single" / adapter, atol=5e-3)
@@ -209,6 +214,14 @@ def test_recipe_with_the_fsdp_config_equals_one_process_and_pushes(tmp_path, hub
         first = list(csv.DictReader(handle))[:8]
     outputs = generate_labels(model, tokenizer, [row["text"] for row in first], max_new_tokens=4)
     assert [o.strip() for o in outputs] == [row["output"].strip() for row in first]
+
+
+def evaluation_at_step_0(output_dir: Path) -> dict:
+    """The metrics of the evaluation before training (``eval_on_start``), from the last checkpoint's log history."""
+    last = max(output_dir.glob("checkpoint-*"), key=lambda folder: int(folder.name.split("-")[1]))
+    history = json.loads((last / "trainer_state.json").read_text())["log_history"]
+    [first] = [entry for entry in history if entry["step"] == 0 and "eval_f1" in entry]
+    return first
 
 
 def test_fsdp_version_requested_reads_accelerate_and_trainer_settings(monkeypatch, tmp_path):
