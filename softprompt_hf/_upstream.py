@@ -157,7 +157,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import inspect
 import os
 import sys
@@ -353,21 +352,6 @@ def takes_logits_to_keep(module: Any) -> bool:
     return "logits_to_keep" in _forward_parameters(module)
 
 
-@functools.cache
-def keeps_positions_per_row() -> bool:
-    """Whether this transformers' ``logits_to_keep`` takes per-row positions (a ``(batch, n)`` integer tensor),
-    tried on its private ``slice_logits_to_keep`` (entry 10)."""
-    try:
-        from transformers.modeling_utils import slice_logits_to_keep
-    except ImportError:
-        return False
-    try:
-        kept = slice_logits_to_keep(torch.zeros(2, 3, 1), torch.tensor([[0], [2]]))
-    except Exception:  # noqa: BLE001 - an older helper may reject the argument in any way
-        return False
-    return tuple(kept.shape) == (2, 1, 1)
-
-
 def takes_label_only_loss(module: Any) -> bool:
     """Whether ``module``'s forward takes ``logits_to_keep`` and ``labels`` and passes other keyword arguments
     (``shift_labels``) on to its loss function, as transformers 5 causal LMs do (entry 11)."""
@@ -419,22 +403,20 @@ def saved_callback_state(state: Any, name: str, current: dict[str, Any]) -> Any:
 def activation_checkpointing_requested(training_args: Any) -> bool:
     """Whether ``TrainingArguments`` ask for activation (gradient) checkpointing (entry 15).
 
-    transformers 5.24 renamed ``gradient_checkpointing`` to ``activation_checkpointing``; older 5.x has only the
-    former. Both are read, since a copy of the arguments may have changed only the new name.
+    transformers (5.23 on) names it ``activation_checkpointing`` and keeps ``gradient_checkpointing`` as a deprecated
+    alias, the two synced only when the arguments are built. Both are read, since a copy of the arguments may have
+    changed only one of them.
     """
-    return bool(getattr(training_args, "activation_checkpointing", None) or training_args.gradient_checkpointing)
+    return bool(training_args.activation_checkpointing or training_args.gradient_checkpointing)
 
 
 def activation_checkpointing_enabled(model: Any) -> bool:
-    """Whether ``model`` has activation (gradient) checkpointing switched on (entry 15).
-
-    transformers 5 renamed ``is_gradient_checkpointing`` (now deprecated, with a warning) to
-    ``is_activation_checkpointing``; the name the installed version has is read, the new one first.
-    """
-    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
-        if hasattr(type(model), name):
-            return bool(getattr(model, name))
-    return False
+    """Whether ``model`` has activation (gradient) checkpointing switched on (entry 15): transformers' (5.23 on)
+    ``is_activation_checkpointing``, never the deprecated ``is_gradient_checkpointing``, which warns. A module
+    that is no transformers model has it off."""
+    if getattr(type(model), "is_activation_checkpointing", None) is None:
+        return False
+    return bool(model.is_activation_checkpointing)
 
 
 # ------------------------------------------------------------------------------------------------------------
