@@ -30,7 +30,6 @@ from ._upstream import (
     attention_windows,
     cache_argument,
     is_plain_dynamic_cache,
-    keeps_positions_per_row,
     positions_from_mask,
     prefix_cache_from_peft,
     set_seen_length,
@@ -935,8 +934,9 @@ class _CachedDecoder:
             cache = DynamicCache(config=getattr(self.base, "config", None))
         positions = offset + torch.arange(longest, device=device).expand(batch, -1)
         inputs = {"input_ids": input_ids}
-        if keep > 1 and self._keep and keeps_positions_per_row():
-            # Only each row's last prompt position.
+        if keep > 1 and self._keep:
+            # Only each row's last prompt position: transformers >= 5.23 takes per-row positions (a (batch, 1)
+            # integer tensor); a model that slices its own way is caught below.
             last_positions = (lengths - 1)[:, None]
             outputs = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=last_positions, **inputs)
             if outputs.shape[:2] == (batch, 1):

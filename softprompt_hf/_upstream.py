@@ -4,50 +4,66 @@ Each entry says which upstream version it was written for, what it works around,
 is fixed. The code lives here, except for the entries marked *elsewhere*, a few lines tangled in one class,
 whose comments point back to this list.
 
+Every entry was re-checked on transformers 5.25.0 and accelerate 1.16.0 (with peft 0.21.2, huggingface_hub 2.4.0,
+torch 2.13.0; 2026-12) by diffing the upstream code it names against transformers 5.24.0 / accelerate 1.15.0 and,
+where a test or a short run shows it, by running it; its *Re-checked* line says what was found. The lowest
+supported versions (pyproject.toml) are transformers 5.23.0 and accelerate 1.15.0: a workaround goes only once
+those do not need it either.
+
 Cache argument and key/value caches
 
 1. :func:`cache_argument`, :func:`takes_cache` - transformers 5.24 renamed the causal-LM forward's
    ``past_key_values`` to ``cache`` (the old name warns, and goes in 5.40); older 5.x and remote-code models
    take ``past_key_values``. Delete once the minimum transformers is 5.24 and every supported model takes
-   ``cache``: write ``cache``.
+   ``cache``: write ``cache``. *Re-checked:* still on 5.25.0 (model forwards unchanged; the old name is renamed
+   with a warning), and needed for the lowest supported 5.23.0, whose forwards take ``past_key_values``.
 2. :func:`route_prefix_cache_argument` - peft 0.21.2 ``PeftModelForCausalLM.forward`` (prefix tuning's
    training and eval-loss forward) passes the prefix as ``past_key_values=self.get_prompt(...)``: warned about
    by transformers 5.24, refused from 5.40. A forward pre-hook on the base LM passes it as ``cache``. Delete
-   it, and its calls in methods, predict and callbacks, once peft passes ``cache`` itself.
+   it, and its calls in methods, predict and callbacks, once peft passes ``cache`` itself. *Re-checked:* still
+   on transformers 5.25.0 with peft 0.21.2 (tests/test_upstream.py passes; the old name still warns).
 3. *Elsewhere: softprompt_hf/generate.py.* peft 0.21.2 ``PeftModelForCausalLM.prepare_inputs_for_generation``
    injects/checks ``past_key_values`` and ``cache_position``, which transformers 5.x renamed/removed; see
    softprompt_hf/generate.py (``enable_soft_prompt_generate``). Delete once ``PeftModel.generate`` with a soft
    prompt gives the model's greedy tokens again. :func:`stock_generate_is_wrong` says where that is known (the
    model card states it only there): raise its peft bound once a newer peft is checked and still wrong.
+   *Re-checked:* still on transformers 5.25.0 (tests/test_generate.py: stock ``generate()`` still differs from
+   the reference for every variant).
 4. :func:`prefix_cache_from_peft` - peft 0.21's prefix tuning ``get_prompt(batch_size, max_cache_len=...)``
    returns a transformers ``Cache`` (older peft returned legacy tuples and took no ``max_cache_len``). Update
    if peft changes that signature.
    :func:`prompt_learning_shapes` - peft 0.21's private ``_prepare_prompt_learning_config`` gives a prompt
    method's ``token_dim`` / ``num_layers`` / ``num_attention_heads`` for a base model (the key/value heads for
    prefix tuning on grouped-query attention); ``predict.load_adapter`` compares them with the adapter's. Update
-   if peft moves it.
+   if peft moves it. *Re-checked:* still (peft 0.21.2 is still the newest).
 5. :func:`set_seen_length` - transformers 5.24 ``DynamicSlidingWindowLayer`` counts the positions it has seen
    in ``cumulative_length`` (its mask offsets and ``get_seq_length()`` come from it); a cache filled with a
    prefix's kept key/values must be told the prefix's true length. Update if transformers renames it; delete
-   once a ``DynamicCache`` can be built with that length.
+   once a ``DynamicCache`` can be built with that length. *Re-checked:* still on 5.25.0 (the layer and
+   ``DynamicCache.__init__`` unchanged but for ``activate_past_recording(**kwargs)``; tests/test_decoding.py passes).
 6. :func:`attention_windows`, :func:`is_plain_dynamic_cache` - transformers 5.24
    cache layer classes (``DynamicLayer``, ``DynamicSlidingWindowLayer``, ``DummyLayer``) tell each layer's
    sliding window, and whether a cache holds plain key/values only. Update with new layer kinds.
+   *Re-checked:* still on 5.25.0 (the three classes unchanged; its linear-attention layers changed, which count
+   as "other" layers here).
 7. *Elsewhere: _decoding.cache_key_values, _decoding.prefix_cache.* transformers 5.24 cache layers hold
    their tensors in ``keys`` / ``values``, and ``DynamicCache(ddp_cache_data=[(keys, values), ...])`` builds a
-   cache from them. Update if transformers renames them.
+   cache from them. Update if transformers renames them. *Re-checked:* still on 5.25.0 (unchanged).
 8. :func:`positions_from_mask` - transformers 5.24 Bloom (ALiBi) takes no ``position_ids`` and derives positions
    from the attention mask, so padded prompts still decode exactly. Add models that do the same; delete an
-   entry once its forward takes ``position_ids``.
+   entry once its forward takes ``position_ids``. *Re-checked:* still on 5.25.0 (modeling_bloom.py unchanged).
 
 Logits
 
 9. :func:`takes_logits_to_keep` - transformers 5 causal LMs take ``logits_to_keep``; remote-code and older
-   models may not. Delete once every supported model takes it.
-10. :func:`keeps_positions_per_row` - transformers 5.24's private ``modeling_utils.slice_logits_to_keep``
+   models may not. Delete once every supported model takes it. *Re-checked:* still (remote-code models).
+10. *Removed.* ``keeps_positions_per_row`` - transformers 5.24's private ``modeling_utils.slice_logits_to_keep``
     takes per-row positions (a ``(batch, n)`` integer tensor). Delete once the minimum transformers has it.
+    *Re-checked:* it does: the function is the same in 5.23.0 (the lowest supported), 5.24.0 and 5.25.0, so the
+    probe went and ``_decoding`` asks for per-row positions directly (a model that slices its logits its own way
+    still fails there with a ``RuntimeError``).
 11. :func:`takes_label_only_loss` - transformers 5 causal LMs take a boolean ``logits_to_keep`` mask and pass
-    other keyword arguments (``shift_labels``) to their loss function. Delete with entry 9.
+    other keyword arguments (``shift_labels``) to their loss function. Delete with entry 9. *Re-checked:* still.
 
 Trainer
 
@@ -56,54 +72,68 @@ Trainer
     ``model.load_adapter(folder, adapter_name, ...)``, and peft 0.21.2's adapter file holds only the final
     prompt (P-tuning's MLP output, the prefix projection's output); our loader goes in front of that instance's
     ``load_adapter``. Update if the Trainer loads adapters another way; delete once peft saves and reloads the
-    prompt encoders themselves.
+    prompt encoders themselves. *Re-checked:* still on 5.25.0 (both loaders unchanged; peft 0.21.2;
+    tests/test_callbacks.py shows the Trainer's own resume still corrupting P-tuning).
 13. *Elsewhere: callbacks._wait_for_every_process.* transformers 5.24 ``Trainer._save_checkpoint`` has every
     process write its ``rng_state_<rank>.pth`` and calls ``on_save`` with no barrier in between. Delete the
-    barrier once the Trainer waits for every process before ``on_save``.
+    barrier once the Trainer waits for every process before ``on_save``. *Re-checked:* still on 5.25.0
+    (``_save_checkpoint`` unchanged).
 14. :func:`saved_callback_state` - transformers 5.24 ``Trainer._save_checkpoint`` indexes
     ``state.stateful_callbacks`` by name, and fails for a stateful callback added to a run resumed from a
-    checkpoint saved without it. Delete once the Trainer adds a missing entry itself.
+    checkpoint saved without it. Delete once the Trainer adds a missing entry itself. *Re-checked:* still on
+    5.25.0 (``_save_checkpoint`` unchanged).
 15. :func:`activation_checkpointing_requested`, :func:`activation_checkpointing_enabled` - transformers 5.24
     renamed ``TrainingArguments.gradient_checkpointing`` to ``activation_checkpointing``, and the model's
     ``is_gradient_checkpointing`` (deprecated, warns) to ``is_activation_checkpointing``. Read the new names
-    only once the minimum transformers is 5.24.
+    only once the minimum transformers is 5.24. *Re-checked (changed):* the rename is already in 5.23.0, the
+    lowest supported (and unchanged in 5.25.0), so the model's new name alone is read now. Both
+    ``TrainingArguments`` names still are: ``gradient_checkpointing`` stays a deprecated alias, synced with the new
+    one only when the arguments are built; read the new one alone once transformers drops the alias (v6).
 16. *Elsewhere: pyproject.toml, ``[tool.pytest.ini_options] filterwarnings``.* peft 0.21.2's
     ``get_peft_model`` reads transformers 5.24's deprecated ``is_gradient_checkpointing``; the tests ignore its
-    FutureWarning. Delete the filter once peft reads ``is_activation_checkpointing``.
+    FutureWarning. Delete the filter once peft reads ``is_activation_checkpointing``. *Re-checked:* still on
+    5.25.0 with peft 0.21.2 (the warning comes on every ``get_peft_model``).
 
 Hub
 
 17. :func:`current_client_factory` - huggingface_hub 2.4 has ``set_client_factory`` but no getter: the
     current factory is read from the private ``huggingface_hub.utils._http._GLOBAL_CLIENT_FACTORY``. Delete
-    once a public getter exists, or requests take a timeout.
+    once a public getter exists, or requests take a timeout. *Re-checked:* still on huggingface_hub 2.4.0.
 18. :func:`http_library` - huggingface_hub's HTTP client library (``httpx2`` in 2.x, ``httpx`` in 1.x), for
     its timeout and error types, found from the shared session's type rather than imported by name. Import it
-    directly once one name is a declared dependency.
+    directly once one name is a declared dependency. *Re-checked:* still (``httpx2`` on huggingface_hub 2.4.0).
 
 Upstream bugs avoided elsewhere, without touching internals (delete each refusal or detour once fixed)
 
 19. *methods.check_training_arguments.* peft 0.21.2 + transformers 5.24: ``label_smoothing_factor > 0`` (the
     Trainer pops ``labels``, so peft cannot pad them) and prefix tuning with activation checkpointing (a late
     shape error) are refused; so is a ``compute_loss_func`` with prompt tuning / P-tuning (``check_trainer``).
+    *Re-checked:* still (peft 0.21.2; the Trainer's loss path unchanged on 5.25.0).
 20. *callbacks._ZERO3_MESSAGE.* peft 0.21 cannot gather ZeRO-3-sharded prompt encoders to save them: refused.
+    *Re-checked:* still (peft 0.21.2).
 21. *hub.py, runner._take_over_hub_push.* transformers 5.x ``PeftModel.push_to_hub`` rejects
     ``safe_serialization`` and replaces peft's card: pushes go through ``HfApi.upload_folder`` with our card.
+    *Re-checked:* still on 5.25.0 (``PushToHubMixin.push_to_hub`` unchanged).
 22. *saving.save_adapter.* peft 0.21 writes the local base-model path into ``adapter_config.json``
-    (``base_model_name_or_path``): with ``base_model_id=``, the Hub id is written instead.
+    (``base_model_name_or_path``): with ``base_model_id=``, the Hub id is written instead. *Re-checked:* still
+    (peft 0.21.2).
 23. *_decoding.generate_labels, card.py's usage snippet.* peft 0.21.2 ``PeftModel.generate`` with a soft
     prompt is wrong on transformers 5.x (entry 3): decoding runs the model's forward itself. The card's snippet
     runs a stock ``AutoPeftModelForCausalLM``, so for prefix tuning it still relies on transformers < 5.40
-    taking ``past_key_values`` (entry 2).
+    taking ``past_key_values`` (entry 2). *Re-checked:* still on 5.25.0 (entries 2 and 3).
 24. *evaluation.GenerationMetrics._check_trainer_rows.* transformers 5.24's ``evaluation_loop`` gathers
     predictions with ``gather_for_metrics``, which drops the rows repeated to even out the last batches: the row
-    count is the eval set's. Update if the Trainer gathers otherwise.
+    count is the eval set's. Update if the Trainer gathers otherwise. *Re-checked:* still on 5.25.0 / accelerate
+    1.16.0 (``evaluation_loop`` and ``gather_for_metrics`` unchanged).
 25. *runner._load_tokenizer.* transformers 5.24's ``AutoTokenizer.from_pretrained`` raises ``ValueError``,
     not ``OSError``, for a folder without tokenizer files. Catch only ``OSError`` once that is fixed.
+    *Re-checked:* still on 5.25.0 (an empty folder: ``ValueError``).
 26. *saving._TOKENIZER_LOADER_KEYS.* transformers 5.24's tokenizer ``from_pretrained`` records how it was
     loaded (``local_files_only``: true offline or when asked, false otherwise) in ``init_kwargs``, which
     ``save_pretrained`` writes into ``tokenizer_config.json``: the same tokenizer saves other bytes after an online
     and an offline load. ``save_adapter`` and ``SoftPromptCheckpointCallback`` leave that key out when they compare
     a run's tokenizer with the base model's. Delete once ``save_pretrained`` no longer writes it.
+    *Re-checked:* still on 5.25.0 (a tokenizer loaded offline saves ``true``, online ``false``).
 
 GGUF checkpoints
 
@@ -113,6 +143,7 @@ GGUF checkpoints
     ``save_pretrained`` then refuses the model ("quantized with gguf and is not serializable"). It checks that
     the weights are dense and drops the quantizer (``real.prepare_model_from_gguf`` uses it). Delete it once
     ``save_pretrained`` saves a dequantised GGUF model (``GgufHfQuantizer.is_serializable`` says True for it).
+    *Re-checked:* still on 5.25.0 (tests/test_real.py: ``save_pretrained`` still refuses it before the drop).
 
 FSDP
 
@@ -123,6 +154,8 @@ FSDP
     mixed torch.Tensor and DTensor"). ``check_trainer`` gives the Trainer's accelerator a ``get_state_dict`` that
     gathers the trainable parameters only and leaves the root unit (the soft prompt's modules) gathered. Delete
     once peft saves a prompt from the state dict it is given, or the Trainer saves on every process.
+    *Re-checked:* still on 5.25.0 / accelerate 1.16.0 (``get_state_dict`` unchanged; an FSDP2 run without it fails
+    at its first checkpoint with that error).
 29. :func:`load_fsdp_checkpoints_as_soft_prompts` - transformers 5.24 ``Trainer._load_from_checkpoint`` (resume) and
     ``_load_best_model`` under FSDP load with accelerate 1.15's ``load_fsdp_model``, whose adapter-only
     ``set_model_state_dict`` (torch 2.13, ``broadcast_from_rank0``) fails on a prompt-learning ``PeftModel``
@@ -130,13 +163,21 @@ FSDP
     but not in the adapter's). ``check_trainer`` makes that Trainer load a checkpoint holding the soft-prompt state
     (``SoftPromptCheckpointCallback``) with ``load_soft_prompt_state``, each process keeping its own shard; the
     optimizer, scheduler and RNG states still load the Trainer's way. Delete once ``load_fsdp_model`` loads a
-    prompt-learning adapter.
+    prompt-learning adapter. *Re-checked:* still on accelerate 1.16.0 (``load_fsdp_model`` unchanged; an FSDP2
+    resume without it: the same ``KeyError``).
 30. *Elsewhere: tests/scripts/cpu_fsdp.py.* accelerate 1.15 turns ``ACCELERATE_USE_FSDP`` into FSDP only on
     accelerator devices; on CPU processes (gloo) it is ignored and the Trainer uses DDP. The FSDP tests' launcher
-    lets accelerate take its FSDP branch on CPU. Delete once accelerate runs FSDP on CPU.
-31. *Elsewhere: the README's FSDP section.* transformers 5.24 ``Trainer.evaluate`` before any ``train`` under
-    FSDP2 fails in accelerate 1.15 ("a model and optimizer must be passed together to Accelerator.prepare()"):
-    the recipes evaluate only during and after training.
+    lets accelerate take its FSDP branch on CPU. Delete once accelerate runs FSDP on CPU. *Re-checked:* still on
+    accelerate 1.16.0 (MULTI_CPU still left out of ``AcceleratorState``'s FSDP branch; without the launcher the
+    Trainer is not under FSDP).
+31. *Elsewhere: the README's FSDP section, tests/test_fsdp.py.* transformers 5.24 ``Trainer.evaluate`` before any
+    ``train`` under FSDP2 fails in accelerate 1.15 ("a model and optimizer must be passed together to
+    Accelerator.prepare()"): the recipes evaluate only during and after training. *Re-checked (changed):* fixed
+    in accelerate 1.16.0, whose FSDP2 prepares a model without its optimizer (and the Trainer reshards it before
+    creating the optimizer): its metrics equal one process's (tests/test_fsdp.py). Still needed for the lowest
+    supported accelerate 1.15.0, where that test checks the refusal; with both, ``eval_on_start`` (the recipes'
+    ``--eval_on_start true``) evaluates before the first step. Delete the README's 1.15 sentence and the test's
+    1.15 branch once the minimum accelerate is 1.16.
 
 Ending a process
 
@@ -150,14 +191,13 @@ Ending a process
     ``take_gil``). ``finish_recipe`` does not destroy a gloo group, and ``run_recipe`` ends such a process, if a
     launcher started it, with ``os._exit`` once the exit handlers have run, so no teardown happens. Delete the
     three, and let ``finish_recipe`` call ``Trainer.end()`` again, once gloo's teardown is safe (the slow test in
-    tests/test_teardown.py then fails).
+    tests/test_teardown.py then fails). *Re-checked:* still (torch 2.13.0 unchanged; the slow test not rerun).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import inspect
 import os
 import sys
@@ -353,21 +393,6 @@ def takes_logits_to_keep(module: Any) -> bool:
     return "logits_to_keep" in _forward_parameters(module)
 
 
-@functools.cache
-def keeps_positions_per_row() -> bool:
-    """Whether this transformers' ``logits_to_keep`` takes per-row positions (a ``(batch, n)`` integer tensor),
-    tried on its private ``slice_logits_to_keep`` (entry 10)."""
-    try:
-        from transformers.modeling_utils import slice_logits_to_keep
-    except ImportError:
-        return False
-    try:
-        kept = slice_logits_to_keep(torch.zeros(2, 3, 1), torch.tensor([[0], [2]]))
-    except Exception:  # noqa: BLE001 - an older helper may reject the argument in any way
-        return False
-    return tuple(kept.shape) == (2, 1, 1)
-
-
 def takes_label_only_loss(module: Any) -> bool:
     """Whether ``module``'s forward takes ``logits_to_keep`` and ``labels`` and passes other keyword arguments
     (``shift_labels``) on to its loss function, as transformers 5 causal LMs do (entry 11)."""
@@ -419,22 +444,20 @@ def saved_callback_state(state: Any, name: str, current: dict[str, Any]) -> Any:
 def activation_checkpointing_requested(training_args: Any) -> bool:
     """Whether ``TrainingArguments`` ask for activation (gradient) checkpointing (entry 15).
 
-    transformers 5.24 renamed ``gradient_checkpointing`` to ``activation_checkpointing``; older 5.x has only the
-    former. Both are read, since a copy of the arguments may have changed only the new name.
+    transformers (5.23 on) names it ``activation_checkpointing`` and keeps ``gradient_checkpointing`` as a deprecated
+    alias, the two synced only when the arguments are built. Both are read, since a copy of the arguments may have
+    changed only one of them.
     """
-    return bool(getattr(training_args, "activation_checkpointing", None) or training_args.gradient_checkpointing)
+    return bool(training_args.activation_checkpointing or training_args.gradient_checkpointing)
 
 
 def activation_checkpointing_enabled(model: Any) -> bool:
-    """Whether ``model`` has activation (gradient) checkpointing switched on (entry 15).
-
-    transformers 5 renamed ``is_gradient_checkpointing`` (now deprecated, with a warning) to
-    ``is_activation_checkpointing``; the name the installed version has is read, the new one first.
-    """
-    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
-        if hasattr(type(model), name):
-            return bool(getattr(model, name))
-    return False
+    """Whether ``model`` has activation (gradient) checkpointing switched on (entry 15): transformers' (5.23 on)
+    ``is_activation_checkpointing``, never the deprecated ``is_gradient_checkpointing``, which warns. A module
+    that is no transformers model has it off."""
+    if getattr(type(model), "is_activation_checkpointing", None) is None:
+        return False
+    return bool(model.is_activation_checkpointing)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -363,8 +363,8 @@ def check_training_arguments(peft_config: PeftConfig, training_args: TrainingArg
 
 _PREFIX_CHECKPOINTING_MESSAGE = (
     "Prefix tuning cannot be combined with gradient checkpointing: peft's prefix key/values break the "
-    "checkpointed forward pass (a shape error late in training). Set activation_checkpointing=False (called "
-    "gradient_checkpointing before transformers 5.24) and leave the model's checkpointing off, or use "
+    "checkpointed forward pass (a shape error late in training). Set activation_checkpointing=False (and its "
+    "deprecated alias gradient_checkpointing) and leave the model's checkpointing off, or use "
     "prompt tuning or P-tuning, whose virtual tokens work with checkpointing."
 )
 

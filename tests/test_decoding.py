@@ -156,6 +156,28 @@ def test_cached_decoding_runs_the_virtual_tokens_once(tokenizer, method):
     assert all(length <= longest - common for _, length in prompt_passes)  # the rest of each prompt only
 
 
+@pytest.mark.parametrize("arch", ["llama", "bloom"])
+def test_a_padded_prompt_pass_keeps_only_each_rows_last_position(tokenizer, arch):
+    """Prompts of different lengths in one batch: the prompt pass asks for one position per row (transformers'
+    per-row ``logits_to_keep``, in every supported version), each row's own last prompt token."""
+    model = tiny_soft_prompt_model(tokenizer, arch, "prompt_tuning")
+    kept: list[torch.Tensor | int] = []
+
+    def record(module, args, kwargs):
+        kept.append(kwargs.get("logits_to_keep"))
+
+    handle = model.get_base_model().register_forward_pre_hook(record, with_kwargs=True)
+    texts = ["@Acme hi", "@Acme my parcel never arrived and nobody answers"]
+    generate_label_ids(model, tokenizer, texts, max_new_tokens=1, batch_size=2, show_progress=False)
+    handle.remove()
+    per_row = [keep for keep in kept if isinstance(keep, torch.Tensor)]
+    assert len(per_row) == 1 and per_row[0].shape == (2, 1)
+    first, second = per_row[0][:, 0].tolist()
+    assert second - first == len(PromptTemplate().encode(tokenizer, texts[1])) - len(
+        PromptTemplate().encode(tokenizer, texts[0])
+    )
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_rows_that_end_leave_the_batch_and_the_others_are_unchanged(tokenizer, method):
     """A row that generated EOS stops costing anything; the rows still decoding get the same tokens."""

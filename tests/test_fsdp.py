@@ -1,9 +1,12 @@
 """FSDP2: soft prompts on a sharded frozen base train, evaluate, checkpoint, resume and save as in one process.
 
-The 2-process runs use gloo on CPU through tests/scripts/cpu_fsdp.py (accelerate 1.15 turns FSDP on only for
-accelerator devices; listed in softprompt_hf._upstream). Each compares with the same run in one process without
+The 2-process runs use gloo on CPU through tests/scripts/cpu_fsdp.py (accelerate 1.15 and 1.16 turn FSDP on only
+for accelerator devices; listed in softprompt_hf._upstream). Each compares with the same run in one process without
 FSDP and the same global batch: generated texts and ranked labels equal, scores and weights within float32
 rounding (another reduction order), and each process holding half of the base model's parameters.
+
+The one-process reference also calls ``trainer.evaluate()`` before training (it changes nothing that follows: the
+same losses and weights to the bit), so that it serves the test of that evaluation under FSDP2 too.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import accelerate
 import pytest
 import torch
 import torch.distributed as dist
 from conftest import labelled_rows, tiny_soft_prompt_model
 from hub_server import TOKEN, hub_fixture  # noqa: F401  (hub fixture)
+from packaging.version import Version
 from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
 from torch.distributed.fsdp import FullyShardedDataParallel
@@ -66,10 +71,18 @@ def assert_same_tensors(got: Path, want: Path, atol: float) -> None:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol, msg=name)
 
 
+#: accelerate 1.16's FSDP2 prepares a model without an optimizer, as ``Trainer.evaluate()`` before any ``train()``
+#: asks; accelerate 1.15 refuses it (softprompt_hf._upstream entry 31).
+FSDP2_PREPARES_A_MODEL_ALONE = Version(accelerate.__version__) >= Version("1.16")
+#: What an evaluation reports about itself rather than about the model.
+TIMINGS = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_model_preparation_time")
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("one")
-    run([sys.executable, str(SCRIPTS / "fsdp_run.py"), str(out), "--per_device_batch", "8"], out)
+    command = [sys.executable, str(SCRIPTS / "fsdp_run.py"), str(out), "--per_device_batch", "8", "--evaluate_first"]
+    run(command, out)
     return out
 
 
@@ -106,6 +119,37 @@ def test_fsdp2_over_two_processes_equals_one_process(tmp_path, one_process):
         assert soft_prompt and set(soft_prompt) <= set(fsdp_state)
 
 
+@pytest.mark.distributed
+def test_fsdp2_evaluate_before_training_equals_one_process(tmp_path, one_process):
+    """``trainer.evaluate()`` before any ``train()`` under FSDP2: the Trainer prepares (shards) the model alone, then
+    ``train()`` prepares it again with its optimizer. Same global eval batch as the one-process run (2 x 4 against
+    8): the Trainer's eval loss averages the label tokens of the batches the processes evaluate together."""
+    flags = ["--per_device_batch", "4", "--per_device_eval_batch", "4", "--evaluate_first"]
+    if not FSDP2_PREPARES_A_MODEL_ALONE:
+        failed = run(under_fsdp(SCRIPTS / "fsdp_run.py", str(tmp_path), *flags, "--methods", METHODS[0]), tmp_path,
+                     expect=1)  # fmt: skip
+        assert "a model and optimizer must be passed together" in failed.stderr
+        return
+    run(under_fsdp(SCRIPTS / "fsdp_run.py", str(tmp_path), *flags), tmp_path)
+    for method in METHODS:
+        sharded, want = reports(tmp_path / method), reports(one_process / method)[0]
+        assert [r["processes"] for r in sharded] == [2, 2] and want["processes"] == 1
+        expected = {k: v for k, v in want["evaluate_first"]["metrics"].items() if k not in TIMINGS}
+        assert {"eval_loss", "eval_accuracy", "eval_f1", "eval_invalid_rate"} <= expected.keys()
+        for got in sharded:
+            first = got["evaluate_first"]
+            assert first["outputs"] == want["evaluate_first"]["outputs"], method  # the generated texts
+            metrics = {k: v for k, v in first["metrics"].items() if k not in TIMINGS}
+            assert metrics.keys() == expected.keys(), method
+            for name, value in expected.items():
+                assert metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-4), (method, name)
+            # Training after it: as in one process.
+            assert got["losses"] == pytest.approx(want["losses"], rel=1e-5), method
+            assert got["generate"]["outputs"] == want["generate"]["outputs"], method
+        assert_same_tensors(tmp_path / method / "trainable.safetensors", one_process / method / "trainable.safetensors",
+                            atol=1e-5)  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 @pytest.mark.parametrize("method", METHODS)
@@ -127,12 +171,13 @@ def test_fsdp2_resume_after_sigkill_equals_an_uninterrupted_fsdp2_run(tmp_path, 
 @pytest.mark.distributed
 def test_recipe_with_the_fsdp_config_equals_one_process_and_pushes(tmp_path, hub):
     """The README's FSDP command (recipes/accelerate/fsdp.yaml) on the embedded model and data, 1 epoch, pushed to
-    the local Hub, against the same recipe in one process."""
+    the local Hub, against the same recipe in one process. ``--eval_on_start true``: the recipes' evaluation before
+    training, which the Trainer runs once the model is prepared with its optimizer (so with accelerate 1.15 too)."""
     from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
 
     base_id = "softprompt-hf/embedded-bloom"
     hub.add_folder(base_id, EMBEDDED_MODEL_PATH)
-    flags = ["--num_train_epochs", "1", "--use_cpu", "true", "--disable_tqdm", "true"]
+    flags = ["--num_train_epochs", "1", "--use_cpu", "true", "--disable_tqdm", "true", "--eval_on_start", "true"]
     recipe = REPO / "recipes" / "prompt_tuning.py"
     config = REPO / "recipes" / "accelerate" / "fsdp.yaml"
     push = ["--push_to_hub", "true", "--hub_model_id", "alice/fsdp", "--hub_token", TOKEN, "--base_model_id", base_id]
@@ -151,6 +196,10 @@ def test_recipe_with_the_fsdp_config_equals_one_process_and_pushes(tmp_path, hub
     assert rows["sharded"] == rows["single"]
     results = {name: json.loads((tmp_path / name / "eval_results.json").read_text()) for name in rows}
     assert results["sharded"]["eval_f1"] == results["single"]["eval_f1"]
+    # The evaluation before the first step (not its loss: another global eval batch, 2 x 8 against 8).
+    first = {name: evaluation_at_step_0(tmp_path / name) for name in rows}
+    for name in ("eval_accuracy", "eval_f1", "eval_invalid_rate"):
+        assert first["sharded"][name] == pytest.approx(first["single"][name], abs=1e-4), name
     # 40 Adam steps on near-zero gradients amplify float32 rounding; the labels above are the same.
     adapter = "adapter/adapter_model.safetensors"
     assert_same_tensors(tmp_path / "sharded" / adapter, tmp_path / "single" / adapter, atol=5e-3)
@@ -165,6 +214,14 @@ def test_recipe_with_the_fsdp_config_equals_one_process_and_pushes(tmp_path, hub
         first = list(csv.DictReader(handle))[:8]
     outputs = generate_labels(model, tokenizer, [row["text"] for row in first], max_new_tokens=4)
     assert [o.strip() for o in outputs] == [row["output"].strip() for row in first]
+
+
+def evaluation_at_step_0(output_dir: Path) -> dict:
+    """The metrics of the evaluation before training (``eval_on_start``), from the last checkpoint's log history."""
+    last = max(output_dir.glob("checkpoint-*"), key=lambda folder: int(folder.name.split("-")[1]))
+    history = json.loads((last / "trainer_state.json").read_text())["log_history"]
+    [first] = [entry for entry in history if entry["step"] == 0 and "eval_f1" in entry]
+    return first
 
 
 def test_fsdp_version_requested_reads_accelerate_and_trainer_settings(monkeypatch, tmp_path):

@@ -1,9 +1,9 @@
 """Runs a script under FSDP on CPU processes (gloo), for the FSDP tests on machines without GPUs.
 
-accelerate 1.15 turns an ``accelerate launch --use_fsdp`` run into FSDP only for accelerator devices: on CPU
-processes (``--use_cpu true``, distributed type MULTI_CPU) it ignores ``ACCELERATE_USE_FSDP`` and the Trainer
-wraps the model in DDP. torch's FSDP2 itself runs on CPU with gloo. This launcher lets accelerate take its FSDP
-branch on CPU and then runs the script as ``python script args`` would:
+accelerate (1.15, and 1.16 still) turns an ``accelerate launch --use_fsdp`` run into FSDP only for accelerator
+devices: on CPU processes (``--use_cpu true``, distributed type MULTI_CPU) it ignores ``ACCELERATE_USE_FSDP`` and
+the Trainer wraps the model in DDP. torch's FSDP2 itself runs on CPU with gloo. This launcher lets accelerate take
+its FSDP branch on CPU and then runs the script as ``python script args`` would:
 
     accelerate launch --multi_gpu --num_processes 2 --use_fsdp ... tests/scripts/cpu_fsdp.py SCRIPT ARGS...
 

@@ -12,7 +12,9 @@ and the adapter saved. Each process writes ``OUT/<method>/process_<rank>.json``:
 metrics and per-row outputs and scores, and the most bytes of the base model's parameters it held after a training
 step; the main process writes the trainable parameters (``trainable.safetensors``) and the adapter folder.
 ``--kill_at_step N`` SIGKILLs every process at the end of step N; ``--resume`` continues from the last complete
-checkpoint.
+checkpoint. ``--evaluate_first`` calls ``trainer.evaluate()`` before ``trainer.train()`` (under FSDP2 the Trainer
+then prepares the model alone, which accelerate 1.15 refuses: softprompt_hf._upstream entry 31) and reports its
+metrics and generated texts; ``--per_device_eval_batch`` is the Trainer's eval batch per process.
 """
 
 from __future__ import annotations
@@ -63,7 +65,15 @@ class _ParameterBytes(TrainerCallback):
         self.seen.append(local_parameter_bytes(model))
 
 
-def main(out: Path, methods: list[str], per_device_batch: int, kill_at_step: int | None, resume: bool) -> None:
+def main(
+    out: Path,
+    methods: list[str],
+    per_device_batch: int,
+    kill_at_step: int | None,
+    resume: bool,
+    evaluate_first: bool = False,
+    per_device_eval_batch: int = 8,
+) -> None:
     state = PartialState()
     for method in methods:
         folder = out / method
@@ -72,9 +82,13 @@ def main(out: Path, methods: list[str], per_device_batch: int, kill_at_step: int
             folder, method, evaluate=True, train=False, kill_at_step=kill_at_step, callbacks=[memory],
             per_device_train_batch_size=per_device_batch, max_steps=STEPS, save_steps=EVERY, eval_strategy="steps",
             eval_steps=EVERY, logging_steps=1, load_best_model_at_end=True, metric_for_best_model="f1",
-            per_device_eval_batch_size=8,
+            per_device_eval_batch_size=per_device_eval_batch,
         )  # fmt: skip
         check_trainer(trainer)  # what the recipes' build_trainer does: FSDP2 saves and loads (softprompt_hf._upstream)
+        first = None
+        if evaluate_first:
+            metrics = trainer.evaluate()
+            first = {"metrics": metrics, "outputs": [p.output for p in trainer.compute_metrics.last_predictions]}
         trainer.train(resume_from_checkpoint=last_complete_checkpoint(folder) if resume else None)
         generate = trainer.compute_metrics
         assert isinstance(generate, GenerationMetrics)
@@ -117,6 +131,7 @@ def main(out: Path, methods: list[str], per_device_batch: int, kill_at_step: int
             },
             "base_parameter_bytes": max(memory.seen),
             "one_token_forwards": served.count,
+            "evaluate_first": first,
         }
         (folder / f"process_{state.process_index}.json").write_text(json.dumps(report))
         with gathered_root(model):  # every process gathers the soft prompt; the main process saves it
@@ -135,5 +150,15 @@ if __name__ == "__main__":
     parser.add_argument("--per_device_batch", type=int, default=8)
     parser.add_argument("--kill_at_step", type=int)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--evaluate_first", action="store_true")
+    parser.add_argument("--per_device_eval_batch", type=int, default=8)
     options = parser.parse_args()
-    main(options.out, options.methods, options.per_device_batch, options.kill_at_step, options.resume)
+    main(
+        options.out,
+        options.methods,
+        options.per_device_batch,
+        options.kill_at_step,
+        options.resume,
+        evaluate_first=options.evaluate_first,
+        per_device_eval_batch=options.per_device_eval_batch,
+    )
