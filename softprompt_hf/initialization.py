@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from peft import PeftModel, PeftType
@@ -163,25 +164,26 @@ def initialize_soft_prompt(
         )
     if init.is_peft_default:
         return
-    if init.kind not in ("SAMPLE_VOCAB",) and tokenizer is None:
+    encoder: Any = model.prompt_encoder[model.active_adapter]
+    base: Any = model.get_base_model()
+    num_tokens = encoder.embedding.weight.shape[0]
+    if init.kind == "SAMPLE_VOCAB":
+        values = _sampled_vocabulary(base.get_input_embeddings(), num_tokens)
+    elif tokenizer is None:
         raise ValueError(
             f"The {init.kind} initialisation needs the model's tokenizer (pass tokenizer=...), to turn its text into "
             "tokens; or choose RANDOM or SAMPLE_VOCAB."
         )
-    if peft_type == PeftType.PREFIX_TUNING:
-        _init_prefix_from_text(model, init.text or "", tokenizer)  # type: ignore[arg-type]
+    elif peft_type == PeftType.PREFIX_TUNING:
+        _init_prefix_from_text(model, init.text or "", tokenizer)
         return
-    embedding: torch.nn.Embedding = model.prompt_encoder[model.active_adapter].embedding  # type: ignore[assignment]
-    word_embeddings = model.get_base_model().get_input_embeddings()
-    num_tokens = embedding.weight.shape[0]
-    if init.kind == "SAMPLE_VOCAB":
-        values = _sampled_vocabulary(word_embeddings, num_tokens)
     elif init.kind == "CLASS_LABELS":
-        values = _class_label_embeddings(word_embeddings, tokenizer, init.class_labels or (), num_tokens)  # type: ignore[arg-type]
+        values = _class_label_embeddings(base.get_input_embeddings(), tokenizer, init.class_labels or (), num_tokens)
     else:
-        ids = text_token_ids(tokenizer, init.text or "", special_tokens=init.kind == "TEXT")  # type: ignore[arg-type]
-        values = _input_embeddings(word_embeddings, fit_to_length(ids, num_tokens))
-    embedding.weight.copy_(values.to(embedding.weight.dtype))
+        ids = text_token_ids(tokenizer, init.text or "", special_tokens=init.kind == "TEXT")
+        values = _input_embeddings(base.get_input_embeddings(), fit_to_length(ids, num_tokens))
+    weight = encoder.embedding.weight
+    weight.copy_(values.to(weight.dtype))
     logger.info("prompt tuning: %d virtual tokens initialised with %s", num_tokens, init.kind)
 
 
@@ -191,10 +193,10 @@ def _input_embeddings(word_embeddings: torch.nn.Module, token_ids: Sequence[int]
     return word_embeddings(torch.tensor(list(token_ids), dtype=torch.long, device=device))
 
 
-def _sampled_vocabulary(word_embeddings: torch.nn.Module, count: int) -> torch.Tensor:
+def _sampled_vocabulary(word_embeddings: Any, count: int) -> torch.Tensor:
     """The input embeddings of ``count`` tokens drawn uniformly from the whole vocabulary with torch's global
     generator: the same draw as peft's SAMPLE_VOCAB, so the same seed gives the same rows."""
-    vocab_size = word_embeddings.num_embeddings  # type: ignore[union-attr]
+    vocab_size = int(word_embeddings.num_embeddings)
     token_ids = torch.randint(0, vocab_size, (count,), dtype=torch.long)
     return _input_embeddings(word_embeddings, token_ids.tolist())
 
@@ -227,8 +229,8 @@ def _class_label_embeddings(
 
 def _init_prefix_from_text(model: PeftModel, text: str, tokenizer: PreTrainedTokenizerBase) -> None:
     """Sets a prefix (without projection) to the key/values the frozen base model computes for ``text``."""
-    config = model.peft_config[model.active_adapter]
-    encoder = model.prompt_encoder[model.active_adapter]
+    config: Any = model.peft_config[model.active_adapter]
+    encoder: Any = model.prompt_encoder[model.active_adapter]
     if getattr(config, "prefix_projection", False):
         raise ValueError(
             "The TEXT initialisation of prefix tuning sets the prefix's key/values themselves, which "
@@ -237,7 +239,7 @@ def _init_prefix_from_text(model: PeftModel, text: str, tokenizer: PreTrainedTok
         )
     num_tokens = config.num_virtual_tokens
     token_ids = fit_to_length(text_token_ids(tokenizer, text), num_tokens)
-    base = model.get_base_model()
+    base: Any = model.get_base_model()
     device = next(base.parameters()).device
     cache = DynamicCache(config=base.config)
     was_training = base.training
@@ -253,6 +255,7 @@ def _init_prefix_from_text(model: PeftModel, text: str, tokenizer: PreTrainedTok
     heads = config.num_attention_heads
     head_dim = config.token_dim // heads
     layers = []
+    layer: Any
     for index, layer in enumerate(cache.layers):
         keys, values = layer.keys, layer.values
         expected = (1, heads, num_tokens, head_dim)
