@@ -29,18 +29,20 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     # 2. peft's config: a prefix of 20 key/value positions (--num_virtual_tokens) per layer; with
     #    --prefix_projection, produced by a two-layer MLP of --encoder_hidden_size (checkpoints keep the MLP,
-    #    so --resume_from_checkpoint is exact).
+    #    so --resume_from_checkpoint is exact). Where the prefix starts (--prefix_tuning_init): peft's RANDOM, or
+    #    TEXT, the key/values the frozen model computes for --prefix_tuning_init_text (as many positions as its
+    #    tokens, when --num_virtual_tokens is not set).
     projection = args.prompt.prefix_projection
     peft_config = PrefixTuningConfig(
         task_type=TaskType.CAUSAL_LM,
         prefix_projection=projection,
         encoder_hidden_size=args.prompt.encoder_hidden_size if projection else None,
-        num_virtual_tokens=args.prompt.num_virtual_tokens_for(),
+        num_virtual_tokens=args.prompt.num_virtual_tokens_for(run.tokenizer),
     )
 
     # 3. Model and Trainer: the frozen base model with the prefix; our collator, generation-based metrics,
     #    checkpoints that resume exactly, refusals, sample predictions.
-    trainer = build_trainer(run, peft_config)
+    trainer = build_trainer(run, peft_config, init=args.prompt.initialization())
 
     # 4. Train (from the last complete checkpoint with --resume_from_checkpoint last).
     trainer.train(resume_from_checkpoint=run.resume_from_checkpoint)

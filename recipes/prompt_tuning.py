@@ -3,6 +3,7 @@
     python recipes/prompt_tuning.py
     accelerate launch recipes/prompt_tuning.py --config recipes/configs/prompt_tuning_bloomz-560m.yaml
     python recipes/prompt_tuning.py --prompt_tuning_init RANDOM --num_virtual_tokens 16 --num_train_epochs 5
+    python recipes/prompt_tuning.py --prompt_tuning_init CLASS_LABELS --num_virtual_tokens 8
     python recipes/prompt_tuning.py --help     # every flag, with the recipes' defaults
 
 Learns ``num_virtual_tokens`` input embeddings put in front of every prompt; the model stays frozen. With no
@@ -14,9 +15,8 @@ from __future__ import annotations
 
 import sys
 
-from peft import PromptTuningConfig, PromptTuningInit, TaskType
-
 from softprompt_hf.arguments import parse_recipe_args
+from softprompt_hf.methods import build_peft_config
 from softprompt_hf.runner import build_trainer, finish_recipe, run_recipe, start_run
 
 
@@ -25,22 +25,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parse_recipe_args("prompt_tuning", argv)
     run = start_run(args)
 
-    # 2. peft's config: TEXT starts the prompt from the embeddings of the init text's tokens (the seed's
-    #    instruction; 8 tokens with bloomz-560m, when --num_virtual_tokens is not set); RANDOM and SAMPLE_VOCAB
-    #    need no text.
-    options = args.prompt
-    text_init = options.prompt_tuning_init == "TEXT"
-    peft_config = PromptTuningConfig(
-        task_type=TaskType.CAUSAL_LM,
-        prompt_tuning_init=PromptTuningInit(options.prompt_tuning_init),
-        num_virtual_tokens=options.num_virtual_tokens_for(run.tokenizer),
-        prompt_tuning_init_text=options.prompt_tuning_init_text if text_init else None,
-        tokenizer_name_or_path=run.tokenizer.name_or_path if text_init else None,
-    )
+    # 2. peft's config, and where the prompt starts (--prompt_tuning_init): TEXT, the input embeddings of the init
+    #    text's tokens as the tokenizer encodes any input (peft's TEXT: a BOS first if the tokenizer adds one; 8
+    #    tokens with bloomz-560m, when --num_virtual_tokens is not set); TEXT_WITHOUT_SPECIAL_TOKENS, the text's own
+    #    tokens; CLASS_LABELS, one virtual token per label of the data, the others sampled from the vocabulary;
+    #    SAMPLE_VOCAB; RANDOM. The values are set once peft has built the prompt.
+    peft_config = build_peft_config(args.prompt, tokenizer=run.tokenizer)
+    init = args.prompt.initialization(class_labels=run.data.classes)
 
     # 3. Model and Trainer: the frozen base model with the prompt; our collator, generation-based metrics,
     #    checkpoints that resume exactly, refusals, sample predictions.
-    trainer = build_trainer(run, peft_config)
+    trainer = build_trainer(run, peft_config, init=init)
 
     # 4. Train (from the last complete checkpoint with --resume_from_checkpoint last).
     trainer.train(resume_from_checkpoint=run.resume_from_checkpoint)

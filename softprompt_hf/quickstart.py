@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         prompt_args,
         tokenizer=tokenizer,
         training_args=training_args,
+        class_labels=data.classes,  # for --prompt_tuning_init CLASS_LABELS
     )
     model.print_trainable_parameters()
     # Where the prompt ends and the label begins: the tokenizer's joint boundary, or the embedded model's own.

@@ -54,6 +54,7 @@ from .constants import DEFAULT_TIMEOUT
 from .data import ClassificationData, load_classification_data, load_raft, stratified_split
 from .embedded import EMBEDDED_DATA_FILES, label_tokenization_for
 from .evaluation import GenerationMetrics
+from .initialization import SoftPromptInit
 from .label_logits import enable_label_only_logits
 from .methods import build_soft_prompt_model
 from .metrics import write_predictions, write_raft_submission
@@ -120,16 +121,20 @@ def start_run(args: RecipeArguments) -> RecipeRun:
     return RecipeRun(args, data, tokenizer, metrics, resume_from_checkpoint=resume, hub_target=hub_target)
 
 
-def build_trainer(run: RecipeRun, peft_config: PeftConfig) -> Trainer:
+def build_trainer(run: RecipeRun, peft_config: PeftConfig, init: SoftPromptInit | None = None) -> Trainer:
     """The frozen base model wrapped with ``peft_config``, in a stock ``Trainer`` set up for soft prompts.
 
-    The model gets the recipes' exact speed-ups (``--label_only_logits``, ``--shared_prompt``); the Trainer gets
-    our collator (the run's template and length cap), the generation-based metrics, and the callbacks: refusals,
-    checkpoints that resume exactly, the parameter summary, sample predictions and early stopping.
+    ``init`` says where the soft prompt starts (``SoftPromptArguments.initialization``; default: the config's own,
+    see ``build_soft_prompt_model``). The model gets the recipes' exact speed-ups (``--label_only_logits``,
+    ``--shared_prompt``); the Trainer gets our collator (the run's template and length cap), the generation-based
+    metrics, and the callbacks: refusals, checkpoints that resume exactly, the parameter summary, sample
+    predictions and early stopping.
     """
     args = run.args
     base_model = AutoModelForCausalLM.from_pretrained(args.model.model_name_or_path)
-    model = build_soft_prompt_model(base_model, peft_config, tokenizer=run.tokenizer, training_args=args.training)
+    model = build_soft_prompt_model(
+        base_model, peft_config, tokenizer=run.tokenizer, training_args=args.training, init=init
+    )
     _enable_speed_ups(model, args.training)
     trainer = Trainer(
         model=model,

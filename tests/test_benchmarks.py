@@ -28,7 +28,11 @@ SCRIPTS = {
     "fsdp_memory.py": ["--size", "tiny"],
     "output_head.py": ["--shapes", "32x4096", "16x3000", "--rows", "4", "--repeats", "1"],
     "real_model.py": ["zero-shot", "--model_name_or_path", str(EMBEDDED_MODEL_PATH), "--rows", "4"],
-}
+    "init_table.py": [
+        "--model_name_or_path", str(EMBEDDED_MODEL_PATH), "--seeds", "0", "--threads", "1",
+        "--", "--validation_size", "8", "--max_train_samples", "8", "--max_steps", "1",
+    ],
+}  # fmt: skip
 
 
 def _run(script: str, args: list[str]) -> subprocess.CompletedProcess:
@@ -204,3 +208,34 @@ def test_real_model_takes_a_subset_of_rows_from_every_label_in_turn(real_model):
     picked = real_model._rows(recipe, 7)
     assert picked["i"] == [0, 1, 2, 4, 5, 7, 8]  # in split order, classes as even as they allow
     assert real_model._rows(recipe, None) is validation and len(real_model._rows(recipe, 20)) == len(labels)
+
+
+def test_init_table_compares_every_init_of_each_method_over_seeds(tmp_path, capsys):
+    """benchmarks/init_table.py on the embedded model: one row per init, mean ± sd over the seeds, and inits that
+    start differently (the embedded model's own instruction against a random prompt). Every method and init runs
+    in the slow smoke test (test_benchmark_script_runs)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("init_table", BENCHMARKS / "init_table.py")
+    init_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(init_table)
+    args = ["--model_name_or_path", str(EMBEDDED_MODEL_PATH), "--methods", "prompt_tuning"]
+    args += ["--inits", "TEXT", "CLASS_LABELS", "RANDOM", "--seeds", "0", "1", "--json", str(tmp_path / "t.json")]
+    args += ["--", "--validation_size", "8", "--max_train_samples", "8", "--max_steps", "1"]
+    init_table.main(init_table.parse_args(args))
+    rows = _table_rows(capsys.readouterr().out)
+    assert rows[0] == init_table.HEADERS
+    assert [row[:2] for row in rows[1:]] == [["prompt_tuning", init] for init in ("TEXT", "CLASS_LABELS", "RANDOM")]
+    assert all(row[3] == "2" and all(" ± " in cell for cell in row[4:]) for row in rows[1:])
+    assert [row[2] for row in rows[1:]] == ["12", "20", "20"]  # TEXT: the init text's 12 tokens
+    results = json.loads((tmp_path / "t.json").read_text())
+    assert len(results) == 6 and {r["validation_rows"] for r in results} == {8}
+    loss_before = {(r["init"], r["seed"]): r["loss_before"] for r in results}
+    # The embedded model's own instruction starts right; a random prompt does not, nor, differently, the labels.
+    for seed in (0, 1):
+        assert loss_before["TEXT", seed] < 0.1 < loss_before["RANDOM", seed]
+        assert loss_before["CLASS_LABELS", seed] not in (loss_before["TEXT", seed], loss_before["RANDOM", seed])
+    # A seed changes the random draws, not the text init.
+    assert loss_before["RANDOM", 0] != loss_before["RANDOM", 1]
+    assert loss_before["TEXT", 0] == loss_before["TEXT", 1]
+    assert all(0 <= r[name] <= 1 for r in results for name in ("accuracy_before", "accuracy_after", "f1_after"))

@@ -7,6 +7,7 @@ from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, Pr
 from transformers import AutoModelForCausalLM, BloomConfig, HfArgumentParser, TrainingArguments
 
 from softprompt_hf import SoftPromptArguments, build_soft_prompt_model
+from softprompt_hf.initialization import SoftPromptInit
 from softprompt_hf.methods import SEED_PROMPT_TUNING_INIT_TEXT, build_peft_config, eval_mode
 
 # bigscience/bloomz-560m's architecture, from its config.json.
@@ -58,13 +59,18 @@ def test_text_init_copies_init_text_embeddings(tokenizer):
     assert torch.equal(prompt, model.get_input_embeddings().weight[ids])
 
 
-def test_text_init_leaves_out_the_tokenizers_special_tokens(bos_tokenizer):
-    """A tokenizer that starts every input with BOS (Llama, Gemma) must not put a BOS into the prompt: the text's
-    own tokens only, so the input does not start with two BOS (the virtual one, then the prompt's own)."""
+@pytest.mark.parametrize(
+    ("init", "special_tokens"), [("TEXT", True), ("TEXT_WITHOUT_SPECIAL_TOKENS", False)], ids=["TEXT", "without"]
+)
+def test_text_inits_count_their_tokens_as_they_tokenize_the_text(bos_tokenizer, init, special_tokens):
+    """TEXT is peft's: a tokenizer that starts every input with BOS (Llama, Gemma) puts a BOS first, and the default
+    prompt length counts it; TEXT_WITHOUT_SPECIAL_TOKENS takes the text's own tokens (one BOS in the input)."""
     model = tiny_model("llama", vocab_size=len(bos_tokenizer))
-    peft_model = build_soft_prompt_model(model, tokenizer=bos_tokenizer, tokenizer_name_or_path="org/base")
-    ids = bos_tokenizer(SEED_PROMPT_TUNING_INIT_TEXT, add_special_tokens=False)["input_ids"]
-    assert bos_tokenizer(SEED_PROMPT_TUNING_INIT_TEXT)["input_ids"] == [bos_tokenizer.bos_token_id, *ids]
+    peft_model = build_soft_prompt_model(model, tokenizer=bos_tokenizer, prompt_tuning_init=init)
+    own = bos_tokenizer(SEED_PROMPT_TUNING_INIT_TEXT, add_special_tokens=False)["input_ids"]
+    assert bos_tokenizer(SEED_PROMPT_TUNING_INIT_TEXT)["input_ids"] == [bos_tokenizer.bos_token_id, *own]
+    ids = [bos_tokenizer.bos_token_id, *own] if special_tokens else own
+    assert SoftPromptArguments(prompt_tuning_init=init).num_virtual_tokens_for(bos_tokenizer) == len(ids)
     assert peft_model.peft_config["default"].num_virtual_tokens == len(ids)
     prompt = peft_model.prompt_encoder["default"].embedding.weight
     assert torch.equal(prompt, model.get_input_embeddings().weight[ids])
@@ -152,6 +158,18 @@ def test_label_smoothing_is_refused(tmp_path, method):
         ({"num_virtual_tokens": 0}, "num_virtual_tokens must be at least 1"),
         ({"encoder_dropout": 1.5}, "encoder_dropout"),
         ({"prompt_tuning_init_text": " "}, "non-empty prompt_tuning_init_text"),
+        ({"prompt_tuning_init": "TEXT_WITHOUT_SPECIAL_TOKENS", "prompt_tuning_init_text": ""}, "non-empty"),
+        ({"method": "prefix_tuning", "prefix_tuning_init": "vocab"}, "Unknown prefix_tuning_init 'VOCAB'"),
+        (
+            {"method": "prefix_tuning", "prefix_tuning_init": "TEXT", "prefix_tuning_init_text": " "},
+            "prefix_tuning_init=TEXT needs a non-empty prefix_tuning_init_text",
+        ),
+        (
+            {"method": "prefix_tuning", "prefix_tuning_init": "TEXT", "prefix_projection": True},
+            "Set prefix_projection=False, or prefix_tuning_init=RANDOM",
+        ),
+        ({"prefix_tuning_init": "TEXT"}, r"prefix_tuning_init='TEXT' does not apply to prompt_tuning"),
+        ({"method": "p_tuning", "prefix_tuning_init_text": "Hi"}, "does not apply to p_tuning: only prefix_tuning"),
     ],
 )
 def test_bad_arguments(options, match):
@@ -159,9 +177,64 @@ def test_bad_arguments(options, match):
         SoftPromptArguments(**options)
 
 
-def test_text_init_without_tokenizer_says_what_to_do():
-    with pytest.raises(ValueError, match="pass tokenizer="):
-        build_peft_config(method="prompt_tuning")
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"method": "prompt_tuning"},
+        {"method": "prompt_tuning", "prompt_tuning_init": "TEXT_WITHOUT_SPECIAL_TOKENS"},
+        {"method": "prefix_tuning", "prefix_tuning_init": "TEXT"},
+    ],
+)
+def test_text_init_without_tokenizer_says_what_to_do(options):
+    with pytest.raises(ValueError, match=r"init=TEXT.* needs the tokenizer \(pass tokenizer=...\)"):
+        build_peft_config(**options)
+
+
+@pytest.mark.parametrize(
+    ("init", "recorded"),
+    [
+        ("TEXT", PromptTuningInit.TEXT),
+        ("TEXT_WITHOUT_SPECIAL_TOKENS", PromptTuningInit.RANDOM),
+        ("CLASS_LABELS", PromptTuningInit.RANDOM),
+        ("SAMPLE_VOCAB", PromptTuningInit.SAMPLE_VOCAB),
+        ("RANDOM", PromptTuningInit.RANDOM),
+    ],
+)
+def test_peft_config_records_peft_own_name_for_each_init(tokenizer, init, recorded):
+    """peft's config can name TEXT, SAMPLE_VOCAB and RANDOM; the other inits are values set after peft built a
+    random prompt, and a saved adapter must load with peft, so its config says RANDOM."""
+    config = build_peft_config(method="prompt_tuning", prompt_tuning_init=init, tokenizer=tokenizer)
+    assert config.prompt_tuning_init == recorded
+    assert (config.prompt_tuning_init_text is not None) == (init == "TEXT")
+    expected = {"TEXT": len(tokenizer(SEED_PROMPT_TUNING_INIT_TEXT)["input_ids"])}
+    expected["TEXT_WITHOUT_SPECIAL_TOKENS"] = expected["TEXT"]  # this tokenizer adds no BOS
+    assert config.num_virtual_tokens == expected.get(init, 20)
+
+
+def test_initialization_of_the_arguments():
+    args = SoftPromptArguments(prompt_tuning_init="class_labels")
+    assert args.initialization(["complaint", "no complaint"]) == SoftPromptInit(
+        "CLASS_LABELS", class_labels=("complaint", "no complaint")
+    )
+    with pytest.raises(ValueError, match=r"pass class_labels=\.\.\. \(the label texts"):
+        args.initialization()
+    assert SoftPromptArguments().initialization() == SoftPromptInit("TEXT", text=SEED_PROMPT_TUNING_INIT_TEXT)
+    assert SoftPromptArguments(method="p_tuning").initialization() == SoftPromptInit("RANDOM")
+    assert SoftPromptArguments(method="prefix_tuning").initialization() == SoftPromptInit("RANDOM")
+    prefix = SoftPromptArguments(method="prefix_tuning", prefix_tuning_init="TEXT", prefix_tuning_init_text="Hi")
+    assert prefix.initialization() == SoftPromptInit("TEXT", text="Hi")
+
+
+def test_explicit_init_replaces_that_of_a_ready_peft_config(tokenizer):
+    """A recipe's peft config records RANDOM for CLASS_LABELS; the init it passes sets the values, and the caller's
+    config is given back as it was."""
+    config = build_peft_config(method="prompt_tuning", prompt_tuning_init="CLASS_LABELS", num_virtual_tokens=3)
+    init = SoftPromptInit("CLASS_LABELS", class_labels=("complaint", "no complaint"))
+    model = build_soft_prompt_model(tiny_model(vocab_size=len(tokenizer)), config, tokenizer=tokenizer, init=init)
+    ids = tokenizer("complaint", add_special_tokens=False)["input_ids"]
+    first = model.prompt_encoder["default"].embedding.weight[0]
+    torch.testing.assert_close(first, model.word_embeddings.weight[ids].mean(dim=0), rtol=0, atol=1e-6)
+    assert config.prompt_tuning_init == PromptTuningInit.RANDOM
 
 
 def test_arguments_parse_from_command_line():
@@ -172,6 +245,23 @@ def test_arguments_parse_from_command_line():
     assert isinstance(config, PromptEncoderConfig)
     assert config.num_virtual_tokens == 12
     assert config.encoder_reparameterization_type.value == "LSTM"
+
+
+@pytest.mark.parametrize(
+    ("flags", "field", "value"),
+    [
+        (["--prompt_tuning_init", "CLASS_LABELS"], "prompt_tuning_init", "CLASS_LABELS"),
+        (["--prompt_tuning_init", "TEXT_WITHOUT_SPECIAL_TOKENS"], "prompt_tuning_init", "TEXT_WITHOUT_SPECIAL_TOKENS"),
+        (["--method", "prefix_tuning", "--prefix_tuning_init", "TEXT"], "prefix_tuning_init", "TEXT"),
+        (["--method", "prefix_tuning", "--prefix_tuning_init_text", "Hi"], "prefix_tuning_init_text", "Hi"),
+    ],
+)
+def test_init_flags_parse_from_command_line(flags, field, value):
+    (args,) = HfArgumentParser(SoftPromptArguments).parse_args_into_dataclasses(flags)
+    assert getattr(args, field) == value
+    if field.endswith("_init"):
+        with pytest.raises(SystemExit):  # argparse's own error for a value outside the choices
+            HfArgumentParser(SoftPromptArguments).parse_args_into_dataclasses([*flags[:-1], "ZEROS"])
 
 
 def test_text_init_config_is_given_back_when_peft_fails(tokenizer, monkeypatch):

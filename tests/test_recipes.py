@@ -21,6 +21,7 @@ from transformers import AutoTokenizer
 from softprompt_hf import generate_labels
 from softprompt_hf.arguments import SoftPromptTrainingArguments, parse_recipe_args
 from softprompt_hf.callbacks import CHECKPOINT_MARKER_NAME
+from softprompt_hf.initialization import SoftPromptInit
 from softprompt_hf.methods import build_peft_config
 from softprompt_hf.real import BBC_NEWS_TOPICS
 from softprompt_hf.runner import _enable_speed_ups, _setup_logging, start_run
@@ -68,6 +69,10 @@ class _Stop(Exception):
     pass
 
 
+SEED_TEXT = "Classify if the tweet is a complaint or no complaint.\n"
+LABELS = ("complaint", "no complaint")  # the embedded data's label texts
+
+
 @pytest.mark.parametrize("options", [{}, SEED_PEFT, OTHER_PEFT], ids=["defaults", "seed", "other"])
 @pytest.mark.parametrize("method", METHODS)
 def test_each_recipe_builds_the_peft_config_of_build_peft_config(monkeypatch, tmp_path, method, options):
@@ -75,7 +80,7 @@ def test_each_recipe_builds_the_peft_config_of_build_peft_config(monkeypatch, tm
     recipe = load_recipe(method)
     built = []
 
-    def stop_at_the_trainer(run, peft_config):
+    def stop_at_the_trainer(run, peft_config, init=None):
         built.append((run, peft_config))
         raise _Stop
 
@@ -90,6 +95,43 @@ def test_each_recipe_builds_the_peft_config_of_build_peft_config(monkeypatch, tm
     assert type(config) is type(expected) and config.to_dict() == expected.to_dict()
     for key, value in options.get(method, {}).items():
         assert getattr(config, key) == value, key
+
+
+@pytest.mark.parametrize(
+    ("method", "flags", "expected"),
+    [
+        ("prompt_tuning", [], SoftPromptInit("TEXT", text=SEED_TEXT)),
+        ("prompt_tuning", ["--prompt_tuning_init", "TEXT_WITHOUT_SPECIAL_TOKENS"], None),
+        (
+            "prompt_tuning",
+            ["--prompt_tuning_init", "CLASS_LABELS"],
+            SoftPromptInit("CLASS_LABELS", class_labels=LABELS),
+        ),
+        ("prompt_tuning", ["--prompt_tuning_init", "SAMPLE_VOCAB"], SoftPromptInit("SAMPLE_VOCAB")),
+        ("prefix_tuning", [], SoftPromptInit("RANDOM")),
+        ("prefix_tuning", ["--prefix_tuning_init", "TEXT"], SoftPromptInit("TEXT", text=SEED_TEXT)),
+        ("p_tuning", [], None),
+    ],
+)
+def test_each_recipe_passes_its_init_flags_and_the_datas_labels_to_the_trainer(
+    monkeypatch, tmp_path, method, flags, expected
+):
+    """--prompt_tuning_init and --prefix_tuning_init reach the model; CLASS_LABELS gets the data's label texts."""
+    recipe = load_recipe(method)
+    seen = []
+
+    def stop_at_the_trainer(run, peft_config, init=None):
+        seen.append((run, init))
+        raise _Stop
+
+    monkeypatch.setattr(recipe, "build_trainer", stop_at_the_trainer)
+    with pytest.raises(_Stop):
+        recipe.main(["--output_dir", str(tmp_path), *flags])
+    ((run, init),) = seen
+    if expected is None and method == "prompt_tuning":
+        expected = SoftPromptInit("TEXT_WITHOUT_SPECIAL_TOKENS", text=SEED_TEXT)
+    assert init == expected
+    assert tuple(run.data.classes) == LABELS
 
 
 def test_every_yaml_in_the_repo_is_a_known_config_and_starts_with_its_command():
@@ -145,7 +187,8 @@ def test_gemma_configs_name_the_prepared_model_and_their_data(path):
         assert (data_args.max_train_samples, training_args.num_train_epochs) == (250, 2)  # a CPU-sized run
         assert data_args.template == "Article : {text} Topic : "
     if method == "prompt_tuning":
-        assert prompt_args.prompt_tuning_init == "TEXT"
+        # TEXT before issue 27 (no BOS); named so that the runs stay as measured (benchmarks/RESULTS.md, 10).
+        assert prompt_args.prompt_tuning_init == "TEXT_WITHOUT_SPECIAL_TOKENS"
         if dataset == "tweets":
             assert training_args.learning_rate == 1e-2  # stable on the tweets, where the recipes' 3e-2 was not
         else:  # 64 steps at the recipes' lr, not 32
