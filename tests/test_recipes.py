@@ -510,5 +510,5 @@ def test_max_train_samples_trains_on_a_stratified_seeded_subset():
     assert _load_data(DataArguments(max_train_samples=64), seed=7).train["ID"] != cut.train["ID"]
     with pytest.raises(ValueError, match="fewer rows than the 2 classes"):
         _load_data(DataArguments(max_train_samples=1), seed=42)
-    with pytest.raises(ValueError, match="max_train_samples=0: give a number of rows"):
+    with pytest.raises(ValueError, match=r"--max_train_samples 0: give a value of at least 1 \(a number of rows\)"):
         DataArguments(max_train_samples=0)
