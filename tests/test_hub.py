@@ -18,6 +18,7 @@ from hub_server import BASE_ID, TOKEN, HubServer, hub_fixture, point_hub_client_
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.utils import _http
 from peft import AutoPeftModelForCausalLM
+from test_recipes import EMBEDDED_HUB_ID, load_recipe
 from trained_adapters import LABELS, one_thread, train_tiny_adapter
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainerState, TrainingArguments
 from transformers.utils import logging as hf_logging
@@ -26,6 +27,7 @@ from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_
 from softprompt_hf._decoding import generate_label_ids
 from softprompt_hf.card import model_card_inputs, render_model_card
 from softprompt_hf.cli import main as cli_main
+from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
 from softprompt_hf.hub import HubPushCallback, HubPushError, push_adapter, push_adapter_folder
 from softprompt_hf.saving import save_adapter
 
@@ -649,10 +651,6 @@ def test_a_failed_push_leaves_the_folder_byte_identical(
 def test_nothing_pushed_holds_a_local_path_the_users_name_or_the_token(hub, tmp_path, monkeypatch):
     """The issue's path: a recipe trains on a local base-model folder in the user's home, then the adapter is
     pushed with --base-model-id. Every pushed file is scanned."""
-    from test_recipes import EMBEDDED_HUB_ID, load_recipe
-
-    from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
-
     home = tmp_path / "home" / "zelda-local-user"
     monkeypatch.setenv("HOME", str(home))
     base = Path(shutil.copytree(EMBEDDED_MODEL_PATH, home / "models" / "embedded-bloom"))
