@@ -9,8 +9,11 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 from transformers.data.data_collator import DataCollatorMixin
+from transformers.utils import logging
 
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate
+
+logger = logging.get_logger(__name__)
 
 __all__ = ["SoftPromptDataCollator"]
 
@@ -26,9 +29,10 @@ class SoftPromptDataCollator(DataCollatorMixin):
 
     Rows can be:
 
-    - raw rows with a text column and a target column (the label text, e.g. ``"no complaint"``): the
-      prompt is ``template`` filled with the text and tokenized on its own, exactly as at inference
-      time, and the target's ids are those that every evaluation scores after it (see
+    - raw rows with a text column and a target column (the label text, e.g. ``"no complaint"``, or a free
+      text of any length: a summary, an answer): the prompt is ``template`` filled with the row (``{text}``
+      from ``text_column``, any other field from the column of its name) and tokenized on its own, exactly as
+      at inference time, and the target's ids are those that every evaluation scores after it (see
       ``label_tokenization`` and :class:`~softprompt_hf.prompt.PromptTemplate`);
     - pre-tokenized rows with ``input_ids`` and ``labels`` (and optionally ``attention_mask``),
       which are only padded.
@@ -39,19 +43,26 @@ class SoftPromptDataCollator(DataCollatorMixin):
     the same positions as in an unpadded row. The collator never adds virtual tokens, nor their
     attention mask or labels: PEFT does that inside the model.
 
-    With ``max_length``, rows longer than that are shortened by removing tokens from the *text* only
-    (its end, or its start when ``tokenizer.truncation_side == "left"``); the template around the
-    text, the target and the EOS are always kept whole.
+    Long rows: a target longer than ``max_target_length`` tokens (EOS included) is cut to it first, its EOS kept,
+    so that the model learns to end within the length evaluation generates (a warning says so once;
+    :meth:`count_cut` counts the rows a dataset loses; with ``truncate_targets=False`` such a target is an
+    error instead). Then, with ``max_length``, a row still longer than that is shortened by removing tokens
+    from the *text* only (the template's :attr:`~softprompt_hf.prompt.PromptTemplate.cut_field`: ``{text}``,
+    from its end, or from its start when ``tokenizer.truncation_side == "left"``); the template around it,
+    the other fields, the target and the EOS are kept whole.
 
     Args:
         tokenizer: The model's tokenizer. It needs an EOS token and a pad token (reuse EOS:
             ``tokenizer.pad_token = tokenizer.eos_token``; adding a new pad token would resize the
             vocabulary and put the whole embedding matrix into the adapter).
-        text_column: Column holding the input text.
-        target_column: Column holding the label text the model must generate.
-        template: Prompt pattern with ``{text}`` and optionally ``{text_column}``; defaults to the
-            seed guide's ``"{text_column} : {text} Label : "``.
+        text_column: Column holding the input text (what ``{text}`` reads).
+        target_column: Column holding the text the model must generate: a label, or free text.
+        template: Prompt pattern with ``{text}`` and/or other columns' names in braces, optionally
+            ``{text_column}``; defaults to the seed guide's ``"{text_column} : {text} Label : "``.
         max_length: Maximum length of a row (prompt + target + EOS) in tokens, or ``None``.
+        max_target_length: Maximum length of a target in tokens, its EOS included, or ``None`` (targets are
+            never cut). At least 2.
+        truncate_targets: Cut targets longer than ``max_target_length`` (default), or refuse them.
         pad_to_multiple_of: Round the padded length up to a multiple of this.
         label_pad_token_id: Label value that the loss ignores.
         return_tensors: Only ``"pt"`` is supported.
@@ -89,6 +100,8 @@ class SoftPromptDataCollator(DataCollatorMixin):
     label_pad_token_id: int = -100
     return_tensors: str = "pt"
     label_tokenization: str = "joint"
+    max_target_length: int | None = None
+    truncate_targets: bool = True
     _prompt: PromptTemplate = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -109,10 +122,15 @@ class SoftPromptDataCollator(DataCollatorMixin):
                 "The tokenizer has no pad token. Reuse EOS as pad: `tokenizer.pad_token = tokenizer.eos_token` "
                 "(adding a new token would resize the vocabulary and bloat the adapter)."
             )
-        for name in ("max_length", "pad_to_multiple_of"):
+        for name in ("max_length", "pad_to_multiple_of", "max_target_length"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer or None, got {value}.")
+        if self.max_target_length is not None and self.max_target_length < 2:
+            raise ValueError(
+                f"max_target_length={self.max_target_length} leaves no room for a target token before its EOS: "
+                "give at least 2, or None for no limit."
+            )
         self._prompt = PromptTemplate(self.template, self.text_column, self.label_tokenization)
 
     def torch_call(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
@@ -124,36 +142,90 @@ class SoftPromptDataCollator(DataCollatorMixin):
     def _encode(self, feature: Mapping[str, Any]) -> tuple[list[int], list[int], list[int]]:
         if "input_ids" in feature:
             return self._pretokenized(feature)
-        if self.text_column not in feature:
-            raise ValueError(self._missing_columns_message(feature))
-        text = feature[self.text_column]
-        target = feature.get(self.target_column)
-        if not isinstance(text, str) or not text.strip():
+        missing = [column for column in self._prompt.columns if column not in feature]
+        if missing:
+            raise ValueError(self._missing_columns_message(feature, missing))
+        text = feature.get(self.text_column) if "text" in self._prompt.fields else None
+        if "text" in self._prompt.fields and (not isinstance(text, str) or not text.strip()):
             raise ValueError(
                 f"Column {self.text_column!r} must hold non-empty strings, got {text!r}. "
                 "Drop or fix such rows before training."
             )
+        target = feature.get(self.target_column)
         if target is None:
             raise ValueError(
-                f"Row has no {self.target_column!r} (the label text to generate), so it cannot be trained on: "
+                f"Row has no {self.target_column!r} (the target text to generate), so it cannot be trained on: "
                 f"{dict(feature)!r}. Unlabelled rows belong to prediction, not training; set target_column to the "
-                "column holding the label text."
+                "column holding the label or reference text."
             )
         if not isinstance(target, str) or not target.strip():
-            raise ValueError(f"Column {self.target_column!r} must hold non-empty label strings, got {target!r}.")
-        target_ids = self._prompt.encode_target(self.tokenizer, target)
+            raise ValueError(f"Column {self.target_column!r} must hold non-empty target strings, got {target!r}.")
+        target_ids = self._target_ids(target)
         prompt_budget = None
         if self.max_length is not None:
             prompt_budget = self.max_length - len(target_ids)
             if prompt_budget < 1:
-                raise ValueError(
-                    f"max_length={self.max_length} leaves no room for the prompt: the target {target!r} and EOS "
-                    f"alone take {len(target_ids)} tokens. Raise max_length."
+                advice = (
+                    "Raise max_length, or set max_target_length below it to cut long targets."
+                    if self.max_target_length is None
+                    else "Raise max_length or lower max_target_length."
                 )
-        prompt_ids = self._prompt.encode(self.tokenizer, text, prompt_budget)
+                raise ValueError(
+                    f"max_length={self.max_length} leaves no room for the prompt: the target {_short(target)} and "
+                    f"EOS alone take {len(target_ids)} tokens. {advice}"
+                )
+        prompt_ids = self._prompt.encode(self.tokenizer, feature, prompt_budget)
         input_ids = prompt_ids + target_ids
         labels = [self.label_pad_token_id] * len(prompt_ids) + target_ids
         return input_ids, [1] * len(input_ids), labels
+
+    def _target_ids(self, target: str) -> list[int]:
+        """The target's ids and EOS, cut to ``max_target_length`` (the EOS kept) when it is longer."""
+        ids = self._prompt.encode_target(self.tokenizer, target)
+        limit = self.max_target_length
+        if limit is None or len(ids) <= limit:
+            return ids
+        if not self.truncate_targets:
+            raise ValueError(
+                f"The target {_short(target)} takes {len(ids)} tokens with its EOS, more than "
+                f"max_target_length={limit}, and truncate_targets is off. Raise max_target_length, drop such rows, "
+                "or set truncate_targets=True to cut targets to max_target_length (the EOS kept)."
+            )
+        logger.warning_once(
+            "Targets longer than max_target_length=%d tokens (EOS included) are cut to it, keeping the EOS, so the "
+            "model learns to end within that length (the first cut one had %d tokens). "
+            "SoftPromptDataCollator.count_cut(rows) counts the rows cut.",
+            limit,
+            len(ids),
+        )
+        return [*ids[: limit - 1], ids[-1]]
+
+    def count_cut(self, rows: Any) -> dict[str, int]:
+        """How many of ``rows`` (raw rows, as the collator takes them) this collator cuts: ``{"rows", "sources_cut",
+        "targets_cut"}``. A source is cut when prompt + target + EOS exceed ``max_length``, a target when it is
+        longer than ``max_target_length``. Logs one warning with the counts when any row is cut."""
+        counts = {"rows": 0, "sources_cut": 0, "targets_cut": 0}
+        for feature in rows:
+            counts["rows"] += 1
+            target = feature.get(self.target_column)
+            if not isinstance(target, str) or not target.strip() or "input_ids" in feature:
+                continue
+            full = self._prompt.encode_target(self.tokenizer, target)
+            ids = full if self.max_target_length is None else full[: self.max_target_length]
+            counts["targets_cut"] += len(ids) < len(full)
+            if self.max_length is not None:
+                prompt = self._prompt.encode(self.tokenizer, feature)
+                counts["sources_cut"] += len(prompt) + len(ids) > self.max_length
+        if counts["sources_cut"] or counts["targets_cut"]:
+            logger.warning(
+                "Of %d rows, %d sources are cut to fit max_length=%s and %d targets to max_target_length=%s.",
+                counts["rows"],
+                counts["sources_cut"],
+                self.max_length,
+                counts["targets_cut"],
+                self.max_target_length,
+            )
+        return counts
 
     def _pretokenized(self, feature: Mapping[str, Any]) -> tuple[list[int], list[int], list[int]]:
         input_ids = _as_list(feature["input_ids"])
@@ -177,13 +249,19 @@ class SoftPromptDataCollator(DataCollatorMixin):
             )
         return input_ids, mask, labels
 
-    def _missing_columns_message(self, feature: Mapping[str, Any]) -> str:
+    def _missing_columns_message(self, feature: Mapping[str, Any], missing: list[str]) -> str:
         found = sorted(feature)
+        if self.text_column in missing:
+            return (
+                f"Row has no {self.text_column!r} column and no 'input_ids' (columns found: {found}). If you use "
+                "the Trainer, it removed the raw text columns because they are not arguments of the model: set "
+                "`TrainingArguments(remove_unused_columns=False)`, or pre-tokenize the dataset into 'input_ids' "
+                "and 'labels'. Otherwise set text_column to the name of your text column."
+            )
         return (
-            f"Row has no {self.text_column!r} column and no 'input_ids' (columns found: {found}). If you use "
-            "the Trainer, it removed the raw text columns because they are not arguments of the model: set "
-            "`TrainingArguments(remove_unused_columns=False)`, or pre-tokenize the dataset into 'input_ids' "
-            "and 'labels'. Otherwise set text_column to the name of your text column."
+            f"Prompt template {self.template!r} reads the column(s) {missing}, not found in the row (columns "
+            f"found: {found}). Put column names of the data in braces, and '{{text}}' for the text column "
+            f"{self.text_column!r}; with the Trainer, keep the raw columns (`remove_unused_columns=False`)."
         )
 
     def _pad(self, rows: list[tuple[list[int], list[int], list[int]]]) -> dict[str, torch.Tensor]:
@@ -202,6 +280,11 @@ class SoftPromptDataCollator(DataCollatorMixin):
             "attention_mask": torch.tensor(attention_mask, dtype=torch.long),
             "labels": torch.tensor(labels, dtype=torch.long),
         }
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """``text`` quoted, cut to ``limit`` characters for a message."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
 def _as_list(value: Any) -> list[int]:

@@ -18,7 +18,7 @@ from transformers.utils import logging
 from ._decoding import label_outputs
 from .constants import MODES
 from .metrics import ClassificationReport, check_label_set, classification_report, match_label
-from .prompt import DEFAULT_TEMPLATE, PromptTemplate
+from .prompt import DEFAULT_TEMPLATE, PromptInput, PromptTemplate
 from .sharding import check_supported, run_sharded
 
 __all__ = ["GenerationMetrics", "Prediction"]
@@ -133,31 +133,26 @@ class GenerationMetrics(TrainerCallback):
         self._texts, self._gold, self._ids = self._read_rows(self.eval_rows)
 
     def _read_rows(self, rows: Any) -> tuple[list[str], list[str], list[Any]]:
-        columns = getattr(rows, "column_names", None)
-        records: list[Mapping[str, Any]] = list(rows) if columns is None else rows.to_list()
-        if not records:
-            raise ValueError("GenerationMetrics got no eval rows.")
-        for name in (self.text_column, self.target_column, self.id_column):
+        records = eval_records(rows, "GenerationMetrics")
+        self._sources = prompt_sources(records, self._prompt, "Eval")
+        for name in (self.target_column, self.id_column):
             if name is not None and name not in records[0]:
                 raise ValueError(
                     f"Eval rows have no {name!r} column (columns: {sorted(records[0])}). Eval rows need the text "
                     f"and the gold label text; unlabelled rows belong to prediction (see `predict`)."
                 )
-        texts, gold = [], []
+        gold = []
         for i, record in enumerate(records):
-            text, label = record[self.text_column], record[self.target_column]
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"Eval row {i} has text {text!r}; {self.text_column!r} must hold non-empty strings.")
+            label = record[self.target_column]
             matched = None if label is None else match_label(str(label), self.labels)
             if matched is None:
                 raise ValueError(
                     f"Eval row {i} has gold label {label!r}, which is not in the label set {list(self.labels)}. "
                     "Scoring needs labelled rows; keep unlabelled rows for prediction."
                 )
-            texts.append(text)
             gold.append(matched)
         ids = [record[self.id_column] for record in records] if self.id_column else [None] * len(records)
-        return texts, gold, ids
+        return source_texts(records, self._prompt), gold, ids
 
     # -- Trainer hooks ---------------------------------------------------------------------------
     def trainer_kwargs(self) -> dict[str, Any]:
@@ -231,7 +226,7 @@ class GenerationMetrics(TrainerCallback):
     # -- Scoring ---------------------------------------------------------------------------------
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         """Scores ``model`` on the eval rows and returns ``{"accuracy", "f1", "invalid_rate"}``."""
-        outputs, scores = self._score(model, self._texts)
+        outputs, scores = self._score(model, self._sources)
         predicted = [match_label(output, self.labels) for output in outputs]
         self.last_report = classification_report(self._gold, predicted, self.labels)
         self.last_predictions = [
@@ -240,19 +235,23 @@ class GenerationMetrics(TrainerCallback):
         ]
         return self.last_report.as_metrics()
 
-    def predict(self, model: torch.nn.Module, texts: Sequence[str]) -> list[Prediction]:
-        """Labels unlabelled texts (no gold) with the configured mode.
+    def predict(self, model: torch.nn.Module, texts: Sequence[PromptInput]) -> list[Prediction]:
+        """Labels unlabelled texts, or rows holding the template's columns (no gold), with the configured mode.
 
         In a distributed run every process must call it: the texts are split between the processes and the
         predictions gathered, so that all of them get the whole list.
         """
         outputs, scores = self._score(model, list(texts))
         return [
-            Prediction(text=t, gold=None, predicted=match_label(o, self.labels), output=o, scores=s)
+            Prediction(
+                text=_shown(t, self._prompt), gold=None, predicted=match_label(o, self.labels), output=o, scores=s
+            )
             for t, o, s in zip(texts, outputs, scores, strict=True)
         ]
 
-    def _score(self, model: torch.nn.Module, texts: list[str]) -> tuple[list[str], list[dict[str, float] | None]]:
+    def _score(
+        self, model: torch.nn.Module, texts: list[PromptInput]
+    ) -> tuple[list[str], list[dict[str, float] | None]]:
         state = PartialState()
         indices = list(range(len(texts)))
         with state.split_between_processes(indices) as mine:
@@ -284,6 +283,51 @@ _SAME_ROWS_ADVICE = (
     "(under any names), and score each other set with its own GenerationMetrics, e.g. "
     "GenerationMetrics(tokenizer, labels, other_rows).evaluate(model)."
 )
+
+
+def eval_records(rows: Any, owner: str) -> list[Mapping[str, Any]]:
+    """The rows of a ``datasets.Dataset`` or of a sequence of mappings, as a list of mappings (at least one)."""
+    columns = getattr(rows, "column_names", None)
+    records: list[Mapping[str, Any]] = list(rows) if columns is None else rows.to_list()
+    if not records:
+        raise ValueError(f"{owner} got no eval rows.")
+    return records
+
+
+def prompt_sources(records: Sequence[Mapping[str, Any]], prompt: PromptTemplate, kind: str) -> list[PromptInput]:
+    """What ``prompt`` is filled from for each record: the text column's value for a template whose only field is
+    ``{text}``, else the record's columns that the template reads. Checks that they are there and that texts are
+    non-empty strings."""
+    prompt.check_columns(records[0], where=f"the {kind.lower()} rows")
+    sources: list[PromptInput] = []
+    for i, record in enumerate(records):
+        if "text" in prompt.fields:
+            text = record[prompt.text_column]
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(
+                    f"{kind} row {i} has text {text!r}; {prompt.text_column!r} must hold non-empty strings."
+                )
+        if prompt.fields == ("text",):
+            sources.append(record[prompt.text_column])
+        else:
+            row = {column: record[column] for column in prompt.columns}
+            prompt.values(row)  # a None in a field is refused here, with the row's column named
+            sources.append(row)
+    return sources
+
+
+def source_texts(records: Sequence[Mapping[str, Any]], prompt: PromptTemplate) -> list[str]:
+    """Each record's text as predictions files show it: its text column, or else the template's cut field."""
+    column = prompt.text_column if prompt.text_column in records[0] else prompt.columns[-1]
+    return [str(record[column]) for record in records]
+
+
+def _shown(source: PromptInput, prompt: PromptTemplate) -> str:
+    """A source as a prediction shows it: the text, or a row's text column (else the template's cut field)."""
+    if isinstance(source, str):
+        return source
+    column = prompt.text_column if prompt.text_column in source else prompt.columns[-1]
+    return str(source[column])
 
 
 def _prediction_rows(eval_prediction: Any) -> int | None:

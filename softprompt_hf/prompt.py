@@ -10,14 +10,16 @@ Where the prompt ends and the label begins is the template's ``label_tokenizatio
 from __future__ import annotations
 
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .constants import LABEL_TOKENIZATIONS
 
-__all__ = ["DEFAULT_TEMPLATE", "PromptTemplate", "encode_target"]
+__all__ = ["DEFAULT_TEMPLATE", "PromptInput", "PromptTemplate", "encode_target"]
 
 logger = logging.get_logger(__name__)
 
@@ -32,7 +34,9 @@ SAVED_WITHOUT_LABEL_TOKENIZATION = "separate"
 # template contains.
 _TEXT_MARK = "\ue000"
 
-_ALLOWED_FIELDS = {"text", "text_column"}
+#: What a template is filled from: a text (its ``{text}`` field) or a row, a mapping of column names to values (every
+#: field; ``{text}`` reads the template's ``text_column``).
+PromptInput = str | Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -65,10 +69,17 @@ class PromptTemplate:
     Training (``SoftPromptDataCollator``) and inference (``GenerationMetrics``, ``generate_labels``,
     ``rank_labels``, ``predict``, the model card's snippets) read the same choice, so they see the same ids.
 
+    Fields: ``{text}`` is the text, read from the row's ``text_column``; ``{text_column}`` is that column's name (as
+    the seed guide writes it); any other field is a column of the row (``"Title : {title} Abstract : {abstract}
+    Summary : "``). A template whose only field is ``{text}`` is filled from plain texts or rows; any other template
+    from rows, mappings of column names to values (:meth:`values`). Where a prompt must be cut to fit,
+    only :attr:`cut_field` is shortened (``{text}``, else the last field).
+
     Args:
-        template: A ``str.format`` pattern with a ``{text}`` field and optionally ``{text_column}``
-            (replaced by the name of the text column, as the seed guide does).
-        text_column: Name of the column holding the text; only used to fill ``{text_column}``.
+        template: A ``str.format`` pattern with at least one field: ``{text}``, and any column name in braces;
+            optionally ``{text_column}`` (replaced by the name of the text column, as the seed guide does).
+        text_column: Name of the column holding the text: what ``{text}`` reads from a row, and what fills
+            ``{text_column}``.
         label_tokenization: ``"joint"`` or ``"separate"`` (see above).
 
     Example:
@@ -91,22 +102,29 @@ class PromptTemplate:
 
     def __post_init__(self) -> None:
         try:
-            fields = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
+            parsed = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(self.template)]
         except ValueError as err:
             raise ValueError(
                 f"Prompt template {self.template!r} is not a valid str.format pattern ({err}). "
                 "Write literal braces as '{{' and '}}'."
             ) from err
-        if "text" not in fields:
+        names = [name for name, _, _ in parsed if name is not None]
+        for name, spec, conversion in parsed:
+            if name is None:
+                continue
+            if not name or name.isdigit() or any(mark in name for mark in ".[]") or spec or conversion:
+                raise ValueError(
+                    f"Prompt template {self.template!r} has the field {{{name}{'!' + conversion if conversion else ''}"
+                    f"{':' + spec if spec else ''}}}: a field is a column name in braces ({{text}} for the text "
+                    "column, or any column of the row, e.g. {title}), without positions, attributes, indices, "
+                    "conversions or format specs."
+                )
+        inputs = [name for name in names if name != "text_column"]
+        if not inputs:
             raise ValueError(
                 f"Prompt template {self.template!r} has no '{{text}}' field: the text would never reach the "
-                "model. Example: '{text_column} : {text} Label : '."
-            )
-        unknown = fields - _ALLOWED_FIELDS
-        if unknown:
-            raise ValueError(
-                f"Prompt template {self.template!r} uses unknown field(s) {sorted(unknown)}; "
-                f"only {sorted(_ALLOWED_FIELDS)} are filled in."
+                "model. Example: '{text_column} : {text} Label : ', or name columns of the rows: "
+                "'Title : {title} Abstract : {abstract} Summary : '."
             )
         if self.label_tokenization not in LABEL_TOKENIZATIONS:
             raise ValueError(
@@ -115,9 +133,69 @@ class PromptTemplate:
                 "as the seed guide and older softprompt_hf runs did)."
             )
 
-    def render(self, text: str) -> str:
-        """Returns the template filled with ``text``."""
-        return self.template.format(text=text, text_column=self.text_column)
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The template's input fields in order of first appearance (``{text_column}``, a name, is not one)."""
+        names: list[str] = []
+        for _, name, _, _ in string.Formatter().parse(self.template):
+            if name is not None and name != "text_column" and name not in names:
+                names.append(name)
+        return tuple(names)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The row columns the template reads: ``text_column`` for ``{text}``, and each other field's own name."""
+        return tuple(self.text_column if name == "text" else name for name in self.fields)
+
+    @property
+    def cut_field(self) -> str:
+        """The field whose value :meth:`encode` shortens when the prompt is too long: ``text`` when the template
+        has ``{text}``, else its last field (e.g. ``abstract`` in ``'Title : {title} Abstract : {abstract} ...'``)."""
+        fields = self.fields
+        return "text" if "text" in fields else fields[-1]
+
+    def check_columns(self, columns: Any, where: str = "the data") -> None:
+        """Raises ``ValueError`` naming the template's fields that ``columns`` (column names) do not hold."""
+        found = list(columns)
+        missing = [column for column in self.columns if column not in found]
+        if missing:
+            raise ValueError(
+                f"Prompt template {self.template!r} reads the column(s) {missing}, not found in {where} (columns: "
+                f"{sorted(map(str, found))}). Put column names in braces, and '{{text}}' for the text column "
+                f"{self.text_column!r}."
+            )
+
+    def values(self, source: PromptInput) -> dict[str, str]:
+        """The value of each field for ``source``: a text fills ``{text}`` (the template's only field, then); a row
+        (a mapping of columns) fills every field from its column."""
+        fields = self.fields
+        if isinstance(source, str):
+            if fields != ("text",):
+                raise ValueError(
+                    f"Prompt template {self.template!r} reads the fields {list(fields)}: pass rows (mappings of "
+                    f"column names to values) holding the columns {list(self.columns)}, not a text."
+                )
+            return {"text": source}
+        if not isinstance(source, Mapping):
+            raise TypeError(f"A prompt is filled from a text or a row (a mapping), got {type(source).__name__}.")
+        self.check_columns(source, where="the row")
+        filled: dict[str, str] = {}
+        for field_name, column in zip(fields, self.columns, strict=True):
+            value = source[column]
+            if value is None:
+                raise ValueError(
+                    f"The row's {column!r} is empty (None), and prompt template {self.template!r} reads it. "
+                    "Drop or fill such rows."
+                )
+            filled[field_name] = value if isinstance(value, str) else str(value)
+        return filled
+
+    def render(self, source: PromptInput) -> str:
+        """Returns the template filled with ``source`` (a text, or a row: see :meth:`values`)."""
+        return self._format(self.values(source))
+
+    def _format(self, values: Mapping[str, str]) -> str:
+        return self.template.format_map({**values, "text_column": self.text_column})
 
     @property
     def label_separator(self) -> str:
@@ -129,22 +207,28 @@ class PromptTemplate:
 
     @property
     def label_context(self) -> str:
-        """The template's fixed text between the last ``{text}`` and the label, without :attr:`label_separator`:
-        what a label's ids are tokenized after (``"joint"``)."""
+        """The template's fixed text after its last field, without :attr:`label_separator`: what a label's ids are
+        tokenized after (``"joint"``)."""
         tail = self._tail()
         return tail[: len(tail) - len(self.label_separator)]
 
-    def prompt_text(self, text: str) -> str:
-        """The string whose tokens are the prompt for ``text``: :meth:`render` without :attr:`label_separator`."""
-        rendered = self.render(text)
+    def prompt_text(self, source: PromptInput) -> str:
+        """The string whose tokens are the prompt for ``source``: :meth:`render` without :attr:`label_separator`."""
+        return self._prompt_text(self.values(source))
+
+    def _prompt_text(self, values: Mapping[str, str]) -> str:
+        rendered = self._format(values)
         return rendered[: len(rendered) - len(self.label_separator)]
 
     def _tail(self) -> str:
-        rendered = self.template.format(text=_TEXT_MARK, text_column=self.text_column)
+        rendered = self._format(dict.fromkeys(self.fields, _TEXT_MARK))
         return rendered[rendered.rindex(_TEXT_MARK) + len(_TEXT_MARK) :]
 
-    def encode(self, tokenizer: PreTrainedTokenizerBase, text: str, max_tokens: int | None = None) -> list[int]:
-        """Tokenizes the prompt for ``text`` exactly as generation will see it.
+    def encode(
+        self, tokenizer: PreTrainedTokenizerBase, source: PromptInput, max_tokens: int | None = None
+    ) -> list[int]:
+        """Tokenizes the prompt for ``source`` (a text, or a row: see :meth:`values`) exactly as generation will
+        see it.
 
         :meth:`prompt_text` is tokenized on its own (with the tokenizer's special tokens, as
         ``tokenizer(prompt)`` does at inference), never together with the target, so that the prompt's ids are
@@ -152,34 +236,38 @@ class PromptTemplate:
 
         Args:
             tokenizer: The model's tokenizer.
-            text: The input text.
-            max_tokens: If set and the prompt is longer, tokens are removed from the *text only*
-                (from its end, or from its start when ``tokenizer.truncation_side == "left"``); the
-                template around the text is always kept whole.
+            source: The input text, or a row holding every field's column.
+            max_tokens: If set and the prompt is longer, tokens are removed from the value of :attr:`cut_field`
+                only (the text; from its end, or from its start when ``tokenizer.truncation_side == "left"``);
+                the template around it and the other fields are always kept whole.
 
         Raises:
-            ValueError: If the template alone (with an empty text) is longer than ``max_tokens``.
+            ValueError: If the prompt with an empty :attr:`cut_field` is longer than ``max_tokens``.
         """
-        ids = _tokenize(tokenizer, self.prompt_text(text))
+        values = self.values(source)
+        ids = _tokenize(tokenizer, self._prompt_text(values))
         if max_tokens is None or len(ids) <= max_tokens:
             return ids
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be positive, got {max_tokens}.")
+        cut = self.cut_field
+        text = values[cut]
         pieces = _text_pieces(tokenizer, text)
         keep = len(pieces) - (len(ids) - max_tokens)
         # Re-rendering the shortened text can tokenize differently at the text/template boundary, so
         # shorten until the rendered prompt fits instead of trusting the first estimate.
         while keep > 0:
             shortened = _keep_pieces(text, pieces, keep, tokenizer.truncation_side)
-            ids = _tokenize(tokenizer, self.prompt_text(shortened))
+            ids = _tokenize(tokenizer, self._prompt_text({**values, cut: shortened}))
             if len(ids) <= max_tokens:
                 return ids
             keep -= len(ids) - max_tokens
-        ids = _tokenize(tokenizer, self.prompt_text(""))
+        ids = _tokenize(tokenizer, self._prompt_text({**values, cut: ""}))
         if len(ids) > max_tokens:
+            what = "alone takes" if len(self.fields) == 1 else f"with its fields other than {{{cut}}} takes"
             raise ValueError(
-                f"The prompt template alone takes {len(ids)} tokens, more than the {max_tokens} allowed for "
-                f"the prompt: no text would fit. Raise max_length or shorten the template {self.template!r}."
+                f"The prompt template {what} {len(ids)} tokens, more than the {max_tokens} allowed for the prompt: "
+                f"no text would fit. Raise max_length or shorten the template {self.template!r}."
             )
         return ids
 

@@ -116,6 +116,10 @@ def start_run(args: RecipeArguments) -> RecipeRun:
     if args.data.label_tokenization is None:  # the base model's own boundary: one value for the whole run
         args.data.label_tokenization = label_tokenization_for(args.model.model_name_or_path)
     data = _load_data(args.data, seed=training_args.seed)
+    # Every field of the template is a column of the data, before the tokenizer and model load.
+    PromptTemplate(args.data.template, data.text_column, args.data.label_tokenization).check_columns(
+        data.train.column_names, where="the training data"
+    )
     tokenizer = _load_tokenizer(args.model)
     metrics = _build_metrics(tokenizer, data, args.data, training_args)
     return RecipeRun(args, data, tokenizer, metrics, resume_from_checkpoint=resume, hub_target=hub_target)

@@ -294,7 +294,7 @@ CASES = [
         "template without {text}",
         "recipe",
         lambda c: ["--template", "Tweet: {tweet} Label : "],
-        r"uses unknown field|has no '\{text\}' field",
+        r"reads the column\(s\) \['tweet'\], not found in the training data \(columns: \[",
     ),
     # Configuration
     Case(

@@ -229,7 +229,7 @@ def test_removed_columns_message_says_how_to_fix(tokenizer):
         ({"Tweet text": None, "text_label": "complaint"}, "non-empty strings"),
         ({"Tweet text": "hello"}, "cannot be trained on"),
         ({"Tweet text": "hello", "text_label": None}, "cannot be trained on"),
-        ({"Tweet text": "hello", "text_label": ""}, "non-empty label strings"),
+        ({"Tweet text": "hello", "text_label": ""}, "non-empty target strings"),
     ],
 )
 def test_bad_rows(tokenizer, row, match):
@@ -247,7 +247,9 @@ def test_tokenizer_without_pad_is_refused(tokenizer):
     ("template", "match"),
     [
         ("{text_column} only", "no '{text}' field"),
-        ("{text} {label}", "unknown field"),
+        ("{text} {0}", "a field is a column name in braces"),
+        ("{text.upper}", "a field is a column name in braces"),
+        ("{text!r}", "a field is a column name in braces"),
         ("{text} {", "not a valid"),
     ],
 )
@@ -292,3 +294,111 @@ def test_truncation_with_a_tokenizer_without_offsets():
     ids = batch["input_ids"][0].tolist()
     # "Tweet text :" (3) + 5 kept words + "Label :" (2) + "complaint" + EOS = 12 tokens.
     assert tokenizer.decode(ids) == "Tweet text : w0 w1 w2 w3 w4 Label : complaint </s>"
+
+
+# -- Free-text targets and templates over any column of the row (issue 28) --------------------------------------
+
+PAPER = {
+    "title": "Soft prompts at scale",
+    "abstract": "We tune twenty virtual tokens of a frozen model and match full fine-tuning on three tasks.",
+    "summary": "Prompt tuning matches fine-tuning when the model is large.",
+}
+PAPER_TEMPLATE = "Title : {title} Abstract : {abstract} Summary : "
+
+
+def test_a_template_reads_any_column_of_the_row(tokenizer):
+    collator = SoftPromptDataCollator(tokenizer, target_column="summary", template=PAPER_TEMPLATE)
+    batch = collator([PAPER])
+    prompt = PromptTemplate(PAPER_TEMPLATE)
+    prompt_text = f"Title : {PAPER['title']} Abstract : {PAPER['abstract']} Summary :"
+    assert prompt.prompt_text(PAPER) == prompt_text
+    prompt_ids = tokenizer(prompt_text)["input_ids"]
+    target_ids = prompt.encode_target(tokenizer, PAPER["summary"])
+    assert len(target_ids) > 8, "the test needs a long target"
+    assert batch["input_ids"][0].tolist() == prompt_ids + target_ids
+    assert batch["labels"][0].tolist() == [-100] * len(prompt_ids) + target_ids
+    # The joined text's own tokens: the summary continues the prompt as the tokenizer writes the whole.
+    joined = tokenizer(prompt_text + " " + PAPER["summary"])["input_ids"]
+    assert joined == prompt_ids + target_ids[:-1]
+    assert prompt.fields == ("title", "abstract") and prompt.cut_field == "abstract"
+
+
+def test_a_template_field_that_no_column_holds_names_the_rows_columns(tokenizer):
+    collator = SoftPromptDataCollator(tokenizer, target_column="summary", template="{title} {authors} Summary : ")
+    with pytest.raises(
+        ValueError, match=r"reads the column\(s\) \['authors'\].*columns found: \['abstract', 'summary', 'title'\]"
+    ):
+        collator([PAPER])
+    with pytest.raises(ValueError, match=r"\['authors'\], not found in the data"):
+        PromptTemplate("{title} {authors} Summary : ").check_columns(PAPER)
+    with pytest.raises(ValueError, match=r"pass rows .* holding the columns \['title', 'abstract'\], not a text"):
+        PromptTemplate(PAPER_TEMPLATE).encode(tokenizer, "a text")
+
+
+def test_only_the_cut_field_is_shortened_to_fit_max_length(tokenizer):
+    long_paper = {**PAPER, "abstract": " ".join(["tokens"] * 80)}
+    full = SoftPromptDataCollator(tokenizer, target_column="summary", template=PAPER_TEMPLATE)([long_paper])
+    cut = SoftPromptDataCollator(tokenizer, target_column="summary", template=PAPER_TEMPLATE, max_length=100)(
+        [long_paper]
+    )
+    ids, labels = cut["input_ids"][0].tolist(), cut["labels"][0].tolist()
+    assert len(ids) <= 100 < full["input_ids"].shape[1]
+    text = tokenizer.decode(ids)
+    assert text.startswith(f"Title : {PAPER['title']} Abstract : tokens")
+    assert " Summary : " + PAPER["summary"] in text  # the template's tail, the other field and the target stay
+    target = [t for t in labels if t != -100]
+    assert target == PromptTemplate(PAPER_TEMPLATE).encode_target(tokenizer, PAPER["summary"])
+
+
+def test_a_long_target_is_cut_to_max_target_length_keeping_its_eos(tokenizer, caplog):
+    collator = SoftPromptDataCollator(tokenizer, target_column="summary", template=PAPER_TEMPLATE, max_target_length=5)
+    full = PromptTemplate(PAPER_TEMPLATE).encode_target(tokenizer, PAPER["summary"])
+    labels = collator([PAPER])["labels"][0].tolist()
+    assert [t for t in labels if t != -100] == [*full[:4], tokenizer.eos_token_id]
+    short = {**PAPER, "summary": "Yes."}
+    short_ids = PromptTemplate(PAPER_TEMPLATE).encode_target(tokenizer, "Yes.")
+    assert len(short_ids) <= 5
+    assert [t for t in collator([short])["labels"][0].tolist() if t != -100] == short_ids
+    assert collator.count_cut([PAPER, short, PAPER]) == {"rows": 3, "sources_cut": 0, "targets_cut": 2}
+
+
+def test_targets_cut_first_then_the_source_to_fit_max_length(tokenizer):
+    long_paper = {**PAPER, "abstract": " ".join(["tokens"] * 80)}
+    collator = SoftPromptDataCollator(
+        tokenizer, target_column="summary", template=PAPER_TEMPLATE, max_length=60, max_target_length=6
+    )
+    batch = collator([long_paper])
+    assert batch["input_ids"].shape[1] <= 60
+    assert len([t for t in batch["labels"][0].tolist() if t != -100]) == 6
+    short_abstract = {**PAPER, "abstract": "Short."}
+    assert collator.count_cut([long_paper, short_abstract]) == {"rows": 2, "sources_cut": 1, "targets_cut": 2}
+
+
+def test_a_target_longer_than_max_target_length_is_refused_when_cutting_is_off(tokenizer):
+    collator = SoftPromptDataCollator(
+        tokenizer, target_column="summary", template=PAPER_TEMPLATE, max_target_length=5, truncate_targets=False
+    )
+    with pytest.raises(ValueError, match=r"more than max_target_length=5, and truncate_targets is off"):
+        collator([PAPER])
+    with pytest.raises(ValueError, match=r"max_target_length=1 leaves no room"):
+        SoftPromptDataCollator(tokenizer, max_target_length=1)
+
+
+def test_a_target_that_leaves_no_room_for_the_prompt_says_how_to_cut_it(tokenizer):
+    collator = SoftPromptDataCollator(tokenizer, target_column="summary", template=PAPER_TEMPLATE, max_length=8)
+    with pytest.raises(ValueError, match=r"set max_target_length below it to cut long targets"):
+        collator([PAPER])
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_an_empty_target_is_refused(tokenizer, value):
+    collator = SoftPromptDataCollator(tokenizer, target_column="summary", template=PAPER_TEMPLATE)
+    with pytest.raises(ValueError, match=r"summary"):
+        collator([{**PAPER, "summary": value}])
+
+
+def test_a_field_holding_none_is_refused_and_numbers_are_written_as_text(tokenizer):
+    template = PromptTemplate("Year : {year} Title : {title} Summary : ")
+    assert template.render({"year": 2021, "title": "Soft prompts"}) == "Year : 2021 Title : Soft prompts Summary : "
+    with pytest.raises(ValueError, match=r"The row's 'year' is empty \(None\)"):
+        template.render({"year": None, "title": "Soft prompts"})
