@@ -8,7 +8,7 @@ README's "Package layout" says which module does what):
   ``enable_label_only_logits`` and ``enable_shared_prompt``;
 - train safely: ``SoftPromptCheckpointCallback``, ``SoftPromptGuardCallback``;
 - evaluate: ``GenerationMetrics`` (the Trainer's ``compute_metrics``), ``generate_labels``, ``rank_labels``,
-  ``constrained_labels``;
+  ``constrained_labels``, and for free text ``generate_texts``;
 - save and push: ``save_adapter``, ``push_adapter``, ``HubPushCallback``, ``HubPushError``;
 - predict: ``predict``, and ``enable_soft_prompt_generate`` / ``disable_soft_prompt_generate`` /
   ``soft_prompt_generate`` for ``model.generate()``.
@@ -22,7 +22,7 @@ import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is imported when first used (below)
-    from ._decoding import constrained_labels, generate_labels, rank_labels
+    from ._decoding import constrained_labels, generate_labels, generate_texts, rank_labels
     from .arguments import SoftPromptTrainingArguments
     from .callbacks import SoftPromptCheckpointCallback, SoftPromptGuardCallback
     from .collator import SoftPromptDataCollator
@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is import
 _MODULES = {
     "constrained_labels": "_decoding",
     "generate_labels": "_decoding",
+    "generate_texts": "_decoding",
     "rank_labels": "_decoding",
     "SoftPromptTrainingArguments": "arguments",
     "SoftPromptCheckpointCallback": "callbacks",
@@ -105,6 +106,7 @@ __all__ = [
     "SoftPromptGuardCallback",
     # evaluate
     "GenerationMetrics",
+    "generate_texts",
     "generate_labels",
     "rank_labels",
     "constrained_labels",

@@ -1,7 +1,8 @@
 """Decoding and rank scoring of labels: the one engine behind ``GenerationMetrics`` and ``predict``.
 
-Its public functions (the first two also exported from ``softprompt_hf``):
+Its public functions (all but the last exported from ``softprompt_hf``):
 
+- :func:`generate_texts`: free text after each prompt (a summary, an answer), greedy or through ``generate()``;
 - :func:`generate_labels`: the greedy label text after each text's prompt (``mode="generate"``);
 - :func:`rank_labels`: the log-likelihood of each label after each text's prompt (``mode="rank"``);
 - :func:`constrained_labels`: greedy decoding over the tokens that continue some label (``mode="constrained"``).
@@ -38,9 +39,9 @@ from ._upstream import (
 from .constants import MODES
 from .methods import eval_mode
 from .output_head import ChunkedOutputHead
-from .prompt import PromptTemplate
+from .prompt import PromptInput, PromptTemplate
 
-__all__ = ["constrained_labels", "generate_labels", "rank_labels"]
+__all__ = ["constrained_labels", "generate_labels", "generate_texts", "rank_labels"]
 
 logger = logging.get_logger(__name__)
 
@@ -59,6 +60,100 @@ _GREEDY: dict[str, Any] = {
     "min_length": 0,
     "use_cache": True,  # prefix tuning needs the cache (use_cache=False fails at the second step)
 }
+
+
+def generate_texts(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[PromptInput],
+    *,
+    template: PromptTemplate | None = None,
+    max_new_tokens: int = 64,
+    max_prompt_tokens: int | None = None,
+    batch_size: int = 32,
+    show_progress: bool = True,
+    use_cache: bool = True,
+    use_generate: bool = False,
+    generation_kwargs: dict[str, Any] | None = None,
+) -> list[str]:
+    """Generates free text (a summary, an answer, a rewrite) after each input's prompt.
+
+    What ``TextGenerationMetrics`` and ``predict`` run for a text task. Each row stops at its own EOS or after
+    ``max_new_tokens``; a batch stops once all its rows have stopped. Greedy decoding runs on the engine
+    :func:`generate_labels` runs on: the soft prompt placed where peft's training forward places it (virtual token
+    embeddings in front of the prompt's, or prefix tuning's key/values as the initial cache), prompts padded on
+    the right with each row's own positions, sliding windows respected, a key/value cache, and the vocabulary
+    projected a chunk at a time. Batched outputs equal one-by-one greedy decoding. Memory depends on
+    ``batch_size`` and the lengths, not on how many texts there are: only the generated ids are kept.
+
+    Beam search and sampling go through ``model.generate()`` (made right for a soft prompt by
+    :func:`~softprompt_hf.soft_prompt_generate` for the call): pass them as ``generation_kwargs``, e.g.
+    ``{"num_beams": 4}`` or ``{"do_sample": True, "top_p": 0.9}`` (seed with ``transformers.set_seed``). Any setting
+    not given there is plain greedy decoding, whatever the model's ``generation_config`` says.
+
+    Args:
+        model: A causal LM, with or without a soft prompt (a ``PeftModel``).
+        tokenizer: The model's tokenizer.
+        texts: Inputs: texts for a template whose only field is ``{text}``, or rows (mappings of column names to
+            values) holding the template's columns (``"Title : {title} Abstract : {abstract} Summary : "``).
+        template (`PromptTemplate`, *optional*): The prompt template used in training (default: the seed guide's).
+        max_new_tokens (`int`, defaults to 64): The most tokens generated per row, EOS included (training's
+            ``max_target_length`` is the natural value).
+        max_prompt_tokens (`int`, *optional*): Cut the template's cut field (never the template) so prompts fit.
+        batch_size (`int`, defaults to 32): Prompts per forward pass (per ``generate()`` call with
+            ``use_generate``).
+        show_progress (`bool`, defaults to `True`): Show a progress bar.
+        use_cache (`bool`, defaults to `True`): Decode with a key/value cache, or rerun the full forward at each
+            step (this module's decoder only).
+        use_generate (`bool`, defaults to `False`): Decode greedily through ``model.generate()`` instead of this
+            module's decoder (the same tokens).
+        generation_kwargs (`dict`, *optional*): ``generate()`` settings for beam search or sampling; implies
+            ``use_generate``. ``num_return_sequences`` must stay 1.
+
+    Returns:
+        For each input, the generated text: special tokens removed, surrounding whitespace stripped.
+
+    Example:
+
+    ```python
+    >>> from softprompt_hf import PromptTemplate, generate_texts
+    >>> template = PromptTemplate("Title : {title} Summary : ")
+    >>> generate_texts(model, tokenizer, [{"title": "Soft prompts at scale"}], template=template, max_new_tokens=8,
+    ...                show_progress=False)  # doctest: +SKIP
+    ['Prompt tuning matches fine-tuning']
+
+    ```
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
+    settings = dict(generation_kwargs or {})
+    for name in ("input_ids", "attention_mask", "inputs_embeds", "max_new_tokens", "eos_token_id", "pad_token_id"):
+        if name in settings:
+            raise ValueError(
+                f"generation_kwargs sets {name!r}, which generate_texts sets itself; pass max_new_tokens as an "
+                "argument, and the inputs as texts."
+            )
+    if settings.get("num_return_sequences", 1) != 1:
+        raise ValueError(
+            "generation_kwargs asks for num_return_sequences="
+            f"{settings['num_return_sequences']}: generate_texts returns one text per input. Call it once per "
+            "sample (with do_sample=True), or model.generate() directly for several."
+        )
+    ids = generate_label_ids(
+        model,
+        tokenizer,
+        texts,
+        template=template,
+        max_new_tokens=max_new_tokens,
+        max_prompt_tokens=max_prompt_tokens,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        use_cache=use_cache,
+        use_generate=use_generate or bool(settings),
+        generation_kwargs=settings,
+        description="Generating texts",
+    )
+    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
 def generate_labels(
@@ -156,7 +251,7 @@ def generate_labels(
 def generate_label_ids(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    texts: Sequence[str],
+    texts: Sequence[PromptInput],
     *,
     template: PromptTemplate | None = None,
     max_new_tokens: int = 4,
@@ -165,13 +260,23 @@ def generate_label_ids(
     show_progress: bool = True,
     use_cache: bool = True,
     use_generate: bool = False,
+    generation_kwargs: dict[str, Any] | None = None,
+    description: str = "Generating labels",
 ) -> list[list[int]]:
-    """The token ids of :func:`generate_labels` (same keyword arguments), before decoding: for each text, the
-    generated ids, up to and including the EOS if one was generated."""
+    """The token ids of :func:`generate_labels` and :func:`generate_texts` (same keyword arguments), before
+    decoding: for each text, the generated ids, up to and including the EOS if one was generated."""
     template = template or PromptTemplate()
     encoded = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
+    if generation_kwargs and _generate_is_wrong(model):
+        raise ValueError(
+            f"generation_kwargs {sorted(generation_kwargs)} need model.generate(), which gives wrong tokens for this "
+            f"{type(_prompt_learning_config(model)).__name__} adapter; only greedy decoding (no generation_kwargs) "
+            "is right for it."
+        )
     if use_generate and not _generate_is_wrong(model):
-        return _generate_with_model(model, tokenizer, encoded, max_new_tokens, batch_size, show_progress)
+        return _generate_with_model(
+            model, tokenizer, encoded, max_new_tokens, batch_size, show_progress, generation_kwargs, description
+        )
     with eval_mode(model):  # no dropout; every module gets its own mode back, also on errors
         device = next(model.parameters()).device
         decoder = _CachedDecoder(model, encoded) if use_cache and _CachedDecoder.supports(model) else None
@@ -184,7 +289,7 @@ def generate_label_ids(
             batches = equal_length_batches(encoded, batch_size)
         outputs: list[list[int]] = [[] for _ in texts]
         per_group = decoder.batches_per_projection(batch_size) if decoder is not None else 1
-        with tqdm(total=len(batches), desc="Generating labels", disable=not show_progress) as progress:
+        with tqdm(total=len(batches), desc=description, disable=not show_progress) as progress:
             for start in range(0, len(batches), per_group):
                 group = batches[start : start + per_group]
                 if decoder is not None:
@@ -579,10 +684,13 @@ def _generate_with_model(
     max_new_tokens: int,
     batch_size: int,
     show_progress: bool,
+    generation_kwargs: dict[str, Any] | None = None,
+    description: str = "Generating labels",
 ) -> list[list[int]]:
-    """Greedy label tokens after each prompt through ``model.generate()``: batches padded on the left, stopped at
-    EOS, a soft prompt's ``generate()`` made right with ``soft_prompt_generate`` for the call (left on if it
-    already was, as ``load_adapter`` leaves it); any other model's is the stock one, right as it is."""
+    """Greedy tokens after each prompt through ``model.generate()`` (or what ``generation_kwargs`` ask for instead
+    of greedy decoding: beams, sampling): batches padded on the left, stopped at EOS, a soft prompt's ``generate()``
+    made right with ``soft_prompt_generate`` for the call (left on if it already was, as ``load_adapter`` leaves
+    it); any other model's is the stock one, right as it is."""
     from .generate import fixes_generate, soft_prompt_generate
 
     eos = tokenizer.eos_token_id
@@ -594,7 +702,7 @@ def _generate_with_model(
     with (
         eval_mode(model),  # no dropout; every module gets its own mode back, also on errors
         soft_prompt_generate(model) if fixes_generate(model) else contextlib.nullcontext(),
-        tqdm(total=len(batches), desc="Generating labels", disable=not show_progress) as progress,
+        tqdm(total=len(batches), desc=description, disable=not show_progress) as progress,
     ):
         for batch in batches:
             width = max(len(encoded[index]) for index in batch)
@@ -609,7 +717,7 @@ def _generate_with_model(
                 max_new_tokens=max_new_tokens,
                 eos_token_id=eos,
                 pad_token_id=pad,
-                **_GREEDY,
+                **{**_GREEDY, **(generation_kwargs or {})},
             )
             for index, row in zip(batch, sequences[:, width:].tolist(), strict=True):
                 # A finished row is filled up with pads after its EOS.
