@@ -15,7 +15,7 @@ from __future__ import annotations
 import codecs
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from numbers import Integral, Real
 from typing import Any
@@ -496,6 +496,20 @@ def _group_rows(dataset: datasets.Dataset, label_column: str) -> dict[Any, list[
 
 def _validation_count(validation_size: float | int, n_rows: int, n_classes: int) -> int:
     """Number of validation rows for ``validation_size``; raises if infeasible."""
+    count = _requested_count(validation_size, n_rows)
+    max_count = n_rows - n_classes
+    if count > max_count:
+        raise ValueError(
+            f"validation_size={validation_size!r} asks for {count} of {n_rows} labelled rows, but each of "
+            f"the {n_classes} classes must keep at least one row in train, so at most {max(max_count, 0)} "
+            "rows can be held out. Use a smaller validation_size, or add labelled data."
+        )
+    return count
+
+
+def _requested_count(validation_size: float | int, n_rows: int) -> int:
+    """Number of rows ``validation_size`` asks for out of ``n_rows``: a fraction rounded half up (at least one row
+    if positive), or a count; raises if it is neither."""
     if isinstance(validation_size, bool) or not isinstance(validation_size, Real):
         raise ValueError(
             f"validation_size must be a fraction (0 <= x < 1) or a number of rows; got {validation_size!r}."
@@ -513,13 +527,6 @@ def _validation_count(validation_size: float | int, n_rows: int, n_classes: int)
         count = math.floor(fraction * n_rows + 0.5)
         if fraction > 0 and count == 0:
             count = 1
-    max_count = n_rows - n_classes
-    if count > max_count:
-        raise ValueError(
-            f"validation_size={validation_size!r} asks for {count} of {n_rows} labelled rows, but each of "
-            f"the {n_classes} classes must keep at least one row in train, so at most {max(max_count, 0)} "
-            "rows can be held out. Use a smaller validation_size, or add labelled data."
-        )
     return count
 
 
@@ -689,18 +696,23 @@ def _check_columns(
         raise ValueError(f"text_column and label_column are both {text_column!r}; they must differ.")
     required = [text_column, label_column] + ([id_column] if id_column is not None else [])
     for split, dataset in splits.items():
-        missing = [column for column in required if column not in dataset.column_names]
-        if missing:
-            raise ValueError(
-                f"Split {split!r} has no column(s) {missing}; available columns: {dataset.column_names}. "
-                "Pass the right names as text_column=, label_column= or id_column= (id_column=None if the "
-                "data has no id column)."
-            )
+        _require_columns(dataset, split, required, "text_column=, label_column= or id_column=")
         if target_column in dataset.column_names:
             raise ValueError(
                 f"Split {split!r} already has a column {target_column!r}, which would be overwritten by the "
                 "label text. Rename or remove it, or pass another target_column=."
             )
+
+
+def _require_columns(dataset: datasets.Dataset, split: str, required: Sequence[str], arguments: str) -> None:
+    """Refuse a split that lacks a required column, listing the columns it has; ``arguments`` names the arguments
+    that choose the columns (``"text_column= or id_column="``)."""
+    missing = [column for column in required if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"Split {split!r} has no column(s) {missing}; available columns: {dataset.column_names}. Pass the right "
+            f"names as {arguments} (id_column=None if the data has no id column)."
+        )
 
 
 def _describe_row(dataset: datasets.Dataset, row: int, id_column: str | None) -> str:
@@ -709,27 +721,56 @@ def _describe_row(dataset: datasets.Dataset, row: int, id_column: str | None) ->
     return f"row {row} ({id_column} {dataset[row][id_column]!r})"
 
 
-def _check_texts(dataset: datasets.Dataset, split: str, text_column: str, id_column: str | None) -> None:
+def _is_missing(value: Any) -> bool:
+    """None, or the NaN that pandas puts in an empty cell."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _text_problem(value: Any) -> str | None:
+    """What is wrong with a value that must be a non-empty string, or None."""
+    if isinstance(value, str):
+        return None if value.strip() else "is empty or whitespace-only"
+    return f"is not a string (got {type(value).__name__} {value!r})"
+
+
+def _bad_rows(
+    dataset: datasets.Dataset, column: str, problem_of: Callable[[Any], str | None], id_column: str | None
+) -> str | None:
+    """The rows of ``column`` whose value has a problem, described for an error message (the first few, then a
+    count), or None when there are none."""
     bad: list[tuple[int, str]] = []
     n_bad = 0
-    for row, text in enumerate(dataset[text_column]):
-        if isinstance(text, str):
-            if text.strip():
-                continue
-            problem = "is empty or whitespace-only"
-        else:
-            problem = f"is not a string (got {type(text).__name__} {text!r})"
+    for row, value in enumerate(dataset[column]):
+        problem = problem_of(value)
+        if problem is None:
+            continue
         n_bad += 1
         if len(bad) < _MAX_REPORTED:
             bad.append((row, problem))
-    if n_bad:
-        details = "; ".join(f"{_describe_row(dataset, row, id_column)} {problem}" for row, problem in bad)
-        more = f" (and {n_bad - len(bad)} more rows)" if n_bad > len(bad) else ""
+    if not n_bad:
+        return None
+    details = "; ".join(f"{_describe_row(dataset, row, id_column)} {problem}" for row, problem in bad)
+    more = f" (and {n_bad - len(bad)} more rows)" if n_bad > len(bad) else ""
+    return details + more
+
+
+def _check_texts(
+    dataset: datasets.Dataset,
+    split: str,
+    text_column: str,
+    id_column: str | None,
+    role: str = "text column",
+    argument: str = "text_column={column!r}",
+) -> None:
+    """Refuse values of ``text_column`` that are not non-empty strings, naming the rows; ``role`` and ``argument``
+    say how the column was chosen (``"source column"``, ``"source_columns=[...]"``)."""
+    details = _bad_rows(dataset, text_column, _text_problem, id_column)
+    if details is not None:
         raise ValueError(
-            f"Split {split!r}: text column {text_column!r} must hold non-empty strings, but {details}{more}. "
+            f"Split {split!r}: {role} {text_column!r} must hold non-empty strings, but {details}. "
             "Fill in or drop these rows before loading (e.g. dataset.filter(lambda row: "
             f"isinstance(row[{text_column!r}], str) and row[{text_column!r}].strip())), or check that "
-            f"text_column={text_column!r} is the right column."
+            f"{argument.format(column=text_column)} is the right column."
         )
 
 
