@@ -6,6 +6,8 @@ import datasets  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
+import softprompt_hf  # noqa: E402
+from softprompt_hf import data as data_module  # noqa: E402
 from softprompt_hf.data import TextData, load_text_data  # noqa: E402
 
 # Paper-like rows: two source columns, a summary to generate, an id and a column no argument names (kept).
@@ -308,3 +310,9 @@ def test_split_names_are_checked():
 )
 def test_column_arguments_are_checked(kwargs, message):
     assert message in message_of(train_only(), **kwargs)
+
+
+def test_load_text_data_and_text_data_are_public():
+    assert softprompt_hf.load_text_data is load_text_data is data_module.load_text_data
+    assert softprompt_hf.TextData is TextData
+    assert {"load_text_data", "TextData"} <= set(softprompt_hf.__all__) & set(data_module.__all__)
