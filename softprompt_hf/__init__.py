@@ -4,8 +4,8 @@ The package's public names, by what users do with them (everything else is impor
 README's "Package layout" says which module does what):
 
 - train: ``SoftPromptArguments``, ``SoftPromptTrainingArguments``, ``build_soft_prompt_model``,
-  ``SoftPromptDataCollator``, ``load_raft``, ``load_classification_data``, and the exact speed-ups
-  ``enable_label_only_logits`` and ``enable_shared_prompt``;
+  ``SoftPromptDataCollator``, ``load_raft``, ``load_classification_data``, ``load_text_data`` (with its
+  ``TextData``), and the exact speed-ups ``enable_label_only_logits`` and ``enable_shared_prompt``;
 - train safely: ``SoftPromptCheckpointCallback``, ``SoftPromptGuardCallback``;
 - evaluate: ``GenerationMetrics`` (the Trainer's ``compute_metrics``), ``generate_labels``, ``rank_labels``,
   ``constrained_labels``, and for free text ``generate_texts``;
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is import
     from .arguments import SoftPromptTrainingArguments
     from .callbacks import SoftPromptCheckpointCallback, SoftPromptGuardCallback
     from .collator import SoftPromptDataCollator
-    from .data import load_classification_data, load_raft
+    from .data import TextData, load_classification_data, load_raft, load_text_data
     from .evaluation import GenerationMetrics
     from .generate import disable_soft_prompt_generate, enable_soft_prompt_generate, soft_prompt_generate
     from .hub import HubPushCallback, HubPushError, push_adapter
@@ -49,6 +49,8 @@ _MODULES = {
     "SoftPromptDataCollator": "collator",
     "load_classification_data": "data",
     "load_raft": "data",
+    "load_text_data": "data",
+    "TextData": "data",
     "GenerationMetrics": "evaluation",
     "disable_soft_prompt_generate": "generate",
     "enable_soft_prompt_generate": "generate",
@@ -100,6 +102,8 @@ __all__ = [
     "SoftPromptDataCollator",
     "load_raft",
     "load_classification_data",
+    "load_text_data",
+    "TextData",
     "enable_label_only_logits",
     "enable_shared_prompt",
     "SoftPromptCheckpointCallback",

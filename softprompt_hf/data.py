@@ -8,6 +8,10 @@ RAFT subsets carry an ``Unlabeled`` class: it is not a class of the task. Rows c
 on or scored; they are returned as a separate ``unlabeled`` split for prediction (RAFT's ``test`` split is
 entirely unlabelled). Evaluation uses a stratified, seeded hold-out of the labelled rows
 ([`stratified_split`]) or stratified k folds ([`k_fold_splits`], [`ClassificationData.folds`]).
+
+Text-to-text data (summaries, answers, data-to-text) has a reference text per row instead of a class:
+[`load_text_data`] checks its source and target columns and holds out a seeded random validation split
+([`TextData`]).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import codecs
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from numbers import Integral, Real
 from typing import Any
@@ -29,10 +33,12 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "RAFT_CLASS_NAMES",
     "ClassificationData",
+    "TextData",
     "k_fold_splits",
     "label_text",
     "load_classification_data",
     "load_raft",
+    "load_text_data",
     "stratified_split",
 ]
 
@@ -45,6 +51,8 @@ _RAFT_TEXT_COLUMNS = {"twitter_complaints": "Tweet text"}
 _FORMAT_BY_EXTENSION = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _COMPRESSION_EXTENSIONS = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 _GLOB_CHARACTERS = ("*", "?", "[")
+# Split names load_text_data reads as the validation split, in order of preference.
+_VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "dev")
 # How many offending rows / values an error message lists before summarising the rest.
 _MAX_REPORTED = 5
 
@@ -142,6 +150,38 @@ class ClassificationData:
             replace(self, train=train, validation=validation)
             for train, validation in k_fold_splits(labelled, self.label_column, k=k, seed=seed)
         ]
+
+
+@dataclass
+class TextData:
+    """A text-to-text task (summaries, answers, data-to-text) split for soft-prompt fine-tuning.
+
+    Every row keeps all its columns: a prompt template may read any of them. In ``train`` and ``validation``
+    every source value is a non-empty string and every target is a non-empty string.
+
+    Args:
+        train (`datasets.Dataset`):
+            Rows used for training.
+        validation (`datasets.Dataset`, *optional*):
+            Rows used for evaluation during training: the data's own validation split, or a seeded random
+            hold-out of the train rows; `None` when there is neither (``validation_size=0``).
+        source_columns (`list[str]`):
+            Columns holding the input texts a prompt template reads, e.g. ``["title", "abstract"]``.
+        target_column (`str`):
+            Column holding the reference text the model must generate, e.g. ``"summary"``.
+        id_column (`str`, *optional*):
+            Column identifying rows, if any.
+        test (`datasets.Dataset`, *optional*):
+            The data's ``test`` split, kept as it is (its targets may be missing: rows to predict); `None` when the
+            data has none.
+    """
+
+    train: datasets.Dataset
+    validation: datasets.Dataset | None
+    source_columns: list[str]
+    target_column: str
+    id_column: str | None = None
+    test: datasets.Dataset | None = None
 
 
 def load_raft(
@@ -368,6 +408,210 @@ def load_classification_data(
     )
 
 
+def load_text_data(
+    data: DataFiles | datasets.DatasetDict | datasets.Dataset,
+    *,
+    source_columns: str | Sequence[str],
+    target_column: str,
+    id_column: str | None = None,
+    validation_size: float | int = 0.1,
+    seed: int = 42,
+    cache_dir: str | None = None,
+) -> TextData:
+    """Load text-to-text data (summaries, answers, data-to-text), check it, and split it for training.
+
+    The data may have a ``train`` split (required), a validation split and a ``test`` split, and no other. The
+    validation split is the one named ``validation``, ``valid``, ``val`` or ``dev`` (at most one of them), used as
+    it is; without one, a seeded random hold-out of the train rows becomes the validation split. Rows keep their
+    order in every split, and all their columns.
+
+    Source values must be non-empty strings in every split. Targets must be non-empty strings in ``train`` and
+    validation; the ``test`` split may lack the target column or leave targets missing (rows to predict), but a
+    target it has must be a string.
+
+    Args:
+        data (`str`, `list[str]`, `dict[str, str | list[str]]`, `datasets.DatasetDict` or `datasets.Dataset`):
+            Files to read (format from the extension: ``.csv``, ``.json``, ``.jsonl``, ``.parquet``,
+            optionally compressed, or ``hf://`` paths), or datasets already in memory. A single path, list
+            or `Dataset` is read as one split named ``train``.
+        source_columns (`str` or `list[str]`):
+            Column(s) holding the input texts a prompt template reads, e.g. ``["title", "abstract"]``.
+        target_column (`str`):
+            Column holding the reference text the model must generate.
+        id_column (`str`, *optional*):
+            Column identifying rows; only checked for presence and used in error messages.
+        validation_size (`float` or `int`, defaults to 0.1):
+            Fraction (``0 <= x < 1``, rounded half up, at least one row if positive) or number of train rows held
+            out for validation when the data has no validation split; 0 for none. Ignored when the data has a
+            validation split.
+        seed (`int`, defaults to 42):
+            Seed of the hold-out; the same seed gives the same split.
+        cache_dir (`str`, *optional*):
+            Cache directory passed to [`datasets.load_dataset`] when reading files.
+
+    Returns:
+        [`TextData`]
+
+    Raises:
+        `ValueError`: if a file is not UTF-8 or has no rows, a split is unknown or empty, a column is missing, a
+            source is empty or not a string, a train or validation target is missing, empty or not a string, or
+            ``validation_size`` would leave no train row.
+        `FileNotFoundError`: if a local file does not exist.
+
+    Example:
+
+    ```python
+    >>> from datasets import Dataset
+    >>> ds = Dataset.from_dict(
+    ...     {
+    ...         "title": ["Cats", "Dogs", "Birds", "Fish"],
+    ...         "abstract": ["Cats purr.", "Dogs bark.", "Birds sing.", "Fish swim."],
+    ...         "summary": ["purring", "barking", "singing", "swimming"],
+    ...     }
+    ... )
+    >>> data = load_text_data(ds, source_columns=["title", "abstract"], target_column="summary", validation_size=1)
+    >>> len(data.train), len(data.validation), data.source_columns, data.train.column_names
+    (3, 1, ['title', 'abstract'], ['title', 'abstract', 'summary'])
+
+    ```
+    """
+    sources = _source_column_list(source_columns, target_column)
+    splits = _as_splits(data, cache_dir=cache_dir)
+    train, validation, test, validation_name = _text_splits(splits)
+    named = {"train": train, validation_name: validation, "test": test}
+    id_required = [id_column] if id_column is not None else []
+    for split, dataset in named.items():
+        if dataset is None:
+            continue
+        if len(dataset) == 0:
+            raise ValueError(f"Split {split!r} has no rows: add examples to it, or leave the split out.")
+        required = sources + ([] if split == "test" else [target_column]) + id_required
+        _require_columns(dataset, split, required, "source_columns=, target_column= or id_column=")
+        for column in sources:
+            _check_texts(
+                dataset, split, column, id_column, role="source column", argument="{column!r} in source_columns"
+            )
+        if target_column in dataset.column_names:
+            _check_targets(dataset, split, target_column, id_column, required=split != "test")
+
+    n_validation = _requested_count(validation_size, len(train))  # checked even when a validation split is given
+    if validation is None:
+        if n_validation >= len(train):
+            problem = (
+                f"is larger than the data: the train split has {len(train)} rows"
+                if n_validation > len(train)
+                else f"takes all {len(train)} train rows and leaves none to train on"
+            )
+            raise ValueError(
+                f"validation_size={validation_size!r} asks for {n_validation} validation rows, which {problem}. Use a "
+                "smaller validation_size (0 for no validation split), or give a validation split in the data."
+            )
+        if n_validation > 0:
+            held_out = np.random.default_rng(seed).permutation(len(train))[:n_validation]
+            chosen = set(held_out.tolist())
+            validation = train.select(sorted(chosen))
+            train = train.select([row for row in range(len(train)) if row not in chosen])
+    elif validation_size:
+        logger.info(
+            "Using the data's %r split for validation; validation_size=%r is ignored.", validation_name, validation_size
+        )
+
+    logger.info(
+        "Loaded text-to-text data: %d train, %d validation and %d test rows; sources %s, target %r.",
+        len(train),
+        0 if validation is None else len(validation),
+        0 if test is None else len(test),
+        sources,
+        target_column,
+    )
+    return TextData(
+        train=train,
+        validation=validation,
+        source_columns=sources,
+        target_column=target_column,
+        id_column=id_column,
+        test=test,
+    )
+
+
+def _source_column_list(source_columns: str | Sequence[str], target_column: str) -> list[str]:
+    sources = [source_columns] if isinstance(source_columns, str) else list(source_columns)
+    if not sources or not all(isinstance(column, str) and column for column in sources):
+        raise ValueError(
+            f"source_columns must be a column name or a non-empty list of column names; got {source_columns!r}."
+        )
+    if len(set(sources)) != len(sources):
+        raise ValueError(f"source_columns {sources} name a column twice; name each column once.")
+    if not isinstance(target_column, str) or not target_column:
+        raise ValueError(f"target_column must be a column name; got {target_column!r}.")
+    if target_column in sources:
+        raise ValueError(
+            f"target_column {target_column!r} is also in source_columns {sources}: the model would read the text it "
+            "must generate. Remove it from source_columns, or pass the right target_column=."
+        )
+    return sources
+
+
+def _text_splits(
+    splits: dict[str, datasets.Dataset],
+) -> tuple[datasets.Dataset, datasets.Dataset | None, datasets.Dataset | None, str]:
+    """The train, validation and test splits of text-to-text data, and the name the validation split has in it."""
+    known = ("train", "test", *_VALIDATION_SPLIT_NAMES)
+    unknown = [split for split in splits if split not in known]
+    if unknown:
+        raise ValueError(
+            f"Unknown split(s) {unknown} (the data has {list(splits)}): text-to-text data has a 'train' split, "
+            f"optionally a validation split (named one of {list(_VALIDATION_SPLIT_NAMES)}) and a 'test' split. "
+            "Rename the splits, or pass only those to use."
+        )
+    if "train" not in splits:
+        raise ValueError(
+            f"The data has no 'train' split (it has {list(splits)}). Name the training rows' split 'train', or pass "
+            "a single file or Dataset (read as 'train')."
+        )
+    given = [split for split in _VALIDATION_SPLIT_NAMES if split in splits]
+    if len(given) > 1:
+        raise ValueError(
+            f"The data has several validation splits {given}; keep one of them (or merge them into one split)."
+        )
+    validation_name = given[0] if given else "validation"
+    return splits["train"], splits.get(validation_name), splits.get("test"), validation_name
+
+
+def _target_type_problem(value: Any) -> str | None:
+    if _is_missing(value) or isinstance(value, str):
+        return None
+    return f"is not a string (got {type(value).__name__} {value!r})"
+
+
+def _target_empty_problem(value: Any) -> str | None:
+    if _is_missing(value):
+        return "is missing"
+    return None if value.strip() else "is empty or whitespace-only"
+
+
+def _check_targets(
+    dataset: datasets.Dataset, split: str, target_column: str, id_column: str | None, required: bool
+) -> None:
+    """Targets are strings; in the splits trained or scored on (``required``), non-empty ones."""
+    details = _bad_rows(dataset, target_column, _target_type_problem, id_column)
+    if details is not None:
+        raise ValueError(
+            f"Split {split!r}: target column {target_column!r} must hold the texts to generate, but {details}. "
+            f"Convert the column to strings before loading (e.g. dataset.cast_column({target_column!r}, "
+            f"datasets.Value('string'))), or check that target_column={target_column!r} is the right column."
+        )
+    if not required:
+        return
+    details = _bad_rows(dataset, target_column, _target_empty_problem, id_column)
+    if details is not None:
+        raise ValueError(
+            f"Split {split!r}: every row trained or scored on needs a target, but in column {target_column!r} "
+            f"{details}. Drop these rows before loading (e.g. dataset.filter(lambda row: "
+            f"isinstance(row[{target_column!r}], str) and row[{target_column!r}].strip())), or fill them in."
+        )
+
+
 def stratified_split(
     dataset: datasets.Dataset, label_column: str, validation_size: float | int, seed: int = 42
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
@@ -496,6 +740,20 @@ def _group_rows(dataset: datasets.Dataset, label_column: str) -> dict[Any, list[
 
 def _validation_count(validation_size: float | int, n_rows: int, n_classes: int) -> int:
     """Number of validation rows for ``validation_size``; raises if infeasible."""
+    count = _requested_count(validation_size, n_rows)
+    max_count = n_rows - n_classes
+    if count > max_count:
+        raise ValueError(
+            f"validation_size={validation_size!r} asks for {count} of {n_rows} labelled rows, but each of "
+            f"the {n_classes} classes must keep at least one row in train, so at most {max(max_count, 0)} "
+            "rows can be held out. Use a smaller validation_size, or add labelled data."
+        )
+    return count
+
+
+def _requested_count(validation_size: float | int, n_rows: int) -> int:
+    """Number of rows ``validation_size`` asks for out of ``n_rows``: a fraction rounded half up (at least one row
+    if positive), or a count; raises if it is neither."""
     if isinstance(validation_size, bool) or not isinstance(validation_size, Real):
         raise ValueError(
             f"validation_size must be a fraction (0 <= x < 1) or a number of rows; got {validation_size!r}."
@@ -513,13 +771,6 @@ def _validation_count(validation_size: float | int, n_rows: int, n_classes: int)
         count = math.floor(fraction * n_rows + 0.5)
         if fraction > 0 and count == 0:
             count = 1
-    max_count = n_rows - n_classes
-    if count > max_count:
-        raise ValueError(
-            f"validation_size={validation_size!r} asks for {count} of {n_rows} labelled rows, but each of "
-            f"the {n_classes} classes must keep at least one row in train, so at most {max(max_count, 0)} "
-            "rows can be held out. Use a smaller validation_size, or add labelled data."
-        )
     return count
 
 
@@ -534,7 +785,7 @@ def _as_splits(
         return dict(data)
     if isinstance(data, (datasets.IterableDataset, datasets.IterableDatasetDict)):
         raise ValueError(
-            "Streaming (iterable) datasets cannot be split by class. Load them without streaming=True, or "
+            "Streaming (iterable) datasets cannot be checked and split. Load them without streaming=True, or "
             "pass the data files."
         )
     return _load_files(data, cache_dir)
@@ -689,18 +940,23 @@ def _check_columns(
         raise ValueError(f"text_column and label_column are both {text_column!r}; they must differ.")
     required = [text_column, label_column] + ([id_column] if id_column is not None else [])
     for split, dataset in splits.items():
-        missing = [column for column in required if column not in dataset.column_names]
-        if missing:
-            raise ValueError(
-                f"Split {split!r} has no column(s) {missing}; available columns: {dataset.column_names}. "
-                "Pass the right names as text_column=, label_column= or id_column= (id_column=None if the "
-                "data has no id column)."
-            )
+        _require_columns(dataset, split, required, "text_column=, label_column= or id_column=")
         if target_column in dataset.column_names:
             raise ValueError(
                 f"Split {split!r} already has a column {target_column!r}, which would be overwritten by the "
                 "label text. Rename or remove it, or pass another target_column=."
             )
+
+
+def _require_columns(dataset: datasets.Dataset, split: str, required: Sequence[str], arguments: str) -> None:
+    """Refuse a split that lacks a required column, listing the columns it has; ``arguments`` names the arguments
+    that choose the columns (``"text_column= or id_column="``)."""
+    missing = [column for column in required if column not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"Split {split!r} has no column(s) {missing}; available columns: {dataset.column_names}. Pass the right "
+            f"names as {arguments} (id_column=None if the data has no id column)."
+        )
 
 
 def _describe_row(dataset: datasets.Dataset, row: int, id_column: str | None) -> str:
@@ -709,27 +965,56 @@ def _describe_row(dataset: datasets.Dataset, row: int, id_column: str | None) ->
     return f"row {row} ({id_column} {dataset[row][id_column]!r})"
 
 
-def _check_texts(dataset: datasets.Dataset, split: str, text_column: str, id_column: str | None) -> None:
+def _is_missing(value: Any) -> bool:
+    """None, or the NaN that pandas puts in an empty cell."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _text_problem(value: Any) -> str | None:
+    """What is wrong with a value that must be a non-empty string, or None."""
+    if isinstance(value, str):
+        return None if value.strip() else "is empty or whitespace-only"
+    return f"is not a string (got {type(value).__name__} {value!r})"
+
+
+def _bad_rows(
+    dataset: datasets.Dataset, column: str, problem_of: Callable[[Any], str | None], id_column: str | None
+) -> str | None:
+    """The rows of ``column`` whose value has a problem, described for an error message (the first few, then a
+    count), or None when there are none."""
     bad: list[tuple[int, str]] = []
     n_bad = 0
-    for row, text in enumerate(dataset[text_column]):
-        if isinstance(text, str):
-            if text.strip():
-                continue
-            problem = "is empty or whitespace-only"
-        else:
-            problem = f"is not a string (got {type(text).__name__} {text!r})"
+    for row, value in enumerate(dataset[column]):
+        problem = problem_of(value)
+        if problem is None:
+            continue
         n_bad += 1
         if len(bad) < _MAX_REPORTED:
             bad.append((row, problem))
-    if n_bad:
-        details = "; ".join(f"{_describe_row(dataset, row, id_column)} {problem}" for row, problem in bad)
-        more = f" (and {n_bad - len(bad)} more rows)" if n_bad > len(bad) else ""
+    if not n_bad:
+        return None
+    details = "; ".join(f"{_describe_row(dataset, row, id_column)} {problem}" for row, problem in bad)
+    more = f" (and {n_bad - len(bad)} more rows)" if n_bad > len(bad) else ""
+    return details + more
+
+
+def _check_texts(
+    dataset: datasets.Dataset,
+    split: str,
+    text_column: str,
+    id_column: str | None,
+    role: str = "text column",
+    argument: str = "text_column={column!r}",
+) -> None:
+    """Refuse values of ``text_column`` that are not non-empty strings, naming the rows; ``role`` and ``argument``
+    say how the column was chosen (``"source column"``, ``"source_columns=[...]"``)."""
+    details = _bad_rows(dataset, text_column, _text_problem, id_column)
+    if details is not None:
         raise ValueError(
-            f"Split {split!r}: text column {text_column!r} must hold non-empty strings, but {details}{more}. "
+            f"Split {split!r}: {role} {text_column!r} must hold non-empty strings, but {details}. "
             "Fill in or drop these rows before loading (e.g. dataset.filter(lambda row: "
             f"isinstance(row[{text_column!r}], str) and row[{text_column!r}].strip())), or check that "
-            f"text_column={text_column!r} is the right column."
+            f"{argument.format(column=text_column)} is the right column."
         )
 
 
