@@ -9,6 +9,8 @@ README's "Package layout" says which module does what):
 - train safely: ``SoftPromptCheckpointCallback``, ``SoftPromptGuardCallback``;
 - evaluate: ``GenerationMetrics`` (the Trainer's ``compute_metrics``), ``generate_labels``, ``rank_labels``,
   ``constrained_labels``, and for free text ``generate_texts``;
+- score free text: ``Rouge``, ``Bleu``, ``Chrf``, ``ExactMatch`` (``evaluate`` metrics that work offline),
+  ``TEXT_METRICS``, ``load_text_metric``, ``default_text_metrics``;
 - save and push: ``save_adapter``, ``push_adapter``, ``HubPushCallback``, ``HubPushError``;
 - predict: ``predict``, and ``enable_soft_prompt_generate`` / ``disable_soft_prompt_generate`` /
   ``soft_prompt_generate`` for ``model.generate()``.
@@ -35,6 +37,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is import
     from .predict import predict
     from .saving import save_adapter
     from .shared_prompt import enable_shared_prompt
+    from .text_metrics import TEXT_METRICS, Bleu, Chrf, ExactMatch, Rouge, default_text_metrics, load_text_metric
 
 # Where each public name lives. `import softprompt_hf` (and so `softprompt-hf --help`) loads none of torch,
 # transformers or peft, which takes seconds; `softprompt_hf.<name>` imports its module on first use.
@@ -64,6 +67,13 @@ _MODULES = {
     "predict": "predict",
     "save_adapter": "saving",
     "enable_shared_prompt": "shared_prompt",
+    "Bleu": "text_metrics",
+    "Chrf": "text_metrics",
+    "ExactMatch": "text_metrics",
+    "Rouge": "text_metrics",
+    "TEXT_METRICS": "text_metrics",
+    "default_text_metrics": "text_metrics",
+    "load_text_metric": "text_metrics",
 }
 
 
@@ -114,6 +124,14 @@ __all__ = [
     "generate_labels",
     "rank_labels",
     "constrained_labels",
+    # score free text
+    "Rouge",
+    "Bleu",
+    "Chrf",
+    "ExactMatch",
+    "TEXT_METRICS",
+    "load_text_metric",
+    "default_text_metrics",
     # save and push
     "save_adapter",
     "push_adapter",

@@ -192,6 +192,15 @@ Ending a process
     launcher started it, with ``os._exit`` once the exit handlers have run, so no teardown happens. Delete the
     three, and let ``finish_recipe`` call ``Trainer.end()`` again, once gloo's teardown is safe (the slow test in
     tests/test_teardown.py then fails). *Re-checked:* still (torch 2.13.0 unchanged; the slow test not rerun).
+
+evaluate
+
+33. *Elsewhere: text_metrics._TextMetric._build_data_dir, add_batch, compute.* evaluate 0.4.6's
+    ``EvaluationModule.__init__`` creates ``HF_METRICS_CACHE/<name>/<config>`` (``_build_data_dir``) even with
+    ``keep_in_memory=True``, which never writes there: the text metrics skip that folder when they keep their rows in
+    memory. Its ``add_batch`` fails with an ``IndexError`` on an empty first batch, and ``compute()`` with no rows
+    with an ``AttributeError``: the text metrics skip empty batches and refuse zero rows with a ``ValueError``. Delete
+    each once evaluate does the same (written for evaluate 0.4.6, the newest).
 """
 
 from __future__ import annotations
