@@ -4,11 +4,11 @@ The package's public names, by what users do with them (everything else is impor
 README's "Package layout" says which module does what):
 
 - train: ``SoftPromptArguments``, ``SoftPromptTrainingArguments``, ``build_soft_prompt_model``,
-  ``SoftPromptDataCollator``, ``load_raft``, ``load_classification_data``, ``load_text_data`` (with its
-  ``TextData``), and the exact speed-ups ``enable_label_only_logits`` and ``enable_shared_prompt``;
+  ``SoftPromptDataCollator``, ``PromptTemplate``, ``load_raft``, ``load_classification_data``, ``load_text_data``
+  (with its ``TextData``), and the exact speed-ups ``enable_label_only_logits`` and ``enable_shared_prompt``;
 - train safely: ``SoftPromptCheckpointCallback``, ``SoftPromptGuardCallback``;
 - evaluate: ``GenerationMetrics`` (the Trainer's ``compute_metrics``), ``generate_labels``, ``rank_labels``,
-  ``constrained_labels``, and for free text ``generate_texts``;
+  ``constrained_labels``, and for free text ``TextGenerationMetrics`` and ``generate_texts``;
 - score free text: ``Rouge``, ``Bleu``, ``Chrf``, ``ExactMatch`` (``evaluate`` metrics that work offline),
   ``TEXT_METRICS``, ``load_text_metric``, ``default_text_metrics``;
 - save and push: ``save_adapter``, ``push_adapter``, ``HubPushCallback``, ``HubPushError``;
@@ -29,12 +29,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is import
     from .callbacks import SoftPromptCheckpointCallback, SoftPromptGuardCallback
     from .collator import SoftPromptDataCollator
     from .data import TextData, load_classification_data, load_raft, load_text_data
-    from .evaluation import GenerationMetrics
+    from .evaluation import GenerationMetrics, TextGenerationMetrics
     from .generate import disable_soft_prompt_generate, enable_soft_prompt_generate, soft_prompt_generate
     from .hub import HubPushCallback, HubPushError, push_adapter
     from .label_logits import enable_label_only_logits
     from .methods import SoftPromptArguments, build_soft_prompt_model
     from .predict import predict
+    from .prompt import PromptTemplate
     from .saving import save_adapter
     from .shared_prompt import enable_shared_prompt
     from .text_metrics import TEXT_METRICS, Bleu, Chrf, ExactMatch, Rouge, default_text_metrics, load_text_metric
@@ -55,6 +56,7 @@ _MODULES = {
     "load_text_data": "data",
     "TextData": "data",
     "GenerationMetrics": "evaluation",
+    "TextGenerationMetrics": "evaluation",
     "disable_soft_prompt_generate": "generate",
     "enable_soft_prompt_generate": "generate",
     "soft_prompt_generate": "generate",
@@ -65,6 +67,7 @@ _MODULES = {
     "SoftPromptArguments": "methods",
     "build_soft_prompt_model": "methods",
     "predict": "predict",
+    "PromptTemplate": "prompt",
     "save_adapter": "saving",
     "enable_shared_prompt": "shared_prompt",
     "Bleu": "text_metrics",
@@ -110,6 +113,7 @@ __all__ = [
     "SoftPromptTrainingArguments",
     "build_soft_prompt_model",
     "SoftPromptDataCollator",
+    "PromptTemplate",
     "load_raft",
     "load_classification_data",
     "load_text_data",
@@ -120,6 +124,7 @@ __all__ = [
     "SoftPromptGuardCallback",
     # evaluate
     "GenerationMetrics",
+    "TextGenerationMetrics",
     "generate_texts",
     "generate_labels",
     "rank_labels",

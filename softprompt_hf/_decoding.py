@@ -126,19 +126,7 @@ def generate_texts(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
-    settings = dict(generation_kwargs or {})
-    for name in ("input_ids", "attention_mask", "inputs_embeds", "max_new_tokens", "eos_token_id", "pad_token_id"):
-        if name in settings:
-            raise ValueError(
-                f"generation_kwargs sets {name!r}, which generate_texts sets itself; pass max_new_tokens as an "
-                "argument, and the inputs as texts."
-            )
-    if settings.get("num_return_sequences", 1) != 1:
-        raise ValueError(
-            "generation_kwargs asks for num_return_sequences="
-            f"{settings['num_return_sequences']}: generate_texts returns one text per input. Call it once per "
-            "sample (with do_sample=True), or model.generate() directly for several."
-        )
+    settings = check_generation_kwargs(generation_kwargs)
     ids = generate_label_ids(
         model,
         tokenizer,
@@ -154,6 +142,25 @@ def generate_texts(
         description="Generating texts",
     )
     return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def check_generation_kwargs(generation_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """A copy of ``generation_kwargs`` (``{}`` for None), refused where it sets what :func:`generate_texts` sets
+    itself or asks for several outputs per input."""
+    settings = dict(generation_kwargs or {})
+    for name in ("input_ids", "attention_mask", "inputs_embeds", "max_new_tokens", "eos_token_id", "pad_token_id"):
+        if name in settings:
+            raise ValueError(
+                f"generation_kwargs sets {name!r}, which generate_texts sets itself; pass max_new_tokens as an "
+                "argument, and the inputs as texts."
+            )
+    if settings.get("num_return_sequences", 1) != 1:
+        raise ValueError(
+            "generation_kwargs asks for num_return_sequences="
+            f"{settings['num_return_sequences']}: generate_texts returns one text per input. Call it once per "
+            "sample (with do_sample=True), or model.generate() directly for several."
+        )
+    return settings
 
 
 def generate_labels(

@@ -1,4 +1,5 @@
-"""Generation-based ``compute_metrics`` for the stock ``Trainer``: score what the model generates."""
+"""Generation-based ``compute_metrics`` for the stock ``Trainer``: score what the model generates, labels
+(:class:`GenerationMetrics`) or free text (:class:`TextGenerationMetrics`)."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ from accelerate.utils import gather_object
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 from transformers.utils import logging
 
-from ._decoding import label_outputs
+from ._decoding import check_generation_kwargs, generate_label_ids, label_outputs
 from .constants import MODES
 from .metrics import ClassificationReport, check_label_set, classification_report, match_label
 from .prompt import DEFAULT_TEMPLATE, PromptInput, PromptTemplate
 from .sharding import check_supported, run_sharded
 
-__all__ = ["GenerationMetrics", "Prediction"]
+__all__ = ["GenerationMetrics", "Prediction", "TextGenerationMetrics", "TextPrediction"]
 
 logger = logging.get_logger(__name__)
 
@@ -39,8 +40,94 @@ class Prediction:
     id: Any = None
 
 
+class _TrainerMetrics(TrainerCallback):
+    """What ``GenerationMetrics`` and ``TextGenerationMetrics`` share: the stock Trainer's hooks (the model
+    handed over, progress bars, the check that the Trainer evaluated these rows, no logits kept) and the
+    ``compute_metrics`` call. Subclasses set ``model``, ``_texts`` (each row's text, as a predictions file shows
+    it), ``_shown_column`` (the column those texts come from) and implement ``evaluate``."""
+
+    model: torch.nn.Module | None
+    _texts: list[str]
+    _shown_column: str
+    _show_progress: bool = True
+    _trainer_eval_dataloader: Any = None
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        raise NotImplementedError
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``Trainer(...)``: ``compute_metrics``, ``preprocess_logits_for_metrics``
+        and ``callbacks``."""
+        return {
+            "compute_metrics": self,
+            "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics,
+            "callbacks": [self],
+        }
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is not None and self.model is None:
+            self.model = model
+        # Follow the Trainer's choice of progress bars (--disable_tqdm).
+        self._show_progress = not args.disable_tqdm
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # The Trainer hands callbacks its model as accelerate prepared it. Refuse what cannot be scored (FSDP1)
+        # before the first step rather than at the first evaluation.
+        if model is not None and args.eval_strategy != "no":
+            check_supported(model)
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        # The dataloader the Trainer is evaluating right now: __call__ checks that its rows are ours.
+        self._trainer_eval_dataloader = eval_dataloader
+
+    @staticmethod
+    def preprocess_logits_for_metrics(logits: Any, labels: torch.Tensor) -> torch.Tensor:
+        """Drops the logits: the metrics come from generation, and full-vocabulary logits of every eval
+        batch (``(batch, virtual + length, vocab)`` for prompt methods) would otherwise pile up."""
+        return torch.zeros(labels.shape[0], device=labels.device)
+
+    def __call__(self, eval_prediction: Any = None) -> dict[str, float]:
+        if self.model is None:
+            raise ValueError(
+                f"{type(self).__name__} has no model: pass it to the Trainer with `**metrics.trainer_kwargs()` (it "
+                "is also a callback that receives the model), or set `metrics.model = model`."
+            )
+        if eval_prediction is not None:
+            self._check_trainer_rows(eval_prediction)
+        metrics = self.evaluate(self.model)
+        losses = getattr(eval_prediction, "losses", None)
+        if losses is not None and np.size(losses):
+            # The seed guide's eval perplexity: exp of the mean per-example eval loss.
+            metrics["perplexity"] = math.exp(float(np.mean(losses)))
+        return metrics
+
+    def _check_trainer_rows(self, eval_prediction: Any) -> None:
+        """Refuse to score other rows than those the Trainer evaluated: the metrics would describe another set."""
+        dataloader, self._trainer_eval_dataloader = self._trainer_eval_dataloader, None
+        dataset = getattr(dataloader, "dataset", None)
+        # transformers 5.24's evaluation_loop (listed in softprompt_hf._upstream) gathers every process's
+        # predictions with gather_for_metrics, which drops the rows repeated to even out the last batches when
+        # the dataset has a length: the count is the eval set's under DDP too. An iterable dataset split between
+        # processes may keep such repeats.
+        uneven = isinstance(dataset, torch.utils.data.IterableDataset) and PartialState().num_processes > 1
+        count = _prediction_rows(eval_prediction)
+        if count is not None and count != len(self._texts) and not uneven:
+            raise ValueError(
+                f"The Trainer evaluated {count} rows, but this {type(self).__name__} scores its own "
+                f"{len(self._texts)} eval rows: its metrics would describe other rows than the Trainer's eval set. "
+                f"{_same_rows_advice(self)}"
+            )
+        column = self._shown_column
+        texts = _column(dataset, column)
+        if texts is not None and Counter(map(str, texts)) != Counter(self._texts):
+            raise ValueError(
+                f"The Trainer's eval set ({len(texts)} rows) holds other {column!r} texts than the rows this "
+                f"{type(self).__name__} scores: its metrics would describe other rows. {_same_rows_advice(self)}"
+            )
+
+
 @dataclass
-class GenerationMetrics(TrainerCallback):
+class GenerationMetrics(_TrainerMetrics):
     """``compute_metrics`` that scores the labels the model *generates* on the eval rows.
 
     Plugged into the unmodified ``Trainer``, it adds ``eval_accuracy``, ``eval_f1`` (macro-F1, RAFT's
@@ -120,8 +207,6 @@ class GenerationMetrics(TrainerCallback):
     last_predictions: list[Prediction] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._show_progress = True
-        self._trainer_eval_dataloader: Any = None
         if self.mode not in MODES:
             raise ValueError(f"Unknown mode {self.mode!r}; choose one of {list(MODES)}.")
         self.labels = check_label_set(self.labels)
@@ -152,76 +237,8 @@ class GenerationMetrics(TrainerCallback):
                 )
             gold.append(matched)
         ids = [record[self.id_column] for record in records] if self.id_column else [None] * len(records)
-        return source_texts(records, self._prompt), gold, ids
-
-    # -- Trainer hooks ---------------------------------------------------------------------------
-    def trainer_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``Trainer(...)``: ``compute_metrics``, ``preprocess_logits_for_metrics``
-        and ``callbacks``."""
-        return {
-            "compute_metrics": self,
-            "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics,
-            "callbacks": [self],
-        }
-
-    def on_init_end(self, args, state, control, model=None, **kwargs):
-        if model is not None and self.model is None:
-            self.model = model
-        # Follow the Trainer's choice of progress bars (--disable_tqdm).
-        self._show_progress = not args.disable_tqdm
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        # The Trainer hands callbacks its model as accelerate prepared it. Refuse what cannot be scored (FSDP1)
-        # before the first step rather than at the first evaluation.
-        if model is not None and args.eval_strategy != "no":
-            check_supported(model)
-
-    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
-        # The dataloader the Trainer is evaluating right now: __call__ checks that its rows are ours.
-        self._trainer_eval_dataloader = eval_dataloader
-
-    @staticmethod
-    def preprocess_logits_for_metrics(logits: Any, labels: torch.Tensor) -> torch.Tensor:
-        """Drops the logits: the metrics come from generation, and full-vocabulary logits of every eval
-        batch (``(batch, virtual + length, vocab)`` for prompt methods) would otherwise pile up."""
-        return torch.zeros(labels.shape[0], device=labels.device)
-
-    def __call__(self, eval_prediction: Any = None) -> dict[str, float]:
-        if self.model is None:
-            raise ValueError(
-                "GenerationMetrics has no model: pass it to the Trainer with `**metrics.trainer_kwargs()` (it is "
-                "also a callback that receives the model), or set `metrics.model = model`."
-            )
-        if eval_prediction is not None:
-            self._check_trainer_rows(eval_prediction)
-        metrics = self.evaluate(self.model)
-        losses = getattr(eval_prediction, "losses", None)
-        if losses is not None and np.size(losses):
-            # The seed guide's eval perplexity: exp of the mean per-example eval loss.
-            metrics["perplexity"] = math.exp(float(np.mean(losses)))
-        return metrics
-
-    def _check_trainer_rows(self, eval_prediction: Any) -> None:
-        """Refuse to score other rows than those the Trainer evaluated: the metrics would describe another set."""
-        dataloader, self._trainer_eval_dataloader = self._trainer_eval_dataloader, None
-        dataset = getattr(dataloader, "dataset", None)
-        # transformers 5.24's evaluation_loop (listed in softprompt_hf._upstream) gathers every process's
-        # predictions with gather_for_metrics, which drops the rows repeated to even out the last batches when
-        # the dataset has a length: the count is the eval set's under DDP too. An iterable dataset split between
-        # processes may keep such repeats.
-        uneven = isinstance(dataset, torch.utils.data.IterableDataset) and PartialState().num_processes > 1
-        count = _prediction_rows(eval_prediction)
-        if count is not None and count != len(self._texts) and not uneven:
-            raise ValueError(
-                f"The Trainer evaluated {count} rows, but this GenerationMetrics scores its own {len(self._texts)} "
-                f"eval rows: its metrics would describe other rows than the Trainer's eval set. {_SAME_ROWS_ADVICE}"
-            )
-        texts = _column(dataset, self.text_column)
-        if texts is not None and Counter(map(str, texts)) != Counter(self._texts):
-            raise ValueError(
-                f"The Trainer's eval set ({len(texts)} rows) holds other {self.text_column!r} texts than the rows "
-                f"this GenerationMetrics scores: its metrics would describe other rows. {_SAME_ROWS_ADVICE}"
-            )
+        self._shown_column = shown_column(records, self._prompt)
+        return [str(record[self._shown_column]) for record in records], gold, ids
 
     # -- Scoring ---------------------------------------------------------------------------------
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
@@ -277,12 +294,236 @@ class GenerationMetrics(TrainerCallback):
         return [o for o, _ in gathered], [s for _, s in gathered]
 
 
-_SAME_ROWS_ADVICE = (
-    "Give GenerationMetrics the rows of the Trainer's eval_dataset (eval_rows=the same dataset). A dict of eval "
-    "datasets is evaluated with one compute_metrics, which scores one set of rows: keep in it only that set "
-    "(under any names), and score each other set with its own GenerationMetrics, e.g. "
-    "GenerationMetrics(tokenizer, labels, other_rows).evaluate(model)."
-)
+@dataclass
+class TextPrediction:
+    """One eval row of a free-text task: its text (the source), the reference, and what the model generated
+    (``tokens``: how many tokens, its EOS not counted)."""
+
+    text: str
+    reference: str | None
+    output: str
+    tokens: int
+    id: Any = None
+
+
+@dataclass
+class TextGenerationMetrics(_TrainerMetrics):
+    """``compute_metrics`` that scores the free text the model *generates* on the eval rows: the twin of
+    :class:`GenerationMetrics` for summaries, answers and rewrites.
+
+    Plugged into the unmodified ``Trainer`` with ``**metrics.trainer_kwargs()``, it decodes every eval row with
+    :func:`~softprompt_hf.generate_texts` (greedy on the package's batched engine unless ``generation_kwargs``
+    ask ``generate()`` for beams or sampling), scores the outputs against the references with ``metrics``, and
+    adds each score to ``trainer.evaluate()``: by default ``eval_rouge1``, ``eval_rouge2``, ``eval_rougeL``,
+    ``eval_rougeLsum`` (0-1), ``eval_bleu``, ``eval_chrf`` (0-100) and ``eval_exact_match`` (0-1), from the
+    package's offline ``evaluate`` metrics (:mod:`softprompt_hf.text_metrics`), and always ``eval_gen_len``, the
+    mean number of generated tokens (EOS not counted). Any of them works as ``metric_for_best_model``
+    (``"rougeL"``) and for ``EarlyStoppingCallback``. As with ``GenerationMetrics``: the Trainer keeps no
+    logits, every process decodes its share of the rows once under ``accelerate launch`` or ``torchrun`` and all
+    get the same metrics, ``compute_metrics`` refuses an eval set other than ``eval_rows``, and
+    ``last_predictions`` holds each row's source, reference and output for a predictions file.
+
+    Args:
+        tokenizer: The model's tokenizer.
+        eval_rows: The rows to score (a ``datasets.Dataset`` or a list of dicts) with the template's columns and
+            the reference: the Trainer's ``eval_dataset``.
+        text_column: The column ``{text}`` reads (as for the collator).
+        target_column: The column holding the reference text.
+        id_column: Optional column identifying rows, carried into the predictions.
+        template: The prompt template used in training (``{text}`` and any column's name in braces).
+        metrics: What scores the outputs: ``None`` for the shipped four (ROUGE, BLEU, chrF, exact match), a
+            shipped metric's name or a list of names (``"rouge"``, ``"bleu"``, ``"chrf"``, ``"exact_match"``), or
+            any object with ``.compute(predictions=..., references=...)`` returning a dict (a user's
+            ``evaluate.load("bertscore")``, an ``evaluate.combine([...])``), alone or in a list with names. A
+            list's results are merged (the same key twice is an error). Numbers are kept, lists of numbers
+            averaged (BERTScore's per-row ``f1``), anything else (a hash code string) left out.
+        max_new_tokens: The most tokens generated per row, EOS included; default: the longest reference's
+            tokens and its EOS (use the collator's ``max_target_length`` where targets were cut in training).
+        batch_size: Prompts per forward pass.
+        max_prompt_tokens: Cut the template's cut field (never the template) so that prompts fit.
+        label_tokenization: Where the prompt ends and the target begins, as in training: ``"joint"`` or
+            ``"separate"``.
+        generation_kwargs: ``generate()`` settings for beam search or sampling (see
+            :func:`~softprompt_hf.generate_texts`); default greedy.
+
+    Example:
+
+    ```python
+    >>> from transformers import Trainer
+    >>> from softprompt_hf import SoftPromptDataCollator, TextGenerationMetrics
+    >>> columns = {"text_column": "abstract", "target_column": "summary", "template": "{text} Summary : "}
+    >>> metrics = TextGenerationMetrics(tokenizer, data.validation, **columns)  # doctest: +SKIP
+    >>> trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
+    ...                   data_collator=SoftPromptDataCollator(tokenizer, **columns),
+    ...                   **metrics.trainer_kwargs())  # doctest: +SKIP
+    >>> trainer.evaluate()["eval_rougeL"]  # doctest: +SKIP
+    0.41
+
+    ```
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    eval_rows: Any
+    text_column: str = "Tweet text"
+    target_column: str = "text_label"
+    id_column: str | None = None
+    template: str = DEFAULT_TEMPLATE
+    metrics: Any = None
+    max_new_tokens: int | None = None
+    batch_size: int = 32
+    max_prompt_tokens: int | None = None
+    label_tokenization: str = "joint"
+    generation_kwargs: dict[str, Any] | None = None
+    model: torch.nn.Module | None = field(default=None, repr=False)
+    last_predictions: list[TextPrediction] = field(default_factory=list, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_generation_kwargs(self.generation_kwargs)
+        self._prompt = PromptTemplate(self.template, self.text_column, self.label_tokenization)
+        self._scorers = _scorers(self.metrics)
+        records = eval_records(self.eval_rows, "TextGenerationMetrics")
+        self._sources = prompt_sources(records, self._prompt, "Eval")
+        for name in (self.target_column, self.id_column):
+            if name is not None and name not in records[0]:
+                raise ValueError(
+                    f"Eval rows have no {name!r} column (columns: {sorted(records[0])}). Eval rows need the "
+                    "template's columns and the reference text; rows without a reference belong to prediction."
+                )
+        self._references: list[str] = []
+        for i, record in enumerate(records):
+            reference = record[self.target_column]
+            if not isinstance(reference, str) or not reference.strip():
+                raise ValueError(
+                    f"Eval row {i} has reference {reference!r}; {self.target_column!r} must hold non-empty strings "
+                    "(drop rows without a reference from the eval set)."
+                )
+            self._references.append(reference)
+        self._ids = [record[self.id_column] for record in records] if self.id_column else [None] * len(records)
+        self._shown_column = shown_column(records, self._prompt)
+        self._texts = [str(record[self._shown_column]) for record in records]
+        if self.max_new_tokens is None:
+            self.max_new_tokens = max(len(self._prompt.encode_target(self.tokenizer, r)) for r in self._references)
+        elif self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Generates for every eval row and returns the scores and ``gen_len``."""
+        outputs, lengths = self._generate(model, self._sources)
+        self.last_predictions = [
+            TextPrediction(text=t, reference=r, output=o, tokens=n, id=i)
+            for t, r, o, n, i in zip(self._texts, self._references, outputs, lengths, self._ids, strict=True)
+        ]
+        scores: dict[str, float] = {}
+        for name, scorer in self._scorers:
+            result = scorer.compute(predictions=outputs, references=self._references)
+            for key, value in _numbers(name, result).items():
+                if key in scores:
+                    raise ValueError(
+                        f"Two metrics report {key!r}: give the metrics distinct result names, or combine them with "
+                        "evaluate.combine([...]), which prefixes clashing names."
+                    )
+                scores[key] = value
+        scores["gen_len"] = float(np.mean(lengths))
+        return scores
+
+    def predict(self, model: torch.nn.Module, texts: Sequence[PromptInput]) -> list[TextPrediction]:
+        """Generates for unlabelled texts, or rows holding the template's columns (no reference). In a
+        distributed run every process must call it."""
+        outputs, lengths = self._generate(model, list(texts))
+        return [
+            TextPrediction(text=_shown(t, self._prompt), reference=None, output=o, tokens=n)
+            for t, o, n in zip(texts, outputs, lengths, strict=True)
+        ]
+
+    def _generate(self, model: torch.nn.Module, sources: list[PromptInput]) -> tuple[list[str], list[int]]:
+        state = PartialState()
+        eos = self.tokenizer.eos_token_id
+        with state.split_between_processes(list(range(len(sources)))) as mine:
+            ids = run_sharded(
+                model,
+                lambda: generate_label_ids(
+                    model,
+                    self.tokenizer,
+                    [sources[i] for i in mine],
+                    template=self._prompt,
+                    max_new_tokens=self.max_new_tokens or 1,
+                    max_prompt_tokens=self.max_prompt_tokens,
+                    batch_size=self.batch_size,
+                    show_progress=state.is_main_process and self._show_progress,
+                    generation_kwargs=self.generation_kwargs,
+                    use_generate=bool(self.generation_kwargs),
+                    description="Generating texts",
+                ),
+            )
+            local = [
+                (text.strip(), len(row) - (bool(row) and row[-1] == eos))
+                for row, text in zip(ids, self.tokenizer.batch_decode(ids, skip_special_tokens=True), strict=True)
+            ]
+        gathered = gather_object(local) if state.num_processes > 1 else local
+        if len(gathered) != len(sources):
+            raise RuntimeError(f"Gathered {len(gathered)} outputs for {len(sources)} eval rows.")
+        return [text for text, _ in gathered], [n for _, n in gathered]
+
+
+def _scorers(metrics: Any) -> list[tuple[str, Any]]:
+    """``metrics`` as ``(name, object with .compute)`` pairs: the shipped four for ``None``; names are loaded."""
+    from .text_metrics import TEXT_METRICS, default_text_metrics, load_text_metric
+
+    if metrics is None:
+        return [("default_text_metrics", default_text_metrics())]
+    items = list(metrics) if isinstance(metrics, list | tuple) else [metrics]
+    if not items:
+        raise ValueError(f"metrics=[] scores nothing: name metrics ({sorted(TEXT_METRICS)}) or leave it None.")
+    scorers = []
+    for item in items:
+        if isinstance(item, str):
+            scorers.append((item, load_text_metric(item)))
+        elif callable(getattr(item, "compute", None)):
+            scorers.append((getattr(item, "name", type(item).__name__), item))
+        else:
+            raise TypeError(
+                f"metrics holds {item!r}, which is neither a shipped metric's name ({sorted(TEXT_METRICS)}) nor an "
+                "object with .compute(predictions=..., references=...) (e.g. evaluate.load('bertscore'))."
+            )
+    return scorers
+
+
+def _numbers(name: str, result: Any) -> dict[str, float]:
+    """The numbers of a metric's result: numbers as they are, sequences of numbers averaged (per-row scores),
+    nested dicts flattened as ``outer_inner``; the rest (strings, None) left out, logged once."""
+    if not isinstance(result, Mapping):
+        raise TypeError(f"Metric {name!r} returned {type(result).__name__}, not a dict of scores.")
+    numbers: dict[str, float] = {}
+    for key, value in result.items():
+        if isinstance(value, Mapping):
+            numbers.update({f"{key}_{k}": v for k, v in _numbers(name, value).items()})
+        elif isinstance(value, bool) or value is None or isinstance(value, str):
+            logger.info("Metric %r's %r (%r) is not a score; it is not logged.", name, key, value)
+        elif isinstance(value, int | float | np.number) or (isinstance(value, np.ndarray) and value.ndim == 0):
+            numbers[str(key)] = float(value)
+        elif (
+            isinstance(value, Sequence | np.ndarray)
+            and len(value)
+            and all(isinstance(v, int | float | np.number) and not isinstance(v, bool) for v in value)
+        ):
+            numbers[str(key)] = float(np.mean(value))
+        else:
+            logger.info("Metric %r's %r is not a number or a list of numbers; it is not logged.", name, key)
+    return numbers
+
+
+def _same_rows_advice(metrics: Any) -> str:
+    name = type(metrics).__name__
+    example = (
+        "GenerationMetrics(tokenizer, labels, other_rows)"
+        if name == "GenerationMetrics"
+        else f"{name}(tokenizer, other_rows, ...)"
+    )
+    return (
+        f"Give {name} the rows of the Trainer's eval_dataset (eval_rows=the same dataset). A dict of eval datasets "
+        "is evaluated with one compute_metrics, which scores one set of rows: keep in it only that set (under any "
+        f"names), and score each other set with its own {name}, e.g. {example}.evaluate(model)."
+    )
 
 
 def eval_records(rows: Any, owner: str) -> list[Mapping[str, Any]]:
@@ -316,10 +557,9 @@ def prompt_sources(records: Sequence[Mapping[str, Any]], prompt: PromptTemplate,
     return sources
 
 
-def source_texts(records: Sequence[Mapping[str, Any]], prompt: PromptTemplate) -> list[str]:
-    """Each record's text as predictions files show it: its text column, or else the template's cut field."""
-    column = prompt.text_column if prompt.text_column in records[0] else prompt.columns[-1]
-    return [str(record[column]) for record in records]
+def shown_column(records: Sequence[Mapping[str, Any]], prompt: PromptTemplate) -> str:
+    """The column whose value a prediction shows as its text: the text column, or else the template's cut field."""
+    return prompt.text_column if prompt.text_column in records[0] else prompt.columns[-1]
 
 
 def _shown(source: PromptInput, prompt: PromptTemplate) -> str:
