@@ -66,3 +66,18 @@ def test_generate_snippet_labels_as_generation_metrics_does(tmp_path):
     namespace = {"adapter": str(folder), "texts": texts}
     exec(readme_snippet("generate"), namespace)
     assert [answer.strip() for answer in namespace["answers"]] == [p.output for p in expected]
+
+
+def test_text_snippet_trains_and_scores_free_text_with_the_stock_trainer(tmp_path):
+    namespace = {"output_dir": str(tmp_path)}
+    exec(readme_snippet("text"), namespace)
+    results = namespace["results"]
+    expected = {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match", "gen_len"}
+    assert {f"eval_{name}" for name in expected} <= results.keys()
+    trainer = namespace["trainer"]
+    logged = [entry["eval_rougeL"] for entry in trainer.state.log_history if "eval_rougeL" in entry]
+    assert trainer.state.best_metric == logged[0]
+    replies = namespace["replies"]
+    assert len(replies) == 1 and isinstance(replies[0], str)
+    predictions = namespace["metrics"].last_predictions
+    assert len(predictions) == 4 and {p.reference for p in predictions} <= {row["reply"] for row in namespace["rows"]}
