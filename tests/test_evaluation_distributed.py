@@ -1,4 +1,5 @@
-"""GenerationMetrics in 2 real processes (torchrun, gloo, CPU): each row scored once, same metrics.
+"""GenerationMetrics and TextGenerationMetrics in 2 real processes (torchrun, gloo, CPU): each row scored once,
+same metrics.
 
 (`accelerate launch --cpu` starts a single process in accelerate 1.15; torchrun plus
 `TrainingArguments(use_cpu=True)` is how the Trainer runs DDP on CPUs.)
@@ -15,14 +16,14 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from softprompt_hf import GenerationMetrics, build_soft_prompt_model, load_raft
+from softprompt_hf import GenerationMetrics, TextGenerationMetrics, build_soft_prompt_model, load_raft
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
 
 SCRIPT = Path(__file__).parent / "scripts" / "distributed_eval.py"
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("mode", ["generate", "rank"])
+@pytest.mark.parametrize("mode", ["generate", "rank", "text"])
 def test_two_processes_split_the_rows_and_agree_with_one(tmp_path, mode):
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -48,7 +49,13 @@ def test_two_processes_split_the_rows_and_agree_with_one(tmp_path, mode):
     model = build_soft_prompt_model(
         AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_PATH), method="prompt_tuning", tokenizer=tokenizer
     )
-    single = GenerationMetrics(tokenizer, data.classes, data.validation, mode=mode).evaluate(model)
+    if mode == "text":
+        single = TextGenerationMetrics(tokenizer, data.validation, max_new_tokens=6).evaluate(model)
+        keys = ("rouge1", "rougeL", "bleu", "chrf", "exact_match", "gen_len")
+        assert single["chrf"] > 0 and single["gen_len"] > 0
+    else:
+        single = GenerationMetrics(tokenizer, data.classes, data.validation, mode=mode).evaluate(model)
+        keys = ("accuracy", "f1", "invalid_rate")
     for report in reports:
-        for key in ("accuracy", "f1", "invalid_rate"):
+        for key in keys:
             assert report["metrics"][f"eval_{key}"] == pytest.approx(single[key], abs=1e-9)

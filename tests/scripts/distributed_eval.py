@@ -1,7 +1,8 @@
 """Run by tests/test_evaluation_distributed.py under torchrun with 2 CPU processes (gloo).
 
-Evaluates the embedded model with GenerationMetrics through the stock Trainer and writes, per process,
-the metrics it got and the texts it scored itself.
+Evaluates the embedded model with GenerationMetrics (modes generate, rank) or TextGenerationMetrics (mode text: the
+label texts scored as free text) through the stock Trainer and writes, per process, the metrics it got and the
+texts it scored itself.
 """
 
 import json
@@ -14,7 +15,14 @@ from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 import softprompt_hf._decoding as decoding
-from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model, load_raft
+import softprompt_hf.evaluation as evaluation
+from softprompt_hf import (
+    GenerationMetrics,
+    SoftPromptDataCollator,
+    TextGenerationMetrics,
+    build_soft_prompt_model,
+    load_raft,
+)
 from softprompt_hf._upstream import exit_without_gloo_teardown
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
 
@@ -32,13 +40,23 @@ def main(out_dir: str, mode: str) -> None:
         return rank(model, tokenizer, texts, labels, **kwargs)
 
     decoding.generate_labels, decoding.rank_labels = recording_generate, recording_rank
+    generate_ids = evaluation.generate_label_ids
+
+    def recording_generate_ids(model, tokenizer, texts, **kwargs):
+        scored.extend(texts)
+        return generate_ids(model, tokenizer, texts, **kwargs)
+
+    evaluation.generate_label_ids = recording_generate_ids
 
     data = load_raft(data_files=EMBEDDED_DATA_FILES, validation_size=45, seed=0)
     tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL_PATH)
     model = build_soft_prompt_model(
         AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_PATH), method="prompt_tuning", tokenizer=tokenizer
     )
-    metrics = GenerationMetrics(tokenizer, data.classes, data.validation, mode=mode)
+    if mode == "text":
+        metrics = TextGenerationMetrics(tokenizer, data.validation, max_new_tokens=6)
+    else:
+        metrics = GenerationMetrics(tokenizer, data.classes, data.validation, mode=mode)
     trainer = Trainer(
         model=model,
         args=TrainingArguments(
