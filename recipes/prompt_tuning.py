@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     #    tokens; CLASS_LABELS, one virtual token per label of the data, the others sampled from the vocabulary;
     #    SAMPLE_VOCAB; RANDOM. The values are set once peft has built the prompt.
     peft_config = build_peft_config(args.prompt, tokenizer=run.tokenizer)
-    init = args.prompt.initialization(class_labels=run.data.classes)
+    init = args.prompt.initialization(class_labels=run.class_labels)
 
     # 3. Model and Trainer: the frozen base model with the prompt; our collator, generation-based metrics,
     #    checkpoints that resume exactly, refusals, sample predictions.

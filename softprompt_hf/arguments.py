@@ -17,7 +17,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
-from .constants import DEFAULT_TIMEOUT, LABEL_TOKENIZATIONS, MODES
+from .constants import DEFAULT_TIMEOUT, LABEL_TOKENIZATIONS, MODES, TASKS, TEXT_METRIC_NAMES
 from .embedded import EMBEDDED_MODEL_PATH
 from .methods import METHODS, SoftPromptArguments
 from .prompt import DEFAULT_TEMPLATE
@@ -62,7 +62,17 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    """The classification data and how each row becomes a prompt."""
+    """The data (labelled rows, or text-to-text rows with ``--task text``) and how each row becomes a prompt."""
+
+    task: str | None = field(
+        default=None,
+        metadata={
+            "help": "classification (a closed label set) or text (free-text targets: summaries, answers; "
+            "dataset=files, scored with ROUGE/BLEU/chrF/exact match). Default: text when --target_column is "
+            "given, else classification.",
+            "choices": list(TASKS),
+        },
+    )
 
     dataset: str = field(
         default="embedded",
@@ -85,6 +95,9 @@ class DataArguments:
     test_file: str | None = field(default=None, metadata={"help": "More rows, e.g. RAFT's unlabelled test split."})
     text_column: str | None = field(default=None, metadata={"help": "Text column. Default: RAFT's, or required."})
     label_column: str = field(default="Label", metadata={"help": "Label column."})
+    target_column: str | None = field(
+        default=None, metadata={"help": "--task text: the column holding the reference text the model learns to write."}
+    )
     id_column: str | None = field(default="ID", metadata={"help": "Row id column (for submissions), if any."})
     class_names: str | None = field(
         default=None, metadata={"help": "Comma-separated class names, when the label column holds integers."}
@@ -108,6 +121,19 @@ class DataArguments:
     max_length: int | None = field(
         default=None, metadata={"help": "Cap on prompt + label tokens; only the text is ever truncated."}
     )
+    max_target_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "--task text: cut targets to this many tokens, EOS included (kept), and generate at most as many "
+            "in evaluation. Default: no cut; evaluation generates up to the longest reference's length."
+        },
+    )
+    text_metrics: str | None = field(
+        default=None,
+        metadata={
+            "help": f"--task text: comma-separated metrics to report ({', '.join(TEXT_METRIC_NAMES)}; default all)."
+        },
+    )
     max_train_samples: int | None = field(
         default=None,
         metadata={
@@ -128,10 +154,45 @@ class DataArguments:
                 f"--validation_size {self.validation_size}: give a fraction below 1 (e.g. 0.2) or a whole number of "
                 "rows (e.g. 40)."
             )
+        if self.task is None:
+            self.task = "text" if self.target_column is not None else "classification"
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r}: choose one of {', '.join(TASKS)}.")
+        if self.task == "text":
+            self._check_text_task()
+        else:
+            given = [f"--{name}" for name in _TEXT_TASK_FLAGS if getattr(self, name) is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} apply to free-text targets (--task text); this run is a classification. "
+                    "Add --task text, or leave them out."
+                )
         if self.label_tokenization is not None and self.label_tokenization not in LABEL_TOKENIZATIONS:
             raise ValueError(
                 f"label_tokenization={self.label_tokenization!r}: choose one of {', '.join(LABEL_TOKENIZATIONS)}."
             )
+
+    def _check_text_task(self) -> None:
+        if self.dataset != "files":
+            raise ValueError(
+                f"--task text reads your own text-to-text files (dataset=files with --train_file); dataset="
+                f"{self.dataset} holds labelled rows (--task classification)."
+            )
+        if self.target_column is None:
+            raise ValueError("--task text needs --target_column: the column holding the reference text to generate.")
+        if self.text_metrics is not None:
+            names = [name.strip() for name in self.text_metrics.split(",") if name.strip()]
+            unknown = [name for name in names if name not in TEXT_METRIC_NAMES]
+            if unknown or not names:
+                raise ValueError(
+                    f"--text_metrics {self.text_metrics}: {'unknown metric(s) ' + str(unknown) if unknown else 'none'}"
+                    f"; choose among {', '.join(TEXT_METRIC_NAMES)}. Other metrics (BERTScore, METEOR) go through "
+                    "the Python API: TextGenerationMetrics(metrics=evaluate.load(...))."
+                )
+
+
+#: DataArguments flags that only a free-text task (--task text) reads.
+_TEXT_TASK_FLAGS = ("target_column", "max_target_length", "text_metrics")
 
 
 class _Range(NamedTuple):
@@ -183,6 +244,7 @@ _PROBABILITY = _Range(low=0, high=1)
 _DATA_RANGES = {
     "validation_size": _Range(low=0, what="a fraction of the labelled rows (below 1) or a number of rows"),
     "max_length": _Range(low=1, what="a number of tokens"),
+    "max_target_length": _Range(low=2, what="a number of tokens: at least one before the EOS"),
     "max_train_samples": _Range(low=1, what="a number of rows"),
 }
 

@@ -32,7 +32,7 @@ from .saving import _base_tokenizer_files, _sha256, atomic_write_json
 from .sharding import copy_into, full_tensor, reshard_root
 
 if TYPE_CHECKING:
-    from .evaluation import GenerationMetrics
+    from .evaluation import GenerationMetrics, TextGenerationMetrics
 
 logger = logging.get_logger(__name__)
 
@@ -488,12 +488,15 @@ class SamplePredictionsCallback(TrainerCallback):
     ``$TENSORBOARD_LOGGING_DIR``). The same rows are shown every time, so their evolution can be followed.
 
     Args:
-        metrics: The ``GenerationMetrics`` object passed to the Trainer (its ``last_predictions`` are shown).
+        metrics: The ``GenerationMetrics`` or ``TextGenerationMetrics`` passed to the Trainer (its
+            ``last_predictions`` are shown; a free-text task's reference as the gold).
         num_samples: How many rows to show.
         max_text_chars: Texts are cut to this many characters.
     """
 
-    def __init__(self, metrics: GenerationMetrics, num_samples: int = 4, max_text_chars: int = 120):
+    def __init__(
+        self, metrics: GenerationMetrics | TextGenerationMetrics, num_samples: int = 4, max_text_chars: int = 120
+    ):
         if num_samples < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
         self.metrics = metrics
@@ -504,17 +507,20 @@ class SamplePredictionsCallback(TrainerCallback):
     def table(self) -> list[dict[str, str]]:
         """The rows shown for the last evaluation."""
         rows = []
+        prediction: Any
         for prediction in list(self.metrics.last_predictions)[: self.num_samples]:
             text = (
                 prediction.text
                 if len(prediction.text) <= self.max_text_chars
                 else prediction.text[: self.max_text_chars] + "..."
             )
+            # A free-text prediction (TextPrediction) has a reference and an output, and no label.
+            gold = prediction.gold if hasattr(prediction, "gold") else prediction.reference
             rows.append(
                 {
                     "text": text,
-                    "gold": str(prediction.gold),
-                    "predicted": str(prediction.predicted),
+                    "gold": str(gold),
+                    "predicted": str(getattr(prediction, "predicted", prediction.output)),
                     "output": str(prediction.output),
                 }
             )

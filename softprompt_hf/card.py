@@ -48,7 +48,25 @@ _NEVER_IN_CARD = {"output_dir", "logging_dir", "run_name", "resume_from_checkpoi
 _NEVER_IN_CARD |= {"do_train", "do_eval", "do_predict"}
 # Per-evaluation timings, not results.
 _NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "step")
-_METRIC_NAMES = {"accuracy": "Accuracy", "f1": "Macro F1", "invalid_rate": "Invalid output rate", "loss": "Loss"}
+_METRIC_NAMES = {
+    "accuracy": "Accuracy",
+    "f1": "Macro F1",
+    "invalid_rate": "Invalid output rate",
+    "loss": "Loss",
+    "rouge1": "ROUGE-1",
+    "rouge2": "ROUGE-2",
+    "rougeL": "ROUGE-L",
+    "rougeLsum": "ROUGE-Lsum",
+    "bleu": "BLEU",
+    "chrf": "chrF",
+    "exact_match": "Exact match",
+    "gen_len": "Generated length (tokens)",
+}
+# The model-index task of each kind of run (TASKS).
+_TASK_TYPES = {
+    "classification": ("text-classification", "Text classification"),
+    "text": ("text-generation", "Text generation"),
+}
 _METHOD_NAMES = {"prompt-tuning": "prompt tuning", "p-tuning": "P-tuning", "prefix-tuning": "prefix tuning"}
 # How many of the run's validation texts the usage snippets label, and what they label when the run had none.
 _NUM_EXAMPLE_TEXTS = 2
@@ -139,6 +157,12 @@ class ModelCardInputs:
     repo_id: str | None = None
     #: What the usage snippets label: the run's first validation texts (None: a neutral placeholder).
     example_texts: list[str] | None = None
+    #: What the adapter's targets are (``softprompt_hf.constants.TASKS``): labels, or free text.
+    task: str = "classification"
+    #: A free-text task's first validation rows (the template's columns only), what the usage snippets generate for.
+    example_rows: list[dict[str, str]] | None = None
+    #: A free-text task's generation budget in evaluation (tokens, EOS included).
+    max_new_tokens: int | None = None
     #: The versions of peft, transformers and softprompt_hf the adapter was saved with.
     versions: dict[str, str] = dataclasses.field(default_factory=dict)
     #: Whether peft's own ``PeftModel.generate()`` is known to give wrong tokens for this adapter with ``versions``
@@ -308,10 +332,14 @@ class ModelCardCallback(TrainerCallback):
         }
         labels = getattr(generation_metrics, "labels", None)
         report = getattr(generation_metrics, "last_report", None)
+        text_task = _is_text_task(generation_metrics)
         fields = {
             "labels": list(labels) if labels is not None else None,
             **trained,
-            "example_texts": _first_texts(generation_metrics),
+            "example_texts": None if text_task else _first_texts(generation_metrics),
+            "task": "text" if text_task else None,
+            "example_rows": _first_rows(generation_metrics) if text_task else None,
+            "max_new_tokens": getattr(generation_metrics, "max_new_tokens", None) if text_task else None,
             "hyperparameters": self.hyperparameters,
             "evaluations": self.evaluations,
             "metrics": self.final_metrics,
@@ -321,6 +349,8 @@ class ModelCardCallback(TrainerCallback):
         if values.get("metrics") is not None:
             values["metrics"] = _clean_metrics(values["metrics"])
         fields.update({key: value for key, value in values.items() if value is not None})
+        if text_task and not {"text", "text_column"} & _template_fields(fields.get("template") or DEFAULT_TEMPLATE):
+            fields["text_column"] = None  # a template of named columns reads no text column: none is recorded
         return _card_inputs(model, base_model=self.base_model, allow_local_base=self.allow_local_base, **fields)
 
 
@@ -346,10 +376,11 @@ def render_model_card(
     # them must be the same card.
     scores = dict(sorted(inputs.metrics.items()))
     dataset_name = inputs.dataset or "custom"
+    task_type, task_name = _TASK_TYPES.get(inputs.task, _TASK_TYPES["classification"])
     eval_results = [
         EvalResult(
-            task_type="text-classification",
-            task_name="Text classification",
+            task_type=task_type,
+            task_name=task_name,
             dataset_type=dataset_name,
             dataset_name=f"{dataset_name} {inputs.dataset_config}" if inputs.dataset_config else dataset_name,
             dataset_config=inputs.dataset_config,
@@ -364,7 +395,7 @@ def render_model_card(
         library_name="peft",
         base_model=None if inputs.local_base else base_model,
         pipeline_tag="text-generation",
-        tags=["peft", "soft-prompt", inputs.method_tag, "softprompt_hf", "text-classification"],
+        tags=["peft", "soft-prompt", inputs.method_tag, "softprompt_hf", task_type],
         datasets=[inputs.dataset] if inputs.dataset else None,
         license=inputs.license,
         model_name=repo_id or f"{inputs.method_tag} adapter for {base_model}",
@@ -383,6 +414,7 @@ def render_model_card(
         uses_text_column="text_column" in _template_fields(inputs.template),
         **_prompt_boundary(inputs),
         example_texts=inputs.example_texts or _PLACEHOLDER_TEXTS,
+        example_rows=inputs.example_rows or _placeholder_rows(inputs),
         peft_config_json=_peft_config_json(inputs.peft_config, base_model),
         hyperparameters=[[key, f"`{value}`"] for key, value in sorted(inputs.hyperparameters.items())],
         scores=[[_METRIC_NAMES.get(key, key), _number(value)] for key, value in scores.items()],
@@ -449,6 +481,29 @@ def _first_texts(generation_metrics: Any) -> list[str] | None:
         head = [row.get(column) for row in list(rows)[:_NUM_EXAMPLE_TEXTS]]
     texts = [text for text in head if isinstance(text, str) and text.strip()]
     return texts or None
+
+
+def _is_text_task(generation_metrics: Any) -> bool:
+    from .evaluation import TextGenerationMetrics
+
+    return isinstance(generation_metrics, TextGenerationMetrics)
+
+
+def _first_rows(generation_metrics: Any) -> list[dict[str, str]] | None:
+    """The first validation rows of a ``TextGenerationMetrics``, each with only the columns its template reads."""
+    rows = getattr(generation_metrics, "eval_rows", None)
+    if rows is None:
+        return None
+    prompt = PromptTemplate(generation_metrics.template, generation_metrics.text_column)
+    head = rows.select(range(min(_NUM_EXAMPLE_TEXTS, len(rows)))) if hasattr(rows, "column_names") else rows
+    picked = [{column: str(row[column]) for column in prompt.columns} for row in list(head)[:_NUM_EXAMPLE_TEXTS]]
+    return picked or None
+
+
+def _placeholder_rows(inputs: ModelCardInputs) -> list[dict[str, str]]:
+    """Rows for a text task's snippets when the run recorded none: a placeholder in each column of the template."""
+    prompt = PromptTemplate(inputs.template, inputs.text_column or "text")
+    return [{column: f"The {column} of the first input" for column in prompt.columns}]
 
 
 def _versions() -> dict[str, str]:

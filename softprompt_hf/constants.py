@@ -3,10 +3,16 @@ or peft: the command answers ``--help`` and argument errors before those load (s
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_COMMIT_MESSAGE", "DEFAULT_TIMEOUT", "LABEL_TOKENIZATIONS", "MODES"]
+__all__ = ["DEFAULT_COMMIT_MESSAGE", "DEFAULT_TIMEOUT", "LABEL_TOKENIZATIONS", "MODES", "TASKS", "TEXT_METRIC_NAMES"]
 
 #: How a label is read from the model: generated greedily, ranked by likelihood, or decoded over the labels' tokens.
 MODES = ("generate", "rank", "constrained")
+
+#: What a run's targets are: a closed set of labels, or free text (summaries, answers), scored by generation.
+TASKS = ("classification", "text")
+
+#: The text metrics the package ships (``softprompt_hf.text_metrics.TEXT_METRICS``), by name.
+TEXT_METRIC_NAMES = ("rouge", "bleu", "chrf", "exact_match")
 
 #: The ways a prompt and its label are tokenized (``PromptTemplate.label_tokenization``): ``"joint"`` (the
 #: default) follows what the tokenizer does with the prompt and the label as one text; ``"separate"`` tokenizes

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from peft import PeftConfig
 from transformers import (
@@ -51,9 +52,9 @@ from .callbacks import (
 from .card import is_local_path
 from .collator import SoftPromptDataCollator
 from .constants import DEFAULT_TIMEOUT
-from .data import ClassificationData, load_classification_data, load_raft, stratified_split
+from .data import ClassificationData, TextData, load_classification_data, load_raft, load_text_data, stratified_split
 from .embedded import EMBEDDED_DATA_FILES, label_tokenization_for
-from .evaluation import GenerationMetrics
+from .evaluation import GenerationMetrics, TextGenerationMetrics
 from .initialization import SoftPromptInit
 from .label_logits import enable_label_only_logits
 from .methods import build_soft_prompt_model
@@ -89,11 +90,16 @@ class RecipeRun:
     """A recipe run from ``start_run`` to ``finish_recipe``: what the steps after the start need."""
 
     args: RecipeArguments
-    data: ClassificationData
+    data: ClassificationData | TextData
     tokenizer: PreTrainedTokenizerBase
-    metrics: GenerationMetrics
+    metrics: GenerationMetrics | TextGenerationMetrics
     resume_from_checkpoint: str | None = None
     hub_target: HubTarget | None = None
+
+    @property
+    def class_labels(self) -> list[str] | None:
+        """The label texts of a classification run (``data.classes``); None for free-text targets."""
+        return list(self.data.classes) if isinstance(self.data, ClassificationData) else None
 
 
 def start_run(args: RecipeArguments) -> RecipeRun:
@@ -117,9 +123,11 @@ def start_run(args: RecipeArguments) -> RecipeRun:
         args.data.label_tokenization = label_tokenization_for(args.model.model_name_or_path)
     data = _load_data(args.data, seed=training_args.seed)
     # Every field of the template is a column of the data, before the tokenizer and model load.
-    PromptTemplate(args.data.template, data.text_column, args.data.label_tokenization).check_columns(
+    PromptTemplate(args.data.template, _text_column(data, args.data), args.data.label_tokenization).check_columns(
         data.train.column_names, where="the training data"
     )
+    if isinstance(data, TextData):
+        _choose_text_metric_for_best_model(training_args, args.data)
     tokenizer = _load_tokenizer(args.model)
     metrics = _build_metrics(tokenizer, data, args.data, training_args)
     return RecipeRun(args, data, tokenizer, metrics, resume_from_checkpoint=resume, hub_target=hub_target)
@@ -204,9 +212,11 @@ def _setup_logging(training_args: TrainingArguments) -> None:
     std_logging.getLogger("softprompt_hf").setLevel(ours)
 
 
-def _load_data(data_args: DataArguments, seed: int) -> ClassificationData:
+def _load_data(data_args: DataArguments, seed: int) -> ClassificationData | TextData:
     """Load the data a recipe trains on, with its stratified, seeded validation split, and its train rows cut to
-    a stratified subset of ``--max_train_samples`` if set."""
+    a stratified subset of ``--max_train_samples`` if set (``--task text``: a seeded validation split and subset)."""
+    if data_args.task == "text":
+        return _load_text(data_args, seed)
     data = _load_splits(data_args, seed)
     wanted = data_args.max_train_samples
     if wanted is not None and wanted < len(data.train):
@@ -219,6 +229,67 @@ def _load_data(data_args: DataArguments, seed: int) -> ClassificationData:
         _, subset = stratified_split(data.train, data.label_column, wanted, seed)
         data = replace(data, train=subset)
     return data
+
+
+def _load_text(data_args: DataArguments, seed: int) -> TextData:
+    """``--task text``: the text-to-text files, the template's columns as sources; the id column kept when the data
+    has it; ``--max_train_samples`` a seeded random subset of the train rows, in their order."""
+    files = {split: path for split, path in (("train", data_args.train_file), ("test", data_args.test_file)) if path}
+    if "train" not in files:
+        raise ValueError("--task text needs --train_file: the rows with the source column(s) and --target_column.")
+    prompt = PromptTemplate(data_args.template, data_args.text_column or "text")
+    if "text" in prompt.fields and data_args.text_column is None:
+        raise ValueError(
+            f"The template {data_args.template!r} reads {{text}}: give --text_column (the column it reads), or "
+            "write the template with your columns' names in braces, e.g. 'Abstract : {abstract} Summary : '."
+        )
+    assert data_args.target_column is not None  # DataArguments requires it with --task text
+    size: float | int = int(data_args.validation_size) if data_args.validation_size >= 1 else data_args.validation_size
+    try:
+        data = load_text_data(
+            files,
+            source_columns=list(prompt.columns),
+            target_column=data_args.target_column,
+            validation_size=size,
+            seed=seed,
+        )
+    except ValueError as err:
+        raise ValueError(
+            f"{err} (In a recipe the source columns are the fields of --template, the reference is --target_column.)"
+        ) from err
+    if data_args.id_column is not None and data_args.id_column in data.train.column_names:
+        data = replace(data, id_column=data_args.id_column)
+    wanted = data_args.max_train_samples
+    if wanted is not None and wanted < len(data.train):
+        keep = sorted(np.random.default_rng(seed).choice(len(data.train), size=wanted, replace=False).tolist())
+        data = replace(data, train=data.train.select(keep))
+    return data
+
+
+def _text_column(data: ClassificationData | TextData, data_args: DataArguments) -> str:
+    """The column ``{text}`` reads: the classification data's text column, or ``--text_column`` (``--task text``)."""
+    if isinstance(data, ClassificationData):
+        return data.text_column
+    return data_args.text_column or "text"
+
+
+def _text_metric_names(data_args: DataArguments) -> list[str] | None:
+    """``--text_metrics`` as a list of names (None: every shipped metric)."""
+    if data_args.text_metrics is None:
+        return None
+    return [name.strip() for name in data_args.text_metrics.split(",") if name.strip()]
+
+
+def _choose_text_metric_for_best_model(training_args: TrainingArguments, data_args: DataArguments) -> None:
+    """A free-text run picks its best adapter by ROUGE-L (else the first metric asked for) where the recipes' default,
+    macro-F1, was left: a text task reports no F1."""
+    if training_args.metric_for_best_model not in (None, "f1", "eval_f1"):
+        return
+    names = _text_metric_names(data_args) or ["rouge"]
+    chosen = "rougeL" if "rouge" in names else names[0]
+    logger.info("--task text: the best adapter is the one with the highest %s (--metric_for_best_model).", chosen)
+    training_args.metric_for_best_model = chosen
+    training_args.greater_is_better = True
 
 
 def _load_splits(data_args: DataArguments, seed: int) -> ClassificationData:
@@ -320,31 +391,54 @@ def _label_tokenization(data_args: DataArguments) -> str:
     return data_args.label_tokenization or "joint"
 
 
-def _build_collator(tokenizer: PreTrainedTokenizerBase, data: ClassificationData, data_args: DataArguments):
-    """The training collator for ``data`` with the run's template and length cap."""
-    return SoftPromptDataCollator(
+def _build_collator(
+    tokenizer: PreTrainedTokenizerBase, data: ClassificationData | TextData, data_args: DataArguments
+) -> SoftPromptDataCollator:
+    """The training collator for ``data`` with the run's template and length caps."""
+    collator = SoftPromptDataCollator(
         tokenizer,
-        text_column=data.text_column,
+        text_column=_text_column(data, data_args),
         target_column=data.target_column,
         template=data_args.template,
         max_length=data_args.max_length,
         label_tokenization=_label_tokenization(data_args),
+        max_target_length=data_args.max_target_length,
     )
+    if isinstance(data, TextData) and (data_args.max_length is not None or data_args.max_target_length is not None):
+        collator.count_cut(data.train)  # one warning with the counts of sources and targets cut
+    return collator
 
 
 def _build_metrics(
     tokenizer: PreTrainedTokenizerBase,
-    data: ClassificationData,
+    data: ClassificationData | TextData,
     data_args: DataArguments,
     training_args: SoftPromptTrainingArguments,
-) -> GenerationMetrics:
+) -> GenerationMetrics | TextGenerationMetrics:
     """Generation-based metrics on the validation split, prompts cut exactly as in training."""
     if data.validation is None or len(data.validation) == 0:
         raise ValueError("The recipes evaluate on a validation split: set --validation_size above 0.")
+    prompt = PromptTemplate(data_args.template, _text_column(data, data_args), _label_tokenization(data_args))
+    if isinstance(data, TextData):
+        metrics = TextGenerationMetrics(
+            tokenizer,
+            data.validation,
+            text_column=prompt.text_column,
+            target_column=data.target_column,
+            id_column=data.id_column,
+            template=data_args.template,
+            metrics=_text_metric_names(data_args),
+            max_new_tokens=data_args.max_target_length,
+            batch_size=training_args.per_device_eval_batch_size,
+            label_tokenization=prompt.label_tokenization,
+        )
+        if data_args.max_length is not None:
+            # The room the collator leaves the longest target: max_length minus what evaluation may generate.
+            metrics.max_prompt_tokens = max(1, data_args.max_length - (metrics.max_new_tokens or 1))
+        return metrics
     max_prompt_tokens = None
     if data_args.max_length is not None:
         # The collator's budget: max_length minus the target (label + EOS), for the longest label.
-        prompt = PromptTemplate(data_args.template, data.text_column, _label_tokenization(data_args))
         max_prompt_tokens = data_args.max_length - max(
             len(prompt.encode_target(tokenizer, label)) for label in data.classes
         )
@@ -363,7 +457,9 @@ def _build_metrics(
     )
 
 
-def _callbacks(metrics: GenerationMetrics, training_args: SoftPromptTrainingArguments) -> list[TrainerCallback]:
+def _callbacks(
+    metrics: GenerationMetrics | TextGenerationMetrics, training_args: SoftPromptTrainingArguments
+) -> list[TrainerCallback]:
     """The callbacks every recipe run uses: refusals, exact checkpoints, parameter summary, samples, early stop."""
     callbacks: list[TrainerCallback] = [
         SoftPromptGuardCallback(),
@@ -536,13 +632,12 @@ def push_run(trainer: Trainer, repo: HubTarget | str, model_args: ModelArguments
     )
 
 
-def _summary_line(method: str, results: dict[str, Any], data: ClassificationData, output_dir: str) -> str:
+def _summary_line(method: str, results: dict[str, Any], data: ClassificationData | TextData, output_dir: str) -> str:
     """The one line a recipe prints at the end."""
-    shown = ", ".join(
-        f"{key.removeprefix('eval_')} {results[key]:.3f}"
-        for key in ("eval_accuracy", "eval_f1", "eval_invalid_rate")
-        if key in results
-    )
+    keys: tuple[str, ...] = ("eval_accuracy", "eval_f1", "eval_invalid_rate")
+    if isinstance(data, TextData):
+        keys = ("eval_rougeL", "eval_bleu", "eval_chrf", "eval_exact_match", "eval_gen_len")
+    shown = ", ".join(f"{key.removeprefix('eval_')} {results[key]:.3f}" for key in keys if key in results)
     rows = len(data.validation) if data.validation is not None else 0
     return f"{method}: validation {shown} ({rows} rows); adapter saved to {Path(output_dir) / ADAPTER_DIRNAME}"
 
@@ -631,8 +726,8 @@ def base_model_id(model_args: ModelArguments) -> str:
 
 def finish_run(
     trainer: Trainer,
-    metrics: GenerationMetrics,
-    data: ClassificationData,
+    metrics: GenerationMetrics | TextGenerationMetrics,
+    data: ClassificationData | TextData,
     *,
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -641,20 +736,21 @@ def finish_run(
 ) -> dict[str, Any]:
     """Evaluate the final (or best) adapter, then write the run's outputs into ``output_dir``:
 
-    ``eval_results.json``, ``predictions.csv`` (the validation rows), ``adapter/`` (adapter + model card +
-    ``softprompt_hf.json``, + the tokenizer where it is not the base model's; written atomically) and, when the
-    data has unlabelled rows,
+    ``eval_results.json``, ``predictions.csv`` (the validation rows: text, gold and predicted label; for a free-text
+    task, text, reference and output), ``adapter/`` (adapter + model card + ``softprompt_hf.json``, + the tokenizer
+    where it is not the base model's; written atomically) and, when the data has unlabelled rows,
     ``raft_submission.csv``. ``repo_id`` is the Hub repository the folder will be pushed to, if any (the
     card's usage example loads it from there; a push elsewhere renders the card again from the inputs kept in
     ``softprompt_hf.json``). Returns the final validation metrics.
     """
     results = trainer.evaluate()
     model: Any = trainer.model
-    unlabeled = data.unlabeled if predict_unlabeled else None
+    classification = isinstance(data, ClassificationData) and isinstance(metrics, GenerationMetrics)
+    unlabeled = data.unlabeled if classification and predict_unlabeled else None  # type: ignore[union-attr]
     predicted: list[str | None] = []
     if unlabeled is not None and len(unlabeled) > 0:
         # Every process takes part: GenerationMetrics splits the rows between the processes and gathers them.
-        predicted = [p.predicted for p in metrics.predict(model, list(unlabeled[data.text_column]))]
+        predicted = [p.predicted for p in metrics.predict(model, list(unlabeled[data.text_column]))]  # type: ignore
     output_dir = Path(str(trainer.args.output_dir))
     # Under FSDP2 every process gathers the soft prompt's modules for the main process to save them.
     with gathered_root(model):
@@ -669,10 +765,10 @@ def finish_run(
             base_model_id=model_args.base_model_id,
             card=_model_card(trainer, metrics, data, model_args, data_args, results),
             repo_id=str(repo_id) if repo_id is not None else None,
-            class_names=list(data.class_names),
-            eval_mode=metrics.mode,
+            class_names=list(data.class_names) if isinstance(data, ClassificationData) else None,
+            eval_mode=metrics.mode if isinstance(metrics, GenerationMetrics) else None,
         )
-    if predicted:
+    if predicted and isinstance(data, ClassificationData):
         assert unlabeled is not None
         ids = list(unlabeled[data.id_column]) if data.id_column else list(range(len(predicted)))
         # RAFT wants a class for every row: outputs that match no label get the training data's majority class
@@ -690,8 +786,8 @@ def _jsonable(value: Any) -> bool:
 
 def _model_card(
     trainer: Trainer,
-    metrics: GenerationMetrics,
-    data: ClassificationData,
+    metrics: GenerationMetrics | TextGenerationMetrics,
+    data: ClassificationData | TextData,
     model_args: ModelArguments,
     data_args: DataArguments,
     results: dict[str, Any],
@@ -712,8 +808,8 @@ def _model_card(
     return collector.card_data(
         trainer.model,
         metrics=results,
-        labels=list(data.classes),
+        labels=list(data.classes) if isinstance(data, ClassificationData) else None,
         template=data_args.template,
-        text_column=data.text_column,
+        text_column=_text_column(data, data_args),
         label_tokenization=_label_tokenization(data_args),
     )

@@ -268,6 +268,7 @@ def save_adapter(
     prompt template), ``text_column`` (the column the model was trained on, which fills ``{text_column}``),
     ``label_tokenization`` (where the prompt ends and the label begins, ``joint`` or ``separate``: see
     ``PromptTemplate``; always written, and a folder without it was trained with ``separate``),
+    ``task`` (``classification`` or ``text``: labels, or free text generated up to ``max_new_tokens``),
     ``class_names`` (the dataset's class names, when its label column holds integers), ``eval_mode``
     (``generate``, ``rank`` or ``constrained``), ``tokenizer`` (``TOKENIZER_KEY``: ``"base_model"``, the base model's
     own tokenizer, not in the folder; ``"adapter"``, the folder's) and ``card`` (``CARD_KEY``: the ``ModelCardInputs``
@@ -355,6 +356,8 @@ def save_adapter(
             template=data.template,
             text_column=data.text_column,
             label_tokenization=data.label_tokenization,
+            task=data.task,
+            max_new_tokens=data.max_new_tokens,
             **{CARD_KEY: data.to_dict()},
         )
     # Predict must continue the prompt as training did: a folder always says how (one without the key is older).

@@ -250,6 +250,7 @@ OUT_OF_RANGE = {
     # DataArguments
     "validation_size": "-0.1",
     "max_length": "0",
+    "max_target_length": "1",
     "max_train_samples": "0",
     # SoftPromptArguments
     "num_virtual_tokens": "0",
