@@ -31,9 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "predict",
-        help="Label texts with a saved soft-prompt adapter.",
+        help="Label texts, or generate free text, with a saved soft-prompt adapter.",
         description="Label texts (--text, --input file, or lines on stdin) with an adapter given by Hub id or "
-        "local folder. Labels, template and text column default to the adapter's softprompt_hf.json.",
+        "local folder, or, with a free-text adapter, generate text after each (a template of named columns reads "
+        "them from --input). Labels, template, text column and length default to the adapter's softprompt_hf.json.",
     )
     run.add_argument("adapter", help="Hub id (namespace/name) or local folder of the adapter.")
     source = run.add_mutually_exclusive_group()
@@ -56,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Where the prompt ends and the label begins: joint or separate (default: the adapter's).",
     )
     run.add_argument("--max-prompt-tokens", type=int, help="Truncate texts so that prompts fit.")
+    run.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="A free-text adapter: the most tokens generated per input (default: the adapter's, else 64).",
+    )
     run.add_argument("--base-model", help="Local path (or Hub id) of the base model, e.g. an offline copy.")
     run.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available).")
     run.add_argument("--output", help="Write predictions to this .csv or .jsonl file (default: stdout).")

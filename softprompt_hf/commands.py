@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .evaluation import Prediction
+from .evaluation import Prediction, TextPrediction
 from .hub import HubPushError, push_adapter_folder
 from .metrics import write_csv_rows, write_predictions
-from .predict import AdapterLoadError, load_adapter, predict, read_texts
+from .predict import AdapterLoadError, load_adapter, predict, read_rows, read_texts
+from .prompt import DEFAULT_TEMPLATE, PromptTemplate
 from .real import ACLSUM_INSTALL, GEMMA_NOTICE, ExtraNotInstalledError, prepare_real
 from .runner import user_error_message
 
@@ -74,7 +75,25 @@ def _predict(args: argparse.Namespace) -> int:
     if not args.text and not reading_file and sys.stdin.isatty():
         raise ValueError("No texts: pass --text, --input FILE, or pipe one text per line to stdin.")
     adapter = load_adapter(args.adapter, base_model=args.base_model, device=args.device)
-    if args.text:
+    text_task = adapter.settings.get("task") == "text"
+    if not text_task and args.max_new_tokens is not None:
+        raise ValueError(
+            "--max-new-tokens is for a free-text adapter; this one labels texts (its labels set the length)."
+        )
+    template = PromptTemplate(
+        args.template or adapter.settings.get("template") or DEFAULT_TEMPLATE,
+        args.text_column or adapter.settings.get("text_column") or "text",
+    )
+    texts: list[Any]
+    if text_task and template.fields != ("text",):
+        # A template of named columns reads rows: each input row's columns fill its fields.
+        if not reading_file:
+            raise ValueError(
+                f"This adapter's template {template.template!r} reads the columns {list(template.columns)}: pass "
+                "--input with a CSV, JSONL or parquet file holding them."
+            )
+        texts, ids = read_rows(args.input, columns=template.columns, id_column=args.id_column)
+    elif args.text:
         texts, ids = list(args.text), None
     elif reading_file:
         # The file's text column: --text-column, else the one the adapter was trained on, else its only column.
@@ -95,6 +114,7 @@ def _predict(args: argparse.Namespace) -> int:
         label_tokenization=args.label_tokenization,
         ids=ids,
         max_prompt_tokens=args.max_prompt_tokens,
+        max_new_tokens=args.max_new_tokens,
     )
     rows = [_row(p, with_id=ids is not None) for p in predictions]
     if args.output:
@@ -167,13 +187,13 @@ def _read_file(path: str, text_column: str | None, trained_column: str | None, i
             raise err from None
 
 
-def _row(prediction: Prediction, with_id: bool) -> dict[str, Any]:
+def _row(prediction: Prediction | TextPrediction, with_id: bool) -> dict[str, Any]:
     row = dataclasses.asdict(prediction)
-    row.pop("gold")
+    row.pop("gold" if isinstance(prediction, Prediction) else "reference")
     if not with_id:
         row.pop("id")
     else:
         row = {"id": row.pop("id"), **row}
-    if row["scores"] is None:
+    if row.get("scores", 0) is None:
         row.pop("scores")
     return row

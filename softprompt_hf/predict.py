@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -29,18 +29,21 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from ._decoding import label_outputs
+from ._decoding import generate_label_ids, label_outputs
 from ._upstream import prompt_learning_shapes, route_prefix_cache_argument
 from .card import is_local_path
 from .constants import MODES
 from .data import _utf8_problem
-from .evaluation import Prediction
+from .evaluation import Prediction, TextPrediction
 from .generate import enable_soft_prompt_generate, fixes_generate
 from .metrics import check_label_set, match_label
-from .prompt import DEFAULT_TEMPLATE, SAVED_WITHOUT_LABEL_TOKENIZATION, PromptTemplate
+from .prompt import DEFAULT_TEMPLATE, SAVED_WITHOUT_LABEL_TOKENIZATION, PromptInput, PromptTemplate
 from .saving import INFERENCE_CONFIG_NAME, TOKENIZER_FROM_BASE, TOKENIZER_KEY
 
-__all__ = ["AdapterLoadError", "LoadedAdapter", "load_adapter", "predict", "read_texts"]
+__all__ = ["AdapterLoadError", "LoadedAdapter", "load_adapter", "predict", "read_rows", "read_texts"]
+
+#: What a free-text adapter generates at most when neither the call nor its softprompt_hf.json says.
+DEFAULT_MAX_NEW_TOKENS = 64
 
 logger = logging.get_logger(__name__)
 
@@ -157,7 +160,7 @@ def load_adapter(
 
 def predict(
     adapter: str | os.PathLike[str] | LoadedAdapter | PeftModel,
-    texts: Sequence[str],
+    texts: Sequence[PromptInput],
     *,
     mode: str = "generate",
     labels: Sequence[str] | None = None,
@@ -171,13 +174,16 @@ def predict(
     tokenizer: PreTrainedTokenizerBase | None = None,
     base_model: str | None = None,
     device: str | None = None,
-) -> list[Prediction]:
-    """Labels ``texts`` with a soft-prompt adapter.
+    task: str | None = None,
+    max_new_tokens: int | None = None,
+) -> list[Prediction] | list[TextPrediction]:
+    """Labels ``texts`` with a soft-prompt adapter, or, for a free-text adapter, generates text after each.
 
     Args:
         adapter: A Hub id or local folder (loaded with :func:`load_adapter`), a ``LoadedAdapter``, or an
             in-memory ``PeftModel`` (then pass ``tokenizer``).
-        texts: The texts to label.
+        texts: The texts to label; or rows (mappings of column names to values) holding the template's columns, for
+            a template with fields other than ``{text}``.
         mode: ``"generate"`` (greedy decoding of the label with the model's ``generate()``, made right for soft
             prompts by :func:`~softprompt_hf.enable_soft_prompt_generate` for the call, prompts padded on the left:
             :func:`~softprompt_hf.generate_labels` with ``use_generate=True``; the output is matched to the label
@@ -200,9 +206,16 @@ def predict(
         tokenizer: Needed with an in-memory model.
         base_model: Local path or Hub id of the base model, overriding the adapter's (see :func:`load_adapter`).
         device: Device for a model loaded here.
+        task: ``"classification"`` or ``"text"``; default: the adapter's ``softprompt_hf.json`` (``task``), else
+            classification. A free-text adapter generates text with the model's ``generate()`` (greedy, made right
+            for soft prompts; :func:`~softprompt_hf.generate_texts` with ``use_generate=True``), ``mode`` must be
+            ``"generate"``, and ``labels`` are not used.
+        max_new_tokens: Free text: the most tokens generated per row, EOS included; default: the adapter's
+            (the run's evaluation budget), else 64.
 
     Returns:
-        One ``Prediction`` per text (``gold`` is ``None``).
+        One ``Prediction`` per text (``gold`` is ``None``); for a free-text adapter one ``TextPrediction`` (the
+        text, its output and how many tokens it took; ``reference`` is ``None``).
 
     Example:
 
@@ -222,6 +235,8 @@ def predict(
     if ids is not None and len(ids) != len(texts):
         raise ValueError(f"Got {len(ids)} ids for {len(texts)} texts; pass one id per text.")
     for i, text in enumerate(texts):
+        if isinstance(text, Mapping):
+            continue  # a row: the template checks its columns
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"Text {i} is {text!r}; every text must be a non-empty string.")
     if isinstance(adapter, str | os.PathLike):
@@ -232,6 +247,28 @@ def predict(
         model, settings = adapter, {}
         if tokenizer is None:
             raise ValueError("predict with an in-memory model needs its tokenizer: pass tokenizer=...")
+    task = task or settings.get("task") or "classification"
+    if task == "text":
+        return _generate_texts(
+            model,
+            tokenizer,
+            list(texts),
+            settings,
+            mode=mode,
+            template=template,
+            text_column=text_column,
+            label_tokenization=label_tokenization,
+            saved=isinstance(adapter, LoadedAdapter),
+            max_new_tokens=max_new_tokens,
+            max_prompt_tokens=max_prompt_tokens,
+            ids=ids,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+    if task != "classification":
+        raise ValueError(f"task={task!r}: choose 'classification' or 'text'.")
+    if any(isinstance(text, Mapping) for text in texts):
+        raise ValueError("A classification adapter labels texts (strings); pass the text of each row.")
     labels = labels or settings.get("labels")
     if not labels:
         raise ValueError(
@@ -248,12 +285,12 @@ def predict(
         text_column or settings.get("text_column") or "Tweet text",
         label_tokenization,
     )
-    texts = list(texts)
+    strings = [str(text) for text in texts]  # checked above: no rows here
     outputs, scores = label_outputs(
         mode,
         model,
         tokenizer,
-        texts,
+        strings,
         labels,
         use_generate=True,
         template=prompt,
@@ -261,11 +298,103 @@ def predict(
         batch_size=batch_size,
         show_progress=show_progress,
     )
-    row_ids = list(ids) if ids is not None else [None] * len(texts)
+    row_ids = list(ids) if ids is not None else [None] * len(strings)
     return [
         Prediction(text=t, gold=None, predicted=match_label(o, labels), output=o, scores=s, id=i)
-        for t, o, s, i in zip(texts, outputs, scores, row_ids, strict=True)
+        for t, o, s, i in zip(strings, outputs, scores, row_ids, strict=True)
     ]
+
+
+def _generate_texts(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[PromptInput],
+    settings: dict[str, Any],
+    *,
+    mode: str,
+    template: str | None,
+    text_column: str | None,
+    label_tokenization: str | None,
+    saved: bool,
+    max_new_tokens: int | None,
+    max_prompt_tokens: int | None,
+    ids: Sequence[Any] | None,
+    batch_size: int,
+    show_progress: bool,
+) -> list[TextPrediction]:
+    """``predict`` for a free-text adapter: the generated text after each input, through the fixed ``generate()``."""
+    if mode != "generate":
+        raise ValueError(
+            f"mode={mode!r} scores labels; this adapter writes free text (task 'text'): use mode='generate' "
+            "(CLI: leave --mode out)."
+        )
+    budget = max_new_tokens or settings.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
+    if budget < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {budget}.")
+    if label_tokenization is None:
+        label_tokenization = settings.get("label_tokenization", SAVED_WITHOUT_LABEL_TOKENIZATION if saved else "joint")
+    prompt = PromptTemplate(
+        template or settings.get("template") or DEFAULT_TEMPLATE,
+        text_column or settings.get("text_column") or "text",
+        label_tokenization,
+    )
+    generated = generate_label_ids(
+        model,
+        tokenizer,
+        texts,
+        template=prompt,
+        max_new_tokens=budget,
+        max_prompt_tokens=max_prompt_tokens,
+        batch_size=batch_size,
+        show_progress=show_progress,
+        use_generate=True,
+        description="Generating texts",
+    )
+    eos = tokenizer.eos_token_id
+    outputs = [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]
+    row_ids = list(ids) if ids is not None else [None] * len(texts)
+    return [
+        TextPrediction(
+            text=_shown_text(source, prompt),
+            reference=None,
+            output=output,
+            tokens=len(row) - (bool(row) and row[-1] == eos),
+            id=row_id,
+        )
+        for source, output, row, row_id in zip(texts, outputs, generated, row_ids, strict=True)
+    ]
+
+
+def _shown_text(source: PromptInput, prompt: PromptTemplate) -> str:
+    """What a prediction shows as its text: the text, or a row's text column, else the template's cut field."""
+    if isinstance(source, str):
+        return source
+    column = prompt.text_column if prompt.text_column in source else prompt.columns[-1]
+    return str(source[column])
+
+
+def read_rows(
+    path: str | os.PathLike[str], *, columns: Sequence[str], id_column: str | None = None
+) -> tuple[list[dict[str, Any]], list[Any] | None]:
+    """Reads rows holding ``columns`` (a template's) from a CSV, JSONL or parquet file, for a template with fields
+    other than ``{text}``: each row a mapping of those columns to their values (strings in a CSV).
+
+    Returns:
+        The rows, and the ids (``None`` without ``id_column``).
+    """
+    frame = _read_frame(path, text_column=None)
+    found = [str(c) for c in frame.columns]
+    missing = [name for name in (*columns, *([id_column] if id_column else [])) if name not in found]
+    if missing:
+        raise ValueError(
+            f"{str(path)!r} has no column(s) {missing}, which the adapter's template reads; its columns are {found}."
+        )
+    rows = [
+        {column: _plain(value) for column, value in zip(columns, values, strict=True)}
+        for values in frame[list(columns)].itertuples(index=False, name=None)
+    ]
+    ids = [_plain(v) for v in frame[id_column].tolist()] if id_column else None
+    return rows, ids
 
 
 def read_texts(
@@ -287,6 +416,27 @@ def read_texts(
     if not isinstance(source, str | os.PathLike):
         texts = [line.rstrip("\r\n") for line in source]
         return [t for t in texts if t.strip()], None
+    frame = _read_frame(source, text_column)
+    path = Path(source)
+    columns = [str(c) for c in frame.columns]
+    if text_column is None:
+        if len(columns) != 1:
+            raise ValueError(f"{str(path)!r} has columns {columns}: choose the text column (--text-column).")
+        text_column = columns[0]
+    for name in (text_column, id_column):
+        if name is not None and name not in columns:
+            raise ValueError(f"{str(path)!r} has no column {name!r}; its columns are {columns}.")
+    texts = frame[text_column].tolist()
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"Row {i} of {str(path)!r} has {text!r} in {text_column!r}; texts must be non-empty.")
+    ids = [_plain(v) for v in frame[id_column].tolist()] if id_column else None
+    return texts, ids
+
+
+def _read_frame(source: str | os.PathLike[str], text_column: str | None) -> Any:
+    """A CSV, JSONL or parquet file as a pandas frame with at least one row (CSV cells as strings: an empty cell is
+    "", not NaN; with ``text_column``, only that column is read as strings)."""
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"No such input file: {str(path)!r}.")
@@ -318,20 +468,7 @@ def read_texts(
         raise ValueError(f"Cannot read {str(path)!r} as a {extension[1:]} file: {_first_line(err)}.") from err
     if frame.empty:
         raise ValueError(f"{str(path)!r} has no rows: add one row per text to label.")
-    columns = [str(c) for c in frame.columns]
-    if text_column is None:
-        if len(columns) != 1:
-            raise ValueError(f"{str(path)!r} has columns {columns}: choose the text column (--text-column).")
-        text_column = columns[0]
-    for name in (text_column, id_column):
-        if name is not None and name not in columns:
-            raise ValueError(f"{str(path)!r} has no column {name!r}; its columns are {columns}.")
-    texts = frame[text_column].tolist()
-    for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"Row {i} of {str(path)!r} has {text!r} in {text_column!r}; texts must be non-empty.")
-    ids = [_plain(v) for v in frame[id_column].tolist()] if id_column else None
-    return texts, ids
+    return frame
 
 
 def _load_tokenizer(source: str, base: str, settings: dict[str, Any], token: str | None) -> PreTrainedTokenizerBase:
