@@ -291,10 +291,41 @@ CASES = [
         r"validation_size=0.9999 asks for .* Use a smaller validation_size",
     ),
     Case(
-        "template without {text}",
+        "template field no column holds",
         "recipe",
         lambda c: ["--template", "Tweet: {tweet} Label : "],
         r"reads the column\(s\) \['tweet'\], not found in the training data \(columns: \[",
+    ),
+    # Free-text targets (--task text)
+    Case(
+        "free-text task without a target column",
+        "recipe",
+        lambda c: [
+            "--task",
+            "text",
+            *_files(c, "rows.csv", write=_csv(pd.DataFrame({"Tweet text": ["hi"], "reply": ["ok"]}))),
+        ],
+        r"--task text needs --target_column: the column holding the reference text",
+    ),
+    Case(
+        "free-text target empty",
+        "recipe",
+        lambda c: [
+            *_files(
+                c, "rows.csv", write=_csv(pd.DataFrame({"Tweet text": ["hi", "hello"] * 4, "reply": ["ok", ""] * 4}))
+            ),
+            "--target_column",
+            "reply",
+            "--template",
+            "Tweet : {text} Reply : ",
+        ],
+        r"reply.*(empty|missing).*row",
+    ),
+    Case(
+        "unknown text metric",
+        "recipe",
+        lambda c: [*_files(c, "rows.csv"), "--target_column", "reply", "--text_metrics", "rouge,meteor"],
+        r"--text_metrics rouge,meteor: unknown metric\(s\) \['meteor'\]; choose among rouge, bleu, chrf, exact_match",
     ),
     # Configuration
     Case(
