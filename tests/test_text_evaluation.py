@@ -167,3 +167,18 @@ def test_max_new_tokens_defaults_to_the_longest_reference(tokenizer):
     metrics = TextGenerationMetrics(tokenizer, rows, **COLUMNS)
     template = PromptTemplate(COLUMNS["template"], COLUMNS["text_column"])
     assert metrics.max_new_tokens == len(template.encode_target(tokenizer, rows[1]["summary"]))
+
+
+def test_evaluate_combine_of_a_shipped_and_a_users_metric_inside_the_trainer(tmp_path, tokenizer):
+    model = tiny_soft_prompt_model(tokenizer, "llama", "p_tuning")
+    eval_rows = text_rows(4, start=50)
+    combined = evaluate.combine([Rouge(rouge_types=["rougeL"]), WordCount()])
+    metrics = TextGenerationMetrics(tokenizer, eval_rows, metrics=combined, max_new_tokens=6, **COLUMNS)
+    trainer = trainer_for(model, tokenizer, tmp_path, metrics, text_rows(8), eval_rows, max_steps=2)
+    results = trainer.evaluate()
+    outputs = [p.output for p in metrics.last_predictions]
+    assert results["eval_rougeL"] == pytest.approx(
+        Rouge().compute(predictions=outputs, references=[SUMMARY] * 4)["rougeL"]
+    )
+    assert results["eval_words"] == pytest.approx(np.mean([len(o.split()) for o in outputs]))
+    assert results["eval_per_row"] == 2.0 and "eval_tag" not in results
