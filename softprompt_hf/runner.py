@@ -60,7 +60,7 @@ from .label_logits import enable_label_only_logits
 from .methods import build_soft_prompt_model
 from .metrics import write_predictions, write_raft_submission
 from .prompt import PromptTemplate
-from .real import ExtraNotInstalledError, load_bbc_news
+from .real import ExtraNotInstalledError, load_aclsum, load_bbc_news
 from .saving import atomic_write_json, save_adapter
 from .sharding import gathered_root
 from .shared_prompt import enable_shared_prompt
@@ -234,10 +234,14 @@ def _load_data(data_args: DataArguments, seed: int) -> ClassificationData | Text
 def _load_text(data_args: DataArguments, seed: int) -> TextData:
     """``--task text``: the text-to-text files, the template's columns as sources; the id column kept when the data
     has it; ``--max_train_samples`` a seeded random subset of the train rows, in their order."""
+    prompt = PromptTemplate(data_args.template, data_args.text_column or "text")
+    if data_args.dataset == "aclsum":
+        sources = [name.strip() for name in data_args.aclsum_source.split(",") if name.strip()]
+        data = load_aclsum(data_args.aclsum_aspect, sources)  # its own splits: train, val (validation), test
+        return _train_subset(data, data_args.max_train_samples, seed)
     files = {split: path for split, path in (("train", data_args.train_file), ("test", data_args.test_file)) if path}
     if "train" not in files:
         raise ValueError("--task text needs --train_file: the rows with the source column(s) and --target_column.")
-    prompt = PromptTemplate(data_args.template, data_args.text_column or "text")
     if "text" in prompt.fields and data_args.text_column is None:
         raise ValueError(
             f"The template {data_args.template!r} reads {{text}}: give --text_column (the column it reads), or "
@@ -259,7 +263,11 @@ def _load_text(data_args: DataArguments, seed: int) -> TextData:
         ) from err
     if data_args.id_column is not None and data_args.id_column in data.train.column_names:
         data = replace(data, id_column=data_args.id_column)
-    wanted = data_args.max_train_samples
+    return _train_subset(data, data_args.max_train_samples, seed)
+
+
+def _train_subset(data: TextData, wanted: int | None, seed: int) -> TextData:
+    """``--max_train_samples``: a seeded random subset of the train rows, in their order."""
     if wanted is not None and wanted < len(data.train):
         keep = sorted(np.random.default_rng(seed).choice(len(data.train), size=wanted, replace=False).tolist())
         data = replace(data, train=data.train.select(keep))

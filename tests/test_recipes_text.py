@@ -221,3 +221,26 @@ def test_the_cli_refuses_what_a_text_adapter_cannot_do(trained, tmp_path, extra,
     assert main(["predict", str(trained / "adapter"), *extra, "--device", "cpu"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and re.search(match, err), err
+
+
+def test_a_recipe_trains_on_aclsum_with_its_own_splits_and_template(tmp_path, capsys, restore_recipe_logging):
+    from softprompt_hf.arguments import ACLSUM_TEMPLATE
+    from softprompt_hf.real import ACLSUM_INSTALL, ExtraNotInstalledError, load_aclsum
+
+    try:
+        validation = load_aclsum("approach").validation
+    except ExtraNotInstalledError:
+        pytest.skip(f"ACLSum is not installed ({ACLSUM_INSTALL})")
+    output_dir = tmp_path / "out"
+    argv = [
+        "--dataset", "aclsum", "--aclsum_aspect", "approach", "--max_train_samples", "4", "--max_length", "96",
+        "--max_target_length", "8", "--output_dir", str(output_dir), "--num_train_epochs", "1", "--use_cpu", "true",
+        "--disable_tqdm", "true", "--num_virtual_tokens", "4", "--prompt_tuning_init", "RANDOM",
+    ]  # fmt: skip
+    assert runner.run_recipe(recipe("prompt_tuning").main, argv) == 0, capsys.readouterr().err[-3000:]
+    with (output_dir / "predictions.csv").open(encoding="utf-8") as file:
+        predictions = list(csv.DictReader(file))
+    assert [row["reference"] for row in predictions] == list(validation["summary"])  # the wheel's val split, whole
+    assert [row["id"] for row in predictions] == list(validation["id"])
+    settings = json.loads((output_dir / "adapter" / "softprompt_hf.json").read_text())
+    assert settings["task"] == "text" and settings["template"] == ACLSUM_TEMPLATE
