@@ -261,7 +261,7 @@ class GenerationMetrics(_TrainerMetrics):
         outputs, scores = self._score(model, list(texts))
         return [
             Prediction(
-                text=_shown(t, self._prompt), gold=None, predicted=match_label(o, self.labels), output=o, scores=s
+                text=self._prompt.source_text(t), gold=None, predicted=match_label(o, self.labels), output=o, scores=s
             )
             for t, o, s in zip(texts, outputs, scores, strict=True)
         ]
@@ -431,7 +431,7 @@ class TextGenerationMetrics(_TrainerMetrics):
         distributed run every process must call it."""
         outputs, lengths = self._generate(model, list(texts))
         return [
-            TextPrediction(text=_shown(t, self._prompt), reference=None, output=o, tokens=n)
+            TextPrediction(text=self._prompt.source_text(t), reference=None, output=o, tokens=n)
             for t, o, n in zip(texts, outputs, lengths, strict=True)
         ]
 
@@ -560,14 +560,6 @@ def prompt_sources(records: Sequence[Mapping[str, Any]], prompt: PromptTemplate,
 def shown_column(records: Sequence[Mapping[str, Any]], prompt: PromptTemplate) -> str:
     """The column whose value a prediction shows as its text: the text column, or else the template's cut field."""
     return prompt.text_column if prompt.text_column in records[0] else prompt.columns[-1]
-
-
-def _shown(source: PromptInput, prompt: PromptTemplate) -> str:
-    """A source as a prediction shows it: the text, or a row's text column (else the template's cut field)."""
-    if isinstance(source, str):
-        return source
-    column = prompt.text_column if prompt.text_column in source else prompt.columns[-1]
-    return str(source[column])
 
 
 def _prediction_rows(eval_prediction: Any) -> int | None:

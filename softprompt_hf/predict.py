@@ -355,7 +355,7 @@ def _generate_texts(
     row_ids = list(ids) if ids is not None else [None] * len(texts)
     return [
         TextPrediction(
-            text=_shown_text(source, prompt),
+            text=prompt.source_text(source),
             reference=None,
             output=output,
             tokens=len(row) - (bool(row) and row[-1] == eos),
@@ -363,14 +363,6 @@ def _generate_texts(
         )
         for source, output, row, row_id in zip(texts, outputs, generated, row_ids, strict=True)
     ]
-
-
-def _shown_text(source: PromptInput, prompt: PromptTemplate) -> str:
-    """What a prediction shows as its text: the text, or a row's text column, else the template's cut field."""
-    if isinstance(source, str):
-        return source
-    column = prompt.text_column if prompt.text_column in source else prompt.columns[-1]
-    return str(source[column])
 
 
 def read_rows(

@@ -190,6 +190,14 @@ class PromptTemplate:
             filled[field_name] = value if isinstance(value, str) else str(value)
         return filled
 
+    def source_text(self, source: PromptInput) -> str:
+        """What a prediction shows as the text of ``source``: the text itself, or a row's text column, else the value
+        of its :attr:`cut_field` column (a template of named columns)."""
+        if isinstance(source, str):
+            return source
+        column = self.text_column if self.text_column in source else self.columns[-1]
+        return str(source[column])
+
     def render(self, source: PromptInput) -> str:
         """Returns the template filled with ``source`` (a text, or a row: see :meth:`values`)."""
         return self._format(self.values(source))

@@ -28,11 +28,10 @@ def recipe(method: str):
     return module
 
 
-@pytest.fixture
-def replies(tmp_path) -> Path:
-    path = tmp_path / "replies.jsonl"
+def write_replies(path: Path, rows: int) -> Path:
+    """A JSONL file of tweets to companies and the reply to each: the free-text task of these tests."""
     with path.open("w", encoding="utf-8") as file:
-        for i in range(40):
+        for i in range(rows):
             company, issue = COMPANIES[i % 4], ISSUES[i % 4]
             row = {
                 "ID": i,
@@ -42,6 +41,11 @@ def replies(tmp_path) -> Path:
             }
             file.write(json.dumps(row) + "\n")
     return path
+
+
+@pytest.fixture
+def replies(tmp_path) -> Path:
+    return write_replies(tmp_path / "replies.jsonl", 40)
 
 
 def text_argv(replies: Path, output_dir: Path, *extra: str) -> list[str]:
@@ -153,17 +157,7 @@ def test_bad_text_task_input_gets_one_error_line(tmp_path, replies, argv, match,
 def trained(tmp_path_factory) -> Path:
     """A prefix-tuning free-text adapter trained by the recipe (module-wide: the CLI tests share it)."""
     folder = tmp_path_factory.mktemp("text_run")
-    path = folder / "replies.jsonl"
-    with path.open("w", encoding="utf-8") as file:
-        for i in range(24):
-            company, issue = COMPANIES[i % 4], ISSUES[i % 4]
-            row = {
-                "ID": i,
-                "company": company,
-                "tweet": f"@{company} {issue} #{i}",
-                "reply": f"Sorry {company} is on it",
-            }
-            file.write(json.dumps(row) + "\n")
+    path = write_replies(folder / "replies.jsonl", 24)
     import logging
 
     from transformers.utils import logging as hf_logging
