@@ -753,12 +753,12 @@ def finish_run(
     """
     results = trainer.evaluate()
     model: Any = trainer.model
-    classification = isinstance(data, ClassificationData) and isinstance(metrics, GenerationMetrics)
-    unlabeled = data.unlabeled if classification and predict_unlabeled else None  # type: ignore[union-attr]
-    predicted: list[str | None] = []
-    if unlabeled is not None and len(unlabeled) > 0:
-        # Every process takes part: GenerationMetrics splits the rows between the processes and gathers them.
-        predicted = [p.predicted for p in metrics.predict(model, list(unlabeled[data.text_column]))]  # type: ignore
+    unlabeled, predicted = None, []
+    if isinstance(data, ClassificationData) and isinstance(metrics, GenerationMetrics) and predict_unlabeled:
+        unlabeled = data.unlabeled
+        if unlabeled is not None and len(unlabeled) > 0:
+            # Every process takes part: GenerationMetrics splits the rows between the processes and gathers them.
+            predicted = [p.predicted for p in metrics.predict(model, list(unlabeled[data.text_column]))]
     output_dir = Path(str(trainer.args.output_dir))
     # Under FSDP2 every process gathers the soft prompt's modules for the main process to save them.
     with gathered_root(model):
