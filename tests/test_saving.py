@@ -169,9 +169,10 @@ def test_every_folder_gets_the_card_rendered_from_the_data_in_its_one_settings_f
         eval_mode="rank",
     )
     settings = json.loads((target / INFERENCE_CONFIG_NAME).read_text())
-    expected = {"method", "base_model", "labels", "template", "text_column", "label_tokenization", "eval_mode"}
+    expected = {"method", "base_model", "labels", "template", "text_column", "label_tokenization", "eval_mode", "task"}
     assert set(settings) == expected | {"tokenizer", CARD_KEY}
     assert settings["method"] == "prompt_tuning" and settings["base_model"] == "org/base"
+    assert settings["task"] == "classification"  # what predict does with the folder: label, not write free text
     assert settings["label_tokenization"] == "joint"  # the collator's default, which predict then uses
     assert settings["labels"] == ["yes", "no"] and settings["template"] == DEFAULT_TEMPLATE
     card = ModelCard.load(target / "README.md")  # ours, not peft's generic card
