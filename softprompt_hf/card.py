@@ -332,7 +332,7 @@ class ModelCardCallback(TrainerCallback):
         }
         labels = getattr(generation_metrics, "labels", None)
         report = getattr(generation_metrics, "last_report", None)
-        text_task = _is_text_task(generation_metrics)
+        text_task = getattr(generation_metrics, "task", "classification") == "text"
         fields = {
             "labels": list(labels) if labels is not None else None,
             **trained,
@@ -481,12 +481,6 @@ def _first_texts(generation_metrics: Any) -> list[str] | None:
         head = [row.get(column) for row in list(rows)[:_NUM_EXAMPLE_TEXTS]]
     texts = [text for text in head if isinstance(text, str) and text.strip()]
     return texts or None
-
-
-def _is_text_task(generation_metrics: Any) -> bool:
-    from .evaluation import TextGenerationMetrics
-
-    return isinstance(generation_metrics, TextGenerationMetrics)
 
 
 def _first_rows(generation_metrics: Any) -> list[dict[str, str]] | None:

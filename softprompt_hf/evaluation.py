@@ -7,7 +7,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -191,6 +191,9 @@ class GenerationMetrics(_TrainerMetrics):
     ```
     """
 
+    #: What the targets are (``softprompt_hf.constants.TASKS``): what the card and softprompt_hf.json record.
+    task: ClassVar[str] = "classification"
+
     tokenizer: PreTrainedTokenizerBase
     labels: Sequence[str]
     eval_rows: Any
@@ -237,7 +240,7 @@ class GenerationMetrics(_TrainerMetrics):
                 )
             gold.append(matched)
         ids = [record[self.id_column] for record in records] if self.id_column else [None] * len(records)
-        self._shown_column = shown_column(records, self._prompt)
+        self._shown_column = self._prompt.source_column(records[0])
         return [str(record[self._shown_column]) for record in records], gold, ids
 
     # -- Scoring ---------------------------------------------------------------------------------
@@ -362,6 +365,8 @@ class TextGenerationMetrics(_TrainerMetrics):
     ```
     """
 
+    task: ClassVar[str] = "text"
+
     tokenizer: PreTrainedTokenizerBase
     eval_rows: Any
     text_column: str = "Tweet text"
@@ -399,7 +404,7 @@ class TextGenerationMetrics(_TrainerMetrics):
                 )
             self._references.append(reference)
         self._ids = [record[self.id_column] for record in records] if self.id_column else [None] * len(records)
-        self._shown_column = shown_column(records, self._prompt)
+        self._shown_column = self._prompt.source_column(records[0])
         self._texts = [str(record[self._shown_column]) for record in records]
         if self.max_new_tokens is None:
             self.max_new_tokens = max(len(self._prompt.encode_target(self.tokenizer, r)) for r in self._references)
@@ -555,11 +560,6 @@ def prompt_sources(records: Sequence[Mapping[str, Any]], prompt: PromptTemplate,
             prompt.values(row)  # a None in a field is refused here, with the row's column named
             sources.append(row)
     return sources
-
-
-def shown_column(records: Sequence[Mapping[str, Any]], prompt: PromptTemplate) -> str:
-    """The column whose value a prediction shows as its text: the text column, or else the template's cut field."""
-    return prompt.text_column if prompt.text_column in records[0] else prompt.columns[-1]
 
 
 def _prediction_rows(eval_prediction: Any) -> int | None:

@@ -9,6 +9,7 @@ Where the prompt ends and the label begins is the template's ``label_tokenizatio
 
 from __future__ import annotations
 
+import functools
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -133,7 +134,7 @@ class PromptTemplate:
                 "as the seed guide and older softprompt_hf runs did)."
             )
 
-    @property
+    @functools.cached_property
     def fields(self) -> tuple[str, ...]:
         """The template's input fields in order of first appearance (``{text_column}``, a name, is not one)."""
         names: list[str] = []
@@ -195,8 +196,12 @@ class PromptTemplate:
         of its :attr:`cut_field` column (a template of named columns)."""
         if isinstance(source, str):
             return source
-        column = self.text_column if self.text_column in source else self.columns[-1]
-        return str(source[column])
+        return str(source[self.source_column(source)])
+
+    def source_column(self, row: Mapping[str, Any]) -> str:
+        """The column of ``row`` whose value :meth:`source_text` shows: the text column where the row has it, else
+        the column of :attr:`cut_field`."""
+        return self.text_column if self.text_column in row else self.columns[-1]
 
     def render(self, source: PromptInput) -> str:
         """Returns the template filled with ``source`` (a text, or a row: see :meth:`values`)."""
