@@ -365,6 +365,14 @@ class SoftPromptTrainingArguments(TrainingArguments):
             "choices": MODES,
         },
     )
+    eval_loss: bool = field(
+        default=False,
+        metadata={
+            "help": "Also run the Trainer's loss pass over the eval rows at each evaluation, for eval_loss (on by "
+            "itself with --metric_for_best_model loss or --include_for_metrics loss). Off, an evaluation only "
+            "decodes: the metrics come from generation (softprompt_hf.GenerationMetrics.skip_loss_pass)."
+        },
+    )
     num_sample_predictions: int = field(default=4, metadata={"help": "Rows logged at each evaluation (0: none)."})
     early_stopping_patience: int | None = field(
         default=None,
@@ -407,6 +415,12 @@ class SoftPromptTrainingArguments(TrainingArguments):
                 "--max_steps."
             )
         super().__post_init__()
+        if not self.eval_loss and (
+            self.metric_for_best_model in ("loss", "eval_loss")
+            or "loss" in (self.include_for_metrics or [])
+            or self.prediction_loss_only
+        ):
+            self.eval_loss = True  # what these ask for is the loss pass's own output
 
 
 class RecipeArguments(NamedTuple):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import gather_object
-from transformers import PreTrainedTokenizerBase, TrainerCallback
+from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers.trainer_pt_utils import find_batch_size
 from transformers.utils import logging
 
 from ._decoding import check_generation_kwargs, generate_label_ids, label_outputs
@@ -51,6 +52,7 @@ class _TrainerMetrics(TrainerCallback):
     _shown_column: str
     _show_progress: bool = True
     _trainer_eval_dataloader: Any = None
+    _best_metric_example: ClassVar[str] = "f1"  # what skip_loss_pass's error suggests instead of the loss
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
         raise NotImplementedError
@@ -63,6 +65,47 @@ class _TrainerMetrics(TrainerCallback):
             "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics,
             "callbacks": [self],
         }
+
+    def skip_loss_pass(self, trainer: Trainer) -> Trainer:
+        """Make ``trainer``'s evaluations decode only: no ``eval_loss``, and no model forward over the eval rows
+        before these metrics decode them. Returns ``trainer``.
+
+        ``Trainer.evaluate`` always runs its loss pass (one forward of every eval row, with the labels) before it
+        calls ``compute_metrics``, and these metrics then decode the same rows with generation: the loss pass is
+        work on top of the metrics. After this call the Trainer's per-batch step only counts the batch's rows for
+        ``compute_metrics`` (the metrics and ``num_samples`` stay the same; ``eval_samples_per_second`` becomes the
+        decoding's own rate). Everything else is the stock Trainer's: evaluation strategy, best-model selection
+        on these metrics, early stopping, logging, ``trainer.predict`` (which then returns no loss either).
+
+        Raises:
+            ValueError: If ``trainer`` does not use these metrics as its ``compute_metrics``, or if its
+                arguments ask for the loss (``metric_for_best_model="loss"``, ``include_for_metrics=["loss"]``
+                for ``eval_perplexity``, ``prediction_loss_only``): keep the loss pass for those.
+        """
+        if trainer.compute_metrics is not self:
+            raise ValueError(
+                f"skip_loss_pass: this Trainer's compute_metrics is not this {type(self).__name__}: build it with "
+                "Trainer(..., **metrics.trainer_kwargs()) first."
+            )
+        args = trainer.args
+        wants_loss = []
+        if args.metric_for_best_model in ("loss", "eval_loss"):
+            wants_loss.append(f"metric_for_best_model={args.metric_for_best_model!r}")
+        if "loss" in (args.include_for_metrics or []):
+            wants_loss.append("include_for_metrics=['loss'] (eval_perplexity)")
+        if args.prediction_loss_only:
+            wants_loss.append("prediction_loss_only=True")
+        if wants_loss:
+            raise ValueError(
+                f"skip_loss_pass: the Trainer's arguments ask for the eval loss ({', '.join(wants_loss)}), which "
+                "only the loss pass computes. Keep the loss pass (do not call skip_loss_pass), or choose a "
+                f"generated metric, e.g. metric_for_best_model={self._best_metric_example!r}."
+            )
+        if getattr(trainer, "_softprompt_hf_skips_loss_pass", False):
+            return trainer
+        trainer.prediction_step = _rows_only_step(trainer)  # type: ignore[method-assign]
+        trainer._softprompt_hf_skips_loss_pass = True  # type: ignore[attr-defined]
+        return trainer
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         if model is not None and self.model is None:
@@ -132,8 +175,9 @@ class GenerationMetrics(_TrainerMetrics):
 
     Plugged into the unmodified ``Trainer``, it adds ``eval_accuracy``, ``eval_f1`` (macro-F1, RAFT's
     metric) and ``eval_invalid_rate`` to ``trainer.evaluate()``, to the logs, and to what
-    ``metric_for_best_model`` and ``EarlyStoppingCallback`` can use; the eval loss still comes from the
-    Trainer's own loop. It is also a callback: the Trainer hands it the model when it is built.
+    ``metric_for_best_model`` and ``EarlyStoppingCallback`` can use; the eval loss comes from the Trainer's own
+    loss pass, which :meth:`skip_loss_pass` drops. It is also a callback: the Trainer hands it the model when it
+    is built.
 
     Modes:
 
@@ -359,6 +403,7 @@ class TextGenerationMetrics(_TrainerMetrics):
     >>> trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
     ...                   data_collator=SoftPromptDataCollator(tokenizer, **columns),
     ...                   **metrics.trainer_kwargs())  # doctest: +SKIP
+    >>> metrics.skip_loss_pass(trainer)  # evaluations decode only, no eval_loss  # doctest: +SKIP
     >>> trainer.evaluate()["eval_rougeL"]  # doctest: +SKIP
     0.41
 
@@ -366,6 +411,7 @@ class TextGenerationMetrics(_TrainerMetrics):
     """
 
     task: ClassVar[str] = "text"
+    _best_metric_example: ClassVar[str] = "rougeL"
 
     tokenizer: PreTrainedTokenizerBase
     eval_rows: Any
@@ -560,6 +606,26 @@ def prompt_sources(records: Sequence[Mapping[str, Any]], prompt: PromptTemplate,
             prompt.values(row)  # a None in a field is refused here, with the row's column named
             sources.append(row)
     return sources
+
+
+def _rows_only_step(trainer: Trainer) -> Callable[..., tuple[None, torch.Tensor, torch.Tensor]]:
+    """``trainer.prediction_step`` for evaluations that only decode (``skip_loss_pass``): no forward; a zero per
+    row of the batch as its predictions and labels, which is all the evaluation loop passes on to the metrics (it
+    counts them, and gathers them across processes as it gathers a forward's)."""
+
+    def prediction_step(
+        model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool, ignore_keys: Any = None
+    ) -> tuple[None, torch.Tensor, torch.Tensor]:
+        rows = find_batch_size(inputs)
+        if rows is None:
+            raise ValueError(
+                "skip_loss_pass: the eval batch has no tensor to count its rows by; evaluate with the loss pass "
+                "(do not call skip_loss_pass) for batches of this shape."
+            )
+        placeholder = torch.zeros(rows, device=trainer.args.device)
+        return None, placeholder, placeholder
+
+    return prediction_step
 
 
 def _prediction_rows(eval_prediction: Any) -> int | None:

@@ -140,7 +140,7 @@ def build_trainer(run: RecipeRun, peft_config: PeftConfig, init: SoftPromptInit 
     see ``build_soft_prompt_model``). The model gets the recipes' exact speed-ups (``--label_only_logits``,
     ``--shared_prompt``); the Trainer gets our collator (the run's template and length cap), the generation-based
     metrics, and the callbacks: refusals, checkpoints that resume exactly, the parameter summary, sample
-    predictions and early stopping.
+    predictions and early stopping. Its evaluations only decode, without the loss pass, unless ``--eval_loss``.
     """
     args = run.args
     base_model = AutoModelForCausalLM.from_pretrained(args.model.model_name_or_path)
@@ -160,6 +160,8 @@ def build_trainer(run: RecipeRun, peft_config: PeftConfig, init: SoftPromptInit 
         callbacks=_callbacks(run.metrics, args.training),
     )
     check_trainer(trainer)
+    if not args.training.eval_loss:
+        run.metrics.skip_loss_pass(trainer)  # evaluations decode only (--eval_loss keeps the loss pass)
     return trainer
 
 

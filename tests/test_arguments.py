@@ -79,6 +79,15 @@ def test_python_users_get_the_recipe_defaults(tmp_path):
     assert parsed == args
 
 
+@pytest.mark.parametrize(
+    "asks",
+    [{"metric_for_best_model": "loss", "greater_is_better": False}, {"include_for_metrics": ["loss"]}],
+)
+def test_the_eval_loss_is_on_where_the_arguments_ask_for_it(tmp_path, asks):
+    assert SoftPromptTrainingArguments(output_dir=str(tmp_path), use_cpu=True).eval_loss is False
+    assert SoftPromptTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **asks).eval_loss is True
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_help_shows_the_recipe_defaults(method, capsys):
     text = help_text(method, [], capsys)

@@ -1,5 +1,5 @@
 """GenerationMetrics and TextGenerationMetrics in 2 real processes (torchrun, gloo, CPU): each row scored once,
-same metrics.
+same metrics, with the Trainer's loss pass (label modes) and without it (text, `skip_loss_pass`).
 
 (`accelerate launch --cpu` starts a single process in accelerate 1.15; torchrun plus
 `TrainingArguments(use_cpu=True)` is how the Trainer runs DDP on CPUs.)
@@ -59,3 +59,5 @@ def test_two_processes_split_the_rows_and_agree_with_one(tmp_path, mode):
     for report in reports:
         for key in keys:
             assert report["metrics"][f"eval_{key}"] == pytest.approx(single[key], abs=1e-9)
+        # The free-text run skipped the loss pass (skip_loss_pass); the label modes kept it.
+        assert ("eval_loss" in report["metrics"]) is (mode != "text")

@@ -331,9 +331,27 @@ def test_bf16_mixed_precision_runs_on_cpu(tmp_path):
     flags = ["--output_dir", str(out), "--use_cpu", "true", "--bf16", "true", "--max_steps", "4"]
     flags += ["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
     flags += ["--predict_unlabeled", "false", "--disable_tqdm", "true", "--prompt_tuning_init", "RANDOM"]
-    results = load_recipe("prompt_tuning").main(flags)
+    results = load_recipe("prompt_tuning").main(flags + ["--eval_loss", "true"])
     assert math.isfinite(results["eval_loss"])
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and not (out / "raft_submission.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "has_loss"),
+    [
+        ([], False),
+        (["--eval_loss", "true"], True),
+        (["--metric_for_best_model", "loss", "--greater_is_better", "false"], True),
+        (["--include_for_metrics", "loss"], True),
+    ],
+)
+def test_evaluations_only_decode_unless_the_loss_is_asked_for(tmp_path, extra, has_loss):
+    flags = ["--output_dir", str(tmp_path / "run"), "--use_cpu", "true", "--max_steps", "2", "--disable_tqdm", "true"]
+    flags += ["--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false"]
+    flags += ["--predict_unlabeled", "false", "--num_sample_predictions", "0", "--validation_size", "16"]
+    results = load_recipe("p_tuning").main(flags + extra)
+    assert ("eval_loss" in results) is has_loss and "eval_f1" in results
+    assert ("eval_perplexity" in results) is ("--include_for_metrics" in extra)
 
 
 @pytest.mark.skipif(
@@ -348,7 +366,7 @@ def test_a_recipe_runs_on_bbc_news_with_a_text_only_cap(tmp_path):
     flags += ["--dataset", "bbc_news", "--bbc_news_text", "title_and_body", "--validation_size", "10"]
     flags += ["--max_length", "48", "--template", "Article : {text} Topic : ", "--num_sample_predictions", "0"]
     results = load_recipe("p_tuning").main(flags)
-    assert math.isfinite(results["eval_loss"]) and 0 <= results["eval_accuracy"] <= 1
+    assert "eval_loss" not in results and 0 <= results["eval_accuracy"] <= 1  # evaluations only decode
     with open(out / "predictions.csv", newline="") as handle:
         predictions = list(csv.DictReader(handle))
     assert len(predictions) == 10 and {row["gold"] for row in predictions} <= set(BBC_NEWS_TOPICS)

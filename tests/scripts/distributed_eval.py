@@ -2,7 +2,7 @@
 
 Evaluates the embedded model with GenerationMetrics (modes generate, rank) or TextGenerationMetrics (mode text: the
 label texts scored as free text) through the stock Trainer and writes, per process, the metrics it got and the
-texts it scored itself.
+texts it scored itself. Mode text skips the Trainer's loss pass (`skip_loss_pass`).
 """
 
 import json
@@ -71,6 +71,8 @@ def main(out_dir: str, mode: str) -> None:
         data_collator=SoftPromptDataCollator(tokenizer),
         **metrics.trainer_kwargs(),
     )
+    if mode == "text":  # free text evaluates without the Trainer's loss pass (the label modes keep it)
+        metrics.skip_loss_pass(trainer)
     result = trainer.evaluate()
     scored_rows = list(scored)
     # Another eval set (40 of the 45 rows): every process gets the gathered count and refuses the same way.
