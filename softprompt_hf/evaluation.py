@@ -99,7 +99,7 @@ class _TrainerMetrics(TrainerCallback):
             raise ValueError(
                 f"skip_loss_pass: the Trainer's arguments ask for the eval loss ({', '.join(wants_loss)}), which "
                 "only the loss pass computes. Keep the loss pass (do not call skip_loss_pass), or choose a "
-                f"generated metric, e.g. metric_for_best_model={self._best_metric_example!r}."
+                f"generated metric, e.g. metric_for_best_model={type(self)._best_metric_example!r}."
             )
         if getattr(trainer, "_softprompt_hf_skips_loss_pass", False):
             return trainer
