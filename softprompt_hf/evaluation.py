@@ -82,6 +82,7 @@ class _TrainerMetrics(TrainerCallback):
                 arguments ask for the loss (``metric_for_best_model="loss"``, ``include_for_metrics=["loss"]``
                 for ``eval_perplexity``, ``prediction_loss_only``): keep the loss pass for those.
         """
+        suggestion = self._best_metric_example
         if trainer.compute_metrics is not self:
             raise ValueError(
                 f"skip_loss_pass: this Trainer's compute_metrics is not this {type(self).__name__}: build it with "
@@ -99,7 +100,7 @@ class _TrainerMetrics(TrainerCallback):
             raise ValueError(
                 f"skip_loss_pass: the Trainer's arguments ask for the eval loss ({', '.join(wants_loss)}), which "
                 "only the loss pass computes. Keep the loss pass (do not call skip_loss_pass), or choose a "
-                f"generated metric, e.g. metric_for_best_model={type(self)._best_metric_example!r}."
+                f"generated metric, e.g. metric_for_best_model={suggestion!r}."
             )
         if getattr(trainer, "_softprompt_hf_skips_loss_pass", False):
             return trainer
