@@ -136,7 +136,7 @@ def test_each_recipe_passes_its_init_flags_and_the_datas_labels_to_the_trainer(
 
 def test_every_yaml_in_the_repo_is_a_known_config_and_starts_with_its_command():
     assert set(ALL_YAML) == set(CONFIGS) | set(ACCELERATE_CONFIGS), "a YAML file outside the tested folders"
-    assert len(SEED_CONFIGS) == 3 and len(GEMMA_CONFIGS) == 6 and len(ACCELERATE_CONFIGS) == 5
+    assert len(SEED_CONFIGS) == 3 and len(GEMMA_CONFIGS) == 9 and len(ACCELERATE_CONFIGS) == 5
     assert set(CONFIGS) == set(SEED_CONFIGS) | set(GEMMA_CONFIGS)
     for path in ALL_YAML:
         first = path.read_text().splitlines()[0]
@@ -170,7 +170,8 @@ def test_recipe_configs_reproduce_the_seed_setup(path):
 @pytest.mark.parametrize("path", GEMMA_CONFIGS, ids=lambda p: p.name)
 def test_gemma_configs_name_the_prepared_model_and_their_data(path):
     """Each Gemma 3 270M config starts with its command, reads the folder `softprompt-hf prepare-real` makes by
-    default (a config cannot rely on the shell for ~), and sets up its dataset: BBC News with a text-only cap."""
+    default (a config cannot rely on the shell for ~), and sets up its dataset: BBC News with a text-only cap, or
+    ACLSum's outcome summaries."""
     method, dataset = path.stem.split("_gemma-3-270m_")
     assert path.read_text().splitlines()[0] == (
         f"# accelerate launch recipes/{method}.py --config recipes/configs/{path.name}"
@@ -179,6 +180,17 @@ def test_gemma_configs_name_the_prepared_model_and_their_data(path):
     assert model_args.model_name_or_path == str(Path.home() / ".cache/softprompt_hf/gemma-3-270m-q4_k_m-float32")
     assert prompt_args.method == method
     assert training_args.output_dir == f"outputs/{path.stem}"
+    # A flag after --config still wins, e.g. for a model prepared with --cache-dir.
+    (model_args, *_) = parse_recipe_args(method, ["--config", str(path), "--model_name_or_path", "/data/gemma"])
+    assert model_args.model_name_or_path == "/data/gemma"
+    if dataset == "aclsum":  # free text: the outcome summary of a paper from its abstract
+        assert (data_args.task, data_args.dataset, data_args.aclsum_aspect) == ("text", "aclsum", "outcome")
+        assert (data_args.aclsum_source, data_args.max_length, data_args.max_target_length) == ("abstract", 320, 48)
+        assert training_args.eval_loss is False  # evaluations only decode
+        if method == "prompt_tuning":
+            assert prompt_args.prompt_tuning_init == "TEXT"  # peft's own, the recipes' default
+            assert "outcome" in prompt_args.prompt_tuning_init_text
+        return
     if dataset == "tweets":
         assert data_args.dataset == "embedded" and data_args.max_length is None
     else:
@@ -194,9 +206,6 @@ def test_gemma_configs_name_the_prepared_model_and_their_data(path):
         else:  # 64 steps at the recipes' lr, not 32
             assert (training_args.per_device_train_batch_size, training_args.learning_rate) == (8, 3e-2)
         assert ("topic" in prompt_args.prompt_tuning_init_text) == (dataset == "bbc-news")
-    # A flag after --config still wins, e.g. for a model prepared with --cache-dir.
-    (model_args, *_) = parse_recipe_args(method, ["--config", str(path), "--model_name_or_path", "/data/gemma"])
-    assert model_args.model_name_or_path == "/data/gemma"
 
 
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
