@@ -25,6 +25,7 @@ SCRIPTS = {
     "eval_memory.py": ["--size", "tiny", "--rows", "8", "16", "--modes", "generate"],
     "engine_vs_generate.py": ["--models", "tiny", "--rows", "12", "--repeats", "1"],
     "text_decoding.py": ["--models", "tiny", "--rows", "6", "--max_new_tokens", "8", "--repeats", "1"],
+    "eval_loss_pass.py": ["--models", "tiny", "--rows", "8", "--repeats", "1", "--methods", "prompt_tuning"],
     "gpu.py": ["--smoke"],
     "fsdp_memory.py": ["--size", "tiny"],
     "output_head.py": ["--shapes", "32x4096", "16x3000", "--rows", "4", "--repeats", "1"],
