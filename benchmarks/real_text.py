@@ -101,7 +101,10 @@ def collect_run(output_dir: Path, logs: list[str]) -> dict[str, Any]:
     }
     for path in real_model._log_files(output_dir, logs):
         text = path.read_text(errors="replace")
-        rss, elapsed = real_model._MAX_RSS.findall(text), real_model._ELAPSED.findall(text)
+        runtime, rss = real_model._TRAIN_RUNTIME.findall(text), real_model._MAX_RSS.findall(text)
+        elapsed = real_model._ELAPSED.findall(text)
+        if runtime and figures["train_runtime"] is None:  # no checkpoint holds it: the run's log does
+            figures["train_runtime"] = float(runtime[-1])
         if rss:
             figures["max_rss_kib"] = int(rss[-1])
         if elapsed:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import labelled_rows
 
 from softprompt_hf.constants import MODES
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
@@ -245,3 +246,41 @@ def test_init_table_compares_every_init_of_each_method_over_seeds(tmp_path, caps
     assert loss_before["RANDOM", 0] != loss_before["RANDOM", 1]
     assert loss_before["TEXT", 0] == loss_before["TEXT", 1]
     assert all(0 <= r[name] <= 1 for r in results for name in ("accuracy_before", "accuracy_after", "f1_after"))
+
+
+@pytest.fixture
+def real_text(real_model):
+    spec = importlib.util.spec_from_file_location("real_text", BENCHMARKS / "real_text.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_real_text_collect_reads_a_free_text_recipe_run(tmp_path, real_text, capsys):
+    """collect reads a finished free-text run: ROUGE-L at each evaluation (the first before training), the best
+    adapter's final figures and the recipe's eval rows/s."""
+    rows = [{"tweet": row["Tweet text"], "reply": row["text_label"]} for row in labelled_rows(24)]
+    data = tmp_path / "replies.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    run = tmp_path / "prompt_tuning_replies"
+    recipe = [sys.executable, str(REPO / "recipes/prompt_tuning.py"), "--use_cpu", "true", "--disable_tqdm", "true"]
+    recipe += ["--dataset", "files", "--train_file", str(data), "--target_column", "reply", "--validation_size", "8"]
+    recipe += ["--template", "Tweet : {tweet} Reply : ", "--output_dir", str(run), "--max_steps", "2"]
+    recipe += ["--eval_strategy", "steps", "--eval_steps", "1", "--save_strategy", "steps", "--save_steps", "1"]
+    recipe += ["--eval_on_start", "true", "--num_sample_predictions", "0", "--prompt_tuning_init", "RANDOM"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    with open(f"{run}.log", "w") as log:
+        done = subprocess.run(recipe, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=600)
+    assert done.returncode == 0, Path(f"{run}.log").read_text()[-3000:]
+
+    real_text.collect(real_text.parse_args(["collect", str(run), "--json", str(tmp_path / "collect.json")]))
+    (figures,) = json.loads((tmp_path / "collect.json").read_text())
+    state = json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())
+    evaluations = [entry for entry in state["log_history"] if "eval_rougeL" in entry]
+    final = json.loads((run / "eval_results.json").read_text())
+    assert figures["method"] == "prompt_tuning" and len(evaluations) == 3  # at the start, then after each step
+    assert figures["rougeL_by_epoch"] == [[entry["epoch"], entry["eval_rougeL"]] for entry in evaluations]
+    assert figures["final"] == {key: final[f"eval_{key}"] for key in real_text.NAMES}
+    assert figures["final_eval_rows_per_s"] == final["eval_samples_per_second"]
+    assert figures["train_runtime"] > 0 and figures["seconds_per_epoch"] > 0
+    assert len(_table_rows(capsys.readouterr().out)) == 2
