@@ -59,7 +59,7 @@ class _TrainerMetrics(TrainerCallback):
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Trainer(...)``: ``compute_metrics``, ``preprocess_logits_for_metrics``
-        and ``callbacks``."""
+        and ``callbacks``. Then :meth:`skip_loss_pass` to evaluate without the Trainer's loss forward."""
         return {
             "compute_metrics": self,
             "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics,
