@@ -4,8 +4,9 @@ The package's public names, by what users do with them (everything else is impor
 README's "Package layout" says which module does what):
 
 - train: ``SoftPromptArguments``, ``SoftPromptTrainingArguments``, ``build_soft_prompt_model``,
-  ``SoftPromptDataCollator``, ``PromptTemplate``, ``load_raft``, ``load_classification_data``, ``load_text_data``
-  (with its ``TextData``), and the exact speed-ups ``enable_label_only_logits`` and ``enable_shared_prompt``;
+  ``SoftPromptDataCollator``, ``PromptTemplate``, ``ChatTemplate`` (an instruct model's chat format), ``load_raft``,
+  ``load_classification_data``, ``load_text_data`` (with its ``TextData``), and the exact speed-ups
+  ``enable_label_only_logits`` and ``enable_shared_prompt``;
 - train safely: ``SoftPromptCheckpointCallback``, ``SoftPromptGuardCallback``;
 - evaluate: ``GenerationMetrics`` (the Trainer's ``compute_metrics``), ``generate_labels``, ``rank_labels``,
   ``constrained_labels``, and for free text ``TextGenerationMetrics`` and ``generate_texts``;
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is import
     from ._decoding import constrained_labels, generate_labels, generate_texts, rank_labels
     from .arguments import SoftPromptTrainingArguments
     from .callbacks import SoftPromptCheckpointCallback, SoftPromptGuardCallback
+    from .chat import ChatTemplate
     from .collator import SoftPromptDataCollator
     from .data import TextData, load_classification_data, load_raft, load_text_data
     from .evaluation import GenerationMetrics, TextGenerationMetrics
@@ -50,6 +52,7 @@ _MODULES = {
     "SoftPromptTrainingArguments": "arguments",
     "SoftPromptCheckpointCallback": "callbacks",
     "SoftPromptGuardCallback": "callbacks",
+    "ChatTemplate": "chat",
     "SoftPromptDataCollator": "collator",
     "load_classification_data": "data",
     "load_raft": "data",
@@ -114,6 +117,7 @@ __all__ = [
     "build_soft_prompt_model",
     "SoftPromptDataCollator",
     "PromptTemplate",
+    "ChatTemplate",
     "load_raft",
     "load_classification_data",
     "load_text_data",

@@ -39,7 +39,7 @@ from ._upstream import (
 from .constants import MODES
 from .methods import eval_mode
 from .output_head import ChunkedOutputHead
-from .prompt import PromptInput, PromptTemplate
+from .prompt import PromptFormat, PromptInput, PromptTemplate
 
 __all__ = ["constrained_labels", "generate_labels", "generate_texts", "rank_labels"]
 
@@ -67,7 +67,7 @@ def generate_texts(
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[PromptInput],
     *,
-    template: PromptTemplate | None = None,
+    template: PromptFormat | None = None,
     max_new_tokens: int = 64,
     max_prompt_tokens: int | None = None,
     batch_size: int = 32,
@@ -96,7 +96,8 @@ def generate_texts(
         tokenizer: The model's tokenizer.
         texts: Inputs: texts for a template whose only field is ``{text}``, or rows (mappings of column names to
             values) holding the template's columns (``"Title : {title} Abstract : {abstract} Summary : "``).
-        template (`PromptTemplate`, *optional*): The prompt template used in training (default: the seed guide's).
+        template (`PromptTemplate` or `ChatTemplate`, *optional*): The prompt used in training (default: the seed
+            guide's template); a ``ChatTemplate`` stops decoding at its end-of-turn token.
         max_new_tokens (`int`, defaults to 64): The most tokens generated per row, EOS included (training's
             ``max_target_length`` is the natural value).
         max_prompt_tokens (`int`, *optional*): Cut the template's cut field (never the template) so prompts fit.
@@ -141,7 +142,7 @@ def generate_texts(
         generation_kwargs=settings,
         description="Generating texts",
     )
-    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return decode_outputs(tokenizer, ids, (template or PromptTemplate()).stop_ids(tokenizer))
 
 
 def check_generation_kwargs(generation_kwargs: dict[str, Any] | None) -> dict[str, Any]:
@@ -169,7 +170,7 @@ def generate_labels(
     texts: Sequence[str],
     labels: Sequence[str] | None = None,
     *,
-    template: PromptTemplate | None = None,
+    template: PromptFormat | None = None,
     max_new_tokens: int | None = None,
     max_prompt_tokens: int | None = None,
     batch_size: int = 32,
@@ -218,7 +219,8 @@ def generate_labels(
         tokenizer: The model's tokenizer.
         texts: Input texts.
         labels: The label texts: decoding stops at EOS or one token past the longest label's tokens.
-        template (`PromptTemplate`, *optional*): The prompt template used in training (default: the seed guide's).
+        template (`PromptTemplate` or `ChatTemplate`, *optional*): The prompt used in training (default: the seed
+            guide's template); a ``ChatTemplate`` stops decoding at its end-of-turn token.
         max_new_tokens (`int`, *optional*): Decoding stops at EOS or after this many tokens (default: from
             ``labels``; without them, 4).
         max_prompt_tokens (`int`, *optional*): Truncate the text (never the template) so the prompt fits.
@@ -251,7 +253,7 @@ def generate_labels(
         use_cache=use_cache,
         use_generate=use_generate,
     )
-    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+    return decode_outputs(tokenizer, ids, (template or PromptTemplate()).stop_ids(tokenizer))
 
 
 @torch.no_grad()
@@ -260,7 +262,7 @@ def generate_label_ids(
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[PromptInput],
     *,
-    template: PromptTemplate | None = None,
+    template: PromptFormat | None = None,
     max_new_tokens: int = 4,
     max_prompt_tokens: int | None = None,
     batch_size: int = 32,
@@ -271,8 +273,10 @@ def generate_label_ids(
     description: str = "Generating labels",
 ) -> list[list[int]]:
     """The token ids of :func:`generate_labels` and :func:`generate_texts` (same keyword arguments), before
-    decoding: for each text, the generated ids, up to and including the EOS if one was generated."""
+    decoding: for each text, the generated ids, up to and including the stop token (EOS; a chat template's
+    end-of-turn token) if one was generated."""
     template = template or PromptTemplate()
+    stops = template.stop_ids(tokenizer)
     encoded = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
     if generation_kwargs and _generate_is_wrong(model):
         raise ValueError(
@@ -282,13 +286,12 @@ def generate_label_ids(
         )
     if use_generate and not _generate_is_wrong(model):
         return _generate_with_model(
-            model, tokenizer, encoded, max_new_tokens, batch_size, show_progress, generation_kwargs, description
+            model, tokenizer, encoded, max_new_tokens, batch_size, show_progress, generation_kwargs, description, stops
         )
     with eval_mode(model):  # no dropout; every module gets its own mode back, also on errors
         device = next(model.parameters()).device
         decoder = _CachedDecoder(model, encoded) if use_cache and _CachedDecoder.supports(model) else None
         extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
-        eos = tokenizer.eos_token_id
         # Every generated token but the last is fed back after its prompt.
         if decoder is not None:
             batches = decoder.batches(encoded, batch_size, new_tokens=max_new_tokens - 1)
@@ -301,17 +304,17 @@ def generate_label_ids(
                 group = batches[start : start + per_group]
                 if decoder is not None:
                     rows = _greedy_with_cache(
-                        decoder, [[encoded[i] for i in batch] for batch in group], max_new_tokens, eos
+                        decoder, [[encoded[i] for i in batch] for batch in group], max_new_tokens, stops
                     )
                 else:
                     rows = [
-                        _greedy_full_forward(model, [encoded[i] for i in batch], max_new_tokens, eos, extra, device)
+                        _greedy_full_forward(model, [encoded[i] for i in batch], max_new_tokens, stops, extra, device)
                         for batch in group
                     ]
                 for index, row in zip(
                     (i for batch in group for i in batch), (r for part in rows for r in part), strict=True
                 ):
-                    outputs[index] = row[: row.index(eos) + 1] if eos in row else row
+                    outputs[index] = cut_at_stop(row, stops)
                 progress.update(len(group))
     return outputs
 
@@ -323,7 +326,7 @@ def rank_labels(
     texts: Sequence[str],
     labels: Sequence[str],
     *,
-    template: PromptTemplate | None = None,
+    template: PromptFormat | None = None,
     max_prompt_tokens: int | None = None,
     batch_size: int = 32,
     show_progress: bool = True,
@@ -345,7 +348,8 @@ def rank_labels(
         tokenizer: The model's tokenizer.
         texts: Input texts.
         labels: The label texts to score (each followed by EOS).
-        template (`PromptTemplate`, *optional*): The prompt template used in training (default: the seed guide's).
+        template (`PromptTemplate` or `ChatTemplate`, *optional*): The prompt used in training (default: the seed
+            guide's template); a ``ChatTemplate`` stops decoding at its end-of-turn token.
         max_prompt_tokens (`int`, *optional*): Truncate the text (never the template) so the prompt fits.
         batch_size (`int`, defaults to 32): Prompts per forward pass.
         show_progress (`bool`, defaults to `True`): Show a progress bar.
@@ -374,7 +378,7 @@ def constrained_labels(
     texts: Sequence[str],
     labels: Sequence[str],
     *,
-    template: PromptTemplate | None = None,
+    template: PromptFormat | None = None,
     max_prompt_tokens: int | None = None,
     batch_size: int = 32,
     show_progress: bool = True,
@@ -410,7 +414,8 @@ def constrained_labels(
         tokenizer: The model's tokenizer.
         texts: Input texts.
         labels: The label texts; two labels may not have the same token ids.
-        template (`PromptTemplate`, *optional*): The prompt template used in training (default: the seed guide's).
+        template (`PromptTemplate` or `ChatTemplate`, *optional*): The prompt used in training (default: the seed
+            guide's template); a ``ChatTemplate`` stops decoding at its end-of-turn token.
         max_prompt_tokens (`int`, *optional*): Truncate the text (never the template) so the prompt fits.
         batch_size (`int`, defaults to 32): Prompts per forward pass.
         show_progress (`bool`, defaults to `True`): Show a progress bar.
@@ -421,7 +426,9 @@ def constrained_labels(
         For each text, one of ``labels``.
     """
     template = template or PromptTemplate()
-    trie = _LabelTrie(labels, [template.encode_target(tokenizer, label) for label in labels], tokenizer.eos_token_id)
+    trie = _LabelTrie(
+        labels, [template.encode_target(tokenizer, label) for label in labels], template.stop_ids(tokenizer)
+    )
     if trie.settled[0] is not None:  # a single label: nothing to decide
         return [trie.settled[0]] * len(texts)
     prompts = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
@@ -460,16 +467,16 @@ class _LabelTrie:
     each token that continues some label from there to its node, and ``settled[node]`` is the label every path
     from ``node`` leads to, if only one does (then decoding can stop: the rest is forced)."""
 
-    def __init__(self, labels: Sequence[str], label_ids: Sequence[Sequence[int]], eos: int | None) -> None:
+    def __init__(self, labels: Sequence[str], label_ids: Sequence[Sequence[int]], stops: Sequence[int]) -> None:
         if not labels:
             raise ValueError("Constrained decoding needs at least one label to decode.")
         self.children: list[dict[int, int]] = [{}]
         leaves: dict[int, str] = {}
         for label, ids in zip(labels, label_ids, strict=True):
-            if eos in ids[:-1]:
+            if any(token in stops for token in ids[:-1]):
                 raise ValueError(
-                    f"Label {label!r} tokenizes to ids holding the EOS token before its end: decoding would stop "
-                    "inside it. Remove the tokenizer's EOS text from the label."
+                    f"Label {label!r} tokenizes to ids holding a stop token (EOS, or a chat template's end-of-turn "
+                    "token) before its end: decoding would stop inside it. Remove that token's text from the label."
                 )
             node = 0
             for token in ids:
@@ -693,6 +700,7 @@ def _generate_with_model(
     show_progress: bool,
     generation_kwargs: dict[str, Any] | None = None,
     description: str = "Generating labels",
+    stops: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Greedy tokens after each prompt through ``model.generate()`` (or what ``generation_kwargs`` ask for instead
     of greedy decoding: beams, sampling): batches padded on the left, stopped at EOS, a soft prompt's ``generate()``
@@ -700,9 +708,10 @@ def _generate_with_model(
     it); any other model's is the stock one, right as it is."""
     from .generate import fixes_generate, soft_prompt_generate
 
-    eos = tokenizer.eos_token_id
+    # Where each row stops: the template's stop tokens (default: EOS).
+    stops = tuple(stops) if stops is not None else PromptTemplate().stop_ids(tokenizer)
     # The pad id only fills masked slots: a tokenizer without a pad token pads with EOS (or 0), as training does.
-    pad = next((token for token in (tokenizer.pad_token_id, eos) if token is not None), 0)
+    pad = next((token for token in (tokenizer.pad_token_id, *stops) if token is not None), 0)
     device = next(model.parameters()).device
     batches = length_sorted_batches(encoded, batch_size)
     outputs: list[list[int]] = [[] for _ in encoded]
@@ -722,24 +731,24 @@ def _generate_with_model(
                 input_ids=input_ids,
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
-                eos_token_id=eos,
+                eos_token_id=list(stops) or None,
                 pad_token_id=pad,
                 **{**_GREEDY, **(generation_kwargs or {})},
             )
             for index, row in zip(batch, sequences[:, width:].tolist(), strict=True):
-                # A finished row is filled up with pads after its EOS.
-                outputs[index] = row[: row.index(eos) + 1] if eos in row else row
+                # A finished row is filled up with pads after its stop token.
+                outputs[index] = cut_at_stop(row, stops)
             progress.update(1)
     return outputs
 
 
 def _greedy_with_cache(
-    decoder: _CachedDecoder, batches: Sequence[Sequence[Sequence[int]]], max_new_tokens: int, eos: int | None
+    decoder: _CachedDecoder, batches: Sequence[Sequence[Sequence[int]]], max_new_tokens: int, stops: Sequence[int]
 ) -> list[list[list[int]]]:
     """Greedy tokens for a group of batches decoded in step, with the cache: each batch runs through the model on
     its own, and the last positions of all of them are projected onto the vocabulary together (more rows per
-    pass over the output layer's weight). A row that generated EOS leaves its batch, so the next steps run the
-    unfinished rows only (rows are independent: the others' tokens do not change)."""
+    pass over the output layer's weight). A row that generated a stop token (EOS) leaves its batch, so the next
+    steps run the unfinished rows only (rows are independent: the others' tokens do not change)."""
     states: list[_DecodingState | None] = [decoder.start(prompts) for prompts in batches]
     outputs: list[list[list[int]]] = [[[] for _ in prompts] for prompts in batches]
     rows = [list(range(len(prompts))) for prompts in batches]  # per batch, the prompt each row of its state holds
@@ -752,7 +761,7 @@ def _greedy_with_cache(
             tokens = next_tokens.tolist()
             for row, token in zip(rows[b], tokens, strict=True):
                 outputs[b][row].append(token)
-            going = [i for i, token in enumerate(tokens) if token != eos]
+            going = [i for i, token in enumerate(tokens) if token not in stops]
             if step == max_new_tokens - 1 or not going:
                 states[b] = None
                 continue
@@ -769,7 +778,7 @@ def _greedy_full_forward(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
-    eos: int | None,
+    stops: Sequence[int],
     extra: dict[str, Any],
     device: torch.device,
 ) -> list[list[int]]:
@@ -777,17 +786,33 @@ def _greedy_full_forward(
     sequence at every step (no cache)."""
     sequences = torch.tensor([list(ids) for ids in prompts], device=device)
     finished = torch.zeros(len(prompts), dtype=torch.bool, device=device)
+    stop_tokens = torch.tensor(list(stops), dtype=torch.long, device=device)
     generated: list[torch.Tensor] = []
     for _ in range(max_new_tokens):
         logits = model(input_ids=sequences, attention_mask=torch.ones_like(sequences), **extra).logits[:, -1]
         # Rows are independent and attention is causal: what a finished row appends changes nothing.
-        next_tokens = logits.argmax(dim=-1).masked_fill(finished, eos if eos is not None else 0)
+        next_tokens = logits.argmax(dim=-1).masked_fill(finished, stops[0] if stops else 0)
         generated.append(next_tokens)
-        finished |= next_tokens == eos
+        finished |= torch.isin(next_tokens, stop_tokens)
         if finished.all():
             break
         sequences = torch.cat([sequences, next_tokens[:, None]], dim=1)
     return torch.stack(generated, dim=1).tolist()
+
+
+def cut_at_stop(ids: list[int], stops: Sequence[int]) -> list[int]:
+    """``ids`` up to and including the first stop token (all of them if none is there)."""
+    end = next((i for i, token in enumerate(ids) if token in stops), None)
+    return ids if end is None else ids[: end + 1]
+
+
+def decode_outputs(
+    tokenizer: PreTrainedTokenizerBase, outputs: Sequence[Sequence[int]], stops: Sequence[int]
+) -> list[str]:
+    """The generated ids as texts: a final stop token dropped (a chat template's end-of-turn token may be an added
+    token that is not special), special tokens removed, surrounding whitespace stripped."""
+    trimmed = [list(ids[:-1]) if ids and ids[-1] in stops else list(ids) for ids in outputs]
+    return [text.strip() for text in tokenizer.batch_decode(trimmed, skip_special_tokens=True)]
 
 
 def equal_length_batches(sequences: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:

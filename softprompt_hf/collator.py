@@ -11,7 +11,8 @@ from transformers import PreTrainedTokenizerBase
 from transformers.data.data_collator import DataCollatorMixin
 from transformers.utils import logging
 
-from .prompt import DEFAULT_TEMPLATE, PromptTemplate
+from .chat import ChatTemplate, prompt_format
+from .prompt import DEFAULT_TEMPLATE, PromptFormat
 
 logger = logging.get_logger(__name__)
 
@@ -34,6 +35,10 @@ class SoftPromptDataCollator(DataCollatorMixin):
       from ``text_column``, any other field from the column of its name) and tokenized on its own, exactly as
       at inference time, and the target's ids are those that every evaluation scores after it (see
       ``label_tokenization`` and :class:`~softprompt_hf.prompt.PromptTemplate`);
+    - the same raw rows in an instruct model's chat format, with ``template=ChatTemplate(user=...)``
+      (:class:`~softprompt_hf.chat.ChatTemplate`): the prompt is the tokenizer's ``apply_chat_template`` with the
+      row in the user message and the assistant turn opened, and the target ends with the chat template's
+      end-of-turn token (``<|im_end|>``, ``<end_of_turn>``, ``<|eot_id|>``) instead of EOS;
     - pre-tokenized rows with ``input_ids`` and ``labels`` (and optionally ``attention_mask``),
       which are only padded.
 
@@ -43,10 +48,10 @@ class SoftPromptDataCollator(DataCollatorMixin):
     the same positions as in an unpadded row. The collator never adds virtual tokens, nor their
     attention mask or labels: PEFT does that inside the model.
 
-    Long rows: a target longer than ``max_target_length`` tokens (EOS included) is cut to it first, its EOS kept,
-    so that the model learns to end within the length evaluation generates (a warning says so once;
-    :meth:`count_cut` counts the rows a dataset loses; with ``truncate_targets=False`` such a target is an
-    error instead). Then, with ``max_length``, a row still longer than that is shortened by removing tokens
+    Long rows: a target longer than ``max_target_length`` tokens (EOS included) is cut to it first, its EOS (a chat
+    template's end-of-turn token) kept, so that the model learns to end within the length evaluation generates (a
+    warning says so once; :meth:`count_cut` counts the rows a dataset loses; with ``truncate_targets=False`` such a
+    target is an error instead). Then, with ``max_length``, a row still longer than that is shortened by removing tokens
     from the *text* only (the template's :attr:`~softprompt_hf.prompt.PromptTemplate.cut_field`: ``{text}``,
     from its end, or from its start when ``tokenizer.truncation_side == "left"``); the template around it,
     the other fields, the target and the EOS are kept whole.
@@ -58,7 +63,8 @@ class SoftPromptDataCollator(DataCollatorMixin):
         text_column: Column holding the input text (what ``{text}`` reads).
         target_column: Column holding the text the model must generate: a label, or free text.
         template: Prompt pattern with ``{text}`` and/or other columns' names in braces, optionally
-            ``{text_column}``; defaults to the seed guide's ``"{text_column} : {text} Label : "``.
+            ``{text_column}``; defaults to the seed guide's ``"{text_column} : {text} Label : "``. Or a
+            ``ChatTemplate``, whose ``{text}`` reads this ``text_column``.
         max_length: Maximum length of a row (prompt + target + EOS) in tokens, or ``None``.
         max_target_length: Maximum length of a target in tokens, its EOS included, or ``None`` (targets are
             never cut). At least 2.
@@ -94,7 +100,7 @@ class SoftPromptDataCollator(DataCollatorMixin):
     tokenizer: PreTrainedTokenizerBase
     text_column: str = "Tweet text"
     target_column: str = "text_label"
-    template: str = DEFAULT_TEMPLATE
+    template: str | ChatTemplate = DEFAULT_TEMPLATE
     max_length: int | None = None
     pad_to_multiple_of: int | None = None
     label_pad_token_id: int = -100
@@ -102,7 +108,7 @@ class SoftPromptDataCollator(DataCollatorMixin):
     label_tokenization: str = "joint"
     max_target_length: int | None = None
     truncate_targets: bool = True
-    _prompt: PromptTemplate = field(init=False, repr=False)
+    _prompt: PromptFormat = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.return_tensors != "pt":
@@ -131,7 +137,7 @@ class SoftPromptDataCollator(DataCollatorMixin):
                 f"max_target_length={self.max_target_length} leaves no room for a target token before its EOS: "
                 "give at least 2, or None for no limit."
             )
-        self._prompt = PromptTemplate(self.template, self.text_column, self.label_tokenization)
+        self._prompt = prompt_format(self.template, self.text_column, self.label_tokenization, self.tokenizer)
 
     def torch_call(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         if not features:
@@ -258,8 +264,9 @@ class SoftPromptDataCollator(DataCollatorMixin):
                 "`TrainingArguments(remove_unused_columns=False)`, or pre-tokenize the dataset into 'input_ids' "
                 "and 'labels'. Otherwise set text_column to the name of your text column."
             )
+        pattern = self.template if isinstance(self.template, str) else self.template.user
         return (
-            f"Prompt template {self.template!r} reads the column(s) {missing}, not found in the row (columns "
+            f"Prompt template {pattern!r} reads the column(s) {missing}, not found in the row (columns "
             f"found: {found}). Put column names of the data in braces, and '{{text}}' for the text column "
             f"{self.text_column!r}; with the Trainer, keep the raw columns (`remove_unused_columns=False`)."
         )

@@ -17,10 +17,11 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer_pt_utils import find_batch_size
 from transformers.utils import logging
 
-from ._decoding import check_generation_kwargs, generate_label_ids, label_outputs
+from ._decoding import check_generation_kwargs, decode_outputs, generate_label_ids, label_outputs
+from .chat import ChatTemplate, prompt_format
 from .constants import MODES
 from .metrics import ClassificationReport, check_label_set, classification_report, match_label
-from .prompt import DEFAULT_TEMPLATE, PromptInput, PromptTemplate
+from .prompt import DEFAULT_TEMPLATE, PromptFormat, PromptInput
 from .sharding import check_supported, run_sharded
 
 __all__ = ["GenerationMetrics", "Prediction", "TextGenerationMetrics", "TextPrediction"]
@@ -245,7 +246,7 @@ class GenerationMetrics(_TrainerMetrics):
     text_column: str = "Tweet text"
     target_column: str = "text_label"
     id_column: str | None = None
-    template: str = DEFAULT_TEMPLATE
+    template: str | ChatTemplate = DEFAULT_TEMPLATE
     mode: str = "generate"
     batch_size: int = 32
     max_prompt_tokens: int | None = None
@@ -262,7 +263,7 @@ class GenerationMetrics(_TrainerMetrics):
         for label, length in zip(self.labels, label_lengths, strict=True):
             if not length:
                 raise ValueError(f"Label {label!r} tokenizes to no token at all: the model could never generate it.")
-        self._prompt = PromptTemplate(self.template, self.text_column, self.label_tokenization)
+        self._prompt = prompt_format(self.template, self.text_column, self.label_tokenization, self.tokenizer)
         self._texts, self._gold, self._ids = self._read_rows(self.eval_rows)
 
     def _read_rows(self, rows: Any) -> tuple[list[str], list[str], list[Any]]:
@@ -419,7 +420,7 @@ class TextGenerationMetrics(_TrainerMetrics):
     text_column: str = "Tweet text"
     target_column: str = "text_label"
     id_column: str | None = None
-    template: str = DEFAULT_TEMPLATE
+    template: str | ChatTemplate = DEFAULT_TEMPLATE
     metrics: Any = None
     max_new_tokens: int | None = None
     batch_size: int = 32
@@ -431,7 +432,7 @@ class TextGenerationMetrics(_TrainerMetrics):
 
     def __post_init__(self) -> None:
         check_generation_kwargs(self.generation_kwargs)
-        self._prompt = PromptTemplate(self.template, self.text_column, self.label_tokenization)
+        self._prompt = prompt_format(self.template, self.text_column, self.label_tokenization, self.tokenizer)
         self._scorers = _scorers(self.metrics)
         records = eval_records(self.eval_rows, "TextGenerationMetrics")
         self._sources = prompt_sources(records, self._prompt, "Eval")
@@ -489,7 +490,7 @@ class TextGenerationMetrics(_TrainerMetrics):
 
     def _generate(self, model: torch.nn.Module, sources: list[PromptInput]) -> tuple[list[str], list[int]]:
         state = PartialState()
-        eos = self.tokenizer.eos_token_id
+        stops = self._prompt.stop_ids(self.tokenizer)
         with state.split_between_processes(list(range(len(sources)))) as mine:
             ids = run_sharded(
                 model,
@@ -508,8 +509,8 @@ class TextGenerationMetrics(_TrainerMetrics):
                 ),
             )
             local = [
-                (text.strip(), len(row) - (bool(row) and row[-1] == eos))
-                for row, text in zip(ids, self.tokenizer.batch_decode(ids, skip_special_tokens=True), strict=True)
+                (text, len(row) - (bool(row) and row[-1] in stops))
+                for row, text in zip(ids, decode_outputs(self.tokenizer, ids, stops), strict=True)
             ]
         gathered = gather_object(local) if state.num_processes > 1 else local
         if len(gathered) != len(sources):
@@ -587,7 +588,7 @@ def eval_records(rows: Any, owner: str) -> list[Mapping[str, Any]]:
     return records
 
 
-def prompt_sources(records: Sequence[Mapping[str, Any]], prompt: PromptTemplate, kind: str) -> list[PromptInput]:
+def prompt_sources(records: Sequence[Mapping[str, Any]], prompt: PromptFormat, kind: str) -> list[PromptInput]:
     """What ``prompt`` is filled from for each record: the text column's value for a template whose only field is
     ``{text}``, else the record's columns that the template reads. Checks that they are there and that texts are
     non-empty strings."""

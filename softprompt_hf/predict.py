@@ -14,6 +14,7 @@ tokens for every soft prompt. The modes run the package's decoding functions, as
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,16 +30,17 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from ._decoding import generate_label_ids, label_outputs
+from ._decoding import decode_outputs, generate_label_ids, label_outputs
 from ._upstream import prompt_learning_shapes, route_prefix_cache_argument
 from .card import is_local_path
+from .chat import ChatTemplate
 from .constants import MODES
 from .data import _utf8_problem
 from .evaluation import Prediction, TextPrediction
 from .generate import enable_soft_prompt_generate, fixes_generate
 from .metrics import check_label_set, match_label
-from .prompt import DEFAULT_TEMPLATE, SAVED_WITHOUT_LABEL_TOKENIZATION, PromptInput, PromptTemplate
-from .saving import INFERENCE_CONFIG_NAME, TOKENIZER_FROM_BASE, TOKENIZER_KEY
+from .prompt import DEFAULT_TEMPLATE, SAVED_WITHOUT_LABEL_TOKENIZATION, PromptFormat, PromptInput, PromptTemplate
+from .saving import CHAT_KEY, INFERENCE_CONFIG_NAME, TOKENIZER_FROM_BASE, TOKENIZER_KEY
 
 __all__ = ["AdapterLoadError", "LoadedAdapter", "load_adapter", "predict", "read_rows", "read_texts"]
 
@@ -164,7 +166,7 @@ def predict(
     *,
     mode: str = "generate",
     labels: Sequence[str] | None = None,
-    template: str | None = None,
+    template: str | ChatTemplate | None = None,
     text_column: str | None = None,
     label_tokenization: str | None = None,
     max_prompt_tokens: int | None = None,
@@ -192,8 +194,11 @@ def predict(
             per-label ``scores``) or ``"constrained"`` (:func:`~softprompt_hf.constrained_labels`: greedy
             decoding over the tokens that continue some label, with the package's decoder; always a label).
         labels: The label texts; default: the adapter's ``softprompt_hf.json``.
-        template: The prompt template; default: the adapter's, else the seed guide's.
-        text_column: Fills ``{text_column}`` in the template; default: the adapter's.
+        template: The prompt template, or a ``ChatTemplate`` (an instruct model's chat format); default: the
+            adapter's (its ``softprompt_hf.json``'s ``chat``, rebuilt as a ``ChatTemplate``, else its ``template``),
+            else the seed guide's.
+        text_column: Fills ``{text_column}`` in the template; default: the adapter's (a ``ChatTemplate`` passed
+            here keeps its own).
         label_tokenization: ``"joint"`` or ``"separate"`` (see :class:`~softprompt_hf.prompt.PromptTemplate`);
             default: the adapter's, the one it was trained with; ``"separate"`` for a folder saved before the
             choice existed (its ``softprompt_hf.json`` has no ``label_tokenization``), ``"joint"`` for an
@@ -280,11 +285,9 @@ def predict(
     if label_tokenization is None:
         saved = SAVED_WITHOUT_LABEL_TOKENIZATION if isinstance(adapter, LoadedAdapter) else "joint"
         label_tokenization = settings.get("label_tokenization", saved)
-    prompt = PromptTemplate(
-        template or settings.get("template") or DEFAULT_TEMPLATE,
-        text_column or settings.get("text_column") or "Tweet text",
-        label_tokenization,
-    )
+    prompt = _prompt(tokenizer, settings, template, text_column or settings.get("text_column") or "Tweet text")
+    if isinstance(prompt, PromptTemplate):
+        prompt = dataclasses.replace(prompt, label_tokenization=label_tokenization)
     strings = [str(text) for text in texts]  # checked above: no rows here
     outputs, scores = label_outputs(
         mode,
@@ -312,7 +315,7 @@ def _generate_texts(
     settings: dict[str, Any],
     *,
     mode: str,
-    template: str | None,
+    template: str | ChatTemplate | None,
     text_column: str | None,
     label_tokenization: str | None,
     saved: bool,
@@ -333,11 +336,9 @@ def _generate_texts(
         raise ValueError(f"max_new_tokens must be at least 1, got {budget}.")
     if label_tokenization is None:
         label_tokenization = settings.get("label_tokenization", SAVED_WITHOUT_LABEL_TOKENIZATION if saved else "joint")
-    prompt = PromptTemplate(
-        template or settings.get("template") or DEFAULT_TEMPLATE,
-        text_column or settings.get("text_column") or "text",
-        label_tokenization,
-    )
+    prompt = _prompt(tokenizer, settings, template, text_column or settings.get("text_column") or "text")
+    if isinstance(prompt, PromptTemplate):
+        prompt = dataclasses.replace(prompt, label_tokenization=label_tokenization)
     generated = generate_label_ids(
         model,
         tokenizer,
@@ -350,19 +351,47 @@ def _generate_texts(
         use_generate=True,
         description="Generating texts",
     )
-    eos = tokenizer.eos_token_id
-    outputs = [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]
+    stops = prompt.stop_ids(tokenizer)
+    outputs = decode_outputs(tokenizer, generated, stops)
     row_ids = list(ids) if ids is not None else [None] * len(texts)
     return [
         TextPrediction(
             text=prompt.source_text(source),
             reference=None,
             output=output,
-            tokens=len(row) - (bool(row) and row[-1] == eos),
+            tokens=len(row) - (bool(row) and row[-1] in stops),
             id=row_id,
         )
         for source, output, row, row_id in zip(texts, outputs, generated, row_ids, strict=True)
     ]
+
+
+def _prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    settings: Mapping[str, Any],
+    template: str | ChatTemplate | None,
+    text_column: str,
+) -> PromptFormat:
+    """The prompt to predict with: ``template`` where given (a ``ChatTemplate`` keeps its own text column), else the
+    adapter's chat template (``softprompt_hf.json``'s ``chat``), else its plain template, else the seed guide's. A
+    chat template is checked against ``tokenizer`` here."""
+    chat: ChatTemplate | None = None
+    if isinstance(template, str) and template:
+        return PromptTemplate(template, text_column)
+    if isinstance(template, ChatTemplate):
+        chat = template
+    elif settings.get(CHAT_KEY):
+        saved = settings[CHAT_KEY]
+        if not isinstance(saved, Mapping) or not isinstance(saved.get("user"), str):
+            raise AdapterLoadError(
+                f"{INFERENCE_CONFIG_NAME}'s {CHAT_KEY!r} is {saved!r}, not {{'user': <pattern>, 'system': <text or "
+                "null>}}: the file was changed by hand. Save the adapter again, or pass template=ChatTemplate(...)."
+            )
+        chat = ChatTemplate(user=saved["user"], system=saved.get("system"), text_column=text_column)
+    if chat is None:
+        return PromptTemplate(settings.get("template") or DEFAULT_TEMPLATE, text_column)
+    chat.check_tokenizer(tokenizer)
+    return chat
 
 
 def read_rows(

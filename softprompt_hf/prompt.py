@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import functools
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .constants import LABEL_TOKENIZATIONS
 
-__all__ = ["DEFAULT_TEMPLATE", "PromptInput", "PromptTemplate", "encode_target"]
+__all__ = ["DEFAULT_TEMPLATE", "PromptFormat", "PromptInput", "PromptTemplate", "encode_target", "fit_prompt"]
 
 logger = logging.get_logger(__name__)
 
@@ -38,6 +38,44 @@ _TEXT_MARK = "\ue000"
 #: What a template is filled from: a text (its ``{text}`` field) or a row, a mapping of column names to values (every
 #: field; ``{text}`` reads the template's ``text_column``).
 PromptInput = str | Mapping[str, Any]
+
+
+class PromptFormat(Protocol):
+    """What the collator, the metrics, the decoders and ``predict`` need of a prompt: :class:`PromptTemplate` (a plain
+    ``str.format`` pattern) and :class:`~softprompt_hf.chat.ChatTemplate` (an instruct model's chat template) offer it.
+
+    ``encode`` gives a row's prompt ids, ``encode_target`` the ids the model has to generate after them (the target,
+    then what ends it), and ``stop_ids`` the tokens at which decoding stops: the last id of every ``encode_target``
+    is one of them.
+    """
+
+    @property
+    def text_column(self) -> str: ...
+
+    @property
+    def fields(self) -> tuple[str, ...]: ...
+
+    @property
+    def columns(self) -> tuple[str, ...]: ...
+
+    @property
+    def cut_field(self) -> str: ...
+
+    def check_columns(self, columns: Any, where: str = "the data") -> None: ...
+
+    def values(self, source: PromptInput) -> dict[str, str]: ...
+
+    def source_text(self, source: PromptInput) -> str: ...
+
+    def source_column(self, row: Mapping[str, Any]) -> str: ...
+
+    def encode(
+        self, tokenizer: PreTrainedTokenizerBase, source: PromptInput, max_tokens: int | None = None
+    ) -> list[int]: ...
+
+    def encode_target(self, tokenizer: PreTrainedTokenizerBase, target: str) -> list[int]: ...
+
+    def stop_ids(self, tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]: ...
 
 
 @dataclass(frozen=True)
@@ -205,9 +243,10 @@ class PromptTemplate:
 
     def render(self, source: PromptInput) -> str:
         """Returns the template filled with ``source`` (a text, or a row: see :meth:`values`)."""
-        return self._format(self.values(source))
+        return self.fill(self.values(source))
 
-    def _format(self, values: Mapping[str, str]) -> str:
+    def fill(self, values: Mapping[str, str]) -> str:
+        """The template filled with ``values``, one per field (as :meth:`values` returns them)."""
         return self.template.format_map({**values, "text_column": self.text_column})
 
     @property
@@ -230,11 +269,11 @@ class PromptTemplate:
         return self._prompt_text(self.values(source))
 
     def _prompt_text(self, values: Mapping[str, str]) -> str:
-        rendered = self._format(values)
+        rendered = self.fill(values)
         return rendered[: len(rendered) - len(self.label_separator)]
 
     def _tail(self) -> str:
-        rendered = self._format(dict.fromkeys(self.fields, _TEXT_MARK))
+        rendered = self.fill(dict.fromkeys(self.fields, _TEXT_MARK))
         return rendered[rendered.rindex(_TEXT_MARK) + len(_TEXT_MARK) :]
 
     def encode(
@@ -258,25 +297,11 @@ class PromptTemplate:
             ValueError: If the prompt with an empty :attr:`cut_field` is longer than ``max_tokens``.
         """
         values = self.values(source)
-        ids = _tokenize(tokenizer, self._prompt_text(values))
-        if max_tokens is None or len(ids) <= max_tokens:
-            return ids
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be positive, got {max_tokens}.")
-        cut = self.cut_field
-        text = values[cut]
-        pieces = _text_pieces(tokenizer, text)
-        keep = len(pieces) - (len(ids) - max_tokens)
-        # Re-rendering the shortened text can tokenize differently at the text/template boundary, so
-        # shorten until the rendered prompt fits instead of trusting the first estimate.
-        while keep > 0:
-            shortened = _keep_pieces(text, pieces, keep, tokenizer.truncation_side)
-            ids = _tokenize(tokenizer, self._prompt_text({**values, cut: shortened}))
-            if len(ids) <= max_tokens:
-                return ids
-            keep -= len(ids) - max_tokens
-        ids = _tokenize(tokenizer, self._prompt_text({**values, cut: ""}))
-        if len(ids) > max_tokens:
+        ids = fit_prompt(
+            tokenizer, values, self.cut_field, lambda v: _tokenize(tokenizer, self._prompt_text(v)), max_tokens
+        )
+        if max_tokens is not None and len(ids) > max_tokens:
+            cut = self.cut_field
             what = "alone takes" if len(self.fields) == 1 else f"with its fields other than {{{cut}}} takes"
             raise ValueError(
                 f"The prompt template {what} {len(ids)} tokens, more than the {max_tokens} allowed for the prompt: "
@@ -312,6 +337,40 @@ class PromptTemplate:
             )
             ids = _tokenize(tokenizer, labelled, add_special_tokens=False)
         return [*ids, tokenizer.eos_token_id]
+
+    def stop_ids(self, tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+        """The tokens at which decoding stops: the tokenizer's EOS, which ends every target (none without one)."""
+        return () if tokenizer.eos_token_id is None else (tokenizer.eos_token_id,)
+
+
+def fit_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    values: Mapping[str, str],
+    cut: str,
+    encode: Callable[[Mapping[str, str]], list[int]],
+    max_tokens: int | None,
+) -> list[int]:
+    """The prompt ids ``encode(values)``, with the value of the field ``cut`` shortened until they fit in
+    ``max_tokens`` (from its end, or from its start when ``tokenizer.truncation_side == "left"``); the rest of the
+    prompt is never cut. Where even an empty ``cut`` does not fit, the ids with an empty ``cut`` (longer than
+    ``max_tokens``: the caller says what to change)."""
+    ids = encode(values)
+    if max_tokens is None or len(ids) <= max_tokens:
+        return ids
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be positive, got {max_tokens}.")
+    text = values[cut]
+    pieces = _text_pieces(tokenizer, text)
+    keep = len(pieces) - (len(ids) - max_tokens)
+    # Re-rendering the shortened text can tokenize differently at the text/template boundary, so
+    # shorten until the rendered prompt fits instead of trusting the first estimate.
+    while keep > 0:
+        shortened = _keep_pieces(text, pieces, keep, tokenizer.truncation_side)
+        ids = encode({**values, cut: shortened})
+        if len(ids) <= max_tokens:
+            return ids
+        keep -= len(ids) - max_tokens
+    return encode({**values, cut: ""})
 
 
 def encode_target(tokenizer: PreTrainedTokenizerBase, target: str) -> list[int]:

@@ -21,6 +21,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 from transformers.utils import logging
 
 from . import methods
+from .chat import ChatTemplate
 from .constants import LABEL_TOKENIZATIONS
 from .sharding import fsdp_root
 
@@ -33,6 +34,7 @@ logger = logging.get_logger(__name__)
 
 __all__ = [
     "CARD_KEY",
+    "CHAT_KEY",
     "INFERENCE_CONFIG_NAME",
     "TOKENIZER_FROM_ADAPTER",
     "TOKENIZER_FROM_BASE",
@@ -48,6 +50,9 @@ __all__ = [
 INFERENCE_CONFIG_NAME = "softprompt_hf.json"
 #: The key of ``softprompt_hf.json`` that holds the card's data (``ModelCardInputs``).
 CARD_KEY = "card"
+#: The key of ``softprompt_hf.json`` that holds the chat template's messages, ``{"user": <pattern>, "system": <text
+#: or null>}``, when the model was trained on prompts in its chat template (``ChatTemplate``); absent otherwise.
+CHAT_KEY = "chat"
 #: The key of ``softprompt_hf.json`` that says where inference loads the tokenizer from: ``TOKENIZER_FROM_BASE``
 #: or ``TOKENIZER_FROM_ADAPTER``. Absent in folders of softprompt_hf 0.1, which hold the tokenizer.
 TOKENIZER_KEY = "tokenizer"
@@ -241,7 +246,7 @@ def save_adapter(
     card: ModelCardInputs | ModelCard | None = None,
     repo_id: str | None = None,
     labels: Sequence[str] | None = None,
-    template: str | None = None,
+    template: str | ChatTemplate | None = None,
     text_column: str | None = None,
     class_names: Sequence[str] | None = None,
     eval_mode: str | None = None,
@@ -265,7 +270,9 @@ def save_adapter(
     ``softprompt_hf.json`` (``INFERENCE_CONFIG_NAME``) holds what inference needs beyond the adapter, keys left
     out when unknown: ``method`` (``prompt_tuning``, ``p_tuning``, ``prefix_tuning``), ``base_model`` (its Hub id,
     or the local path it was loaded from), ``labels`` (the label texts the model generates), ``template`` (the
-    prompt template), ``text_column`` (the column the model was trained on, which fills ``{text_column}``),
+    prompt template; a chat template's user message), ``chat`` (``CHAT_KEY``: ``{"user": ..., "system": ...}``, the
+    ``ChatTemplate`` the model was trained with; ``predict`` rebuilds it), ``text_column`` (the column the model was
+    trained on, which fills ``{text_column}``),
     ``label_tokenization`` (where the prompt ends and the label begins, ``joint`` or ``separate``: see
     ``PromptTemplate``; always written, and a folder without it was trained with ``separate``),
     ``task`` (``classification`` or ``text``: labels, or free text generated up to ``max_new_tokens``),
@@ -293,7 +300,8 @@ def save_adapter(
             ``labels``, ``template`` and ``text_column``.
         repo_id: The Hub repository the folder is for (the card's title and usage snippet name it).
         labels: The label texts (default: the card data's).
-        template: The prompt template (default: the card data's, else the seed guide's).
+        template: The prompt template (default: the card data's, else the seed guide's); or the ``ChatTemplate``
+            the model was trained with, recorded as ``chat`` (its user message is recorded as ``template``).
         text_column: The text column the model was trained on (default: the card data's).
         class_names: The class names of integer labels, for ``softprompt_hf.json``.
         eval_mode: How the run scored the model (``generate``, ``rank`` or ``constrained``), for ``softprompt_hf.json``.
@@ -321,7 +329,7 @@ def save_adapter(
         raise ValueError(f"save_tokenizer must be 'auto', True or False, got {save_tokenizer!r}.")
     named = {
         "labels": list(labels) if labels is not None else None,
-        "template": template,
+        "template": template.user if isinstance(template, ChatTemplate) else template,
         "text_column": text_column,
         "label_tokenization": label_tokenization,
     }
@@ -369,6 +377,8 @@ def save_adapter(
             "value the model was trained with (the collator's label_tokenization)."
         )
     settings.update(class_names=list(class_names) if class_names is not None else None, eval_mode=eval_mode)
+    if isinstance(template, ChatTemplate):
+        settings[CHAT_KEY] = {"user": template.user, "system": template.system}
     settings = {key: value for key, value in settings.items() if value is not None}
 
     def write(folder: Path) -> None:
