@@ -78,7 +78,8 @@ def generate_texts(
 ) -> list[str]:
     """Generates free text (a summary, an answer, a rewrite) after each input's prompt.
 
-    What ``TextGenerationMetrics`` and ``predict`` run for a text task. Each row stops at its own EOS or after
+    What ``TextGenerationMetrics`` and ``predict`` run for a text task. Each row stops at its own EOS (with a
+    ``ChatTemplate``, also at its end-of-turn token) or after
     ``max_new_tokens``; a batch stops once all its rows have stopped. Greedy decoding runs on the engine
     :func:`generate_labels` runs on: the soft prompt placed where peft's training forward places it (virtual token
     embeddings in front of the prompt's, or prefix tuning's key/values as the initial cache), prompts padded on
@@ -180,7 +181,8 @@ def generate_labels(
 ) -> list[str]:
     """Greedily generates the label text after each input's prompt.
 
-    What ``GenerationMetrics(mode="generate")`` and ``predict(mode="generate")`` run. Decoding stops at EOS or one
+    What ``GenerationMetrics(mode="generate")`` and ``predict(mode="generate")`` run. Decoding stops at EOS (with a
+    ``ChatTemplate``, also at its end-of-turn token) or one
     token past the longest of ``labels`` (or after ``max_new_tokens``); match the outputs to the label set with
     :func:`~softprompt_hf.metrics.match_label`.
 
@@ -332,7 +334,8 @@ def rank_labels(
     show_progress: bool = True,
     use_cache: bool = True,
 ) -> list[dict[str, float]]:
-    """Log-likelihood of each label's tokens and EOS after each text's prompt.
+    """Log-likelihood of each label's tokens and EOS (with a ``ChatTemplate``: its end-of-turn token) after each
+    text's prompt.
 
     Scores depend on batching only through float rounding (another batch size is another matrix-product
     shape: about 1e-5 apart in float32). With ``use_cache`` (the default) each prompt is run once, with the soft
@@ -387,7 +390,8 @@ def constrained_labels(
     """Greedy decoding restricted to the labels: at each step, the highest-scoring token among those that
     continue some label's tokens (``mode="constrained"``).
 
-    The labels' token ids, each followed by EOS and tokenized as training and :func:`rank_labels` tokenize them
+    The labels' token ids, each followed by EOS (a ``ChatTemplate``'s end-of-turn token) and tokenized as training
+    and :func:`rank_labels` tokenize them
     (the template's ``label_tokenization``), form a prefix tree. After the prompt, and after each chosen token,
     only the tree's next tokens are candidates; decoding stops as soon as the tokens so far leave a single label
     (``["complaint", "no complaint"]``: after the prompt alone), and where one label's tokens are a prefix of
@@ -463,9 +467,9 @@ def constrained_labels(
 
 
 class _LabelTrie:
-    """The labels' token ids (each ending with EOS) as a prefix tree: node 0 is the root, ``children[node]`` maps
-    each token that continues some label from there to its node, and ``settled[node]`` is the label every path
-    from ``node`` leads to, if only one does (then decoding can stop: the rest is forced)."""
+    """The labels' token ids (each ending with a stop token) as a prefix tree: node 0 is the root,
+    ``children[node]`` maps each token that continues some label from there to its node, and ``settled[node]`` is
+    the label every path from ``node`` leads to, if only one does (then decoding can stop: the rest is forced)."""
 
     def __init__(self, labels: Sequence[str], label_ids: Sequence[Sequence[int]], stops: Sequence[int]) -> None:
         if not labels:
@@ -703,9 +707,9 @@ def _generate_with_model(
     stops: Sequence[int] | None = None,
 ) -> list[list[int]]:
     """Greedy tokens after each prompt through ``model.generate()`` (or what ``generation_kwargs`` ask for instead
-    of greedy decoding: beams, sampling): batches padded on the left, stopped at EOS, a soft prompt's ``generate()``
-    made right with ``soft_prompt_generate`` for the call (left on if it already was, as ``load_adapter`` leaves
-    it); any other model's is the stock one, right as it is."""
+    of greedy decoding: beams, sampling): batches padded on the left, stopped at ``stops`` (default EOS), a soft
+    prompt's ``generate()`` made right with ``soft_prompt_generate`` for the call (left on if it already was, as
+    ``load_adapter`` leaves it); any other model's is the stock one, right as it is."""
     from .generate import fixes_generate, soft_prompt_generate
 
     # Where each row stops: the template's stop tokens (default: EOS).

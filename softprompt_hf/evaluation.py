@@ -214,7 +214,8 @@ class GenerationMetrics(_TrainerMetrics):
         text_column: Column holding the text.
         target_column: Column holding the gold label text.
         id_column: Optional column identifying rows, carried into the predictions.
-        template: The prompt template used in training.
+        template: The prompt template used in training, or the ``ChatTemplate`` (whose ``{text}`` reads
+            ``text_column``); with a chat template, labels end with its end-of-turn token instead of EOS.
         mode: ``"generate"``, ``"rank"`` or ``"constrained"``.
         batch_size: Prompts per forward pass.
         max_prompt_tokens: Truncate texts (never the template) so that prompts fit.
@@ -379,7 +380,8 @@ class TextGenerationMetrics(_TrainerMetrics):
         text_column: The column ``{text}`` reads (as for the collator).
         target_column: The column holding the reference text.
         id_column: Optional column identifying rows, carried into the predictions.
-        template: The prompt template used in training (``{text}`` and any column's name in braces).
+        template: The prompt template used in training (``{text}`` and any column's name in braces), or the
+            ``ChatTemplate``.
         metrics: What scores the outputs: ``None`` for the shipped four (ROUGE, BLEU, chrF, exact match), a
             shipped metric's name or a list of names (``"rouge"``, ``"bleu"``, ``"chrf"``, ``"exact_match"``), or
             any object with ``.compute(predictions=..., references=...)`` returning a dict (a user's

@@ -4,7 +4,9 @@ Training and generation must see the same prompt tokens for the same text, and e
 same prompt tokens, so every component of the package (the collator, the evaluation, the predict command) goes
 through :class:`PromptTemplate`: :meth:`PromptTemplate.encode` turns a text into the prompt's token ids and
 :meth:`PromptTemplate.encode_target` turns a label text into the ids the model has to generate after them.
-Where the prompt ends and the label begins is the template's ``label_tokenization`` (see there).
+Where the prompt ends and the label begins is the template's ``label_tokenization`` (see there). An instruct model's
+chat format is :class:`~softprompt_hf.chat.ChatTemplate` (``chat.py``); both offer :class:`PromptFormat`, what every
+caller needs.
 """
 
 from __future__ import annotations
