@@ -24,6 +24,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import TrainerCallback, TrainingArguments
 
+from .chat import ChatTemplate, prompt_format
 from .metrics import INVALID_COLUMN, ClassificationReport
 from .prompt import DEFAULT_TEMPLATE, SAVED_WITHOUT_LABEL_TOKENIZATION, PromptTemplate
 
@@ -147,6 +148,9 @@ class ModelCardInputs:
     dataset_config: str | None = None
     labels: list[str] | None = None
     template: str = DEFAULT_TEMPLATE
+    #: The chat template's messages, ``{"user": <pattern>, "system": <text or None>}``, when the model was trained on
+    #: prompts in the base model's chat template (``ChatTemplate``; ``template`` is then its user message); else None.
+    chat: dict[str, Any] | None = None
     #: The text column the model was trained on (fills ``{text_column}``); None: not known, and the card says so.
     text_column: str | None = None
     #: Where the prompt ends and the label begins in training (``PromptTemplate.label_tokenization``); data stored
@@ -243,6 +247,7 @@ def _card_inputs(model: Any, *, base_model: str, allow_local_base: bool, **value
     peft_config = _active_config(model)
     method_tag = METHOD_TAGS.get(_peft_type(peft_config), _peft_type(peft_config).lower().replace("_", "-"))
     trainable, total = _parameter_counts(model)
+    values = _with_chat(values)
     values = {key: value for key, value in values.items() if value is not None}
     for key in ("labels", "example_texts"):
         if key in values:
@@ -330,6 +335,7 @@ class ModelCardCallback(TrainerCallback):
             key: getattr(self.collator, key, None) or getattr(generation_metrics, key, None)
             for key in ("text_column", "template", "label_tokenization")
         }
+        trained = _with_chat(trained)
         labels = getattr(generation_metrics, "labels", None)
         report = getattr(generation_metrics, "last_report", None)
         text_task = getattr(generation_metrics, "task", "classification") == "text"
@@ -348,7 +354,7 @@ class ModelCardCallback(TrainerCallback):
         }
         if values.get("metrics") is not None:
             values["metrics"] = _clean_metrics(values["metrics"])
-        fields.update({key: value for key, value in values.items() if value is not None})
+        fields.update({key: value for key, value in _with_chat(values).items() if value is not None})
         if text_task and not {"text", "text_column"} & _template_fields(fields.get("template") or DEFAULT_TEMPLATE):
             fields["text_column"] = None  # a template of named columns reads no text column: none is recorded
         return _card_inputs(model, base_model=self.base_model, allow_local_base=self.allow_local_base, **fields)
@@ -488,10 +494,21 @@ def _first_rows(generation_metrics: Any) -> list[dict[str, str]] | None:
     rows = getattr(generation_metrics, "eval_rows", None)
     if rows is None:
         return None
-    prompt = PromptTemplate(generation_metrics.template, generation_metrics.text_column)
+    prompt = prompt_format(generation_metrics.template, generation_metrics.text_column)
     head = rows.select(range(min(_NUM_EXAMPLE_TEXTS, len(rows)))) if hasattr(rows, "column_names") else rows
     picked = [{column: str(row[column]) for column in prompt.columns} for row in list(head)[:_NUM_EXAMPLE_TEXTS]]
     return picked or None
+
+
+def _with_chat(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with a ``ChatTemplate`` as ``template`` recorded as card data: its user message as ``template``,
+    its messages as ``chat``."""
+    values = dict(values)
+    template = values.get("template")
+    if isinstance(template, ChatTemplate):
+        values["template"] = template.user
+        values["chat"] = {"user": template.user, "system": template.system}
+    return values
 
 
 def _placeholder_rows(inputs: ModelCardInputs) -> list[dict[str, str]]:

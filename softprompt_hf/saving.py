@@ -330,6 +330,7 @@ def save_adapter(
     named = {
         "labels": list(labels) if labels is not None else None,
         "template": template.user if isinstance(template, ChatTemplate) else template,
+        CHAT_KEY: {"user": template.user, "system": template.system} if isinstance(template, ChatTemplate) else None,
         "text_column": text_column,
         "label_tokenization": label_tokenization,
     }
@@ -364,6 +365,7 @@ def save_adapter(
             template=data.template,
             text_column=data.text_column,
             label_tokenization=data.label_tokenization,
+            chat=data.chat,
             task=data.task,
             max_new_tokens=data.max_new_tokens,
             **{CARD_KEY: data.to_dict()},
@@ -377,8 +379,6 @@ def save_adapter(
             "value the model was trained with (the collator's label_tokenization)."
         )
     settings.update(class_names=list(class_names) if class_names is not None else None, eval_mode=eval_mode)
-    if isinstance(template, ChatTemplate):
-        settings[CHAT_KEY] = {"user": template.user, "system": template.system}
     settings = {key: value for key, value in settings.items() if value is not None}
 
     def write(folder: Path) -> None:

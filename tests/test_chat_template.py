@@ -7,6 +7,7 @@ Three chat formats are built in the session on the tiny tokenizer: ChatML (SmolL
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -29,6 +30,7 @@ from softprompt_hf import (
     save_adapter,
 )
 from softprompt_hf._decoding import generate_label_ids
+from softprompt_hf.card import ModelCardCallback
 from softprompt_hf.saving import INFERENCE_CONFIG_NAME
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
@@ -325,6 +327,11 @@ def test_the_stock_trainer_trains_and_evaluates_with_a_chat_template(tmp_path):
     assert not torch.equal(model.prompt_encoder["default"].embedding.weight, before)
     results = trainer.evaluate()
     assert {"eval_loss", "eval_accuracy", "eval_f1"} <= results.keys()
+    # The card's data (what HubPushCallback saves with) records the chat template; the saved folder predicts with it.
+    card = ModelCardCallback.of(trainer, base_model="org/tiny-chat", metrics=metrics).card_data(model)
+    assert (card.template, card.chat) == (USER, {"user": USER, "system": None})
+    folder = save_adapter(model, tmp_path / "adapter", tokenizer=tokenizer, card=card)
+    assert json.loads((folder / INFERENCE_CONFIG_NAME).read_text())["chat"] == {"user": USER, "system": None}
 
 
 # -- Bad input ----------------------------------------------------------------------------------------------------
@@ -399,3 +406,11 @@ def test_a_saved_adapter_predicts_with_its_chat_template(tmp_path):
     # An in-memory model predicts with a ChatTemplate passed in.
     in_memory = predict(model, TEXTS[:3], labels=LABELS, template=chat, tokenizer=tokenizer)
     assert [p.predicted for p in in_memory] == ["no complaint"] * 3
+    # The card's usage snippet builds the same ChatTemplate, and runs as written on the folder.
+    card = (folder / "README.md").read_text()
+    assert "the base model's chat template" in card and "end-of-turn token" in card
+    (snippet,) = re.findall(r"```python\n(.*?)```", card, re.DOTALL)
+    assert f"ChatTemplate(user={USER!r}, system={SYSTEM!r}, text_column='Tweet text')" in snippet
+    namespace: dict = {}
+    exec(compile(snippet.replace("'path/to/adapter'", repr(str(folder))), "card-snippet", "exec"), namespace)
+    assert namespace["answers"] == ["no complaint"] * len(namespace["texts"])
