@@ -813,9 +813,11 @@ def cut_at_stop(ids: list[int], stops: Sequence[int]) -> list[int]:
 def decode_outputs(
     tokenizer: PreTrainedTokenizerBase, outputs: Sequence[Sequence[int]], stops: Sequence[int]
 ) -> list[str]:
-    """The generated ids as texts: a final stop token dropped (a chat template's end-of-turn token may be an added
-    token that is not special), special tokens removed, surrounding whitespace stripped."""
-    trimmed = [list(ids[:-1]) if ids and ids[-1] in stops else list(ids) for ids in outputs]
+    """The generated ids as texts: special tokens removed (EOS among them), a final stop token other than EOS
+    dropped too (a chat template's end-of-turn token, which a tokenizer may hold as an added token that is not
+    special), surrounding whitespace stripped."""
+    eos = tokenizer.eos_token_id
+    trimmed = [list(ids[:-1]) if ids and ids[-1] in stops and ids[-1] != eos else list(ids) for ids in outputs]
     return [text.strip() for text in tokenizer.batch_decode(trimmed, skip_special_tokens=True)]
 
 
