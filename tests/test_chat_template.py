@@ -31,6 +31,7 @@ from softprompt_hf import (
 )
 from softprompt_hf._decoding import generate_label_ids
 from softprompt_hf.card import ModelCardCallback
+from softprompt_hf.cli import main as cli_main
 from softprompt_hf.saving import INFERENCE_CONFIG_NAME
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
@@ -400,6 +401,9 @@ def test_a_saved_adapter_predicts_with_its_chat_template(tmp_path):
     texts = predict(str(folder), TEXTS[:2], task="text", max_new_tokens=20, device="cpu")
     answer = len(chat.encode_target(tokenizer, "no complaint")) - 1  # its end-of-turn token not counted
     assert [(p.output, p.tokens) for p in texts] == [("no complaint", answer)] * 2
+    output = tmp_path / "cli.jsonl"
+    assert cli_main(["predict", str(folder), "--text", TEXTS[0], "--device", "cpu", "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["predicted"] == "no complaint"
     # Negative control: the same adapter prompted with a plain template does not answer.
     plain = predict(str(folder), TEXTS[:3], template="{text}", device="cpu")
     assert all(p.predicted is None for p in plain)
