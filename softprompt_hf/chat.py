@@ -261,7 +261,7 @@ _SET_TEMPLATE = (
 )
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=8)
 def _turn_of(tokenizer: PreTrainedTokenizerBase, template: str, system: str | None) -> _Turn:
     """The chat template's :class:`_Turn` (``template``: the tokenizer's chat template, part of the key so that a
     changed template is read again), checked: the conversation ends with the assistant turn, right after the
