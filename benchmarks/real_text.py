@@ -110,9 +110,11 @@ def collect_run(output_dir: Path, logs: list[str]) -> dict[str, Any]:
         if elapsed:
             figures["wall_seconds"] = real_model._seconds(elapsed[-1])
     runtime = figures["train_runtime"]
-    # train_runtime includes the evaluations made during training (not one made at step 0, before it starts).
-    eval_seconds = sum(entry.get("eval_runtime", 0.0) for entry in evaluations if entry.get("step", 0) > 0)
-    figures["seconds_per_epoch"] = runtime / epochs if runtime and epochs else None
+    # train_runtime includes every evaluation made inside train(), --eval_on_start's at step 0 too: an epoch "with
+    # its eval" leaves that one out, training alone leaves them all out.
+    eval_seconds = sum(entry.get("eval_runtime", 0.0) for entry in evaluations)
+    start_seconds = sum(entry.get("eval_runtime", 0.0) for entry in evaluations if entry.get("step", 0) == 0)
+    figures["seconds_per_epoch"] = (runtime - start_seconds) / epochs if runtime and epochs else None
     figures["train_seconds_per_epoch"] = (runtime - eval_seconds) / epochs if runtime and epochs else None
     return figures
 

@@ -282,5 +282,5 @@ def test_real_text_collect_reads_a_free_text_recipe_run(tmp_path, real_text, cap
     assert figures["rougeL_by_epoch"] == [[entry["epoch"], entry["eval_rougeL"]] for entry in evaluations]
     assert figures["final"] == {key: final[f"eval_{key}"] for key in real_text.NAMES}
     assert figures["final_eval_rows_per_s"] == final["eval_samples_per_second"]
-    assert figures["train_runtime"] > 0 and figures["seconds_per_epoch"] > 0
+    assert figures["train_runtime"] > 0 and figures["seconds_per_epoch"] > figures["train_seconds_per_epoch"] > 0
     assert len(_table_rows(capsys.readouterr().out)) == 2
