@@ -12,18 +12,30 @@ import torch
 from datasets import ClassLabel, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, BloomForCausalLM
 
+from softprompt_hf.data import load_text_data
 from softprompt_hf.embedded import (
     COMPLAINT_INSTRUCTION,
+    DESCRIBE_INSTRUCTION,
+    DESCRIPTION_COLUMN,
     EMBEDDED_DATA_FILES,
     EMBEDDED_MODEL_PATH,
+    EMBEDDED_TEXT_DATA_FILES,
     LABEL_NAMES,
     TEXT_COLUMN,
 )
-from softprompt_hf.embedded.build_data import NUM_LABELLED, NUM_UNLABELLED, build_rows, features
+from softprompt_hf.embedded.build_data import (
+    NUM_LABELLED,
+    NUM_UNLABELLED,
+    build_rows,
+    build_text_rows,
+    features,
+    text_features,
+)
 from softprompt_hf.embedded.build_model import BuildSettings, file_sha256
-from softprompt_hf.embedded.scoring import generate_labels, label_accuracy
-from softprompt_hf.embedded.tasks import TASKS, TEMPLATE, iter_examples
+from softprompt_hf.embedded.scoring import generate_labels, label_accuracy, text_rouge_l
+from softprompt_hf.embedded.tasks import BARE_TASK_WEIGHTS, TASKS, TEMPLATE, TOPIC_PHRASES, describe, iter_examples
 from softprompt_hf.embedded.tweets import MAX_WORDS, MIN_WORDS, TweetGenerator
+from softprompt_hf.text_metrics import load_text_metric
 
 MODEL_DIR = Path(EMBEDDED_MODEL_PATH)
 SEED_INIT_TEXT = "Classify if the tweet is a complaint or no complaint.\n"  # the seed guide's, word for word
@@ -49,6 +61,12 @@ def model_and_tokenizer():
 def labelled(dataset) -> tuple[list[str], list[str]]:
     train = dataset["train"]
     return list(train[TEXT_COLUMN]), [LABEL_NAMES[y].replace("_", " ") for y in train["Label"]]
+
+
+@pytest.fixture(scope="module")
+def described() -> tuple[list[str], list[str]]:
+    rows = load_dataset("parquet", data_files=EMBEDDED_TEXT_DATA_FILES)["train"]
+    return list(rows[TEXT_COLUMN]), list(rows[DESCRIPTION_COLUMN])
 
 
 # -- dataset ---------------------------------------------------------------------------------------
@@ -88,6 +106,47 @@ def test_shipped_dataset_is_what_the_script_builds(dataset):
         assert dataset[split].to_dict() == columns, f"rerun python -m softprompt_hf.embedded.build_data ({split})"
 
 
+def test_shipped_text_dataset_is_what_the_script_builds(dataset):
+    rows = load_dataset("parquet", data_files=EMBEDDED_TEXT_DATA_FILES)["train"]
+    assert rows.features == text_features()
+    assert rows.to_dict() == build_text_rows(), "rerun python -m softprompt_hf.embedded.build_data (describe)"
+    # the labelled tweets, row for row: the text task is the classification task's rows with another target
+    assert rows[TEXT_COLUMN] == dataset["train"][TEXT_COLUMN] and rows["ID"] == dataset["train"]["ID"]
+
+
+def test_text_dataset_loads_for_text_to_text_training():
+    data = load_text_data(
+        EMBEDDED_TEXT_DATA_FILES, source_columns=TEXT_COLUMN, target_column=DESCRIPTION_COLUMN, id_column="ID"
+    )
+    assert data.target_column == DESCRIPTION_COLUMN and data.source_columns == [TEXT_COLUMN]
+    assert data.train.num_rows + data.validation.num_rows == NUM_LABELLED
+
+
+def test_descriptions_depend_on_several_attributes(dataset, described):
+    _, descriptions = described
+    assert len(set(descriptions)) >= 100, "tone, kind, company and topic combine"
+    openings = Counter(" ".join(d.split()[:2]) for d in descriptions)
+    assert set(openings) == {
+        "angry complaint", "polite complaint", "happy praise", "neutral question", "neutral remark",
+        "sad personal", "happy personal", "neutral personal",
+    }  # fmt: skip
+    assert all(4 <= len(d.split()) <= 8 for d in descriptions)
+    labels = dataset["train"]["Label"]
+    assert all(("complaint to" in d) == (y == 1) for d, y in zip(descriptions, labels, strict=True))
+    assert {d.rsplit(" about ", 1)[-1] for d in descriptions if " about " in d} == set(TOPIC_PHRASES.values())
+    # an answer of another task, or another row's description, shares little with a row's description
+    rouge = load_text_metric("rouge")
+    gen = TweetGenerator(4242)
+    tweets = [gen.tweet() for _ in range(300)]
+    references = [describe(t) for t in tweets]
+    for name, task in TASKS.items():
+        if name != "describe":
+            answers = [task.answer(t) for t in tweets]
+            assert rouge.compute(predictions=answers, references=references)["rougeL"] <= 0.3, name
+    shifted = references[1:] + references[:1]
+    assert rouge.compute(predictions=shifted, references=references)["rougeL"] <= 0.45
+
+
 def test_tweet_generator_is_seeded():
     first = [TweetGenerator(7).tweet() for _ in range(3)]
     again = [TweetGenerator(7).tweet() for _ in range(3)]
@@ -123,6 +182,8 @@ def test_manifest_matches_the_build_settings_and_config(manifest):
     assert manifest["settings"] == settings.__dict__, "the shipped model was built with other settings"
     assert manifest["complaint_instruction"] == COMPLAINT_INSTRUCTION == SEED_INIT_TEXT
     assert TASKS["complaint"].instructions[0] == COMPLAINT_INSTRUCTION
+    assert manifest["describe_instruction"] == DESCRIBE_INSTRUCTION == TASKS["describe"].instructions[0]
+    assert "describe" not in BARE_TASK_WEIGHTS, "the bare template never answers the free-text task"
     config = json.loads((MODEL_DIR / "config.json").read_text())
     assert config["model_type"] == manifest["config"]["model_type"] == "bloom"
     assert config["architectures"] == ["BloomForCausalLM"]
@@ -167,6 +228,23 @@ def test_without_instruction_the_task_is_unknown(model_and_tokenizer, labelled, 
     assert accuracy == pytest.approx(manifest["scores"]["without_instruction"], abs=0.01)
 
 
+def test_description_instruction_writes_the_descriptions(model_and_tokenizer, described, manifest):
+    model, tokenizer = model_and_tokenizer
+    texts, descriptions = described
+    rouge_l = text_rouge_l(model, tokenizer, texts, descriptions, instruction=DESCRIBE_INSTRUCTION)
+    assert rouge_l >= 0.9
+    assert rouge_l == pytest.approx(manifest["scores"]["describe_rougeL_with_instruction"], abs=0.01)
+
+
+def test_without_instruction_no_description(model_and_tokenizer, described, manifest):
+    """The bare template answers label tasks: a soft prompt for the free-text task starts far from it."""
+    model, tokenizer = model_and_tokenizer
+    texts, descriptions = described
+    rouge_l = text_rouge_l(model, tokenizer, texts, descriptions)
+    assert rouge_l <= 0.3
+    assert rouge_l == pytest.approx(manifest["scores"]["describe_rougeL_without_instruction"], abs=0.01)
+
+
 def test_instructions_select_the_task(model_and_tokenizer):
     """Each task's instruction makes the same tweets get that task's answers."""
     model, tokenizer = model_and_tokenizer
@@ -174,7 +252,7 @@ def test_instructions_select_the_task(model_and_tokenizer):
     tweets = [gen.tweet() for _ in range(40)]
     for task in TASKS.values():
         prompts = [task.instructions[0] + TEMPLATE.format(text=t.text) for t in tweets]
-        answers = generate_labels(model, tokenizer, prompts, max_new_tokens=4)
+        answers = generate_labels(model, tokenizer, prompts, max_new_tokens=16 if task.name == "describe" else 4)
         accuracy = sum(a == task.answer(t) for a, t in zip(answers, tweets, strict=True)) / len(tweets)
         assert accuracy >= 0.8, task.name
 

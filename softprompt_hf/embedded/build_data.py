@@ -6,9 +6,11 @@ Run from the repository root (about two seconds)::
 
 It writes ``softprompt_hf/embedded/data/train.parquet`` (labelled rows) and ``test.parquet``
 (unlabelled rows, ``Label`` 0 = "Unlabeled", as in RAFT), with the columns ``Tweet text`` (string),
-``ID`` (int32) and ``Label`` (``ClassLabel(names=LABEL_NAMES)``). The rows depend only on
-``DATA_SEED``; :func:`build_rows` returns them without touching the disk so that a test can check
-that the shipped files are what this script produces.
+``ID`` (int32) and ``Label`` (``ClassLabel(names=LABEL_NAMES)``), and ``describe.parquet``: the
+labelled rows' ``Tweet text`` and ``ID`` with their ``Description`` (string), the answer of the
+embedded model's free-text task (:func:`softprompt_hf.embedded.tasks.describe`). The rows depend only
+on ``DATA_SEED``; :func:`build_rows` and :func:`build_text_rows` return them without touching the
+disk so that a test can check that the shipped files are what this script produces.
 """
 
 from __future__ import annotations
@@ -16,15 +18,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from softprompt_hf.embedded import LABEL_NAMES, TEXT_COLUMN
-from softprompt_hf.embedded.tweets import TweetGenerator
+from softprompt_hf.embedded import DESCRIPTION_COLUMN, EMBEDDED_TEXT_DATA_FILES, LABEL_NAMES, TEXT_COLUMN
+from softprompt_hf.embedded.tasks import describe
+from softprompt_hf.embedded.tweets import Tweet, TweetGenerator
 
 __all__ = [
     "DATA_SEED",
     "NUM_LABELLED",
     "NUM_UNLABELLED",
     "build_rows",
+    "build_text_rows",
     "features",
+    "text_features",
     "write_dataset",
 ]
 
@@ -42,30 +47,59 @@ def features():
     return Features({TEXT_COLUMN: Value("string"), "ID": Value("int32"), "Label": ClassLabel(names=list(LABEL_NAMES))})
 
 
-def build_rows(seed: int = DATA_SEED) -> dict[str, dict[str, list]]:
-    """Returns ``{"train": columns, "test": columns}``; no text appears twice across both splits."""
+def text_features():
+    """The ``datasets.Features`` of the free-text file (``describe.parquet``)."""
+    from datasets import Features, Value
+
+    return Features({TEXT_COLUMN: Value("string"), "ID": Value("int32"), DESCRIPTION_COLUMN: Value("string")})
+
+
+def _draw(seed: int) -> dict[str, list[Tweet]]:
+    """The tweets of both splits, in order; no text appears twice across them."""
     gen = TweetGenerator(seed)
     seen: set[str] = set()
-    rows: dict[str, dict[str, list]] = {}
-    next_id = 0
+    tweets: dict[str, list[Tweet]] = {}
     for split, count in (("train", NUM_LABELLED), ("test", NUM_UNLABELLED)):
-        texts: list[str] = []
-        labels: list[int] = []
-        while len(texts) < count:
+        tweets[split] = []
+        while len(tweets[split]) < count:
             tweet = gen.tweet()
             if tweet.text in seen:
                 continue
             seen.add(tweet.text)
-            texts.append(tweet.text)
-            labels.append(0 if split == "test" else (1 if tweet.complaint else 2))
-        ids = list(range(next_id, next_id + count))
-        next_id += count
-        rows[split] = {TEXT_COLUMN: texts, "ID": ids, "Label": labels}
-    return rows
+            tweets[split].append(tweet)
+    return tweets
+
+
+def build_rows(seed: int = DATA_SEED) -> dict[str, dict[str, list]]:
+    """Returns ``{"train": columns, "test": columns}``; no text appears twice across both splits."""
+    tweets = _draw(seed)
+    num_train = len(tweets["train"])
+    return {
+        "train": {
+            TEXT_COLUMN: [t.text for t in tweets["train"]],
+            "ID": list(range(num_train)),
+            "Label": [1 if t.complaint else 2 for t in tweets["train"]],
+        },
+        "test": {
+            TEXT_COLUMN: [t.text for t in tweets["test"]],
+            "ID": list(range(num_train, num_train + len(tweets["test"]))),
+            "Label": [0] * len(tweets["test"]),
+        },
+    }
+
+
+def build_text_rows(seed: int = DATA_SEED) -> dict[str, list]:
+    """Returns the columns of ``describe.parquet``: the labelled rows (their texts and IDs) and their descriptions."""
+    train = _draw(seed)["train"]
+    return {
+        TEXT_COLUMN: [t.text for t in train],
+        "ID": list(range(len(train))),
+        DESCRIPTION_COLUMN: [describe(t) for t in train],
+    }
 
 
 def write_dataset(out_dir: str | Path = _DEFAULT_OUT, seed: int = DATA_SEED) -> dict[str, Path]:
-    """Writes ``train.parquet`` and ``test.parquet`` under ``out_dir`` and returns their paths."""
+    """Writes ``train.parquet``, ``test.parquet`` and ``describe.parquet`` under ``out_dir``; returns their paths."""
     from datasets import Dataset
 
     out_dir = Path(out_dir)
@@ -75,6 +109,9 @@ def write_dataset(out_dir: str | Path = _DEFAULT_OUT, seed: int = DATA_SEED) -> 
         path = out_dir / f"{split}.parquet"
         Dataset.from_dict(columns, features=features()).to_parquet(str(path))
         paths[split] = path
+    path = out_dir / Path(EMBEDDED_TEXT_DATA_FILES["train"]).name
+    Dataset.from_dict(build_text_rows(seed), features=text_features()).to_parquet(str(path))
+    paths["describe"] = path
     return paths
 
 

@@ -1,7 +1,9 @@
-"""Label accuracy of the plain embedded model behind a text instruction, for its build script and tests.
+"""Scores of the plain embedded model behind a text instruction, for its build script and tests: label accuracy
+for the label tasks, ROUGE-L for the free-text (describe) task.
 
-The decoding itself is the package's (:func:`softprompt_hf.generate_labels`); this module
-only puts an instruction in front of the seed's template, which is what the model was built to follow.
+The decoding itself is the package's (:func:`softprompt_hf.generate_labels`, :func:`softprompt_hf.generate_texts`)
+and so is the ROUGE (:mod:`softprompt_hf.text_metrics`); this module only puts an instruction in front of the seed's
+template, which is what the model was built to follow.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from softprompt_hf._decoding import generate_labels as _generate_labels
+from softprompt_hf._decoding import generate_texts
 from softprompt_hf.embedded.tasks import TEMPLATE
 from softprompt_hf.prompt import PromptTemplate
+from softprompt_hf.text_metrics import load_text_metric
 
-__all__ = ["generate_labels", "label_accuracy"]
+__all__ = ["generate_labels", "label_accuracy", "text_rouge_l"]
 
 
 def generate_labels(model, tokenizer, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
@@ -35,3 +39,20 @@ def label_accuracy(
     longest = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in set(labels))
     predictions = generate_labels(model, tokenizer, prompts, max_new_tokens=longest + 1)
     return sum(p == y for p, y in zip(predictions, labels, strict=True)) / len(labels)
+
+
+def text_rouge_l(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    references: Sequence[str],
+    instruction: str = "",
+    template: str = TEMPLATE,
+) -> float:
+    """ROUGE-L F1 (0-1) of greedy generation after ``instruction + template`` against the reference texts."""
+    prompts = [instruction + template.format(text=t) for t in texts]
+    longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in set(references))
+    outputs = generate_texts(
+        model, tokenizer, prompts, template=PromptTemplate("{text}"), max_new_tokens=longest + 1, show_progress=False
+    )
+    return load_text_metric("rouge").compute(predictions=outputs, references=list(references))["rougeL"]

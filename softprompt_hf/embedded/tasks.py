@@ -3,7 +3,8 @@
 bloomz learned many tasks, each selected by a natural-language instruction placed before the input;
 a soft prompt then learns to play the role of such an instruction. The embedded model is trained the
 same way in miniature: every example is ``instruction + "Tweet text : {text} Label : "`` followed by
-the task's answer and EOS, and five tasks share that label slot:
+the task's answer and EOS, and six tasks share that slot, five with a label for answer and one with
+free text:
 
 ========== ===================================================== =================================
 task       canonical instruction                                 answers
@@ -13,12 +14,16 @@ sentiment  Classify the sentiment of the tweet as positive, ...  positive, negat
 topic      Classify the topic of the tweet.                      airline, bank, ..., other
 company    Which company is the tweet addressed to?              skylink, novabank, ..., none
 question   Is the tweet a question or a statement?               question, statement
+describe   Describe the tweet in a few words.                    angry complaint to skylink about
+                                                                 flights, ... (:func:`describe`)
 ========== ===================================================== =================================
 
 Instructions come in several wordings, sometimes lower-cased or cut short after their key word, so
 that the model keys on what an instruction says rather than on one exact string. Some examples come
 with no instruction at all (the bare template) and then answer a task drawn at random: without an
-instruction or a soft prompt, the model cannot know that the complaint task is meant.
+instruction or a soft prompt, the model cannot know that the complaint task is meant. They never
+answer the describe task: its answers stay out of the bare template's reach, so a soft prompt that
+learns the task starts from outputs that share little with its references.
 """
 
 from __future__ import annotations
@@ -27,20 +32,58 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from softprompt_hf.embedded import COMPLAINT_INSTRUCTION
+from softprompt_hf.embedded import COMPLAINT_INSTRUCTION, DESCRIBE_INSTRUCTION
 from softprompt_hf.embedded.tweets import Tweet, TweetGenerator
 
 __all__ = [
     "BARE_TASK_WEIGHTS",
     "TASKS",
+    "TASK_WEIGHTS",
     "TEMPLATE",
+    "TOPIC_PHRASES",
     "Example",
     "Task",
+    "describe",
     "iter_examples",
 ]
 
 #: The seed guide's template: the model reads the label right after ``"Label : "``.
 TEMPLATE = "Tweet text : {text} Label : "
+
+
+#: What ``describe`` calls each topic: words of their own, so that a wrong topic costs its words.
+TOPIC_PHRASES = {
+    "airline": "flights",
+    "telecom": "phone and internet",
+    "bank": "banking",
+    "delivery": "parcels",
+    "shopping": "online shopping",
+    "streaming": "streaming",
+    "food": "food orders",
+    "rail": "trains",
+    "energy": "energy bills",
+    "electronics": "gadgets",
+}
+_MOODS = {"negative": "sad", "positive": "happy", "neutral": "neutral"}
+
+
+def describe(tweet: Tweet) -> str:
+    """The describe task's answer: a few words on the tweet's tone, kind, company and topic.
+
+    ``"angry complaint to skylink about flights"``, ``"polite complaint to novabank about banking"``,
+    ``"happy praise for boxly about parcels"``, ``"neutral question to vidora about streaming"`` (a ``remark``
+    when it asks nothing), ``"sad personal tweet with no company"``. Of a company tweet's six to eight words,
+    all but the connecting ones ("to", "for", "about", "and") name what the generator knows about it, so an
+    answer about another tweet shares few of them.
+    """
+    if tweet.kind == "personal":
+        return f"{_MOODS[tweet.sentiment]} personal tweet with no company"
+    about = f"{tweet.company} about {TOPIC_PHRASES[tweet.topic]}"
+    if tweet.kind == "complaint":
+        return f"{'polite' if tweet.polite else 'angry'} complaint to {about}"
+    if tweet.kind == "praise":
+        return f"happy praise for {about}"
+    return f"neutral {'question' if tweet.question else 'remark'} to {about}"
 
 
 @dataclass(frozen=True)
@@ -108,11 +151,30 @@ TASKS: dict[str, Task] = {
         keyword="question",
         answer=lambda t: "question" if t.question else "statement",
     ),
+    "describe": Task(
+        name="describe",
+        instructions=(
+            DESCRIBE_INSTRUCTION,
+            "Write a short description of the tweet.\n",
+            "Describe this tweet: its tone, kind, company and topic.\n",
+            "In a few words, describe what kind of tweet this is and who it is for.\n",
+            "Tweet description:\n",
+        ),
+        keyword="describe|description",
+        answer=describe,
+    ),
 }
 
 #: How often each task is drawn for an instructed example.
-TASK_WEIGHTS = {"complaint": 0.25, "sentiment": 0.15, "topic": 0.2, "company": 0.2, "question": 0.2}
-#: Which task a bare-template example (no instruction) answers.
+TASK_WEIGHTS = {
+    "complaint": 0.22,
+    "sentiment": 0.12,
+    "topic": 0.14,
+    "company": 0.14,
+    "question": 0.13,
+    "describe": 0.25,
+}
+#: Which task a bare-template example (no instruction) answers: never the describe task (see the module docstring).
 BARE_TASK_WEIGHTS = {"complaint": 0.1, "sentiment": 0.3, "topic": 0.2, "company": 0.2, "question": 0.2}
 
 

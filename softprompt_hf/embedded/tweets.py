@@ -4,7 +4,8 @@ The embedded dataset (:mod:`softprompt_hf.embedded.build_data`) and the multitas
 embedded model is pretrained on (:mod:`softprompt_hf.embedded.tasks`) both draw their tweets from
 :class:`TweetGenerator`. Every tweet carries its ground truth: whether it is a complaint, its
 sentiment, its topic (the industry of the company it addresses), the company, and whether it asks a
-question. Companies, people and handles are invented.
+question, what kind of tweet it is (complaint, praise, inquiry or personal) and whether a complaint
+is polite. Companies, people and handles are invented.
 
 The output depends only on the seed: the generator uses its own ``random.Random`` and iterates over
 lists and tuples, never over sets or dicts whose order could change.
@@ -31,6 +32,8 @@ class Tweet:
     sentiment: str  # "positive", "negative" or "neutral"
     topic: str  # a key of SECTORS, or "other" for tweets that address no company
     company: str  # lower-case company name, or "none"
+    kind: str  # "complaint", "praise", "inquiry" (a question or news about a company) or "personal"
+    polite: bool = False  # a complaint that asks politely instead of venting
 
     @property
     def question(self) -> bool:
@@ -639,7 +642,9 @@ class TweetGenerator:
             opener = rng.choice(_OPENERS_ANGRY)
         text = self._place_handle(self._join(parts), handle, opener)
         text = self._decorate(text, _ANGRY_EMOJI, _COMPLAINT_TAGS, 0.15 if polite else 0.45)
-        return Tweet(text=text, complaint=True, sentiment="negative", topic=topic, company=name)
+        return Tweet(
+            text=text, complaint=True, sentiment="negative", topic=topic, company=name, kind="complaint", polite=polite
+        )
 
     def _no_complaint(self) -> Tweet:
         rng = self._rng
@@ -654,12 +659,12 @@ class TweetGenerator:
                 parts.insert(0, rng.choice(("thank you", "big thanks", "shoutout to the team", "honestly")))
             text = self._place_handle(self._join(parts), handle, rng.choice(("", "", "wow", "hey")))
             text = self._decorate(text, _HAPPY_EMOJI, _PRAISE_TAGS, 0.55)
-            return Tweet(text=text, complaint=False, sentiment="positive", topic=topic, company=name)
+            return Tweet(text=text, complaint=False, sentiment="positive", topic=topic, company=name, kind="praise")
         parts = self._fills(sector.neutral, rng.choice((1, 1, 1, 2, 2, 3)), name)
         parts += rng.sample(_NEUTRAL_EXTRAS, rng.choice((0, 0, 1, 1, 2)))
         text = self._place_handle(self._join(parts), handle, rng.choice(_OPENERS_CALM))
         text = self._decorate(text, _NEUTRAL_EMOJI, (), 0.25)
-        return Tweet(text=text, complaint=False, sentiment="neutral", topic=topic, company=name)
+        return Tweet(text=text, complaint=False, sentiment="neutral", topic=topic, company=name, kind="inquiry")
 
     def _personal(self) -> Tweet:
         rng = self._rng
@@ -673,4 +678,4 @@ class TweetGenerator:
         if rng.random() < 0.35:
             text = f"{rng.choice(_FRIENDS)} {text}"
         text = self._decorate(text, emoji, ("#mood", "#life", "#weekend"), 0.5)
-        return Tweet(text=text, complaint=False, sentiment=sentiment, topic="other", company="none")
+        return Tweet(text=text, complaint=False, sentiment=sentiment, topic="other", company="none", kind="personal")
