@@ -57,6 +57,7 @@ RUN_FLAGS = [
     "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
     "--num_sample_predictions", "0", "--predict_unlabeled", "false", "--report_to", "none",
     "--disable_tqdm", "true", "--logging_strategy", "no",
+    "--eval_loss", "true",  # the table reports the validation loss before and after training
 ]  # fmt: skip
 HEADERS = [
     "method",
