@@ -276,7 +276,7 @@ def test_text_initialised_prompt_tuning_starts_high(model_and_tokenizer, labelle
 
 @pytest.mark.slow
 def test_rebuild_reproduces_the_shipped_model(tmp_path, manifest):
-    """Rebuilds the model (about four minutes): same tokenizer and config, same scores."""
+    """Rebuilds the model (about five minutes): same tokenizer and config, same scores."""
     from softprompt_hf.embedded.build_model import build_model
 
     rebuilt = build_model(tmp_path, log=lambda line: None)

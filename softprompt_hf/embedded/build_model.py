@@ -1,6 +1,6 @@
 """Builds the embedded model: a tiny instruction-tuned Bloom ("bloomz in miniature") and its tokenizer.
 
-Run from the repository root, after ``build_data`` (about four minutes on two CPU cores)::
+Run from the repository root, after ``build_data`` (about five minutes on two CPU cores)::
 
     python -m softprompt_hf.embedded.build_model
 
