@@ -42,7 +42,9 @@ from softprompt_hf import (  # noqa: E402
     enable_label_only_logits,
     enable_shared_prompt,
 )
+from softprompt_hf.arguments import ACLSUM_TEMPLATE  # noqa: E402
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH  # noqa: E402
+from softprompt_hf.real import load_aclsum  # noqa: E402
 
 MODELS = ("embedded", "tiny")
 TASKS = ("labels", "text", "aclsum")
@@ -73,9 +75,6 @@ def load(args: argparse.Namespace, name: str) -> tuple[Any, Any, str]:
 def eval_set(task: str, tok: Any, rows: int) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The eval rows of ``task``, the collator's options and the metrics' options."""
     if task == "aclsum":
-        from softprompt_hf.arguments import ACLSUM_TEMPLATE
-        from softprompt_hf.real import load_aclsum
-
         data = load_aclsum(ACLSUM["aspect"], ACLSUM["sources"])
         validation = data.validation.select(range(min(rows, len(data.validation))))
         columns = {"template": ACLSUM_TEMPLATE, "text_column": "text", "target_column": data.target_column}

@@ -21,6 +21,7 @@ from hub_server import TOKEN, HubServer
 from test_real_e2e import GEMMA_HUB_ID, cli_command, prepared_gemma, read_csv, run, user_env
 
 from softprompt_hf.arguments import ACLSUM_TEMPLATE
+from softprompt_hf.real import load_aclsum
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "recipes" / "configs" / "prompt_tuning_gemma-3-270m_aclsum.yaml"
@@ -45,8 +46,6 @@ MAX_DIFFERENT = 1
     importlib.util.find_spec("aclsum") is None, reason='aclsum is not installed (pip install -e ".[real]")'
 )
 def test_a_free_text_adapter_trains_pushes_loads_by_id_and_generates_the_same_everywhere(tmp_path):
-    from softprompt_hf.real import load_aclsum
-
     folder = prepared_gemma()
     validation = load_aclsum("outcome", ["abstract"]).validation
     rows = [{column: row[column] for column in ("title", "text", "aspect")} for row in validation.select(range(ROWS))]
