@@ -17,6 +17,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import IntervalStrategy, SaveStrategy, SchedulerType
 
+from .chat import ChatTemplate
 from .constants import DEFAULT_TIMEOUT, LABEL_TOKENIZATIONS, MODES, TASKS, TEXT_METRIC_NAMES
 from .embedded import EMBEDDED_MODEL_PATH
 from .methods import METHODS, SoftPromptArguments
@@ -24,6 +25,7 @@ from .prompt import DEFAULT_TEMPLATE
 from .real import ACLSUM_ASPECTS, ACLSUM_SOURCES, BBC_NEWS_TEXT_FIELDS
 
 __all__ = [
+    "CHAT_USER_DEFAULT",
     "DataArguments",
     "ModelArguments",
     "RecipeArguments",
@@ -37,6 +39,8 @@ __all__ = [
 _DATASETS = ("embedded", "raft", "files", "bbc_news", "aclsum")
 #: Datasets of free-text targets (--task text); the others hold labelled rows.
 _TEXT_DATASETS = ("files", "aclsum")
+#: --chat_template's user message where --template is left at the seed's: the row's text alone.
+CHAT_USER_DEFAULT = "{text}"
 #: dataset=aclsum's template where --template is left at the seed's (the column names of load_aclsum's rows).
 ACLSUM_TEMPLATE = "Paper : {title} . {text} Its {aspect} : "
 
@@ -127,7 +131,24 @@ class DataArguments:
         default=0.2,
         metadata={"help": "Labelled rows held out for validation, stratified: a fraction (<1) or a count (>=1)."},
     )
-    template: str = field(default=DEFAULT_TEMPLATE, metadata={"help": "Prompt template ({text_column}, {text})."})
+    template: str = field(
+        default=DEFAULT_TEMPLATE,
+        metadata={
+            "help": "Prompt template ({text_column}, {text}, or your columns' names in braces). With --chat_template: "
+            f"the user message (default {CHAT_USER_DEFAULT!r}: the row's text alone)."
+        },
+    )
+    chat_template: bool = field(
+        default=False,
+        metadata={
+            "help": "Build prompts with the base model's own chat template (an instruct model): --template is the "
+            "user message, --system_prompt the system message; the target ends with the token that closes the "
+            "assistant turn (<|im_end|> in ChatML), where decoding stops. Needs a tokenizer with a chat template."
+        },
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "With --chat_template: a system message (default: none of ours)."}
+    )
     label_tokenization: str | None = field(
         default=None,
         metadata={
@@ -181,6 +202,13 @@ class DataArguments:
             self.text_column = self.text_column or "text"
             if self.template == DEFAULT_TEMPLATE:
                 self.template = ACLSUM_TEMPLATE
+        if self.chat_template and self.template == DEFAULT_TEMPLATE:
+            self.template = CHAT_USER_DEFAULT
+        if self.system_prompt is not None and not self.chat_template:
+            raise ValueError(
+                "--system_prompt is the system message of a chat template's prompt: add --chat_template true (an "
+                "instruct model), or put the instruction into --template."
+            )
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r}: choose one of {', '.join(TASKS)}.")
         if self.task == "text":
@@ -196,6 +224,13 @@ class DataArguments:
             raise ValueError(
                 f"label_tokenization={self.label_tokenization!r}: choose one of {', '.join(LABEL_TOKENIZATIONS)}."
             )
+
+    def prompt(self, text_column: str) -> str | ChatTemplate:
+        """The run's prompt: the ``--template`` pattern, or with ``--chat_template`` a ``ChatTemplate`` whose user
+        message is that pattern (``{text}`` reading ``text_column``) and system message ``--system_prompt``."""
+        if not self.chat_template:
+            return self.template
+        return ChatTemplate(user=self.template, system=self.system_prompt, text_column=text_column)
 
     def _check_text_task(self) -> None:
         if self.dataset not in _TEXT_DATASETS:

