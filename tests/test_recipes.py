@@ -31,6 +31,7 @@ RECIPES = REPO / "recipes"
 CONFIGS = sorted((RECIPES / "configs").glob("*.yaml"))
 SEED_CONFIGS = sorted((RECIPES / "configs").glob("*_bloomz-560m.yaml"))
 GEMMA_CONFIGS = sorted((RECIPES / "configs").glob("*_gemma-3-270m_*.yaml"))
+SMOLLM2_CONFIGS = sorted((RECIPES / "configs").glob("*_smollm2-135m-instruct_*.yaml"))
 ACCELERATE_CONFIGS = sorted((RECIPES / "accelerate").glob("*.yaml"))
 ALL_YAML = sorted(p for p in REPO.rglob("*.y*ml") if ".git" not in p.parts and "site-packages" not in p.parts)
 
@@ -137,7 +138,8 @@ def test_each_recipe_passes_its_init_flags_and_the_datas_labels_to_the_trainer(
 def test_every_yaml_in_the_repo_is_a_known_config_and_starts_with_its_command():
     assert set(ALL_YAML) == set(CONFIGS) | set(ACCELERATE_CONFIGS), "a YAML file outside the tested folders"
     assert len(SEED_CONFIGS) == 3 and len(GEMMA_CONFIGS) == 9 and len(ACCELERATE_CONFIGS) == 5
-    assert set(CONFIGS) == set(SEED_CONFIGS) | set(GEMMA_CONFIGS)
+    assert len(SMOLLM2_CONFIGS) == 6
+    assert set(CONFIGS) == set(SEED_CONFIGS) | set(GEMMA_CONFIGS) | set(SMOLLM2_CONFIGS)
     for path in ALL_YAML:
         first = path.read_text().splitlines()[0]
         assert first.startswith("# accelerate launch ") or first.startswith("# On each machine"), path
@@ -206,6 +208,39 @@ def test_gemma_configs_name_the_prepared_model_and_their_data(path):
         else:  # 64 steps at the recipes' lr, not 32
             assert (training_args.per_device_train_batch_size, training_args.learning_rate) == (8, 3e-2)
         assert ("topic" in prompt_args.prompt_tuning_init_text) == (dataset == "bbc-news")
+
+
+@pytest.mark.parametrize("path", SMOLLM2_CONFIGS, ids=lambda p: p.name)
+def test_smollm2_configs_prompt_through_its_chat_template(path):
+    """Each SmolLM2-135M-Instruct config starts with its command, reads the folder `softprompt-hf prepare-real` makes
+    for it, and prompts through the chat template with an instruction in the user turn; the plain prompt its
+    comment names for a comparison parses too."""
+    method, dataset = path.stem.split("_smollm2-135m-instruct_")
+    assert path.read_text().splitlines()[0] == (
+        f"# accelerate launch recipes/{method}.py --config recipes/configs/{path.name}"
+    )
+    model_args, data_args, prompt_args, training_args = parse_recipe_args(method, ["--config", str(path)])
+    assert model_args.model_name_or_path == str(Path.home() / ".cache/softprompt_hf/smollm2-135m-instruct-q4_1-float32")
+    assert (prompt_args.method, training_args.output_dir) == (method, f"outputs/{path.stem}")
+    assert data_args.chat_template and data_args.system_prompt is None  # SmolLM2's own system message
+    chat = data_args.prompt("text")
+    assert chat.user == data_args.template and chat.fields == ("text",)
+    labels = {"tweets": ("complaint",), "bbc-news": BBC_NEWS_TOPICS}[dataset]
+    assert all(label in data_args.template for label in labels)  # the instruction names the labels
+    plain = "{text_column} : {text} Label : " if dataset == "tweets" else "Article : {text} Topic : "
+    assert f'--chat_template false --template "{plain}"' in " ".join(
+        line.lstrip("# ") for line in path.read_text().splitlines()
+    )
+    _, plain_args, _, _ = parse_recipe_args(
+        method, ["--config", str(path), "--chat_template", "false", "--template", plain]
+    )
+    assert plain_args.prompt("text") == plain
+    if dataset == "bbc-news":
+        assert (data_args.dataset, data_args.max_length, data_args.max_train_samples) == ("bbc_news", 192, 250)
+    else:
+        assert data_args.dataset == "embedded" and training_args.num_train_epochs == 2
+    if method == "prompt_tuning":
+        assert prompt_args.prompt_tuning_init == "TEXT"
 
 
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.name)
