@@ -49,10 +49,11 @@ import torch  # noqa: E402
 
 from softprompt_hf import runner  # noqa: E402
 from softprompt_hf.arguments import RecipeArguments, parse_recipe_args  # noqa: E402
+from softprompt_hf.chat import ChatTemplate  # noqa: E402
 from softprompt_hf.constants import MODES  # noqa: E402
 from softprompt_hf.embedded import label_tokenization_for  # noqa: E402
 from softprompt_hf.evaluation import GenerationMetrics  # noqa: E402
-from softprompt_hf.real import BBC_NEWS_TOPICS, GEMMA_FOLDER_NAME, default_cache_dir  # noqa: E402
+from softprompt_hf.real import BBC_NEWS_TOPICS, GEMMA_FOLDER_NAME, SMOLLM2_FOLDER_NAME, default_cache_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "recipes" / "configs"
@@ -66,8 +67,14 @@ def default_model_path() -> str:
     return str(default_cache_dir() / GEMMA_FOLDER_NAME)
 
 
-def config_path(method: str, dataset: str) -> Path:
-    return CONFIGS / f"{method}_gemma-3-270m_{DATASETS[dataset]}.yaml"
+#: The models with recipe configs, by the name in their configs' file names.
+CONFIG_MODELS = {"gemma-3-270m": GEMMA_FOLDER_NAME, "smollm2-135m-instruct": SMOLLM2_FOLDER_NAME}
+#: The plain template of each dataset, scored beside a chat config's chat template (the configs name it).
+PLAIN_TEMPLATES = {"tweets": "{text_column} : {text} Label : ", "bbc_news": "Article : {text} Topic : "}
+
+
+def config_path(method: str, dataset: str, model: str = "gemma-3-270m") -> Path:
+    return CONFIGS / f"{method}_{model}_{DATASETS[dataset]}.yaml"
 
 
 # -- The recipes' data and metrics ------------------------------------------------------------------------
@@ -213,22 +220,32 @@ def _load_base(model_path: str, device: str) -> Any:
 def zero_shot(args: argparse.Namespace) -> list[dict[str, Any]]:
     modes = _modes(args.modes)
     print(c.header("Zero-shot: the untrained base model", "python benchmarks/real_model.py" + c.flags(args)))
-    model = _load_base(args.model_name_or_path, args.device)
-    print(f"Model: {args.model_name_or_path} ({type(model).__name__}); modes {', '.join(modes)}\n")
+    model_path = args.model_name_or_path or str(default_cache_dir() / CONFIG_MODELS[args.configs_of])
+    model = _load_base(model_path, args.device)
+    print(f"Model: {model_path} ({type(model).__name__}); configs {args.configs_of}; modes {', '.join(modes)}\n")
     headers = ["dataset", "template", "mode", "rows", *mode_headers(modes)]
     print(c.table(headers, []))
     results = []
     for dataset in args.datasets:
-        recipe = recipe_eval(config_path("prompt_tuning", dataset), args.model_name_or_path)
+        recipe = recipe_eval(config_path("prompt_tuning", dataset, args.configs_of), model_path)
         base = dataclasses.replace(
             recipe.metrics, eval_rows=_rows(recipe, args.rows), batch_size=args.batch_size or recipe.metrics.batch_size
         )
         instruction = recipe.args.prompt.prompt_tuning_init_text
-        templates = {"recipe's": base.template}
-        if instruction:
-            # The instruction is plain text in front of the template: its braces must not read as fields.
-            escaped = instruction.replace("{", "{{").replace("}", "}}")
-            templates["instruction + recipe's"] = escaped + base.template
+        # The instruction is plain text in front of a template: its braces must not read as fields.
+        escaped = (instruction or "").replace("{", "{{").replace("}", "}}")
+        templates: dict[str, Any] = {}
+        if isinstance(base.template, ChatTemplate):
+            # A chat config: its chat template (the instruction in the user turn), against the plain prompt of
+            # the dataset with and without the same instruction in front.
+            templates["chat, instruction in the user turn"] = base.template
+            templates["plain"] = PLAIN_TEMPLATES[dataset]
+            if instruction:
+                templates["instruction + plain"] = escaped + PLAIN_TEMPLATES[dataset]
+        else:
+            templates["recipe's"] = base.template
+            if instruction:
+                templates["instruction + recipe's"] = escaped + base.template
         for name, template in templates.items():
             scored = score_modes(model, dataclasses.replace(base, template=template), modes)
             for result in scored:
@@ -239,6 +256,10 @@ def zero_shot(args: argparse.Namespace) -> list[dict[str, Any]]:
     print("\nTemplates:")
     for text in dict.fromkeys(r["template_text"] for r in results):
         print(f"- `{text!r}`")
+    for result in results:  # JSON-ready: a chat template as its messages
+        if isinstance(result["template_text"], ChatTemplate):
+            chat = result["template_text"]
+            result["template_text"] = {"chat": {"user": chat.user, "system": chat.system}}
     print()
     c.dump_json(args.json, results)
     return results
@@ -442,7 +463,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         c.add_threads_argument(sub)
 
     zero = commands.add_parser("zero-shot", help="The untrained base model on the recipes' validation rows.")
-    zero.add_argument("--model_name_or_path", default=default_model_path(), help="Base model folder.")
+    zero.add_argument(
+        "--model_name_or_path",
+        help="Base model folder (default: where prepare-real puts the model of --configs_of).",
+    )
+    zero.add_argument(
+        "--configs_of",
+        default="gemma-3-270m",
+        choices=list(CONFIG_MODELS),
+        help="Whose recipe configs give the data, prompt and settings (recipes/configs/prompt_tuning_<this>_*.yaml).",
+    )
     zero.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     scoring(zero)
 

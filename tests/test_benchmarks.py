@@ -203,6 +203,33 @@ def test_real_model_zero_shot_scores_the_recipe_template_with_and_without_the_in
     assert len(_table_rows(capsys.readouterr().out)) == 3
 
 
+def test_real_model_zero_shot_scores_a_chat_config_against_the_plain_prompt(tmp_path, real_model, capsys):
+    """With the SmolLM2 configs, on a rigged ChatML model that answers "no complaint" after the chat prompt only: the
+    chat template's rows all answer, the plain prompts' none."""
+    from chat_models import answering_model, chat_tokenizer
+
+    from softprompt_hf import ChatTemplate
+
+    config = yaml.safe_load((REPO / "recipes/configs/prompt_tuning_smollm2-135m-instruct_tweets.yaml").read_text())
+    tokenizer = chat_tokenizer("chatml")
+    chat = ChatTemplate(user=config["template"], text_column="Tweet text")
+    answering_model(tokenizer, chat, "no complaint").save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    args = ["zero-shot", "--configs_of", "smollm2-135m-instruct", "--model_name_or_path", str(tmp_path / "model")]
+    args += ["--datasets", "tweets", "--rows", "4", "--modes", "generate", "--json", str(tmp_path / "zero.json")]
+    real_model.zero_shot(real_model.parse_args(args))
+    scored = json.loads((tmp_path / "zero.json").read_text())
+    plain = "{text_column} : {text} Label : "
+    assert [r["template_text"] for r in scored] == [
+        {"chat": {"user": config["template"], "system": None}},
+        plain,
+        config["prompt_tuning_init_text"] + plain,
+    ]
+    assert [r["invalid_rate"] for r in scored] == [0, 1, 1]
+    assert scored[0]["accuracy"] == 0.5  # 4 rows taken from each label in turn: 2 of them "no complaint"
+    assert len(_table_rows(capsys.readouterr().out)) == 4
+
+
 def test_real_model_takes_a_subset_of_rows_from_every_label_in_turn(real_model):
     from types import SimpleNamespace
 
