@@ -14,6 +14,7 @@ import json
 import pytest
 from chat_models import SYSTEM, USER, answering_model, chat_tokenizer
 from conftest import METHODS
+from hub_server import TOKEN, hub_fixture  # noqa: F401  (hub fixture)
 from test_recipes import load_recipe
 from trained_adapters import one_thread
 
@@ -111,3 +112,21 @@ def test_a_recipe_trains_evaluates_saves_and_predicts_through_the_chat_template(
     output = tmp_path / f"{method}.jsonl"
     assert cli_main(["predict", str(adapter), "--text", texts[0], "--device", "cpu", "--output", str(output)]) == 0
     assert json.loads(output.read_text())["predicted"] == "no complaint"
+
+
+def test_a_chat_recipe_pushes_an_adapter_that_predicts_through_the_chat_template_from_the_hub(
+    chat_model_dir, tmp_path, hub
+):
+    hub.add_folder("org/tiny-chat", chat_model_dir)  # the base model, as others would download it
+    out = tmp_path / "run"
+    argv = ["--model_name_or_path", str(chat_model_dir), "--chat_template", "true", "--template", USER]
+    argv += ["--system_prompt", SYSTEM, "--output_dir", str(out), *RUN, "--push_to_hub", "true"]
+    argv += ["--hub_model_id", "alice/chat-complaints", "--hub_token", TOKEN, "--base_model_id", "org/tiny-chat"]
+    load_recipe("prompt_tuning").main([*argv, "--push_timeout", "30"])
+    pushed = hub.repos["alice/chat-complaints"].files
+    assert json.loads(pushed["softprompt_hf.json"])["chat"] == {"user": USER, "system": SYSTEM}
+    card = pushed["README.md"].decode()
+    assert "the base model's chat template" in card and f"ChatTemplate(user={USER!r}, system={SYSTEM!r}" in card
+    # Anyone can predict with it by its id: the chat template is rebuilt from softprompt_hf.json.
+    predictions = predict("alice/chat-complaints", ["@Acme my parcel never arrived", "hi"], device="cpu")
+    assert [p.predicted for p in predictions] == ["no complaint"] * 2
