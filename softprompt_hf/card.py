@@ -25,6 +25,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import TrainerCallback, TrainingArguments
 
 from .chat import ChatTemplate, prompt_format
+from .initialization import initialization_of
 from .metrics import INVALID_COLUMN, ClassificationReport
 from .prompt import DEFAULT_TEMPLATE, SAVED_WITHOUT_LABEL_TOKENIZATION, PromptTemplate
 
@@ -175,6 +176,9 @@ class ModelCardInputs:
     #: Where the usage snippets load the tokenizer from: ``"base_model"`` (the adapter was trained with the base
     #: model's own tokenizer, and its folder holds none) or ``"adapter"`` / None (the folder's own).
     tokenizer: str | None = None
+    #: Where the soft prompt started (``softprompt_hf.initialization``): ``{"kind", "text", "class_labels"}``; None:
+    #: not recorded (an adapter not initialised by softprompt_hf in the session that saved it).
+    initialization: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -261,7 +265,7 @@ def _card_inputs(model: Any, *, base_model: str, allow_local_base: bool, **value
         local_base=local_base,
         versions=_versions(),
         stock_generate_wrong=_stock_generate_wrong(model),
-        **values,
+        **{"initialization": _initialization(model), **values},
     )
     # Through JSON once, so that a card rendered now and one rendered later from the stored inputs are the same.
     return ModelCardInputs.from_dict(json.loads(json.dumps(inputs.to_dict(), default=str)))
@@ -524,6 +528,14 @@ def _versions() -> dict[str, str]:
     from . import __version__
 
     return {"peft": peft.__version__, "softprompt_hf": __version__, "transformers": transformers.__version__}
+
+
+def _initialization(model: Any) -> dict[str, Any] | None:
+    """``model``'s recorded initialisation as card data (``initialization_of``), or None."""
+    init = initialization_of(model)
+    if init is None:
+        return None
+    return {"kind": init.kind, "text": init.text, "class_labels": list(init.class_labels or []) or None}
 
 
 def _stock_generate_wrong(model: Any) -> bool:

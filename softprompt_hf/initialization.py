@@ -57,6 +57,7 @@ __all__ = [
     "PROMPT_TUNING_INITS",
     "SoftPromptInit",
     "fit_to_length",
+    "initialization_of",
     "initialize_soft_prompt",
     "text_token_ids",
 ]
@@ -137,6 +138,17 @@ def fit_to_length(token_ids: Sequence[int], length: int) -> list[int]:
     return (list(token_ids) * repeats)[:length]
 
 
+_RECORD = "_softprompt_hf_initializations"
+
+
+def initialization_of(model: Any) -> SoftPromptInit | None:
+    """The initialisation :func:`initialize_soft_prompt` gave ``model``'s active adapter in this session (what
+    ``build_soft_prompt_model`` and the recipes use), or None when it was not set here (a loaded adapter, or a
+    ``get_peft_model`` of your own)."""
+    record = getattr(model, "__dict__", {}).get(_RECORD, {})
+    return record.get(getattr(model, "active_adapter", None))
+
+
 @torch.no_grad()
 def initialize_soft_prompt(
     model: PeftModel, init: SoftPromptInit, *, tokenizer: PreTrainedTokenizerBase | None = None
@@ -162,6 +174,9 @@ def initialize_soft_prompt(
             f"The {init.kind} initialisation does not apply to {name}; it takes {list(allowed or ())}."
             + (" P-tuning keeps peft's random start (see softprompt_hf.initialization)." if allowed else "")
         )
+    # Recorded for the adapter's card and softprompt_hf.json: peft's config names only its own inits (a prompt set
+    # here from TEXT_WITHOUT_SPECIAL_TOKENS or CLASS_LABELS is built RANDOM, then overwritten).
+    model.__dict__.setdefault(_RECORD, {})[model.active_adapter] = init
     if init.is_peft_default:
         return
     encoder: Any = model.prompt_encoder[model.active_adapter]

@@ -258,3 +258,41 @@ def test_text_inits_without_tokenizer_say_what_to_do(tokenizer):
     model = build_soft_prompt_model(tiny_model("bloom", tokenizer), method="prompt_tuning", prompt_tuning_init="RANDOM")
     with pytest.raises(ValueError, match=r"needs the model's tokenizer \(pass tokenizer=...\)"):
         initialize_soft_prompt(model, SoftPromptInit("TEXT_WITHOUT_SPECIAL_TOKENS", text="Hi"))
+
+
+@pytest.mark.parametrize(
+    ("method", "init", "options", "recorded"),
+    [
+        ("prompt_tuning", "TEXT_WITHOUT_SPECIAL_TOKENS", {}, {"text": SEED_PROMPT_TUNING_INIT_TEXT}),
+        ("prompt_tuning", "CLASS_LABELS", {"num_virtual_tokens": 4}, {"class_labels": list(LABELS)}),
+        ("prompt_tuning", "TEXT", {}, {"text": SEED_PROMPT_TUNING_INIT_TEXT}),
+        ("prompt_tuning", "SAMPLE_VOCAB", {"num_virtual_tokens": 4}, {}),
+        ("prefix_tuning", "TEXT", {"num_virtual_tokens": 4}, {"text": SEED_PROMPT_TUNING_INIT_TEXT}),
+        ("p_tuning", "RANDOM", {"num_virtual_tokens": 4}, {}),
+    ],
+)
+def test_the_init_is_recorded_in_the_saved_adapter_and_its_card(tokenizer, tmp_path, method, init, options, recorded):
+    """adapter_config.json names peft's own inits only (a prompt set from TEXT_WITHOUT_SPECIAL_TOKENS or CLASS_LABELS
+    is built RANDOM): softprompt_hf.json and the card say where the soft prompt really started."""
+    import json
+
+    from softprompt_hf import save_adapter
+    from softprompt_hf.initialization import initialization_of
+
+    key = {"prompt_tuning": "prompt_tuning_init", "prefix_tuning": "prefix_tuning_init"}.get(method)
+    if key is not None:
+        options[key] = init
+        options[f"{method}_init_text"] = SEED_PROMPT_TUNING_INIT_TEXT
+    model = build_soft_prompt_model(
+        tiny_model("gpt2", tokenizer), method=method, tokenizer=tokenizer, class_labels=list(LABELS), **options
+    )
+    assert initialization_of(model).kind == init
+    folder = save_adapter(model, tmp_path / "adapter", tokenizer=tokenizer, labels=list(LABELS))
+    saved = json.loads((folder / "softprompt_hf.json").read_text())["card"]["initialization"]
+    assert saved == {"kind": init, "text": None, "class_labels": None, **recorded}
+    card = (folder / "README.md").read_text()
+    assert f"Initialisation: `{init}`" in card
+    peft_init = json.loads((folder / "adapter_config.json").read_text()).get("prompt_tuning_init")
+    assert ("softprompt_hf then set its values" in card) == (peft_init is not None and peft_init != init)
+    if init in ("TEXT_WITHOUT_SPECIAL_TOKENS", "CLASS_LABELS"):
+        assert peft_init == "RANDOM"  # what the card's note is for
