@@ -222,8 +222,9 @@ def export_soft_prompt(
 
     def write(folder: Path) -> None:
         weights = folder / EXPORT_WEIGHTS_NAME
-        metadata = {"format": "pt", "method": payload["method"], "base_model": payload["base_model"] or ""}
-        save_file({EXPORT_TENSOR_NAME: prompt_embeds}, str(weights), metadata=metadata)
+        # One metadata key: safetensors writes several in no fixed order, and the same soft prompt should give the
+        # same file (and SHA-256). soft_prompt.json holds the rest.
+        save_file({EXPORT_TENSOR_NAME: prompt_embeds}, str(weights), metadata={"format": "pt"})
         atomic_write_json(folder / EXPORT_CONFIG_NAME, {**payload, "sha256": _sha256(weights)})
 
     replace_folder(target, write)
