@@ -178,16 +178,18 @@ def export_soft_prompt(
 
     Raises:
         ValueError: If the adapter is prefix tuning (its soft prompt is key/values in every attention layer, which
-            prompt embeddings cannot carry) or another kind of adapter, ``output_dir`` exists without
-            ``overwrite`` (or is not an export), ``dtype`` is not one of the three, or an in-memory model comes
-            without its tokenizer.
+            prompt embeddings cannot carry) or another kind of adapter, ``overwrite`` would replace a file or a
+            folder that is not an export, ``dtype`` is not one of the three, or an in-memory model comes without its
+            tokenizer.
+        FileExistsError: If ``output_dir`` exists and ``overwrite`` is not set.
         AdapterLoadError: If the adapter or its base model cannot be loaded (see
             :func:`~softprompt_hf.predict.load_adapter`).
     """
     target = Path(output_dir)
     _check_output(target, overwrite)
     wanted = _dtype(dtype)
-    if isinstance(adapter, PeftModel):
+    if isinstance(adapter, torch.nn.Module):
+        _check_method(_method_of(adapter))
         if base_model is not None:
             raise ValueError(
                 "base_model= says where to load a saved adapter's base model from; an in-memory PeftModel has its "
@@ -196,7 +198,7 @@ def export_soft_prompt(
         if tokenizer is None:
             raise ValueError("export_soft_prompt with an in-memory model needs its tokenizer: pass tokenizer=...")
         model, settings, saved = adapter, {}, False
-    else:
+    else:  # a folder, a Hub id or a LoadedAdapter
         _check_method_of_saved(adapter)
         if not isinstance(adapter, LoadedAdapter):
             adapter = load_adapter(adapter, base_model=base_model, device="cpu", token=token)

@@ -216,16 +216,20 @@ def test_gemma_scales_the_token_embeddings_and_never_the_soft_prompt(adapters, m
 @pytest.mark.parametrize("method", METHODS)
 def test_an_in_memory_model_exports_what_its_saved_folder_exports(adapters, method, tmp_path):
     model, tokenizer, folder = adapters["llama", method]
-    from_memory = export_soft_prompt(
-        model, tmp_path / "memory", tokenizer=tokenizer, labels=LABELS, template=TEMPLATE, text_column="Tweet text"
-    )
+    model.train()  # as during training: the export runs in eval mode (no dropout) and gives the mode back
+    try:
+        from_memory = export_soft_prompt(
+            model, tmp_path / "memory", tokenizer=tokenizer, labels=LABELS, template=TEMPLATE, text_column="Tweet text"
+        )
+        assert model.training and all(module.training for module in model.prompt_encoder.modules())
+    finally:
+        model.eval()
     from_folder = export_soft_prompt(folder, tmp_path / "folder")
     memory, memory_soft = _exported(from_memory)
     saved, saved_soft = _exported(from_folder)
     torch.testing.assert_close(memory_soft, saved_soft, rtol=0, atol=0)
     torch.testing.assert_close(memory_soft, model.get_prompt(batch_size=1)[0].detach(), rtol=0, atol=0)
     assert memory == saved  # the same file, byte for byte (sha256), and the same description
-    assert model.training is False  # given back as it was
 
 
 def test_the_description_says_what_to_prepend_and_how(adapters, tmp_path):
@@ -364,6 +368,8 @@ def test_bad_arguments_say_what_to_pass(adapters, tmp_path):
         export_soft_prompt(folder, tmp_path / "b", dtype="float8")
     with pytest.raises(ValueError, match="takes a soft-prompt PeftModel"):
         soft_prompt_embeddings(model.get_base_model())
+    with pytest.raises(ValueError, match=r"takes a soft-prompt PeftModel \(prompt tuning or P-tuning\), got GPT2"):
+        export_soft_prompt(model.get_base_model(), tmp_path / "c")
     assert not any(tmp_path.iterdir())
 
 
