@@ -12,7 +12,8 @@ README's "Package layout" says which module does what):
   ``constrained_labels``, and for free text ``TextGenerationMetrics`` and ``generate_texts``;
 - score free text: ``Rouge``, ``Bleu``, ``Chrf``, ``ExactMatch`` (``evaluate`` metrics that work offline),
   ``TEXT_METRICS``, ``load_text_metric``, ``default_text_metrics``;
-- save and push: ``save_adapter``, ``push_adapter``, ``HubPushCallback``, ``HubPushError``;
+- save, push and export: ``save_adapter``, ``push_adapter``, ``HubPushCallback``, ``HubPushError``, and
+  ``export_soft_prompt`` (the soft prompt for an engine that takes prompt embeddings, such as vLLM);
 - predict: ``predict``, and ``enable_soft_prompt_generate`` / ``disable_soft_prompt_generate`` /
   ``soft_prompt_generate`` for ``model.generate()``.
 """
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is import
     from .collator import SoftPromptDataCollator
     from .data import TextData, load_classification_data, load_raft, load_text_data
     from .evaluation import GenerationMetrics, TextGenerationMetrics
+    from .export import export_soft_prompt
     from .generate import disable_soft_prompt_generate, enable_soft_prompt_generate, soft_prompt_generate
     from .hub import HubPushCallback, HubPushError, push_adapter
     from .label_logits import enable_label_only_logits
@@ -60,6 +62,7 @@ _MODULES = {
     "TextData": "data",
     "GenerationMetrics": "evaluation",
     "TextGenerationMetrics": "evaluation",
+    "export_soft_prompt": "export",
     "disable_soft_prompt_generate": "generate",
     "enable_soft_prompt_generate": "generate",
     "soft_prompt_generate": "generate",
@@ -141,11 +144,12 @@ __all__ = [
     "TEXT_METRICS",
     "load_text_metric",
     "default_text_metrics",
-    # save and push
+    # save, push and export
     "save_adapter",
     "push_adapter",
     "HubPushCallback",
     "HubPushError",
+    "export_soft_prompt",
     # predict and generate
     "predict",
     "enable_soft_prompt_generate",

