@@ -233,8 +233,10 @@ def _predict_many(args: argparse.Namespace, pairs: dict[str, str], reading_file:
     )
     rows = []
     for name, prediction in zip(names, predictions, strict=True):
-        row = _row(prediction, with_id=ids is not None)
-        rows.append({"id": row.pop("id"), "adapter": name, **row} if ids is not None else {"adapter": name, **row})
+        fields = _row(prediction, with_id=ids is not None)
+        rows.append(
+            {"id": fields.pop("id"), "adapter": name, **fields} if ids is not None else {"adapter": name, **fields}
+        )
     _write(args, rows)
     return 0
 
