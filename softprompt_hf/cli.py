@@ -43,7 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "adapter",
         nargs="+",
-        metavar="ADAPTER",
         help="Hub id (namespace/name) or local folder of the adapter; or several adapters of one base model as "
         "NAME=PATH pairs (complaints=me/complaints topics=outputs/topics/adapter), each row's named by "
         "--adapter-column of --input.",
