@@ -259,7 +259,8 @@ def predict(
 
     Returns:
         One ``Prediction`` per text (``gold`` is ``None``); for a free-text adapter one ``TextPrediction`` (the
-        text, its output and how many tokens it took; ``reference`` is ``None``).
+        text, its output and how many tokens it took; ``reference`` is ``None``). With several adapters, each row's
+        by its own adapter's task, in the rows' order.
 
     Example:
 

@@ -160,6 +160,8 @@ def test_bad_adapter_names_are_refused_with_the_loaded_ones(saved):
         predict(loaded, [{"title": "x"}], adapter_names=["tone"])
     with pytest.raises(KeyError, match="loaded: complaints"):
         loaded["reviews"]
+    with pytest.raises(ValueError, match="this is a single adapter"):
+        predict(loaded["tone"], texts, adapter_names=["tone"] * 3)
 
 
 def test_adapters_of_different_base_models_are_refused_naming_both(saved, model_dirs):
@@ -218,3 +220,5 @@ def test_cli_predicts_each_row_with_the_adapter_its_column_names(saved, tmp_path
     assert "pass --adapter-column" in capsys.readouterr().err
     assert cli_main(["predict", folders["tone"], "--input", str(rows_csv), "--adapter-column", "task"]) == 1
     assert "NAME=PATH" in capsys.readouterr().err
+    assert cli_main(["predict", *pairs, "--input", str(rows_csv), "--adapter-column", "task", "--labels", "a,b"]) == 1
+    assert "--labels: with several adapters" in capsys.readouterr().err
