@@ -14,7 +14,8 @@ README's "Package layout" says which module does what):
   ``TEXT_METRICS``, ``load_text_metric``, ``default_text_metrics``;
 - save, push and export: ``save_adapter``, ``push_adapter``, ``HubPushCallback``, ``HubPushError``, and
   ``export_soft_prompt`` (the soft prompt for an engine that takes prompt embeddings, such as vLLM);
-- predict: ``predict``, and ``enable_soft_prompt_generate`` / ``disable_soft_prompt_generate`` /
+- predict: ``predict`` (with several soft prompts on one base model: ``load_adapters``, its ``LoadedAdapters``), and
+  ``enable_soft_prompt_generate`` / ``disable_soft_prompt_generate`` /
   ``soft_prompt_generate`` for ``model.generate()``.
 """
 
@@ -38,6 +39,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is import
     from .hub import HubPushCallback, HubPushError, push_adapter
     from .label_logits import enable_label_only_logits
     from .methods import SoftPromptArguments, build_soft_prompt_model
+    from .multi import LoadedAdapters, load_adapters
     from .predict import predict
     from .prompt import PromptTemplate
     from .saving import save_adapter
@@ -72,6 +74,8 @@ _MODULES = {
     "enable_label_only_logits": "label_logits",
     "SoftPromptArguments": "methods",
     "build_soft_prompt_model": "methods",
+    "LoadedAdapters": "multi",
+    "load_adapters": "multi",
     "predict": "predict",
     "PromptTemplate": "prompt",
     "save_adapter": "saving",
@@ -152,6 +156,8 @@ __all__ = [
     "export_soft_prompt",
     # predict and generate
     "predict",
+    "load_adapters",
+    "LoadedAdapters",
     "enable_soft_prompt_generate",
     "disable_soft_prompt_generate",
     "soft_prompt_generate",

@@ -4,6 +4,7 @@ packages.
 
     softprompt-hf predict me/bloomz-complaints --text "@Acme my parcel never arrived"
     softprompt-hf predict outputs/adapter --input tweets.csv --text-column "Tweet text" --output preds.csv
+    softprompt-hf predict complaints=me/complaints topics=me/topics --input rows.csv --adapter-column task
     cat tweets.txt | softprompt-hf predict me/bloomz-complaints --mode rank --format jsonl
     softprompt-hf push outputs/run/adapter me/bloomz-complaints
     softprompt-hf export outputs/run/adapter outputs/run/served   # vLLM prompt embeddings
@@ -39,12 +40,22 @@ def build_parser() -> argparse.ArgumentParser:
         "local folder, or, with a free-text adapter, generate text after each (a template of named columns reads "
         "them from --input). Labels, template, text column and length default to the adapter's softprompt_hf.json.",
     )
-    run.add_argument("adapter", help="Hub id (namespace/name) or local folder of the adapter.")
+    run.add_argument(
+        "adapter",
+        nargs="+",
+        help="Hub id (namespace/name) or local folder of the adapter; or several adapters of one base model as "
+        "NAME=PATH pairs (complaints=me/complaints topics=outputs/topics/adapter), each row's named by "
+        "--adapter-column of --input.",
+    )
     source = run.add_mutually_exclusive_group()
     source.add_argument("--text", action="append", help="A text to label (repeatable).")
     source.add_argument("--input", help="CSV, JSONL or parquet file of texts; '-' or nothing: lines on stdin.")
     run.add_argument("--text-column", help="Column of --input holding the text (default: the adapter's).")
     run.add_argument("--id-column", help="Column of --input with row ids, copied to the output.")
+    run.add_argument(
+        "--adapter-column",
+        help="With NAME=PATH adapters: the column of --input naming each row's adapter (output rows keep their order).",
+    )
     run.add_argument(
         "--mode",
         choices=MODES,

@@ -17,7 +17,8 @@ from .evaluation import Prediction, TextPrediction
 from .export import EXPORT_CONFIG_NAME, EXPORT_WEIGHTS_NAME, export_soft_prompt
 from .hub import HubPushError, push_adapter_folder
 from .metrics import write_csv_rows, write_predictions
-from .predict import AdapterLoadError, load_adapter, predict, read_rows, read_texts
+from .multi import load_adapters
+from .predict import AdapterLoadError, _plain, _read_frame, load_adapter, predict, read_rows, read_texts
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate
 from .real import ACLSUM_INSTALL, GEMMA_NOTICE, SMOLLM2_INSTALL, ExtraNotInstalledError, prepare_real
 from .runner import user_error_message
@@ -89,9 +90,17 @@ def _predict(args: argparse.Namespace) -> int:
     reading_file = bool(args.input and args.input != "-")
     if reading_file and not os.path.isfile(args.input):
         raise FileNotFoundError(f"No such input file: {args.input!r}.")
+    pairs = _adapter_pairs(args.adapter)
+    if pairs is not None:
+        return _predict_many(args, pairs, reading_file)
+    if args.adapter_column:
+        raise ValueError(
+            "--adapter-column names each row's adapter among several: pass them as NAME=PATH pairs "
+            "(complaints=me/complaints topics=outputs/topics/adapter)."
+        )
     if not args.text and not reading_file and sys.stdin.isatty():
         raise ValueError("No texts: pass --text, --input FILE, or pipe one text per line to stdin.")
-    adapter = load_adapter(args.adapter, base_model=args.base_model, device=args.device)
+    adapter = load_adapter(args.adapter[0], base_model=args.base_model, device=args.device)
     text_task = adapter.settings.get("task") == "text"
     if not text_task and args.max_new_tokens is not None:
         raise ValueError(
@@ -133,7 +142,107 @@ def _predict(args: argparse.Namespace) -> int:
         max_prompt_tokens=args.max_prompt_tokens,
         max_new_tokens=args.max_new_tokens,
     )
-    rows = [_row(p, with_id=ids is not None) for p in predictions]
+    _write(args, [_row(p, with_id=ids is not None) for p in predictions])
+    return 0
+
+
+def _adapter_pairs(values: list[str]) -> dict[str, str] | None:
+    """The adapters given as NAME=PATH pairs, by name; None for the one-adapter form (a single Hub id or folder)."""
+    if len(values) == 1 and ("=" not in values[0] or os.path.isdir(values[0])):
+        return None
+    pairs: dict[str, str] = {}
+    for value in values:
+        name, _, path = value.partition("=")
+        name, path = name.strip(), path.strip()
+        if not name or not path or "/" in name or os.sep in name:
+            raise ValueError(
+                f"Adapter {value!r}: with several adapters, name each as NAME=PATH (complaints=me/complaints), the "
+                "name being what --adapter-column holds."
+            )
+        if name in pairs:
+            raise ValueError(f"Two adapters are named {name!r}: give each adapter its own name.")
+        pairs[name] = path
+    return pairs
+
+
+def _predict_many(args: argparse.Namespace, pairs: dict[str, str], reading_file: bool) -> int:
+    """``predict`` with several adapters on one base model: each row of --input with the adapter its
+    --adapter-column names, its text column, template and labels that adapter's own."""
+    given = [flag for flag, value in (("--labels", args.labels), ("--template", args.template)) if value]
+    if args.label_tokenization:
+        given.append("--label-tokenization")
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: with several adapters each row's labels, template and label tokenization come from "
+            "its own adapter's softprompt_hf.json."
+        )
+    if not reading_file:
+        raise ValueError("With several adapters, pass --input FILE (CSV, JSONL or parquet) with --adapter-column.")
+    if args.adapter_column is None and len(pairs) > 1:
+        raise ValueError(
+            f"Several adapters ({', '.join(pairs)}): pass --adapter-column, the column of {args.input!r} that names "
+            "each row's adapter."
+        )
+    frame = _read_frame(args.input, text_column=None)  # CSV cells as strings
+    columns = [str(column) for column in frame.columns]
+    for column in (args.adapter_column, args.id_column):
+        if column is not None and column not in columns:
+            raise ValueError(f"{args.input!r} has no column {column!r}; its columns are {columns}.")
+    if args.adapter_column is None:
+        names = [next(iter(pairs))] * len(frame)
+    else:
+        names = [str(_plain(value)) for value in frame[args.adapter_column].tolist()]
+    loaded = load_adapters(pairs, base_model=args.base_model, device=args.device)
+    for row, name in enumerate(names):
+        if name not in loaded.adapters:
+            raise ValueError(
+                f"Row {row} of {args.input!r} names adapter {name!r} in {args.adapter_column!r}, which was not "
+                f"loaded; loaded: {', '.join(loaded)}."
+            )
+    text_adapters = [name for name in loaded if loaded[name].settings.get("task") == "text"]
+    if not text_adapters and args.max_new_tokens is not None:
+        raise ValueError("--max-new-tokens is for free-text adapters; these label texts (their labels set the length).")
+    inputs: list[Any] = []
+    for row, name in enumerate(names):
+        settings = loaded[name].settings
+        text_column = args.text_column or settings.get("text_column") or "text"
+        template = PromptTemplate(settings.get("template") or DEFAULT_TEMPLATE, text_column)
+        wanted = template.columns if name in text_adapters and template.fields != ("text",) else (text_column,)
+        missing = [column for column in wanted if column not in columns]
+        if missing:
+            raise ValueError(
+                f"{args.input!r} has no column(s) {missing}, which adapter {name!r} reads (row {row}); its columns "
+                f"are {columns}. Pass --text-column for the text column."
+            )
+        values = {column: _plain(frame[column].iloc[row]) for column in wanted}
+        inputs.append(values if wanted != (text_column,) else values[text_column])
+    ids = None
+    if args.id_column:
+        # Ids keep their inferred type (a CSV's numbers stay numbers), as in the one-adapter form.
+        typed = _read_frame(args.input, text_column=args.adapter_column or args.id_column)
+        ids = [_plain(value) for value in typed[args.id_column].tolist()]
+    predictions = predict(
+        loaded,
+        inputs,
+        adapter_names=names,
+        mode=args.mode,
+        batch_size=args.batch_size,
+        ids=ids,
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_new_tokens=args.max_new_tokens,
+    )
+    rows = []
+    for name, prediction in zip(names, predictions, strict=True):
+        fields = _row(prediction, with_id=ids is not None)
+        rows.append(
+            {"id": fields.pop("id"), "adapter": name, **fields} if ids is not None else {"adapter": name, **fields}
+        )
+    _write(args, rows)
+    return 0
+
+
+def _write(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """The predictions to --output, or to stdout as --format says."""
     if args.output:
         path = write_predictions(args.output, rows)
         print(f"Wrote {len(rows)} predictions to {path}", file=sys.stderr)
@@ -143,7 +252,6 @@ def _predict(args: argparse.Namespace) -> int:
     else:
         # write_predictions' CSV layout (scores flattened to score_<label>), to stdout.
         write_csv_rows(sys.stdout, rows)
-    return 0
 
 
 def _prepare_real(args: argparse.Namespace) -> int:

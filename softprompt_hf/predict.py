@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub import hf_hub_download
@@ -41,6 +41,9 @@ from .generate import enable_soft_prompt_generate, fixes_generate
 from .metrics import check_label_set, match_label
 from .prompt import DEFAULT_TEMPLATE, SAVED_WITHOUT_LABEL_TOKENIZATION, PromptFormat, PromptInput, PromptTemplate
 from .saving import CHAT_KEY, INFERENCE_CONFIG_NAME, TOKENIZER_FROM_BASE, TOKENIZER_KEY
+
+if TYPE_CHECKING:
+    from .multi import LoadedAdapters
 
 __all__ = ["AdapterLoadError", "LoadedAdapter", "load_adapter", "predict", "read_rows", "read_texts"]
 
@@ -97,6 +100,15 @@ def load_adapter(
             what to download or which local path to pass.
         ValueError: If ``device`` is unknown, or CUDA is asked for and there is none.
     """
+    source, peft_config = _adapter_config(adapter, device, token)
+    base = _base_model_name(source, peft_config, base_model)
+    return _attach_adapter(source, peft_config, _load_base_model(source, base, token), base, device, token)
+
+
+def _adapter_config(
+    adapter: str | os.PathLike[str], device: str | torch.device | None, token: str | None
+) -> tuple[str, PeftConfig]:
+    """The adapter's source (as a string) and its peft config, after checking ``device`` and a local folder."""
     source = str(adapter)
     _check_device(device)
     local = Path(source).expanduser()
@@ -114,6 +126,11 @@ def load_adapter(
         )
     ):
         peft_config = PeftConfig.from_pretrained(source, token=token)
+    return source, peft_config
+
+
+def _base_model_name(source: str, peft_config: PeftConfig, base_model: str | os.PathLike[str] | None) -> str:
+    """The base model to load: ``base_model`` where given, else the one the adapter names (checked to exist)."""
     base = str(base_model) if base_model is not None else peft_config.base_model_name_or_path
     if not base:
         raise AdapterLoadError(
@@ -126,6 +143,10 @@ def load_adapter(
             f"The adapter {source!r} needs the base model {base!r} (named by {named}), and there is no such folder. "
             "Pass the folder of the model it was trained on (CLI: --base-model /path/to/model) or its Hub id."
         )
+    return base
+
+
+def _load_base_model(source: str, base: str, token: str | None) -> Any:
     with _load_error(
         lambda error: (
             f"The adapter {source!r} needs the base model {base!r}, which could not be loaded ({error}). "
@@ -133,7 +154,20 @@ def load_adapter(
             "or pass the local path of a copy: base_model='/path/to/model' (CLI: --base-model /path/to/model)."
         )
     ):
-        base_lm = AutoModelForCausalLM.from_pretrained(base, token=token)
+        return AutoModelForCausalLM.from_pretrained(base, token=token)
+
+
+def _attach_adapter(
+    source: str,
+    peft_config: PeftConfig,
+    base_lm: Any,
+    base: str,
+    device: str | torch.device | None,
+    token: str | None,
+) -> LoadedAdapter:
+    """The adapter at ``source`` on the loaded base model ``base_lm``, ready for inference (see
+    :func:`load_adapter`). A soft prompt changes nothing in the base model, so several adapters can be attached
+    to the same one (``softprompt_hf.multi.load_adapters``): each gets its own ``PeftModel`` around it."""
     _check_base_model(source, peft_config, base_lm, base)
     settings = _read_settings(source, token)
     tokenizer = _load_tokenizer(source, base, settings, token)
@@ -161,10 +195,11 @@ def load_adapter(
 
 
 def predict(
-    adapter: str | os.PathLike[str] | LoadedAdapter | PeftModel,
+    adapter: str | os.PathLike[str] | LoadedAdapter | LoadedAdapters | PeftModel,
     texts: Sequence[PromptInput],
     *,
     mode: str = "generate",
+    adapter_names: Sequence[str] | None = None,
     labels: Sequence[str] | None = None,
     template: str | ChatTemplate | None = None,
     text_column: str | None = None,
@@ -178,12 +213,13 @@ def predict(
     device: str | None = None,
     task: str | None = None,
     max_new_tokens: int | None = None,
-) -> list[Prediction] | list[TextPrediction]:
+) -> list[Prediction] | list[TextPrediction] | list[Prediction | TextPrediction]:
     """Labels ``texts`` with a soft-prompt adapter, or, for a free-text adapter, generates text after each.
 
     Args:
-        adapter: A Hub id or local folder (loaded with :func:`load_adapter`), a ``LoadedAdapter``, or an
-            in-memory ``PeftModel`` (then pass ``tokenizer``).
+        adapter: A Hub id or local folder (loaded with :func:`load_adapter`), a ``LoadedAdapter``, an
+            in-memory ``PeftModel`` (then pass ``tokenizer``), or several adapters on one base model
+            (:func:`~softprompt_hf.load_adapters`; then pass ``adapter_names``).
         texts: The texts to label; or rows (mappings of column names to values) holding the template's columns, for
             a template with fields other than ``{text}``.
         mode: ``"generate"`` (greedy decoding of the label with the model's ``generate()``, made right for soft
@@ -193,6 +229,9 @@ def predict(
             label), ``"rank"`` (:func:`~softprompt_hf.rank_labels`: the label with the highest log-likelihood;
             per-label ``scores``) or ``"constrained"`` (:func:`~softprompt_hf.constrained_labels`: greedy
             decoding over the tokens that continue some label, with the package's decoder; always a label).
+        adapter_names: With several loaded adapters (``LoadedAdapters``), the adapter of each row, one name per
+            text: each row gets exactly what its adapter alone gives it (its labels, template, label tokenization
+            and task from its ``softprompt_hf.json``; see :func:`~softprompt_hf.multi.predict_adapters`).
         labels: The label texts; default: the adapter's ``softprompt_hf.json``.
         template: The prompt template, or a ``ChatTemplate`` (an instruct model's chat format); default: the
             adapter's (its ``softprompt_hf.json``'s ``chat``, rebuilt as a ``ChatTemplate``, else its ``template``),
@@ -220,7 +259,8 @@ def predict(
 
     Returns:
         One ``Prediction`` per text (``gold`` is ``None``); for a free-text adapter one ``TextPrediction`` (the
-        text, its output and how many tokens it took; ``reference`` is ``None``).
+        text, its output and how many tokens it took; ``reference`` is ``None``). With several adapters, each row's
+        by its own adapter's task, in the rows' order.
 
     Example:
 
@@ -231,19 +271,42 @@ def predict(
 
     ```
     """
-    if mode not in MODES:
-        raise ValueError(f"Unknown mode {mode!r}; choose one of {list(MODES)}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    if isinstance(texts, str):
-        raise ValueError("texts must be a sequence of strings, not a single string; wrap it in a list.")
-    if ids is not None and len(ids) != len(texts):
-        raise ValueError(f"Got {len(ids)} ids for {len(texts)} texts; pass one id per text.")
-    for i, text in enumerate(texts):
-        if isinstance(text, Mapping):
-            continue  # a row: the template checks its columns
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"Text {i} is {text!r}; every text must be a non-empty string.")
+    from .multi import LoadedAdapters, predict_adapters  # imports this module
+
+    if isinstance(adapter, LoadedAdapters):
+        overrides = {
+            "labels": labels,
+            "template": template,
+            "text_column": text_column,
+            "label_tokenization": label_tokenization,
+            "tokenizer": tokenizer,
+            "base_model": base_model,
+            "device": device,
+            "task": task,
+        }
+        given = [name for name, value in overrides.items() if value is not None]
+        if given:
+            raise ValueError(
+                f"predict with several adapters takes each row's settings from its own adapter's "
+                f"{INFERENCE_CONFIG_NAME}; {', '.join(given)} cannot be passed with them."
+            )
+        return predict_adapters(
+            adapter,
+            texts,
+            adapter_names,
+            mode=mode,
+            max_prompt_tokens=max_prompt_tokens,
+            max_new_tokens=max_new_tokens,
+            ids=ids,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+    if adapter_names is not None:
+        raise ValueError(
+            "adapter_names= is for several adapters loaded together with load_adapters({name: adapter, ...}); this "
+            "is a single adapter."
+        )
+    check_inputs(texts, mode=mode, batch_size=batch_size, ids=ids)
     if isinstance(adapter, str | os.PathLike):
         adapter = load_adapter(adapter, base_model=base_model, device=device)
     if isinstance(adapter, LoadedAdapter):
@@ -306,6 +369,24 @@ def predict(
         Prediction(text=t, gold=None, predicted=match_label(o, labels), output=o, scores=s, id=i)
         for t, o, s, i in zip(strings, outputs, scores, row_ids, strict=True)
     ]
+
+
+def check_inputs(texts: Sequence[PromptInput], *, mode: str, batch_size: int, ids: Sequence[Any] | None) -> None:
+    """Refuses an unknown ``mode``, a ``batch_size`` under 1, a single string for ``texts``, ``ids`` of another
+    length, and empty texts (rows, mappings of columns, are checked by the template)."""
+    if mode not in MODES:
+        raise ValueError(f"Unknown mode {mode!r}; choose one of {list(MODES)}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    if isinstance(texts, str):
+        raise ValueError("texts must be a sequence of strings, not a single string; wrap it in a list.")
+    if ids is not None and len(ids) != len(texts):
+        raise ValueError(f"Got {len(ids)} ids for {len(texts)} texts; pass one id per text.")
+    for i, text in enumerate(texts):
+        if isinstance(text, Mapping):
+            continue  # a row: the template checks its columns
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"Text {i} is {text!r}; every text must be a non-empty string.")
 
 
 def _generate_texts(

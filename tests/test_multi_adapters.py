@@ -1,0 +1,224 @@
+"""Many soft prompts on one base model (``load_adapters``): rows of adapters of the three methods in one call give
+exactly what each adapter alone gives them, one by one; bad adapter names and mixed base models are refused."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from conftest import method_options
+from trained_adapters import one_thread
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from softprompt_hf import build_soft_prompt_model, load_adapters, predict, save_adapter
+from softprompt_hf.cli import main as cli_main
+from softprompt_hf.evaluation import Prediction, TextPrediction
+from softprompt_hf.predict import load_adapter
+
+pytestmark = pytest.mark.usefixtures(one_thread.__name__)
+
+COMPLAINTS = ["complaint", "no complaint"]
+# name: (method, virtual tokens, labels (None: free text), template); prompt tuning and P-tuning share labels and
+# template, so a row run with the other's soft prompt would show in its scores.
+ADAPTERS = {
+    "complaints": ("prompt_tuning", 3, COMPLAINTS, "{text_column} says: {text} Label : "),
+    "tone": ("p_tuning", 5, COMPLAINTS, "{text_column} says: {text} Label : "),
+    "topics": ("prefix_tuning", 4, ["sports", "tech", "politics"], "Topic of {text} : "),
+    "titles": ("prefix_tuning", 2, None, "Title : {title} Summary : "),
+}
+TEXTS = [
+    "my order never arrived and nobody answers",
+    "great support today, problem solved",
+    "the app crashed again",
+    "see you at the launch event tomorrow",
+    "charged twice for one ticket",
+    "what time does the store open on sunday?",
+    "love the new phone plan",
+]
+# Rows of every adapter, interleaved; the free-text adapter's rows hold its template's column.
+NAMES = ["topics", "complaints", "titles", "tone", "complaints", "topics", "tone", "titles", "complaints"]
+
+
+def _input(name: str, i: int) -> str | dict[str, str]:
+    text = TEXTS[i % len(TEXTS)]
+    return {"title": text} if ADAPTERS[name][2] is None else text
+
+
+INPUTS = [_input(name, i) for i, name in enumerate(NAMES)]
+
+
+def _save_adapters(base_dir, root) -> dict[str, str]:
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    folders = {}
+    for seed, (name, (method, virtual, labels, template)) in enumerate(ADAPTERS.items()):
+        torch.manual_seed(100 + seed)
+        model = build_soft_prompt_model(
+            AutoModelForCausalLM.from_pretrained(base_dir),
+            **method_options(method, prompt_tuning_init="RANDOM", num_virtual_tokens=virtual),
+        )
+        folder = save_adapter(
+            model, root / name, tokenizer=tokenizer, labels=labels, template=template, text_column="text"
+        )
+        if labels is None:  # a free-text adapter, as a text recipe saves it
+            path = folder / "softprompt_hf.json"
+            settings = json.loads(path.read_text(encoding="utf-8"))
+            settings.update(task="text", max_new_tokens=5)
+            path.write_text(json.dumps(settings), encoding="utf-8")
+        folders[name] = str(folder)
+    return folders
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, model_dirs):
+    """Per architecture: the adapter folders, all of them loaded together, and each loaded alone."""
+    sets = {}
+    for arch in ("gpt2", "llama", "bloom"):
+        folders = _save_adapters(model_dirs[arch], tmp_path_factory.mktemp(f"multi-{arch}"))
+        alone = {name: load_adapter(folder, device="cpu") for name, folder in folders.items()}
+        sets[arch] = (folders, load_adapters(folders, device="cpu"), alone)
+    return sets
+
+
+def _same(actual, expected):
+    assert type(actual) is type(expected)
+    if isinstance(expected, TextPrediction):
+        assert (actual.text, actual.output, actual.tokens, actual.id) == (
+            expected.text,
+            expected.output,
+            expected.tokens,
+            expected.id,
+        )
+        return
+    assert (actual.text, actual.output, actual.predicted, actual.id) == (
+        expected.text,
+        expected.output,
+        expected.predicted,
+        expected.id,
+    )
+    if expected.scores is None:
+        assert actual.scores is None
+    else:
+        assert list(actual.scores) == list(expected.scores)
+        # Another batch shape is another matmul shape: equal to float32 rounding, not bit for bit.
+        torch.testing.assert_close(list(actual.scores.values()), list(expected.scores.values()), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["generate", "rank", "constrained"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bloom"])
+def test_mixed_rows_equal_each_adapter_alone_one_by_one(saved, arch, mode):
+    _, loaded, alone = saved[arch]
+    # Rank and constrained decoding score labels: the free-text adapter's rows take generate mode only.
+    rows = [i for i, name in enumerate(NAMES) if mode == "generate" or ADAPTERS[name][2] is not None]
+    names, inputs, ids = [NAMES[i] for i in rows], [INPUTS[i] for i in rows], [f"row-{i}" for i in rows]
+    mixed = predict(loaded, inputs, adapter_names=names, mode=mode, ids=ids, batch_size=2)
+    assert len(mixed) == len(rows)
+    for prediction, name, text, row_id in zip(mixed, names, inputs, ids, strict=True):
+        expected = predict(alone[name], [text], mode=mode, ids=[row_id])[0]
+        _same(prediction, expected)
+        if ADAPTERS[name][2] is not None:
+            assert isinstance(prediction, Prediction)
+            if mode != "generate":
+                assert prediction.predicted in ADAPTERS[name][2]
+        else:
+            assert isinstance(prediction, TextPrediction)
+    # The method on LoadedAdapters is the same call.
+    again = loaded.predict(inputs, names, mode=mode, ids=ids, batch_size=5)
+    for a, e in zip(again, mixed, strict=True):
+        _same(a, e)
+
+
+def test_the_adapters_share_one_base_model_and_their_prompts_differ(saved):
+    _, loaded, _ = saved["llama"]
+    assert list(loaded) == list(ADAPTERS) and len(loaded) == 4
+    assert all(loaded[name].model.get_base_model() is loaded.base for name in loaded)
+    assert "complaints" in repr(loaded) and "Parameter" not in repr(loaded)
+    # Same labels and template, other soft prompts: a row given the other adapter would score otherwise.
+    text = TEXTS[0]
+    ranked = predict(loaded, [text, text], adapter_names=["complaints", "tone"], mode="rank")
+    assert ranked[0].scores != ranked[1].scores
+    assert loaded["complaints"].settings["labels"] == COMPLAINTS
+
+
+def test_bad_adapter_names_are_refused_with_the_loaded_ones(saved):
+    _, loaded, _ = saved["gpt2"]
+    texts = TEXTS[:3]
+    with pytest.raises(ValueError, match=r"Row 2 names adapter 'reviews', which was not loaded; loaded: complaints, "):
+        predict(loaded, texts, adapter_names=["complaints", "tone", "reviews"])
+    with pytest.raises(ValueError, match="Got 2 adapter names for 3 texts"):
+        predict(loaded, texts, adapter_names=["complaints", "tone"])
+    with pytest.raises(ValueError, match="pass adapter_names="):
+        predict(loaded, texts)
+    with pytest.raises(ValueError, match="not a single string"):
+        predict(loaded, texts, adapter_names="complaints")
+    with pytest.raises(ValueError, match="labels, template cannot be passed"):
+        predict(loaded, texts, adapter_names=["tone"] * 3, labels=COMPLAINTS, template="{text} : ")
+    with pytest.raises(ValueError, match="Adapter 'titles' writes free text"):
+        predict(loaded, [{"title": "x"}, "y"], adapter_names=["titles", "tone"], mode="rank")
+    with pytest.raises(ValueError, match="Adapter 'tone': A classification adapter labels texts"):
+        predict(loaded, [{"title": "x"}], adapter_names=["tone"])
+    with pytest.raises(KeyError, match="loaded: complaints"):
+        loaded["reviews"]
+    with pytest.raises(ValueError, match="this is a single adapter"):
+        predict(loaded["tone"], texts, adapter_names=["tone"] * 3)
+
+
+def test_adapters_of_different_base_models_are_refused_naming_both(saved, model_dirs):
+    bloom_folders, gpt2_folders = saved["bloom"][0], saved["gpt2"][0]
+    with pytest.raises(ValueError, match="different base models") as raised:
+        load_adapters({"complaints": bloom_folders["complaints"], "topics": gpt2_folders["topics"]}, device="cpu")
+    message = str(raised.value)
+    assert "'complaints'" in message and "'topics'" in message
+    assert str(model_dirs["bloom"]) in message and str(model_dirs["gpt2"]) in message
+    with pytest.raises(ValueError, match="mapping of names"):
+        load_adapters(bloom_folders["complaints"])
+    with pytest.raises(ValueError, match="without '='"):
+        load_adapters({"a=b": bloom_folders["complaints"]})
+
+
+def test_cli_predicts_each_row_with_the_adapter_its_column_names(saved, tmp_path, capsys):
+    folders, loaded, _ = saved["bloom"]
+    names = NAMES
+    frame = pd.DataFrame(
+        {
+            "id": list(range(len(names))),
+            "task": names,
+            "text": [TEXTS[i % len(TEXTS)] for i in range(len(names))],
+            "title": [TEXTS[i % len(TEXTS)] for i in range(len(names))],
+        }
+    )
+    rows_csv = tmp_path / "rows.csv"
+    frame.to_csv(rows_csv, index=False)
+    out = tmp_path / "predictions.jsonl"
+    pairs = [f"{name}={folder}" for name, folder in folders.items()]
+    argv = ["predict", *pairs, "--input", str(rows_csv), "--adapter-column", "task", "--id-column", "id"]
+    assert cli_main([*argv, "--output", str(out), "--device", "cpu"]) == 0
+    written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    expected = predict(loaded, INPUTS, adapter_names=names, ids=list(range(len(names))))
+    assert [row["adapter"] for row in written] == names
+    assert [row["id"] for row in written] == list(range(len(names)))
+    assert [row["output"] for row in written] == [p.output for p in expected]
+    assert [row.get("predicted") for row in written] == [getattr(p, "predicted", None) for p in expected]
+
+    # Rank mode over the classification adapters' rows, as CSV on stdout, in the file's order.
+    labelled = frame[frame["task"] != "titles"]
+    labelled.to_csv(rows_csv, index=False)
+    capsys.readouterr()
+    assert cli_main(["predict", *pairs, "--input", str(rows_csv), "--adapter-column", "task", "--mode", "rank"]) == 0
+    printed = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out), keep_default_na=False)
+    ranked = predict(loaded, labelled["text"].tolist(), adapter_names=labelled["task"].tolist(), mode="rank")
+    assert printed["adapter"].tolist() == labelled["task"].tolist()
+    assert printed["predicted"].tolist() == [p.predicted for p in ranked]
+
+    # A row naming an adapter that was not loaded: one error line naming it and the loaded ones.
+    frame.assign(task=["complaints", "reviews", *names[2:]]).to_csv(rows_csv, index=False)
+    assert cli_main([*argv, "--device", "cpu"]) == 1
+    error = capsys.readouterr().err
+    assert "Row 1" in error and "'reviews'" in error and "loaded: complaints, tone, topics, titles" in error
+    assert cli_main(["predict", *pairs, "--input", str(rows_csv)]) == 1
+    assert "pass --adapter-column" in capsys.readouterr().err
+    assert cli_main(["predict", folders["tone"], "--input", str(rows_csv), "--adapter-column", "task"]) == 1
+    assert "NAME=PATH" in capsys.readouterr().err
+    assert cli_main(["predict", *pairs, "--input", str(rows_csv), "--adapter-column", "task", "--labels", "a,b"]) == 1
+    assert "--labels: with several adapters" in capsys.readouterr().err
