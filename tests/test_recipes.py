@@ -138,7 +138,7 @@ def test_each_recipe_passes_its_init_flags_and_the_datas_labels_to_the_trainer(
 def test_every_yaml_in_the_repo_is_a_known_config_and_starts_with_its_command():
     assert set(ALL_YAML) == set(CONFIGS) | set(ACCELERATE_CONFIGS), "a YAML file outside the tested folders"
     assert len(SEED_CONFIGS) == 3 and len(GEMMA_CONFIGS) == 9 and len(ACCELERATE_CONFIGS) == 5
-    assert len(SMOLLM2_CONFIGS) == 6
+    assert len(SMOLLM2_CONFIGS) == 9
     assert set(CONFIGS) == set(SEED_CONFIGS) | set(GEMMA_CONFIGS) | set(SMOLLM2_CONFIGS)
     for path in ALL_YAML:
         first = path.read_text().splitlines()[0]
@@ -224,10 +224,19 @@ def test_smollm2_configs_prompt_through_its_chat_template(path):
     assert (prompt_args.method, training_args.output_dir) == (method, f"outputs/{path.stem}")
     assert data_args.chat_template and data_args.system_prompt is None  # SmolLM2's own system message
     chat = data_args.prompt("text")
-    assert chat.user == data_args.template and chat.fields == ("text",)
-    labels = {"tweets": ("complaint",), "bbc-news": BBC_NEWS_TOPICS}[dataset]
-    assert all(label in data_args.template for label in labels)  # the instruction names the labels
-    plain = "{text_column} : {text} Label : " if dataset == "tweets" else "Article : {text} Topic : "
+    if dataset == "aclsum":  # free text: the outcome summary of a paper from its title and abstract
+        assert chat.user == data_args.template and chat.fields == ("title", "text")
+        assert (data_args.task, data_args.aclsum_aspect, data_args.max_target_length) == ("text", "outcome", 48)
+        assert "outcome" in data_args.template
+    else:
+        assert chat.user == data_args.template and chat.fields == ("text",)
+        labels = {"tweets": ("complaint",), "bbc-news": BBC_NEWS_TOPICS}[dataset]
+        assert all(label in data_args.template for label in labels)  # the instruction names the labels
+    plain = {
+        "tweets": "{text_column} : {text} Label : ",
+        "bbc-news": "Article : {text} Topic : ",
+        "aclsum": "Paper : {title} . {text} Its {aspect} : ",
+    }[dataset]
     assert f'--chat_template false --template "{plain}"' in " ".join(
         line.lstrip("# ") for line in path.read_text().splitlines()
     )
@@ -237,7 +246,7 @@ def test_smollm2_configs_prompt_through_its_chat_template(path):
     assert plain_args.prompt("text") == plain
     if dataset == "bbc-news":
         assert (data_args.dataset, data_args.max_length, data_args.max_train_samples) == ("bbc_news", 192, 250)
-    else:
+    elif dataset == "tweets":
         assert data_args.dataset == "embedded" and training_args.num_train_epochs == 2
     if method == "prompt_tuning":
         assert prompt_args.prompt_tuning_init == "TEXT"
