@@ -28,7 +28,7 @@ from ._upstream import (
     route_prefix_cache_argument,
 )
 from .methods import check_training_arguments
-from .saving import _base_tokenizer_files, _sha256, atomic_write_json
+from .saving import atomic_write_json, base_tokenizer_files, sha256_of_file
 from .sharding import copy_into, full_tensor, reshard_root
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ def _check_complete(folder: Path) -> None:
     files = json.loads(marker.read_text(encoding="utf-8")).get("files", {})
     for name, digest in files.items():
         path = folder / name
-        if not path.is_file() or _sha256(path) != digest:
+        if not path.is_file() or sha256_of_file(path) != digest:
             raise ValueError(
                 f"{path} does not match the checkpoint's record ({CHECKPOINT_MARKER_NAME}): the checkpoint was "
                 "changed or damaged after it was saved. Resume from an earlier checkpoint."
@@ -308,7 +308,7 @@ class SoftPromptCheckpointCallback(TrainerCallback):
             logger.warning(f"Expected the Trainer's checkpoint at {folder}; no soft-prompt state written.")
             return
         save_soft_prompt_state(kwargs["model"], folder, trainable)
-        files = {path.relative_to(folder).as_posix(): _sha256(path) for path in _checkpoint_files(folder)}
+        files = {path.relative_to(folder).as_posix(): sha256_of_file(path) for path in _checkpoint_files(folder)}
         tokenizer_files = self._base_tokenizer_files(kwargs["model"], _checkpoint_tokenizer(kwargs))
         if tokenizer_files and all(files.get(name) == digest for name, digest in tokenizer_files.items()):
             for name in tokenizer_files:
@@ -325,7 +325,7 @@ class SoftPromptCheckpointCallback(TrainerCallback):
         if self._base_tokenizer is None:
             peft_model = _peft_model(model)
             base = peft_model.peft_config[peft_model.active_adapter].base_model_name_or_path
-            self._base_tokenizer = _base_tokenizer_files(tokenizer, base) or {}
+            self._base_tokenizer = base_tokenizer_files(tokenizer, base) or {}
         return self._base_tokenizer
 
 

@@ -18,7 +18,7 @@ from .export import EXPORT_CONFIG_NAME, EXPORT_WEIGHTS_NAME, export_soft_prompt
 from .hub import HubPushError, push_adapter_folder
 from .metrics import write_csv_rows, write_predictions
 from .multi import load_adapters
-from .predict import AdapterLoadError, _plain, _read_frame, load_adapter, predict, read_rows, read_texts
+from .predict import AdapterLoadError, load_adapter, plain_value, predict, read_frame, read_rows, read_texts
 from .prompt import DEFAULT_TEMPLATE, PromptTemplate
 from .real import ACLSUM_INSTALL, GEMMA_NOTICE, SMOLLM2_INSTALL, ExtraNotInstalledError, prepare_real
 from .runner import user_error_message
@@ -183,7 +183,7 @@ def _predict_many(args: argparse.Namespace, pairs: dict[str, str], reading_file:
             f"Several adapters ({', '.join(pairs)}): pass --adapter-column, the column of {args.input!r} that names "
             "each row's adapter."
         )
-    frame = _read_frame(args.input, text_column=None)  # CSV cells as strings
+    frame = read_frame(args.input, text_column=None)  # CSV cells as strings
     columns = [str(column) for column in frame.columns]
     for column in (args.adapter_column, args.id_column):
         if column is not None and column not in columns:
@@ -191,7 +191,7 @@ def _predict_many(args: argparse.Namespace, pairs: dict[str, str], reading_file:
     if args.adapter_column is None:
         names = [next(iter(pairs))] * len(frame)
     else:
-        names = [str(_plain(value)) for value in frame[args.adapter_column].tolist()]
+        names = [str(plain_value(value)) for value in frame[args.adapter_column].tolist()]
     loaded = load_adapters(pairs, base_model=args.base_model, device=args.device)
     for row, name in enumerate(names):
         if name not in loaded.adapters:
@@ -214,13 +214,13 @@ def _predict_many(args: argparse.Namespace, pairs: dict[str, str], reading_file:
                 f"{args.input!r} has no column(s) {missing}, which adapter {name!r} reads (row {row}); its columns "
                 f"are {columns}. Pass --text-column for the text column."
             )
-        values = {column: _plain(frame[column].iloc[row]) for column in wanted}
+        values = {column: plain_value(frame[column].iloc[row]) for column in wanted}
         inputs.append(values if wanted != (text_column,) else values[text_column])
     ids = None
     if args.id_column:
         # Ids keep their inferred type (a CSV's numbers stay numbers), as in the one-adapter form.
-        typed = _read_frame(args.input, text_column=args.adapter_column or args.id_column)
-        ids = [_plain(value) for value in typed[args.id_column].tolist()]
+        typed = read_frame(args.input, text_column=args.adapter_column or args.id_column)
+        ids = [plain_value(value) for value in typed[args.id_column].tolist()]
     predictions = predict(
         loaded,
         inputs,

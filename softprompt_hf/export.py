@@ -39,17 +39,17 @@ from transformers.utils import logging
 from . import __version__, methods
 from .chat import ChatTemplate
 from .constants import EXPORT_DTYPES
-from .predict import LoadedAdapter, _prompt, load_adapter
+from .predict import LoadedAdapter, adapter_prompt, load_adapter
 from .prompt import SAVED_WITHOUT_LABEL_TOKENIZATION, PromptFormat, PromptTemplate
 from .saving import (
     CHAT_KEY,
     TOKENIZER_FROM_ADAPTER,
     TOKENIZER_FROM_BASE,
     TOKENIZER_KEY,
-    _base_tokenizer_files,
-    _sha256,
     atomic_write_json,
+    base_tokenizer_files,
     replace_folder,
+    sha256_of_file,
 )
 
 __all__ = [
@@ -227,7 +227,7 @@ def export_soft_prompt(
         # One metadata key: safetensors writes several in no fixed order, and the same soft prompt should give the
         # same file (and SHA-256). soft_prompt.json holds the rest.
         save_file({EXPORT_TENSOR_NAME: prompt_embeds}, str(weights), metadata={"format": "pt"})
-        atomic_write_json(folder / EXPORT_CONFIG_NAME, {**payload, "sha256": _sha256(weights)})
+        atomic_write_json(folder / EXPORT_CONFIG_NAME, {**payload, "sha256": sha256_of_file(weights)})
 
     replace_folder(target, write)
     logger.info(
@@ -349,7 +349,7 @@ def _description(
     config = model.peft_config[model.active_adapter]
     task = settings.get("task") or "classification"
     default_column = "text" if task == "text" else "Tweet text"  # predict's defaults
-    prompt = _prompt(tokenizer, settings, template, text_column or settings.get("text_column") or default_column)
+    prompt = adapter_prompt(tokenizer, settings, template, text_column or settings.get("text_column") or default_column)
     if isinstance(prompt, PromptTemplate):
         if label_tokenization is None:
             label_tokenization = settings.get(
@@ -398,7 +398,7 @@ def _tokenizer_source(
     if saved:
         return str(settings.get(TOKENIZER_KEY, TOKENIZER_FROM_ADAPTER))
     base = model.peft_config[model.active_adapter].base_model_name_or_path
-    return TOKENIZER_FROM_BASE if _base_tokenizer_files(tokenizer, base) is not None else _TOKENIZER_GIVEN
+    return TOKENIZER_FROM_BASE if base_tokenizer_files(tokenizer, base) is not None else _TOKENIZER_GIVEN
 
 
 def _prompt_description(prompt: PromptFormat, tokenizer_from: str) -> dict[str, Any]:

@@ -26,12 +26,12 @@ import torch
 from .evaluation import Prediction, TextPrediction
 from .predict import (
     LoadedAdapter,
-    _adapter_config,
-    _attach_adapter,
-    _base_model_name,
-    _load_base_model,
+    attach_adapter,
+    base_model_source,
     check_inputs,
+    load_base_model,
     predict,
+    read_adapter_config,
 )
 from .prompt import PromptInput
 
@@ -108,7 +108,7 @@ def load_adapters(
     for name in adapters:
         if not isinstance(name, str) or not name.strip() or "=" in name or "," in name:
             raise ValueError(f"Adapter name {name!r}: use a non-empty name without '=' or ','.")
-    configs = {name: _adapter_config(source, device, token) for name, source in adapters.items()}
+    configs = {name: read_adapter_config(source, device, token) for name, source in adapters.items()}
     first = next(iter(configs))
     first_base = configs[first][1].base_model_name_or_path
     for name, (source, config) in configs.items():
@@ -120,11 +120,10 @@ def load_adapters(
                 "each base model's adapters in a call of their own."
             )
     source, config = configs[first]
-    base = _base_model_name(source, config, base_model)
-    base_lm = _load_base_model(source, base, token)
+    base = base_model_source(source, config, base_model)
+    base_lm = load_base_model(source, base, token)
     loaded = {
-        name: _attach_adapter(source, config, base_lm, base, device, token)
-        for name, (source, config) in configs.items()
+        name: attach_adapter(source, config, base_lm, base, device, token) for name, (source, config) in configs.items()
     }
     return LoadedAdapters(adapters=loaded, base_model=base, base=base_lm)
 

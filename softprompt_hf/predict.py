@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import torch
 from huggingface_hub import hf_hub_download
@@ -41,9 +41,6 @@ from .generate import enable_soft_prompt_generate, fixes_generate
 from .metrics import check_label_set, match_label
 from .prompt import DEFAULT_TEMPLATE, SAVED_WITHOUT_LABEL_TOKENIZATION, PromptFormat, PromptInput, PromptTemplate
 from .saving import CHAT_KEY, INFERENCE_CONFIG_NAME, TOKENIZER_FROM_BASE, TOKENIZER_KEY
-
-if TYPE_CHECKING:
-    from .multi import LoadedAdapters
 
 __all__ = ["AdapterLoadError", "LoadedAdapter", "load_adapter", "predict", "read_rows", "read_texts"]
 
@@ -100,12 +97,12 @@ def load_adapter(
             what to download or which local path to pass.
         ValueError: If ``device`` is unknown, or CUDA is asked for and there is none.
     """
-    source, peft_config = _adapter_config(adapter, device, token)
-    base = _base_model_name(source, peft_config, base_model)
-    return _attach_adapter(source, peft_config, _load_base_model(source, base, token), base, device, token)
+    source, peft_config = read_adapter_config(adapter, device, token)
+    base = base_model_source(source, peft_config, base_model)
+    return attach_adapter(source, peft_config, load_base_model(source, base, token), base, device, token)
 
 
-def _adapter_config(
+def read_adapter_config(
     adapter: str | os.PathLike[str], device: str | torch.device | None, token: str | None
 ) -> tuple[str, PeftConfig]:
     """The adapter's source (as a string) and its peft config, after checking ``device`` and a local folder."""
@@ -129,7 +126,7 @@ def _adapter_config(
     return source, peft_config
 
 
-def _base_model_name(source: str, peft_config: PeftConfig, base_model: str | os.PathLike[str] | None) -> str:
+def base_model_source(source: str, peft_config: PeftConfig, base_model: str | os.PathLike[str] | None) -> str:
     """The base model to load: ``base_model`` where given, else the one the adapter names (checked to exist)."""
     base = str(base_model) if base_model is not None else peft_config.base_model_name_or_path
     if not base:
@@ -146,7 +143,7 @@ def _base_model_name(source: str, peft_config: PeftConfig, base_model: str | os.
     return base
 
 
-def _load_base_model(source: str, base: str, token: str | None) -> Any:
+def load_base_model(source: str, base: str, token: str | None) -> Any:
     with _load_error(
         lambda error: (
             f"The adapter {source!r} needs the base model {base!r}, which could not be loaded ({error}). "
@@ -157,7 +154,7 @@ def _load_base_model(source: str, base: str, token: str | None) -> Any:
         return AutoModelForCausalLM.from_pretrained(base, token=token)
 
 
-def _attach_adapter(
+def attach_adapter(
     source: str,
     peft_config: PeftConfig,
     base_lm: Any,
@@ -195,7 +192,7 @@ def _attach_adapter(
 
 
 def predict(
-    adapter: str | os.PathLike[str] | LoadedAdapter | LoadedAdapters | PeftModel,
+    adapter: str | os.PathLike[str] | LoadedAdapter | Mapping[str, LoadedAdapter] | PeftModel,
     texts: Sequence[PromptInput],
     *,
     mode: str = "generate",
@@ -271,9 +268,7 @@ def predict(
 
     ```
     """
-    from .multi import LoadedAdapters, predict_adapters  # imports this module
-
-    if isinstance(adapter, LoadedAdapters):
+    if isinstance(adapter, Mapping):  # several adapters on one base (softprompt_hf.multi.LoadedAdapters)
         overrides = {
             "labels": labels,
             "template": template,
@@ -290,8 +285,13 @@ def predict(
                 f"predict with several adapters takes each row's settings from its own adapter's "
                 f"{INFERENCE_CONFIG_NAME}; {', '.join(given)} cannot be passed with them."
             )
-        return predict_adapters(
-            adapter,
+        several = getattr(adapter, "predict", None)  # LoadedAdapters.predict: predict_adapters on them
+        if several is None:
+            raise TypeError(
+                "Several adapters are predicted with what load_adapters({name: adapter, ...}) returns, not a "
+                f"{type(adapter).__name__}."
+            )
+        return several(
             texts,
             adapter_names,
             mode=mode,
@@ -348,7 +348,7 @@ def predict(
     if label_tokenization is None:
         saved = SAVED_WITHOUT_LABEL_TOKENIZATION if isinstance(adapter, LoadedAdapter) else "joint"
         label_tokenization = settings.get("label_tokenization", saved)
-    prompt = _prompt(tokenizer, settings, template, text_column or settings.get("text_column") or "Tweet text")
+    prompt = adapter_prompt(tokenizer, settings, template, text_column or settings.get("text_column") or "Tweet text")
     if isinstance(prompt, PromptTemplate):
         prompt = dataclasses.replace(prompt, label_tokenization=label_tokenization)
     strings = [str(text) for text in texts]  # checked above: no rows here
@@ -417,7 +417,7 @@ def _generate_texts(
         raise ValueError(f"max_new_tokens must be at least 1, got {budget}.")
     if label_tokenization is None:
         label_tokenization = settings.get("label_tokenization", SAVED_WITHOUT_LABEL_TOKENIZATION if saved else "joint")
-    prompt = _prompt(tokenizer, settings, template, text_column or settings.get("text_column") or "text")
+    prompt = adapter_prompt(tokenizer, settings, template, text_column or settings.get("text_column") or "text")
     if isinstance(prompt, PromptTemplate):
         prompt = dataclasses.replace(prompt, label_tokenization=label_tokenization)
     generated = generate_label_ids(
@@ -447,7 +447,7 @@ def _generate_texts(
     ]
 
 
-def _prompt(
+def adapter_prompt(
     tokenizer: PreTrainedTokenizerBase,
     settings: Mapping[str, Any],
     template: str | ChatTemplate | None,
@@ -484,7 +484,7 @@ def read_rows(
     Returns:
         The rows, and the ids (``None`` without ``id_column``).
     """
-    frame = _read_frame(path, text_column=None)
+    frame = read_frame(path, text_column=None)
     found = [str(c) for c in frame.columns]
     missing = [name for name in (*columns, *([id_column] if id_column else [])) if name not in found]
     if missing:
@@ -492,10 +492,10 @@ def read_rows(
             f"{str(path)!r} has no column(s) {missing}, which the adapter's template reads; its columns are {found}."
         )
     rows = [
-        {column: _plain(value) for column, value in zip(columns, values, strict=True)}
+        {column: plain_value(value) for column, value in zip(columns, values, strict=True)}
         for values in frame[list(columns)].itertuples(index=False, name=None)
     ]
-    ids = [_plain(v) for v in frame[id_column].tolist()] if id_column else None
+    ids = [plain_value(v) for v in frame[id_column].tolist()] if id_column else None
     return rows, ids
 
 
@@ -518,7 +518,7 @@ def read_texts(
     if not isinstance(source, str | os.PathLike):
         texts = [line.rstrip("\r\n") for line in source]
         return [t for t in texts if t.strip()], None
-    frame = _read_frame(source, text_column)
+    frame = read_frame(source, text_column)
     path = Path(source)
     columns = [str(c) for c in frame.columns]
     if text_column is None:
@@ -532,11 +532,11 @@ def read_texts(
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"Row {i} of {str(path)!r} has {text!r} in {text_column!r}; texts must be non-empty.")
-    ids = [_plain(v) for v in frame[id_column].tolist()] if id_column else None
+    ids = [plain_value(v) for v in frame[id_column].tolist()] if id_column else None
     return texts, ids
 
 
-def _read_frame(source: str | os.PathLike[str], text_column: str | None) -> Any:
+def read_frame(source: str | os.PathLike[str], text_column: str | None) -> Any:
     """A CSV, JSONL or parquet file as a pandas frame with at least one row (CSV cells as strings: an empty cell is
     "", not NaN; with ``text_column``, only that column is read as strings)."""
     path = Path(source)
@@ -591,7 +591,7 @@ def _load_tokenizer(source: str, base: str, settings: dict[str, Any], token: str
         return AutoTokenizer.from_pretrained(base, token=token)
 
 
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 

@@ -148,7 +148,7 @@ def replace_folder(target: str | os.PathLike[str], write: Callable[[Path], None]
     return target
 
 
-def _sha256(path: Path) -> str:
+def sha256_of_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -163,7 +163,7 @@ _TOKENIZER_LOADER_KEYS = ("local_files_only",)
 
 def _comparable_sha256(path: Path) -> str:
     if path.name != "tokenizer_config.json":
-        return _sha256(path)
+        return sha256_of_file(path)
     config = json.loads(path.read_text(encoding="utf-8"))
     for key in _TOKENIZER_LOADER_KEYS:
         config.pop(key, None)
@@ -176,13 +176,13 @@ def _saved_tokenizer_files(tokenizer: Any) -> dict[str, tuple[str, str]]:
         tokenizer.save_pretrained(folder)
         root = Path(folder)
         return {
-            path.relative_to(root).as_posix(): (_sha256(path), _comparable_sha256(path))
+            path.relative_to(root).as_posix(): (sha256_of_file(path), _comparable_sha256(path))
             for path in sorted(root.rglob("*"))
             if path.is_file()
         }
 
 
-def _base_tokenizer_files(tokenizer: Any, base_model: str | None) -> dict[str, str] | None:
+def base_tokenizer_files(tokenizer: Any, base_model: str | None) -> dict[str, str] | None:
     """The files ``tokenizer`` saves (relative path -> SHA-256) when they are those of ``base_model``'s own tokenizer,
     else ``None``. (``tokenizer_config.json`` is compared without the keys that say how a tokenizer was loaded.)
 
@@ -216,7 +216,7 @@ def _base_tokenizer_files(tokenizer: Any, base_model: str | None) -> dict[str, s
 
 def _keeps_tokenizer(tokenizer: Any, base_model: str | None) -> bool:
     """``save_tokenizer="auto"``: whether ``tokenizer`` must be saved with the adapter (it is not the base model's)."""
-    if _base_tokenizer_files(tokenizer, base_model) is not None:
+    if base_tokenizer_files(tokenizer, base_model) is not None:
         logger.info(f"The tokenizer is the base model's ({base_model}): the adapter folder loads that one, not a copy.")
         return False
     logger.info("Saving the tokenizer with the adapter: it differs from the base model's, or that could not be read.")
