@@ -162,6 +162,9 @@ def test_bad_adapter_names_are_refused_with_the_loaded_ones(saved):
         loaded["reviews"]
     with pytest.raises(ValueError, match="this is a single adapter"):
         predict(loaded["tone"], texts, adapter_names=["tone"] * 3)
+    # A plain dict of loaded adapters is not a set loaded on one base: load_adapters makes that.
+    with pytest.raises(TypeError, match=r"what load_adapters\(\{name: adapter, \.\.\.\}\) returns, not a dict"):
+        predict({"tone": loaded["tone"]}, texts, adapter_names=["tone"] * 3)
 
 
 def test_adapters_of_different_base_models_are_refused_naming_both(saved, model_dirs):
