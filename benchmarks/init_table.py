@@ -20,12 +20,15 @@ Each cell is the mean over the seeds with the sample standard deviation (``mean 
 config's own (its ``seed``), the same for every run: a seed changes the initialisation's random draws and the
 training order only. Flags after ``--`` go to the recipes' parser for every run (e.g. ``--num_virtual_tokens 16
 --use_cpu true``); the prompt length is each init's own default unless set there (TEXT: the init text's tokens,
-the others 20), and the table says it. ``--json PATH`` also writes every run's figures.
+the others 20), and the table says it. ``--json PATH`` also writes every run's figures, after each run;
+``--resume`` keeps the runs already there and runs only the missing ones (one seed per call, or what a stopped call
+left undone).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -142,6 +145,14 @@ def table_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
     return rows
 
 
+def previous_runs(path: str | None) -> list[dict[str, Any]]:
+    """The runs an earlier call wrote to ``--json`` (``--resume``): they are kept, and not run again."""
+    if not path or not Path(path).exists():
+        return []
+    with open(path) as f:
+        return list(json.load(f))
+
+
 def selected(method: str, requested: list[str] | None) -> list[str]:
     inits = INITS[method][0]
     return [init for init in inits if requested is None or init in requested]
@@ -157,12 +168,16 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
         "Configs: "
         + ", ".join(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}" for path in configs.values())
     )
-    results = []
+    results = previous_runs(args.json) if args.resume else []
+    done = {(run["method"], run["init"], run["seed"]) for run in results}
     for method in args.methods:
         for init in selected(method, args.inits):
             for seed in args.seeds:
+                if (method, init, seed) in done:
+                    continue
                 results.append(run_one(method, init, seed, args))
                 c.quiet()  # start_run sets the libraries' logging up for a recipe run
+                c.dump_json(args.json, results)  # after every run: a stopped table keeps the runs it finished
     first = results[0] if results else {}
     print(
         f"Validation rows: {first.get('validation_rows')}; epochs trained: {first.get('epochs')}; seeds: "
@@ -170,7 +185,6 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     print(c.table(HEADERS, table_rows(results)))
     print()
-    c.dump_json(args.json, results)
     return results
 
 
@@ -186,9 +200,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inits", nargs="+", choices=known, help="Only these inits (default: every one).")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--epochs", type=float, help="Training epochs (default: each config's num_train_epochs).")
-    parser.add_argument("--json", help="Also write every run's figures to this JSON file.")
+    parser.add_argument("--json", help="Also write every run's figures to this JSON file (after each run).")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="Keep the runs already in --json and run only the others (the table covers them all).",
+    )
     c.add_threads_argument(parser)
     args = parser.parse_args(ours)
+    if args.resume and not args.json:
+        parser.error("--resume reads the runs already done from --json: name that file")
     args.recipe_flags = recipe_flags
     args.argv = argv
     return args

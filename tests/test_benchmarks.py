@@ -273,6 +273,16 @@ def test_init_table_compares_every_init_of_each_method_over_seeds(tmp_path, caps
     assert loss_before["RANDOM", 0] != loss_before["RANDOM", 1]
     assert loss_before["TEXT", 0] == loss_before["TEXT", 1]
     assert all(0 <= r[name] <= 1 for r in results for name in ("accuracy_before", "accuracy_after", "f1_after"))
+    # --resume keeps the runs already in the JSON and runs only the missing ones (here seed 2 of one init).
+    again = ["--model_name_or_path", str(EMBEDDED_MODEL_PATH), "--methods", "prompt_tuning", "--inits", "RANDOM"]
+    again += ["--seeds", "0", "1", "2", "--json", str(tmp_path / "t.json"), "--resume", *args[args.index("--") :]]
+    resumed = init_table.main(init_table.parse_args(again))
+    assert resumed[:6] == results and [(r["init"], r["seed"]) for r in resumed[6:]] == [("RANDOM", 2)]
+    assert json.loads((tmp_path / "t.json").read_text()) == resumed
+    rows = _table_rows(capsys.readouterr().out)
+    assert [(row[1], row[3]) for row in rows[1:]] == [("TEXT", "2"), ("CLASS_LABELS", "2"), ("RANDOM", "3")]
+    with pytest.raises(SystemExit):
+        init_table.parse_args(["--resume"])  # nothing to resume from without --json
 
 
 @pytest.fixture
