@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -279,6 +280,7 @@ def generate_label_ids(
     end-of-turn token) if one was generated."""
     template = template or PromptTemplate()
     stops = template.stop_ids(tokenizer)
+    stop_set = frozenset(stops)
     encoded = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
     if generation_kwargs and _generate_is_wrong(model):
         raise ValueError(
@@ -306,7 +308,10 @@ def generate_label_ids(
                 group = batches[start : start + per_group]
                 if decoder is not None:
                     rows = _greedy_with_cache(
-                        decoder, [[encoded[i] for i in batch] for batch in group], max_new_tokens, stops
+                        decoder,
+                        [[encoded[i] for i in batch] for batch in group],
+                        [[max_new_tokens] * len(batch) for batch in group],
+                        [[stop_set] * len(batch) for batch in group],
                     )
                 else:
                     rows = [
@@ -452,7 +457,11 @@ def constrained_labels(
             for start in range(0, len(batches), per_group):
                 group = batches[start : start + per_group]
                 if decoder is not None:
-                    rows = _constrained_with_cache(decoder, trie, [[prompts[i] for i in batch] for batch in group])
+                    rows = _constrained_with_cache(
+                        decoder,
+                        [[trie] * len(batch) for batch in group],
+                        [[prompts[i] for i in batch] for batch in group],
+                    )
                 else:
                     rows = [
                         _constrained_full_forward(model, trie, [prompts[i] for i in batch], extra, device)
@@ -508,30 +517,39 @@ class _LabelTrie:
         """For rows at ``nodes``, the next token: among the node's children, the one of highest logit, and of
         them the lowest token id on a tie, as an argmax over the vocabulary picks. ``token_logits(tokens)``
         returns each row's logits of the 1-D ``tokens``."""
-        union = sorted({token for node in nodes for token in self.children[node]})
-        tokens = torch.tensor(union, device=device)
-        allowed = torch.tensor([[token in self.children[node] for token in union] for node in nodes], device=device)
-        logits = token_logits(tokens).masked_fill(~allowed, -torch.inf)
-        return tokens[logits.argmax(dim=-1)].tolist()
+        return choose_tokens([(self, node) for node in nodes], token_logits, device)
+
+
+def choose_tokens(rows: Sequence[tuple[_LabelTrie, int]], token_logits: Any, device: torch.device) -> list[int]:
+    """:meth:`_LabelTrie.choose` for rows that each walk a trie of their own (``(trie, node)`` per row: rows of
+    several adapters); the candidates of all rows are projected together."""
+    union = sorted({token for trie, node in rows for token in trie.children[node]})
+    tokens = torch.tensor(union, device=device)
+    allowed = torch.tensor([[token in trie.children[node] for token in union] for trie, node in rows], device=device)
+    logits = token_logits(tokens).masked_fill(~allowed, -torch.inf)
+    return tokens[logits.argmax(dim=-1)].tolist()
 
 
 def _constrained_with_cache(
-    decoder: _CachedDecoder, trie: _LabelTrie, batches: Sequence[Sequence[Sequence[int]]]
+    decoder: _CachedDecoder | _MixedDecoder,
+    tries: Sequence[Sequence[_LabelTrie]],
+    batches: Sequence[Sequence[Any]],
 ) -> list[list[str]]:
     """Constrained greedy labels for a group of batches decoded in step, with the cache (as
     :func:`_greedy_with_cache`: the batches' last positions are projected together, onto the candidate tokens'
-    rows only); a row leaves its batch once its label is settled."""
+    rows only); ``tries[b][r]`` is row ``r`` of batch ``b``'s label trie. A row leaves its batch once its label is
+    settled."""
     states: list[_DecodingState | None] = [decoder.start(prompts) for prompts in batches]
     outputs: list[list[str]] = [[""] * len(prompts) for prompts in batches]
     rows = [list(range(len(prompts))) for prompts in batches]  # per batch, the prompt each row of its state holds
-    nodes = [[0] * len(prompts) for prompts in batches]  # per batch, each row's node in the trie
+    nodes = [[0] * len(prompts) for prompts in batches]  # per batch, each row's node in its trie
     while True:
         live = [(b, state) for b, state in enumerate(states) if state is not None]
         if not live:
             return outputs
         hidden = join_rows([state.last for _, state in live])
-        chosen = trie.choose(
-            [node for b, _ in live for node in nodes[b]],
+        chosen = choose_tokens(
+            [(tries[b][row], node) for b, _ in live for row, node in zip(rows[b], nodes[b], strict=True)],
             lambda tokens, hidden=hidden: decoder.token_logits(hidden, tokens),
             hidden.device,
         )
@@ -540,6 +558,7 @@ def _constrained_with_cache(
             tokens, offset = chosen[offset : offset + len(rows[b])], offset + len(rows[b])
             going = []
             for i, (row, node, token) in enumerate(zip(rows[b], nodes[b], tokens, strict=True)):
+                trie = tries[b][row]
                 child = trie.children[node][token]
                 label = trie.settled[child]
                 if label is None:
@@ -747,26 +766,33 @@ def _generate_with_model(
 
 
 def _greedy_with_cache(
-    decoder: _CachedDecoder, batches: Sequence[Sequence[Sequence[int]]], max_new_tokens: int, stops: Sequence[int]
+    decoder: _CachedDecoder | _MixedDecoder,
+    batches: Sequence[Sequence[Any]],
+    limits: Sequence[Sequence[int]],
+    stops: Sequence[Sequence[Collection[int]]],
 ) -> list[list[list[int]]]:
     """Greedy tokens for a group of batches decoded in step, with the cache: each batch runs through the model on
     its own, and the last positions of all of them are projected onto the vocabulary together (more rows per
-    pass over the output layer's weight). A row that generated a stop token (EOS) leaves its batch, so the next
-    steps run the unfinished rows only (rows are independent: the others' tokens do not change)."""
+    pass over the output layer's weight). ``limits[b][r]`` and ``stops[b][r]``: how many tokens row ``r`` of batch
+    ``b`` generates at most, and the tokens that stop it (EOS). A row that generated a stop token, or its limit,
+    leaves its batch, so the next steps run the unfinished rows only (rows are independent: the others' tokens do
+    not change)."""
     states: list[_DecodingState | None] = [decoder.start(prompts) for prompts in batches]
     outputs: list[list[list[int]]] = [[[] for _ in prompts] for prompts in batches]
     rows = [list(range(len(prompts))) for prompts in batches]  # per batch, the prompt each row of its state holds
-    for step in range(max_new_tokens):
+    while True:
         live = [(b, state) for b, state in enumerate(states) if state is not None]
         if not live:
             break
         all_tokens = decoder.argmax(join_rows([state.last for _, state in live]))
         for (b, state), next_tokens in zip(live, all_tokens.split([len(rows[b]) for b, _ in live]), strict=True):
             tokens = next_tokens.tolist()
-            for row, token in zip(rows[b], tokens, strict=True):
+            going = []
+            for i, (row, token) in enumerate(zip(rows[b], tokens, strict=True)):
                 outputs[b][row].append(token)
-            going = [i for i, token in enumerate(tokens) if token not in stops]
-            if step == max_new_tokens - 1 or not going:
+                if token not in stops[b][row] and len(outputs[b][row]) < limits[b][row]:
+                    going.append(i)
+            if not going:
                 states[b] = None
                 continue
             if len(going) < len(rows[b]):
@@ -804,7 +830,7 @@ def _greedy_full_forward(
     return torch.stack(generated, dim=1).tolist()
 
 
-def cut_at_stop(ids: list[int], stops: Sequence[int]) -> list[int]:
+def cut_at_stop(ids: list[int], stops: Collection[int]) -> list[int]:
     """``ids`` up to and including the first stop token (all of them if none is there)."""
     end = next((i for i, token in enumerate(ids) if token in stops), None)
     return ids if end is None else ids[: end + 1]
@@ -998,6 +1024,24 @@ class _CachedDecoder:
         self._shared_kv = cache_key_values(cache)
         self.shared_tokens = common
 
+    @property
+    def prefix_length(self) -> int:
+        """How many positions each row's cache holds before its own tokens: the virtual tokens (or prefix tuning's
+        key/values) and the shared tokens."""
+        return self.num_virtual_tokens + len(self.shared_tokens)
+
+    @torch.no_grad()
+    def row_prefix(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The key/values every row starts with, as one row (:attr:`prefix_length` positions): the shared
+        key/values, or prefix tuning's own; ``None`` where they are not a plain cache (or the model has no soft
+        prompt and its prompts share no tokens), whose rows cannot join another adapter's."""
+        if self._shared_kv is not None:
+            return self._shared_kv
+        if self.peft_config is None:
+            return None
+        cache = prefix_cache_from_peft(self.model, batch_size=1, max_cache_len=self.num_virtual_tokens)
+        return cache_key_values(cache) if is_plain_dynamic_cache(cache) else None
+
     @classmethod
     def supports(cls, model: torch.nn.Module) -> bool:
         """Whether the model can be decoded with a cache exactly: a plain causal LM, a ``PeftModel`` whose
@@ -1057,28 +1101,41 @@ class _CachedDecoder:
         if any(list(ids[:shared]) != self.shared_tokens for ids in prompts):
             raise ValueError("These prompts do not start with the tokens this decoder shares; make a decoder for them.")
         prompts = [ids[shared:] for ids in prompts]
+        batch = len(prompts)
+        # The cache starts with the virtual tokens (prompt tuning, P-tuning: computed once per decoder; prefix
+        # tuning: its key/values) and the shared tokens; the rest of each prompt follows them.
+        offset = self.num_virtual_tokens + shared
+        cache: Cache
+        if self._shared_kv is not None:
+            cache = prefix_cache(self._shared_kv, batch, self.base.config, length=offset)
+        elif self.peft_config is not None:
+            longest = max(len(ids) for ids in prompts)
+            cache = prefix_cache_from_peft(self.model, batch_size=batch, max_cache_len=offset + longest)
+        else:
+            cache = DynamicCache(config=getattr(self.base, "config", None))
+        prefix_mask = torch.ones(batch, offset, dtype=torch.long, device=device)
+        return self.prefill(cache, prefix_mask, prompts, torch.full((batch,), offset, device=device))
+
+    def prefill(
+        self, cache: Cache, prefix_mask: torch.Tensor, prompts: Sequence[Sequence[int]], offsets: torch.Tensor
+    ) -> _DecodingState:
+        """Runs ``prompts`` after what ``cache`` holds (each row's prefix: ``prefix_mask`` masks its slots, a row
+        whose prefix is shorter than the longest is padded on the left), each from position ``offsets[row]`` (its
+        own prefix length), and returns the state with each one's last position's outputs."""
+        device = prefix_mask.device
         lengths = torch.tensor([len(ids) for ids in prompts], device=device)
         longest, shortest = int(lengths.max()), int(lengths.min())
-        if longest != shortest and not self.mixed_lengths:
+        padded = longest != shortest or not bool(prefix_mask.all())
+        if padded and not self.mixed_lengths:
             raise ValueError(f"{type(self.base).__name__} cannot decode prompts of different lengths in one batch.")
         # Right padding (with each row's own last token): causal attention keeps it out of the prompt's
         # positions, and the mask keeps it out of everything that follows.
         input_ids = torch.tensor([list(ids) + [ids[-1]] * (longest - len(ids)) for ids in prompts], device=device)
         batch = input_ids.shape[0]
-        # The cache starts with the virtual tokens (prompt tuning, P-tuning: computed once per decoder; prefix
-        # tuning: its key/values) and the shared tokens; the rest of each prompt follows them.
-        offset = self.num_virtual_tokens + shared
         token_mask = (torch.arange(longest, device=device)[None, :] < lengths[:, None]).long()
-        mask = torch.cat([token_mask.new_ones(batch, offset), token_mask], dim=1)
+        mask = torch.cat([prefix_mask, token_mask], dim=1)
         keep = longest - shortest + 1
-        cache: Cache
-        if self._shared_kv is not None:
-            cache = prefix_cache(self._shared_kv, batch, self.base.config, length=offset)
-        elif self.peft_config is not None:
-            cache = prefix_cache_from_peft(self.model, batch_size=batch, max_cache_len=offset + longest)
-        else:
-            cache = DynamicCache(config=getattr(self.base, "config", None))
-        positions = offset + torch.arange(longest, device=device).expand(batch, -1)
+        positions = offsets[:, None] + torch.arange(longest, device=device)
         inputs = {"input_ids": input_ids}
         if keep > 1 and self._keep:
             # Only each row's last prompt position: transformers >= 5.23 takes per-row positions (a (batch, 1)
@@ -1086,14 +1143,14 @@ class _CachedDecoder:
             last_positions = (lengths - 1)[:, None]
             outputs = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=last_positions, **inputs)
             if outputs.shape[:2] == (batch, 1):
-                return _DecodingState(self, cache, mask, offset + lengths, outputs[:, 0])
+                return _DecodingState(self, cache, mask, offsets + lengths, outputs[:, 0])
             raise RuntimeError(f"{type(self.base).__name__} ignored per-row logits_to_keep positions.")
         outputs = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=keep, **inputs)
         if keep == 1:
             last = outputs[:, -1]
         else:
             last = outputs[torch.arange(batch, device=device), lengths - 1 - (longest - keep)]
-        return _DecodingState(self, cache, mask, offset + lengths, last)
+        return _DecodingState(self, cache, mask, offsets + lengths, last)
 
     def run(
         self,
@@ -1180,6 +1237,250 @@ class _CachedDecoder:
         if self.head is not None:
             return self.head.log_probs(outputs, tokens)
         return torch.log_softmax(outputs.float(), dim=-1).gather(-1, tokens)
+
+
+class _MixedDecoder:
+    """Rows of several soft-prompt adapters on one base model (each a ``PeftModel`` around it) in the same batches.
+
+    Each adapter keeps a :class:`_CachedDecoder` of its own, which computes what all of its rows start with, once:
+    its virtual tokens' key/values (prompt tuning, P-tuning) or its prefix key/values (prefix tuning), then its
+    prompts' shared opening. A batch's cache holds each row's own prefix, padded on the left to the longest of the
+    batch with masked slots; each row's tokens take the positions after its own prefix, as alone. So every row
+    computes what it computes with its adapter alone (to float rounding: another batch shape is another matrix
+    product). Mixing needs the model's per-row positions (``position_ids``, or Bloom's mask-derived ones); other
+    models, and under a sliding window the rows whose padded slots would not fit in it (see
+    :class:`_CachedDecoder`), are batched by adapter and equal length, without padding. The base model is run
+    through the first adapter's decoder (the same weights for all).
+    """
+
+    def __init__(self, decoders: Sequence[_CachedDecoder], prefixes: Sequence[list[tuple[torch.Tensor, torch.Tensor]]]):
+        self.decoders = list(decoders)
+        self.runner = self.decoders[0]
+        self.prefixes = list(prefixes)
+        self.lengths = [decoder.prefix_length for decoder in self.decoders]
+
+    @classmethod
+    def of(
+        cls, models: Sequence[torch.nn.Module], prompts: Sequence[Sequence[Sequence[int]]], *, softcapped_head: bool
+    ) -> _MixedDecoder | None:
+        """The decoder for ``models`` (one per adapter, sharing one base model) and each one's prompts; ``None`` if
+        some adapter's rows cannot share batches (it is not one of the three soft prompts, or its prefix is not a
+        plain cache): then run each adapter alone."""
+        bases = {id(model.get_base_model()) if isinstance(model, PeftModel) else id(model) for model in models}
+        if len(bases) != 1 or not all(_prompt_learning_config(model) is not None for model in models):
+            return None
+        if not all(_CachedDecoder.supports(model) for model in models):
+            return None
+        decoders = [
+            _CachedDecoder(model, rows, softcapped_head=softcapped_head)
+            for model, rows in zip(models, prompts, strict=True)
+        ]
+        prefixes = [decoder.row_prefix() for decoder in decoders]
+        if any(prefix is None for prefix in prefixes):
+            return None
+        return cls(decoders, [prefix for prefix in prefixes if prefix is not None])
+
+    def batches(
+        self, rows: Sequence[tuple[int, Sequence[int]]], batch_size: int, new_tokens: Sequence[int]
+    ) -> list[list[int]]:
+        """Indices of ``rows`` (``(adapter, prompt ids)``; ``new_tokens[adapter]`` tokens fed after its prompts) in
+        the batches that can run exactly: sorted by the length of what each row runs, adapters mixed, where the
+        model takes per-row positions and (sliding window) the longest prefix, the prompt and the new tokens fit
+        in the window; by adapter and equal length otherwise."""
+        runner = self.runner
+        rest = [len(ids) - len(self.decoders[adapter].shared_tokens) for adapter, ids in rows]
+        longest_prefix = max(self.lengths)
+        mixable = [
+            i
+            for i, (adapter, _) in enumerate(rows)
+            if runner.mixed_lengths
+            and (runner.window is None or longest_prefix + rest[i] + new_tokens[adapter] <= runner.window)
+        ]
+        chosen = set(mixable)
+        by_key: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, (adapter, _) in enumerate(rows):
+            if i not in chosen:
+                by_key[(adapter, rest[i])].append(i)
+        order = sorted(mixable, key=lambda i: rest[i])
+        mixed = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        alone = [
+            indices[start : start + batch_size]
+            for _, indices in sorted(by_key.items(), key=lambda item: (item[0][1], item[0][0]))
+            for start in range(0, len(indices), batch_size)
+        ]
+        return mixed + alone
+
+    def start(self, rows: Sequence[tuple[int, Sequence[int]]]) -> _DecodingState:
+        """Runs ``rows`` (``(adapter, prompt ids)``, one of :meth:`batches`) after each one's own prefix and returns
+        the state holding their cache and each one's last position's outputs."""
+        device = next(self.runner.model.parameters()).device
+        prompts, lengths = [], []
+        for adapter, ids in rows:
+            shared = self.decoders[adapter].shared_tokens
+            if list(ids[: len(shared)]) != shared:
+                raise ValueError("A prompt does not start with the tokens its adapter's decoder shares.")
+            prompts.append(list(ids[len(shared) :]))
+            lengths.append(self.lengths[adapter])
+        longest = max(lengths)
+        layers = []
+        for layer in range(len(self.prefixes[0])):
+            keys, values = [], []
+            for (adapter, _), length in zip(rows, lengths, strict=True):
+                key, value = self.prefixes[adapter][layer]
+                keys.append(torch.nn.functional.pad(key, (0, 0, longest - length, 0)))
+                values.append(torch.nn.functional.pad(value, (0, 0, longest - length, 0)))
+            layers.append((torch.cat(keys), torch.cat(values)))
+        cache = cache_from_key_values(layers, self.runner.base.config, length=longest)
+        offsets = torch.tensor(lengths, device=device)
+        prefix_mask = (torch.arange(longest, device=device)[None, :] >= (longest - offsets)[:, None]).long()
+        return self.runner.prefill(cache, prefix_mask, prompts, offsets)
+
+    def batches_per_projection(self, batch_size: int) -> int:
+        return self.runner.batches_per_projection(batch_size)
+
+    def argmax(self, outputs: torch.Tensor) -> torch.Tensor:
+        return self.runner.argmax(outputs)
+
+    def token_logits(self, outputs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.runner.token_logits(outputs, tokens)
+
+    def log_probs(self, outputs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.runner.log_probs(outputs, tokens)
+
+
+@dataclass
+class AdapterRows:
+    """One adapter's rows in :func:`mixed_outputs`: its ``PeftModel``, each row's prompt ids, the tokens that stop a
+    row and, by mode, the most tokens a row generates (``"generate"``) or the labels' texts and token ids, each
+    ending with a stop token (``"rank"``, ``"constrained"``)."""
+
+    model: torch.nn.Module
+    prompts: list[list[int]]
+    stops: tuple[int, ...]
+    max_new_tokens: int = 4
+    labels: list[str] | None = None
+    label_ids: list[list[int]] | None = None
+
+
+@torch.no_grad()
+def mixed_outputs(
+    adapters: Sequence[AdapterRows], mode: str, *, batch_size: int = 32, show_progress: bool = False
+) -> list[list[Any]] | None:
+    """Decodes the rows of several adapters on one base model in shared batches (:class:`_MixedDecoder`).
+
+    Returns, per adapter, per row, what its adapter alone gives: the generated ids, cut after the first stop token
+    (``"generate"``), the log-likelihood of each label (``"rank"``) or the chosen label (``"constrained"``); or
+    ``None`` where the adapters' rows cannot share batches (see :meth:`_MixedDecoder.of`).
+    """
+    if mode not in MODES:
+        raise ValueError(f"Unknown mode {mode!r}; choose one of {list(MODES)}.")
+    tries: list[_LabelTrie | None] = [None] * len(adapters)
+    if mode != "generate":
+        for a, adapter in enumerate(adapters):
+            if adapter.labels is None or adapter.label_ids is None:
+                raise ValueError(f"mode={mode!r} needs each adapter's labels and their token ids.")
+            if mode == "constrained":
+                tries[a] = _LabelTrie(adapter.labels, adapter.label_ids, adapter.stops)
+    models = [adapter.model for adapter in adapters]
+    contexts = [eval_mode(model) for model in dict((id(model), model) for model in models).values()]
+    with contextlib.ExitStack() as stack:
+        for context in contexts:
+            stack.enter_context(context)
+        decoder = _MixedDecoder.of(
+            models, [adapter.prompts for adapter in adapters], softcapped_head=mode == "constrained"
+        )
+        if decoder is None:
+            return None
+        rows = [(a, ids) for a, adapter in enumerate(adapters) for ids in adapter.prompts]
+        owners = [(a, r) for a, adapter in enumerate(adapters) for r in range(len(adapter.prompts))]
+        if mode == "generate":
+            new_tokens = [adapter.max_new_tokens - 1 for adapter in adapters]
+        elif mode == "rank":
+            new_tokens = [max(len(ids) for ids in adapter.label_ids or [[0]]) - 1 for adapter in adapters]
+        else:
+            new_tokens = [trie.depth - 1 if trie is not None else 0 for trie in tries]
+        batches = decoder.batches(rows, batch_size, new_tokens)
+        per_group = decoder.batches_per_projection(batch_size)
+        results: list[list[Any]] = [[None] * len(adapter.prompts) for adapter in adapters]
+        description = {"generate": "Generating", "rank": "Ranking labels", "constrained": "Decoding labels"}[mode]
+        with tqdm(total=len(batches), desc=description, disable=not show_progress) as progress:
+            for start in range(0, len(batches), per_group):
+                group = batches[start : start + per_group]
+                outputs: list[list[Any]]
+                items = [[rows[i] for i in batch] for batch in group]
+                if mode == "generate":
+                    limits = [[adapters[rows[i][0]].max_new_tokens for i in batch] for batch in group]
+                    stops = [[frozenset(adapters[rows[i][0]].stops) for i in batch] for batch in group]
+                    outputs = [
+                        [cut_at_stop(ids, stops[b][r]) for r, ids in enumerate(part)]
+                        for b, part in enumerate(_greedy_with_cache(decoder, items, limits, stops))
+                    ]
+                elif mode == "constrained":
+                    row_tries = [[tries[rows[i][0]] for i in batch] for batch in group]
+                    outputs = _constrained_with_cache(decoder, row_tries, items)  # type: ignore[arg-type]
+                else:
+                    outputs = _rank_rows_with_cache(decoder, items, [adapter.label_ids or [] for adapter in adapters])
+                for index, output in zip(
+                    (i for batch in group for i in batch), (o for part in outputs for o in part), strict=True
+                ):
+                    a, r = owners[index]
+                    results[a][r] = output
+                progress.update(len(group))
+    return results
+
+
+def _rank_rows_with_cache(
+    decoder: _MixedDecoder, batches: Sequence[Sequence[tuple[int, Sequence[int]]]], label_ids: Sequence[list[list[int]]]
+) -> list[list[list[float]]]:
+    """The rank scores of a group of batches whose rows (``(adapter, prompt ids)``) score their own adapter's labels
+    (``label_ids[adapter]``), as :func:`_rank_with_shared_prompt` scores one adapter's: each prompt is run once,
+    then each of its labels' tokens but the EOS are fed after it in one more forward, the batches' positions
+    projected together."""
+    states = [decoder.start(rows) for rows in batches]
+    device = states[0].last.device
+    rows = [row for part in batches for row in part]
+    counts = [len(label_ids[adapter]) for adapter, _ in rows]
+    # The last prompt position predicts each label's first token: every row's candidates projected together.
+    firsts = sorted({ids[0] for adapter, _ in rows for ids in label_ids[adapter]})
+    column = {token: j for j, token in enumerate(firsts)}
+    last = join_rows([state.last for state in states])
+    first = decoder.log_probs(last, torch.tensor(firsts, device=device).expand(len(rows), -1))
+    totals = [[float(first[r, column[ids[0]]]) for ids in label_ids[adapter]] for r, (adapter, _) in enumerate(rows)]
+    longest = max(len(ids) for adapter, _ in rows for ids in label_ids[adapter])
+    label_outputs, targets, owners = [], [], []
+    row = 0
+    for state, part in zip(states, batches, strict=True):
+        if longest < 2:
+            row += len(part)
+            continue
+        # Row r becomes one row per label of its adapter; each continues its prompt with that label's tokens but
+        # the EOS, padded at the end (causal attention hides the padding from the scored positions).
+        repeats = torch.tensor([counts[row + r] for r in range(len(part))], device=device)
+        state.select_rows(torch.arange(len(part), device=device).repeat_interleave(repeats))
+        continuations, scored = [], []
+        for r, (adapter, _) in enumerate(part):
+            for j, ids in enumerate(label_ids[adapter]):
+                continuations.append(ids[:-1] + [ids[-1]] * (longest - len(ids)))
+                scored.append([p < len(ids) - 1 for p in range(longest - 1)])
+                targets.extend(ids[1:])
+                owners.extend([(row + r, j)] * (len(ids) - 1))
+        label_outputs.append(
+            state.feed(
+                torch.tensor(continuations, device=device)[:, : longest - 1],
+                logits_to_keep=torch.tensor(scored, device=device),
+            )
+        )
+        row += len(part)
+    if targets:
+        picked = decoder.log_probs(join_rows(label_outputs), torch.tensor(targets, device=device)[:, None])
+        for (r, j), value in zip(owners, picked[:, 0].tolist(), strict=True):
+            totals[r][j] += value
+    out: list[list[list[float]]] = []
+    row = 0
+    for part in batches:
+        out.append(totals[row : row + len(part)])
+        row += len(part)
+    return out
 
 
 def join_rows(parts: Sequence[torch.Tensor]) -> torch.Tensor:

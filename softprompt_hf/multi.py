@@ -8,9 +8,14 @@ peft itself cannot hold adapters of different methods in one ``PeftModel``). :fu
 template, label tokenization and task from that adapter's ``softprompt_hf.json``, and exactly the result that
 adapter alone gives it.
 
-How rows are run: grouped per adapter within the call. The rows of each adapter are batched together (as
-``predict`` with that adapter batches them: equal to one-by-one results), one adapter after the other, and the
-results are put back in the rows' order. Rows of different adapters do not yet share a forward pass.
+How rows are run (``batching="mixed"``, the default): rows of different adapters share batches. Each adapter's
+soft prompt is computed once (its virtual tokens' key/values, or prefix tuning's own key/values, and its prompts'
+shared opening); a batch's key/value cache holds each row's own, padded on the left to the batch's longest with
+masked slots, and each row's tokens take the positions after its own prefix, as alone. Each row's stop tokens,
+label set (its label trie in constrained mode) and budget are its adapter's. Where the model cannot be given
+per-row positions, or under a sliding window for rows whose padded batch would not fit in it, rows are batched by
+adapter and equal length instead (exact without padding). ``batching="per_adapter"`` runs each adapter's rows by
+themselves, one adapter after the other, as ``predict`` runs one adapter.
 """
 
 from __future__ import annotations
@@ -22,20 +27,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers.utils import logging
 
+from ._decoding import AdapterRows, decode_outputs, mixed_outputs
 from .evaluation import Prediction, TextPrediction
 from .predict import (
     LoadedAdapter,
+    PredictionPlan,
     attach_adapter,
     base_model_source,
     check_inputs,
+    label_predictions,
     load_base_model,
     predict,
+    prediction_plan,
     read_adapter_config,
+    text_predictions,
 )
 from .prompt import PromptInput
 
 __all__ = ["LoadedAdapters", "load_adapters", "predict_adapters"]
+
+logger = logging.get_logger(__name__)
+
+#: How predict_adapters batches rows: adapters mixed in the same batches, or each adapter's rows by themselves.
+BATCHINGS = ("mixed", "per_adapter")
 
 
 @dataclass(eq=False)
@@ -139,13 +155,13 @@ def predict_adapters(
     ids: Sequence[Any] | None = None,
     batch_size: int = 32,
     show_progress: bool = False,
+    batching: str = "mixed",
 ) -> list[Prediction | TextPrediction]:
     """Labels (or, for a free-text adapter, writes after) each text with the adapter its row names.
 
     Each row's result is exactly what ``predict(<its adapter>, [text], mode=mode)`` gives (rank scores to float
-    rounding): a ``Prediction`` for a classification adapter, a ``TextPrediction`` for a free-text one. The rows
-    are grouped per adapter within the call, batched within each group (see the module docstring), and returned
-    in their order.
+    rounding): a ``Prediction`` for a classification adapter, a ``TextPrediction`` for a free-text one. Rows of
+    different adapters share batches (see the module docstring); results come back in the rows' order.
 
     Args:
         adapters: From :func:`load_adapters`.
@@ -156,8 +172,10 @@ def predict_adapters(
         max_prompt_tokens: Truncate texts (never the template) so that prompts fit.
         max_new_tokens: Free-text adapters: the most tokens generated per row (default: each adapter's).
         ids: Row ids carried into the predictions.
-        batch_size: Prompts per batch, within each adapter's rows.
+        batch_size: Prompts per forward pass.
         show_progress: Show progress bars.
+        batching: ``"mixed"``: rows of different adapters in the same batches; ``"per_adapter"``: each adapter's
+            rows by themselves (the same results).
 
     Raises:
         ValueError: ``adapter_names`` of another length than ``texts``, a row naming an adapter that was not
@@ -167,6 +185,8 @@ def predict_adapters(
     if not isinstance(adapters, LoadedAdapters):
         raise TypeError(f"predict_adapters takes what load_adapters returns, not a {type(adapters).__name__}.")
     check_inputs(texts, mode=mode, batch_size=batch_size, ids=ids)
+    if batching not in BATCHINGS:
+        raise ValueError(f"batching={batching!r}: choose one of {list(BATCHINGS)}.")
     names = _row_adapters(adapters, texts, adapter_names)
     if mode != "generate":
         for name in dict.fromkeys(names):
@@ -178,6 +198,14 @@ def predict_adapters(
     rows: dict[str, list[int]] = {}
     for index, name in enumerate(names):
         rows.setdefault(name, []).append(index)
+    if batching == "mixed":
+        mixed = _predict_mixed(
+            adapters, texts, rows, mode=mode, max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens,
+            ids=ids, batch_size=batch_size, show_progress=show_progress,
+        )  # fmt: skip
+        if mixed is not None:
+            return mixed
+        logger.info("These adapters' rows cannot share batches (%s): each adapter's rows run by themselves.", names)
     results: list[Prediction | TextPrediction | None] = [None] * len(texts)
     for name, indices in rows.items():
         try:
@@ -193,6 +221,72 @@ def predict_adapters(
             )
         except ValueError as err:
             raise ValueError(f"Adapter {name!r}: {err}") from err
+        for index, prediction in zip(indices, predicted, strict=True):
+            results[index] = prediction
+    return [result for result in results if result is not None]
+
+
+def _predict_mixed(
+    adapters: LoadedAdapters,
+    texts: Sequence[PromptInput],
+    rows: dict[str, list[int]],
+    *,
+    mode: str,
+    max_prompt_tokens: int | None,
+    max_new_tokens: int | None,
+    ids: Sequence[Any] | None,
+    batch_size: int,
+    show_progress: bool,
+) -> list[Prediction | TextPrediction] | None:
+    """``predict_adapters`` with rows of different adapters in the same batches (``mixed_outputs``); ``None`` where
+    the adapters cannot share them."""
+    plans: dict[str, PredictionPlan] = {}
+    groups = []
+    for name, indices in rows.items():
+        adapter = adapters[name]
+        tokenizer = adapter.tokenizer
+        try:
+            plan = prediction_plan(tokenizer, adapter.settings, saved=True, mode=mode, max_new_tokens=max_new_tokens)
+            if plan.task != "text" and any(isinstance(texts[i], Mapping) for i in indices):
+                raise ValueError("A classification adapter labels texts (strings); pass the text of each row.")
+            prompts = [plan.prompt.encode(tokenizer, texts[i], max_prompt_tokens) for i in indices]
+        except ValueError as err:
+            raise ValueError(f"Adapter {name!r}: {err}") from err
+        plans[name] = plan
+        label_ids = [plan.prompt.encode_target(tokenizer, label) for label in plan.labels]
+        # A label is generated up to one token past the longest label's ids (EOS included), as generate_labels does.
+        budget = plan.max_new_tokens if plan.task == "text" else max(len(ids) for ids in label_ids)
+        groups.append(
+            AdapterRows(
+                model=adapter.model,
+                prompts=prompts,
+                stops=tuple(plan.prompt.stop_ids(tokenizer)),
+                max_new_tokens=budget,
+                labels=plan.labels,
+                label_ids=label_ids,
+            )
+        )
+    outputs = mixed_outputs(groups, mode, batch_size=batch_size, show_progress=show_progress)
+    if outputs is None:
+        return None
+    results: list[Prediction | TextPrediction | None] = [None] * len(texts)
+    for (name, indices), output in zip(rows.items(), outputs, strict=True):
+        plan, tokenizer = plans[name], adapters[name].tokenizer
+        row_ids = [ids[i] for i in indices] if ids is not None else None
+        predicted: list[Prediction | TextPrediction]
+        if plan.task == "text":
+            predicted = list(text_predictions(plan, tokenizer, [texts[i] for i in indices], output, row_ids))
+        else:
+            strings = [str(texts[i]) for i in indices]
+            scores: list[dict[str, float] | None] = [None] * len(strings)
+            if mode == "generate":
+                labels = decode_outputs(tokenizer, output, plan.prompt.stop_ids(tokenizer))
+            elif mode == "rank":
+                ranked = [dict(zip(plan.labels, row, strict=True)) for row in output]
+                labels, scores = [max(row, key=row.__getitem__) for row in ranked], list(ranked)
+            else:
+                labels = list(output)
+            predicted = list(label_predictions(plan, strings, labels, scores, row_ids))
         for index, prediction in zip(indices, predicted, strict=True):
             results[index] = prediction
     return [result for result in results if result is not None]

@@ -315,28 +315,95 @@ def predict(
         model, settings = adapter, {}
         if tokenizer is None:
             raise ValueError("predict with an in-memory model needs its tokenizer: pass tokenizer=...")
-    task = task or settings.get("task") or "classification"
-    if task == "text":
-        return _generate_texts(
+    plan = prediction_plan(
+        tokenizer,
+        settings,
+        saved=isinstance(adapter, LoadedAdapter),
+        mode=mode,
+        labels=labels,
+        template=template,
+        text_column=text_column,
+        label_tokenization=label_tokenization,
+        task=task,
+        max_new_tokens=max_new_tokens,
+    )
+    if plan.task == "text":
+        generated = generate_label_ids(
             model,
             tokenizer,
             list(texts),
-            settings,
-            mode=mode,
-            template=template,
-            text_column=text_column,
-            label_tokenization=label_tokenization,
-            saved=isinstance(adapter, LoadedAdapter),
-            max_new_tokens=max_new_tokens,
+            template=plan.prompt,
+            max_new_tokens=plan.max_new_tokens,
             max_prompt_tokens=max_prompt_tokens,
-            ids=ids,
             batch_size=batch_size,
             show_progress=show_progress,
+            use_generate=True,
+            description="Generating texts",
         )
-    if task != "classification":
-        raise ValueError(f"task={task!r}: choose 'classification' or 'text'.")
+        return text_predictions(plan, tokenizer, list(texts), generated, ids)
     if any(isinstance(text, Mapping) for text in texts):
         raise ValueError("A classification adapter labels texts (strings); pass the text of each row.")
+    strings = [str(text) for text in texts]  # checked above: no rows here
+    outputs, scores = label_outputs(
+        mode,
+        model,
+        tokenizer,
+        strings,
+        plan.labels,
+        use_generate=True,
+        template=plan.prompt,
+        max_prompt_tokens=max_prompt_tokens,
+        batch_size=batch_size,
+        show_progress=show_progress,
+    )
+    return label_predictions(plan, strings, outputs, scores, ids)
+
+
+@dataclass(frozen=True)
+class PredictionPlan:
+    """How an adapter's rows are predicted (:func:`prediction_plan`): its task, the prompt its texts go into, and
+    its labels (classification) or the most tokens it generates (free text)."""
+
+    task: str
+    prompt: PromptFormat
+    labels: list[str] = dataclasses.field(default_factory=list)
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+
+
+def prediction_plan(
+    tokenizer: PreTrainedTokenizerBase,
+    settings: Mapping[str, Any],
+    *,
+    saved: bool,
+    mode: str,
+    labels: Sequence[str] | None = None,
+    template: str | ChatTemplate | None = None,
+    text_column: str | None = None,
+    label_tokenization: str | None = None,
+    task: str | None = None,
+    max_new_tokens: int | None = None,
+) -> PredictionPlan:
+    """What :func:`predict` runs for an adapter of ``settings`` (its ``softprompt_hf.json``; ``saved``: loaded from
+    a folder, not in memory), the arguments overriding them; checks them (the errors ``predict`` raises)."""
+    task = task or settings.get("task") or "classification"
+    if task not in ("classification", "text"):
+        raise ValueError(f"task={task!r}: choose 'classification' or 'text'.")
+    if task == "text" and mode != "generate":
+        raise ValueError(
+            f"mode={mode!r} scores labels; this adapter writes free text (task 'text'): use mode='generate' "
+            "(CLI: leave --mode out)."
+        )
+    if label_tokenization is None:
+        label_tokenization = settings.get("label_tokenization", SAVED_WITHOUT_LABEL_TOKENIZATION if saved else "joint")
+    default_column = "text" if task == "text" else "Tweet text"
+    prompt = adapter_prompt(tokenizer, settings, template, text_column or settings.get("text_column") or default_column)
+    if isinstance(prompt, PromptTemplate):
+        prompt = dataclasses.replace(prompt, label_tokenization=label_tokenization)
+    if task == "text":
+        budget = max_new_tokens or settings.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
+        if budget < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {budget}.")
+        return PredictionPlan(task=task, prompt=prompt, max_new_tokens=budget)
     labels = labels or settings.get("labels")
     if not labels:
         raise ValueError(
@@ -344,30 +411,45 @@ def predict(
             "texts the adapter was trained to generate, e.g. labels=['complaint', 'no complaint'] (CLI: --labels "
             "'complaint,no complaint')."
         )
-    labels = check_label_set(labels)
-    if label_tokenization is None:
-        saved = SAVED_WITHOUT_LABEL_TOKENIZATION if isinstance(adapter, LoadedAdapter) else "joint"
-        label_tokenization = settings.get("label_tokenization", saved)
-    prompt = adapter_prompt(tokenizer, settings, template, text_column or settings.get("text_column") or "Tweet text")
-    if isinstance(prompt, PromptTemplate):
-        prompt = dataclasses.replace(prompt, label_tokenization=label_tokenization)
-    strings = [str(text) for text in texts]  # checked above: no rows here
-    outputs, scores = label_outputs(
-        mode,
-        model,
-        tokenizer,
-        strings,
-        labels,
-        use_generate=True,
-        template=prompt,
-        max_prompt_tokens=max_prompt_tokens,
-        batch_size=batch_size,
-        show_progress=show_progress,
-    )
-    row_ids = list(ids) if ids is not None else [None] * len(strings)
+    return PredictionPlan(task=task, prompt=prompt, labels=check_label_set(labels))
+
+
+def label_predictions(
+    plan: PredictionPlan,
+    texts: Sequence[str],
+    outputs: Sequence[str],
+    scores: Sequence[dict[str, float] | None],
+    ids: Sequence[Any] | None,
+) -> list[Prediction]:
+    """The ``Prediction`` of each text: its output matched to the plan's labels, its scores (rank mode), its id."""
+    row_ids = list(ids) if ids is not None else [None] * len(texts)
     return [
-        Prediction(text=t, gold=None, predicted=match_label(o, labels), output=o, scores=s, id=i)
-        for t, o, s, i in zip(strings, outputs, scores, row_ids, strict=True)
+        Prediction(text=t, gold=None, predicted=match_label(o, plan.labels), output=o, scores=s, id=i)
+        for t, o, s, i in zip(texts, outputs, scores, row_ids, strict=True)
+    ]
+
+
+def text_predictions(
+    plan: PredictionPlan,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[PromptInput],
+    generated: Sequence[list[int]],
+    ids: Sequence[Any] | None,
+) -> list[TextPrediction]:
+    """The ``TextPrediction`` of each input: its source text, the generated ids decoded, how many tokens they
+    took (a final stop token not counted), its id."""
+    stops = plan.prompt.stop_ids(tokenizer)
+    outputs = decode_outputs(tokenizer, generated, stops)
+    row_ids = list(ids) if ids is not None else [None] * len(texts)
+    return [
+        TextPrediction(
+            text=plan.prompt.source_text(source),
+            reference=None,
+            output=output,
+            tokens=len(row) - (bool(row) and row[-1] in stops),
+            id=row_id,
+        )
+        for source, output, row, row_id in zip(texts, outputs, generated, row_ids, strict=True)
     ]
 
 
@@ -387,64 +469,6 @@ def check_inputs(texts: Sequence[PromptInput], *, mode: str, batch_size: int, id
             continue  # a row: the template checks its columns
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"Text {i} is {text!r}; every text must be a non-empty string.")
-
-
-def _generate_texts(
-    model: Any,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: list[PromptInput],
-    settings: dict[str, Any],
-    *,
-    mode: str,
-    template: str | ChatTemplate | None,
-    text_column: str | None,
-    label_tokenization: str | None,
-    saved: bool,
-    max_new_tokens: int | None,
-    max_prompt_tokens: int | None,
-    ids: Sequence[Any] | None,
-    batch_size: int,
-    show_progress: bool,
-) -> list[TextPrediction]:
-    """``predict`` for a free-text adapter: the generated text after each input, through the fixed ``generate()``."""
-    if mode != "generate":
-        raise ValueError(
-            f"mode={mode!r} scores labels; this adapter writes free text (task 'text'): use mode='generate' "
-            "(CLI: leave --mode out)."
-        )
-    budget = max_new_tokens or settings.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS
-    if budget < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {budget}.")
-    if label_tokenization is None:
-        label_tokenization = settings.get("label_tokenization", SAVED_WITHOUT_LABEL_TOKENIZATION if saved else "joint")
-    prompt = adapter_prompt(tokenizer, settings, template, text_column or settings.get("text_column") or "text")
-    if isinstance(prompt, PromptTemplate):
-        prompt = dataclasses.replace(prompt, label_tokenization=label_tokenization)
-    generated = generate_label_ids(
-        model,
-        tokenizer,
-        texts,
-        template=prompt,
-        max_new_tokens=budget,
-        max_prompt_tokens=max_prompt_tokens,
-        batch_size=batch_size,
-        show_progress=show_progress,
-        use_generate=True,
-        description="Generating texts",
-    )
-    stops = prompt.stop_ids(tokenizer)
-    outputs = decode_outputs(tokenizer, generated, stops)
-    row_ids = list(ids) if ids is not None else [None] * len(texts)
-    return [
-        TextPrediction(
-            text=prompt.source_text(source),
-            reference=None,
-            output=output,
-            tokens=len(row) - (bool(row) and row[-1] in stops),
-            id=row_id,
-        )
-        for source, output, row, row_id in zip(texts, outputs, generated, row_ids, strict=True)
-    ]
 
 
 def adapter_prompt(

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 import torch
-from conftest import method_options
+from conftest import ARCHS, SLIDING_ARCHS, method_options, model_config, window_crossing_texts
 from trained_adapters import one_thread
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -49,10 +49,10 @@ def _input(name: str, i: int) -> str | dict[str, str]:
 INPUTS = [_input(name, i) for i, name in enumerate(NAMES)]
 
 
-def _save_adapters(base_dir, root) -> dict[str, str]:
+def _save_adapters(base_dir, root, adapters=ADAPTERS) -> dict[str, str]:
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     folders = {}
-    for seed, (name, (method, virtual, labels, template)) in enumerate(ADAPTERS.items()):
+    for seed, (name, (method, virtual, labels, template)) in enumerate(adapters.items()):
         torch.manual_seed(100 + seed)
         model = build_soft_prompt_model(
             AutoModelForCausalLM.from_pretrained(base_dir),
@@ -71,14 +71,31 @@ def _save_adapters(base_dir, root) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, model_dirs):
-    """Per architecture: the adapter folders, all of them loaded together, and each loaded alone."""
-    sets = {}
-    for arch in ("gpt2", "llama", "bloom"):
-        folders = _save_adapters(model_dirs[arch], tmp_path_factory.mktemp(f"multi-{arch}"))
-        alone = {name: load_adapter(folder, device="cpu") for name, folder in folders.items()}
-        sets[arch] = (folders, load_adapters(folders, device="cpu"), alone)
-    return sets
+def base_dirs(tmp_path_factory, model_dirs, tokenizer_dir):
+    """The tiny base models: ARCHS' and SLIDING_ARCHS' (whose tiny windows the longer rows cross)."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    dirs = dict(model_dirs)
+    for arch in SLIDING_ARCHS:
+        torch.manual_seed(0)
+        dirs[arch] = tmp_path_factory.mktemp(f"tiny-{arch}")
+        AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer))).save_pretrained(dirs[arch])
+        tokenizer.save_pretrained(dirs[arch])
+    return dirs
+
+
+def _load(folders):
+    """The adapter folders, all of them loaded together, and each loaded alone."""
+    alone = {name: load_adapter(folder, device="cpu") for name, folder in folders.items()}
+    return folders, load_adapters(folders, device="cpu"), alone
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, base_dirs):
+    """Per architecture: ADAPTERS saved, loaded together and alone."""
+    return {
+        arch: _load(_save_adapters(base_dirs[arch], tmp_path_factory.mktemp(f"multi-{arch}")))
+        for arch in (*ARCHS, *SLIDING_ARCHS)
+    }
 
 
 def _same(actual, expected):
@@ -105,15 +122,35 @@ def _same(actual, expected):
         torch.testing.assert_close(list(actual.scores.values()), list(expected.scores.values()), atol=1e-4, rtol=1e-5)
 
 
+@pytest.fixture
+def batch_adapters(monkeypatch):
+    """Records, for each batch the mixed decoder starts, the methods of its rows' adapters."""
+    from softprompt_hf import _decoding
+
+    seen: list[set[str]] = []
+    start = _decoding._MixedDecoder.start
+
+    def recording(self, rows):
+        seen.append({self.decoders[adapter].peft_config.peft_type.value for adapter, _ in rows})
+        return start(self, rows)
+
+    monkeypatch.setattr(_decoding._MixedDecoder, "start", recording)
+    return seen
+
+
 @pytest.mark.parametrize("mode", ["generate", "rank", "constrained"])
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "bloom"])
-def test_mixed_rows_equal_each_adapter_alone_one_by_one(saved, arch, mode):
+@pytest.mark.parametrize("arch", [*ARCHS, *SLIDING_ARCHS])
+def test_mixed_rows_equal_each_adapter_alone_one_by_one(saved, arch, mode, batch_adapters):
     _, loaded, alone = saved[arch]
     # Rank and constrained decoding score labels: the free-text adapter's rows take generate mode only.
     rows = [i for i, name in enumerate(NAMES) if mode == "generate" or ADAPTERS[name][2] is not None]
     names, inputs, ids = [NAMES[i] for i in rows], [INPUTS[i] for i in rows], [f"row-{i}" for i in rows]
-    mixed = predict(loaded, inputs, adapter_names=names, mode=mode, ids=ids, batch_size=2)
+    mixed = predict(loaded, inputs, adapter_names=names, mode=mode, ids=ids, batch_size=len(rows))
     assert len(mixed) == len(rows)
+    # One batch held rows of all three methods: their soft prompts really ran side by side. (These rows cross the
+    # sliding archs' tiny windows, where they are batched by adapter: see the next test.)
+    if arch not in SLIDING_ARCHS:
+        assert {"PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING"} in batch_adapters
     for prediction, name, text, row_id in zip(mixed, names, inputs, ids, strict=True):
         expected = predict(alone[name], [text], mode=mode, ids=[row_id])[0]
         _same(prediction, expected)
@@ -123,10 +160,35 @@ def test_mixed_rows_equal_each_adapter_alone_one_by_one(saved, arch, mode):
                 assert prediction.predicted in ADAPTERS[name][2]
         else:
             assert isinstance(prediction, TextPrediction)
-    # The method on LoadedAdapters is the same call.
-    again = loaded.predict(inputs, names, mode=mode, ids=ids, batch_size=5)
-    for a, e in zip(again, mixed, strict=True):
-        _same(a, e)
+    # The method on LoadedAdapters is the same call; other batches, and each adapter's rows by themselves, too.
+    for batch_size, batching in ((2, "mixed"), (5, "per_adapter")):
+        again = loaded.predict(inputs, names, mode=mode, ids=ids, batch_size=batch_size, batching=batching)
+        for a, e in zip(again, mixed, strict=True):
+            _same(a, e)
+
+
+# Short soft prompts, templates and labels, so that the short rows fit the sliding archs' tiny windows.
+SHORT_ADAPTERS = {
+    "yes_no": ("prompt_tuning", 2, ["yes", "no"], "{text} : "),
+    "ok": ("p_tuning", 3, ["yes", "no"], "{text} = "),
+    "up_down": ("prefix_tuning", 2, ["up", "down"], "{text} ? "),
+}
+
+
+@pytest.mark.parametrize("arch", SLIDING_ARCHS)
+def test_rows_that_cross_the_sliding_window_equal_each_adapter_alone(base_dirs, tmp_path, arch, batch_adapters):
+    """Rows short enough share padded batches across adapters; the longer ones cross the tiny window, where pads
+    would take their own tokens' slots, and are batched by adapter and equal length, without padding."""
+    _, loaded, alone = _load(_save_adapters(base_dirs[arch], tmp_path, SHORT_ADAPTERS))
+    texts = window_crossing_texts()
+    names = [list(SHORT_ADAPTERS)[i % 3] for i in range(len(texts))]
+    for mode in ("generate", "rank"):
+        batch_adapters.clear()
+        mixed = predict(loaded, texts, adapter_names=names, mode=mode, batch_size=len(texts))
+        for prediction, name, text in zip(mixed, names, texts, strict=True):
+            _same(prediction, predict(alone[name], [text], mode=mode)[0])
+        assert max(len(methods) for methods in batch_adapters) == 3  # the short rows, mixed
+        assert sum(len(methods) == 1 for methods in batch_adapters) >= 2  # the long ones, by adapter
 
 
 def test_the_adapters_share_one_base_model_and_their_prompts_differ(saved):
@@ -160,6 +222,8 @@ def test_bad_adapter_names_are_refused_with_the_loaded_ones(saved):
         predict(loaded, [{"title": "x"}], adapter_names=["tone"])
     with pytest.raises(KeyError, match="loaded: complaints"):
         loaded["reviews"]
+    with pytest.raises(ValueError, match=r"batching='rows': choose one of \['mixed', 'per_adapter'\]"):
+        loaded.predict(texts, ["tone"] * 3, batching="rows")
     with pytest.raises(ValueError, match="this is a single adapter"):
         predict(loaded["tone"], texts, adapter_names=["tone"] * 3)
     # A plain dict of loaded adapters is not a set loaded on one base: load_adapters makes that.
