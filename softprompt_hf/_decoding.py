@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,18 +64,19 @@ _GREEDY: dict[str, Any] = {
 
 
 def generate_texts(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Mapping[str, Any],
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[PromptInput],
     *,
     template: PromptFormat | None = None,
-    max_new_tokens: int = 64,
+    max_new_tokens: int | None = None,
     max_prompt_tokens: int | None = None,
     batch_size: int = 32,
     show_progress: bool = True,
     use_cache: bool = True,
     use_generate: bool = False,
     generation_kwargs: dict[str, Any] | None = None,
+    adapter_names: Sequence[str] | None = None,
 ) -> list[str]:
     """Generates free text (a summary, an answer, a rewrite) after each input's prompt.
 
@@ -100,8 +101,8 @@ def generate_texts(
             values) holding the template's columns (``"Title : {title} Abstract : {abstract} Summary : "``).
         template (`PromptTemplate` or `ChatTemplate`, *optional*): The prompt used in training (default: the seed
             guide's template); a ``ChatTemplate`` stops decoding at its end-of-turn token.
-        max_new_tokens (`int`, defaults to 64): The most tokens generated per row, EOS included (training's
-            ``max_target_length`` is the natural value).
+        max_new_tokens (`int`, *optional*): The most tokens generated per row, EOS included (training's
+            ``max_target_length`` is the natural value); default 64 (several adapters: each one's own budget).
         max_prompt_tokens (`int`, *optional*): Cut the template's cut field (never the template) so prompts fit.
         batch_size (`int`, defaults to 32): Prompts per forward pass (per ``generate()`` call with
             ``use_generate``).
@@ -113,6 +114,10 @@ def generate_texts(
         generation_kwargs (`dict`, *optional*): ``generate()`` settings for beam search or sampling; implies
             ``use_generate``. ``num_return_sequences`` must stay 1.
 
+        adapter_names (`list[str]`, *optional*): With several adapters loaded on one base model
+            (:func:`~softprompt_hf.load_adapters` as ``model``, ``None`` as ``tokenizer``), each row's adapter: rows
+            of different adapters share batches, each with its own soft prompt, template, labels and stop tokens
+            (:func:`~softprompt_hf.multi.predict_adapters`).
     Returns:
         For each input, the generated text: special tokens removed, surrounding whitespace stripped.
 
@@ -127,6 +132,24 @@ def generate_texts(
 
     ```
     """
+    if isinstance(model, Mapping):
+        refused = {"template": template, "generation_kwargs": generation_kwargs, "use_generate": use_generate or None}
+        predicted = _predict_several(
+            model,
+            tokenizer,
+            texts,
+            adapter_names,
+            "generate",
+            refused,
+            use_cache=use_cache,
+            max_new_tokens=max_new_tokens,
+            max_prompt_tokens=max_prompt_tokens,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+        return [p.output for p in predicted]
+    _single_model(adapter_names)
+    max_new_tokens = 64 if max_new_tokens is None else max_new_tokens
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
     settings = check_generation_kwargs(generation_kwargs)
@@ -145,6 +168,46 @@ def generate_texts(
         description="Generating texts",
     )
     return decode_outputs(tokenizer, ids, (template or PromptTemplate()).stop_ids(tokenizer))
+
+
+def _predict_several(
+    model: Mapping[str, Any],
+    tokenizer: PreTrainedTokenizerBase | None,
+    texts: Sequence[PromptInput],
+    adapter_names: Sequence[str] | None,
+    mode: str,
+    refused: dict[str, Any],
+    *,
+    use_cache: bool,
+    **options: Any,
+) -> list[Any]:
+    """For the decoding functions given several adapters (``load_adapters``): their ``predict`` in ``mode`` (the
+    rows' predictions), after refusing what each adapter brings itself."""
+    predict = getattr(model, "predict", None)
+    if predict is None:
+        raise TypeError(
+            f"Several adapters are decoded as load_adapters({{name: adapter, ...}}) returns them, not a "
+            f"{type(model).__name__}."
+        )
+    if tokenizer is not None:
+        raise ValueError("With several adapters each uses its own tokenizer: pass None as the tokenizer.")
+    if not use_cache:
+        refused = {**refused, "use_cache=False": True}
+    given = [name for name, value in refused.items() if value is not None]
+    if given:
+        raise ValueError(
+            f"With several adapters each row's settings come from its own adapter's softprompt_hf.json; "
+            f"{', '.join(given)} cannot be passed with them."
+        )
+    return list(predict(texts, adapter_names, mode=mode, **options))
+
+
+def _single_model(adapter_names: Sequence[str] | None) -> None:
+    if adapter_names is not None:
+        raise ValueError(
+            "adapter_names= is for several adapters loaded together with load_adapters({name: adapter, ...}) and "
+            "passed as the model; this is a single model."
+        )
 
 
 def check_generation_kwargs(generation_kwargs: dict[str, Any] | None) -> dict[str, Any]:
@@ -167,7 +230,7 @@ def check_generation_kwargs(generation_kwargs: dict[str, Any] | None) -> dict[st
 
 
 def generate_labels(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Mapping[str, Any],
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
     labels: Sequence[str] | None = None,
@@ -179,6 +242,7 @@ def generate_labels(
     show_progress: bool = True,
     use_cache: bool = True,
     use_generate: bool = False,
+    adapter_names: Sequence[str] | None = None,
 ) -> list[str]:
     """Greedily generates the label text after each input's prompt.
 
@@ -237,9 +301,30 @@ def generate_labels(
             module's decoder. A prompt-learning adapter that fix does not cover (multitask prompt tuning, CPT)
             keeps the decoder.
 
+        adapter_names (`list[str]`, *optional*): With several adapters loaded on one base model
+            (:func:`~softprompt_hf.load_adapters` as ``model``, ``None`` as ``tokenizer``), each row's adapter: rows
+            of different adapters share batches, each with its own soft prompt, template, labels and stop tokens
+            (:func:`~softprompt_hf.multi.predict_adapters`).
     Returns:
         For each text, the generated tokens decoded, special tokens removed, stripped.
     """
+    if isinstance(model, Mapping):
+        refused = {"labels": labels, "template": template, "max_new_tokens": max_new_tokens}
+        refused["use_generate"] = use_generate or None
+        predicted = _predict_several(
+            model,
+            tokenizer,
+            texts,
+            adapter_names,
+            "generate",
+            refused,
+            use_cache=use_cache,
+            max_prompt_tokens=max_prompt_tokens,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+        return [p.output for p in predicted]
+    _single_model(adapter_names)
     if max_new_tokens is None:
         # EOS, or one token past the longest label: its ids as training saw them, EOS included.
         lengths = [len((template or PromptTemplate()).encode_target(tokenizer, label)) for label in labels or ()]
@@ -328,16 +413,17 @@ def generate_label_ids(
 
 @torch.no_grad()
 def rank_labels(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Mapping[str, Any],
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
-    labels: Sequence[str],
+    labels: Sequence[str] | None = None,
     *,
     template: PromptFormat | None = None,
     max_prompt_tokens: int | None = None,
     batch_size: int = 32,
     show_progress: bool = True,
     use_cache: bool = True,
+    adapter_names: Sequence[str] | None = None,
 ) -> list[dict[str, float]]:
     """Log-likelihood of each label's tokens and EOS (with a ``ChatTemplate``: its end-of-turn token) after each
     text's prompt.
@@ -364,10 +450,32 @@ def rank_labels(
         use_cache (`bool`, defaults to `True`): Score from each prompt's key/value cache, or run the full forward
             on every prompt + label sequence.
 
+        adapter_names (`list[str]`, *optional*): With several adapters loaded on one base model
+            (:func:`~softprompt_hf.load_adapters` as ``model``, ``None`` as ``tokenizer``), each row's adapter: rows
+            of different adapters share batches, each with its own soft prompt, template, labels and stop tokens
+            (:func:`~softprompt_hf.multi.predict_adapters`).
     Returns:
         For each text, ``{label: log-likelihood}`` (float32 sums of the label tokens' and the EOS's
         log-probabilities); the predicted label is the one with the highest.
     """
+    if isinstance(model, Mapping):
+        refused = {"labels": labels, "template": template}
+        predicted = _predict_several(
+            model,
+            tokenizer,
+            texts,
+            adapter_names,
+            "rank",
+            refused,
+            use_cache=use_cache,
+            max_prompt_tokens=max_prompt_tokens,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+        return [p.scores for p in predicted]
+    _single_model(adapter_names)
+    if labels is None:
+        raise ValueError("rank_labels needs the label texts: labels=['complaint', 'no complaint'], say.")
     template = template or PromptTemplate()
     label_ids = [template.encode_target(tokenizer, label) for label in labels]
     prompts = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
@@ -381,16 +489,17 @@ def rank_labels(
 
 @torch.no_grad()
 def constrained_labels(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Mapping[str, Any],
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
-    labels: Sequence[str],
+    labels: Sequence[str] | None = None,
     *,
     template: PromptFormat | None = None,
     max_prompt_tokens: int | None = None,
     batch_size: int = 32,
     show_progress: bool = True,
     use_cache: bool = True,
+    adapter_names: Sequence[str] | None = None,
 ) -> list[str]:
     """Greedy decoding restricted to the labels: at each step, the highest-scoring token among those that
     continue some label's tokens (``mode="constrained"``).
@@ -431,9 +540,31 @@ def constrained_labels(
         use_cache (`bool`, defaults to `True`): Decode with a key/value cache, or rerun the full forward at each
             step (equal-length prompts batched); both give the same labels.
 
+        adapter_names (`list[str]`, *optional*): With several adapters loaded on one base model
+            (:func:`~softprompt_hf.load_adapters` as ``model``, ``None`` as ``tokenizer``), each row's adapter: rows
+            of different adapters share batches, each with its own soft prompt, template, labels and stop tokens
+            (:func:`~softprompt_hf.multi.predict_adapters`).
     Returns:
         For each text, one of ``labels``.
     """
+    if isinstance(model, Mapping):
+        refused = {"labels": labels, "template": template}
+        predicted = _predict_several(
+            model,
+            tokenizer,
+            texts,
+            adapter_names,
+            "constrained",
+            refused,
+            use_cache=use_cache,
+            max_prompt_tokens=max_prompt_tokens,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        )
+        return [p.output for p in predicted]
+    _single_model(adapter_names)
+    if labels is None:
+        raise ValueError("constrained_labels needs the label texts: labels=['complaint', 'no complaint'], say.")
     template = template or PromptTemplate()
     trie = _LabelTrie(
         labels, [template.encode_target(tokenizer, label) for label in labels], template.stop_ids(tokenizer)

@@ -12,8 +12,18 @@ from conftest import ARCHS, SLIDING_ARCHS, method_options, model_config, window_
 from trained_adapters import one_thread
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from softprompt_hf import build_soft_prompt_model, load_adapters, predict, save_adapter
+from softprompt_hf import (
+    build_soft_prompt_model,
+    constrained_labels,
+    generate_labels,
+    generate_texts,
+    load_adapters,
+    predict,
+    rank_labels,
+    save_adapter,
+)
 from softprompt_hf.cli import main as cli_main
+from softprompt_hf.constants import MODES
 from softprompt_hf.evaluation import Prediction, TextPrediction
 from softprompt_hf.predict import load_adapter
 
@@ -289,3 +299,29 @@ def test_cli_predicts_each_row_with_the_adapter_its_column_names(saved, tmp_path
     assert "NAME=PATH" in capsys.readouterr().err
     assert cli_main(["predict", *pairs, "--input", str(rows_csv), "--adapter-column", "task", "--labels", "a,b"]) == 1
     assert "--labels: with several adapters" in capsys.readouterr().err
+
+
+def test_the_decoding_functions_take_the_loaded_adapters_and_each_rows_name(saved):
+    """generate_labels, rank_labels, constrained_labels and generate_texts with the loaded set as the model, no
+    tokenizer, and adapter_names: each row decoded with its own adapter, as predict decodes it."""
+    _, loaded, alone = saved["llama"]
+    rows = [i for i, name in enumerate(NAMES) if ADAPTERS[name][2] is not None]
+    names, texts = [NAMES[i] for i in rows], [INPUTS[i] for i in rows]
+    expected = {mode: predict(loaded, texts, adapter_names=names, mode=mode) for mode in MODES}
+    assert generate_labels(loaded, None, texts, adapter_names=names) == [p.output for p in expected["generate"]]
+    assert constrained_labels(loaded, None, texts, adapter_names=names) == [p.output for p in expected["constrained"]]
+    ranked = rank_labels(loaded, None, texts, adapter_names=names, batch_size=3)
+    for scores, prediction in zip(ranked, expected["rank"], strict=True):
+        assert list(scores) == list(prediction.scores)
+        torch.testing.assert_close(list(scores.values()), list(prediction.scores.values()), atol=1e-4, rtol=1e-5)
+    # Free text: the free-text adapter's rows with the classification ones, each within its own budget.
+    written = generate_texts(loaded, None, INPUTS, adapter_names=NAMES, max_new_tokens=3)
+    for output, name, text in zip(written, NAMES, INPUTS, strict=True):
+        assert output == predict(alone[name], [text], max_new_tokens=3)[0].output
+    # What each adapter brings itself cannot be passed; adapter_names needs the loaded set.
+    with pytest.raises(ValueError, match="labels cannot be passed with them"):
+        generate_labels(loaded, None, texts, COMPLAINTS, adapter_names=names)
+    with pytest.raises(ValueError, match="pass None as the tokenizer"):
+        rank_labels(loaded, alone["tone"].tokenizer, texts, adapter_names=names)
+    with pytest.raises(ValueError, match="this is a single model"):
+        constrained_labels(alone["tone"].model, alone["tone"].tokenizer, texts, COMPLAINTS, adapter_names=names)
