@@ -17,6 +17,7 @@ import json
 import platform
 import statistics
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -221,6 +222,45 @@ def interleaved_times(
             if repeat < (runs or {}).get(name, repeats):
                 times[name].append(timed(fn, device))
     return times
+
+
+def rss_bytes() -> int:
+    """This process's resident memory (Linux)."""
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss(threading.Thread):
+    """Samples this process's resident memory every ``interval`` seconds from ``start()`` to ``stop()``, which
+    returns the peak seen."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.peak = rss_bytes()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(self.interval)
+
+    def stop(self) -> int:
+        self._stop_event.set()
+        self.join()
+        return max(self.peak, rss_bytes())
+
+
+def low_mmap_threshold_environment(glibc_default: bool = False) -> dict[str, str]:
+    """The environment for a process whose resident memory is measured. Unless ``glibc_default``, glibc serves
+    allocations over 64 KiB with mmap, so freed tensors go back to the system at once and resident memory follows
+    live memory; with glibc's default threshold (which adapts upwards), freed tensor buffers stay in the heap and
+    its high-water mark grows with the number of batches run, which is not memory the measured call holds."""
+    env = dict(os.environ)
+    if not glibc_default:
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    return env
 
 
 def versions() -> dict[str, str]:

@@ -25,7 +25,6 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -41,32 +40,6 @@ HEADERS = ["mode", "rows", "peak during evaluate (MiB)", "seconds", "peak ratio 
 
 def _memory_kind(device: str) -> str:
     return "GPU memory allocated by torch" if device.startswith("cuda") else "resident memory of the process"
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    import os
-
-    return pages * os.sysconf("SC_PAGE_SIZE")
-
-
-class _PeakSampler(threading.Thread):
-    def __init__(self, interval: float = 0.005) -> None:
-        super().__init__(daemon=True)
-        self.interval = interval
-        self.peak = _rss_bytes()
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(self.interval)
-
-    def stop(self) -> int:
-        self._stop_event.set()
-        self.join()
-        return max(self.peak, _rss_bytes())
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,8 +85,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             torch.cuda.reset_peak_memory_stats()
             baseline = torch.cuda.memory_allocated()
         else:
-            baseline = _rss_bytes()
-            sampler = _PeakSampler()
+            baseline = c.rss_bytes()
+            sampler = c.PeakRss()
             sampler.start()
         start = time.perf_counter()
         result = trainer.evaluate()
@@ -128,19 +101,6 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": seconds,
         "eval_loss": result["eval_loss"],
     }
-
-
-def _child_environment(glibc_default: bool) -> dict[str, str]:
-    """The children's environment. Unless told otherwise, glibc serves allocations over 64 KiB with mmap, so
-    freed tensors go back to the system at once and resident memory follows live memory; with glibc's default
-    threshold (which adapts upwards), freed tensor buffers stay in the heap and its high-water mark grows with
-    the number of batches run, which is not memory the evaluation holds."""
-    import os
-
-    env = dict(os.environ)
-    if not glibc_default:
-        env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
-    return env
 
 
 def main(args: argparse.Namespace) -> list[list[Any]]:
@@ -164,7 +124,7 @@ def main(args: argparse.Namespace) -> list[list[Any]]:
                 check=True,
                 capture_output=True,
                 text=True,
-                env=_child_environment(args.glibc_default_allocator),
+                env=c.low_mmap_threshold_environment(args.glibc_default_allocator),
             ).stdout
             measured.append(json.loads(out.strip().splitlines()[-1]))
         smallest = measured[0]["peak_mib"]
@@ -187,7 +147,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--glibc_default_allocator",
         action="store_true",
-        help="Keep glibc's default mmap threshold in the evaluating processes (see _child_environment).",
+        help="Keep glibc's default mmap threshold in the evaluating processes "
+        "(see _common.low_mmap_threshold_environment).",
     )
     parser.add_argument("--json", help="Also write the results to this JSON file.")
     c.add_threads_argument(parser)
