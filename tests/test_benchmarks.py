@@ -3,6 +3,7 @@ script runs in the default run and its table is checked."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import labelled_rows
+from trained_adapters import one_thread
 
 from softprompt_hf.constants import MODES
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
@@ -33,6 +35,9 @@ SCRIPTS = {
     "output_head.py": ["--shapes", "32x4096", "16x3000", "--rows", "4", "--repeats", "1"],
     "real_model.py": ["zero-shot", "--model_name_or_path", str(EMBEDDED_MODEL_PATH), "--rows", "4"],
     "real_text.py": ["zero-shot", "--model_name_or_path", str(EMBEDDED_MODEL_PATH), "--rows", "4"],
+    "multi_adapters.py": [
+        "--adapters", "1", "2", "--rows", "6", "--repeats", "1", "--batch_size", "4", "--threads", "1",
+    ],
     "init_table.py": [
         "--model_name_or_path", str(EMBEDDED_MODEL_PATH), "--seeds", "0", "--threads", "1",
         "--", "--validation_size", "8", "--max_train_samples", "8", "--max_steps", "1",
@@ -321,3 +326,61 @@ def test_real_text_collect_reads_a_free_text_recipe_run(tmp_path, real_text, cap
     assert figures["final_eval_rows_per_s"] == final["eval_samples_per_second"]
     assert figures["train_runtime"] > 0 and figures["seconds_per_epoch"] > figures["train_seconds_per_epoch"] > 0
     assert len(_table_rows(capsys.readouterr().out)) == 2
+
+
+@pytest.fixture
+def multi_adapters():
+    spec = importlib.util.spec_from_file_location("multi_adapters", BENCHMARKS / "multi_adapters.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.usefixtures(one_thread.__name__)
+def test_multi_adapters_times_both_batchings_on_the_same_rows_and_counts_rows_that_differ(
+    tmp_path, multi_adapters, capsys, monkeypatch
+):
+    """benchmarks/multi_adapters.py on the embedded model, without its memory processes (the slow smoke test runs
+    them): one table row per number of adapters and mode, both batchings timed, their results compared row by row;
+    a batching that changes one row's result is caught (the negative control)."""
+    folders = multi_adapters.save_adapters(str(EMBEDDED_MODEL_PATH), 4, tmp_path / "adapters")
+    configs = [json.loads((Path(f) / "adapter_config.json").read_text()) for f in folders.values()]
+    assert [(c["peft_type"], c["num_virtual_tokens"]) for c in configs] == [
+        ("PROMPT_TUNING", 8), ("P_TUNING", 12), ("PREFIX_TUNING", 16), ("PROMPT_TUNING", 20)
+    ]  # fmt: skip
+    assert sorted(multi_adapters.row_adapters(["a", "b", "c"], 7).count(n) for n in "abc") == [2, 2, 3]
+
+    args = ["--adapters", "1", "3", "--rows", "6", "--repeats", "1", "--batch_size", "4"]
+    args += ["--no_memory", "--device", "cpu"]
+    results = multi_adapters.main(multi_adapters.parse_args([*args, "--json", str(tmp_path / "m.json")]))
+    rows = _table_rows(capsys.readouterr().out)
+    assert rows[0] == multi_adapters.HEADERS
+    assert [row[:4] for row in rows[1:]] == [
+        ["embedded", n, mode, "6"] for n in ("1", "3") for mode in ("generate", "rank")
+    ]
+    assert all(float(row[4]) > 0 and float(row[5]) > 0 and row[7:] == ["-", "-", "0"] for row in rows[1:])
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert saved["results"] == results and saved["device"] == "cpu"
+    for result in results:
+        assert {b: len(s) for b, s in result["seconds"].items()} == {"mixed": 1, "per_adapter": 1}
+        assert result["rows_per_s"]["mixed"] == pytest.approx(6 / result["seconds"]["mixed"][0])
+
+    # Negative controls: a batching that changes one row's label, or one rank score, is counted.
+    real = multi_adapters.predict_adapters
+
+    def tampered(change):
+        def predict_adapters(*a, batching, **k):
+            predictions = real(*a, batching=batching, **k)
+            if batching == "mixed":
+                predictions[2] = dataclasses.replace(predictions[2], **change(predictions[2]))
+            return predictions
+
+        return predict_adapters
+
+    for change in (
+        lambda p: {"predicted": "tampered"},
+        lambda p: {"scores": {label: score + 0.01 for label, score in p.scores.items()}},
+    ):
+        monkeypatch.setattr(multi_adapters, "predict_adapters", tampered(change))
+        args = ["--adapters", "2", "--rows", "4", "--repeats", "1", "--modes", "rank", "--no_memory", "--device", "cpu"]
+        assert [r["rows_differing"] for r in multi_adapters.main(multi_adapters.parse_args(args))] == [1]
