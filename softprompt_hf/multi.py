@@ -14,8 +14,9 @@ shared opening); a batch's key/value cache holds each row's own, padded on the l
 masked slots, and each row's tokens take the positions after its own prefix, as alone. Each row's stop tokens,
 label set (its label trie in constrained mode) and budget are its adapter's. Where the model cannot be given
 per-row positions, or under a sliding window for rows whose padded batch would not fit in it, rows are batched by
-adapter and equal length instead (exact without padding). ``batching="per_adapter"`` runs each adapter's rows by
-themselves, one adapter after the other, as ``predict`` runs one adapter.
+adapter and equal length instead (exact without padding). ``batching="per_adapter"`` decodes each adapter's rows
+by themselves, one adapter after the other, on the same engine. Adapters that cannot share batches (a prefix cache
+of another kind) run through ``predict``, one after the other.
 """
 
 from __future__ import annotations
@@ -198,14 +199,20 @@ def predict_adapters(
     rows: dict[str, list[int]] = {}
     for index, name in enumerate(names):
         rows.setdefault(name, []).append(index)
-    if batching == "mixed":
-        mixed = _predict_mixed(
-            adapters, texts, rows, mode=mode, max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens,
+    # Mixed: all rows in one decoding; per adapter: each adapter's rows in a decoding of their own, the same engine.
+    parts = [rows] if batching == "mixed" else [{name: indices} for name, indices in rows.items()]
+    decoded: dict[int, Prediction | TextPrediction] = {}
+    for part in parts:
+        got = _predict_mixed(
+            adapters, texts, part, mode=mode, max_prompt_tokens=max_prompt_tokens, max_new_tokens=max_new_tokens,
             ids=ids, batch_size=batch_size, show_progress=show_progress,
         )  # fmt: skip
-        if mixed is not None:
-            return mixed
-        logger.info("These adapters' rows cannot share batches (%s): each adapter's rows run by themselves.", names)
+        if got is None:
+            logger.info("These adapters cannot be decoded together (%s): each runs through predict.", list(rows))
+            break
+        decoded.update(got)
+    else:
+        return [decoded[index] for index in range(len(texts))]
     results: list[Prediction | TextPrediction | None] = [None] * len(texts)
     for name, indices in rows.items():
         try:
@@ -237,9 +244,9 @@ def _predict_mixed(
     ids: Sequence[Any] | None,
     batch_size: int,
     show_progress: bool,
-) -> list[Prediction | TextPrediction] | None:
-    """``predict_adapters`` with rows of different adapters in the same batches (``mixed_outputs``); ``None`` where
-    the adapters cannot share them."""
+) -> dict[int, Prediction | TextPrediction] | None:
+    """The predictions of the ``rows`` (each adapter's row indices), decoded together (``mixed_outputs``: rows of
+    different adapters in the same batches), by row index; ``None`` where the adapters cannot share batches."""
     plans: dict[str, PredictionPlan] = {}
     groups = []
     for name, indices in rows.items():
@@ -269,7 +276,7 @@ def _predict_mixed(
     outputs = mixed_outputs(groups, mode, batch_size=batch_size, show_progress=show_progress)
     if outputs is None:
         return None
-    results: list[Prediction | TextPrediction | None] = [None] * len(texts)
+    results: dict[int, Prediction | TextPrediction] = {}
     for (name, indices), output in zip(rows.items(), outputs, strict=True):
         plan, tokenizer = plans[name], adapters[name].tokenizer
         row_ids = [ids[i] for i in indices] if ids is not None else None
@@ -287,9 +294,8 @@ def _predict_mixed(
             else:
                 labels = list(output)
             predicted = list(label_predictions(plan, strings, labels, scores, row_ids))
-        for index, prediction in zip(indices, predicted, strict=True):
-            results[index] = prediction
-    return [result for result in results if result is not None]
+        results.update(zip(indices, predicted, strict=True))
+    return results
 
 
 def _row_adapters(

@@ -325,3 +325,18 @@ def test_the_decoding_functions_take_the_loaded_adapters_and_each_rows_name(save
         rank_labels(loaded, alone["tone"].tokenizer, texts, adapter_names=names)
     with pytest.raises(ValueError, match="this is a single model"):
         constrained_labels(alone["tone"].model, alone["tone"].tokenizer, texts, COMPLAINTS, adapter_names=names)
+
+
+def test_adapters_that_cannot_share_batches_run_through_predict(saved, monkeypatch, caplog):
+    """Where the adapters' rows cannot be decoded together (a prefix cache of another kind, say), each adapter's
+    rows run through predict: the same results, and a log line says so."""
+    from softprompt_hf import _decoding
+
+    _, loaded, _ = saved["gpt2"]
+    expected = predict(loaded, INPUTS, adapter_names=NAMES)
+    monkeypatch.setattr(_decoding._MixedDecoder, "of", classmethod(lambda cls, *args, **kwargs: None))
+    with caplog.at_level("INFO", logger="softprompt_hf.multi"):
+        fallen_back = predict(loaded, INPUTS, adapter_names=NAMES)
+    assert "cannot be decoded together" in caplog.text
+    for actual, prediction in zip(fallen_back, expected, strict=True):
+        _same(actual, prediction)
