@@ -8,8 +8,10 @@ Its public functions (all but the last exported from ``softprompt_hf``):
 - :func:`constrained_labels`: greedy decoding over the tokens that continue some label (``mode="constrained"``).
 
 The rest is their engine, private: :class:`_CachedDecoder` runs the base model with a key/value cache and the soft
-prompt placed where peft's training forward places it; the greedy loops, the rank scoring, the label trie, the
-batching helpers and the cache builders (which ``generate.py`` and ``shared_prompt.py`` use too) go with it.
+prompt placed where peft's training forward places it; :class:`_MixedDecoder` runs rows of several adapters on one
+base model in the same batches, each with its own soft prompt (:func:`mixed_outputs`, which ``multi.py`` calls);
+the greedy loops, the rank scoring, the label trie, the batching helpers and the cache builders (which
+``generate.py`` and ``shared_prompt.py`` use too) go with it.
 """
 
 from __future__ import annotations
