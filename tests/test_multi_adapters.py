@@ -80,16 +80,32 @@ def _save_adapters(base_dir, root, adapters=ADAPTERS) -> dict[str, str]:
     return folders
 
 
+class _Lazy(dict):
+    """A dict that makes each missing entry with ``make(key)`` on first use."""
+
+    def __init__(self, make):
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key):
+        self[key] = self.make(key)
+        return self[key]
+
+
 @pytest.fixture(scope="module")
 def base_dirs(tmp_path_factory, model_dirs, tokenizer_dir):
-    """The tiny base models: ARCHS' and SLIDING_ARCHS' (whose tiny windows the longer rows cross)."""
+    """The tiny base models: ARCHS', and on first use SLIDING_ARCHS' (whose tiny windows the longer rows cross)."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    dirs = dict(model_dirs)
-    for arch in SLIDING_ARCHS:
+
+    def save(arch):
         torch.manual_seed(0)
-        dirs[arch] = tmp_path_factory.mktemp(f"tiny-{arch}")
-        AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer))).save_pretrained(dirs[arch])
-        tokenizer.save_pretrained(dirs[arch])
+        folder = tmp_path_factory.mktemp(f"tiny-{arch}")
+        AutoModelForCausalLM.from_config(model_config(arch, len(tokenizer))).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return folder
+
+    dirs = _Lazy(save)
+    dirs.update(model_dirs)
     return dirs
 
 
@@ -102,10 +118,7 @@ def _load(folders):
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, base_dirs):
     """Per architecture: ADAPTERS saved, loaded together and alone."""
-    return {
-        arch: _load(_save_adapters(base_dirs[arch], tmp_path_factory.mktemp(f"multi-{arch}")))
-        for arch in (*ARCHS, *SLIDING_ARCHS)
-    }
+    return _Lazy(lambda arch: _load(_save_adapters(base_dirs[arch], tmp_path_factory.mktemp(f"multi-{arch}"))))
 
 
 def _same(actual, expected):
