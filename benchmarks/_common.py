@@ -7,6 +7,7 @@ loop, one-by-one ``generate``). Nothing in the package uses it.
 
 from __future__ import annotations
 
+import gc
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -250,6 +251,36 @@ class PeakRss(threading.Thread):
         self._stop_event.set()
         self.join()
         return max(self.peak, rss_bytes())
+
+
+class PeakMemory:
+    """``with PeakMemory(device) as memory: ...``: the peak memory of the block above the memory just before it, in
+    bytes (``memory.bytes``, after the block): torch's allocated GPU memory on CUDA, else this process's resident
+    memory sampled every 5 ms (``PeakRss``). Garbage is collected first, so that it is not counted as held."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.bytes = 0
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.baseline = torch.cuda.memory_allocated()
+        else:
+            self.baseline = rss_bytes()
+            self._sampler = PeakRss()
+            self._sampler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            peak = self._sampler.stop()
+        self.bytes = peak - self.baseline
 
 
 def low_mmap_threshold_environment(glibc_default: bool = False) -> dict[str, str]:

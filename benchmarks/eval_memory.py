@@ -44,7 +44,6 @@ def _memory_kind(device: str) -> str:
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """One evaluation in this process; returns its peak memory above the pre-evaluation baseline."""
-    import gc
     import tempfile
 
     import torch
@@ -79,25 +78,15 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
             data_collator=SoftPromptDataCollator(tok),
             **metrics.trainer_kwargs(),
         )
-        gc.collect()
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            baseline = torch.cuda.memory_allocated()
-        else:
-            baseline = c.rss_bytes()
-            sampler = c.PeakRss()
-            sampler.start()
-        start = time.perf_counter()
-        result = trainer.evaluate()
-        if cuda:
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - start
-        peak = torch.cuda.max_memory_allocated() if cuda else sampler.stop()
+        with c.PeakMemory(args.device) as memory:
+            start = time.perf_counter()
+            result = trainer.evaluate()
+            c.sync(args.device)
+            seconds = time.perf_counter() - start
     return {
         "rows": rows,
         "mode": mode,
-        "peak_mib": (peak - baseline) / 2**20,
+        "peak_mib": memory.bytes / 2**20,
         "seconds": seconds,
         "eval_loss": result["eval_loss"],
     }

@@ -178,7 +178,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     """One ``predict_adapters`` call in this process; its peak memory above the memory just before it."""
     c.quiet()
     c.set_threads(args.threads)
-    count, mode, cuda = args.adapters[0], args.modes[0], args.device.startswith("cuda")
+    count, mode = args.adapters[0], args.modes[0]
     loaded = load_adapters(saved_folders(Path(args.child), count), device=args.device)
     rows = texts(args.rows)
     names = row_adapters(list(loaded), len(rows))
@@ -193,21 +193,12 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch_size,
         batching=args.batching,
     )
-    gc.collect()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        baseline = torch.cuda.memory_allocated()
-    else:
-        baseline = c.rss_bytes()
-        sampler = c.PeakRss()
-        sampler.start()
-    start = time.perf_counter()
-    predict_adapters(loaded, rows, names, mode=mode, batch_size=args.batch_size, batching=args.batching)
-    c.sync(args.device)
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if cuda else sampler.stop()
-    return {"peak_mib": (peak - baseline) / 2**20, "seconds": seconds}
+    with c.PeakMemory(args.device) as memory:
+        start = time.perf_counter()
+        predict_adapters(loaded, rows, names, mode=mode, batch_size=args.batch_size, batching=args.batching)
+        c.sync(args.device)
+        seconds = time.perf_counter() - start
+    return {"peak_mib": memory.bytes / 2**20, "seconds": seconds}
 
 
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -136,20 +136,14 @@ def generate_texts(
     """
     if isinstance(model, Mapping):
         refused = {"template": template, "generation_kwargs": generation_kwargs, "use_generate": use_generate or None}
-        predicted = _predict_several(
-            model,
-            tokenizer,
-            texts,
-            adapter_names,
-            "generate",
-            refused,
-            use_cache=use_cache,
-            max_new_tokens=max_new_tokens,
-            max_prompt_tokens=max_prompt_tokens,
-            batch_size=batch_size,
-            show_progress=show_progress,
-        )
-        return [p.output for p in predicted]
+        options = {
+            "max_prompt_tokens": max_prompt_tokens,
+            "batch_size": batch_size,
+            "show_progress": show_progress,
+            "max_new_tokens": max_new_tokens,
+        }
+        several = _predict_several(model, tokenizer, texts, adapter_names, "generate", refused, use_cache, options)
+        return [p.output for p in several]
     _single_model(adapter_names)
     max_new_tokens = 64 if max_new_tokens is None else max_new_tokens
     if max_new_tokens < 1:
@@ -179,12 +173,12 @@ def _predict_several(
     adapter_names: Sequence[str] | None,
     mode: str,
     refused: dict[str, Any],
-    *,
     use_cache: bool,
-    **options: Any,
+    options: dict[str, Any],
 ) -> list[Any]:
-    """For the decoding functions given several adapters (``load_adapters``): their ``predict`` in ``mode`` (the
-    rows' predictions), after refusing what each adapter brings itself."""
+    """For the decoding functions given several adapters (``load_adapters``): their ``predict`` in ``mode`` with
+    ``options`` (the rows' predictions), after refusing what each adapter brings itself (``refused``: the arguments
+    given, by name)."""
     predict = getattr(model, "predict", None)
     if predict is None:
         raise TypeError(
@@ -193,9 +187,7 @@ def _predict_several(
         )
     if tokenizer is not None:
         raise ValueError("With several adapters each uses its own tokenizer: pass None as the tokenizer.")
-    if not use_cache:
-        refused = {**refused, "use_cache=False": True}
-    given = [name for name, value in refused.items() if value is not None]
+    given = [name for name, value in refused.items() if value is not None] + ([] if use_cache else ["use_cache=False"])
     if given:
         raise ValueError(
             f"With several adapters each row's settings come from its own adapter's softprompt_hf.json; "
@@ -313,19 +305,9 @@ def generate_labels(
     if isinstance(model, Mapping):
         refused = {"labels": labels, "template": template, "max_new_tokens": max_new_tokens}
         refused["use_generate"] = use_generate or None
-        predicted = _predict_several(
-            model,
-            tokenizer,
-            texts,
-            adapter_names,
-            "generate",
-            refused,
-            use_cache=use_cache,
-            max_prompt_tokens=max_prompt_tokens,
-            batch_size=batch_size,
-            show_progress=show_progress,
-        )
-        return [p.output for p in predicted]
+        options = {"max_prompt_tokens": max_prompt_tokens, "batch_size": batch_size, "show_progress": show_progress}
+        several = _predict_several(model, tokenizer, texts, adapter_names, "generate", refused, use_cache, options)
+        return [p.output for p in several]
     _single_model(adapter_names)
     if max_new_tokens is None:
         # EOS, or one token past the longest label: its ids as training saw them, EOS included.
@@ -462,19 +444,9 @@ def rank_labels(
     """
     if isinstance(model, Mapping):
         refused = {"labels": labels, "template": template}
-        predicted = _predict_several(
-            model,
-            tokenizer,
-            texts,
-            adapter_names,
-            "rank",
-            refused,
-            use_cache=use_cache,
-            max_prompt_tokens=max_prompt_tokens,
-            batch_size=batch_size,
-            show_progress=show_progress,
-        )
-        return [p.scores for p in predicted]
+        options = {"max_prompt_tokens": max_prompt_tokens, "batch_size": batch_size, "show_progress": show_progress}
+        several = _predict_several(model, tokenizer, texts, adapter_names, "rank", refused, use_cache, options)
+        return [p.scores for p in several]
     _single_model(adapter_names)
     if labels is None:
         raise ValueError("rank_labels needs the label texts: labels=['complaint', 'no complaint'], say.")
@@ -551,19 +523,9 @@ def constrained_labels(
     """
     if isinstance(model, Mapping):
         refused = {"labels": labels, "template": template}
-        predicted = _predict_several(
-            model,
-            tokenizer,
-            texts,
-            adapter_names,
-            "constrained",
-            refused,
-            use_cache=use_cache,
-            max_prompt_tokens=max_prompt_tokens,
-            batch_size=batch_size,
-            show_progress=show_progress,
-        )
-        return [p.output for p in predicted]
+        options = {"max_prompt_tokens": max_prompt_tokens, "batch_size": batch_size, "show_progress": show_progress}
+        several = _predict_several(model, tokenizer, texts, adapter_names, "constrained", refused, use_cache, options)
+        return [p.output for p in several]
     _single_model(adapter_names)
     if labels is None:
         raise ValueError("constrained_labels needs the label texts: labels=['complaint', 'no complaint'], say.")
