@@ -3,7 +3,7 @@ in the same forward batches (``batching="mixed"``) against one adapter's rows af
 
     python benchmarks/multi_adapters.py --threads 1              # the embedded model, N = 1, 4, 16, 256 rows
     python benchmarks/multi_adapters.py --model_name_or_path ~/.cache/softprompt_hf/gemma-3-270m-q4_k_m-float32 \\
-        --rows 128 --repeats 3 --threads 1 --json multi_gemma.json         # Gemma 3 270M (softprompt-hf prepare-real)
+        --rows 96 --repeats 2 --threads 1 --json multi_gemma.json          # Gemma 3 270M (softprompt-hf prepare-real)
     python benchmarks/multi_adapters.py --adapters 1 2 --rows 8 --repeats 1   # smoke test
 
 The adapters are built on the base model (``--model_name_or_path``) and saved with ``save_adapter``, as many as the
@@ -14,10 +14,10 @@ must give the same results whatever the prompts are. For each N, ``load_adapters
 model, and the same ``--rows`` tweets are shared out among them, N equal shares in a seeded random order.
 
 For each mode (``--modes``), ``predict_adapters(loaded, texts, adapter_names, mode=..., batch_size=...)`` runs once
-per batching as a warm-up, then ``--repeats`` times per batching, the two interleaved; rows/s is the rows over the
-median seconds. A row differs if its label or its output text is not the same under both batchings (from the
-warm-up calls), or in rank mode a label's score differs by more than 1e-3; it should never happen, and the script
-exits 1 if it does (after the table).
+per batching as a warm-up, then ``--repeats`` times per batching, the two interleaved and their order swapped every
+repeat (use an even number); rows/s is the rows over the median seconds. A row differs if its label or its output
+text is not the same under both batchings (from the warm-up calls), or in rank mode a label's score differs by more
+than 1e-3; it should never happen, and the script exits 1 if it does (after the table).
 
 Peak memory: each (N, mode, batching) runs once more in a fresh process, which loads the adapters, labels one row of
 each adapter (so that what a process loads once, lazy imports and kernels, is not counted), then samples its resident
@@ -155,7 +155,12 @@ def measure_speed(loaded: Any, args: argparse.Namespace, mode: str) -> dict[str,
         return predict_adapters(loaded, rows, names, mode=mode, batch_size=args.batch_size, batching=batching)
 
     first = {batching: call(batching) for batching in BATCHINGS}
-    times = c.interleaved_times({b: lambda b=b: call(b) for b in BATCHINGS}, args.repeats, args.device)
+    # Interleaved, the order swapped every repeat: on a loaded machine the first call of a pair was 6-16% slower
+    # than the second (the two ran the same code, with one adapter), whichever batching it was.
+    times: dict[str, list[float]] = {batching: [] for batching in BATCHINGS}
+    for repeat in range(args.repeats):
+        for batching in BATCHINGS if repeat % 2 == 0 else BATCHINGS[::-1]:
+            times[batching].append(c.timed(lambda batching=batching: call(batching), args.device))
     return {
         "seconds": times,
         "rows_per_s": {batching: len(rows) / c.median(values) for batching, values in times.items()},
@@ -272,7 +277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows", type=int, default=256, help="Rows per call, shared out among the N adapters.")
     parser.add_argument("--modes", nargs="+", default=["generate", "rank"], choices=MODES)
     parser.add_argument("--batch_size", type=int, default=32, help="predict_adapters' batch_size.")
-    parser.add_argument("--repeats", type=int, default=3, help="Timed runs per batching; figures are medians.")
+    parser.add_argument("--repeats", type=int, default=4, help="Timed runs per batching; figures are medians.")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no_memory", action="store_true", help="Skip the peak-memory processes.")
     parser.add_argument("--json", help="Also write the figures to this JSON file.")
