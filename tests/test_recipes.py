@@ -201,11 +201,10 @@ def test_gemma_configs_name_the_prepared_model_and_their_data(path):
         assert (data_args.max_train_samples, training_args.num_train_epochs) == (250, 2)  # a CPU-sized run
         assert data_args.template == "Article : {text} Topic : "
     if method == "prompt_tuning":
-        # TEXT before issue 27 (no BOS); named so that the runs stay as measured (benchmarks/RESULTS.md, 10).
-        assert prompt_args.prompt_tuning_init == "TEXT_WITHOUT_SPECIAL_TOKENS"
-        if dataset == "tweets":
-            assert training_args.learning_rate == 1e-2  # stable on the tweets, where the recipes' 3e-2 was not
-        else:  # 64 steps at the recipes' lr, not 32
+        if dataset == "tweets":  # peft's TEXT at 3e-2 ended highest over 3 epochs (benchmarks/RESULTS.md, 11.5)
+            assert (prompt_args.prompt_tuning_init, training_args.learning_rate) == ("TEXT", 3e-2)
+        else:  # TEXT before issue 27 (no BOS), named so that the run stays as measured; 64 steps, not 32
+            assert prompt_args.prompt_tuning_init == "TEXT_WITHOUT_SPECIAL_TOKENS"
             assert (training_args.per_device_train_batch_size, training_args.learning_rate) == (8, 3e-2)
         assert ("topic" in prompt_args.prompt_tuning_init_text) == (dataset == "bbc-news")
 
