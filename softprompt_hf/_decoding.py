@@ -1496,6 +1496,7 @@ def mixed_outputs(
             new_tokens = [trie.depth - 1 if trie is not None else 0 for trie in tries]
         batches = decoder.batches(rows, batch_size, new_tokens)
         per_group = decoder.batches_per_projection(batch_size)
+        stop_sets = [frozenset(adapter.stops) for adapter in adapters]
         results: list[list[Any]] = [[None] * len(adapter.prompts) for adapter in adapters]
         description = {"generate": "Generating", "rank": "Ranking labels", "constrained": "Decoding labels"}[mode]
         with tqdm(total=len(batches), desc=description, disable=not show_progress) as progress:
@@ -1505,11 +1506,9 @@ def mixed_outputs(
                 items = [[rows[i] for i in batch] for batch in group]
                 if mode == "generate":
                     limits = [[adapters[rows[i][0]].max_new_tokens for i in batch] for batch in group]
-                    stops = [[frozenset(adapters[rows[i][0]].stops) for i in batch] for batch in group]
-                    outputs = [
-                        [cut_at_stop(ids, stops[b][r]) for r, ids in enumerate(part)]
-                        for b, part in enumerate(_greedy_with_cache(decoder, items, limits, stops))
-                    ]
+                    stops = [[stop_sets[rows[i][0]] for i in batch] for batch in group]
+                    # Each row ends at its first stop token: nothing to cut.
+                    outputs = _greedy_with_cache(decoder, items, limits, stops)
                 elif mode == "constrained":
                     row_tries = [[tries[rows[i][0]] for i in batch] for batch in group]
                     outputs = _constrained_with_cache(decoder, row_tries, items)  # type: ignore[arg-type]
