@@ -26,6 +26,8 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
+from .constants import __version__ as __version__  # light: no torch, transformers or peft
+
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is imported when first used (below)
     from ._decoding import constrained_labels, generate_labels, generate_texts, rank_labels
     from .arguments import SoftPromptTrainingArguments
@@ -114,8 +116,6 @@ class _Package(types.ModuleType):
 
 sys.modules[__name__].__class__ = _Package
 
-
-__version__ = "0.1.0"
 
 __all__ = [
     # train

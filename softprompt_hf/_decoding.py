@@ -36,10 +36,11 @@ from ._upstream import (
     is_plain_dynamic_cache,
     positions_from_mask,
     prefix_cache_from_peft,
-    set_seen_length,
     takes_logits_to_keep,
 )
 from .constants import MODES
+from .generate import fixes_generate, soft_prompt_generate
+from .kv_cache import cache_from_key_values, cache_key_values, prefix_cache
 from .methods import eval_mode
 from .output_head import ChunkedOutputHead
 from .prompt import PromptFormat, PromptInput, PromptTemplate
@@ -802,8 +803,6 @@ def _generate_is_wrong(model: Any) -> bool:
     a peft prompt-learning adapter other than the three soft prompts (multitask prompt tuning, CPT), which that fix
     does not cover and whose peft 0.21.2 ``generate()`` mishandles its virtual tokens on transformers 5.24 as it
     does theirs."""
-    from .generate import fixes_generate  # generate.py builds its caches with this module's builders
-
     config = _prompt_learning_config(model)
     return config is not None and not fixes_generate(model)
 
@@ -824,8 +823,6 @@ def _generate_with_model(
     of greedy decoding: beams, sampling): batches padded on the left, stopped at ``stops`` (default EOS), a soft
     prompt's ``generate()`` made right with ``soft_prompt_generate`` for the call (left on if it already was, as
     ``load_adapter`` leaves it); any other model's is the stock one, right as it is."""
-    from .generate import fixes_generate, soft_prompt_generate
-
     # Where each row stops: the template's stop tokens (default: EOS).
     stops = tuple(stops) if stops is not None else PromptTemplate().stop_ids(tokenizer)
     # The pad id only fills masked slots: a tokenizer without a pad token pads with EOS (or 0), as training does.
@@ -1591,45 +1588,6 @@ def _common_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
     for ids in prompts[1:]:
         length = next((i for i in range(length) if ids[i] != first[i]), length)
     return list(first[: max(length, 0)])
-
-
-def cache_key_values(cache: Cache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Each layer's keys and values in a filled ``DynamicCache`` (``(batch, heads, length, head_dim)``)."""
-    # transformers 5.24 cache layers hold their tensors in `keys` / `values` (listed in softprompt_hf._upstream).
-    pairs = []
-    for layer in cache.layers:
-        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-        if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
-            raise TypeError(f"Cannot read the key/values of a {type(layer).__name__} cache layer.")
-        pairs.append((keys, values))
-    return pairs
-
-
-def prefix_cache(
-    key_values: Sequence[tuple[torch.Tensor, torch.Tensor]], batch: int, config: Any, length: int | None = None
-) -> DynamicCache:
-    """A new cache for ``batch`` rows that all start with the same one-row ``key_values`` (from
-    :func:`cache_key_values`); the prefix is shared, not copied, until a forward appends to it. ``length``: see
-    :func:`cache_from_key_values`."""
-    return cache_from_key_values(
-        [(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in key_values], config, length
-    )
-
-
-def cache_from_key_values(
-    key_values: Sequence[tuple[torch.Tensor, torch.Tensor]], config: Any, length: int | None = None
-) -> DynamicCache:
-    """A cache holding each layer's ``(keys, values)`` (``(batch, heads, positions, head_dim)``).
-
-    ``length`` is the number of positions the key/values stand for. A sliding-window layer holds only the last
-    ``window - 1`` key/values of a longer sequence, but must count every position: its masks are placed by that count.
-    """
-    # transformers 5.24 builds a cache from per-layer key/values with `ddp_cache_data` (listed in
-    # softprompt_hf._upstream).
-    cache = DynamicCache(ddp_cache_data=list(key_values), config=config)
-    if length is not None:
-        set_seen_length(cache, length)
-    return cache
 
 
 def _prompt_learning_config(model: torch.nn.Module) -> Any:

@@ -46,7 +46,7 @@ Cache argument and key/value caches
    sliding window, and whether a cache holds plain key/values only. Update with new layer kinds.
    *Re-checked:* still on 5.25.0 (the three classes unchanged; its linear-attention layers changed, which count
    as "other" layers here).
-7. *Elsewhere: _decoding.cache_key_values, _decoding.prefix_cache.* transformers 5.24 cache layers hold
+7. *Elsewhere: kv_cache.cache_key_values, kv_cache.cache_from_key_values.* transformers 5.24 cache layers hold
    their tensors in ``keys`` / ``values``, and ``DynamicCache(ddp_cache_data=[(keys, values), ...])`` builds a
    cache from them. Update if transformers renames them. *Re-checked:* still on 5.25.0 (unchanged).
 8. :func:`positions_from_mask` - transformers 5.24 Bloom (ALiBi) takes no ``position_ids`` and derives positions
@@ -220,6 +220,8 @@ from peft import PeftModel, PeftType
 from torch.utils.hooks import RemovableHandle
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer, DynamicSlidingWindowLayer
+
+from .sharding import fsdp_root, gather_root, trainable_state
 
 
 def _forward_parameters(module: Any) -> Mapping[str, inspect.Parameter]:
@@ -481,9 +483,6 @@ def adapter_only_fsdp_state_dict(trainer: Any) -> bool:
     ``get_state_dict`` (both collectives happen there). Returns whether it was installed; idempotent."""
     from peft import PeftModel
 
-    from .callbacks import _trainable_state
-    from .sharding import fsdp_root, gather_root
-
     accelerator = getattr(trainer, "accelerator", None)
     model = trainer.model
     if accelerator is None or not getattr(accelerator, "is_fsdp2", False) or not isinstance(model, PeftModel):
@@ -497,7 +496,7 @@ def adapter_only_fsdp_state_dict(trainer: Any) -> bool:
     def get_state_dict(target: Any, unwrap: bool = True) -> dict[str, torch.Tensor]:
         if target is not model or fsdp_root(target) is None:
             return original(target, unwrap=unwrap)
-        state = _trainable_state(target)  # the soft-prompt state every checkpoint holds, gathered the same way
+        state = trainable_state(target)  # the soft-prompt state every checkpoint holds, gathered the same way
         gather_root(target)
         return state
 

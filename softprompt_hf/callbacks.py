@@ -13,7 +13,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from peft import PeftModel, PeftType
@@ -27,12 +27,11 @@ from ._upstream import (
     load_fsdp_checkpoints_as_soft_prompts,
     route_prefix_cache_argument,
 )
+from .evaluation import GenerationMetrics, TextGenerationMetrics
+from .files import atomic_write_json, sha256_of_file
 from .methods import check_training_arguments
-from .saving import atomic_write_json, base_tokenizer_files, sha256_of_file
-from .sharding import copy_into, full_tensor, reshard_root
-
-if TYPE_CHECKING:
-    from .evaluation import GenerationMetrics, TextGenerationMetrics
+from .saving import base_tokenizer_files
+from .sharding import copy_into, reshard_root, trainable_state
 
 logger = logging.get_logger(__name__)
 
@@ -78,15 +77,6 @@ def _peft_model(model: Any) -> PeftModel:
     return model
 
 
-def _trainable_state(model: PeftModel) -> dict[str, torch.Tensor]:
-    # Under FSDP2 each parameter is gathered whole (a collective: every process gets here).
-    return {
-        name: full_tensor(param.detach()).cpu().contiguous()
-        for name, param in model.named_parameters()
-        if param.requires_grad
-    }
-
-
 def save_soft_prompt_state(
     model: Any, checkpoint_dir: str | os.PathLike[str], state: dict[str, torch.Tensor] | None = None
 ) -> Path:
@@ -94,10 +84,10 @@ def save_soft_prompt_state(
 
     Unlike peft's ``adapter_model.safetensors``, which holds the prompt the trained modules *produce*, this
     holds the modules themselves, so training can continue from them exactly. ``state`` is what
-    ``_trainable_state`` read, when every process had to take part in reading it (FSDP2).
+    ``trainable_state`` read, when every process had to take part in reading it (FSDP2).
     """
     model = _peft_model(model)
-    state = _trainable_state(model) if state is None else state
+    state = trainable_state(model) if state is None else state
     if not state:
         raise ValueError("The model has no trainable parameters: there is no soft prompt to checkpoint.")
     folder = Path(checkpoint_dir)
@@ -119,7 +109,7 @@ def load_soft_prompt_state(model: Any, checkpoint_dir: str | os.PathLike[str]) -
     """
     model = _peft_model(model)
     folder = Path(checkpoint_dir)
-    _check_complete(folder)
+    check_complete_checkpoint(folder)
     saved = load_file(str(folder / SOFT_PROMPT_STATE_NAME))
     # Under FSDP2, write into each process's shard, not into gathered copies that FSDP frees later.
     reshard_root(model)
@@ -139,7 +129,9 @@ def load_soft_prompt_state(model: Any, checkpoint_dir: str | os.PathLike[str]) -
         copy_into(param, saved[name])  # under FSDP2, this process's shard of it
 
 
-def _check_complete(folder: Path) -> None:
+def check_complete_checkpoint(folder: Path) -> None:
+    """Raises ``ValueError`` (naming the fix) unless ``folder`` is a complete soft-prompt checkpoint: its marker
+    file is there and every file it lists has the recorded SHA-256."""
     marker = folder / CHECKPOINT_MARKER_NAME
     if not marker.is_file():
         raise ValueError(
@@ -300,7 +292,7 @@ class SoftPromptCheckpointCallback(TrainerCallback):
         # Every process gets here (the Trainer calls on_save on all of them), so all of them reach the barrier,
         # and all of them gather the soft prompt's parameters when FSDP2 shards them.
         _wait_for_every_process(args)
-        trainable = _trainable_state(_peft_model(kwargs["model"]))
+        trainable = trainable_state(_peft_model(kwargs["model"]))
         if not args.should_save:
             return
         folder = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"

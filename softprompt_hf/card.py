@@ -20,11 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import peft
+import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import TrainerCallback, TrainingArguments
 
+from ._upstream import stock_generate_is_wrong
 from .chat import ChatTemplate, prompt_format
+from .constants import __version__
+from .generate import fixes_generate
 from .initialization import initialization_of
 from .metrics import INVALID_COLUMN, ClassificationReport
 from .prompt import DEFAULT_TEMPLATE, SAVED_WITHOUT_LABEL_TOKENIZATION, PromptTemplate
@@ -522,11 +527,6 @@ def _placeholder_rows(inputs: ModelCardInputs) -> list[dict[str, str]]:
 
 
 def _versions() -> dict[str, str]:
-    import peft
-    import transformers
-
-    from . import __version__
-
     return {"peft": peft.__version__, "softprompt_hf": __version__, "transformers": transformers.__version__}
 
 
@@ -541,9 +541,6 @@ def _initialization(model: Any) -> dict[str, Any] | None:
 def _stock_generate_wrong(model: Any) -> bool:
     """Whether peft's own ``generate()`` is known to be wrong for ``model`` here: a soft prompt that
     ``enable_soft_prompt_generate`` fixes, on versions where the stock one is wrong (softprompt_hf/_upstream.py)."""
-    from ._upstream import stock_generate_is_wrong
-    from .generate import fixes_generate
-
     return fixes_generate(model) and stock_generate_is_wrong(model)
 
 

@@ -3,7 +3,10 @@ or peft: the command answers ``--help`` and argument errors before those load (s
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 __all__ = [
+    "__version__",
     "DEFAULT_COMMIT_MESSAGE",
     "DEFAULT_TIMEOUT",
     "EXPORT_DTYPES",
@@ -12,6 +15,12 @@ __all__ = [
     "TASKS",
     "TEXT_METRIC_NAMES",
 ]
+
+try:
+    #: The installed distribution's version (``pyproject.toml`` declares it, once).
+    __version__ = version("softprompt_hf")
+except PackageNotFoundError:  # a source tree put on sys.path without being installed
+    __version__ = "0+unknown"
 
 #: How a label is read from the model: generated greedily, ranked by likelihood, or decoded over the labels' tokens.
 MODES = ("generate", "rank", "constrained")

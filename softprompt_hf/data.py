@@ -381,7 +381,7 @@ def load_classification_data(
     targets = [label_text(all_names[label]) for label in labelled[label_column]]
     labelled = labelled.add_column(target_column, targets)
 
-    if _validation_count(validation_size, len(labelled), len(task_ids)) == 0:
+    if validation_count(validation_size, len(labelled), len(task_ids)) == 0:
         train, validation = labelled, None
     else:
         train, validation = stratified_split(labelled, label_column, validation_size, seed)
@@ -640,7 +640,7 @@ def stratified_split(
     """
     groups = _group_rows(dataset, label_column)
     n_rows = len(dataset)
-    n_validation = _validation_count(validation_size, n_rows, len(groups))
+    n_validation = validation_count(validation_size, n_rows, len(groups))
 
     quotas = [n_validation * len(rows) / n_rows for rows in groups.values()]
     capacities = [len(rows) - 1 for rows in groups.values()]
@@ -738,7 +738,7 @@ def _group_rows(dataset: datasets.Dataset, label_column: str) -> dict[Any, list[
     return groups
 
 
-def _validation_count(validation_size: float | int, n_rows: int, n_classes: int) -> int:
+def validation_count(validation_size: float | int, n_rows: int, n_classes: int) -> int:
     """Number of validation rows for ``validation_size``; raises if infeasible."""
     count = _requested_count(validation_size, n_rows)
     max_count = n_rows - n_classes
@@ -853,7 +853,7 @@ def _load_files(data_files: DataFiles, cache_dir: str | None) -> dict[str, datas
     return {split: splits[split] for split in files_by_split}
 
 
-def _utf8_problem(path: str | os.PathLike[str]) -> tuple[str | None, int]:
+def utf8_problem(path: str | os.PathLike[str]) -> tuple[str | None, int]:
     """Where ``path`` stops being UTF-8 (``"byte 0xe9 on line 2"``), or None; and how many non-blank lines it has
     (counted up to 2)."""
     decoder = codecs.getincrementaldecoder("utf-8")()
@@ -898,7 +898,7 @@ def _check_local_file(path: str, split: str, builder: str) -> None:
         )
     if builder not in ("csv", "json") or any(path.lower().endswith(ext) for ext in _COMPRESSION_EXTENSIONS):
         return
-    problem, non_empty_lines = _utf8_problem(path)
+    problem, non_empty_lines = utf8_problem(path)
     if problem is not None:
         raise ValueError(
             f"Data file {path!r} of split {split!r} is not UTF-8 text: {problem} (the file was probably saved as "

@@ -23,6 +23,7 @@ from .constants import MODES
 from .metrics import ClassificationReport, check_label_set, classification_report, match_label
 from .prompt import DEFAULT_TEMPLATE, PromptFormat, PromptInput
 from .sharding import check_supported, run_sharded
+from .text_metrics import TEXT_METRICS, default_text_metrics, load_text_metric
 
 __all__ = ["GenerationMetrics", "Prediction", "TextGenerationMetrics", "TextPrediction"]
 
@@ -522,8 +523,6 @@ class TextGenerationMetrics(_TrainerMetrics):
 
 def _scorers(metrics: Any) -> list[tuple[str, Any]]:
     """``metrics`` as ``(name, object with .compute)`` pairs: the shipped four for ``None``; names are loaded."""
-    from .text_metrics import TEXT_METRICS, default_text_metrics, load_text_metric
-
     if metrics is None:
         return [("default_text_metrics", default_text_metrics())]
     items = list(metrics) if isinstance(metrics, list | tuple) else [metrics]

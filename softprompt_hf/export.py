@@ -36,9 +36,10 @@ from safetensors.torch import save_file
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from . import __version__, methods
+from . import methods
 from .chat import ChatTemplate
-from .constants import EXPORT_DTYPES
+from .constants import EXPORT_DTYPES, __version__
+from .files import atomic_write_json, replace_folder, sha256_of_file
 from .predict import LoadedAdapter, adapter_prompt, load_adapter
 from .prompt import SAVED_WITHOUT_LABEL_TOKENIZATION, PromptFormat, PromptTemplate
 from .saving import (
@@ -46,10 +47,7 @@ from .saving import (
     TOKENIZER_FROM_ADAPTER,
     TOKENIZER_FROM_BASE,
     TOKENIZER_KEY,
-    atomic_write_json,
     base_tokenizer_files,
-    replace_folder,
-    sha256_of_file,
 )
 
 __all__ = [

@@ -41,8 +41,8 @@ import torch
 from peft import PeftModel, PeftModelForCausalLM, PeftType
 from transformers.cache_utils import Cache
 
-from ._decoding import cache_from_key_values, cache_key_values
 from ._upstream import attention_windows, cache_argument, prefix_cache_from_peft, takes_logits_to_keep
+from .kv_cache import cache_from_key_values, cache_key_values
 
 __all__ = ["disable_soft_prompt_generate", "enable_soft_prompt_generate", "soft_prompt_generate"]
 

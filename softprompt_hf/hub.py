@@ -34,7 +34,8 @@ from transformers.utils import logging
 from ._upstream import current_client_factory, http_library, saved_callback_state
 from .card import ModelCardCallback, ModelCardInputs, is_hub_id, render_model_card, with_base_model
 from .constants import DEFAULT_COMMIT_MESSAGE, DEFAULT_TIMEOUT
-from .saving import CARD_KEY, INFERENCE_CONFIG_NAME, replace_folder, save_adapter
+from .files import replace_folder
+from .saving import CARD_KEY, INFERENCE_CONFIG_NAME, save_adapter
 from .sharding import gather_root
 
 __all__ = [

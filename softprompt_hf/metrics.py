@@ -14,7 +14,7 @@ from typing import IO, Any
 from transformers.utils import logging
 
 from .data import label_text
-from .saving import atomic_open
+from .files import atomic_open
 
 __all__ = [
     "INVALID",

@@ -35,7 +35,7 @@ from ._upstream import prompt_learning_shapes, route_prefix_cache_argument
 from .card import is_local_path
 from .chat import ChatTemplate
 from .constants import MODES
-from .data import _utf8_problem
+from .data import utf8_problem
 from .evaluation import Prediction, TextPrediction
 from .generate import enable_soft_prompt_generate, fixes_generate
 from .metrics import check_label_set, match_label
@@ -575,7 +575,7 @@ def read_frame(source: str | os.PathLike[str], text_column: str | None) -> Any:
         raise ValueError(
             f"{str(path)!r} is empty: it needs the column names (CSV header or JSON keys) and one row per text."
         )
-    problem = _utf8_problem(path)[0] if extension != ".parquet" else None
+    problem = utf8_problem(path)[0] if extension != ".parquet" else None
     if problem is not None:
         raise ValueError(
             f"{str(path)!r} is not UTF-8 text: {problem} (probably saved as Latin-1 or Windows-1252). Save it as "

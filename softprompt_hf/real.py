@@ -45,12 +45,12 @@ from transformers.utils import logging
 from .data import (
     ClassificationData,
     TextData,
-    _validation_count,
     load_classification_data,
     load_text_data,
     stratified_split,
+    validation_count,
 )
-from .saving import atomic_write_json, atomic_write_text, replace_folder
+from .files import atomic_write_json, atomic_write_text, replace_folder, sha256_of_file
 
 logger = logging.get_logger(__name__)
 
@@ -173,16 +173,6 @@ def default_cache_dir() -> Path:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _sha256(path: Path, bar: Any = None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_BLOCK), b""):
-            digest.update(block)
-            if bar is not None:
-                bar.update(len(block))
-    return digest.hexdigest()
-
-
 def _files_of(folder: Path) -> list[Path]:
     return sorted(path for path in folder.rglob("*") if path.is_file() and path.name != MANIFEST_NAME)
 
@@ -190,7 +180,7 @@ def _files_of(folder: Path) -> list[Path]:
 def _hash_files(folder: Path, files: Sequence[Path], progress: bool, what: str) -> dict[str, str]:
     total = sum(path.stat().st_size for path in files)
     with tqdm(total=total, unit="B", unit_scale=True, desc=what, disable=not progress) as bar:
-        return {path.relative_to(folder).as_posix(): _sha256(path, bar) for path in files}
+        return {path.relative_to(folder).as_posix(): sha256_of_file(path, bar) for path in files}
 
 
 def verify_prepared_folder(folder: str | os.PathLike[str], *, progress: bool = False) -> dict[str, Any]:
@@ -532,8 +522,8 @@ def load_bbc_news(
         row["text"] = {"title": row["title"], "body": row["body"]}.get(text, f"{row['title']}\n{row['body']}")
     table = datasets.Dataset.from_list(rows).select_columns(["id", "title", "body", "text", "topic"])
     n_classes = len(BBC_NEWS_TOPICS)
-    n_test = _validation_count(test_size, len(table), n_classes)
-    n_validation = _validation_count(validation_size, len(table), n_classes)
+    n_test = validation_count(test_size, len(table), n_classes)
+    n_validation = validation_count(validation_size, len(table), n_classes)
     if n_test + n_validation > len(table) - n_classes:
         raise ValueError(
             f"test_size={test_size!r} and validation_size={validation_size!r} together ask for "

@@ -45,24 +45,26 @@ from .callbacks import (
     SamplePredictionsCallback,
     SoftPromptCheckpointCallback,
     SoftPromptGuardCallback,
-    _check_complete,
+    check_complete_checkpoint,
     check_trainer,
     last_complete_checkpoint,
 )
-from .card import is_local_path
+from .card import ModelCardCallback, is_hub_id, is_local_path
 from .chat import ChatTemplate, prompt_format
 from .collator import SoftPromptDataCollator
 from .constants import DEFAULT_TIMEOUT
 from .data import ClassificationData, TextData, load_classification_data, load_raft, load_text_data, stratified_split
 from .embedded import EMBEDDED_DATA_FILES, label_tokenization_for
 from .evaluation import GenerationMetrics, TextGenerationMetrics
+from .files import atomic_write_json
+from .hub import HubPushError, check_push_access, push_adapter_folder
 from .initialization import SoftPromptInit
 from .label_logits import enable_label_only_logits
 from .methods import build_soft_prompt_model
 from .metrics import write_predictions, write_raft_submission
 from .prompt import PromptFormat, PromptTemplate
 from .real import ExtraNotInstalledError, load_aclsum, load_bbc_news
-from .saving import atomic_write_json, save_adapter
+from .saving import save_adapter
 from .sharding import gathered_root
 from .shared_prompt import enable_shared_prompt
 
@@ -543,7 +545,7 @@ def _resolve_resume_checkpoint(training_args: TrainingArguments) -> str | None:
             raise ValueError(f"--resume_from_checkpoint {value}: no such folder.")
         checkpoint = str(value)
     try:
-        _check_complete(Path(checkpoint))
+        check_complete_checkpoint(Path(checkpoint))
     except ValueError as err:
         raise ValueError(f"--resume_from_checkpoint {value}: {err}{_intact_alternative(checkpoint)}") from None
     return checkpoint
@@ -559,7 +561,7 @@ def _intact_alternative(damaged: str) -> str:
             older.append((int(step), child))
     for _, child in sorted(older, reverse=True):
         try:
-            _check_complete(child)
+            check_complete_checkpoint(child)
         except ValueError:
             continue
         return f" The newest intact checkpoint is {child}: pass --resume_from_checkpoint {child}."
@@ -619,9 +621,6 @@ def _take_over_hub_push(training_args: TrainingArguments, model_args: ModelArgum
     token, training_args.hub_token = training_args.hub_token, None
     if not training_args.push_to_hub:
         return None
-    from .card import is_hub_id
-    from .hub import check_push_access
-
     if not training_args.hub_model_id:
         raise ValueError("--push_to_hub needs --hub_model_id <user or org>/<repository>.")
     if not is_hub_id(base_model_id(model_args)):
@@ -650,8 +649,6 @@ def push_run(trainer: Trainer, repo: HubTarget | str, model_args: ModelArguments
     """
     if not trainer.is_world_process_zero():
         return
-    from .hub import push_adapter_folder
-
     target = repo if isinstance(repo, HubTarget) else HubTarget(repo, private=trainer.args.hub_private_repo)
     push_adapter_folder(
         Path(str(trainer.args.output_dir)) / ADAPTER_DIRNAME,
@@ -694,8 +691,6 @@ def user_error_message(err: BaseException) -> str | None:
     faults are a full disk, a read-only file system or a missing permission, wherever raised. Anything else is
     unexpected and keeps its traceback.
     """
-    from .hub import HubPushError
-
     if isinstance(err, OSError) and err.errno in _ENVIRONMENT_ERRORS:
         where = f" writing {err.filename}" if err.filename else ""
         return (
@@ -824,8 +819,6 @@ def _model_card(
     results: dict[str, Any],
 ) -> Any:
     """The run's card data (``ModelCardInputs``): what the Trainer ran, and the final ``results``."""
-    from .card import ModelCardCallback, is_hub_id
-
     dataset = {"raft": "ought/raft"}.get(data_args.dataset)
     collector = ModelCardCallback.of(
         trainer,

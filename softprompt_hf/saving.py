@@ -7,28 +7,25 @@ folder is either the previous complete adapter or the new complete one, never a 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import shutil
 import tempfile
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from transformers.utils import logging
 
 from . import methods
+from .card import ModelCardInputs, model_card_inputs, render_model_card, with_base_model
 from .chat import ChatTemplate
 from .constants import LABEL_TOKENIZATIONS
+from .files import replace_folder, sha256_of_file
 from .sharding import fsdp_root
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
-
-    from .card import ModelCardInputs
 
 logger = logging.get_logger(__name__)
 
@@ -39,10 +36,6 @@ __all__ = [
     "TOKENIZER_FROM_ADAPTER",
     "TOKENIZER_FROM_BASE",
     "TOKENIZER_KEY",
-    "atomic_open",
-    "atomic_write_json",
-    "atomic_write_text",
-    "replace_folder",
     "save_adapter",
 ]
 
@@ -80,80 +73,6 @@ _ADAPTER_FOLDER_FILES = {
     "training_args.json",
     "softprompt_hf.json",
 }
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
-    """Open a temporary text file beside ``path``; it replaces ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A plain open (not tempfile's 0600 files) gives the final file the usual permissions.
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(temporary, "x", encoding="utf-8", newline="") as file:
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (a temporary file in the same folder, then a rename)."""
-    with atomic_open(path) as file:
-        file.write(text)
-    return Path(path)
-
-
-def atomic_write_json(path: str | os.PathLike[str], payload: Any) -> Path:
-    """Write ``payload`` as indented JSON to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-
-
-def _fsync_tree(folder: Path) -> None:
-    for file in folder.rglob("*"):
-        if file.is_file():
-            with open(file, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
-def replace_folder(target: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Fill a fresh folder with ``write(tmp_folder)``, then put it at ``target`` in one rename.
-
-    If ``write`` raises, or the process dies, ``target`` keeps whatever complete content it had; the
-    temporary folder (``.<name>.tmp-*`` beside it) is removed on errors and ignored otherwise.
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes a private (0700) folder; the result should look like any other
-    try:
-        write(tmp)
-        _fsync_tree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if target.exists():
-        # A folder cannot be renamed over a non-empty one: move the old one aside first. Between the two
-        # renames the old complete folder is still on disk under the ``.old-`` name.
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-    return target
-
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # How a tokenizer was loaded, which transformers 5.24 writes into tokenizer_config.json (softprompt_hf._upstream,
@@ -317,9 +236,6 @@ def save_adapter(
     Only the main process should call this in a distributed run; under FSDP2, inside
     ``softprompt_hf.sharding.gathered_root(model)`` entered by every process.
     """
-    # Imported here: the card module imports the metrics, which import this module's atomic writers.
-    from .card import ModelCardInputs, model_card_inputs, render_model_card, with_base_model
-
     target = Path(output_dir)
     _check_adapter_folder(target)
     configs = getattr(model, "peft_config", None)

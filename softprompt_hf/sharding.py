@@ -46,6 +46,7 @@ __all__ = [
     "gather_root",
     "run_sharded",
     "sharded_by_fsdp",
+    "trainable_state",
 ]
 
 logger = logging.get_logger(__name__)
@@ -162,6 +163,16 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """The trainable parameters of ``model`` (a soft prompt's), each whole, detached, on the CPU: what a
+    checkpoint holds. Under FSDP2 each parameter is gathered (a collective: every process calls it)."""
+    return {
+        name: full_tensor(param.detach()).cpu().contiguous()
+        for name, param in model.named_parameters()
+        if param.requires_grad
+    }
 
 
 @torch.no_grad()

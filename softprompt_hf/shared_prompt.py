@@ -25,8 +25,8 @@ from torch.utils.hooks import RemovableHandle
 from transformers import DynamicCache
 from transformers.utils import logging
 
-from ._decoding import cache_key_values, prefix_cache
 from ._upstream import activation_checkpointing_enabled, attention_windows, cache_argument, takes_cache
+from .kv_cache import cache_key_values, prefix_cache
 
 __all__ = ["enable_shared_prompt"]
 

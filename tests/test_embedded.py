@@ -31,10 +31,11 @@ from softprompt_hf.embedded.build_data import (
     features,
     text_features,
 )
-from softprompt_hf.embedded.build_model import BuildSettings, file_sha256
+from softprompt_hf.embedded.build_model import BuildSettings
 from softprompt_hf.embedded.scoring import generate_labels, label_accuracy, text_rouge_l
 from softprompt_hf.embedded.tasks import BARE_TASK_WEIGHTS, TASKS, TEMPLATE, TOPIC_PHRASES, describe, iter_examples
 from softprompt_hf.embedded.tweets import MAX_WORDS, MIN_WORDS, TweetGenerator
+from softprompt_hf.files import sha256_of_file
 from softprompt_hf.text_metrics import load_text_metric
 
 MODEL_DIR = Path(EMBEDDED_MODEL_PATH)
@@ -172,7 +173,7 @@ def test_manifest_checksums_match_the_shipped_files(manifest):
     shipped = sorted(p.name for p in MODEL_DIR.iterdir() if p.is_file() and p.name != "manifest.json")
     assert sorted(manifest["sha256"]) == shipped
     for name, digest in manifest["sha256"].items():
-        assert file_sha256(MODEL_DIR / name) == digest, f"{name} changed: rebuild it (README)"
+        assert sha256_of_file(MODEL_DIR / name) == digest, f"{name} changed: rebuild it (README)"
     assert sum((MODEL_DIR / name).stat().st_size for name in shipped) <= 10 * 2**20
     assert all(Path(path).stat().st_size <= 300 * 2**10 for path in EMBEDDED_DATA_FILES.values())
 

@@ -17,13 +17,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTr
 
 from softprompt_hf import build_soft_prompt_model
 from softprompt_hf.card import ModelCardInputs, render_model_card
+from softprompt_hf.files import atomic_write_json, atomic_write_text, replace_folder
 from softprompt_hf.prompt import DEFAULT_TEMPLATE
 from softprompt_hf.saving import (
     CARD_KEY,
     INFERENCE_CONFIG_NAME,
-    atomic_write_json,
-    atomic_write_text,
-    replace_folder,
     save_adapter,
 )
 

@@ -21,7 +21,6 @@ the last bits, and the scores in the manifest are what a rebuild must keep.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import random
@@ -41,8 +40,9 @@ from softprompt_hf.embedded import (
 from softprompt_hf.embedded.build_data import DATA_SEED, build_rows, build_text_rows
 from softprompt_hf.embedded.scoring import label_accuracy, text_rouge_l
 from softprompt_hf.embedded.tasks import TASKS, iter_examples
+from softprompt_hf.files import sha256_of_file
 
-__all__ = ["BuildSettings", "build_model", "file_sha256", "train_tokenizer"]
+__all__ = ["BuildSettings", "build_model", "train_tokenizer"]
 
 _DEFAULT_OUT = Path(__file__).resolve().parent / "model"
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>")  # ids 0-3, as in bloom's tokenizer
@@ -66,15 +66,6 @@ class BuildSettings:
     warmup_steps: int = 60
     weight_decay: float = 0.01
     num_threads: int = 2
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):
@@ -282,7 +273,7 @@ def _build(out_dir: Path, settings: BuildSettings, log) -> dict:
             "tokenizers": tokenizers.__version__,
         },
         "build_seconds": round(time.perf_counter() - started, 1),
-        "sha256": {name: file_sha256(out_dir / name) for name in files},
+        "sha256": {name: sha256_of_file(out_dir / name) for name in files},
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
     log(f"saved to {out_dir} in {manifest['build_seconds']}s")

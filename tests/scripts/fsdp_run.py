@@ -35,9 +35,9 @@ from transformers import TrainerCallback
 
 from softprompt_hf import GenerationMetrics, load_raft, save_adapter
 from softprompt_hf._upstream import exit_without_gloo_teardown
-from softprompt_hf.callbacks import _trainable_state, check_trainer, last_complete_checkpoint
+from softprompt_hf.callbacks import check_trainer, last_complete_checkpoint
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES
-from softprompt_hf.sharding import gathered_root, local_parameter_bytes
+from softprompt_hf.sharding import gathered_root, local_parameter_bytes, trainable_state
 
 STEPS, EVERY = 6, 3
 
@@ -114,7 +114,7 @@ def main(
             batch_size=4,
         )
         constrained_metrics = constrained.evaluate(model)
-        trainable = _trainable_state(model)  # every process: under FSDP2 the parameters are gathered
+        trainable = trainable_state(model)  # every process: under FSDP2 the parameters are gathered
         report = {
             "processes": state.num_processes,
             "losses": [log["loss"] for log in trainer.state.log_history if "loss" in log],
