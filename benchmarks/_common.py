@@ -30,7 +30,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BloomC
 from transformers.utils import logging as hf_logging
 
 from softprompt_hf import build_soft_prompt_model, load_raft
-from softprompt_hf._upstream import remove_prefix_cache_routing, route_prefix_cache_argument
+from softprompt_hf.core.upstream import remove_prefix_cache_routing, route_prefix_cache_argument
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
 
 METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")
@@ -178,7 +178,7 @@ def seed_generate_one_by_one(model: Any, tok: Any, texts: Sequence[str], max_new
     outputs = []
     model.eval()
     # The seed runs peft's own generate() on the model as plain peft builds it: build_soft_prompt_model's
-    # prefix-tuning hook (softprompt_hf._upstream, entry 2) refuses that generate()'s cache beside the prefix, so
+    # prefix-tuning hook (softprompt_hf.core.upstream, entry 2) refuses that generate()'s cache beside the prefix, so
     # it is off for the call.
     routed = remove_prefix_cache_routing(model)
     try:

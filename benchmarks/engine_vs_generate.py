@@ -29,8 +29,8 @@ import _common as c  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from softprompt_hf import generate_labels  # noqa: E402
-from softprompt_hf._decoding import generate_label_ids  # noqa: E402
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH  # noqa: E402
+from softprompt_hf.inference.labels import generate_label_ids  # noqa: E402
 
 LABELS = ["complaint", "no complaint"]
 MODELS = ("embedded", "cpu", "tiny")

@@ -8,7 +8,7 @@ positions a path runs, and the projections onto the vocabulary it computes; atte
 activations are left out, so the counts are a floor) and measures this device's matrix-product rate on the
 model's own two shapes: a layer's linear over a batch of prompts, and the vocabulary projection of a batch's
 last positions, both as one matrix product and as the package computes it for decoding (a chunk of the
-vocabulary at a time, reduced to the argmax, ``softprompt_hf.output_head.ChunkedOutputHead``; on a CPU for the
+vocabulary at a time, reduced to the argmax, ``softprompt_hf.inference.output_head.ChunkedOutputHead``; on a CPU for the
 rows of several batches decoded in step, 128 rows). Dividing gives
 the rows/s a path would reach if it did nothing but those products at those rates; and, as a bound for any
 implementation on this device, if every FLOP ran at the best of the measured rates. Table 4's measured rows/s
@@ -36,9 +36,9 @@ import _common as c  # noqa: E402
 import torch  # noqa: E402
 from eval_throughput import LABELS  # noqa: E402
 
-from softprompt_hf._decoding import _PROJECTION_ROWS, _common_prefix  # noqa: E402
-from softprompt_hf.output_head import ChunkedOutputHead  # noqa: E402
-from softprompt_hf.prompt import PromptTemplate
+from softprompt_hf.data.prompt import PromptTemplate
+from softprompt_hf.inference.labels import _PROJECTION_ROWS, _common_prefix  # noqa: E402
+from softprompt_hf.inference.output_head import ChunkedOutputHead  # noqa: E402
 
 HEADERS = [
     "path",

@@ -42,9 +42,9 @@ from softprompt_hf import (  # noqa: E402
     enable_label_only_logits,
     enable_shared_prompt,
 )
-from softprompt_hf.arguments import ACLSUM_TEMPLATE  # noqa: E402
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH  # noqa: E402
 from softprompt_hf.real import load_aclsum  # noqa: E402
+from softprompt_hf.training.arguments import ACLSUM_TEMPLATE  # noqa: E402
 
 MODELS = ("embedded", "tiny")
 TASKS = ("labels", "text", "aclsum")

@@ -51,7 +51,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     from transformers import Trainer, TrainingArguments
 
     from softprompt_hf import GenerationMetrics, SoftPromptDataCollator
-    from softprompt_hf.label_logits import enable_label_only_logits
+    from softprompt_hf.modeling.label_logits import enable_label_only_logits
 
     c.quiet()
     c.set_threads(args.threads)

@@ -34,9 +34,9 @@ import _common as c  # noqa: E402
 import torch  # noqa: E402
 
 from softprompt_hf import rank_labels  # noqa: E402
-from softprompt_hf._decoding import constrained_labels, generate_label_ids  # noqa: E402
-from softprompt_hf.metrics import match_label  # noqa: E402
-from softprompt_hf.prompt import PromptTemplate  # noqa: E402
+from softprompt_hf.data.prompt import PromptTemplate  # noqa: E402
+from softprompt_hf.evaluation.metrics import match_label  # noqa: E402
+from softprompt_hf.inference.labels import constrained_labels, generate_label_ids  # noqa: E402
 
 LABELS = ["complaint", "no complaint"]
 

@@ -38,7 +38,7 @@ from _common import (
     tokenizer,
 )
 
-from softprompt_hf._upstream import exit_without_gloo_teardown  # noqa: E402
+from softprompt_hf.core.upstream import exit_without_gloo_teardown  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCHER = REPO / "tests" / "scripts" / "cpu_fsdp.py"
@@ -51,8 +51,8 @@ def worker(out: Path, size: str) -> None:
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from softprompt_hf import GenerationMetrics, SoftPromptDataCollator
-    from softprompt_hf.callbacks import check_trainer
-    from softprompt_hf.sharding import local_parameter_bytes
+    from softprompt_hf.core.sharding import local_parameter_bytes
+    from softprompt_hf.training.callbacks import check_trainer
 
     quiet()
     tok = tokenizer()
@@ -86,7 +86,7 @@ def worker(out: Path, size: str) -> None:
     }
     (out / f"process_{state.process_index}.json").write_text(json.dumps(report))
     state.wait_for_everyone()
-    exit_without_gloo_teardown(0)  # not Trainer.end(): torch 2.13's gloo teardown can hang (_upstream entry 32)
+    exit_without_gloo_teardown(0)  # not Trainer.end(): torch 2.13's gloo teardown can hang (core.upstream entry 32)
 
 
 def launch(processes: int, size: str, out: Path) -> list[dict]:

@@ -30,8 +30,8 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 from softprompt_hf import build_soft_prompt_model, disable_soft_prompt_generate, enable_soft_prompt_generate
-from softprompt_hf._upstream import remove_prefix_cache_routing  # noqa: E402
-from softprompt_hf.prompt import PromptTemplate
+from softprompt_hf.core.upstream import remove_prefix_cache_routing  # noqa: E402
+from softprompt_hf.data.prompt import PromptTemplate
 
 # The options of build_soft_prompt_model for each method variant.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -152,7 +152,7 @@ def run_case(arch: str, variant: str, tok: Any, rows: list[list[int]], new_token
     model = build_model(arch, variant, tok)
     expected = [reference(model, prompt, new_tokens) for prompt in rows]
     # Stock: the model as plain peft builds it. build_soft_prompt_model also hooks prefix tuning's base model to
-    # take peft's past_key_values as cache (softprompt_hf._upstream, entry 2), and that hook refuses, with a
+    # take peft's past_key_values as cache (softprompt_hf.core.upstream, entry 2), and that hook refuses, with a
     # message naming the fix, the prefix and generate()'s own cache together: off for this column.
     remove_prefix_cache_routing(model)
     stock = generated(model, tok, rows, new_tokens)

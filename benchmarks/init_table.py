@@ -7,7 +7,7 @@
 
 For a model folder and a dataset (the Gemma recipe configs ``recipes/configs/<method>_gemma-3-270m_<dataset>.yaml``
 give the data, template, split and training settings of each method; ``--configs`` names others), every
-initialisation of every method it applies to (``softprompt_hf.initialization``: prompt tuning's TEXT,
+initialisation of every method it applies to (``softprompt_hf.modeling.initialization``: prompt tuning's TEXT,
 TEXT_WITHOUT_SPECIAL_TOKENS, CLASS_LABELS, SAMPLE_VOCAB and RANDOM; prefix tuning's RANDOM and TEXT; P-tuning's
 peft RANDOM, for reference) is trained once per seed, exactly as the recipe trains it (``start_run``,
 ``build_peft_config``, ``build_trainer``, ``trainer.train()``), without checkpoints or evaluations in between:
@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 from transformers import PrinterCallback, set_seed  # noqa: E402
 
-from softprompt_hf.arguments import parse_recipe_args  # noqa: E402
-from softprompt_hf.initialization import PREFIX_TUNING_INITS, PROMPT_TUNING_INITS  # noqa: E402
-from softprompt_hf.methods import build_peft_config  # noqa: E402
+from softprompt_hf.modeling.initialization import PREFIX_TUNING_INITS, PROMPT_TUNING_INITS  # noqa: E402
+from softprompt_hf.modeling.methods import build_peft_config  # noqa: E402
 from softprompt_hf.real import GEMMA_FOLDER_NAME, default_cache_dir  # noqa: E402
 from softprompt_hf.runner import build_trainer, start_run  # noqa: E402
+from softprompt_hf.training.arguments import parse_recipe_args  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "recipes" / "configs"

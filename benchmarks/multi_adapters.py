@@ -48,7 +48,7 @@ import torch  # noqa: E402
 from softprompt_hf import build_soft_prompt_model, load_adapters, save_adapter  # noqa: E402
 from softprompt_hf.constants import MODES  # noqa: E402
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH, label_tokenization_for  # noqa: E402
-from softprompt_hf.multi import predict_adapters  # noqa: E402
+from softprompt_hf.serving.multi import predict_adapters  # noqa: E402
 
 LABELS = ["complaint", "no complaint"]
 TEMPLATE = "{text_column} : {text} Label : "

@@ -6,8 +6,8 @@
 For each output layer (hidden size x vocabulary) and number of rows, in one process with the runs interleaved:
 what decoding needs from the projection (each row's argmax) and what rank mode needs (two tokens' log-softmax),
 computed the stock way (``layer(hidden)``, then ``argmax`` / ``log_softmax`` + ``gather``, the whole logits
-tensor in memory) and by ``softprompt_hf.output_head.ChunkedOutputHead`` (a chunk of the vocabulary at a time).
-Both must give the same argmax and the same log-probabilities (within 1e-4) before anything is timed.
+tensor in memory) and by ``softprompt_hf.inference.output_head.ChunkedOutputHead`` (a chunk of the vocabulary at a
+time). Both must give the same argmax and the same log-probabilities (within 1e-4) before anything is timed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 import torch  # noqa: E402
 
-from softprompt_hf.output_head import ChunkedOutputHead  # noqa: E402
+from softprompt_hf.inference.output_head import ChunkedOutputHead  # noqa: E402
 
 # GPT-2's, a Llama-1B-like and table 4's (bloomz' vocabulary at hidden 512).
 SHAPES = ["768x50257", "2048x32000", "512x250880"]

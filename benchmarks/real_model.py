@@ -10,7 +10,7 @@ Three subcommands, each printing markdown tables (``--json PATH`` also writes th
 - ``zero-shot``: the base model, untrained, scored on each dataset's validation rows exactly as the recipes score
   them (the Gemma recipe config's data, split, template, label boundary, ``max_length`` cut and eval batch size:
   the config is read by the recipes' own parser and ``softprompt_hf.runner``'s loaders), with
-  ``GenerationMetrics(...).evaluate(model)`` in every mode of ``softprompt_hf._decoding.MODES``, for two
+  ``GenerationMetrics(...).evaluate(model)`` in every mode of ``softprompt_hf.inference.labels.MODES``, for two
   templates: the config's, and the same preceded by the instruction that the prompt-tuning config uses as
   ``prompt_tuning_init_text``. rows/s: wall time of ``evaluate`` alone (model loaded, after a warm-up on two rows).
 - ``collect``: a table of finished recipe runs from their output folders: per-epoch validation scores (the last
@@ -48,12 +48,12 @@ import _common as c  # noqa: E402
 import torch  # noqa: E402
 
 from softprompt_hf import runner  # noqa: E402
-from softprompt_hf.arguments import RecipeArguments, parse_recipe_args  # noqa: E402
-from softprompt_hf.chat import ChatTemplate  # noqa: E402
 from softprompt_hf.constants import MODES  # noqa: E402
+from softprompt_hf.data.chat import ChatTemplate  # noqa: E402
 from softprompt_hf.embedded import label_tokenization_for  # noqa: E402
-from softprompt_hf.evaluation import GenerationMetrics  # noqa: E402
+from softprompt_hf.evaluation.compute_metrics import GenerationMetrics  # noqa: E402
 from softprompt_hf.real import BBC_NEWS_TOPICS, GEMMA_FOLDER_NAME, SMOLLM2_FOLDER_NAME, default_cache_dir  # noqa: E402
+from softprompt_hf.training.arguments import RecipeArguments, parse_recipe_args  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "recipes" / "configs"
@@ -267,7 +267,7 @@ def zero_shot(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 # -- eval-modes -------------------------------------------------------------------------------------------
 def eval_modes(args: argparse.Namespace) -> list[dict[str, Any]]:
-    from softprompt_hf.predict import load_adapter
+    from softprompt_hf.serving.predict import load_adapter
 
     modes = _modes(args.modes)
     print(c.header("A trained adapter in each mode", "python benchmarks/real_model.py" + c.flags(args)))

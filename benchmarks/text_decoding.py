@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from softprompt_hf._decoding import generate_label_ids  # noqa: E402
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH  # noqa: E402
+from softprompt_hf.inference.labels import generate_label_ids  # noqa: E402
 
 MODELS = ("embedded", "tiny")
 HEADERS = [

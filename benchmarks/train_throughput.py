@@ -51,9 +51,9 @@ from transformers import (  # noqa: E402
 )
 
 from softprompt_hf import SoftPromptDataCollator
-from softprompt_hf.label_logits import enable_label_only_logits  # noqa: E402
-from softprompt_hf.prompt import PromptTemplate
-from softprompt_hf.shared_prompt import enable_shared_prompt  # noqa: E402
+from softprompt_hf.data.prompt import PromptTemplate
+from softprompt_hf.modeling.label_logits import enable_label_only_logits  # noqa: E402
+from softprompt_hf.modeling.shared_prompt import enable_shared_prompt  # noqa: E402
 
 
 @contextlib.contextmanager

@@ -17,8 +17,8 @@ import sys
 
 from peft import PromptEncoderConfig, PromptEncoderReparameterizationType, TaskType
 
-from softprompt_hf.arguments import parse_recipe_args
 from softprompt_hf.runner import build_trainer, finish_recipe, run_recipe, start_run
+from softprompt_hf.training.arguments import parse_recipe_args
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

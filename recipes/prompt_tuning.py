@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import sys
 
-from softprompt_hf.arguments import parse_recipe_args
-from softprompt_hf.methods import build_peft_config
+from softprompt_hf.modeling.methods import build_peft_config
 from softprompt_hf.runner import build_trainer, finish_recipe, run_recipe, start_run
+from softprompt_hf.training.arguments import parse_recipe_args
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -22,73 +22,79 @@ README's "Package layout" says which module does what):
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from .constants import __version__ as __version__  # light: no torch, transformers or peft
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is imported when first used (below)
-    from ._decoding import constrained_labels, generate_labels, generate_texts, rank_labels
-    from .arguments import SoftPromptTrainingArguments
-    from .callbacks import SoftPromptCheckpointCallback, SoftPromptGuardCallback
-    from .chat import ChatTemplate
-    from .collator import SoftPromptDataCollator
-    from .data import TextData, load_classification_data, load_raft, load_text_data
-    from .evaluation import GenerationMetrics, TextGenerationMetrics
-    from .export import export_soft_prompt
-    from .generate import disable_soft_prompt_generate, enable_soft_prompt_generate, soft_prompt_generate
-    from .hub import HubPushCallback, HubPushError, push_adapter
-    from .label_logits import enable_label_only_logits
-    from .methods import SoftPromptArguments, build_soft_prompt_model
-    from .multi import LoadedAdapters, load_adapters
-    from .predict import predict
-    from .prompt import PromptTemplate
-    from .saving import save_adapter
-    from .shared_prompt import enable_shared_prompt
-    from .text_metrics import TEXT_METRICS, Bleu, Chrf, ExactMatch, Rouge, default_text_metrics, load_text_metric
+    from .adapter.hub import HubPushCallback, HubPushError, push_adapter
+    from .adapter.saving import save_adapter
+    from .data.chat import ChatTemplate
+    from .data.collator import SoftPromptDataCollator
+    from .data.loading import TextData, load_classification_data, load_raft, load_text_data
+    from .data.prompt import PromptTemplate
+    from .evaluation.compute_metrics import GenerationMetrics, TextGenerationMetrics
+    from .evaluation.text_metrics import (
+        TEXT_METRICS,
+        Bleu,
+        Chrf,
+        ExactMatch,
+        Rouge,
+        default_text_metrics,
+        load_text_metric,
+    )
+    from .inference.generate import disable_soft_prompt_generate, enable_soft_prompt_generate, soft_prompt_generate
+    from .inference.labels import constrained_labels, generate_labels, generate_texts, rank_labels
+    from .modeling.label_logits import enable_label_only_logits
+    from .modeling.methods import SoftPromptArguments, build_soft_prompt_model
+    from .modeling.shared_prompt import enable_shared_prompt
+    from .serving.export import export_soft_prompt
+    from .serving.multi import LoadedAdapters, load_adapters
+    from .serving.predict import predict
+    from .training.arguments import SoftPromptTrainingArguments
+    from .training.callbacks import SoftPromptCheckpointCallback, SoftPromptGuardCallback
 
 # Where each public name lives. `import softprompt_hf` (and so `softprompt-hf --help`) loads none of torch,
 # transformers or peft, which takes seconds; `softprompt_hf.<name>` imports its module on first use.
 _MODULES = {
-    "constrained_labels": "_decoding",
-    "generate_labels": "_decoding",
-    "generate_texts": "_decoding",
-    "rank_labels": "_decoding",
-    "SoftPromptTrainingArguments": "arguments",
-    "SoftPromptCheckpointCallback": "callbacks",
-    "SoftPromptGuardCallback": "callbacks",
-    "ChatTemplate": "chat",
-    "SoftPromptDataCollator": "collator",
-    "load_classification_data": "data",
-    "load_raft": "data",
-    "load_text_data": "data",
-    "TextData": "data",
-    "GenerationMetrics": "evaluation",
-    "TextGenerationMetrics": "evaluation",
-    "export_soft_prompt": "export",
-    "disable_soft_prompt_generate": "generate",
-    "enable_soft_prompt_generate": "generate",
-    "soft_prompt_generate": "generate",
-    "HubPushCallback": "hub",
-    "HubPushError": "hub",
-    "push_adapter": "hub",
-    "enable_label_only_logits": "label_logits",
-    "SoftPromptArguments": "methods",
-    "build_soft_prompt_model": "methods",
-    "LoadedAdapters": "multi",
-    "load_adapters": "multi",
-    "predict": "predict",
-    "PromptTemplate": "prompt",
-    "save_adapter": "saving",
-    "enable_shared_prompt": "shared_prompt",
-    "Bleu": "text_metrics",
-    "Chrf": "text_metrics",
-    "ExactMatch": "text_metrics",
-    "Rouge": "text_metrics",
-    "TEXT_METRICS": "text_metrics",
-    "default_text_metrics": "text_metrics",
-    "load_text_metric": "text_metrics",
+    "constrained_labels": "inference.labels",
+    "generate_labels": "inference.labels",
+    "generate_texts": "inference.labels",
+    "rank_labels": "inference.labels",
+    "SoftPromptTrainingArguments": "training.arguments",
+    "SoftPromptCheckpointCallback": "training.callbacks",
+    "SoftPromptGuardCallback": "training.callbacks",
+    "ChatTemplate": "data.chat",
+    "SoftPromptDataCollator": "data.collator",
+    "load_classification_data": "data.loading",
+    "load_raft": "data.loading",
+    "load_text_data": "data.loading",
+    "TextData": "data.loading",
+    "GenerationMetrics": "evaluation.compute_metrics",
+    "TextGenerationMetrics": "evaluation.compute_metrics",
+    "export_soft_prompt": "serving.export",
+    "disable_soft_prompt_generate": "inference.generate",
+    "enable_soft_prompt_generate": "inference.generate",
+    "soft_prompt_generate": "inference.generate",
+    "HubPushCallback": "adapter.hub",
+    "HubPushError": "adapter.hub",
+    "push_adapter": "adapter.hub",
+    "enable_label_only_logits": "modeling.label_logits",
+    "SoftPromptArguments": "modeling.methods",
+    "build_soft_prompt_model": "modeling.methods",
+    "LoadedAdapters": "serving.multi",
+    "load_adapters": "serving.multi",
+    "predict": "serving.predict",
+    "PromptTemplate": "data.prompt",
+    "save_adapter": "adapter.saving",
+    "enable_shared_prompt": "modeling.shared_prompt",
+    "Bleu": "evaluation.text_metrics",
+    "Chrf": "evaluation.text_metrics",
+    "ExactMatch": "evaluation.text_metrics",
+    "Rouge": "evaluation.text_metrics",
+    "TEXT_METRICS": "evaluation.text_metrics",
+    "default_text_metrics": "evaluation.text_metrics",
+    "load_text_metric": "evaluation.text_metrics",
 }
 
 
@@ -103,18 +109,6 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_MODULES))
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Importing the submodule softprompt_hf.predict binds the module to the package's name `predict`, which
-        # is the function: the function keeps the name (as when this file imported it eagerly).
-        if isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}" and name in _MODULES:
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 __all__ = [

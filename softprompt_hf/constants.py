@@ -28,7 +28,7 @@ MODES = ("generate", "rank", "constrained")
 #: What a run's targets are: a closed set of labels, or free text (summaries, answers), scored by generation.
 TASKS = ("classification", "text")
 
-#: The text metrics the package ships (``softprompt_hf.text_metrics.TEXT_METRICS``), by name.
+#: The text metrics the package ships (``softprompt_hf.evaluation.text_metrics.TEXT_METRICS``), by name.
 TEXT_METRIC_NAMES = ("rouge", "bleu", "chrf", "exact_match")
 
 #: The ways a prompt and its label are tokenized (``PromptTemplate.label_tokenization``): ``"joint"`` (the

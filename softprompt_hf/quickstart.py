@@ -24,9 +24,10 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
-from .card import ModelCardCallback
-from .collator import SoftPromptDataCollator
-from .data import load_raft, load_text_data
+from .adapter.card import ModelCardCallback
+from .adapter.saving import save_adapter
+from .data.collator import SoftPromptDataCollator
+from .data.loading import load_raft, load_text_data
 from .embedded import (
     DESCRIPTION_COLUMN,
     EMBEDDED_DATA_FILES,
@@ -35,9 +36,8 @@ from .embedded import (
     TEXT_COLUMN,
     label_tokenization_for,
 )
-from .evaluation import GenerationMetrics, TextGenerationMetrics
-from .methods import SoftPromptArguments, build_soft_prompt_model
-from .saving import save_adapter
+from .evaluation.compute_metrics import GenerationMetrics, TextGenerationMetrics
+from .modeling.methods import SoftPromptArguments, build_soft_prompt_model
 
 _TRAINING_DEFAULTS = {
     "output_dir": "outputs/quickstart",

@@ -42,7 +42,8 @@ import datasets
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from .data import (
+from .core.files import atomic_write_json, atomic_write_text, replace_folder, sha256_of_file
+from .data.loading import (
     ClassificationData,
     TextData,
     load_classification_data,
@@ -50,7 +51,6 @@ from .data import (
     stratified_split,
     validation_count,
 )
-from .files import atomic_write_json, atomic_write_text, replace_folder, sha256_of_file
 
 logger = logging.get_logger(__name__)
 
@@ -312,7 +312,7 @@ def prepare_model_from_gguf(
     If ``target`` exists, it is checked against its manifest and returned as it is ([`verify_prepared_folder`];
     ``force=True`` prepares it again instead). Otherwise the parts are concatenated and checked against
     ``expected_sha256``, the model is loaded with transformers' GGUF loader (dequantised, float32), its GGUF
-    quantizer is dropped so that it can be saved (``softprompt_hf._upstream`` entry 27), and model, tokenizer,
+    quantizer is dropped so that it can be saved (``softprompt_hf.core.upstream`` entry 27), and model, tokenizer,
     ``extra_files``, ``NOTICE`` and the manifest are written into a temporary folder that is renamed to ``target``
     only once complete. An interrupted run leaves at most a ``.<name>.tmp-*`` folder, which nothing trusts and the
     next run deletes.
@@ -349,7 +349,7 @@ def prepare_model_from_gguf(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ._upstream import drop_gguf_quantizer
+    from .core.upstream import drop_gguf_quantizer
 
     start = time.monotonic()
     part_paths = [Path(part) for part in parts]

@@ -1,11 +1,11 @@
 """What the recipes in ``recipes/`` share: a run's start, its Trainer and its end.
 
-A recipe parses its arguments (``softprompt_hf.arguments.parse_recipe_args``), builds its method's peft config
+A recipe parses its arguments (``softprompt_hf.training.arguments.parse_recipe_args``), builds its method's peft config
 itself, and makes three calls: ``start_run`` (logging, the Hub push taken over, the output folder checked, the
 seed, data, tokenizer and metrics), ``build_trainer`` (the base model wrapped with the peft config, a stock
 ``Trainer`` with our collator, metrics and callbacks) and, after ``trainer.train()``, ``finish_recipe``
 (the final evaluation, the outputs, the push and ``Trainer.end()``). ``run_recipe`` runs a recipe's ``main``,
-reports bad input in one line, and ends a gloo process without its teardown (``_upstream`` entry 32).
+reports bad input in one line, and ends a gloo process without its teardown (``core.upstream`` entry 32).
 """
 
 from __future__ import annotations
@@ -38,9 +38,40 @@ from transformers import (
 )
 from transformers.utils import logging
 
-from . import _upstream
-from .arguments import DataArguments, ModelArguments, RecipeArguments, SoftPromptTrainingArguments, fsdp_requested
-from .callbacks import (
+from .adapter.card import ModelCardCallback, is_hub_id, is_local_path
+from .adapter.hub import HubPushError, check_push_access, push_adapter_folder
+from .adapter.saving import save_adapter
+from .constants import DEFAULT_TIMEOUT
+from .core import upstream
+from .core.files import atomic_write_json
+from .core.sharding import gathered_root
+from .data.chat import ChatTemplate, prompt_format
+from .data.collator import SoftPromptDataCollator
+from .data.loading import (
+    ClassificationData,
+    TextData,
+    load_classification_data,
+    load_raft,
+    load_text_data,
+    stratified_split,
+)
+from .data.prompt import PromptFormat, PromptTemplate
+from .embedded import EMBEDDED_DATA_FILES, label_tokenization_for
+from .evaluation.compute_metrics import GenerationMetrics, TextGenerationMetrics
+from .evaluation.metrics import write_predictions, write_raft_submission
+from .modeling.initialization import SoftPromptInit
+from .modeling.label_logits import enable_label_only_logits
+from .modeling.methods import build_soft_prompt_model
+from .modeling.shared_prompt import enable_shared_prompt
+from .real import ExtraNotInstalledError, load_aclsum, load_bbc_news
+from .training.arguments import (
+    DataArguments,
+    ModelArguments,
+    RecipeArguments,
+    SoftPromptTrainingArguments,
+    fsdp_requested,
+)
+from .training.callbacks import (
     ParameterSummaryCallback,
     SamplePredictionsCallback,
     SoftPromptCheckpointCallback,
@@ -49,24 +80,6 @@ from .callbacks import (
     check_trainer,
     last_complete_checkpoint,
 )
-from .card import ModelCardCallback, is_hub_id, is_local_path
-from .chat import ChatTemplate, prompt_format
-from .collator import SoftPromptDataCollator
-from .constants import DEFAULT_TIMEOUT
-from .data import ClassificationData, TextData, load_classification_data, load_raft, load_text_data, stratified_split
-from .embedded import EMBEDDED_DATA_FILES, label_tokenization_for
-from .evaluation import GenerationMetrics, TextGenerationMetrics
-from .files import atomic_write_json
-from .hub import HubPushError, check_push_access, push_adapter_folder
-from .initialization import SoftPromptInit
-from .label_logits import enable_label_only_logits
-from .methods import build_soft_prompt_model
-from .metrics import write_predictions, write_raft_submission
-from .prompt import PromptFormat, PromptTemplate
-from .real import ExtraNotInstalledError, load_aclsum, load_bbc_news
-from .saving import save_adapter
-from .sharding import gathered_root
-from .shared_prompt import enable_shared_prompt
 
 logger = logging.get_logger(__name__)
 
@@ -174,9 +187,9 @@ def finish_recipe(trainer: Trainer, run: RecipeRun) -> dict[str, Any]:
     ``trainer.end()`` (trackers finish, the process group is destroyed).
 
     A gloo group (processes on CPU) is not destroyed: torch 2.13's gloo teardown can hang or crash a run whose
-    work had all finished (``_upstream`` entry 32). ``run_recipe`` then ends the process without tearing the
+    work had all finished (``core.upstream`` entry 32). ``run_recipe`` then ends the process without tearing the
     group down; a script that calls a recipe's ``main`` itself should end its processes the same way
-    (``softprompt_hf._upstream.exit_without_gloo_teardown``). Returns the final validation metrics.
+    (``softprompt_hf.core.upstream.exit_without_gloo_teardown``). Returns the final validation metrics.
     """
     args = run.args
     results = finish_run(
@@ -195,7 +208,7 @@ def finish_recipe(trainer: Trainer, run: RecipeRun) -> dict[str, Any]:
         print(_summary_line(args.prompt.method, results, run.data, str(args.training.output_dir)))
     # Trainer.end() destroys the process group without waiting: the main process may still be writing or pushing.
     trainer.accelerator.wait_for_everyone()
-    if _upstream.gloo_group_alive():
+    if upstream.gloo_group_alive():
         for tracker in trainer.accelerator.trackers:  # what Trainer.end() does besides destroying the group
             tracker.finish()
     else:
@@ -360,7 +373,7 @@ def _load_tokenizer(model_args: ModelArguments) -> PreTrainedTokenizerBase:
     _check_model_source(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-    # ValueError: a folder without tokenizer files (transformers 5.24; listed in softprompt_hf._upstream).
+    # ValueError: a folder without tokenizer files (transformers 5.24; listed in softprompt_hf.core.upstream).
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if is_local_path(source):
@@ -644,7 +657,7 @@ def push_run(trainer: Trainer, repo: HubTarget | str, model_args: ModelArguments
     """Push the run's saved ``adapter/`` folder to ``repo`` (main process only).
 
     ``repo`` is what ``_take_over_hub_push`` returned (or a repository id: then the token is the saved login or
-    ``HF_TOKEN``). Raises ``softprompt_hf.hub.HubPushError`` (which says what happened and gives the command
+    ``HF_TOKEN``). Raises ``softprompt_hf.adapter.hub.HubPushError`` (which says what happened and gives the command
     that pushes the saved folder later) on failure.
     """
     if not trainer.is_world_process_zero():
@@ -723,7 +736,7 @@ def run_recipe(main: Callable[[list[str]], Any], argv: list[str] | None = None) 
 
     A process that a launcher started (``WORLD_SIZE`` set) in a gloo group (distributed on CPU) does not return:
     once the exit handlers have run it ends with ``os._exit`` and this exit code (a bug's traceback printed first),
-    so that torch 2.13's gloo teardown, which can hang or crash there, never runs (``_upstream`` entry 32).
+    so that torch 2.13's gloo teardown, which can hang or crash there, never runs (``core.upstream`` entry 32).
     """
     try:
         main(sys.argv[1:] if argv is None else argv)
@@ -731,15 +744,15 @@ def run_recipe(main: Callable[[list[str]], Any], argv: list[str] | None = None) 
     except Exception as err:
         message = user_error_message(err)
         if message is None or os.environ.get(TRACEBACK_ENV, "").lower() in ("1", "true", "yes"):
-            if not _upstream.launched_gloo_process():
+            if not upstream.launched_gloo_process():
                 raise
             traceback.print_exc()  # what the interpreter prints for an uncaught exception, then exit code 1
         else:
             print(f"error: {message}", file=sys.stderr)
         code = 1
     # No barrier after an error: the other processes may have failed too, or be waiting elsewhere.
-    if _upstream.launched_gloo_process():
-        _upstream.exit_without_gloo_teardown(code)
+    if upstream.launched_gloo_process():
+        upstream.exit_without_gloo_teardown(code)
     if code and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     return code

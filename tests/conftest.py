@@ -164,7 +164,7 @@ def method_options(method: str, **options) -> dict:
     """``method=method`` and those of ``options`` that apply to it: ``SoftPromptArguments`` refuses an option of
     another method (``prompt_tuning_init`` for P-tuning, ``encoder_hidden_size`` for prefix tuning without
     projection), so a test run over the three methods passes each only its own."""
-    from softprompt_hf.methods import METHOD_OPTIONS
+    from softprompt_hf.modeling.methods import METHOD_OPTIONS
 
     kept = {name: value for name, value in options.items() if method in METHOD_OPTIONS.get(name, (method,))}
     if method == "prefix_tuning" and not kept.get("prefix_projection"):
@@ -222,7 +222,7 @@ def train_a_few_steps(model, tokenizer, output_dir, steps: int = 4):
 @torch.no_grad()
 def next_token_logits(model, tokenizer, texts) -> torch.Tensor:
     """The model's next-token logits after each text's prompt, one text at a time (eval mode)."""
-    from softprompt_hf.prompt import PromptTemplate
+    from softprompt_hf.data.prompt import PromptTemplate
 
     model.eval()
     rows = []

@@ -17,8 +17,8 @@ from conftest import METHODS
 from transformers import TrainingArguments
 
 from softprompt_hf import runner
-from softprompt_hf.arguments import _ARGUMENT_CLASSES, SoftPromptTrainingArguments, parse_recipe_args
-from softprompt_hf.methods import SoftPromptArguments, build_peft_config
+from softprompt_hf.modeling.methods import SoftPromptArguments, build_peft_config
+from softprompt_hf.training.arguments import _ARGUMENT_CLASSES, SoftPromptTrainingArguments, parse_recipe_args
 
 REPO = Path(__file__).resolve().parents[1]
 

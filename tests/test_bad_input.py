@@ -32,12 +32,12 @@ from hub_server import BASE_ID, TOKEN, hub_fixture  # noqa: F401  (hub fixture)
 from transformers import AutoModelForCausalLM, AutoTokenizer, BloomConfig
 
 from softprompt_hf import build_soft_prompt_model
-from softprompt_hf.callbacks import CHECKPOINT_MARKER_NAME, SOFT_PROMPT_STATE_NAME
+from softprompt_hf.adapter.saving import save_adapter
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
-from softprompt_hf.predict import load_adapter
 from softprompt_hf.runner import run_recipe, user_error_message
-from softprompt_hf.saving import save_adapter
+from softprompt_hf.serving.predict import load_adapter
+from softprompt_hf.training.callbacks import CHECKPOINT_MARKER_NAME, SOFT_PROMPT_STATE_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -604,7 +604,7 @@ def test_a_bug_keeps_its_traceback_and_the_env_var_shows_every_traceback(monkeyp
         run_recipe(foreign, [])
 
     def bad_input(argv):
-        from softprompt_hf.prompt import PromptTemplate
+        from softprompt_hf.data.prompt import PromptTemplate
 
         PromptTemplate("no field")
 

@@ -15,7 +15,7 @@ from conftest import METHODS
 from safetensors.torch import load_file
 from transformers import DataCollatorWithFlattening, EarlyStoppingCallback, Trainer
 
-from softprompt_hf.callbacks import (
+from softprompt_hf.training.callbacks import (
     CHECKPOINT_MARKER_NAME,
     LAST_CHECKPOINT_NAME,
     SOFT_PROMPT_STATE_NAME,

@@ -28,17 +28,17 @@ from trained_adapters import (
 )
 
 import softprompt_hf
-from softprompt_hf._upstream import cache_argument
-from softprompt_hf.card import (
+from softprompt_hf.adapter.card import (
     ModelCardCallback,
     ModelCardInputs,
     build_model_card,
     model_card_inputs,
     render_model_card,
 )
-from softprompt_hf.hub import push_adapter
-from softprompt_hf.metrics import classification_report, match_label
-from softprompt_hf.predict import predict
+from softprompt_hf.adapter.hub import push_adapter
+from softprompt_hf.core.upstream import cache_argument
+from softprompt_hf.evaluation.metrics import classification_report, match_label
+from softprompt_hf.serving.predict import predict
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

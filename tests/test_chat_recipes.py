@@ -19,9 +19,9 @@ from test_recipes import load_recipe
 from trained_adapters import one_thread
 
 from softprompt_hf import ChatTemplate, predict
-from softprompt_hf.arguments import CHAT_USER_DEFAULT, parse_recipe_args
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.runner import _build_collator, start_run
+from softprompt_hf.training.arguments import CHAT_USER_DEFAULT, parse_recipe_args
 
 pytestmark = pytest.mark.usefixtures("restore_recipe_logging", one_thread.__name__)
 

@@ -1,4 +1,4 @@
-"""softprompt_hf.chat: prompts in an instruct model's chat template, targets ending with its end-of-turn token.
+"""softprompt_hf.data.chat: prompts in an instruct model's chat template, targets ending with its end-of-turn token.
 
 Three chat formats are built in the session on the tiny tokenizer: ChatML (SmolLM2, Qwen), Gemma's (which writes
 ``{{ bos_token }}``, here on a tokenizer that also adds BOS by itself) and Llama 3's.
@@ -30,10 +30,10 @@ from softprompt_hf import (
     rank_labels,
     save_adapter,
 )
-from softprompt_hf._decoding import generate_label_ids
-from softprompt_hf.card import ModelCardCallback
+from softprompt_hf.adapter.card import ModelCardCallback
+from softprompt_hf.adapter.saving import INFERENCE_CONFIG_NAME
 from softprompt_hf.cli import main as cli_main
-from softprompt_hf.saving import INFERENCE_CONFIG_NAME
+from softprompt_hf.inference.labels import generate_label_ids
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

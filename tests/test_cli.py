@@ -81,11 +81,17 @@ def test_the_package_imports_no_framework_until_a_name_is_used():
         "print(json.dumps({'before': before, 'after': sorted(sys.modules), 'name': metrics.__module__}))"
     )
     assert FRAMEWORKS.isdisjoint(name.split(".")[0] for name in answer["before"])
-    assert "torch" in answer["after"] and answer["name"] == "softprompt_hf.evaluation"
+    assert "torch" in answer["after"] and answer["name"] == "softprompt_hf.evaluation.compute_metrics"
 
 
-def test_every_public_name_is_its_modules_object_and_predict_stays_the_function():
-    import softprompt_hf.predict  # the submodule of the same name as the function
+def test_every_public_name_is_its_modules_object_and_no_module_takes_its_name():
+    import softprompt_hf.serving.predict  # a module named like a public function, one level down
+
+    # Importing a submodule binds it to the package under its own name: none may be named like a public name.
+    package = Path(softprompt_hf.__file__).parent
+    submodules = {path.stem for path in package.glob("*.py")}
+    submodules |= {path.name for path in package.iterdir() if path.is_dir()}
+    assert submodules.isdisjoint(softprompt_hf.__all__)
 
     for name in softprompt_hf.__all__:
         value = getattr(softprompt_hf, name)
@@ -94,7 +100,7 @@ def test_every_public_name_is_its_modules_object_and_predict_stays_the_function(
         assert getattr(sys.modules[home], name) is value, name
     from softprompt_hf import predict
 
-    assert callable(predict) and predict.__module__ == "softprompt_hf.predict"
+    assert callable(predict) and predict.__module__ == "softprompt_hf.serving.predict"
     assert set(softprompt_hf.__all__) <= set(dir(softprompt_hf))
     with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
         softprompt_hf.no_such_name  # noqa: B018

@@ -6,7 +6,7 @@ from conftest import labelled_rows
 from transformers import PreTrainedTokenizer
 
 from softprompt_hf import SoftPromptDataCollator
-from softprompt_hf.prompt import DEFAULT_TEMPLATE, PromptTemplate
+from softprompt_hf.data.prompt import DEFAULT_TEMPLATE, PromptTemplate
 
 ROW = {"ID": 7, "Tweet text": "@Acme my order never arrived", "Label": 1, "text_label": "no complaint"}
 

@@ -21,20 +21,20 @@ from trained_adapters import EMBEDDED_TEMPLATE, embedded_adapter, embedded_texts
 from transformers import AutoModelForCausalLM
 
 from softprompt_hf import GenerationMetrics
-from softprompt_hf._decoding import (
+from softprompt_hf.cli import build_parser
+from softprompt_hf.cli import main as cli_main
+from softprompt_hf.constants import LABEL_TOKENIZATIONS
+from softprompt_hf.data.prompt import PromptTemplate
+from softprompt_hf.inference.labels import (
     MODES,
     _CachedDecoder,
     _LabelTrie,
     constrained_labels,
     generate_label_ids,
 )
-from softprompt_hf.arguments import parse_recipe_args
-from softprompt_hf.cli import build_parser
-from softprompt_hf.cli import main as cli_main
-from softprompt_hf.constants import LABEL_TOKENIZATIONS
-from softprompt_hf.output_head import ChunkedOutputHead
-from softprompt_hf.predict import predict
-from softprompt_hf.prompt import PromptTemplate
+from softprompt_hf.inference.output_head import ChunkedOutputHead
+from softprompt_hf.serving.predict import predict
+from softprompt_hf.training.arguments import parse_recipe_args
 
 EOS = 2
 # "no" is a prefix of "no complaint"; "complaint" and "no complaint" share their last tokens.

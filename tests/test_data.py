@@ -9,7 +9,7 @@ import datasets  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from softprompt_hf.data import (  # noqa: E402
+from softprompt_hf.data.loading import (  # noqa: E402
     RAFT_CLASS_NAMES,
     ClassificationData,
     k_fold_splits,

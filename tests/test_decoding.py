@@ -1,4 +1,5 @@
-"""softprompt_hf._decoding: generate_labels and rank_labels, batched as one by one, cached as the training forward."""
+"""softprompt_hf.inference.labels: generate_labels and rank_labels, batched as one by one, cached as the training
+forward."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from conftest import (
 )
 from transformers import AutoModelForCausalLM
 
-from softprompt_hf import _decoding, generate_labels, rank_labels
-from softprompt_hf._decoding import _CachedDecoder, generate_label_ids
-from softprompt_hf.output_head import ChunkedOutputHead
-from softprompt_hf.prompt import PromptTemplate
+from softprompt_hf import generate_labels, rank_labels
+from softprompt_hf.data.prompt import PromptTemplate
+from softprompt_hf.inference import labels as _decoding
+from softprompt_hf.inference.labels import _CachedDecoder, generate_label_ids
+from softprompt_hf.inference.output_head import ChunkedOutputHead
 
 LABELS = ["complaint", "no complaint"]
 

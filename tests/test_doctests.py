@@ -99,7 +99,7 @@ def _ready_objects(names: set[str], folder: Path) -> dict[str, Any]:
 
 def _publish_adapter(hub: HubServer, objects: dict[str, Any], folder: Path) -> None:
     """Publishes ``model`` as ``ADAPTER_ID``, with the label set that ``predict`` reads from ``softprompt_hf.json``."""
-    from softprompt_hf.saving import INFERENCE_CONFIG_NAME, save_adapter
+    from softprompt_hf.adapter.saving import INFERENCE_CONFIG_NAME, save_adapter
 
     saved = save_adapter(
         objects["model"], folder / "published-adapter", tokenizer=objects["tokenizer"], base_model_id=BASE_ID

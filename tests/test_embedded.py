@@ -12,7 +12,8 @@ import torch
 from datasets import ClassLabel, load_dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, BloomForCausalLM
 
-from softprompt_hf.data import load_text_data
+from softprompt_hf.core.files import sha256_of_file
+from softprompt_hf.data.loading import load_text_data
 from softprompt_hf.embedded import (
     COMPLAINT_INSTRUCTION,
     DESCRIBE_INSTRUCTION,
@@ -35,8 +36,7 @@ from softprompt_hf.embedded.build_model import BuildSettings
 from softprompt_hf.embedded.scoring import generate_labels, label_accuracy, text_rouge_l
 from softprompt_hf.embedded.tasks import BARE_TASK_WEIGHTS, TASKS, TEMPLATE, TOPIC_PHRASES, describe, iter_examples
 from softprompt_hf.embedded.tweets import MAX_WORDS, MIN_WORDS, TweetGenerator
-from softprompt_hf.files import sha256_of_file
-from softprompt_hf.text_metrics import load_text_metric
+from softprompt_hf.evaluation.text_metrics import load_text_metric
 
 MODEL_DIR = Path(EMBEDDED_MODEL_PATH)
 SEED_INIT_TEXT = "Classify if the tweet is a complaint or no complaint.\n"  # the seed guide's, word for word
@@ -209,7 +209,7 @@ def test_model_and_tokenizer_load_offline(model_and_tokenizer, manifest):
 
 
 def test_template_is_the_package_default():
-    prompt = pytest.importorskip("softprompt_hf.prompt")
+    prompt = pytest.importorskip("softprompt_hf.data.prompt")
     assert prompt.PromptTemplate(text_column=TEXT_COLUMN).render("hello") == TEMPLATE.format(text="hello")
 
 

@@ -1,5 +1,5 @@
-"""softprompt_hf.export and ``softprompt-hf export``: a soft prompt exported as prompt embeddings, fed to the plain
-base model (no peft) as ``inputs_embeds = [exported | the base model's token embeddings]``, gives the adapter's
+"""softprompt_hf.serving.export and ``softprompt-hf export``: a soft prompt exported as prompt embeddings, fed to the
+plain base model (no peft) as ``inputs_embeds = [exported | the base model's token embeddings]``, gives the adapter's
 greedy outputs and label scores; Gemma's embedding scale applies to the token embeddings only."""
 
 from __future__ import annotations
@@ -20,17 +20,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import softprompt_hf
 from softprompt_hf import ChatTemplate, PromptTemplate, build_soft_prompt_model, generate_labels, rank_labels
-from softprompt_hf._decoding import decode_outputs, generate_label_ids
+from softprompt_hf.adapter.saving import save_adapter
 from softprompt_hf.cli import main as cli_main
-from softprompt_hf.export import (
+from softprompt_hf.inference.labels import decode_outputs, generate_label_ids
+from softprompt_hf.serving.export import (
     EXPORT_CONFIG_NAME,
     EXPORT_TENSOR_NAME,
     EXPORT_WEIGHTS_NAME,
     export_soft_prompt,
     soft_prompt_embeddings,
 )
-from softprompt_hf.predict import load_adapter, predict
-from softprompt_hf.saving import save_adapter
+from softprompt_hf.serving.predict import load_adapter, predict
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

@@ -1,7 +1,7 @@
 """FSDP2: soft prompts on a sharded frozen base train, evaluate, checkpoint, resume and save as in one process.
 
 The 2-process runs use gloo on CPU through tests/scripts/cpu_fsdp.py (accelerate 1.15 and 1.16 turn FSDP on only
-for accelerator devices; listed in softprompt_hf._upstream). Each compares with the same run in one process without
+for accelerator devices; listed in softprompt_hf.core.upstream). Each compares with the same run in one process without
 FSDP and the same global batch: generated texts and ranked labels equal, scores and weights within float32
 rounding (another reduction order), and each process holding half of the base model's parameters.
 
@@ -33,8 +33,8 @@ from transformers import AutoTokenizer, TrainerControl, TrainerState, TrainingAr
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
 from softprompt_hf import GenerationMetrics, generate_labels
-from softprompt_hf.arguments import fsdp_version_requested, parse_recipe_args
-from softprompt_hf.sharding import sharded_by_fsdp
+from softprompt_hf.core.sharding import sharded_by_fsdp
+from softprompt_hf.training.arguments import fsdp_version_requested, parse_recipe_args
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -72,7 +72,7 @@ def assert_same_tensors(got: Path, want: Path, atol: float) -> None:
 
 
 #: accelerate 1.16's FSDP2 prepares a model without an optimizer, as ``Trainer.evaluate()`` before any ``train()``
-#: asks; accelerate 1.15 refuses it (softprompt_hf._upstream entry 31).
+#: asks; accelerate 1.15 refuses it (softprompt_hf.core.upstream entry 31).
 FSDP2_PREPARES_A_MODEL_ALONE = Version(accelerate.__version__) >= Version("1.16")
 #: What an evaluation reports about itself rather than about the model.
 TIMINGS = ("eval_runtime", "eval_samples_per_second", "eval_steps_per_second", "eval_model_preparation_time")

@@ -19,8 +19,8 @@ from softprompt_hf import (
     enable_soft_prompt_generate,
     soft_prompt_generate,
 )
-from softprompt_hf._upstream import cache_argument, remove_prefix_cache_routing, route_prefix_cache_argument
-from softprompt_hf.prompt import PromptTemplate
+from softprompt_hf.core.upstream import cache_argument, remove_prefix_cache_routing, route_prefix_cache_argument
+from softprompt_hf.data.prompt import PromptTemplate
 
 ALL_ARCHS = ("gpt2", "llama", "qwen3", "bloom", "gpt_bigcode", *SLIDING_ARCHS)
 # The options of build_soft_prompt_model that ask for each method variant.

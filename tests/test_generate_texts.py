@@ -6,8 +6,8 @@ import pytest
 from conftest import ARCHS, METHODS, SLIDING_ARCHS, labelled_rows, tiny_soft_prompt_model, window_crossing_texts
 
 from softprompt_hf import generate_texts
-from softprompt_hf._decoding import generate_label_ids
-from softprompt_hf.prompt import PromptTemplate
+from softprompt_hf.data.prompt import PromptTemplate
+from softprompt_hf.inference.labels import generate_label_ids
 
 TEMPLATE = PromptTemplate("Title : {title} Tweet : {text} Summary : ", text_column="body")
 

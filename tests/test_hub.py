@@ -24,12 +24,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCa
 from transformers.utils import logging as hf_logging
 
 from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model
-from softprompt_hf._decoding import generate_label_ids
-from softprompt_hf.card import model_card_inputs, render_model_card
+from softprompt_hf.adapter.card import model_card_inputs, render_model_card
+from softprompt_hf.adapter.hub import HubPushCallback, HubPushError, push_adapter, push_adapter_folder
+from softprompt_hf.adapter.saving import save_adapter
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
-from softprompt_hf.hub import HubPushCallback, HubPushError, push_adapter, push_adapter_folder
-from softprompt_hf.saving import save_adapter
+from softprompt_hf.inference.labels import generate_label_ids
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

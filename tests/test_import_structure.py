@@ -1,6 +1,7 @@
-"""The package's imports, read from its source: no import cycle (counting every import, wherever it stands), no
-import of the package's own modules inside a function but the few listed below with their reason, and no private
-name (``_name``) of one module imported by another module or by a recipe.
+"""The package's imports, read from its source: every module in a layer (LAYERS) and none importing a higher one,
+no import cycle (counting every import, wherever it stands), no import of the package's own modules inside a
+function but the few listed below with their reason, and no private name (``_name``) of one module imported by
+another module or by a recipe.
 
 An import inside a function is how a cycle hides from Python: counted as an arrow like any other, it cannot hide
 here. Each check is also run on a small package written for it, which has the fault it must find."""
@@ -16,12 +17,29 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "softprompt_hf"
 
+# The layers, lowest first: a module imports from its own layer and the layers before it only (the README's
+# "Package layout" lists them in this order). A new module must be placed in one.
+LAYERS = (
+    ("softprompt_hf.constants",),
+    ("softprompt_hf.core",),
+    ("softprompt_hf.data",),
+    ("softprompt_hf.modeling",),
+    ("softprompt_hf.inference",),
+    ("softprompt_hf.evaluation",),
+    ("softprompt_hf.adapter",),
+    ("softprompt_hf.real", "softprompt_hf.embedded"),
+    ("softprompt_hf.serving", "softprompt_hf.training"),
+    ("softprompt_hf.runner", "softprompt_hf.quickstart"),
+    ("softprompt_hf.commands",),
+    ("softprompt_hf.cli",),
+)
+
 # (importing module, imported module) -> why the import waits until the function runs. Not a cycle: the checks
 # below count these arrows too.
 LAZY_IMPORTS = {
     ("softprompt_hf.cli", "softprompt_hf.commands"): "`softprompt-hf --help` and argument errors answer before "
     "torch, transformers and peft load (seconds); the commands need them",
-    ("softprompt_hf.real", "softprompt_hf._upstream"): "softprompt_hf.real loads the data without torch or peft; "
+    ("softprompt_hf.real", "softprompt_hf.core.upstream"): "softprompt_hf.real loads the data without torch or peft; "
     "only preparing the model from its GGUF file needs them",
 }
 
@@ -133,6 +151,21 @@ def cycles(imports: list[Import]) -> list[list[str]]:
     return groups
 
 
+def layer_of(module: str, layers: tuple[tuple[str, ...], ...]) -> int | None:
+    for rank, prefixes in enumerate(layers):
+        if any(module == prefix or module.startswith(f"{prefix}.") for prefix in prefixes):
+            return rank
+    return None
+
+
+def upward_imports(imports: list[Import], layers: tuple[tuple[str, ...], ...]) -> list[str]:
+    return sorted(
+        f"{found.source}:{found.line} imports {found.target}, a higher layer"
+        for found in imports
+        if (layer_of(found.target, layers) or 0) > (layer_of(found.source, layers) or 0)
+    )
+
+
 def function_imports(imports: list[Import], allowed: dict[tuple[str, str], str]) -> list[str]:
     return sorted(
         f"{found.source}:{found.line} imports {found.target} inside a function"
@@ -160,6 +193,12 @@ def _write(folder: Path, files: dict[str, str]) -> Path:
 
 def test_the_package_has_no_import_cycle():
     assert cycles(package_imports(PACKAGE)) == []
+
+
+def test_every_module_has_a_layer_and_imports_none_above_it():
+    unplaced = [name for name in module_names(PACKAGE) if name != PACKAGE.name and layer_of(name, LAYERS) is None]
+    assert unplaced == [], "add each module to LAYERS"
+    assert upward_imports(package_imports(PACKAGE), LAYERS) == []
 
 
 def test_the_package_imports_its_own_modules_at_the_top():
@@ -238,6 +277,12 @@ def test_the_other_checks_find_their_faults(tmp_path):
         },
     )
     imports = package_imports(package)
+    assert upward_imports(imports, (("pkg.a",), ("pkg.c",), ("pkg.b",))) == []
+    assert upward_imports(imports, (("pkg.b",), ("pkg.c", "pkg.a"))) == [
+        "pkg.b:1 imports pkg.a, a higher layer",
+        "pkg.b:4 imports pkg.a, a higher layer",
+        "pkg.b:5 imports pkg.c, a higher layer",
+    ]
     assert function_imports(imports, {}) == [
         "pkg.b:4 imports pkg.a inside a function",
         "pkg.b:5 imports pkg.c inside a function",

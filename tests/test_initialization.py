@@ -9,8 +9,8 @@ from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from softprompt_hf import build_soft_prompt_model
-from softprompt_hf.initialization import SoftPromptInit, fit_to_length, initialize_soft_prompt, text_token_ids
-from softprompt_hf.methods import SEED_PROMPT_TUNING_INIT_TEXT
+from softprompt_hf.modeling.initialization import SoftPromptInit, fit_to_length, initialize_soft_prompt, text_token_ids
+from softprompt_hf.modeling.methods import SEED_PROMPT_TUNING_INIT_TEXT
 
 LABELS = ("complaint", "no complaint")
 
@@ -277,7 +277,7 @@ def test_the_init_is_recorded_in_the_saved_adapter_and_its_card(tokenizer, tmp_p
     import json
 
     from softprompt_hf import save_adapter
-    from softprompt_hf.initialization import initialization_of
+    from softprompt_hf.modeling.initialization import initialization_of
 
     key = {"prompt_tuning": "prompt_tuning_init", "prefix_tuning": "prefix_tuning_init"}.get(method)
     if key is not None:

@@ -24,10 +24,10 @@ from softprompt_hf import (
     rank_labels,
     save_adapter,
 )
-from softprompt_hf._decoding import generate_label_ids
-from softprompt_hf.card import model_card_inputs, render_model_card
-from softprompt_hf.metrics import match_label
-from softprompt_hf.prompt import PromptTemplate
+from softprompt_hf.adapter.card import model_card_inputs, render_model_card
+from softprompt_hf.data.prompt import PromptTemplate
+from softprompt_hf.evaluation.metrics import match_label
+from softprompt_hf.inference.labels import generate_label_ids
 
 LABELS = ["complaint", "no complaint"]
 TEXTS = [row["Tweet text"] for row in labelled_rows(6)] + ["@Acme Label : complaint?", "@SkyAir ok:", "@BankCo 100"]
@@ -273,7 +273,7 @@ def test_a_tokenizer_that_merges_into_the_label_falls_back_and_says_so(caplog):
     template = PromptTemplate()
     hf_logging.enable_propagation()
     try:
-        with caplog.at_level(logging.WARNING, logger="softprompt_hf.prompt"):
+        with caplog.at_level(logging.WARNING, logger="softprompt_hf.data.prompt"):
             target = template.encode_target(tok, "no complaint")
             again = template.encode_target(tok, "no complaint")
     finally:
@@ -291,8 +291,8 @@ def test_a_tokenizer_that_merges_into_the_label_falls_back_and_says_so(caplog):
 def test_the_embedded_model_keeps_the_boundary_it_was_pretrained_with(tmp_path):
     """The embedded model was pretrained with prompt and answer tokenized apart: the quick start and the recipes
     default to that for it, and to the tokenizer's joint boundary for any other model."""
-    from softprompt_hf.arguments import DataArguments
     from softprompt_hf.embedded import EMBEDDED_MODEL_PATH, label_tokenization_for
+    from softprompt_hf.training.arguments import DataArguments
 
     assert label_tokenization_for(EMBEDDED_MODEL_PATH) == "separate"
     assert label_tokenization_for(tmp_path) == "joint" and label_tokenization_for("google/gemma-3-270m") == "joint"

@@ -8,7 +8,7 @@ from conftest import ARCHS, METHODS, labelled_rows, model_config, tiny_soft_prom
 from transformers import AutoModelForCausalLM
 
 from softprompt_hf import SoftPromptDataCollator
-from softprompt_hf.label_logits import enable_label_only_logits
+from softprompt_hf.modeling.label_logits import enable_label_only_logits
 
 
 def _loss_and_grads(model, batch, **extra):

@@ -40,8 +40,15 @@ def test_the_readme_lists_exactly_the_public_api():
 def test_the_readme_names_every_module_of_the_package():
     rows = _table_rows(_layout_section(), "| module | its job |")
     named = {path for cell, _ in rows for path in re.findall(r"`([\w/.]+)`", cell)}
-    modules = {p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
-    modules |= {f"{p.name}/" for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
-    modules |= {f"templates/{p.name}" for p in (PACKAGE / "templates").iterdir()}
+    modules = {
+        path.relative_to(PACKAGE).as_posix()
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "__init__.py" and "embedded" not in path.relative_to(PACKAGE).parts
+    }
+    modules |= {"embedded/"}  # named as one folder: the embedded model, data and their build scripts
+    modules |= {path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.jinja")}
     assert modules <= named, f"not in the README's Package layout: {sorted(modules - named)}"
     assert named <= modules, f"in the README's Package layout but not in the package: {sorted(named - modules)}"
+    layers = {cell.strip("*") for cell, _ in rows if cell.startswith("**") and cell.endswith("/**")}
+    folders = {f"{path.name}/" for path in PACKAGE.iterdir() if (path / "__init__.py").is_file()} - {"embedded/"}
+    assert layers == folders

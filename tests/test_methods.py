@@ -7,8 +7,8 @@ from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, Pr
 from transformers import AutoModelForCausalLM, BloomConfig, HfArgumentParser, TrainingArguments
 
 from softprompt_hf import SoftPromptArguments, build_soft_prompt_model
-from softprompt_hf.initialization import SoftPromptInit
-from softprompt_hf.methods import SEED_PROMPT_TUNING_INIT_TEXT, build_peft_config, eval_mode
+from softprompt_hf.modeling.initialization import SoftPromptInit
+from softprompt_hf.modeling.methods import SEED_PROMPT_TUNING_INIT_TEXT, build_peft_config, eval_mode
 
 # bigscience/bloomz-560m's architecture, from its config.json.
 BLOOMZ_560M = {"vocab_size": 250880, "hidden_size": 1024, "n_layer": 24, "n_head": 16}
@@ -265,7 +265,7 @@ def test_init_flags_parse_from_command_line(flags, field, value):
 
 
 def test_text_init_config_is_given_back_when_peft_fails(tokenizer, monkeypatch):
-    import softprompt_hf.methods as methods
+    import softprompt_hf.modeling.methods as methods
 
     config = build_peft_config(method="prompt_tuning", tokenizer=tokenizer)
     assert config.prompt_tuning_init == PromptTuningInit.TEXT

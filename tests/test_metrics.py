@@ -1,4 +1,5 @@
-"""Tests for softprompt_hf.metrics: label matching, hand-counted scores, and prediction / submission files."""
+"""Tests for softprompt_hf.evaluation.metrics: label matching, hand-counted scores, and prediction / submission
+files."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import stat
 import pytest
 from transformers.testing_utils import CaptureLogger
 
-from softprompt_hf import metrics
-from softprompt_hf.metrics import (
+from softprompt_hf.evaluation import metrics
+from softprompt_hf.evaluation.metrics import (
     INVALID_COLUMN,
     check_label_set,
     classification_report,

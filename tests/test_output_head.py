@@ -8,9 +8,9 @@ from conftest import labelled_rows, model_config
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, Gemma2Config
 
-from softprompt_hf._decoding import _CachedDecoder, generate_label_ids
-from softprompt_hf.output_head import ChunkedOutputHead
-from softprompt_hf.prompt import PromptTemplate
+from softprompt_hf.data.prompt import PromptTemplate
+from softprompt_hf.inference.labels import _CachedDecoder, generate_label_ids
+from softprompt_hf.inference.output_head import ChunkedOutputHead
 
 
 def linear(vocab: int, hidden: int = 16, bias: bool = False, seed: int = 0) -> torch.nn.Linear:

@@ -1,4 +1,4 @@
-"""softprompt_hf.predict and the softprompt-hf predict command, on adapters trained and saved in the session."""
+"""softprompt_hf.serving.predict and the softprompt-hf predict command, on adapters trained and saved in the session."""
 
 from __future__ import annotations
 
@@ -23,12 +23,13 @@ from trained_adapters import (
 )
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from softprompt_hf import _decoding, build_soft_prompt_model
+from softprompt_hf import build_soft_prompt_model
+from softprompt_hf.adapter.saving import save_adapter
 from softprompt_hf.cli import main as cli_main
+from softprompt_hf.data.prompt import PromptTemplate
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
-from softprompt_hf.predict import AdapterLoadError, load_adapter, predict, read_texts
-from softprompt_hf.prompt import PromptTemplate
-from softprompt_hf.saving import save_adapter
+from softprompt_hf.inference import labels as _decoding
+from softprompt_hf.serving.predict import AdapterLoadError, load_adapter, predict, read_texts
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
 

@@ -13,7 +13,7 @@ from peft import AutoPeftModelForCausalLM
 from softprompt_hf import quickstart
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.embedded import DESCRIPTION_COLUMN, EMBEDDED_DATA_FILES, EMBEDDED_TEXT_DATA_FILES, TEXT_COLUMN
-from softprompt_hf.text_metrics import load_text_metric
+from softprompt_hf.evaluation.text_metrics import load_text_metric
 
 
 @pytest.mark.parametrize("method", METHODS)

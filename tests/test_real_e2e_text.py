@@ -20,8 +20,8 @@ import pytest
 from hub_server import TOKEN, HubServer
 from test_real_e2e import GEMMA_HUB_ID, cli_command, prepared_gemma, read_csv, run, user_env
 
-from softprompt_hf.arguments import ACLSUM_TEMPLATE
 from softprompt_hf.real import load_aclsum
+from softprompt_hf.training.arguments import ACLSUM_TEMPLATE
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "recipes" / "configs" / "prompt_tuning_gemma-3-270m_aclsum.yaml"

@@ -19,12 +19,12 @@ from peft import AutoPeftModelForCausalLM
 from transformers import AutoTokenizer
 
 from softprompt_hf import generate_labels
-from softprompt_hf.arguments import SoftPromptTrainingArguments, parse_recipe_args
-from softprompt_hf.callbacks import CHECKPOINT_MARKER_NAME
-from softprompt_hf.initialization import SoftPromptInit
-from softprompt_hf.methods import build_peft_config
+from softprompt_hf.modeling.initialization import SoftPromptInit
+from softprompt_hf.modeling.methods import build_peft_config
 from softprompt_hf.real import BBC_NEWS_TOPICS
 from softprompt_hf.runner import _enable_speed_ups, _setup_logging, start_run
+from softprompt_hf.training.arguments import SoftPromptTrainingArguments, parse_recipe_args
+from softprompt_hf.training.callbacks import CHECKPOINT_MARKER_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
@@ -359,7 +359,7 @@ def test_recipes_switch_on_both_exact_speed_ups_where_they_apply(monkeypatch, tm
     from transformers import AutoModelForCausalLM
 
     from softprompt_hf import build_soft_prompt_model
-    from softprompt_hf._upstream import _past_key_values_as_cache
+    from softprompt_hf.core.upstream import _past_key_values_as_cache
     from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
 
     def hooks(fsdp: bool, **run) -> int:
@@ -523,7 +523,7 @@ def test_push_with_a_local_base_model_is_refused_before_training(tmp_path):
 
 
 def test_eval_prompts_are_cut_with_the_collators_budget(tmp_path):
-    from softprompt_hf.prompt import PromptTemplate
+    from softprompt_hf.data.prompt import PromptTemplate
     from softprompt_hf.runner import build_trainer
 
     run = start_run(parse_recipe_args("p_tuning", ["--max_length", "24", "--output_dir", str(tmp_path)]))
@@ -565,8 +565,8 @@ def test_a_run_shows_its_own_info_lines_unless_told_otherwise(tmp_path, caplog, 
 def test_max_train_samples_trains_on_a_stratified_seeded_subset():
     from collections import Counter
 
-    from softprompt_hf.arguments import DataArguments
     from softprompt_hf.runner import _load_data
+    from softprompt_hf.training.arguments import DataArguments
 
     full = _load_data(DataArguments(), seed=42)
     cut = _load_data(DataArguments(max_train_samples=64), seed=42)

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from softprompt_hf import PromptTemplate, generate_texts, runner
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
-from softprompt_hf.predict import load_adapter
+from softprompt_hf.serving.predict import load_adapter
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = "Company : {company} Tweet : {tweet} Reply : "
@@ -218,8 +218,8 @@ def test_the_cli_refuses_what_a_text_adapter_cannot_do(trained, tmp_path, extra,
 
 
 def test_a_recipe_trains_on_aclsum_with_its_own_splits_and_template(tmp_path, capsys, restore_recipe_logging):
-    from softprompt_hf.arguments import ACLSUM_TEMPLATE
     from softprompt_hf.real import ACLSUM_INSTALL, ExtraNotInstalledError, load_aclsum
+    from softprompt_hf.training.arguments import ACLSUM_TEMPLATE
 
     try:
         validation = load_aclsum("approach").validation

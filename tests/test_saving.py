@@ -16,14 +16,14 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerFast
 
 from softprompt_hf import build_soft_prompt_model
-from softprompt_hf.card import ModelCardInputs, render_model_card
-from softprompt_hf.files import atomic_write_json, atomic_write_text, replace_folder
-from softprompt_hf.prompt import DEFAULT_TEMPLATE
-from softprompt_hf.saving import (
+from softprompt_hf.adapter.card import ModelCardInputs, render_model_card
+from softprompt_hf.adapter.saving import (
     CARD_KEY,
     INFERENCE_CONFIG_NAME,
     save_adapter,
 )
+from softprompt_hf.core.files import atomic_write_json, atomic_write_text, replace_folder
+from softprompt_hf.data.prompt import DEFAULT_TEMPLATE
 
 
 def test_save_adapter_writes_a_complete_folder_with_the_hub_id(tmp_path, tokenizer, model_dirs):
@@ -257,7 +257,7 @@ def no_pad_base(tmp_path_factory, model_dirs):
 
 def test_a_tokenizer_loaded_online_is_still_the_base_models(tmp_path, model_dirs):
     """transformers 5.24 writes how a tokenizer was loaded (local_files_only: false online, true offline) into
-    tokenizer_config.json (softprompt_hf._upstream, entry 26): that alone does not make it another tokenizer."""
+    tokenizer_config.json (softprompt_hf.core.upstream, entry 26): that alone does not make it another tokenizer."""
     tokenizer = AutoTokenizer.from_pretrained(model_dirs["gpt2"])
     tokenizer.init_kwargs["local_files_only"] = False  # what a load with the Hub reachable records
     folder = save_adapter(_prompt_tuning_on(model_dirs["gpt2"]), tmp_path / "adapter", tokenizer=tokenizer)

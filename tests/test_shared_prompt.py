@@ -10,8 +10,8 @@ from conftest import ARCHS, MORE_ARCHS, SLIDING_ARCHS, labelled_rows, method_opt
 from transformers import AutoModelForCausalLM
 
 from softprompt_hf import SoftPromptDataCollator, build_soft_prompt_model
-from softprompt_hf.label_logits import enable_label_only_logits
-from softprompt_hf.shared_prompt import enable_shared_prompt
+from softprompt_hf.modeling.label_logits import enable_label_only_logits
+from softprompt_hf.modeling.shared_prompt import enable_shared_prompt
 
 SHARED_METHODS = ("prompt_tuning", "p_tuning")
 # GPT-2's defaults are 0.1; GPT-NeoX and Phi have their own names.

@@ -1,4 +1,4 @@
-"""Ending a process whose torch.distributed group gloo serves (``softprompt_hf._upstream`` entry 32).
+"""Ending a process whose torch.distributed group gloo serves (``softprompt_hf.core.upstream`` entry 32).
 
 torch 2.13's gloo teardown joins its worker threads with the GIL held, and a worker still releasing a tensor that
 Python has seen waits for the GIL: the process hangs after its work is done (seen in CI under ``Trainer.end()``).

@@ -7,8 +7,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 import softprompt_hf  # noqa: E402
-from softprompt_hf import data as data_module  # noqa: E402
-from softprompt_hf.data import TextData, load_text_data  # noqa: E402
+from softprompt_hf.data import loading as data_module  # noqa: E402
+from softprompt_hf.data.loading import TextData, load_text_data  # noqa: E402
 
 # Paper-like rows: two source columns, a summary to generate, an id and a column no argument names (kept).
 N_TRAIN, N_VAL, N_TEST = 20, 4, 3

@@ -10,7 +10,7 @@ from datasets import Dataset
 from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
 from softprompt_hf import Rouge, SoftPromptDataCollator, TextGenerationMetrics, default_text_metrics, generate_texts
-from softprompt_hf.prompt import PromptTemplate
+from softprompt_hf.data.prompt import PromptTemplate
 
 COLUMNS = {"text_column": "body", "target_column": "summary", "template": "Title : {title} Tweet : {text} Summary : "}
 SUMMARY = "all good here"

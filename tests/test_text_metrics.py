@@ -1,4 +1,5 @@
-"""Tests for softprompt_hf.text_metrics: each metric equals its library called directly, offline, on the same texts."""
+"""Tests for softprompt_hf.evaluation.text_metrics: each metric equals its library called directly, offline, on the same
+texts."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import sacrebleu
 from rouge_score import rouge_scorer
 from transformers.testing_utils import CaptureLogger
 
-from softprompt_hf import text_metrics
-from softprompt_hf.text_metrics import (
+from softprompt_hf.evaluation import text_metrics
+from softprompt_hf.evaluation.text_metrics import (
     TEXT_METRICS,
     Bleu,
     Chrf,
@@ -260,7 +261,7 @@ def test_the_module_imports_without_the_metric_libraries():
     code = (
         "import json, sys\n"
         "sys.modules['rouge_score'] = sys.modules['sacrebleu'] = None\n"
-        "from softprompt_hf import text_metrics\n"
+        "from softprompt_hf.evaluation import text_metrics\n"
         "score = text_metrics.ExactMatch().compute(predictions=['a'], references=['a'])\n"
         "try:\n"
         "    text_metrics.Rouge()\n"

@@ -10,7 +10,7 @@ from peft import AutoPeftModelForCausalLM
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 from softprompt_hf import SoftPromptDataCollator, build_soft_prompt_model
-from softprompt_hf._decoding import generate_label_ids
+from softprompt_hf.inference.labels import generate_label_ids
 
 LEARNING_RATE = 3e-2  # the seed guide's, for all three methods
 

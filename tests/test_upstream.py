@@ -1,4 +1,4 @@
-"""softprompt_hf._upstream: prefix tuning trains when transformers no longer takes ``past_key_values``.
+"""softprompt_hf.core.upstream: prefix tuning trains when transformers no longer takes ``past_key_values``.
 
 peft 0.21.2's prefix-tuning forward passes its prefix as ``past_key_values``; transformers 5.24 renamed the argument
 to ``cache``, warns about the old name, and removes it in 5.40. The 5.40 behaviour is simulated by making the base
@@ -26,10 +26,10 @@ from trained_adapters import one_thread
 from transformers import AutoModelForCausalLM, DynamicCache, GPT2LMHeadModel
 
 from softprompt_hf import SoftPromptDataCollator, SoftPromptGuardCallback, build_soft_prompt_model
-from softprompt_hf._upstream import _past_key_values_as_cache, cache_argument, route_prefix_cache_argument
-from softprompt_hf.callbacks import check_trainer
-from softprompt_hf.predict import load_adapter
-from softprompt_hf.saving import save_adapter
+from softprompt_hf.adapter.saving import save_adapter
+from softprompt_hf.core.upstream import _past_key_values_as_cache, cache_argument, route_prefix_cache_argument
+from softprompt_hf.serving.predict import load_adapter
+from softprompt_hf.training.callbacks import check_trainer
 
 pytestmark = [
     pytest.mark.usefixtures(one_thread.__name__),

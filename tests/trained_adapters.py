@@ -13,7 +13,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model
-from softprompt_hf.hub import HubPushCallback
+from softprompt_hf.adapter.hub import HubPushCallback
 
 LABELS = ["complaint", "no complaint"]
 
@@ -105,8 +105,8 @@ def embedded_texts(n: int = 16) -> list[str]:
 def embedded_adapter(method: str, output_dir: Path):
     """An untrained 8-token soft prompt of ``method`` on the embedded model (seeded), saved with its labels and
     template to ``output_dir``: returns (model, tokenizer, saved folder, labels)."""
+    from softprompt_hf.adapter.saving import save_adapter
     from softprompt_hf.embedded import EMBEDDED_MODEL_PATH, TEXT_COLUMN
-    from softprompt_hf.saving import save_adapter
 
     options, labels = EMBEDDED_ADAPTERS[method]
     tokenizer = AutoTokenizer.from_pretrained(EMBEDDED_MODEL_PATH)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from softprompt_hf.core.files import sha256_of_file
 from softprompt_hf.embedded import (
     COMPLAINT_INSTRUCTION,
     DESCRIBE_INSTRUCTION,
@@ -40,7 +41,6 @@ from softprompt_hf.embedded import (
 from softprompt_hf.embedded.build_data import DATA_SEED, build_rows, build_text_rows
 from softprompt_hf.embedded.scoring import label_accuracy, text_rouge_l
 from softprompt_hf.embedded.tasks import TASKS, iter_examples
-from softprompt_hf.files import sha256_of_file
 
 __all__ = ["BuildSettings", "build_model", "train_tokenizer"]
 

@@ -2,19 +2,19 @@
 for the label tasks, ROUGE-L for the free-text (describe) task.
 
 The decoding itself is the package's (:func:`softprompt_hf.generate_labels`, :func:`softprompt_hf.generate_texts`)
-and so is the ROUGE (:mod:`softprompt_hf.text_metrics`); this module only puts an instruction in front of the seed's
-template, which is what the model was built to follow.
+and so is the ROUGE (:mod:`softprompt_hf.evaluation.text_metrics`); this module only puts an instruction in front of the
+seed's template, which is what the model was built to follow.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from softprompt_hf._decoding import generate_labels as _generate_labels
-from softprompt_hf._decoding import generate_texts
+from softprompt_hf.data.prompt import PromptTemplate
 from softprompt_hf.embedded.tasks import TEMPLATE
-from softprompt_hf.prompt import PromptTemplate
-from softprompt_hf.text_metrics import load_text_metric
+from softprompt_hf.evaluation.text_metrics import load_text_metric
+from softprompt_hf.inference.labels import generate_labels as _generate_labels
+from softprompt_hf.inference.labels import generate_texts
 
 __all__ = ["generate_labels", "label_accuracy", "text_rouge_l"]
 

@@ -22,7 +22,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from accelerate import PartialState
 from transformers import Trainer
 
-from softprompt_hf._upstream import exit_without_gloo_teardown
+from softprompt_hf.core.upstream import exit_without_gloo_teardown
 
 sys.path.insert(0, str(Path(__file__).parent))
 from resumable_run import run  # noqa: E402
@@ -54,7 +54,7 @@ def main(output_dir: str) -> None:
         }
         Path(output_dir, "report.json").write_text(json.dumps(report), encoding="utf-8")
     resumed.accelerator.wait_for_everyone()  # rank 0 may still be writing the report
-    exit_without_gloo_teardown(0)  # not Trainer.end(): torch 2.13's gloo teardown can hang (_upstream entry 32)
+    exit_without_gloo_teardown(0)  # not Trainer.end(): torch 2.13's gloo teardown can hang (core.upstream entry 32)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 from accelerate import PartialState
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
-import softprompt_hf._decoding as decoding
-import softprompt_hf.evaluation as evaluation
+import softprompt_hf.evaluation.compute_metrics as evaluation
+import softprompt_hf.inference.labels as decoding
 from softprompt_hf import (
     GenerationMetrics,
     SoftPromptDataCollator,
@@ -23,7 +23,7 @@ from softprompt_hf import (
     build_soft_prompt_model,
     load_raft,
 )
-from softprompt_hf._upstream import exit_without_gloo_teardown
+from softprompt_hf.core.upstream import exit_without_gloo_teardown
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
 
 
@@ -86,7 +86,7 @@ def main(out_dir: str, mode: str) -> None:
         report = {"num_processes": state.num_processes, "metrics": result, "scored": scored_rows, "refusal": refusal}
         json.dump(report, f)
     trainer.accelerator.wait_for_everyone()
-    exit_without_gloo_teardown(0)  # not Trainer.end(): torch 2.13's gloo teardown can hang (_upstream entry 32)
+    exit_without_gloo_teardown(0)  # not Trainer.end(): torch 2.13's gloo teardown can hang (core.upstream entry 32)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ metrics and per-row outputs and scores, and the most bytes of the base model's p
 step; the main process writes the trainable parameters (``trainable.safetensors``) and the adapter folder.
 ``--kill_at_step N`` SIGKILLs every process at the end of step N; ``--resume`` continues from the last complete
 checkpoint. ``--evaluate_first`` calls ``trainer.evaluate()`` before ``trainer.train()`` (under FSDP2 the Trainer
-then prepares the model alone, which accelerate 1.15 refuses: softprompt_hf._upstream entry 31) and reports its
+then prepares the model alone, which accelerate 1.15 refuses: softprompt_hf.core.upstream entry 31) and reports its
 metrics and generated texts; ``--per_device_eval_batch`` is the Trainer's eval batch per process.
 """
 
@@ -34,10 +34,10 @@ from safetensors.torch import save_file
 from transformers import TrainerCallback
 
 from softprompt_hf import GenerationMetrics, load_raft, save_adapter
-from softprompt_hf._upstream import exit_without_gloo_teardown
-from softprompt_hf.callbacks import check_trainer, last_complete_checkpoint
+from softprompt_hf.core.sharding import gathered_root, local_parameter_bytes, trainable_state
+from softprompt_hf.core.upstream import exit_without_gloo_teardown
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES
-from softprompt_hf.sharding import gathered_root, local_parameter_bytes, trainable_state
+from softprompt_hf.training.callbacks import check_trainer, last_complete_checkpoint
 
 STEPS, EVERY = 6, 3
 
@@ -84,7 +84,9 @@ def main(
             eval_steps=EVERY, logging_steps=1, load_best_model_at_end=True, metric_for_best_model="f1",
             per_device_eval_batch_size=per_device_eval_batch,
         )  # fmt: skip
-        check_trainer(trainer)  # what the recipes' build_trainer does: FSDP2 saves and loads (softprompt_hf._upstream)
+        check_trainer(
+            trainer
+        )  # what the recipes' build_trainer does: FSDP2 saves and loads (softprompt_hf.core.upstream)
         first = None
         if evaluate_first:
             metrics = trainer.evaluate()
@@ -95,12 +97,12 @@ def main(
         model = trainer.model
         generated = generate.evaluate(model)
         # 33 rows in batches of 4: 17 and 16 rows, 5 and 4 batches, so one process runs out of forwards first and
-        # runs one-token forwards in step with the other (softprompt_hf.sharding).
+        # runs one-token forwards in step with the other (softprompt_hf.core.sharding).
         rows = load_raft(data_files=EMBEDDED_DATA_FILES, validation_size=0.2, seed=7).validation.select(range(33))
         rank = GenerationMetrics(
             generate.tokenizer, generate.labels, rows, text_column=generate.text_column, mode="rank", batch_size=4
         )
-        served, sharding_logger = _Served(), std_logging.getLogger("softprompt_hf.sharding")
+        served, sharding_logger = _Served(), std_logging.getLogger("softprompt_hf.core.sharding")
         sharding_logger.addHandler(served)
         sharding_logger.setLevel(std_logging.DEBUG)
         ranked = rank.evaluate(model)
@@ -139,7 +141,7 @@ def main(
                 save_file(trainable, str(folder / "trainable.safetensors"))
                 save_adapter(model, folder / "adapter", tokenizer=generate.tokenizer, labels=generate.labels)
         state.wait_for_everyone()
-    if torch.distributed.is_initialized():  # not destroyed: torch 2.13's gloo teardown can hang (_upstream entry 32)
+    if torch.distributed.is_initialized():  # not destroyed: torch 2.13's gloo teardown can hang (upstream entry 32)
         exit_without_gloo_teardown(0)
 
 

@@ -1,6 +1,6 @@
 """Ends a 2-process gloo run while gloo's worker thread still releases a tensor: ``destroy`` or ``exit``.
 
-Run by tests/test_teardown.py under torchrun (``_upstream`` entry 32). Each process wraps a module in DDP (the
+Run by tests/test_teardown.py under torchrun (``core.upstream`` entry 32). Each process wraps a module in DDP (the
 Trainer keeps its DDP model until the process ends), then all-gathers a tensor that rank 1 joins a second late, so
 the worker thread that ran the gather holds the input's last reference; a finalizer on it sleeps, keeping that
 release going while the process ends. ``destroy`` ends as ``Trainer.end()`` does (``destroy_process_group``, then
@@ -16,7 +16,7 @@ import weakref
 import torch
 import torch.distributed as dist
 
-from softprompt_hf._upstream import exit_without_gloo_teardown
+from softprompt_hf.core.upstream import exit_without_gloo_teardown
 
 
 def main(mode: str) -> None:

@@ -4,12 +4,12 @@
 
 ``ROWS.json`` holds ``{"texts": [...], "gold": [...]}``. For each repository: ``AutoPeftModelForCausalLM
 .from_pretrained(repo_id)`` (the base model it names comes from the Hub too), the tokenizer and settings that its
-``softprompt_hf.json`` names, then the labels of ``softprompt_hf.predict`` in generate and rank mode, and those of
-the model's own ``generate()`` after ``enable_soft_prompt_generate``, prompted and decoded as the model card's
-snippet does. The first repository's base model is also scored zero-shot with ``GenerationMetrics`` (generate and
-rank): prompt tuning, P-tuning and prefix tuning leave the base model's modules as they are, so
-``model.get_base_model()`` is the pretrained model itself. Writes ``{repo_id: {...}, "zero_shot": {...}}`` to
-``OUT.json``. Used by tests/test_real_e2e.py.
+``softprompt_hf.json`` names, then the labels of ``softprompt_hf.serving.predict`` in generate and rank mode, and those
+of the model's own ``generate()`` after ``enable_soft_prompt_generate``, prompted and decoded as the model card's
+snippet does. The first repository's base model is also scored zero-shot with ``GenerationMetrics`` (generate and rank):
+prompt tuning, P-tuning and prefix tuning leave the base model's modules as they are, so ``model.get_base_model()`` is
+the pretrained model itself. Writes ``{repo_id: {...}, "zero_shot": {...}}`` to ``OUT.json``. Used by
+tests/test_real_e2e.py.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from peft import AutoPeftModelForCausalLM
 from transformers import AutoTokenizer
 
 from softprompt_hf import GenerationMetrics, enable_soft_prompt_generate
-from softprompt_hf.metrics import match_label
-from softprompt_hf.predict import predict
-from softprompt_hf.prompt import PromptTemplate
+from softprompt_hf.data.prompt import PromptTemplate
+from softprompt_hf.evaluation.metrics import match_label
+from softprompt_hf.serving.predict import predict
 
 
 def zero_shot(model, tokenizer, settings: dict, texts: list[str], gold: list[str]) -> dict:

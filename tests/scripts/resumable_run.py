@@ -19,8 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model, load_raft
-from softprompt_hf.callbacks import SoftPromptCheckpointCallback, last_complete_checkpoint
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
+from softprompt_hf.training.callbacks import SoftPromptCheckpointCallback, last_complete_checkpoint
 
 MAX_STEPS = 12
 SAVE_STEPS = 4

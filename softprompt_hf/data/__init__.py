@@ -1,0 +1,1 @@
+"""Data in, tokens out: loading and splitting datasets, the prompt templates (plain and chat) and the collator."""

@@ -1,0 +1,1 @@
+"""Training with the stock Trainer: the recipes' arguments, and the callbacks (checkpoints, guards, logging)."""
