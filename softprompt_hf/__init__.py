@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is import
     from .modeling.shared_prompt import enable_shared_prompt
     from .serving.export import export_soft_prompt
     from .serving.multi import LoadedAdapters, load_adapters
-    from .serving.predict import predict
+    from .serving.predict import AdapterLoadError, LoadedAdapter, load_adapter, predict
     from .training.arguments import SoftPromptTrainingArguments
     from .training.callbacks import SoftPromptCheckpointCallback, SoftPromptGuardCallback
 
@@ -84,6 +84,9 @@ _MODULES = {
     "build_soft_prompt_model": "modeling.methods",
     "LoadedAdapters": "serving.multi",
     "load_adapters": "serving.multi",
+    "AdapterLoadError": "serving.predict",
+    "LoadedAdapter": "serving.predict",
+    "load_adapter": "serving.predict",
     "predict": "serving.predict",
     "PromptTemplate": "data.prompt",
     "save_adapter": "adapter.saving",
@@ -149,6 +152,9 @@ __all__ = [
     "HubPushError",
     "export_soft_prompt",
     # predict and generate
+    "load_adapter",
+    "LoadedAdapter",
+    "AdapterLoadError",
     "predict",
     "load_adapters",
     "LoadedAdapters",

@@ -33,6 +33,7 @@ def test_the_readme_lists_exactly_the_public_api():
     listed = [name for _, names in rows for name in re.findall(r"`([A-Za-z_]+)`", names)]
     assert sorted(listed) == sorted(softprompt_hf.__all__)
     assert len(listed) == len(set(listed))
+    assert f"The public API is the {len(softprompt_hf.__all__)} names" in _layout_section()
     for name in softprompt_hf.__all__:
         assert getattr(softprompt_hf, name) is not None
 
