@@ -16,7 +16,7 @@ from typing import Any
 from .adapter.hub import HubPushError, push_adapter_folder
 from .data.prompt import DEFAULT_TEMPLATE, PromptTemplate
 from .evaluation.compute_metrics import Prediction, TextPrediction
-from .evaluation.metrics import write_csv_rows, write_predictions
+from .evaluation.prediction_files import write_csv_rows, write_predictions
 from .real import ACLSUM_INSTALL, GEMMA_NOTICE, SMOLLM2_INSTALL, ExtraNotInstalledError, prepare_real
 from .runner import user_error_message
 from .serving.export import EXPORT_CONFIG_NAME, EXPORT_WEIGHTS_NAME, export_soft_prompt

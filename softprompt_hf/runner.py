@@ -38,12 +38,13 @@ from transformers import (
 )
 from transformers.utils import logging
 
-from .adapter.card import ModelCardCallback, is_hub_id, is_local_path
+from .adapter.card import ModelCardCallback
 from .adapter.hub import HubPushError, check_push_access, push_adapter_folder
 from .adapter.saving import save_adapter
 from .constants import DEFAULT_TIMEOUT
 from .core import upstream
 from .core.files import atomic_write_json
+from .core.locations import is_hub_id, is_local_path
 from .core.sharding import gathered_root
 from .data.chat import ChatTemplate, prompt_format
 from .data.collator import SoftPromptDataCollator
@@ -58,7 +59,7 @@ from .data.loading import (
 from .data.prompt import PromptFormat, PromptTemplate
 from .embedded import EMBEDDED_DATA_FILES, label_tokenization_for
 from .evaluation.compute_metrics import GenerationMetrics, TextGenerationMetrics
-from .evaluation.metrics import write_predictions, write_raft_submission
+from .evaluation.prediction_files import write_predictions, write_raft_submission
 from .modeling.initialization import SoftPromptInit
 from .modeling.label_logits import enable_label_only_logits
 from .modeling.methods import build_soft_prompt_model

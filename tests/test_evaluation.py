@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, EvalPrediction, Tr
 
 from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model, load_raft
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_LABEL_TOKENIZATION, EMBEDDED_MODEL_PATH
-from softprompt_hf.evaluation.metrics import write_predictions, write_raft_submission
+from softprompt_hf.evaluation.prediction_files import write_predictions, write_raft_submission
 
 LABELS = ["complaint", "no complaint"]
 

@@ -1,5 +1,5 @@
-"""Tests for softprompt_hf.evaluation.metrics: label matching, hand-counted scores, and prediction / submission
-files."""
+"""Tests for softprompt_hf.evaluation.metrics and .prediction_files: label matching, hand-counted scores, and
+prediction / submission files."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ import stat
 import pytest
 from transformers.testing_utils import CaptureLogger
 
-from softprompt_hf.evaluation import metrics
+from softprompt_hf.evaluation import prediction_files
 from softprompt_hf.evaluation.metrics import (
     INVALID_COLUMN,
     check_label_set,
     classification_report,
     match_label,
     normalize_label,
-    write_predictions,
-    write_raft_submission,
 )
+from softprompt_hf.evaluation.prediction_files import write_predictions, write_raft_submission
 
 LABELS = ["positive", "negative", "neutral"]
 
@@ -341,7 +340,7 @@ def test_raft_submission_rejects_invalid_predictions_without_fallback(tmp_path):
 
 
 def test_raft_submission_fallback(tmp_path):
-    with CaptureLogger(metrics.logger) as captured:
+    with CaptureLogger(prediction_files.logger) as captured:
         path = write_raft_submission(
             tmp_path / "s.csv", [1, 2, 3], ["complaint", None, "maybe"], CLASS_NAMES, fallback="no_complaint"
         )

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,10 +22,10 @@ import jinja2
 import peft
 import transformers
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import TrainerCallback, TrainingArguments
 
 from ..constants import __version__
+from ..core.locations import is_hub_id
 from ..core.upstream import stock_generate_is_wrong
 from ..data.chat import ChatTemplate, prompt_format
 from ..data.prompt import DEFAULT_TEMPLATE, SAVED_WITHOUT_LABEL_TOKENIZATION, PromptTemplate
@@ -39,7 +38,6 @@ __all__ = [
     "ModelCardCallback",
     "ModelCardInputs",
     "build_model_card",
-    "is_hub_id",
     "model_card_inputs",
     "render_model_card",
 ]
@@ -78,22 +76,6 @@ _METHOD_NAMES = {"prompt-tuning": "prompt tuning", "p-tuning": "P-tuning", "pref
 # How many of the run's validation texts the usage snippets label, and what they label when the run had none.
 _NUM_EXAMPLE_TEXTS = 2
 _PLACEHOLDER_TEXTS = ["The first text to label", "The second text to label"]
-
-
-def is_hub_id(name: str) -> bool:
-    """Whether ``name`` can be a Hub repository id (``name`` or ``namespace/name``), not a local path."""
-    if not name or name.startswith((".", "/", "~")) or "\\" in name:
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
-def is_local_path(name: str) -> bool:
-    """Whether ``name`` means a path on this machine: it exists here, or it cannot be a Hub id (``is_hub_id``)."""
-    return os.path.exists(os.path.expanduser(name)) or not is_hub_id(name)
 
 
 def build_model_card(model: Any, *, repo_id: str | None = None, **values: Any) -> ModelCard:

@@ -33,9 +33,10 @@ from transformers.utils import logging
 
 from ..constants import DEFAULT_COMMIT_MESSAGE, DEFAULT_TIMEOUT
 from ..core.files import replace_folder
+from ..core.locations import is_hub_id
 from ..core.sharding import gather_root
 from ..core.upstream import current_client_factory, http_library, saved_callback_state
-from .card import ModelCardCallback, ModelCardInputs, is_hub_id, render_model_card, with_base_model
+from .card import ModelCardCallback, ModelCardInputs, render_model_card, with_base_model
 from .saving import CARD_KEY, INFERENCE_CONFIG_NAME, save_adapter
 
 __all__ = [

@@ -30,9 +30,9 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from ..adapter.card import is_local_path
 from ..adapter.saving import CHAT_KEY, INFERENCE_CONFIG_NAME, TOKENIZER_FROM_BASE, TOKENIZER_KEY
 from ..constants import MODES
+from ..core.locations import is_local_path
 from ..core.upstream import prompt_learning_shapes, route_prefix_cache_argument
 from ..data.chat import ChatTemplate
 from ..data.loading import utf8_problem
