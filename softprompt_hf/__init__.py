@@ -52,7 +52,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is import
     from .serving.multi import LoadedAdapters, load_adapters
     from .serving.predict import AdapterLoadError, LoadedAdapter, load_adapter, predict
     from .training.arguments import SoftPromptTrainingArguments
-    from .training.callbacks import SoftPromptCheckpointCallback, SoftPromptGuardCallback
+    from .training.callbacks import SoftPromptGuardCallback
+    from .training.checkpoints import SoftPromptCheckpointCallback
 
 # Where each public name lives. `import softprompt_hf` (and so `softprompt-hf --help`) loads none of torch,
 # transformers or peft, which takes seconds; `softprompt_hf.<name>` imports its module on first use.
@@ -62,7 +63,7 @@ _MODULES = {
     "generate_texts": "inference.labels",
     "rank_labels": "inference.labels",
     "SoftPromptTrainingArguments": "training.arguments",
-    "SoftPromptCheckpointCallback": "training.callbacks",
+    "SoftPromptCheckpointCallback": "training.checkpoints",
     "SoftPromptGuardCallback": "training.callbacks",
     "ChatTemplate": "data.chat",
     "SoftPromptDataCollator": "data.collator",

@@ -75,12 +75,10 @@ from .training.arguments import (
 from .training.callbacks import (
     ParameterSummaryCallback,
     SamplePredictionsCallback,
-    SoftPromptCheckpointCallback,
     SoftPromptGuardCallback,
-    check_complete_checkpoint,
     check_trainer,
-    last_complete_checkpoint,
 )
+from .training.checkpoints import SoftPromptCheckpointCallback, check_complete_checkpoint, last_complete_checkpoint
 
 logger = logging.get_logger(__name__)
 

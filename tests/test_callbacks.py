@@ -16,13 +16,15 @@ from safetensors.torch import load_file
 from transformers import DataCollatorWithFlattening, EarlyStoppingCallback, Trainer
 
 from softprompt_hf.training.callbacks import (
-    CHECKPOINT_MARKER_NAME,
-    LAST_CHECKPOINT_NAME,
-    SOFT_PROMPT_STATE_NAME,
     ParameterSummaryCallback,
     SamplePredictionsCallback,
     SoftPromptGuardCallback,
     check_trainer,
+)
+from softprompt_hf.training.checkpoints import (
+    CHECKPOINT_MARKER_NAME,
+    LAST_CHECKPOINT_NAME,
+    SOFT_PROMPT_STATE_NAME,
     last_complete_checkpoint,
     load_soft_prompt_state,
 )

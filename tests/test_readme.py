@@ -42,7 +42,7 @@ def test_metrics_snippet_evaluates_with_the_stock_trainer(tmp_path):
 def test_callbacks_snippet_restores_the_best_checkpoint(tmp_path):
     from safetensors.torch import load_file
 
-    from softprompt_hf.training.callbacks import SOFT_PROMPT_STATE_NAME, last_complete_checkpoint
+    from softprompt_hf.training.checkpoints import SOFT_PROMPT_STATE_NAME, last_complete_checkpoint
 
     namespace = {"output_dir": str(tmp_path)}
     exec(readme_snippet("callbacks"), namespace)

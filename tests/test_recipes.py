@@ -24,7 +24,7 @@ from softprompt_hf.modeling.methods import build_peft_config
 from softprompt_hf.real import BBC_NEWS_TOPICS
 from softprompt_hf.runner import _enable_speed_ups, _setup_logging, start_run
 from softprompt_hf.training.arguments import SoftPromptTrainingArguments, parse_recipe_args
-from softprompt_hf.training.callbacks import CHECKPOINT_MARKER_NAME
+from softprompt_hf.training.checkpoints import CHECKPOINT_MARKER_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"

@@ -74,7 +74,7 @@ Trainer
     ``load_adapter``. Update if the Trainer loads adapters another way; delete once peft saves and reloads the
     prompt encoders themselves. *Re-checked:* still on 5.25.0 (both loaders unchanged; peft 0.21.2;
     tests/test_callbacks.py shows the Trainer's own resume still corrupting P-tuning).
-13. *Elsewhere: callbacks._wait_for_every_process.* transformers 5.24 ``Trainer._save_checkpoint`` has every
+13. *Elsewhere: training.checkpoints._wait_for_every_process.* transformers 5.24 ``Trainer._save_checkpoint`` has every
     process write its ``rng_state_<rank>.pth`` and calls ``on_save`` with no barrier in between. Delete the
     barrier once the Trainer waits for every process before ``on_save``. *Re-checked:* still on 5.25.0
     (``_save_checkpoint`` unchanged).
@@ -109,7 +109,7 @@ Upstream bugs avoided elsewhere, without touching internals (delete each refusal
     Trainer pops ``labels``, so peft cannot pad them) and prefix tuning with activation checkpointing (a late
     shape error) are refused; so is a ``compute_loss_func`` with prompt tuning / P-tuning (``check_trainer``).
     *Re-checked:* still (peft 0.21.2; the Trainer's loss path unchanged on 5.25.0).
-20. *callbacks._ZERO3_MESSAGE.* peft 0.21 cannot gather ZeRO-3-sharded prompt encoders to save them: refused.
+20. *training.callbacks._ZERO3_MESSAGE.* peft 0.21 cannot gather ZeRO-3-sharded prompt encoders to save them: refused.
     *Re-checked:* still (peft 0.21.2).
 21. *hub.py, runner._take_over_hub_push.* transformers 5.x ``PeftModel.push_to_hub`` rejects
     ``safe_serialization`` and replaces peft's card: pushes go through ``HfApi.upload_folder`` with our card.

@@ -37,7 +37,8 @@ from softprompt_hf import GenerationMetrics, load_raft, save_adapter
 from softprompt_hf.core.sharding import gathered_root, local_parameter_bytes, trainable_state
 from softprompt_hf.core.upstream import exit_without_gloo_teardown
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES
-from softprompt_hf.training.callbacks import check_trainer, last_complete_checkpoint
+from softprompt_hf.training.callbacks import check_trainer
+from softprompt_hf.training.checkpoints import last_complete_checkpoint
 
 STEPS, EVERY = 6, 3
 

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCa
 
 from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model, load_raft
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
-from softprompt_hf.training.callbacks import SoftPromptCheckpointCallback, last_complete_checkpoint
+from softprompt_hf.training.checkpoints import SoftPromptCheckpointCallback, last_complete_checkpoint
 
 MAX_STEPS = 12
 SAVE_STEPS = 4
