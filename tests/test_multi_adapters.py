@@ -151,13 +151,13 @@ def batch_adapters(monkeypatch):
     from softprompt_hf.inference import labels as _decoding
 
     seen: list[set[str]] = []
-    start = _decoding._MixedDecoder.start
+    start = _decoding.MixedDecoder.start
 
     def recording(self, rows):
         seen.append({self.decoders[adapter].peft_config.peft_type.value for adapter, _ in rows})
         return start(self, rows)
 
-    monkeypatch.setattr(_decoding._MixedDecoder, "start", recording)
+    monkeypatch.setattr(_decoding.MixedDecoder, "start", recording)
     return seen
 
 
@@ -347,7 +347,7 @@ def test_adapters_that_cannot_share_batches_run_through_predict(saved, monkeypat
 
     _, loaded, _ = saved["gpt2"]
     expected = predict(loaded, INPUTS, adapter_names=NAMES)
-    monkeypatch.setattr(_decoding._MixedDecoder, "of", classmethod(lambda cls, *args, **kwargs: None))
+    monkeypatch.setattr(_decoding.MixedDecoder, "of", classmethod(lambda cls, *args, **kwargs: None))
     with caplog.at_level("INFO", logger="softprompt_hf.serving.multi"):
         fallen_back = predict(loaded, INPUTS, adapter_names=NAMES)
     assert "cannot be decoded together" in caplog.text

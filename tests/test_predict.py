@@ -254,8 +254,8 @@ def _not_the_model_generate(*args, **kwargs):
 
 def _forbid_the_package_decoder(monkeypatch):
     # Both loops of the package's own decoder (with and without the cache) raise: only generate() may decode.
-    monkeypatch.setattr(_decoding, "_greedy_with_cache", _not_the_model_generate)
-    monkeypatch.setattr(_decoding, "_greedy_full_forward", _not_the_model_generate)
+    monkeypatch.setattr(_decoding, "greedy_with_cache", _not_the_model_generate)
+    monkeypatch.setattr(_decoding, "greedy_full_forward", _not_the_model_generate)
 
 
 @pytest.mark.parametrize("method", METHODS)

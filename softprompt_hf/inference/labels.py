@@ -7,8 +7,8 @@ Its public functions (all but the last exported from ``softprompt_hf``):
 - :func:`rank_labels`: the log-likelihood of each label after each text's prompt (``mode="rank"``);
 - :func:`constrained_labels`: greedy decoding over the tokens that continue some label (``mode="constrained"``).
 
-The rest is their engine, private: :class:`_CachedDecoder` runs the base model with a key/value cache and the soft
-prompt placed where peft's training forward places it; :class:`_MixedDecoder` runs rows of several adapters on one
+The rest is their engine, private: :class:`CachedDecoder` runs the base model with a key/value cache and the soft
+prompt placed where peft's training forward places it; :class:`MixedDecoder` runs rows of several adapters on one
 base model in the same batches, each with its own soft prompt (:func:`mixed_outputs`, which ``multi.py`` calls);
 the greedy loops, the rank scoring, the label trie, the batching helpers and the cache builders (which
 ``generate.py`` and ``shared_prompt.py`` use too) go with it.
@@ -49,8 +49,8 @@ __all__ = ["constrained_labels", "generate_labels", "generate_texts", "rank_labe
 
 logger = logging.get_logger(__name__)
 
-# On a CPU, rows projected onto the vocabulary together in decoding (see _CachedDecoder.batches_per_projection).
-_PROJECTION_ROWS = 128
+# On a CPU, rows projected onto the vocabulary together in decoding (see CachedDecoder.batches_per_projection).
+PROJECTION_ROWS = 128
 
 # Plain greedy decoding through generate(), whatever the base model's generation_config asks for: transformers
 # fills every generate() setting left unset from it (e.g. Gemma 3's do_sample=True, top_k=64), and a repetition
@@ -353,19 +353,19 @@ def generate_label_ids(
     stops = template.stop_ids(tokenizer)
     stop_set = frozenset(stops)
     encoded = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
-    if generation_kwargs and _generate_is_wrong(model):
+    if generation_kwargs and generate_is_wrong(model):
         raise ValueError(
             f"generation_kwargs {sorted(generation_kwargs)} need model.generate(), which gives wrong tokens for this "
-            f"{type(_prompt_learning_config(model)).__name__} adapter; only greedy decoding (no generation_kwargs) "
+            f"{type(prompt_learning_config(model)).__name__} adapter; only greedy decoding (no generation_kwargs) "
             "is right for it."
         )
-    if use_generate and not _generate_is_wrong(model):
-        return _generate_with_model(
+    if use_generate and not generate_is_wrong(model):
+        return generate_with_model(
             model, tokenizer, encoded, max_new_tokens, batch_size, show_progress, generation_kwargs, description, stops
         )
     with eval_mode(model):  # no dropout; every module gets its own mode back, also on errors
         device = next(model.parameters()).device
-        decoder = _CachedDecoder(model, encoded) if use_cache and _CachedDecoder.supports(model) else None
+        decoder = CachedDecoder(model, encoded) if use_cache and CachedDecoder.supports(model) else None
         extra = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
         # Every generated token but the last is fed back after its prompt.
         if decoder is not None:
@@ -378,7 +378,7 @@ def generate_label_ids(
             for start in range(0, len(batches), per_group):
                 group = batches[start : start + per_group]
                 if decoder is not None:
-                    rows = _greedy_with_cache(
+                    rows = greedy_with_cache(
                         decoder,
                         [[encoded[i] for i in batch] for batch in group],
                         [[max_new_tokens] * len(batch) for batch in group],
@@ -386,7 +386,7 @@ def generate_label_ids(
                     )
                 else:
                     rows = [
-                        _greedy_full_forward(model, [encoded[i] for i in batch], max_new_tokens, stops, extra, device)
+                        greedy_full_forward(model, [encoded[i] for i in batch], max_new_tokens, stops, extra, device)
                         for batch in group
                     ]
                 for index, row in zip(
@@ -456,10 +456,10 @@ def rank_labels(
     label_ids = [template.encode_target(tokenizer, label) for label in labels]
     prompts = [template.encode(tokenizer, text, max_prompt_tokens) for text in texts]
     with eval_mode(model):  # no dropout; every module gets its own mode back, also on errors
-        if use_cache and _CachedDecoder.supports(model):
-            scores = _rank_with_shared_prompt(model, prompts, label_ids, batch_size, show_progress)
+        if use_cache and CachedDecoder.supports(model):
+            scores = rank_with_shared_prompt(model, prompts, label_ids, batch_size, show_progress)
         else:
-            scores = _rank_full_sequences(model, prompts, label_ids, batch_size, show_progress)
+            scores = rank_full_sequences(model, prompts, label_ids, batch_size, show_progress)
     return [dict(zip(labels, row, strict=True)) for row in scores]
 
 
@@ -532,7 +532,7 @@ def constrained_labels(
     if labels is None:
         raise ValueError("constrained_labels needs the label texts: labels=['complaint', 'no complaint'], say.")
     template = template or PromptTemplate()
-    trie = _LabelTrie(
+    trie = LabelTrie(
         labels, [template.encode_target(tokenizer, label) for label in labels], template.stop_ids(tokenizer)
     )
     if trie.settled[0] is not None:  # a single label: nothing to decide
@@ -542,8 +542,8 @@ def constrained_labels(
     with eval_mode(model):  # no dropout; every module gets its own mode back, also on errors
         device = next(model.parameters()).device
         decoder = None
-        if use_cache and _CachedDecoder.supports(model):
-            decoder = _CachedDecoder(model, prompts, softcapped_head=True)
+        if use_cache and CachedDecoder.supports(model):
+            decoder = CachedDecoder(model, prompts, softcapped_head=True)
             # A label's tokens but its EOS are fed at most.
             batches = decoder.batches(prompts, batch_size, new_tokens=trie.depth - 1)
             per_group = decoder.batches_per_projection(batch_size)
@@ -554,14 +554,14 @@ def constrained_labels(
             for start in range(0, len(batches), per_group):
                 group = batches[start : start + per_group]
                 if decoder is not None:
-                    rows = _constrained_with_cache(
+                    rows = constrained_with_cache(
                         decoder,
                         [[trie] * len(batch) for batch in group],
                         [[prompts[i] for i in batch] for batch in group],
                     )
                 else:
                     rows = [
-                        _constrained_full_forward(model, trie, [prompts[i] for i in batch], extra, device)
+                        constrained_full_forward(model, trie, [prompts[i] for i in batch], extra, device)
                         for batch in group
                     ]
                 for index, label in zip(
@@ -572,7 +572,7 @@ def constrained_labels(
     return outputs
 
 
-class _LabelTrie:
+class LabelTrie:
     """The labels' token ids (each ending with a stop token) as a prefix tree: node 0 is the root,
     ``children[node]`` maps each token that continues some label from there to its node, and ``settled[node]`` is
     the label every path from ``node`` leads to, if only one does (then decoding can stop: the rest is forced)."""
@@ -617,8 +617,8 @@ class _LabelTrie:
         return choose_tokens([(self, node) for node in nodes], token_logits, device)
 
 
-def choose_tokens(rows: Sequence[tuple[_LabelTrie, int]], token_logits: Any, device: torch.device) -> list[int]:
-    """:meth:`_LabelTrie.choose` for rows that each walk a trie of their own (``(trie, node)`` per row: rows of
+def choose_tokens(rows: Sequence[tuple[LabelTrie, int]], token_logits: Any, device: torch.device) -> list[int]:
+    """:meth:`LabelTrie.choose` for rows that each walk a trie of their own (``(trie, node)`` per row: rows of
     several adapters); the candidates of all rows are projected together."""
     union = sorted({token for trie, node in rows for token in trie.children[node]})
     tokens = torch.tensor(union, device=device)
@@ -627,16 +627,16 @@ def choose_tokens(rows: Sequence[tuple[_LabelTrie, int]], token_logits: Any, dev
     return tokens[logits.argmax(dim=-1)].tolist()
 
 
-def _constrained_with_cache(
-    decoder: _CachedDecoder | _MixedDecoder,
-    tries: Sequence[Sequence[_LabelTrie]],
+def constrained_with_cache(
+    decoder: CachedDecoder | MixedDecoder,
+    tries: Sequence[Sequence[LabelTrie]],
     batches: Sequence[Sequence[Any]],
 ) -> list[list[str]]:
     """Constrained greedy labels for a group of batches decoded in step, with the cache (as
-    :func:`_greedy_with_cache`: the batches' last positions are projected together, onto the candidate tokens'
+    :func:`greedy_with_cache`: the batches' last positions are projected together, onto the candidate tokens'
     rows only); ``tries[b][r]`` is row ``r`` of batch ``b``'s label trie. A row leaves its batch once its label is
     settled."""
-    states: list[_DecodingState | None] = [decoder.start(prompts) for prompts in batches]
+    states: list[DecodingState | None] = [decoder.start(prompts) for prompts in batches]
     outputs: list[list[str]] = [[""] * len(prompts) for prompts in batches]
     rows = [list(range(len(prompts))) for prompts in batches]  # per batch, the prompt each row of its state holds
     nodes = [[0] * len(prompts) for prompts in batches]  # per batch, each row's node in its trie
@@ -674,9 +674,9 @@ def _constrained_with_cache(
             state.feed(next_tokens[:, None])
 
 
-def _constrained_full_forward(
+def constrained_full_forward(
     model: torch.nn.Module,
-    trie: _LabelTrie,
+    trie: LabelTrie,
     prompts: Sequence[Sequence[int]],
     extra: dict[str, Any],
     device: torch.device,
@@ -728,12 +728,12 @@ def label_outputs(
     raise ValueError(f"Unknown mode {mode!r}; choose one of {list(MODES)}.")
 
 
-def _rank_with_shared_prompt(
+def rank_with_shared_prompt(
     model: torch.nn.Module, prompts: list[list[int]], label_ids: list[list[int]], batch_size: int, show_progress: bool
 ) -> list[list[float]]:
     """Scores from each prompt's key/value cache: one forward pass over the label tokens after the prompt."""
     device = next(model.parameters()).device
-    decoder = _CachedDecoder(model, prompts)
+    decoder = CachedDecoder(model, prompts)
     n_labels = len(label_ids)
     longest = max(len(ids) for ids in label_ids)
     # Row i * n_labels + j continues prompt i with label j's tokens but its last (the EOS, which is only
@@ -770,7 +770,7 @@ def _rank_with_shared_prompt(
     return scores
 
 
-def _rank_full_sequences(
+def rank_full_sequences(
     model: torch.nn.Module, prompts: list[list[int]], label_ids: list[list[int]], batch_size: int, show_progress: bool
 ) -> list[list[float]]:
     """Scores from the model's training forward on every prompt + label sequence (equal lengths batched)."""
@@ -799,17 +799,17 @@ def _rank_full_sequences(
     return scores
 
 
-def _generate_is_wrong(model: Any) -> bool:
+def generate_is_wrong(model: Any) -> bool:
     """Whether ``model.generate()`` gives wrong tokens even after :func:`~softprompt_hf.enable_soft_prompt_generate`:
     a peft prompt-learning adapter other than the three soft prompts (multitask prompt tuning, CPT), which that fix
     does not cover and whose peft 0.21.2 ``generate()`` mishandles its virtual tokens on transformers 5.24 as it
     does theirs."""
-    config = _prompt_learning_config(model)
+    config = prompt_learning_config(model)
     return config is not None and not fixes_generate(model)
 
 
 @torch.no_grad()
-def _generate_with_model(
+def generate_with_model(
     model: Any,
     tokenizer: PreTrainedTokenizerBase,
     encoded: Sequence[list[int]],
@@ -858,8 +858,8 @@ def _generate_with_model(
     return outputs
 
 
-def _greedy_with_cache(
-    decoder: _CachedDecoder | _MixedDecoder,
+def greedy_with_cache(
+    decoder: CachedDecoder | MixedDecoder,
     batches: Sequence[Sequence[Any]],
     limits: Sequence[Sequence[int]],
     stops: Sequence[Sequence[Collection[int]]],
@@ -870,7 +870,7 @@ def _greedy_with_cache(
     ``b`` generates at most, and the tokens that stop it (EOS). A row that generated a stop token, or its limit,
     leaves its batch, so the next steps run the unfinished rows only (rows are independent: the others' tokens do
     not change)."""
-    states: list[_DecodingState | None] = [decoder.start(prompts) for prompts in batches]
+    states: list[DecodingState | None] = [decoder.start(prompts) for prompts in batches]
     outputs: list[list[list[int]]] = [[[] for _ in prompts] for prompts in batches]
     rows = [list(range(len(prompts))) for prompts in batches]  # per batch, the prompt each row of its state holds
     while True:
@@ -897,7 +897,7 @@ def _greedy_with_cache(
     return outputs
 
 
-def _greedy_full_forward(
+def greedy_full_forward(
     model: torch.nn.Module,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
@@ -960,14 +960,14 @@ def length_sorted_batches(sequences: Sequence[Sequence[int]], batch_size: int) -
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-class _DecodingState:
+class DecodingState:
     """A batch being decoded: the key/value cache, its attention mask, where each row's next token goes, and
     what each row's last position gave (``last``: its logits, or its output layer input, see
-    :meth:`_CachedDecoder.run`)."""
+    :meth:`CachedDecoder.run`)."""
 
     def __init__(
         self,
-        decoder: _CachedDecoder,
+        decoder: CachedDecoder,
         cache: Cache,
         mask: torch.Tensor,
         next_positions: torch.Tensor,
@@ -980,7 +980,7 @@ class _DecodingState:
         self.last = last
 
     def feed(self, tokens: torch.Tensor, logits_to_keep: int | torch.Tensor = 1) -> torch.Tensor:
-        """Appends ``tokens`` ``(batch, n)`` to every row; returns the outputs (see :meth:`_CachedDecoder.run`)
+        """Appends ``tokens`` ``(batch, n)`` to every row; returns the outputs (see :meth:`CachedDecoder.run`)
         of the last ``logits_to_keep`` positions (``(batch, d)`` for 1, ``(batch, n, d)`` for 0, which keeps
         all), or of the ``True`` positions of a boolean ``(batch, n)`` mask (``(positions, d)``, row-major)."""
         n = tokens.shape[1]
@@ -1009,7 +1009,7 @@ class _DecodingState:
         self.last = self.last.repeat_interleave(repeats, dim=0)
 
 
-class _CachedDecoder:
+class CachedDecoder:
     """Runs a causal LM, or the base model of a soft-prompt ``PeftModel``, with a key/value cache.
 
     For a soft prompt it builds what peft's forward builds, so cached decoding reads the same inputs at the
@@ -1048,7 +1048,7 @@ class _CachedDecoder:
     def __init__(
         self, model: torch.nn.Module, prompts: Sequence[Sequence[int]] = (), *, softcapped_head: bool = False
     ) -> None:
-        self.peft_config = _prompt_learning_config(model)
+        self.peft_config = prompt_learning_config(model)
         self.model = model
         self.base: Any = model.get_base_model() if self.peft_config is not None else model  # type: ignore[operator]
         inner: Any = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -1096,7 +1096,7 @@ class _CachedDecoder:
         """Runs once the tokens that all ``prompts`` start with (a template's fixed opening, say), after the
         virtual tokens; each batch then runs the rest of its prompts only. Every prompt keeps at least its last
         token, whose logits are the first prediction."""
-        common = _common_prefix(prompts)
+        common = common_prefix(prompts)
         if not common:
             return
         virtual = self.num_virtual_tokens
@@ -1139,19 +1139,19 @@ class _CachedDecoder:
     def supports(cls, model: torch.nn.Module) -> bool:
         """Whether the model can be decoded with a cache exactly: a plain causal LM, a ``PeftModel`` whose
         adapter is not a prompt-learning method, or prompt tuning, P-tuning and prefix tuning."""
-        config = _prompt_learning_config(model)
+        config = prompt_learning_config(model)
         return config is None or config.peft_type in (*cls._PROMPT_TYPES, PeftType.PREFIX_TUNING)
 
     def batches_per_projection(self, batch_size: int) -> int:
         """How many batches of ``batch_size`` prompts to decode in step, their positions projected onto the
-        vocabulary together: on a CPU with the chunked head, enough for about ``_PROJECTION_ROWS`` rows (per
+        vocabulary together: on a CPU with the chunked head, enough for about ``PROJECTION_ROWS`` rows (per
         row, the chunked projection of 128 rows runs 1.4x faster than that of 32, ``benchmarks/RESULTS.md``);
         otherwise one. The batches' caches are held together, so memory grows with it as with a larger batch;
         the forward passes, whose activations would grow more, keep ``batch_size`` rows."""
         device = next(self.model.parameters()).device
         if self.head is None or device.type != "cpu":
             return 1
-        return max(1, _PROJECTION_ROWS // max(batch_size, 1))
+        return max(1, PROJECTION_ROWS // max(batch_size, 1))
 
     def batches(self, prompts: Sequence[Sequence[int]], batch_size: int, new_tokens: int = 0) -> list[list[int]]:
         """Indices of ``prompts`` in the batches this decoder can run exactly, when ``new_tokens`` tokens will be
@@ -1186,7 +1186,7 @@ class _CachedDecoder:
             for batch in batching([prompts[i] for i in indices], batch_size)
         ]
 
-    def start(self, prompts: Sequence[Sequence[int]]) -> _DecodingState:
+    def start(self, prompts: Sequence[Sequence[int]]) -> DecodingState:
         """Runs the prompts (token id lists, from those the decoder was made with, in one of :meth:`batches`)
         and returns the state holding their cache and the logits of each one's last position."""
         device = next(self.model.parameters()).device
@@ -1211,7 +1211,7 @@ class _CachedDecoder:
 
     def prefill(
         self, cache: Cache, prefix_mask: torch.Tensor, prompts: Sequence[Sequence[int]], offsets: torch.Tensor
-    ) -> _DecodingState:
+    ) -> DecodingState:
         """Runs ``prompts`` after what ``cache`` holds (each row's prefix: ``prefix_mask`` masks its slots, a row
         whose prefix is shorter than the longest is padded on the left), each from position ``offsets[row]`` (its
         own prefix length), and returns the state with each one's last position's outputs."""
@@ -1236,14 +1236,14 @@ class _CachedDecoder:
             last_positions = (lengths - 1)[:, None]
             outputs = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=last_positions, **inputs)
             if outputs.shape[:2] == (batch, 1):
-                return _DecodingState(self, cache, mask, offsets + lengths, outputs[:, 0])
+                return DecodingState(self, cache, mask, offsets + lengths, outputs[:, 0])
             raise RuntimeError(f"{type(self.base).__name__} ignored per-row logits_to_keep positions.")
         outputs = self.run(cache=cache, mask=mask, positions=positions, logits_to_keep=keep, **inputs)
         if keep == 1:
             last = outputs[:, -1]
         else:
             last = outputs[torch.arange(batch, device=device), lengths - 1 - (longest - keep)]
-        return _DecodingState(self, cache, mask, offsets + lengths, last)
+        return DecodingState(self, cache, mask, offsets + lengths, last)
 
     def run(
         self,
@@ -1262,7 +1262,7 @@ class _CachedDecoder:
             raise RuntimeError(
                 f"A padded batch of {mask.shape[1]} positions crosses {type(self.base).__name__}'s "
                 f"{self.window}-token sliding window, where its rows would not compute what they compute alone; "
-                "batch the prompts with `_CachedDecoder.batches(prompts, batch_size, new_tokens)`."
+                "batch the prompts with `CachedDecoder.batches(prompts, batch_size, new_tokens)`."
             )
         extra: dict[str, Any] = {"logits_to_keep": logits_to_keep} if self._keep else {}
         if self._positions:
@@ -1332,21 +1332,21 @@ class _CachedDecoder:
         return torch.log_softmax(outputs.float(), dim=-1).gather(-1, tokens)
 
 
-class _MixedDecoder:
+class MixedDecoder:
     """Rows of several soft-prompt adapters on one base model (each a ``PeftModel`` around it) in the same batches.
 
-    Each adapter keeps a :class:`_CachedDecoder` of its own, which computes what all of its rows start with, once:
+    Each adapter keeps a :class:`CachedDecoder` of its own, which computes what all of its rows start with, once:
     its virtual tokens' key/values (prompt tuning, P-tuning) or its prefix key/values (prefix tuning), then its
     prompts' shared opening. A batch's cache holds each row's own prefix, padded on the left to the longest of the
     batch with masked slots; each row's tokens take the positions after its own prefix, as alone. So every row
     computes what it computes with its adapter alone (to float rounding: another batch shape is another matrix
     product). Mixing needs the model's per-row positions (``position_ids``, or Bloom's mask-derived ones); other
     models, and under a sliding window the rows whose padded slots would not fit in it (see
-    :class:`_CachedDecoder`), are batched by adapter and equal length, without padding. The base model is run
+    :class:`CachedDecoder`), are batched by adapter and equal length, without padding. The base model is run
     through the first adapter's decoder (the same weights for all).
     """
 
-    def __init__(self, decoders: Sequence[_CachedDecoder], prefixes: Sequence[list[tuple[torch.Tensor, torch.Tensor]]]):
+    def __init__(self, decoders: Sequence[CachedDecoder], prefixes: Sequence[list[tuple[torch.Tensor, torch.Tensor]]]):
         self.decoders = list(decoders)
         self.runner = self.decoders[0]
         self.prefixes = list(prefixes)
@@ -1355,17 +1355,17 @@ class _MixedDecoder:
     @classmethod
     def of(
         cls, models: Sequence[torch.nn.Module], prompts: Sequence[Sequence[Sequence[int]]], *, softcapped_head: bool
-    ) -> _MixedDecoder | None:
+    ) -> MixedDecoder | None:
         """The decoder for ``models`` (one per adapter, sharing one base model) and each one's prompts; ``None`` if
         some adapter's rows cannot share batches (it is not one of the three soft prompts, or its prefix is not a
         plain cache): then run each adapter alone."""
         bases = {id(model.get_base_model()) if isinstance(model, PeftModel) else id(model) for model in models}
-        if len(bases) != 1 or not all(_prompt_learning_config(model) is not None for model in models):
+        if len(bases) != 1 or not all(prompt_learning_config(model) is not None for model in models):
             return None
-        if not all(_CachedDecoder.supports(model) for model in models):
+        if not all(CachedDecoder.supports(model) for model in models):
             return None
         decoders = [
-            _CachedDecoder(model, rows, softcapped_head=softcapped_head)
+            CachedDecoder(model, rows, softcapped_head=softcapped_head)
             for model, rows in zip(models, prompts, strict=True)
         ]
         prefixes = [decoder.row_prefix() for decoder in decoders]
@@ -1403,7 +1403,7 @@ class _MixedDecoder:
         ]
         return mixed + alone
 
-    def start(self, rows: Sequence[tuple[int, Sequence[int]]]) -> _DecodingState:
+    def start(self, rows: Sequence[tuple[int, Sequence[int]]]) -> DecodingState:
         """Runs ``rows`` (``(adapter, prompt ids)``, one of :meth:`batches`) after each one's own prefix and returns
         the state holding their cache and each one's last position's outputs."""
         device = next(self.runner.model.parameters()).device
@@ -1459,27 +1459,27 @@ class AdapterRows:
 def mixed_outputs(
     adapters: Sequence[AdapterRows], mode: str, *, batch_size: int = 32, show_progress: bool = False
 ) -> list[list[Any]] | None:
-    """Decodes the rows of several adapters on one base model in shared batches (:class:`_MixedDecoder`).
+    """Decodes the rows of several adapters on one base model in shared batches (:class:`MixedDecoder`).
 
     Returns, per adapter, per row, what its adapter alone gives: the generated ids, cut after the first stop token
     (``"generate"``), the log-likelihood of each label (``"rank"``) or the chosen label (``"constrained"``); or
-    ``None`` where the adapters' rows cannot share batches (see :meth:`_MixedDecoder.of`).
+    ``None`` where the adapters' rows cannot share batches (see :meth:`MixedDecoder.of`).
     """
     if mode not in MODES:
         raise ValueError(f"Unknown mode {mode!r}; choose one of {list(MODES)}.")
-    tries: list[_LabelTrie | None] = [None] * len(adapters)
+    tries: list[LabelTrie | None] = [None] * len(adapters)
     if mode != "generate":
         for a, adapter in enumerate(adapters):
             if adapter.labels is None or adapter.label_ids is None:
                 raise ValueError(f"mode={mode!r} needs each adapter's labels and their token ids.")
             if mode == "constrained":
-                tries[a] = _LabelTrie(adapter.labels, adapter.label_ids, adapter.stops)
+                tries[a] = LabelTrie(adapter.labels, adapter.label_ids, adapter.stops)
     models = [adapter.model for adapter in adapters]
     contexts = [eval_mode(model) for model in dict((id(model), model) for model in models).values()]
     with contextlib.ExitStack() as stack:
         for context in contexts:
             stack.enter_context(context)
-        decoder = _MixedDecoder.of(
+        decoder = MixedDecoder.of(
             models, [adapter.prompts for adapter in adapters], softcapped_head=mode == "constrained"
         )
         if decoder is None:
@@ -1506,10 +1506,10 @@ def mixed_outputs(
                     limits = [[adapters[rows[i][0]].max_new_tokens for i in batch] for batch in group]
                     stops = [[stop_sets[rows[i][0]] for i in batch] for batch in group]
                     # Each row ends at its first stop token: nothing to cut.
-                    outputs = _greedy_with_cache(decoder, items, limits, stops)
+                    outputs = greedy_with_cache(decoder, items, limits, stops)
                 elif mode == "constrained":
                     row_tries = [[tries[rows[i][0]] for i in batch] for batch in group]
-                    outputs = _constrained_with_cache(decoder, row_tries, items)  # type: ignore[arg-type]
+                    outputs = constrained_with_cache(decoder, row_tries, items)  # type: ignore[arg-type]
                 else:
                     outputs = _rank_rows_with_cache(decoder, items, [adapter.label_ids or [] for adapter in adapters])
                 for index, output in zip(
@@ -1522,10 +1522,10 @@ def mixed_outputs(
 
 
 def _rank_rows_with_cache(
-    decoder: _MixedDecoder, batches: Sequence[Sequence[tuple[int, Sequence[int]]]], label_ids: Sequence[list[list[int]]]
+    decoder: MixedDecoder, batches: Sequence[Sequence[tuple[int, Sequence[int]]]], label_ids: Sequence[list[list[int]]]
 ) -> list[list[list[float]]]:
     """The rank scores of a group of batches whose rows (``(adapter, prompt ids)``) score their own adapter's labels
-    (``label_ids[adapter]``), as :func:`_rank_with_shared_prompt` scores one adapter's: each prompt is run once,
+    (``label_ids[adapter]``), as :func:`rank_with_shared_prompt` scores one adapter's: each prompt is run once,
     then each of its labels' tokens but the EOS are fed after it in one more forward, the batches' positions
     projected together."""
     states = [decoder.start(rows) for rows in batches]
@@ -1580,7 +1580,7 @@ def join_rows(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(list(parts))
 
 
-def _common_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
+def common_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
     """The longest token prefix of all ``prompts``, leaving each prompt at least one token of its own."""
     if not prompts:
         return []
@@ -1591,7 +1591,7 @@ def _common_prefix(prompts: Sequence[Sequence[int]]) -> list[int]:
     return list(first[: max(length, 0)])
 
 
-def _prompt_learning_config(model: torch.nn.Module) -> Any:
+def prompt_learning_config(model: torch.nn.Module) -> Any:
     """The active peft config if ``model`` is a ``PeftModel`` with a prompt-learning adapter, else ``None``."""
     if not isinstance(model, PeftModel):
         return None
