@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from eval_throughput import LABELS  # noqa: E402
 
 from softprompt_hf.data.prompt import PromptTemplate
-from softprompt_hf.inference.labels import PROJECTION_ROWS, common_prefix  # noqa: E402
+from softprompt_hf.inference.engine import PROJECTION_ROWS, common_prefix  # noqa: E402
 from softprompt_hf.inference.output_head import ChunkedOutputHead  # noqa: E402
 
 HEADERS = [

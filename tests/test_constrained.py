@@ -23,15 +23,11 @@ from transformers import AutoModelForCausalLM
 from softprompt_hf import GenerationMetrics
 from softprompt_hf.cli import build_parser
 from softprompt_hf.cli import main as cli_main
-from softprompt_hf.constants import LABEL_TOKENIZATIONS
+from softprompt_hf.constants import LABEL_TOKENIZATIONS, MODES
 from softprompt_hf.data.prompt import PromptTemplate
-from softprompt_hf.inference.labels import (
-    MODES,
-    CachedDecoder,
-    LabelTrie,
-    constrained_labels,
-    generate_label_ids,
-)
+from softprompt_hf.inference.engine import CachedDecoder
+from softprompt_hf.inference.labels import constrained_labels, generate_label_ids
+from softprompt_hf.inference.loops import LabelTrie
 from softprompt_hf.inference.output_head import ChunkedOutputHead
 from softprompt_hf.serving.predict import predict
 from softprompt_hf.training.arguments import parse_recipe_args

@@ -21,8 +21,10 @@ from transformers import AutoModelForCausalLM
 
 from softprompt_hf import generate_labels, rank_labels
 from softprompt_hf.data.prompt import PromptTemplate
-from softprompt_hf.inference import labels as _decoding
-from softprompt_hf.inference.labels import CachedDecoder, generate_label_ids
+from softprompt_hf.inference import engine as _engine
+from softprompt_hf.inference import labels as _labels
+from softprompt_hf.inference.engine import CachedDecoder
+from softprompt_hf.inference.labels import generate_label_ids
 from softprompt_hf.inference.output_head import ChunkedOutputHead
 
 LABELS = ["complaint", "no complaint"]
@@ -86,7 +88,7 @@ def test_scoring_restores_every_modules_mode_when_it_fails(tokenizer, monkeypatc
         raise RuntimeError(f"{scoring} failed")
 
     for name in internals:
-        monkeypatch.setattr(_decoding, name, failing)
+        monkeypatch.setattr(_labels, name, failing)
     with pytest.raises(RuntimeError, match=f"{scoring} failed"):
         if scoring == "generate":
             generate_label_ids(model, tokenizer, ["@Acme hi"], max_new_tokens=1, show_progress=False)
@@ -227,7 +229,7 @@ def test_on_cpu_the_batches_of_a_group_share_each_projection(tokenizer, method, 
     assert CachedDecoder(model).batches_per_projection(3) == 128 // 3
     grouped = generate_label_ids(model, tokenizer, texts, max_new_tokens=3, batch_size=3, show_progress=False)
     assert projected == [10, 10, 10]  # 4 batches (3, 3, 3, 1 rows), 3 steps
-    monkeypatch.setattr(_decoding, "PROJECTION_ROWS", 1)
+    monkeypatch.setattr(_engine, "PROJECTION_ROWS", 1)
     projected.clear()
     one_at_a_time = generate_label_ids(model, tokenizer, texts, max_new_tokens=3, batch_size=3, show_progress=False)
     assert sorted(projected) == sorted([3, 3, 3, 1] * 3)
@@ -332,7 +334,7 @@ def test_soft_prompt_beyond_the_sliding_window_is_warned_about(tokenizer, monkey
     call here; `warning_once` logs it once per model and settings)."""
     model = tiny_soft_prompt_model(tokenizer, "mistral", "prompt_tuning")
     warned: list[str] = []
-    monkeypatch.setattr(_decoding.logger, "warning_once", lambda message, *args: warned.append(message % args))
+    monkeypatch.setattr(_engine.logger, "warning_once", lambda message, *args: warned.append(message % args))
     generate_label_ids(model, tokenizer, window_crossing_texts()[:2], max_new_tokens=2, show_progress=False)
     assert warned == []
     generate_label_ids(model, tokenizer, window_crossing_texts(), max_new_tokens=2, show_progress=False)

@@ -9,7 +9,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, Gemma2Config
 
 from softprompt_hf.data.prompt import PromptTemplate
-from softprompt_hf.inference.labels import CachedDecoder, generate_label_ids
+from softprompt_hf.inference.engine import CachedDecoder
+from softprompt_hf.inference.labels import generate_label_ids
 from softprompt_hf.inference.output_head import ChunkedOutputHead
 
 
