@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from eval_throughput import LABELS  # noqa: E402
 
 from softprompt_hf.data.prompt import PromptTemplate
-from softprompt_hf.inference.labels import _PROJECTION_ROWS, _common_prefix  # noqa: E402
+from softprompt_hf.inference.engine import PROJECTION_ROWS, common_prefix  # noqa: E402
 from softprompt_hf.inference.output_head import ChunkedOutputHead  # noqa: E402
 
 HEADERS = [
@@ -76,7 +76,7 @@ def per_row_counts(args: argparse.Namespace, tok: Any, virtual: int) -> dict[str
     texts = [row[c.TEXT_COLUMN] for row in c.labelled_rows(args.rows)]
     prompts = [PromptTemplate().encode(tok, text) for text in texts]
     prompt = sum(len(ids) for ids in prompts) / len(prompts)
-    shared = len(_common_prefix(prompts))
+    shared = len(common_prefix(prompts))
     labels = [len(PromptTemplate().encode_target(tok, label)) for label in LABELS]
     new_tokens = max(labels)  # the longest label + EOS: what generation decodes
     continuations = sum(length - 1 for length in labels)
@@ -116,7 +116,7 @@ def main(args: argparse.Namespace) -> list[list[Any]]:
     head_shape = (size.hidden_size, size.vocab_size, args.device, dtype, args.repeats)
     head_rate = matmul_rate(args.batch_size, *head_shape)
     # What the package projects at once: on a CPU the rows of the batches it decodes in step.
-    grouped = args.batch_size * max(1, _PROJECTION_ROWS // args.batch_size) if args.device == "cpu" else args.batch_size
+    grouped = args.batch_size * max(1, PROJECTION_ROWS // args.batch_size) if args.device == "cpu" else args.batch_size
     chunked_rate = chunked_head_rate(grouped, *head_shape)
     best_rate = max(layer_rate, head_rate, chunked_rate)
     print(

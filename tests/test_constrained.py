@@ -23,15 +23,11 @@ from transformers import AutoModelForCausalLM
 from softprompt_hf import GenerationMetrics
 from softprompt_hf.cli import build_parser
 from softprompt_hf.cli import main as cli_main
-from softprompt_hf.constants import LABEL_TOKENIZATIONS
+from softprompt_hf.constants import LABEL_TOKENIZATIONS, MODES
 from softprompt_hf.data.prompt import PromptTemplate
-from softprompt_hf.inference.labels import (
-    MODES,
-    _CachedDecoder,
-    _LabelTrie,
-    constrained_labels,
-    generate_label_ids,
-)
+from softprompt_hf.inference.engine import CachedDecoder
+from softprompt_hf.inference.labels import constrained_labels, generate_label_ids
+from softprompt_hf.inference.loops import LabelTrie
 from softprompt_hf.inference.output_head import ChunkedOutputHead
 from softprompt_hf.serving.predict import predict
 from softprompt_hf.training.arguments import parse_recipe_args
@@ -49,7 +45,7 @@ def _fixed_logits(values: dict[int, float]):
 
 def test_the_trie_follows_shared_prefixes_and_stops_once_one_label_is_left():
     # "a" = [5, EOS] is a prefix of "a b" = [5, 6, EOS]; "c d e" is multi-token and alone after its first token.
-    trie = _LabelTrie(["a", "a b", "c d e"], [[5, EOS], [5, 6, EOS], [7, 8, 9, EOS]], (EOS,))
+    trie = LabelTrie(["a", "a b", "c d e"], [[5, EOS], [5, 6, EOS], [7, 8, 9, EOS]], (EOS,))
     root = trie.children[0]
     assert sorted(root) == [5, 7] and trie.settled[0] is None
     after_a = root[5]
@@ -67,16 +63,16 @@ def test_the_trie_follows_shared_prefixes_and_stops_once_one_label_is_left():
     # Rows at different nodes at once: candidates 2 (EOS), 5, 6, 7; row 2's 5 and 7 are not its candidates.
     both = lambda tokens: torch.tensor([[1.0, 1.0, 1.0, 1.0], [0.0, 5.0, 1.0, 5.0]])  # noqa: E731
     assert trie.choose([0, after_a], both, torch.device("cpu")) == [5, 6]
-    assert _LabelTrie(["only"], [[4, EOS]], (EOS,)).settled[0] == "only"
+    assert LabelTrie(["only"], [[4, EOS]], (EOS,)).settled[0] == "only"
 
 
 def test_the_trie_refuses_labels_it_cannot_tell_apart_or_that_hold_eos():
     with pytest.raises(ValueError, match="'Yes' and 'yes' have the same token ids"):
-        _LabelTrie(["Yes", "yes"], [[5, EOS], [5, EOS]], (EOS,))
+        LabelTrie(["Yes", "yes"], [[5, EOS], [5, EOS]], (EOS,))
     with pytest.raises(ValueError, match=r"stop token \(EOS, or .*\) before its end"):
-        _LabelTrie(["a</s>b"], [[5, EOS, 6, EOS]], (EOS,))
+        LabelTrie(["a</s>b"], [[5, EOS, 6, EOS]], (EOS,))
     with pytest.raises(ValueError, match="at least one label"):
-        _LabelTrie([], [], (EOS,))
+        LabelTrie([], [], (EOS,))
 
 
 @torch.no_grad()
@@ -138,7 +134,7 @@ def test_restricted_logits_equal_the_full_logits_entries(tokenizer):
     for name, model in _models_with_their_own_logits(tokenizer).items():
         model.eval()
         full = next_token_logits(model, tokenizer, texts)
-        decoder = _CachedDecoder(model, prompts, softcapped_head=True)
+        decoder = CachedDecoder(model, prompts, softcapped_head=True)
         assert decoder.head is not None, name  # soft-capping and a bias are applied by the head itself
         restricted = torch.cat([decoder.start([ids]).last for ids in prompts])
         got = decoder.token_logits(restricted, tokens)

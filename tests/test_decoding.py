@@ -21,8 +21,10 @@ from transformers import AutoModelForCausalLM
 
 from softprompt_hf import generate_labels, rank_labels
 from softprompt_hf.data.prompt import PromptTemplate
-from softprompt_hf.inference import labels as _decoding
-from softprompt_hf.inference.labels import _CachedDecoder, generate_label_ids
+from softprompt_hf.inference import engine as _engine
+from softprompt_hf.inference import labels as _labels
+from softprompt_hf.inference.engine import CachedDecoder
+from softprompt_hf.inference.labels import generate_label_ids
 from softprompt_hf.inference.output_head import ChunkedOutputHead
 
 LABELS = ["complaint", "no complaint"]
@@ -70,8 +72,8 @@ def test_generation_restores_training_mode(tokenizer):
 @pytest.mark.parametrize(
     "scoring, internals",
     [
-        ("generate", ("_greedy_with_cache", "_greedy_full_forward")),
-        ("rank", ("_rank_with_shared_prompt", "_rank_full_sequences")),
+        ("generate", ("greedy_with_cache", "greedy_full_forward")),
+        ("rank", ("rank_with_shared_prompt", "rank_full_sequences")),
     ],
 )
 def test_scoring_restores_every_modules_mode_when_it_fails(tokenizer, monkeypatch, scoring, internals):
@@ -86,7 +88,7 @@ def test_scoring_restores_every_modules_mode_when_it_fails(tokenizer, monkeypatc
         raise RuntimeError(f"{scoring} failed")
 
     for name in internals:
-        monkeypatch.setattr(_decoding, name, failing)
+        monkeypatch.setattr(_labels, name, failing)
     with pytest.raises(RuntimeError, match=f"{scoring} failed"):
         if scoring == "generate":
             generate_label_ids(model, tokenizer, ["@Acme hi"], max_new_tokens=1, show_progress=False)
@@ -112,7 +114,7 @@ def test_cached_decoding_equals_the_full_forward(tokenizer, arch, method):
     # on these random models, where the joint one's " Label :" gets the same tokens everywhere on prefix-tuned Bloom.
     separate = PromptTemplate(label_tokenization="separate")
     options = {"max_new_tokens": 6, "batch_size": 4, "show_progress": False, "template": separate}
-    assert _CachedDecoder(model).mixed_lengths, "batches of 4 sorted prompts mix lengths: the padding is tested"
+    assert CachedDecoder(model).mixed_lengths, "batches of 4 sorted prompts mix lengths: the padding is tested"
     cached = generate_label_ids(model, tokenizer, texts, use_cache=True, **options)
     full = generate_label_ids(model, tokenizer, texts, use_cache=False, **options)
     assert cached == full
@@ -224,10 +226,10 @@ def test_on_cpu_the_batches_of_a_group_share_each_projection(tokenizer, method, 
         return chunked(self, hidden)
 
     monkeypatch.setattr(ChunkedOutputHead, "argmax", counting)
-    assert _CachedDecoder(model).batches_per_projection(3) == 128 // 3
+    assert CachedDecoder(model).batches_per_projection(3) == 128 // 3
     grouped = generate_label_ids(model, tokenizer, texts, max_new_tokens=3, batch_size=3, show_progress=False)
     assert projected == [10, 10, 10]  # 4 batches (3, 3, 3, 1 rows), 3 steps
-    monkeypatch.setattr(_decoding, "_PROJECTION_ROWS", 1)
+    monkeypatch.setattr(_engine, "PROJECTION_ROWS", 1)
     projected.clear()
     one_at_a_time = generate_label_ids(model, tokenizer, texts, max_new_tokens=3, batch_size=3, show_progress=False)
     assert sorted(projected) == sorted([3, 3, 3, 1] * 3)
@@ -287,7 +289,7 @@ def test_sliding_window_prompts_share_a_padded_batch_only_within_the_window(toke
     equal length, without padding."""
     model = tiny_soft_prompt_model(tokenizer, arch, "p_tuning")
     prompts = [PromptTemplate().encode(tokenizer, text) for text in window_crossing_texts()]
-    decoder = _CachedDecoder(model, prompts)
+    decoder = CachedDecoder(model, prompts)
     assert decoder.window == model.get_base_model().config.sliding_window
     fits = fits_the_window(model, prompts, new_tokens=5)
     batches = decoder.batches(prompts, len(prompts), new_tokens=5)
@@ -304,7 +306,7 @@ def test_a_padded_batch_beyond_the_sliding_window_is_refused(tokenizer, arch):
     model = tiny_soft_prompt_model(tokenizer, arch, "prompt_tuning")
     prompts = [PromptTemplate().encode(tokenizer, text) for text in window_crossing_texts()[-2:]]
     assert len({len(ids) for ids in prompts}) == 2
-    decoder = _CachedDecoder(model)
+    decoder = CachedDecoder(model)
     assert decoder.mixed_lengths and 4 + max(len(ids) for ids in prompts) > decoder.window
     with pytest.raises(RuntimeError, match="sliding window"):
         decoder.start(prompts)
@@ -318,7 +320,7 @@ def test_shared_key_values_count_every_position_on_sliding_window_layers(tokeniz
     model = tiny_soft_prompt_model(tokenizer, "gemma3_text", method)
     texts = ["@Acme " + "again " * 8 + end for end in ("hi", "thanks")]  # a long common opening
     prompts = [PromptTemplate().encode(tokenizer, text) for text in texts]
-    decoder = _CachedDecoder(model, prompts)
+    decoder = CachedDecoder(model, prompts)
     shared = decoder.num_virtual_tokens + len(decoder.shared_tokens)
     assert shared > decoder.window
     state = decoder.start(prompts[:1])
@@ -332,7 +334,7 @@ def test_soft_prompt_beyond_the_sliding_window_is_warned_about(tokenizer, monkey
     call here; `warning_once` logs it once per model and settings)."""
     model = tiny_soft_prompt_model(tokenizer, "mistral", "prompt_tuning")
     warned: list[str] = []
-    monkeypatch.setattr(_decoding.logger, "warning_once", lambda message, *args: warned.append(message % args))
+    monkeypatch.setattr(_engine.logger, "warning_once", lambda message, *args: warned.append(message % args))
     generate_label_ids(model, tokenizer, window_crossing_texts()[:2], max_new_tokens=2, show_progress=False)
     assert warned == []
     generate_label_ids(model, tokenizer, window_crossing_texts(), max_new_tokens=2, show_progress=False)

@@ -22,7 +22,8 @@ import softprompt_hf
 from softprompt_hf import ChatTemplate, PromptTemplate, build_soft_prompt_model, generate_labels, rank_labels
 from softprompt_hf.adapter.saving import save_adapter
 from softprompt_hf.cli import main as cli_main
-from softprompt_hf.inference.labels import decode_outputs, generate_label_ids
+from softprompt_hf.inference.labels import generate_label_ids
+from softprompt_hf.inference.loops import decode_outputs
 from softprompt_hf.serving.export import (
     EXPORT_CONFIG_NAME,
     EXPORT_TENSOR_NAME,

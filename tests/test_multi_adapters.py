@@ -25,6 +25,7 @@ from softprompt_hf import (
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.constants import MODES
 from softprompt_hf.evaluation.compute_metrics import Prediction, TextPrediction
+from softprompt_hf.inference.engine import MixedDecoder
 from softprompt_hf.serving.predict import load_adapter
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
@@ -148,16 +149,14 @@ def _same(actual, expected):
 @pytest.fixture
 def batch_adapters(monkeypatch):
     """Records, for each batch the mixed decoder starts, the methods of its rows' adapters."""
-    from softprompt_hf.inference import labels as _decoding
-
     seen: list[set[str]] = []
-    start = _decoding._MixedDecoder.start
+    start = MixedDecoder.start
 
     def recording(self, rows):
         seen.append({self.decoders[adapter].peft_config.peft_type.value for adapter, _ in rows})
         return start(self, rows)
 
-    monkeypatch.setattr(_decoding._MixedDecoder, "start", recording)
+    monkeypatch.setattr(MixedDecoder, "start", recording)
     return seen
 
 
@@ -343,11 +342,9 @@ def test_the_decoding_functions_take_the_loaded_adapters_and_each_rows_name(save
 def test_adapters_that_cannot_share_batches_run_through_predict(saved, monkeypatch, caplog):
     """Where the adapters' rows cannot be decoded together (a prefix cache of another kind, say), each adapter's
     rows run through predict: the same results, and a log line says so."""
-    from softprompt_hf.inference import labels as _decoding
-
     _, loaded, _ = saved["gpt2"]
     expected = predict(loaded, INPUTS, adapter_names=NAMES)
-    monkeypatch.setattr(_decoding._MixedDecoder, "of", classmethod(lambda cls, *args, **kwargs: None))
+    monkeypatch.setattr(MixedDecoder, "of", classmethod(lambda cls, *args, **kwargs: None))
     with caplog.at_level("INFO", logger="softprompt_hf.serving.multi"):
         fallen_back = predict(loaded, INPUTS, adapter_names=NAMES)
     assert "cannot be decoded together" in caplog.text

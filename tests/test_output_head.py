@@ -9,7 +9,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM, Gemma2Config
 
 from softprompt_hf.data.prompt import PromptTemplate
-from softprompt_hf.inference.labels import _CachedDecoder, generate_label_ids
+from softprompt_hf.inference.engine import CachedDecoder
+from softprompt_hf.inference.labels import generate_label_ids
 from softprompt_hf.inference.output_head import ChunkedOutputHead
 
 
@@ -123,7 +124,7 @@ def test_decoding_keeps_the_models_logits_when_its_forward_changes_them(tokenize
     model.register_forward_hook(negate, with_kwargs=True)
     texts = [row["Tweet text"] for row in labelled_rows(6)]
     prompts = [PromptTemplate().encode(tokenizer, text) for text in texts]
-    decoder = _CachedDecoder(model, prompts)  # its first forward: the template's opening, shared by all prompts
+    decoder = CachedDecoder(model, prompts)  # its first forward: the template's opening, shared by all prompts
     assert decoder.shared_tokens
     assert decoder.head is None
     cached = generate_label_ids(model, tokenizer, texts, max_new_tokens=3, show_progress=False)
@@ -131,5 +132,5 @@ def test_decoding_keeps_the_models_logits_when_its_forward_changes_them(tokenize
     assert cached == full
     plain = AutoModelForCausalLM.from_config(model_config("llama", len(tokenizer)))
     plain.load_state_dict(model.state_dict())
-    assert _CachedDecoder(plain.eval(), prompts).head is not None
+    assert CachedDecoder(plain.eval(), prompts).head is not None
     assert generate_label_ids(plain, tokenizer, texts, max_new_tokens=3, show_progress=False) != cached

@@ -28,7 +28,8 @@ from softprompt_hf.adapter.saving import save_adapter
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.data.prompt import PromptTemplate
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
-from softprompt_hf.inference import labels as _decoding
+from softprompt_hf.inference import labels as _labels
+from softprompt_hf.inference import mixed as _mixed
 from softprompt_hf.serving.predict import AdapterLoadError, load_adapter, predict, read_texts
 
 pytestmark = pytest.mark.usefixtures(one_thread.__name__)
@@ -152,8 +153,8 @@ def test_an_adapter_saved_without_the_base_models_tokenizer_predicts_as_one_save
     auto = AutoPeftModelForCausalLM.from_pretrained(folder)
     recorded = AutoTokenizer.from_pretrained(settings["base_model"])
     prompt = PromptTemplate(TEMPLATE, "Tweet text")
-    assert _decoding.generate_label_ids(auto, recorded, TEXTS, template=prompt, show_progress=False) == (
-        _decoding.generate_label_ids(model, tokenizer, TEXTS, template=prompt, show_progress=False)
+    assert _labels.generate_label_ids(auto, recorded, TEXTS, template=prompt, show_progress=False) == (
+        _labels.generate_label_ids(model, tokenizer, TEXTS, template=prompt, show_progress=False)
     )
 
 
@@ -253,9 +254,11 @@ def _not_the_model_generate(*args, **kwargs):
 
 
 def _forbid_the_package_decoder(monkeypatch):
-    # Both loops of the package's own decoder (with and without the cache) raise: only generate() may decode.
-    monkeypatch.setattr(_decoding, "_greedy_with_cache", _not_the_model_generate)
-    monkeypatch.setattr(_decoding, "_greedy_full_forward", _not_the_model_generate)
+    # Both loops of the package's own decoder (with and without the cache) raise: only generate() may decode. They
+    # are patched where they are called: generate_label_ids in labels.py, and mixed_outputs in mixed.py.
+    monkeypatch.setattr(_labels, "greedy_with_cache", _not_the_model_generate)
+    monkeypatch.setattr(_labels, "greedy_full_forward", _not_the_model_generate)
+    monkeypatch.setattr(_mixed, "greedy_with_cache", _not_the_model_generate)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -1,7 +1,7 @@
 """Scoring a soft-prompt model whose frozen base is sharded by FSDP2 (``fully_shard``, through accelerate).
 
 Under FSDP each process holds a shard of every parameter, and a module's parameters are gathered only while
-FSDP runs that module's forward. The package's decoder (:mod:`softprompt_hf.inference.labels`) calls the base model,
+FSDP runs that module's forward. The package's decoder (:mod:`softprompt_hf.inference.engine`) calls the base model,
 the prompt encoder and the output layer itself, outside the wrapped model's ``forward``, and each process
 decodes its own share of the eval rows, a different number of forwards on each. :func:`run_sharded` makes that
 work without gathering the whole model:

@@ -21,7 +21,8 @@ from ..constants import MODES
 from ..core.sharding import check_supported, run_sharded
 from ..data.chat import ChatTemplate, prompt_format
 from ..data.prompt import DEFAULT_TEMPLATE, PromptFormat, PromptInput
-from ..inference.labels import check_generation_kwargs, decode_outputs, generate_label_ids, label_outputs
+from ..inference.labels import check_generation_kwargs, generate_label_ids, label_outputs
+from ..inference.loops import decode_outputs
 from .metrics import ClassificationReport, check_label_set, classification_report, match_label
 from .text_metrics import TEXT_METRICS, default_text_metrics, load_text_metric
 

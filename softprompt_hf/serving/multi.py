@@ -32,7 +32,8 @@ from transformers.utils import logging
 
 from ..data.prompt import PromptInput
 from ..evaluation.compute_metrics import Prediction, TextPrediction
-from ..inference.labels import AdapterRows, decode_outputs, mixed_outputs
+from ..inference.loops import decode_outputs
+from ..inference.mixed import AdapterRows, mixed_outputs
 from .predict import (
     LoadedAdapter,
     PredictionPlan,

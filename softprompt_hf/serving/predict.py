@@ -40,7 +40,8 @@ from ..data.prompt import DEFAULT_TEMPLATE, SAVED_WITHOUT_LABEL_TOKENIZATION, Pr
 from ..evaluation.compute_metrics import Prediction, TextPrediction
 from ..evaluation.metrics import check_label_set, match_label
 from ..inference.generate import enable_soft_prompt_generate, fixes_generate
-from ..inference.labels import decode_outputs, generate_label_ids, label_outputs
+from ..inference.labels import generate_label_ids, label_outputs
+from ..inference.loops import decode_outputs
 
 __all__ = ["AdapterLoadError", "LoadedAdapter", "load_adapter", "predict", "read_rows", "read_texts"]
 
