@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from transformers.utils import logging
 
 from ..constants import LABEL_TOKENIZATIONS
-from ..core.files import replace_folder, sha256_of_file
+from ..core.files import check_replaceable_folder, replace_folder, sha256_of_file
 from ..core.sharding import fsdp_root
 from ..data.chat import ChatTemplate
 from ..modeling import methods
@@ -143,17 +143,15 @@ def _keeps_tokenizer(tokenizer: Any, base_model: str | None) -> bool:
 
 
 def _check_adapter_folder(target: Path) -> None:
-    if not target.exists():
-        return
-    if not target.is_dir():
-        raise ValueError(f"{target} exists and is not a folder: pass a folder path for the adapter.")
-    foreign = sorted(p.name for p in target.iterdir() if p.name not in _ADAPTER_FOLDER_FILES)
-    if foreign:
-        raise ValueError(
-            f"{target} holds files that are not part of a saved adapter ({', '.join(foreign[:5])}); saving would "
-            "replace the whole folder. Save the adapter into a folder of its own, e.g. "
-            f"{target / 'adapter'}."
-        )
+    check_replaceable_folder(
+        target,
+        _ADAPTER_FOLDER_FILES,
+        noun="adapter",
+        part_of="a saved adapter",
+        verb="saving",
+        advice="Save the adapter",
+        example=target / "adapter",
+    )
 
 
 def save_adapter(

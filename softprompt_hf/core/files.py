@@ -14,11 +14,18 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write_json", "atomic_write_text", "replace_folder", "sha256_of_file"]
+__all__ = [
+    "atomic_open",
+    "atomic_write_json",
+    "atomic_write_text",
+    "check_replaceable_folder",
+    "replace_folder",
+    "sha256_of_file",
+]
 
 _BLOCK = 1 << 20
 
@@ -87,6 +94,25 @@ def replace_folder(target: str | os.PathLike[str], write: Callable[[Path], None]
     else:
         os.replace(tmp, target)
     return target
+
+
+def check_replaceable_folder(
+    target: Path, allowed: Collection[str], *, noun: str, part_of: str, verb: str, advice: str, example: Path
+) -> None:
+    """Refuses a ``target`` that a folder swap (``replace_folder``) must not replace: a file, or a folder holding
+    names other than ``allowed`` (someone else's files). The message reads "pass a folder path for the {noun}",
+    "not part of {part_of}; {verb} would replace the whole folder. {advice} into a folder of its own, e.g.
+    {example}"."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise ValueError(f"{target} exists and is not a folder: pass a folder path for the {noun}.")
+    foreign = sorted(p.name for p in target.iterdir() if p.name not in allowed)
+    if foreign:
+        raise ValueError(
+            f"{target} holds files that are not part of {part_of} ({', '.join(foreign[:5])}); {verb} would replace "
+            f"the whole folder. {advice} into a folder of its own, e.g. {example}."
+        )
 
 
 def sha256_of_file(path: str | os.PathLike[str], progress: Any = None) -> str:

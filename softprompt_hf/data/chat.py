@@ -116,13 +116,12 @@ class ChatTemplate:
 
     def check_columns(self, columns: Any, where: str = "the data") -> None:
         """Raises ``ValueError`` naming the user pattern's fields that ``columns`` (column names) do not hold."""
-        found = list(columns)
-        missing = [column for column in self.columns if column not in found]
+        missing, found = self._user.missing_columns(columns)
         if missing:
             raise ValueError(
                 f"The chat template's user message {self.user!r} reads the column(s) {missing}, not found in {where} "
-                f"(columns: {sorted(map(str, found))}). Put column names in braces in ChatTemplate(user=...), and "
-                f"'{{text}}' for the text column {self.text_column!r}."
+                f"(columns: {found}). Put column names in braces in ChatTemplate(user=...), and '{{text}}' for the "
+                f"text column {self.text_column!r}."
             )
 
     def values(self, source: PromptInput) -> dict[str, str]:

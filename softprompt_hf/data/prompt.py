@@ -196,15 +196,18 @@ class PromptTemplate:
         fields = self.fields
         return "text" if "text" in fields else fields[-1]
 
+    def missing_columns(self, columns: Any) -> tuple[list[str], list[str]]:
+        """The template's fields that ``columns`` (column names) do not hold, and the column names, sorted."""
+        found = sorted(map(str, columns))
+        return [column for column in self.columns if column not in found], found
+
     def check_columns(self, columns: Any, where: str = "the data") -> None:
         """Raises ``ValueError`` naming the template's fields that ``columns`` (column names) do not hold."""
-        found = list(columns)
-        missing = [column for column in self.columns if column not in found]
+        missing, found = self.missing_columns(columns)
         if missing:
             raise ValueError(
                 f"Prompt template {self.template!r} reads the column(s) {missing}, not found in {where} (columns: "
-                f"{sorted(map(str, found))}). Put column names in braces, and '{{text}}' for the text column "
-                f"{self.text_column!r}."
+                f"{found}). Put column names in braces, and '{{text}}' for the text column {self.text_column!r}."
             )
 
     def values(self, source: PromptInput) -> dict[str, str]:

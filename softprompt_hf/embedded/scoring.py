@@ -8,7 +8,7 @@ seed's template, which is what the model was built to follow.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from softprompt_hf.data.prompt import PromptTemplate
 from softprompt_hf.embedded.tasks import TEMPLATE
@@ -35,9 +35,7 @@ def label_accuracy(
     template: str = TEMPLATE,
 ) -> float:
     """Accuracy of greedy generation after ``instruction + template`` against the label texts."""
-    prompts = [instruction + template.format(text=t) for t in texts]
-    longest = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in set(labels))
-    predictions = generate_labels(model, tokenizer, prompts, max_new_tokens=longest + 1)
+    predictions = _greedy_outputs(_generate_labels, model, tokenizer, texts, labels, instruction, template)
     return sum(p == y for p, y in zip(predictions, labels, strict=True)) / len(labels)
 
 
@@ -50,9 +48,22 @@ def text_rouge_l(
     template: str = TEMPLATE,
 ) -> float:
     """ROUGE-L F1 (0-1) of greedy generation after ``instruction + template`` against the reference texts."""
+    outputs = _greedy_outputs(generate_texts, model, tokenizer, texts, references, instruction, template)
+    return load_text_metric("rouge").compute(predictions=outputs, references=list(references))["rougeL"]
+
+
+def _greedy_outputs(
+    decode: Callable[..., list[str]],
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    targets: Sequence[str],
+    instruction: str,
+    template: str,
+) -> list[str]:
+    """``decode``'s greedy outputs after ``instruction + template``, at most one token past the longest target."""
     prompts = [instruction + template.format(text=t) for t in texts]
-    longest = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in set(references))
-    outputs = generate_texts(
+    longest = max(len(tokenizer(target, add_special_tokens=False)["input_ids"]) for target in set(targets))
+    return decode(
         model, tokenizer, prompts, template=PromptTemplate("{text}"), max_new_tokens=longest + 1, show_progress=False
     )
-    return load_text_metric("rouge").compute(predictions=outputs, references=list(references))["rougeL"]

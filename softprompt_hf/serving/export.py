@@ -44,7 +44,7 @@ from ..adapter.saving import (
     base_tokenizer_files,
 )
 from ..constants import EXPORT_DTYPES, __version__
-from ..core.files import atomic_write_json, replace_folder, sha256_of_file
+from ..core.files import atomic_write_json, check_replaceable_folder, replace_folder, sha256_of_file
 from ..data.chat import ChatTemplate
 from ..data.prompt import SAVED_WITHOUT_LABEL_TOKENIZATION, PromptFormat, PromptTemplate
 from ..modeling import methods
@@ -308,14 +308,15 @@ def _check_output(target: Path, overwrite: bool) -> None:
             f"{target} already exists: pass overwrite=True (CLI: --overwrite) to replace an earlier export, or "
             "choose another output folder."
         )
-    if not target.is_dir():
-        raise ValueError(f"{target} exists and is not a folder: pass a folder path for the export.")
-    foreign = sorted(p.name for p in target.iterdir() if p.name not in _EXPORT_FILES)
-    if foreign:
-        raise ValueError(
-            f"{target} holds files that are not part of an export ({', '.join(foreign[:5])}); overwriting would "
-            f"replace the whole folder. Export into a folder of its own, e.g. {target / 'served'}."
-        )
+    check_replaceable_folder(
+        target,
+        _EXPORT_FILES,
+        noun="export",
+        part_of="an export",
+        verb="overwriting",
+        advice="Export",
+        example=target / "served",
+    )
 
 
 def _dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
