@@ -17,7 +17,7 @@ __all__ = [
 ]
 
 try:
-    #: The installed distribution's version (``pyproject.toml`` declares it, once).
+    #: The installed distribution's version (``setup.cfg`` declares it, once).
     __version__ = version("softprompt_hf")
 except PackageNotFoundError:  # a source tree put on sys.path without being installed
     __version__ = "0+unknown"

@@ -1,5 +1,6 @@
-"""Dependencies are declared once and completely: pyproject.toml names every third-party package that the code
-imports, and `tox -e lowest` installs exactly the declared lower bounds."""
+"""Dependencies are declared once and completely: setup.cfg names every third-party package that the code imports,
+and `tox -e lowest` installs exactly the declared lower bounds; each setting lives in one of setup.cfg,
+pyproject.toml and tox.ini."""
 
 from __future__ import annotations
 
@@ -17,6 +18,14 @@ except ModuleNotFoundError:  # Python 3.10 (the test extra installs tomli there)
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+SETUP_CFG = configparser.ConfigParser(interpolation=None)
+SETUP_CFG.read(ROOT / "setup.cfg", encoding="utf-8")
+
+
+def _cfg_list(section: str, key: str) -> list[str]:
+    """A multi-line setup.cfg value as its lines (comments and blank lines left out)."""
+    lines = (line.strip() for line in SETUP_CFG[section][key].splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def _canonical(name: str) -> str:
@@ -31,10 +40,9 @@ def _requirement(spec: str) -> tuple[str, str]:
 
 
 def _declared(*extras: str) -> dict[str, str]:
-    project = PYPROJECT["project"]
-    specs = list(project["dependencies"])
+    specs = _cfg_list("options", "install_requires")
     for extra in extras:
-        specs += project["optional-dependencies"][extra]
+        specs += _cfg_list("options.extras_require", extra)
     return dict(_requirement(spec) for spec in specs)
 
 
@@ -137,9 +145,9 @@ def test_the_lowest_env_installs_the_declared_lower_bounds():
 
 
 def test_the_build_backend_reads_an_spdx_license():
-    """An SPDX string as ``license`` (and ``license-files``) needs setuptools 77 (PEP 639); older ones refuse it."""
-    assert isinstance(PYPROJECT["project"]["license"], str)
-    assert [(ROOT / name).is_file() for name in PYPROJECT["project"]["license-files"]] == [True]
+    """An SPDX ``license_expression`` (and ``license_files``) needs setuptools 77 (PEP 639)."""
+    assert SETUP_CFG["metadata"]["license_expression"] == "Apache-2.0"
+    assert [(ROOT / name).is_file() for name in SETUP_CFG["metadata"]["license_files"].split()] == [True]
     (requirement,) = [spec for spec in PYPROJECT["build-system"]["requires"] if _requirement(spec)[0] == "setuptools"]
     minimum = re.search(r">=\s*([0-9]+)", requirement)
     assert minimum and int(minimum.group(1)) >= 77, requirement
@@ -160,3 +168,22 @@ def test_the_readme_version_table_names_the_versions_installed_here():
     assert set(rows) == {"lowest", "newest"}, rows
     installed = {name: importlib.metadata.version(name).split("+")[0] for name in header[1:]}
     assert installed in (rows["lowest"], rows["newest"]), f"installed {installed}; README: {rows}"
+
+
+def test_each_setting_file_has_its_own_part():
+    """setup.cfg: what the package is; pyproject.toml: the build system and the tools' settings; tox.ini: the
+    environments. A table in the wrong file would be a second place for the same setting."""
+    assert set(SETUP_CFG.sections()) <= {
+        "metadata",
+        "options",
+        "options.packages.find",
+        "options.package_data",
+        "options.entry_points",
+        "options.extras_require",
+    }
+    assert set(PYPROJECT) == {"build-system", "tool"}
+    assert set(PYPROJECT["tool"]) == {"ruff", "mypy", "pytest"}
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(ROOT / "tox.ini", encoding="utf-8")
+    assert all(section == "tox" or section.startswith("testenv") for section in tox.sections())
+    assert importlib.metadata.version("softprompt_hf") == SETUP_CFG["metadata"]["version"]

@@ -7,7 +7,7 @@ whose comments point back to this list.
 Every entry was re-checked on transformers 5.25.0 and accelerate 1.16.0 (with peft 0.21.2, huggingface_hub 2.4.0,
 torch 2.13.0; 2026-12) by diffing the upstream code it names against transformers 5.24.0 / accelerate 1.15.0 and,
 where a test or a short run shows it, by running it; its *Re-checked* line says what was found. The lowest
-supported versions (pyproject.toml) are transformers 5.23.0 and accelerate 1.15.0: a workaround goes only once
+supported versions (setup.cfg) are transformers 5.23.0 and accelerate 1.15.0: a workaround goes only once
 those do not need it either.
 
 Cache argument and key/value caches
