@@ -110,7 +110,7 @@ def run(args: argparse.Namespace, name: str, task: str, method: str, out_dir: st
     trainers = {}
     for path in ("with", "without"):
         metrics = build_metrics(task, tok, rows, metric_options, args)
-        metrics._show_progress = False
+        metrics.show_progress = False
         trainer = Trainer(
             model=model,
             args=TrainingArguments(

@@ -134,7 +134,7 @@ def _rows(recipe: RecipeEval, rows: int | None) -> Any:
 
 def _quiet_copy(metrics: GenerationMetrics, **changes: Any) -> GenerationMetrics:
     copy = dataclasses.replace(metrics, **changes)
-    copy._show_progress = False  # progress bars would break the tables up
+    copy.show_progress = False  # progress bars would break the tables up
     return copy
 
 

@@ -63,7 +63,7 @@ def zero_shot(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     for name, template in templates.items():
         scored = dataclasses.replace(metrics, eval_rows=rows, template=template)
-        scored._show_progress = False
+        scored.show_progress = False
         start = time.perf_counter()
         values = scored.evaluate(model)
         seconds = time.perf_counter() - start

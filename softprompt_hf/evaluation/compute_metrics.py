@@ -53,7 +53,8 @@ class _TrainerMetrics(TrainerCallback):
     model: torch.nn.Module | None
     _texts: list[str]
     _shown_column: str
-    _show_progress: bool = True
+    #: Progress bars while generating over the eval rows; the Trainer's ``--disable_tqdm`` sets it (``on_init_end``).
+    show_progress: bool = True
     _trainer_eval_dataloader: Any = None
     _best_metric_example: ClassVar[str] = "f1"  # what skip_loss_pass's error suggests instead of the loss
 
@@ -115,7 +116,7 @@ class _TrainerMetrics(TrainerCallback):
         if model is not None and self.model is None:
             self.model = model
         # Follow the Trainer's choice of progress bars (--disable_tqdm).
-        self._show_progress = not args.disable_tqdm
+        self.show_progress = not args.disable_tqdm
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         # The Trainer hands callbacks its model as accelerate prepared it. Refuse what cannot be scored (FSDP1)
@@ -336,7 +337,7 @@ class GenerationMetrics(_TrainerMetrics):
                     template=self._prompt,
                     max_prompt_tokens=self.max_prompt_tokens,
                     batch_size=self.batch_size,
-                    show_progress=state.is_main_process and self._show_progress,
+                    show_progress=state.is_main_process and self.show_progress,
                 ),
             )
             local = list(zip(outputs, scores, strict=True))
@@ -506,7 +507,7 @@ class TextGenerationMetrics(_TrainerMetrics):
                     max_new_tokens=self.max_new_tokens or 1,
                     max_prompt_tokens=self.max_prompt_tokens,
                     batch_size=self.batch_size,
-                    show_progress=state.is_main_process and self._show_progress,
+                    show_progress=state.is_main_process and self.show_progress,
                     generation_kwargs=self.generation_kwargs,
                     use_generate=bool(self.generation_kwargs),
                     description="Generating texts",
