@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 from .constants import __version__ as __version__  # light: no torch, transformers or peft
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time each name is imported when first used (below)
-    from .adapter.hub import HubPushCallback, HubPushError, push_adapter
+    from .adapter.hub import HubPushError, push_adapter
+    from .adapter.hub_callback import HubPushCallback
     from .adapter.saving import save_adapter
     from .data.chat import ChatTemplate
     from .data.collator import SoftPromptDataCollator
@@ -77,7 +78,7 @@ _MODULES = {
     "disable_soft_prompt_generate": "inference.generate",
     "enable_soft_prompt_generate": "inference.generate",
     "soft_prompt_generate": "inference.generate",
-    "HubPushCallback": "adapter.hub",
+    "HubPushCallback": "adapter.hub_callback",
     "HubPushError": "adapter.hub",
     "push_adapter": "adapter.hub",
     "enable_label_only_logits": "modeling.label_logits",

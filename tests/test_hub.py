@@ -25,7 +25,8 @@ from transformers.utils import logging as hf_logging
 
 from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model
 from softprompt_hf.adapter.card import model_card_inputs, render_model_card
-from softprompt_hf.adapter.hub import HubPushCallback, HubPushError, push_adapter, push_adapter_folder
+from softprompt_hf.adapter.hub import HubPushError, push_adapter, push_adapter_folder
+from softprompt_hf.adapter.hub_callback import HubPushCallback
 from softprompt_hf.adapter.saving import save_adapter
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH

@@ -13,7 +13,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
 from softprompt_hf import GenerationMetrics, SoftPromptDataCollator, build_soft_prompt_model
-from softprompt_hf.adapter.hub import HubPushCallback
+from softprompt_hf.adapter.hub_callback import HubPushCallback
 
 LABELS = ["complaint", "no complaint"]
 
