@@ -43,14 +43,8 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from .core.files import atomic_write_json, atomic_write_text, replace_folder, sha256_of_file
-from .data.loading import (
-    ClassificationData,
-    TextData,
-    load_classification_data,
-    load_text_data,
-    stratified_split,
-    validation_count,
-)
+from .data.loading import ClassificationData, TextData, load_classification_data, load_text_data
+from .data.splits import stratified_split, validation_count
 
 logger = logging.get_logger(__name__)
 

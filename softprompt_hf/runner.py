@@ -48,15 +48,9 @@ from .core.locations import is_hub_id, is_local_path
 from .core.sharding import gathered_root
 from .data.chat import ChatTemplate, prompt_format
 from .data.collator import SoftPromptDataCollator
-from .data.loading import (
-    ClassificationData,
-    TextData,
-    load_classification_data,
-    load_raft,
-    load_text_data,
-    stratified_split,
-)
+from .data.loading import ClassificationData, TextData, load_classification_data, load_raft, load_text_data
 from .data.prompt import PromptFormat, PromptTemplate
+from .data.splits import stratified_split
 from .embedded import EMBEDDED_DATA_FILES, label_tokenization_for
 from .evaluation.compute_metrics import GenerationMetrics, TextGenerationMetrics
 from .evaluation.prediction_files import write_predictions, write_raft_submission

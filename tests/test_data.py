@@ -12,12 +12,11 @@ import pytest  # noqa: E402
 from softprompt_hf.data.loading import (  # noqa: E402
     RAFT_CLASS_NAMES,
     ClassificationData,
-    k_fold_splits,
     label_text,
     load_classification_data,
     load_raft,
-    stratified_split,
 )
+from softprompt_hf.data.splits import k_fold_splits, stratified_split  # noqa: E402
 
 # RAFT-like data: 18 complaints and 12 non-complaints (uneven, so stratification is visible), two
 # Unlabeled rows mixed into train, and an all-Unlabeled test split.

@@ -16,17 +16,18 @@ Text-to-text data (summaries, answers, data-to-text) has a reference text per ro
 
 from __future__ import annotations
 
-import codecs
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from numbers import Integral, Real
+from numbers import Integral
 from typing import Any
 
 import datasets
 import numpy as np
 from transformers.utils import logging
+
+from .reading import DataFiles, load_files
+from .splits import k_fold_splits, requested_count, stratified_split, validation_count
 
 logger = logging.get_logger(__name__)
 
@@ -34,12 +35,10 @@ __all__ = [
     "RAFT_CLASS_NAMES",
     "ClassificationData",
     "TextData",
-    "k_fold_splits",
     "label_text",
     "load_classification_data",
     "load_raft",
     "load_text_data",
-    "stratified_split",
 ]
 
 RAFT_CLASS_NAMES: list[str] = ["Unlabeled", "complaint", "no_complaint"]
@@ -48,15 +47,10 @@ RAFT_CLASS_NAMES: list[str] = ["Unlabeled", "complaint", "no_complaint"]
 _RAFT_PARQUET_URL = "hf://datasets/ought/raft@refs/convert/parquet/{subset}/{split}/0000.parquet"
 _RAFT_TEXT_COLUMNS = {"twitter_complaints": "Tweet text"}
 
-_FORMAT_BY_EXTENSION = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
-_COMPRESSION_EXTENSIONS = (".gz", ".bz2", ".xz", ".zst", ".lz4")
-_GLOB_CHARACTERS = ("*", "?", "[")
 # Split names load_text_data reads as the validation split, in order of preference.
 _VALIDATION_SPLIT_NAMES = ("validation", "valid", "val", "dev")
 # How many offending rows / values an error message lists before summarising the rest.
 _MAX_REPORTED = 5
-
-DataFiles = str | os.PathLike | Sequence[str | os.PathLike] | Mapping[str, str | os.PathLike | Sequence[str]]
 
 
 def label_text(class_name: str) -> str:
@@ -494,7 +488,7 @@ def load_text_data(
         if target_column in dataset.column_names:
             _check_targets(dataset, split, target_column, id_column, required=split != "test")
 
-    n_validation = _requested_count(validation_size, len(train))  # checked even when a validation split is given
+    n_validation = requested_count(validation_size, len(train))  # checked even when a validation split is given
     if validation is None:
         if n_validation >= len(train):
             problem = (
@@ -612,168 +606,6 @@ def _check_targets(
         )
 
 
-def stratified_split(
-    dataset: datasets.Dataset, label_column: str, validation_size: float | int, seed: int = 42
-) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Split a dataset into train and validation, keeping class proportions.
-
-    Each class contributes to validation in proportion to its size (largest-remainder rounding, so every
-    class's share is within one row of exact), while keeping at least one row of every class in train.
-    Rows keep their original order within each split.
-
-    Args:
-        dataset (`datasets.Dataset`):
-            Labelled rows.
-        label_column (`str`):
-            Column to stratify on; any hashable values.
-        validation_size (`float` or `int`):
-            Fraction of rows (``0 <= x < 1``, rounded half up, at least one row if positive) or number of
-            rows to hold out.
-        seed (`int`, defaults to 42):
-            Seed of the shuffle within each class; the same seed gives the same split.
-
-    Returns:
-        `tuple[datasets.Dataset, datasets.Dataset]`: ``(train, validation)``.
-
-    Raises:
-        `ValueError`: if the label column is missing or the requested size would leave a class out of train.
-    """
-    groups = _group_rows(dataset, label_column)
-    n_rows = len(dataset)
-    n_validation = validation_count(validation_size, n_rows, len(groups))
-
-    quotas = [n_validation * len(rows) / n_rows for rows in groups.values()]
-    capacities = [len(rows) - 1 for rows in groups.values()]
-    allocation = [min(math.floor(quota), cap) for quota, cap in zip(quotas, capacities, strict=True)]
-    # Largest remainder first; classes already at capacity (one row left for train) are skipped.
-    priority = sorted(range(len(quotas)), key=lambda i: (-(quotas[i] - math.floor(quotas[i])), i))
-    remaining = n_validation - sum(allocation)
-    while remaining > 0:
-        for i in priority:
-            if remaining > 0 and allocation[i] < capacities[i]:
-                allocation[i] += 1
-                remaining -= 1
-
-    rng = np.random.default_rng(seed)
-    validation_rows: list[int] = []
-    for rows, n_take in zip(groups.values(), allocation, strict=True):
-        validation_rows.extend(rng.permutation(rows)[:n_take].tolist())
-    chosen = set(validation_rows)
-    train_rows = [row for row in range(n_rows) if row not in chosen]
-
-    present = sum(1 for n_take in allocation if n_take > 0)
-    if n_validation > 0 and present < len(groups):
-        logger.warning(
-            "The validation split (%d rows) holds only %d of the %d classes; scores per class will be "
-            "missing. Use a larger validation_size, or k_fold_splits for small data.",
-            n_validation,
-            present,
-            len(groups),
-        )
-    return dataset.select(train_rows), dataset.select(sorted(validation_rows))
-
-
-def k_fold_splits(
-    dataset: datasets.Dataset, label_column: str, k: int = 5, seed: int = 42
-) -> list[tuple[datasets.Dataset, datasets.Dataset]]:
-    """Split a dataset into k stratified folds for cross-validation.
-
-    Every row is in the validation split of exactly one fold and in the train split of all others. Rows of
-    each class are shuffled and dealt to the folds in turn, so class proportions and fold sizes differ by at
-    most one row between folds.
-
-    Args:
-        dataset (`datasets.Dataset`):
-            Labelled rows.
-        label_column (`str`):
-            Column to stratify on; any hashable values.
-        k (`int`, defaults to 5):
-            Number of folds, at least 2 and at most the number of rows.
-        seed (`int`, defaults to 42):
-            Seed of the shuffle; the same seed gives the same folds.
-
-    Returns:
-        `list[tuple[datasets.Dataset, datasets.Dataset]]`: ``k`` pairs ``(train, validation)``.
-
-    Raises:
-        `ValueError`: if ``k`` is out of range or a class has fewer than 2 rows (it would be missing from
-        the train split of the fold that validates it).
-    """
-    if isinstance(k, bool) or not isinstance(k, Integral) or k < 2:
-        raise ValueError(f"k must be an integer >= 2 (number of folds); got {k!r}.")
-    groups = _group_rows(dataset, label_column)
-    if k > len(dataset):
-        raise ValueError(f"k={k} folds need at least {k} rows, but the dataset has {len(dataset)}. Use a smaller k.")
-    singletons = [label for label, rows in groups.items() if len(rows) < 2]
-    if singletons:
-        raise ValueError(
-            f"Classes {singletons} of column {label_column!r} have a single row: in the fold that validates "
-            "it, the class would be missing from train. Add labelled rows for these classes or drop them."
-        )
-
-    rng = np.random.default_rng(seed)
-    dealt = np.concatenate([rng.permutation(rows) for rows in groups.values()])
-    fold_of = np.empty(len(dataset), dtype=np.int64)
-    fold_of[dealt] = np.arange(len(dealt)) % k
-    splits = []
-    for fold in range(k):
-        splits.append(
-            (
-                dataset.select(np.flatnonzero(fold_of != fold).tolist()),
-                dataset.select(np.flatnonzero(fold_of == fold).tolist()),
-            )
-        )
-    return splits
-
-
-def _group_rows(dataset: datasets.Dataset, label_column: str) -> dict[Any, list[int]]:
-    """Row indices per label value, classes in order of first appearance (deterministic)."""
-    if label_column not in dataset.column_names:
-        raise ValueError(f"Label column {label_column!r} not found; available columns: {dataset.column_names}.")
-    if len(dataset) == 0:
-        raise ValueError("Cannot split an empty dataset: it has no labelled rows.")
-    groups: dict[Any, list[int]] = {}
-    for row, label in enumerate(dataset[label_column]):
-        groups.setdefault(label, []).append(row)
-    return groups
-
-
-def validation_count(validation_size: float | int, n_rows: int, n_classes: int) -> int:
-    """Number of validation rows for ``validation_size``; raises if infeasible."""
-    count = _requested_count(validation_size, n_rows)
-    max_count = n_rows - n_classes
-    if count > max_count:
-        raise ValueError(
-            f"validation_size={validation_size!r} asks for {count} of {n_rows} labelled rows, but each of "
-            f"the {n_classes} classes must keep at least one row in train, so at most {max(max_count, 0)} "
-            "rows can be held out. Use a smaller validation_size, or add labelled data."
-        )
-    return count
-
-
-def _requested_count(validation_size: float | int, n_rows: int) -> int:
-    """Number of rows ``validation_size`` asks for out of ``n_rows``: a fraction rounded half up (at least one row
-    if positive), or a count; raises if it is neither."""
-    if isinstance(validation_size, bool) or not isinstance(validation_size, Real):
-        raise ValueError(
-            f"validation_size must be a fraction (0 <= x < 1) or a number of rows; got {validation_size!r}."
-        )
-    if isinstance(validation_size, Integral):
-        count = int(validation_size)
-        if count < 0:
-            raise ValueError(f"validation_size must not be negative; got {count}.")
-    else:
-        fraction = float(validation_size)
-        if not 0.0 <= fraction < 1.0:
-            raise ValueError(
-                f"A fractional validation_size must be in [0, 1); got {fraction}. Pass an int to give a number of rows."
-            )
-        count = math.floor(fraction * n_rows + 0.5)
-        if fraction > 0 and count == 0:
-            count = 1
-    return count
-
-
 def _as_splits(
     data: DataFiles | datasets.DatasetDict | datasets.Dataset, cache_dir: str | None
 ) -> dict[str, datasets.Dataset]:
@@ -788,145 +620,7 @@ def _as_splits(
             "Streaming (iterable) datasets cannot be checked and split. Load them without streaming=True, or "
             "pass the data files."
         )
-    return _load_files(data, cache_dir)
-
-
-def _load_files(data_files: DataFiles, cache_dir: str | None) -> dict[str, datasets.Dataset]:
-    if isinstance(data_files, (str, os.PathLike)):
-        files_by_split: dict[str, list[str]] = {"train": [os.fspath(data_files)]}
-    elif isinstance(data_files, Mapping):
-        files_by_split = {
-            str(split): [os.fspath(files)] if isinstance(files, (str, os.PathLike)) else list(map(os.fspath, files))
-            for split, files in data_files.items()
-        }
-    elif isinstance(data_files, Sequence):
-        files_by_split = {"train": [os.fspath(path) for path in data_files]}
-    else:
-        raise ValueError(
-            "data must be a path, a list of paths, a dict mapping split names to paths, a datasets.Dataset "
-            f"or a datasets.DatasetDict; got {type(data_files).__name__}."
-        )
-    if not files_by_split or not all(files_by_split.values()):
-        raise ValueError(f"No data files given (got {data_files!r}).")
-
-    splits_by_format: dict[str, dict[str, list[str]]] = {}
-    for split, files in files_by_split.items():
-        formats = {_file_format(path) for path in files}
-        if len(formats) > 1:
-            raise ValueError(f"Split {split!r} mixes file formats {sorted(formats)} ({files}); use one format.")
-        builder = formats.pop()
-        for path in files:
-            is_local = "://" not in path and not any(char in path for char in _GLOB_CHARACTERS)
-            if is_local and not os.path.isfile(path):
-                raise FileNotFoundError(f"Data file {path!r} of split {split!r} does not exist.")
-            if is_local:
-                _check_local_file(path, split, builder)
-        splits_by_format.setdefault(builder, {})[split] = files
-
-    splits: dict[str, datasets.Dataset] = {}
-    for builder, split_files in splits_by_format.items():
-        try:
-            loaded = datasets.load_dataset(builder, data_files=split_files, cache_dir=cache_dir)
-        except ConnectionError as err:
-            remote = [path for paths in split_files.values() for path in paths if "://" in path]
-            if not remote:
-                raise
-            raise ConnectionError(
-                f"Could not read {remote}: {err}. Without Hub access, copy the files to local disk and pass "
-                "their local paths as data_files."
-            ) from err
-        except (datasets.exceptions.DatasetGenerationError, ValueError, OSError) as err:
-            # datasets' own messages ("An error occurred while generating the dataset") name neither the file nor
-            # the cause: the cause is the innermost exception.
-            cause = _innermost(err)
-            raise ValueError(
-                f"Could not read the {builder} data files {dict(split_files)}: {type(cause).__name__}: "
-                f"{_first_line(cause)}. Check that each file is a well-formed {builder} file with a header (column "
-                "names) and at least one row."
-            ) from err
-        splits.update({split: loaded[split] for split in split_files})
-    for split, dataset in splits.items():
-        if len(dataset) == 0:
-            raise ValueError(
-                f"Split {split!r} ({files_by_split[split]}) has no rows: add labelled examples to the file(s)."
-            )
-    return {split: splits[split] for split in files_by_split}
-
-
-def utf8_problem(path: str | os.PathLike[str]) -> tuple[str | None, int]:
-    """Where ``path`` stops being UTF-8 (``"byte 0xe9 on line 2"``), or None; and how many non-blank lines it has
-    (counted up to 2)."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    line, non_empty_lines = 1, 0
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            try:
-                text = decoder.decode(block)
-            except UnicodeDecodeError as err:
-                # The decoder may hold back up to 3 bytes of the previous block; err.start counts from them.
-                start = max(err.start - (len(err.object) - len(block)), 0)
-                bad_line = line + block[:start].count(b"\n")
-                return f"byte {block[start]:#04x} on line {bad_line} is not valid UTF-8", non_empty_lines
-            line += block.count(b"\n")
-            if non_empty_lines < 2:
-                non_empty_lines += sum(1 for row in text.splitlines() if row.strip())
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError:
-        return "it ends in the middle of a UTF-8 character (truncated?)", non_empty_lines
-    return None, min(non_empty_lines, 2)
-
-
-def _innermost(err: BaseException) -> BaseException:
-    while err.__cause__ is not None or (err.__context__ is not None and not err.__suppress_context__):
-        err = err.__cause__ or err.__context__  # type: ignore[assignment]
-    return err
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else "(no message)"
-
-
-def _check_local_file(path: str, split: str, builder: str) -> None:
-    """Refuse, naming the file, what datasets would fail on without saying which file: an empty file, text that
-    is not UTF-8, a CSV with a header and no rows."""
-    if os.path.getsize(path) == 0:
-        raise ValueError(
-            f"Data file {path!r} of split {split!r} is empty. It needs the column names (a CSV header, or the keys "
-            "of JSON objects) and one row per example."
-        )
-    if builder not in ("csv", "json") or any(path.lower().endswith(ext) for ext in _COMPRESSION_EXTENSIONS):
-        return
-    problem, non_empty_lines = utf8_problem(path)
-    if problem is not None:
-        raise ValueError(
-            f"Data file {path!r} of split {split!r} is not UTF-8 text: {problem} (the file was probably saved as "
-            "Latin-1 or Windows-1252). Save it as UTF-8, e.g. pandas.read_csv(path, encoding='latin-1')"
-            ".to_csv(new_path, index=False), or `iconv -f latin1 -t utf-8 old.csv > new.csv`."
-        )
-    if non_empty_lines == 0:
-        raise ValueError(f"Data file {path!r} of split {split!r} holds only whitespace: it has no header and no rows.")
-    if builder == "csv" and non_empty_lines == 1:
-        raise ValueError(
-            f"Data file {path!r} of split {split!r} has a header and no rows: add one row per labelled example."
-        )
-
-
-def _file_format(path: str) -> str:
-    name = path.lower()
-    for suffix in _COMPRESSION_EXTENSIONS:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    extension = os.path.splitext(name)[1]
-    if extension not in _FORMAT_BY_EXTENSION:
-        raise ValueError(
-            f"Cannot infer the format of {path!r} from its extension {extension!r}. Supported extensions: "
-            f"{sorted(_FORMAT_BY_EXTENSION)} (optionally compressed: {list(_COMPRESSION_EXTENSIONS)}). "
-            "Rename the file, or load it with datasets.load_dataset and pass the Dataset."
-        )
-    return _FORMAT_BY_EXTENSION[extension]
+    return load_files(data, cache_dir)
 
 
 def _check_columns(

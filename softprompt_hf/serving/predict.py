@@ -35,8 +35,8 @@ from ..constants import MODES
 from ..core.locations import is_local_path
 from ..core.upstream import prompt_learning_shapes, route_prefix_cache_argument
 from ..data.chat import ChatTemplate
-from ..data.loading import utf8_problem
 from ..data.prompt import DEFAULT_TEMPLATE, SAVED_WITHOUT_LABEL_TOKENIZATION, PromptFormat, PromptInput, PromptTemplate
+from ..data.reading import utf8_problem
 from ..evaluation.compute_metrics import Prediction, TextPrediction
 from ..evaluation.metrics import check_label_set, match_label
 from ..inference.generate import enable_soft_prompt_generate, fixes_generate
