@@ -207,6 +207,8 @@ def test_gemma_configs_name_the_prepared_model_and_their_data(path):
             assert prompt_args.prompt_tuning_init == "TEXT"
             assert (training_args.per_device_train_batch_size, training_args.learning_rate) == (8, 3e-2)
         assert ("topic" in prompt_args.prompt_tuning_init_text) == (dataset == "bbc-news")
+    if method == "p_tuning":  # batch 8 on BBC News: 64 steps, 0.87 against 0.835 at batch 16 (RESULTS 11.7)
+        assert training_args.per_device_train_batch_size == (8 if dataset == "bbc-news" else 16)
 
 
 @pytest.mark.parametrize("path", SMOLLM2_CONFIGS, ids=lambda p: p.name)
