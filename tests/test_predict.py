@@ -250,7 +250,7 @@ def embedded(tmp_path_factory):
 
 
 def _not_the_model_generate(*args, **kwargs):
-    raise AssertionError("generate mode must decode with model.generate(), not generate_label_texts")
+    raise AssertionError("generate mode must decode with model.generate(), not the package's own greedy loops")
 
 
 def _forbid_the_package_decoder(monkeypatch):

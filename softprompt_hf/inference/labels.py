@@ -90,9 +90,9 @@ def generate_texts(
             ``use_generate``).
         show_progress (`bool`, defaults to `True`): Show a progress bar.
         use_cache (`bool`, defaults to `True`): Decode with a key/value cache, or rerun the full forward at each
-            step (this module's decoder only).
-        use_generate (`bool`, defaults to `False`): Decode greedily through ``model.generate()`` instead of this
-            module's decoder (the same tokens).
+            step (the package's decoder only, ``inference.engine``).
+        use_generate (`bool`, defaults to `False`): Decode greedily through ``model.generate()`` instead of the
+            package's decoder (the same tokens).
         generation_kwargs (`dict`, *optional*): ``generate()`` settings for beam search or sampling; implies
             ``use_generate``. ``num_return_sequences`` must stay 1.
 
@@ -225,13 +225,13 @@ def generate_labels(
     token past the longest of ``labels`` (or after ``max_new_tokens``); match the outputs to the label set with
     :func:`~softprompt_hf.evaluation.metrics.match_label`.
 
-    By default decoding does not go through ``generate()`` but through this module's decoder, built for
-    evaluation's throughput. peft 0.21.2's ``PeftModel.generate`` with a soft prompt returns tokens other than the
-    model's own greedy choice on transformers 5.24; ``enable_soft_prompt_generate`` fixes it (``use_generate=True``
-    decodes that way, as ``predict`` does), and both give the same labels. The decoder is the default because it
-    is faster: on 160 rows (one CPU thread, batches of 32) it labels 1.1-1.5x the rows/s of the fixed
-    ``generate()`` on the 4 MB embedded model and 2.3-2.7x on a Bloom with bloomz' 250,880-token vocabulary, with
-    the same labels on every row (``benchmarks/engine_vs_generate.py``, ``benchmarks/RESULTS.md`` section 8).
+    By default decoding does not go through ``generate()`` but through the package's decoder
+    (``inference.engine``), built for evaluation's throughput. peft 0.21.2's ``PeftModel.generate`` with a soft prompt
+    returns tokens other than the model's own greedy choice on transformers 5.24; ``enable_soft_prompt_generate`` fixes
+    it (``use_generate=True`` decodes that way, as ``predict`` does), and both give the same labels. The decoder is the
+    default because it is faster: on 160 rows (one CPU thread, batches of 32) it labels 1.1-1.5x the rows/s of the fixed
+    ``generate()`` on the 4 MB embedded model and 2.3-2.7x on a Bloom with bloomz' 250,880-token vocabulary, with the
+    same labels on every row (``benchmarks/engine_vs_generate.py``, ``benchmarks/RESULTS.md`` section 8).
 
     The soft prompt is put where peft's training forward puts it (the virtual token embeddings in front of the
     prompt's, or prefix tuning's key/values as the initial cache) and the base model is run with a key/value cache,
@@ -270,10 +270,10 @@ def generate_labels(
             ``use_generate``).
         show_progress (`bool`, defaults to `True`): Show a progress bar.
         use_cache (`bool`, defaults to `True`): Decode with a key/value cache, or rerun the full forward at each
-            step (this module's decoder only).
+            step (the package's decoder only, ``inference.engine``).
         use_generate (`bool`, defaults to `False`): Decode through ``model.generate()`` (greedy, batches padded on
-            the left, made right for a soft prompt by ``soft_prompt_generate`` for the call) instead of this
-            module's decoder. A prompt-learning adapter that fix does not cover (multitask prompt tuning, CPT)
+            the left, made right for a soft prompt by ``soft_prompt_generate`` for the call) instead of the
+            package's decoder. A prompt-learning adapter that fix does not cover (multitask prompt tuning, CPT)
             keeps the decoder.
 
         adapter_names (`list[str]`, *optional*): With several adapters loaded on one base model
