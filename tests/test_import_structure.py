@@ -41,6 +41,8 @@ LAZY_IMPORTS = {
     "torch, transformers and peft load (seconds); the commands need them",
     ("softprompt_hf.real", "softprompt_hf.core.upstream"): "softprompt_hf.real loads the data without torch or peft; "
     "only preparing the model from its GGUF file needs them",
+    ("softprompt_hf.evaluation.compute_metrics", "softprompt_hf.evaluation.text_metrics"): "label runs and "
+    "`softprompt-hf predict` do not import `evaluate` (about 0.4 s); only free-text metrics need it",
 }
 
 
@@ -221,14 +223,18 @@ def test_no_private_name_crosses_modules():
     assert private_names(scripts) == []
 
 
-def test_the_lazy_loads_keep_torch_out_of_the_command_line():
-    # What the two listed lazy imports are for: neither module loads torch when imported.
+def test_the_lazy_imports_keep_what_they_defer_out():
+    # What the listed lazy imports are for: the command line and the data loaders load no torch or peft ...
     import subprocess
     import sys
 
     code = "import sys, softprompt_hf.cli, softprompt_hf.real; print('torch' in sys.modules, 'peft' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+    # ... and predict (with the label metrics) loads no `evaluate` until free-text metrics are built.
+    code = "import sys, softprompt_hf.serving.predict as p; print('evaluate' in sys.modules, 'torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "True"]
 
 
 @pytest.mark.parametrize(

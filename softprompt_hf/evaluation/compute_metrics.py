@@ -24,7 +24,6 @@ from ..data.prompt import DEFAULT_TEMPLATE, PromptFormat, PromptInput
 from ..inference.labels import check_generation_kwargs, generate_label_ids, label_outputs
 from ..inference.loops import decode_outputs
 from .metrics import ClassificationReport, check_label_set, classification_report, match_label
-from .text_metrics import TEXT_METRICS, default_text_metrics, load_text_metric
 
 __all__ = ["GenerationMetrics", "Prediction", "TextGenerationMetrics", "TextPrediction"]
 
@@ -525,6 +524,10 @@ class TextGenerationMetrics(_TrainerMetrics):
 
 def _scorers(metrics: Any) -> list[tuple[str, Any]]:
     """``metrics`` as ``(name, object with .compute)`` pairs: the shipped four for ``None``; names are loaded."""
+    # Here, not at the top: `evaluate` takes about 0.4 s to import, which label runs and `softprompt-hf predict`
+    # (this module's Prediction) never need.
+    from .text_metrics import TEXT_METRICS, default_text_metrics, load_text_metric
+
     if metrics is None:
         return [("default_text_metrics", default_text_metrics())]
     items = list(metrics) if isinstance(metrics, list | tuple) else [metrics]

@@ -169,7 +169,7 @@ def predict_adapters(
         adapters: From :func:`load_adapters`.
         texts: The texts (or, for a template of named columns, rows) to predict.
         adapter_names: One adapter name per text (with a single loaded adapter, ``None`` means it for every row).
-        mode: ``"generate"``, ``"rank"`` or ``"constrained"`` (see :func:`~softprompt_hf.serving.predict`); a free-text
+        mode: ``"generate"``, ``"rank"`` or ``"constrained"`` (see :func:`~softprompt_hf.predict`); a free-text
             adapter's rows take ``"generate"`` only.
         max_prompt_tokens: Truncate texts (never the template) so that prompts fit.
         max_new_tokens: Free-text adapters: the most tokens generated per row (default: each adapter's).
@@ -182,7 +182,7 @@ def predict_adapters(
     Raises:
         ValueError: ``adapter_names`` of another length than ``texts``, a row naming an adapter that was not
             loaded (the message lists the loaded ones), a mode a free-text adapter does not take, or the errors of
-            :func:`~softprompt_hf.serving.predict` (prefixed with the adapter's name).
+            :func:`~softprompt_hf.predict` (prefixed with the adapter's name).
     """
     if not isinstance(adapters, LoadedAdapters):
         raise TypeError(f"predict_adapters takes what load_adapters returns, not a {type(adapters).__name__}.")

@@ -4,7 +4,7 @@
 
 ``ROWS.json`` holds ``{"texts": [...], "gold": [...]}``. For each repository: ``AutoPeftModelForCausalLM
 .from_pretrained(repo_id)`` (the base model it names comes from the Hub too), the tokenizer and settings that its
-``softprompt_hf.json`` names, then the labels of ``softprompt_hf.serving.predict`` in generate and rank mode, and those
+``softprompt_hf.json`` names, then the labels of ``softprompt_hf.predict`` in generate and rank mode, and those
 of the model's own ``generate()`` after ``enable_soft_prompt_generate``, prompted and decoded as the model card's
 snippet does. The first repository's base model is also scored zero-shot with ``GenerationMetrics`` (generate and rank):
 prompt tuning, P-tuning and prefix tuning leave the base model's modules as they are, so ``model.get_base_model()`` is

@@ -4,7 +4,7 @@ process and labels texts every way a user can.
     HF_ENDPOINT=http://127.0.0.1:PORT python tests/scripts/load_pushed_chat_adapter.py ROWS.json OUT.json REPO_ID...
 
 ``ROWS.json`` holds ``{"texts": [...]}``. For each repository: its ``softprompt_hf.json`` as downloaded, the
-labels of ``softprompt_hf.serving.predict(repo_id, texts)`` in generate, rank and constrained mode (each loading the
+labels of ``softprompt_hf.predict(repo_id, texts)`` in generate, rank and constrained mode (each loading the
 adapter by id, the chat template rebuilt from the file's ``chat`` entry), then the model's own ``generate()``:
 ``AutoPeftModelForCausalLM.from_pretrained(repo_id)`` (the base model it names comes from the Hub too),
 ``enable_soft_prompt_generate``, the prompt ``ChatTemplate(...).encode(tokenizer, text)`` and

@@ -5,7 +5,7 @@
 ``ROWS.json`` holds a list of rows (mappings holding the template's columns). ``AutoPeftModelForCausalLM
 .from_pretrained(repo_id)`` (the base model it names comes from the Hub too), the tokenizer, template and
 generation budget that its ``softprompt_hf.json`` names, then the texts of the model card's snippet
-(``generate_texts``: the package's engine), of ``softprompt_hf.serving.predict`` (the fixed ``generate()``, a batch
+(``generate_texts``: the package's engine), of ``softprompt_hf.predict`` (the fixed ``generate()``, a batch
 padded on the left) and of the model's own ``generate()`` one row at a time after ``enable_soft_prompt_generate``.
 Writes ``{"settings": ..., "base_model_name_or_path": ..., "engine": [...], "predict": [...], "generate": [...]}`` to
 ``OUT.json``. Used by tests/test_real_e2e_text.py.
