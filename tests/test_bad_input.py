@@ -1,9 +1,10 @@
 """Bad input and faults as a user meets them: each gives one message that names the problem and the fix, before any
 training where it can, and nothing already saved is lost.
 
-One row per case of the README's "Troubleshooting" table. Recipe rows run ``run_recipe(main, argv)`` in-process
-(what ``python recipes/<method>.py`` does) and check its exit code and its one ``error:`` line; CLI rows run
-``softprompt-hf predict``; fault rows damage or interrupt a save, a resume or a push and check what is left.
+One row per case of the "Troubleshooting" table (docs/troubleshooting.md). Recipe rows run
+``run_recipe(main, argv)`` in-process (what ``python recipes/<method>.py`` does) and check its exit code and its one
+``error:`` line; CLI rows run ``softprompt-hf predict``; fault rows damage or interrupt a save, a resume or a push and
+check what is left.
 """
 
 from __future__ import annotations
@@ -519,9 +520,8 @@ def test_bad_input_gets_one_clear_message(case, tmp_path, saved, monkeypatch, ca
         case.kept(ctx)
 
 
-def test_every_case_has_its_row_in_the_readmes_troubleshooting_table():
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("\n## Troubleshooting\n", 1)[1].split("\n## ", 1)[0]
+def test_every_case_has_its_row_in_the_troubleshooting_table():
+    section = (REPO / "docs" / "troubleshooting.md").read_text(encoding="utf-8")
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| Case ")]
     named = [row.split("|")[1].strip() for row in rows]
     assert sorted(named) == sorted([case.id for case in CASES] + FAULTS)

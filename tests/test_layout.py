@@ -1,4 +1,5 @@
-"""The README's "Package layout" stays true: the public API it lists is the package's, and it names every module."""
+"""docs/layout.md ("Package layout") stays true: the public API it lists is the package's, and it names every
+module."""
 
 from __future__ import annotations
 
@@ -12,10 +13,7 @@ PACKAGE = REPO / "softprompt_hf"
 
 
 def _layout_section() -> str:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    start = readme.index("## Package layout")
-    end = readme.index("\n## ", start + 1)
-    return readme[start:end]
+    return (REPO / "docs" / "layout.md").read_text(encoding="utf-8")
 
 
 def _table_rows(section: str, header: str) -> list[list[str]]:
@@ -28,7 +26,7 @@ def _table_rows(section: str, header: str) -> list[list[str]]:
     return rows
 
 
-def test_the_readme_lists_exactly_the_public_api():
+def test_the_layout_page_lists_exactly_the_public_api():
     rows = _table_rows(_layout_section(), "| you want to | names |")
     listed = [name for _, names in rows for name in re.findall(r"`([A-Za-z_]+)`", names)]
     assert sorted(listed) == sorted(softprompt_hf.__all__)
@@ -38,7 +36,7 @@ def test_the_readme_lists_exactly_the_public_api():
         assert getattr(softprompt_hf, name) is not None
 
 
-def test_the_readme_names_every_module_of_the_package():
+def test_the_layout_page_names_every_module_of_the_package():
     rows = _table_rows(_layout_section(), "| module | its job |")
     named = {path for cell, _ in rows for path in re.findall(r"`([\w/.]+)`", cell)}
     modules = {
@@ -48,8 +46,8 @@ def test_the_readme_names_every_module_of_the_package():
     }
     modules |= {"embedded/"}  # named as one folder: the embedded model, data and their build scripts
     modules |= {path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.jinja")}
-    assert modules <= named, f"not in the README's Package layout: {sorted(modules - named)}"
-    assert named <= modules, f"in the README's Package layout but not in the package: {sorted(named - modules)}"
+    assert modules <= named, f"not in docs/layout.md: {sorted(modules - named)}"
+    assert named <= modules, f"in docs/layout.md but not in the package: {sorted(named - modules)}"
     layers = {cell.strip("*") for cell, _ in rows if cell.startswith("**") and cell.endswith("/**")}
     folders = {f"{path.name}/" for path in PACKAGE.iterdir() if (path / "__init__.py").is_file()} - {"embedded/"}
     assert layers == folders

@@ -1,4 +1,9 @@
-"""The README's code is run as written."""
+"""The code of the README and the docs/ pages is run as written.
+
+A python block marked ``<!-- readme-snippet: NAME -->`` is run by the test of that name here; one that cannot run in
+the tests (it needs the Hub, vLLM, a run's objects) is marked ``<!-- readme-snippet: skip, REASON -->``. A python block
+with neither mark fails ``test_every_python_block_is_run_or_marked_skipped``.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,44 @@ from pathlib import Path
 
 import torch
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+# The snippets the tests below run, each marked once in one of PAGES.
+RUN = {"embedded", "collator", "metrics", "callbacks", "generate", "text"}
+
+
+def _marked_blocks() -> list[tuple[str, str, str]]:
+    """(page, mark, code) of every python block of PAGES; mark is the block's readme-snippet mark, or ""."""
+    blocks = []
+    for page in PAGES:
+        pattern = r"(?:<!-- readme-snippet: ([^\n]*?) -->\n)?```(?:python|py)\n(.*?)```"
+        for match in re.finditer(pattern, page.read_text(encoding="utf-8"), re.DOTALL):
+            blocks.append((page.relative_to(REPO).as_posix(), match.group(1) or "", match.group(2)))
+    return blocks
 
 
 def readme_snippet(name: str) -> str:
-    match = re.search(rf"<!-- readme-snippet: {name} -->\s*```python\n(.*?)```", README.read_text(), re.DOTALL)
-    assert match, f"README has no snippet marked {name!r}"
-    return match.group(1)
+    found = [code for _, mark, code in _marked_blocks() if mark == name]
+    assert len(found) == 1, f"{len(found)} python blocks marked {name!r} in README.md and docs/*.md"
+    return found[0]
+
+
+def test_every_python_block_is_run_or_marked_skipped():
+    marks = [(page, mark) for page, mark, _ in _marked_blocks()]
+    unmarked = [page for page, mark in marks if not mark]
+    assert not unmarked, f"python blocks neither run nor marked skipped, in: {unmarked}"
+    # A skip mark says why; "skip" alone reads as the name of a snippet to run, and fails here.
+    run = sorted(mark for _, mark in marks if not re.fullmatch(r"skip, \S.*", mark))
+    assert run == sorted(RUN), f"marked to run: {run}; run by this file: {sorted(RUN)}"
+
+
+def test_embedded_snippet_loads_the_embedded_data():
+    namespace = {}
+    exec(readme_snippet("embedded"), namespace)
+    data = namespace["data"]
+    assert data.classes == ["complaint", "no complaint"]
+    assert (len(data.train), len(data.validation), len(data.unlabeled)) == (640, 160, 400)
 
 
 def test_collator_snippet_trains_with_the_stock_trainer(tmp_path, model_dirs):
