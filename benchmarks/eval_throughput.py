@@ -6,7 +6,7 @@
 For each method, on the same validation rows and model, in one process with the runs interleaved:
 
 - the seed guide's inference, one ``tokenizer(prompt)`` + ``model.generate`` per row (``PeftModel.generate``,
-  which returns wrong tokens with soft prompts on these versions, see the README; it is timed, not scored),
+  which returns wrong tokens with soft prompts on these versions, see docs/generation.md; it is timed, not scored),
   with the same number of new tokens as ours;
 - ``generate_label_ids`` (what ``GenerationMetrics(mode="generate")`` runs): prompts of mixed lengths batched
   with masked padding, soft prompt placed as in training, key/value cache, vocabulary projected a chunk at a

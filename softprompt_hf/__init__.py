@@ -1,7 +1,7 @@
 """Soft-prompt fine-tuning (prompt tuning, P-tuning, prefix tuning) of causal LMs with the stock Trainer.
 
 The package's public names, by what users do with them (everything else is importable from its module; the
-README's "Package layout" says which module does what):
+"Package layout", docs/layout.md, says which module does what):
 
 - train: ``SoftPromptArguments``, ``SoftPromptTrainingArguments``, ``build_soft_prompt_model``,
   ``SoftPromptDataCollator``, ``PromptTemplate``, ``ChatTemplate`` (an instruct model's chat format), ``load_raft``,

@@ -170,7 +170,7 @@ def test_fsdp2_resume_after_sigkill_equals_an_uninterrupted_fsdp2_run(tmp_path, 
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_recipe_with_the_fsdp_config_equals_one_process_and_pushes(tmp_path, hub):
-    """The README's FSDP command (recipes/accelerate/fsdp.yaml) on the embedded model and data, 1 epoch, pushed to
+    """docs/recipes.md's FSDP command (recipes/accelerate/fsdp.yaml) on the embedded model and data, 1 epoch, pushed to
     the local Hub, against the same recipe in one process. ``--eval_on_start true``: the recipes' evaluation before
     training, which the Trainer runs once the model is prepared with its optimizer (so with accelerate 1.15 too)."""
     from softprompt_hf.embedded import EMBEDDED_MODEL_PATH

@@ -17,8 +17,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "softprompt_hf"
 
-# The layers, lowest first: a module imports from its own layer and the layers before it only (the README's
-# "Package layout" lists them in this order). A new module must be placed in one.
+# The layers, lowest first: a module imports from its own layer and the layers before it only (docs/layout.md,
+# the "Package layout", lists them in this order). A new module must be placed in one.
 LAYERS = (
     ("softprompt_hf.constants",),
     ("softprompt_hf.core",),

@@ -128,7 +128,7 @@ def train_push_and_predict(hub: HubServer, model_folder: Path, base_model_id: st
             "--disable_tqdm", "true", "--push_to_hub", "true", "--hub_model_id", repo_id,
             "--base_model_id", base_model_id,
         ]  # fmt: skip
-        # The token as the README gives it to a run that must not save it: the environment, never a file.
+        # The token as docs/hub-and-predict.md gives it to a run that must not save it: the environment, never a file.
         result = run(command, user_env(hub, tmp_path / f"hf-home-{method}", HF_TOKEN=TOKEN), tmp_path)
         runs[method] = {
             "repo_id": repo_id,

@@ -170,13 +170,13 @@ FSDP
     lets accelerate take its FSDP branch on CPU. Delete once accelerate runs FSDP on CPU. *Re-checked:* still on
     accelerate 1.16.0 (MULTI_CPU still left out of ``AcceleratorState``'s FSDP branch; without the launcher the
     Trainer is not under FSDP).
-31. *Elsewhere: the README's FSDP section, tests/test_fsdp.py.* transformers 5.24 ``Trainer.evaluate`` before any
+31. *Elsewhere: docs/recipes.md's FSDP section, tests/test_fsdp.py.* transformers 5.24 ``Trainer.evaluate`` before any
     ``train`` under FSDP2 fails in accelerate 1.15 ("a model and optimizer must be passed together to
     Accelerator.prepare()"): the recipes evaluate only during and after training. *Re-checked (changed):* fixed
     in accelerate 1.16.0, whose FSDP2 prepares a model without its optimizer (and the Trainer reshards it before
     creating the optimizer): its metrics equal one process's (tests/test_fsdp.py). Still needed for the lowest
     supported accelerate 1.15.0, where that test checks the refusal; with both, ``eval_on_start`` (the recipes'
-    ``--eval_on_start true``) evaluates before the first step. Delete the README's 1.15 sentence and the test's
+    ``--eval_on_start true``) evaluates before the first step. Delete docs/recipes.md's 1.15 sentence and the test's
     1.15 branch once the minimum accelerate is 1.16.
 
 Ending a process
