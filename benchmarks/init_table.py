@@ -9,8 +9,9 @@ For a model folder and a dataset (the Gemma recipe configs ``recipes/configs/<me
 give the data, template, split and training settings of each method; ``--configs`` names others), every
 initialisation of every method it applies to (``softprompt_hf.modeling.initialization``: prompt tuning's TEXT,
 TEXT_WITHOUT_SPECIAL_TOKENS, CLASS_LABELS, SAMPLE_VOCAB and RANDOM; prefix tuning's RANDOM and TEXT; P-tuning's
-peft RANDOM, for reference) is trained once per seed, exactly as the recipe trains it (``start_run``,
-``build_peft_config``, ``build_trainer``, ``trainer.train()``), without checkpoints or evaluations in between:
+peft RANDOM, for reference) is trained once per seed with the steps of ``recipes/train.py`` (the data, the tokenizer,
+``build_peft_config``, the wrapped model and its speed-ups, the stock Trainer with the recipes' collator, metrics
+and callbacks, ``trainer.train()``), without checkpoints or evaluations in between:
 
 - loss before: the mean eval loss on the validation rows before any training (``trainer.evaluate()``);
 - accuracy / macro-F1 before and after: the recipe's generation-based scores on the same rows, before training
@@ -38,13 +39,21 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c  # noqa: E402
-from transformers import PrinterCallback, set_seed  # noqa: E402
+from transformers import AutoModelForCausalLM, PrinterCallback, Trainer, set_seed  # noqa: E402
 
 from softprompt_hf.modeling.initialization import PREFIX_TUNING_INITS, PROMPT_TUNING_INITS  # noqa: E402
-from softprompt_hf.modeling.methods import build_peft_config  # noqa: E402
+from softprompt_hf.modeling.methods import build_peft_config, build_soft_prompt_model  # noqa: E402
 from softprompt_hf.real import GEMMA_FOLDER_NAME, default_cache_dir  # noqa: E402
-from softprompt_hf.runner import build_trainer, start_run  # noqa: E402
+from softprompt_hf.steps import (  # noqa: E402
+    build_collator,
+    build_metrics,
+    enable_speed_ups,
+    load_run_data,
+    load_run_tokenizer,
+    recipe_callbacks,
+)
 from softprompt_hf.training.arguments import parse_recipe_args  # noqa: E402
+from softprompt_hf.training.callbacks import check_trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "recipes" / "configs"
@@ -99,11 +108,31 @@ def run_one(method: str, init: str, seed: int, args: argparse.Namespace) -> dict
             argv += ["--num_train_epochs", str(args.epochs)]
         argv += [*args.recipe_flags, *([flag, init] if flag else [])]
         recipe = parse_recipe_args(method, argv)
-        run = start_run(recipe)  # the config's seed: the same validation split for every run
-        recipe.training.seed = seed  # the Trainer's data order
+        data_args, training_args = recipe.data, recipe.training
+        data = load_run_data(data_args, seed=training_args.seed)  # the config's seed: one validation split for all
+        tokenizer = load_run_tokenizer(recipe.model, chat_template=data_args.chat_template)
+        metrics = build_metrics(tokenizer, data, data_args, training_args)
+        training_args.seed = seed  # the Trainer's data order
         set_seed(seed)  # the initialisation's random draws
-        peft_config = build_peft_config(recipe.prompt, tokenizer=run.tokenizer)
-        trainer = build_trainer(run, peft_config, init=recipe.prompt.initialization(class_labels=run.data.classes))
+        peft_config = build_peft_config(recipe.prompt, tokenizer=tokenizer)
+        start = recipe.prompt.initialization(class_labels=list(data.classes))
+        base_model = AutoModelForCausalLM.from_pretrained(recipe.model.model_name_or_path)
+        model = build_soft_prompt_model(
+            base_model, peft_config, tokenizer=tokenizer, training_args=training_args, init=start
+        )
+        enable_speed_ups(model, training_args)
+        trainer = Trainer(  # as recipes/train.py builds it
+            model=model,
+            args=training_args,
+            train_dataset=data.train,
+            eval_dataset=data.validation,
+            data_collator=build_collator(tokenizer, data, data_args),
+            processing_class=tokenizer,
+            compute_metrics=metrics,
+            preprocess_logits_for_metrics=metrics.trainer_kwargs()["preprocess_logits_for_metrics"],
+            callbacks=recipe_callbacks(metrics, training_args),
+        )
+        check_trainer(trainer)
         trainer.remove_callback(PrinterCallback)  # each evaluation's dict would break the table up
         before = trainer.evaluate()
         trainer.train()
@@ -113,7 +142,7 @@ def run_one(method: str, init: str, seed: int, args: argparse.Namespace) -> dict
         "init": init,
         "seed": seed,
         "num_virtual_tokens": peft_config.num_virtual_tokens,
-        "validation_rows": len(run.data.validation),
+        "validation_rows": len(data.validation),
         "epochs": trainer.state.epoch,
         "loss_before": before["eval_loss"],
         "accuracy_before": before["eval_accuracy"],
@@ -176,7 +205,7 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if (method, init, seed) in done:
                     continue
                 results.append(run_one(method, init, seed, args))
-                c.quiet()  # start_run sets the libraries' logging up for a recipe run
+                c.quiet()  # the libraries' logging as the runs left it
                 c.dump_json(args.json, results)  # after every run: a stopped table keeps the runs it finished
     first = results[0] if results else {}
     print(

@@ -9,7 +9,7 @@ Three subcommands, each printing markdown tables (``--json PATH`` also writes th
 
 - ``zero-shot``: the base model, untrained, scored on each dataset's validation rows exactly as the recipes score
   them (the Gemma recipe config's data, split, template, label boundary, ``max_length`` cut and eval batch size:
-  the config is read by the recipes' own parser and ``softprompt_hf.runner``'s loaders), with
+  the config is read by the recipes' own parser and the steps ``recipes/train.py`` calls), with
   ``GenerationMetrics(...).evaluate(model)`` in every mode of ``softprompt_hf.inference.labels.MODES``, for two
   templates: the config's, and the same preceded by the instruction that the prompt-tuning config uses as
   ``prompt_tuning_init_text``. rows/s: wall time of ``evaluate`` alone (model loaded, after a warm-up on two rows).
@@ -47,12 +47,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 import torch  # noqa: E402
 
-from softprompt_hf import runner  # noqa: E402
 from softprompt_hf.constants import MODES  # noqa: E402
 from softprompt_hf.data.chat import ChatTemplate  # noqa: E402
-from softprompt_hf.embedded import label_tokenization_for  # noqa: E402
 from softprompt_hf.evaluation.compute_metrics import GenerationMetrics  # noqa: E402
 from softprompt_hf.real import BBC_NEWS_TOPICS, GEMMA_FOLDER_NAME, SMOLLM2_FOLDER_NAME, default_cache_dir  # noqa: E402
+from softprompt_hf.steps import ADAPTER_DIRNAME, RESULTS_NAME, build_metrics, load_run_data, load_run_tokenizer  # noqa: E402
 from softprompt_hf.training.arguments import RecipeArguments, parse_recipe_args  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,19 +88,17 @@ class RecipeEval:
 
 
 def recipe_eval(config: Path, model_path: str, method: str = "prompt_tuning") -> RecipeEval:
-    """What ``softprompt_hf.runner.start_run`` builds for ``config`` with ``--model_name_or_path model_path``: the
-    data (split, text choice, seed), the tokenizer, and ``GenerationMetrics`` (template, label boundary, prompt cut
-    for ``max_length``, eval batch size). The runner's own loaders are called, so that nothing here can drift from
-    what a recipe scores; start_run itself also sets up logging, the Hub push and the output folder."""
+    """What ``recipes/train.py`` builds for ``config`` with ``--model_name_or_path model_path``: the data (split,
+    text choice, seed), the tokenizer, and ``GenerationMetrics`` (template, label boundary, prompt cut for
+    ``max_length``, eval batch size). The recipe's own steps are called, so that nothing here can drift from what a
+    recipe scores."""
     with tempfile.TemporaryDirectory() as output_dir:
         args = parse_recipe_args(
             method, ["--config", str(config), "--model_name_or_path", model_path, "--output_dir", output_dir]
         )
-    if args.data.label_tokenization is None:  # as start_run: the base model's own boundary
-        args.data.label_tokenization = label_tokenization_for(args.model.model_name_or_path)
-    data = runner._load_data(args.data, seed=args.training.seed)
-    tokenizer = runner._load_tokenizer(args.model)
-    metrics = runner._build_metrics(tokenizer, data, args.data, args.training)
+    data = load_run_data(args.data, seed=args.training.seed)
+    tokenizer = load_run_tokenizer(args.model, chat_template=args.data.chat_template)
+    metrics = build_metrics(tokenizer, data, args.data, args.training)
     return RecipeEval(args, tokenizer, data, metrics)
 
 
@@ -212,7 +209,7 @@ def _modes(requested: list[str] | None) -> list[str]:
 def _load_base(model_path: str, device: str) -> Any:
     from transformers import AutoModelForCausalLM
 
-    # As softprompt_hf.runner.build_trainer loads it.
+    # As recipes/train.py loads it.
     return AutoModelForCausalLM.from_pretrained(model_path).to(device).eval()
 
 
@@ -351,8 +348,8 @@ def _seconds(clock: str) -> float:
 
 def collect_run(output_dir: Path, logs: list[str]) -> dict[str, Any]:
     """The figures of one finished recipe run (see the module docstring)."""
-    settings = _read_json(output_dir / runner.ADAPTER_DIRNAME / "softprompt_hf.json")
-    final = _read_json(output_dir / runner.RESULTS_NAME)
+    settings = _read_json(output_dir / ADAPTER_DIRNAME / "softprompt_hf.json")
+    final = _read_json(output_dir / RESULTS_NAME)
     state = _trainer_state(output_dir)
     evaluations = [entry for entry in state["log_history"] if "eval_accuracy" in entry]
     epochs = float(state.get("epoch") or state.get("num_train_epochs") or 0)

@@ -7,7 +7,7 @@ Two subcommands, each printing a markdown table (``--json PATH`` also writes the
 
 - ``zero-shot``: the base model, untrained, scored on the 50 validation papers exactly as the recipes score them
   (the Gemma ACLSum config's data, template, prompt cut for ``max_length``, generation budget and eval batch size:
-  the config is read by the recipes' own parser and ``softprompt_hf.runner``'s loaders, through
+  the config is read by the recipes' own parser and the steps ``recipes/train.py`` calls, through
   ``benchmarks/real_model.py``'s ``recipe_eval``) with ``TextGenerationMetrics(...).evaluate(model)``, for two
   templates: the config's, and the same preceded by the instruction the prompt-tuning config starts its soft prompt
   from (``prompt_tuning_init_text``). rows/s: wall time of ``evaluate`` alone (model loaded).
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 import real_model  # noqa: E402
 
-from softprompt_hf import runner  # noqa: E402
+from softprompt_hf.steps import ADAPTER_DIRNAME, RESULTS_NAME  # noqa: E402
 
 NAMES = ("rouge1", "rouge2", "rougeL", "chrf", "gen_len")
 HEADERS = ["ROUGE-1", "ROUGE-2", "ROUGE-L", "chrF", "generated tokens"]
@@ -81,8 +81,8 @@ def zero_shot(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def collect_run(output_dir: Path, logs: list[str]) -> dict[str, Any]:
-    settings = real_model._read_json(output_dir / runner.ADAPTER_DIRNAME / "softprompt_hf.json")
-    final = real_model._read_json(output_dir / runner.RESULTS_NAME)
+    settings = real_model._read_json(output_dir / ADAPTER_DIRNAME / "softprompt_hf.json")
+    final = real_model._read_json(output_dir / RESULTS_NAME)
     state = real_model._trainer_state(output_dir)
     evaluations = [entry for entry in state["log_history"] if "eval_rougeL" in entry]
     epochs = float(state.get("epoch") or 0)

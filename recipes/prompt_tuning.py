@@ -6,42 +6,31 @@
     python recipes/prompt_tuning.py --prompt_tuning_init CLASS_LABELS --num_virtual_tokens 8
     python recipes/prompt_tuning.py --help     # every flag, with the recipes' defaults
 
-Learns ``num_virtual_tokens`` input embeddings put in front of every prompt; the model stays frozen. With no
-arguments it trains on the package's embedded model and data, offline, in about a minute on a CPU. Copy this
-file to change what the steps do; recipes/README.md says what a run writes and how errors look.
+The steps are recipes/train.py's, run for prompt tuning: copy that file to change what they do.
+
+Learns ``num_virtual_tokens`` input embeddings put in front of every prompt; the model stays frozen. Where the
+prompt starts (``--prompt_tuning_init``): TEXT, the input embeddings of the init text's tokens as the tokenizer
+encodes any input (peft's TEXT: a BOS first if the tokenizer adds one; 8 tokens with bloomz-560m, when
+``--num_virtual_tokens`` is not set); TEXT_WITHOUT_SPECIAL_TOKENS, the text's own tokens; CLASS_LABELS, one virtual
+token per label of the data, the others sampled from the vocabulary; SAMPLE_VOCAB; RANDOM (benchmarks/RESULTS.md
+11 compares them). With no arguments it trains on the package's embedded model and data, offline, in about a
+minute on a CPU.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Any
 
-from softprompt_hf.modeling.methods import build_peft_config
-from softprompt_hf.runner import build_trainer, finish_recipe, run_recipe, start_run
-from softprompt_hf.training.arguments import parse_recipe_args
+from softprompt_hf.steps import run_recipe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train  # noqa: E402  (recipes/train.py)
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    # 1. Arguments (--config file, then flags), then the checks, the seed, the data and the tokenizer.
-    args = parse_recipe_args("prompt_tuning", argv)
-    run = start_run(args)
-
-    # 2. peft's config, and where the prompt starts (--prompt_tuning_init): TEXT, the input embeddings of the init
-    #    text's tokens as the tokenizer encodes any input (peft's TEXT: a BOS first if the tokenizer adds one; 8
-    #    tokens with bloomz-560m, when --num_virtual_tokens is not set); TEXT_WITHOUT_SPECIAL_TOKENS, the text's own
-    #    tokens; CLASS_LABELS, one virtual token per label of the data, the others sampled from the vocabulary;
-    #    SAMPLE_VOCAB; RANDOM. The values are set once peft has built the prompt.
-    peft_config = build_peft_config(args.prompt, tokenizer=run.tokenizer)
-    init = args.prompt.initialization(class_labels=run.class_labels)
-
-    # 3. Model and Trainer: the frozen base model with the prompt; our collator, generation-based metrics,
-    #    checkpoints that resume exactly, refusals, sample predictions.
-    trainer = build_trainer(run, peft_config, init=init)
-
-    # 4. Train (from the last complete checkpoint with --resume_from_checkpoint last).
-    trainer.train(resume_from_checkpoint=run.resume_from_checkpoint)
-
-    # 5. Evaluate the best adapter, save it with its tokenizer and card, predictions, submission; push.
-    return finish_recipe(trainer, run)
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    return train.main(argv, method="prompt_tuning")
 
 
 if __name__ == "__main__":

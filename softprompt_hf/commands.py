@@ -18,10 +18,10 @@ from .data.prompt import DEFAULT_TEMPLATE, PromptTemplate
 from .evaluation.compute_metrics import Prediction, TextPrediction
 from .evaluation.prediction_files import write_csv_rows, write_predictions
 from .real import ACLSUM_INSTALL, GEMMA_NOTICE, SMOLLM2_INSTALL, ExtraNotInstalledError, prepare_real
-from .runner import user_error_message
 from .serving.export import EXPORT_CONFIG_NAME, EXPORT_WEIGHTS_NAME, export_soft_prompt
 from .serving.multi import load_adapters
 from .serving.predict import AdapterLoadError, load_adapter, plain_value, predict, read_frame, read_rows, read_texts
+from .steps.errors import user_error_message
 
 __all__ = ["run"]
 

@@ -16,8 +16,8 @@ import pytest
 from conftest import METHODS
 from transformers import TrainingArguments
 
-from softprompt_hf import runner
 from softprompt_hf.modeling.methods import SoftPromptArguments, build_peft_config
+from softprompt_hf.steps import run_recipe
 from softprompt_hf.training.arguments import _ARGUMENT_CLASSES, SoftPromptTrainingArguments, parse_recipe_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,13 +113,13 @@ def test_help_of_the_script_shows_the_defaults_and_those_of_a_config(tmp_path):
 
 def test_training_arguments_pickle_and_keep_no_token(tmp_path):
     """The Trainer pickles its arguments into every checkpoint (training_args.bin): the class must load again,
-    and start_run takes the token out first."""
-    from softprompt_hf.runner import start_run
+    and the recipe's first step (take_over_hub_push) takes the token out."""
+    from softprompt_hf.steps import take_over_hub_push
 
     secret = "hf_NotForCheckpoints123"
     args = parse_recipe_args("p_tuning", ["--output_dir", str(tmp_path), "--hub_token", secret, "--use_cpu", "true"])
     assert args.training.hub_token == secret
-    start_run(args)
+    take_over_hub_push(args.training, args.model)
     assert args.training.hub_token is None
     data = pickle.dumps(args.training)
     assert secret.encode() not in data
@@ -323,16 +323,16 @@ def test_a_numeric_flag_out_of_range_gets_one_error_line_before_anything_runs(fl
     def never(*args, **kwargs):
         raise AssertionError("the run went past its arguments")
 
-    monkeypatch.setattr(runner, "_load_data", never)
     method = "p_tuning" if flag in P_TUNING_FLAGS else "prompt_tuning"
     spec = importlib.util.spec_from_file_location(f"recipe_{method}", REPO / "recipes" / f"{method}.py")
     recipe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(recipe)
+    monkeypatch.setattr(recipe.train, "load_run_data", never)
     value = OUT_OF_RANGE[flag]
     argv = [f"--{flag}", value, "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"]
     if flag in ("eval_steps", "save_steps"):
         argv += ["--eval_strategy", "steps", "--save_strategy", "steps"]
-    code = runner.run_recipe(recipe.main, argv)
+    code = run_recipe(recipe.main, argv)
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err, err
     lines = err.strip().splitlines()

@@ -36,8 +36,8 @@ from softprompt_hf import build_soft_prompt_model
 from softprompt_hf.adapter.saving import save_adapter
 from softprompt_hf.cli import main as cli_main
 from softprompt_hf.embedded import EMBEDDED_DATA_FILES, EMBEDDED_MODEL_PATH
-from softprompt_hf.runner import run_recipe, user_error_message
 from softprompt_hf.serving.predict import load_adapter
+from softprompt_hf.steps import run_recipe, user_error_message
 from softprompt_hf.training.checkpoints import CHECKPOINT_MARKER_NAME, SOFT_PROMPT_STATE_NAME
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from trained_adapters import one_thread
 
 from softprompt_hf import ChatTemplate, predict
 from softprompt_hf.cli import main as cli_main
-from softprompt_hf.runner import _build_collator, start_run
+from softprompt_hf.steps import build_collator, build_metrics, load_run_data, load_run_tokenizer
 from softprompt_hf.training.arguments import CHAT_USER_DEFAULT, parse_recipe_args
 
 pytestmark = pytest.mark.usefixtures("restore_recipe_logging", one_thread.__name__)
@@ -61,30 +61,31 @@ def test_a_system_prompt_without_the_chat_template_is_refused():
 
 def test_a_base_model_without_a_chat_template_names_the_model_and_the_flag(tmp_path):
     # The embedded model (the default) is a base model: its tokenizer has no chat template.
-    args = parse_recipe_args("prompt_tuning", ["--chat_template", "true", "--output_dir", str(tmp_path), *RUN])
     with pytest.raises(ValueError, match=r"--chat_template true with '.*embedded.*': .*no chat template.*leave out"):
-        start_run(args)
+        load_recipe("prompt_tuning").main(["--chat_template", "true", "--output_dir", str(tmp_path), *RUN])
     assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_the_runs_collator_and_metrics_build_the_chat_templates_ids(chat_model_dir, tmp_path):
     argv = ["--model_name_or_path", str(chat_model_dir), "--chat_template", "true", "--template", USER]
     argv += ["--system_prompt", SYSTEM, "--output_dir", str(tmp_path), *RUN]
-    run = start_run(parse_recipe_args("prompt_tuning", argv))
+    args = parse_recipe_args("prompt_tuning", argv)
+    data = load_run_data(args.data, seed=args.training.seed)
+    tokenizer = load_run_tokenizer(args.model, chat_template=args.data.chat_template)
     chat = ChatTemplate(user=USER, system=SYSTEM, text_column=TEXT_COLUMN)
-    assert run.metrics.template == chat
-    row = run.data.train[0]
-    collator = _build_collator(run.tokenizer, run.data, run.args.data)  # what build_trainer gives the Trainer
+    assert build_metrics(tokenizer, data, args.data, args.training).template == chat
+    row = data.train[0]
+    collator = build_collator(tokenizer, data, args.data)  # what recipes/train.py gives the Trainer
     assert collator.template == chat
     batch = collator([row])
     conversation = [
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": USER.format(text=row[TEXT_COLUMN])},
     ]
-    prompt = list(run.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_dict=False))
-    target = chat.encode_target(run.tokenizer, row[run.data.target_column])
+    prompt = list(tokenizer.apply_chat_template(conversation, add_generation_prompt=True, return_dict=False))
+    target = chat.encode_target(tokenizer, row[data.target_column])
     assert batch["input_ids"][0].tolist() == prompt + target
-    assert run.tokenizer.convert_ids_to_tokens(target[-1]) == "<|im_end|>"
+    assert tokenizer.convert_ids_to_tokens(target[-1]) == "<|im_end|>"
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -29,7 +29,7 @@ LAYERS = (
     ("softprompt_hf.adapter",),
     ("softprompt_hf.real", "softprompt_hf.embedded"),
     ("softprompt_hf.serving", "softprompt_hf.training"),
-    ("softprompt_hf.runner", "softprompt_hf.quickstart"),
+    ("softprompt_hf.steps", "softprompt_hf.quickstart"),
     ("softprompt_hf.commands",),
     ("softprompt_hf.cli",),
 )

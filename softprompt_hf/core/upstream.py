@@ -111,7 +111,7 @@ Upstream bugs avoided elsewhere, without touching internals (delete each refusal
     *Re-checked:* still (peft 0.21.2; the Trainer's loss path unchanged on 5.25.0).
 20. *training.callbacks._ZERO3_MESSAGE.* peft 0.21 cannot gather ZeRO-3-sharded prompt encoders to save them: refused.
     *Re-checked:* still (peft 0.21.2).
-21. *hub.py, runner._take_over_hub_push.* transformers 5.x ``PeftModel.push_to_hub`` rejects
+21. *adapter/hub.py, steps/hub_push.take_over_hub_push.* transformers 5.x ``PeftModel.push_to_hub`` rejects
     ``safe_serialization`` and replaces peft's card: pushes go through ``HfApi.upload_folder`` with our card.
     *Re-checked:* still on 5.25.0 (``PushToHubMixin.push_to_hub`` unchanged).
 22. *saving.save_adapter.* peft 0.21 writes the local base-model path into ``adapter_config.json``
@@ -125,7 +125,7 @@ Upstream bugs avoided elsewhere, without touching internals (delete each refusal
     predictions with ``gather_for_metrics``, which drops the rows repeated to even out the last batches: the row
     count is the eval set's. Update if the Trainer gathers otherwise. *Re-checked:* still on 5.25.0 / accelerate
     1.16.0 (``evaluation_loop`` and ``gather_for_metrics`` unchanged).
-25. *runner._load_tokenizer.* transformers 5.24's ``AutoTokenizer.from_pretrained`` raises ``ValueError``,
+25. *steps/inputs.load_run_tokenizer.* transformers 5.24's ``AutoTokenizer.from_pretrained`` raises ``ValueError``,
     not ``OSError``, for a folder without tokenizer files. Catch only ``OSError`` once that is fixed.
     *Re-checked:* still on 5.25.0 (an empty folder: ``ValueError``).
 26. *saving._TOKENIZER_LOADER_KEYS.* transformers 5.24's tokenizer ``from_pretrained`` records how it was
@@ -188,9 +188,9 @@ Ending a process
     tests/scripts/gloo_teardown.py makes the release late on purpose and hangs 5 runs in 6, at interpreter exit
     since its DDP module keeps the group past ``destroy_process_group`` (gdb, both times: the main thread in
     ``std::thread::join`` of ``pt_gloo_runloop``, that thread in ``~AsyncAllgatherWork`` -> ``decref_pyobject`` ->
-    ``take_gil``). ``finish_recipe`` does not destroy a gloo group, and ``run_recipe`` ends such a process, if a
+    ``take_gil``). ``steps.outputs.end_run`` does not destroy a gloo group, and ``run_recipe`` ends such a process, if a
     launcher started it, with ``os._exit`` once the exit handlers have run, so no teardown happens. Delete the
-    three, and let ``finish_recipe`` call ``Trainer.end()`` again, once gloo's teardown is safe (the slow test in
+    three, and let ``end_run`` call ``Trainer.end()`` again, once gloo's teardown is safe (the slow test in
     tests/test_teardown.py then fails). *Re-checked:* still (torch 2.13.0 unchanged; the slow test not rerun).
 
 evaluate
@@ -612,7 +612,7 @@ def gloo_group_alive() -> bool:
 
 def launched_gloo_process() -> bool:
     """Whether this process is one a launcher started (torchrun, ``accelerate launch``: ``WORLD_SIZE`` is set) and
-    is in a gloo group (entry 32): only such a process is ended by ``runner.run_recipe``, never a caller's own
+    is in a gloo group (entry 32): only such a process is ended by ``steps.errors.run_recipe``, never a caller's own
     process (a notebook, a test session) that called it with a group of its own."""
     return "WORLD_SIZE" in os.environ and gloo_group_alive()
 

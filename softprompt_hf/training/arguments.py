@@ -20,7 +20,7 @@ from transformers.trainer_utils import IntervalStrategy, SaveStrategy, Scheduler
 from ..constants import DEFAULT_TIMEOUT, LABEL_TOKENIZATIONS, MODES, TASKS, TEXT_METRIC_NAMES
 from ..data.chat import ChatTemplate
 from ..data.prompt import DEFAULT_TEMPLATE
-from ..embedded import EMBEDDED_MODEL_PATH
+from ..embedded import EMBEDDED_MODEL_PATH, label_tokenization_for
 from ..modeling.methods import METHODS, SoftPromptArguments
 from ..real import ACLSUM_ASPECTS, ACLSUM_SOURCES, BBC_NEWS_TEXT_FIELDS
 
@@ -66,6 +66,12 @@ class ModelArguments:
         # `softprompt-hf prepare-real` puts Gemma 3 270M); transformers would take "~/..." for a Hub id.
         if self.model_name_or_path.startswith("~"):
             self.model_name_or_path = os.path.expanduser(self.model_name_or_path)
+
+    @property
+    def base_model(self) -> str:
+        """The base model's name for the adapter and its card: ``base_model_id`` if given, else
+        ``model_name_or_path``."""
+        return self.base_model_id or self.model_name_or_path
 
 
 @dataclass
@@ -225,6 +231,13 @@ class DataArguments:
                 f"label_tokenization={self.label_tokenization!r}: choose one of {', '.join(LABEL_TOKENIZATIONS)}."
             )
 
+    @property
+    def text_metric_names(self) -> list[str] | None:
+        """``--text_metrics`` as a list of names (None: every shipped metric)."""
+        if self.text_metrics is None:
+            return None
+        return [name.strip() for name in self.text_metrics.split(",") if name.strip()]
+
     def prompt(self, text_column: str) -> str | ChatTemplate:
         """The run's prompt: the ``--template`` pattern, or with ``--chat_template`` a ``ChatTemplate`` whose user
         message is that pattern (``{text}`` reading ``text_column``) and system message ``--system_prompt``."""
@@ -245,7 +258,7 @@ class DataArguments:
         if self.target_column is None:
             raise ValueError("--task text needs --target_column: the column holding the reference text to generate.")
         if self.text_metrics is not None:
-            names = [name.strip() for name in self.text_metrics.split(",") if name.strip()]
+            names = self.text_metric_names or []
             unknown = [name for name in names if name not in TEXT_METRIC_NAMES]
             if unknown or not names:
                 raise ValueError(
@@ -496,19 +509,25 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return config
 
 
-def parse_recipe_args(method: str, argv: list[str] | None = None) -> RecipeArguments:
+def parse_recipe_args(method: str | None, argv: list[str] | None = None) -> RecipeArguments:
     """Parse a recipe's command line: ``[--config file.yaml] [flags]``, flags overriding the file.
 
     Every flag of ``ModelArguments``, ``DataArguments``, ``SoftPromptArguments`` and
     ``SoftPromptTrainingArguments`` (which holds all of ``TrainingArguments``) is accepted. The config file's
-    values become the parser's defaults, so they are converted and shown exactly as flags would be. The method
-    is the recipe's own: a config or flag that names another one is refused.
+    values become the parser's defaults, so they are converted and shown exactly as flags would be. A method's own
+    recipe passes its ``method``: a config or flag that names another one is refused. ``None`` (``recipes/train.py``)
+    takes the method from ``--method``, else the config's ``method``, else prompt tuning. The defaults that depend
+    on other flags are then set (``label_tokenization``, and a free-text run's ``metric_for_best_model``).
     """
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}.")
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
-    config_path = pre.parse_known_args(argv)[0].config
+    pre.add_argument("--method")
+    known = pre.parse_known_args(argv)[0]
+    config_path = known.config
+    if method is None:
+        method = known.method or (read_config(config_path).get("method") if config_path else None) or METHODS[0]
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}.")
     parser = HfArgumentParser(_ARGUMENT_CLASSES)  # type: ignore[arg-type]
     parser.add_argument("--config", help="YAML file of flag values; flags on the command line override it.")
     parser.set_defaults(method=method, output_dir=f"outputs/{method}")
@@ -536,7 +555,24 @@ def parse_recipe_args(method: str, argv: list[str] | None = None) -> RecipeArgum
     version = fsdp_version_requested(args.training)
     if version is not None and version != 2:
         raise ValueError(_RECIPES_FSDP1_MESSAGE.format(version=version))
+    _settle_defaults(args)
     return args
+
+
+def _settle_defaults(args: RecipeArguments) -> None:
+    """The defaults that depend on other flags, set once for the whole run.
+
+    ``--label_tokenization`` left unset: the base model's own boundary (``embedded.label_tokenization_for``). A
+    free-text run whose ``--metric_for_best_model`` is the recipes' default, macro-F1 (a text task reports none):
+    ROUGE-L, else the first of ``--text_metrics``, higher being better.
+    """
+    if args.data.label_tokenization is None:
+        args.data.label_tokenization = label_tokenization_for(args.model.model_name_or_path)
+    training = args.training
+    if args.data.task == "text" and training.metric_for_best_model in (None, "f1", "eval_f1"):
+        names = args.data.text_metric_names or ["rouge"]
+        training.metric_for_best_model = "rougeL" if "rouge" in names else names[0]
+        training.greater_is_better = True
 
 
 def _config_defaults(config: dict[str, Any], path: str) -> dict[str, Any]:

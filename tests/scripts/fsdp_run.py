@@ -85,9 +85,7 @@ def main(
             eval_steps=EVERY, logging_steps=1, load_best_model_at_end=True, metric_for_best_model="f1",
             per_device_eval_batch_size=per_device_eval_batch,
         )  # fmt: skip
-        check_trainer(
-            trainer
-        )  # what the recipes' build_trainer does: FSDP2 saves and loads (softprompt_hf.core.upstream)
+        check_trainer(trainer)  # what recipes/train.py does: FSDP2 saves and loads (softprompt_hf.core.upstream)
         first = None
         if evaluate_first:
             metrics = trainer.evaluate()
