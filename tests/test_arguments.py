@@ -192,6 +192,44 @@ def test_flags_override_a_config_and_a_config_overrides_the_defaults(tmp_path):
     assert args.training.num_train_epochs == 4
 
 
+def test_recipes_train_py_takes_the_method_from_the_flag_then_the_config_then_prompt_tuning(tmp_path):
+    """parse_recipe_args(None, ...) is recipes/train.py's: --method wins, then the config's method, then the
+    first method; a method's own script (a method given) refuses another one."""
+    config = tmp_path / "run.yaml"
+    config.write_text("method: prefix_tuning\nnum_virtual_tokens: 7\n")
+    assert parse_recipe_args(None, []).prompt.method == "prompt_tuning"
+    assert parse_recipe_args(None, ["--method", "p_tuning"]).prompt.method == "p_tuning"
+    from_config = parse_recipe_args(None, ["--config", str(config)])
+    assert from_config.prompt.method == "prefix_tuning" and from_config.prompt.num_virtual_tokens == 7
+    assert str(from_config.training.output_dir) == "outputs/prefix_tuning"  # the method's own default folder
+    with pytest.raises(ValueError, match="is a config for method 'prefix_tuning'"):
+        parse_recipe_args(None, ["--config", str(config), "--method", "p_tuning"])
+    with pytest.raises(ValueError, match="Unknown method 'lora'; expected one of prompt_tuning, p_tuning"):
+        parse_recipe_args(None, ["--method", "lora"])
+    with pytest.raises(ValueError, match="This recipe trains p_tuning; for prompt_tuning run"):
+        parse_recipe_args("p_tuning", ["--method", "prompt_tuning"])
+
+
+def test_parsing_settles_the_defaults_that_depend_on_other_flags(tmp_path):
+    """The label boundary follows the base model (the embedded one's is 'separate', others 'joint'), and a
+    free-text run picks its best adapter by ROUGE-L (else the first metric asked for) where F1 was left."""
+    from softprompt_hf.embedded import EMBEDDED_LABEL_TOKENIZATION
+
+    assert parse_recipe_args("p_tuning", []).data.label_tokenization == EMBEDDED_LABEL_TOKENIZATION
+    assert parse_recipe_args("p_tuning", ["--label_tokenization", "joint"]).data.label_tokenization == "joint"
+    other = tmp_path / "model"
+    other.mkdir()
+    assert parse_recipe_args("p_tuning", ["--model_name_or_path", str(other)]).data.label_tokenization == "joint"
+    text = ["--task", "text", "--dataset", "files", "--train_file", "rows.csv", "--target_column", "summary"]
+    args = parse_recipe_args("prompt_tuning", text)
+    assert args.training.metric_for_best_model == "rougeL" and args.training.greater_is_better is True
+    args = parse_recipe_args("prompt_tuning", [*text, "--text_metrics", "bleu,chrf"])
+    assert args.training.metric_for_best_model == "bleu"
+    args = parse_recipe_args("prompt_tuning", [*text, "--metric_for_best_model", "exact_match"])
+    assert args.training.metric_for_best_model == "exact_match"  # the user's choice stays
+    assert parse_recipe_args("prompt_tuning", []).training.metric_for_best_model == "f1"  # labels: macro-F1
+
+
 def test_null_in_a_config_keeps_the_default(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("learning_rate: null\nid_column: null\n")

@@ -111,6 +111,29 @@ def test_each_recipe_builds_the_peft_config_of_build_peft_config(monkeypatch, tm
         assert getattr(config, key) == value, key
 
 
+def test_train_py_trains_the_method_of_its_flag_or_config(monkeypatch, tmp_path):
+    """recipes/train.py, run by itself, takes --method (else the config's method): the steps build that peft config."""
+    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
+
+    spec = importlib.util.spec_from_file_location("recipe_train", RECIPES / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    config = tmp_path / "prefix.yaml"
+    config.write_text("method: prefix_tuning\n")
+    runs = {
+        PromptTuningConfig: [],
+        PromptEncoderConfig: ["--method", "p_tuning"],
+        PrefixTuningConfig: ["--config", str(config)],
+    }
+    for expected, flags in runs.items():
+        built = []
+        monkeypatch.setattr(train, "build_soft_prompt_model", stop_at_the_model(built))
+        with pytest.raises(_Stop):
+            train.main(["--output_dir", str(tmp_path / "out"), *flags])
+        ((peft_config, _, _),) = built
+        assert type(peft_config) is expected
+
+
 @pytest.mark.parametrize(
     ("method", "flags", "expected"),
     [
