@@ -1,7 +1,7 @@
 """The package's imports, read from its source: every module in a layer (LAYERS) and none importing a higher one,
 no import cycle (counting every import, wherever it stands), no import of the package's own modules inside a
 function but the few listed below with their reason, and no private name (``_name``) of one module imported by
-another module or by a recipe.
+another module or by a recipe or a benchmark.
 
 An import inside a function is how a cycle hides from Python: counted as an arrow like any other, it cannot hide
 here. Each check is also run on a small package written for it, which has the fault it must find."""
@@ -214,13 +214,14 @@ def test_the_package_imports_its_own_modules_at_the_top():
 def test_no_private_name_crosses_modules():
     assert private_names(package_imports(PACKAGE)) == []
     modules = module_names(PACKAGE)
-    scripts = [
-        found
-        for path in sorted((ROOT / "recipes").glob("*.py"))
-        for found in imports_of(f"recipes.{path.stem}", path, modules)
-    ]
-    assert scripts, "the recipes import the package"
-    assert private_names(scripts) == []
+    for folder in ("recipes", "benchmarks"):  # the scripts a user copies or runs use the public names only
+        scripts = [
+            found
+            for path in sorted((ROOT / folder).glob("*.py"))
+            for found in imports_of(f"{folder}.{path.stem}", path, modules)
+        ]
+        assert scripts, f"the {folder} import the package"
+        assert private_names(scripts) == [], folder
 
 
 def test_the_lazy_imports_keep_what_they_defer_out():
