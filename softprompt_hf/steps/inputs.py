@@ -66,7 +66,7 @@ def _load_text(data_args: DataArguments, seed: int) -> TextData:
         sources = [name.strip() for name in data_args.aclsum_source.split(",") if name.strip()]
         data = load_aclsum(data_args.aclsum_aspect, sources)  # its own splits: train, val (validation), test
         return _train_subset(data, data_args.max_train_samples, seed)
-    files = {split: path for split, path in (("train", data_args.train_file), ("test", data_args.test_file)) if path}
+    files = _data_files(data_args)
     if "train" not in files:
         raise ValueError("--task text needs --train_file: the rows with the source column(s) and --target_column.")
     if "text" in prompt.fields and data_args.text_column is None:
@@ -75,7 +75,7 @@ def _load_text(data_args: DataArguments, seed: int) -> TextData:
             "write the template with your columns' names in braces, e.g. 'Abstract : {abstract} Summary : '."
         )
     assert data_args.target_column is not None  # DataArguments requires it with --task text
-    size: float | int = int(data_args.validation_size) if data_args.validation_size >= 1 else data_args.validation_size
+    size = _validation_size(data_args)
     try:
         data = load_text_data(
             files,
@@ -102,9 +102,9 @@ def _train_subset(data: TextData, wanted: int | None, seed: int) -> TextData:
 
 
 def _load_splits(data_args: DataArguments, seed: int) -> ClassificationData:
-    size: float | int = int(data_args.validation_size) if data_args.validation_size >= 1 else data_args.validation_size
+    size = _validation_size(data_args)
     class_names = [name.strip() for name in data_args.class_names.split(",")] if data_args.class_names else None
-    files = {split: path for split, path in (("train", data_args.train_file), ("test", data_args.test_file)) if path}
+    files = _data_files(data_args)
     common: dict[str, Any] = {
         "label_column": data_args.label_column,
         "id_column": data_args.id_column,
@@ -123,6 +123,16 @@ def _load_splits(data_args: DataArguments, seed: int) -> ClassificationData:
     if not files or data_args.text_column is None:
         raise ValueError("dataset=files needs --train_file (and optionally --test_file) and --text_column.")
     return load_classification_data(files, text_column=data_args.text_column, **common)
+
+
+def _validation_size(data_args: DataArguments) -> float | int:
+    """``--validation_size`` as the loaders take it: a row count from 1 up, a fraction below."""
+    return int(data_args.validation_size) if data_args.validation_size >= 1 else data_args.validation_size
+
+
+def _data_files(data_args: DataArguments) -> dict[str, str]:
+    """``--train_file`` and ``--test_file``, by split, where given."""
+    return {split: path for split, path in (("train", data_args.train_file), ("test", data_args.test_file)) if path}
 
 
 def run_prompt(data: ClassificationData | TextData, data_args: DataArguments) -> PromptFormat:

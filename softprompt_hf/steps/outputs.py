@@ -114,6 +114,7 @@ def _model_card(
     results: dict[str, Any],
 ) -> Any:
     """The run's card data (``ModelCardInputs``): what the Trainer ran, and the final ``results``."""
+    text_column = text_column_of(data, data_args)
     dataset = {"raft": "ought/raft"}.get(data_args.dataset)
     collector = ModelCardCallback.of(
         trainer,
@@ -128,8 +129,8 @@ def _model_card(
         trainer.model,
         metrics=results,
         labels=list(data.classes) if isinstance(data, ClassificationData) else None,
-        template=data_args.prompt(text_column_of(data, data_args)),
-        text_column=text_column_of(data, data_args),
+        template=data_args.prompt(text_column),
+        text_column=text_column,
         label_tokenization=label_tokenization_of(data_args),
     )
 

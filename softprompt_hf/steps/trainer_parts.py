@@ -30,11 +30,12 @@ def build_collator(
     tokenizer: PreTrainedTokenizerBase, data: ClassificationData | TextData, data_args: DataArguments
 ) -> SoftPromptDataCollator:
     """The training collator for ``data`` with the run's template and length caps."""
+    text_column = text_column_of(data, data_args)
     collator = SoftPromptDataCollator(
         tokenizer,
-        text_column=text_column_of(data, data_args),
+        text_column=text_column,
         target_column=data.target_column,
-        template=data_args.prompt(text_column_of(data, data_args)),
+        template=data_args.prompt(text_column),
         max_length=data_args.max_length,
         label_tokenization=label_tokenization_of(data_args),
         max_target_length=data_args.max_target_length,
@@ -53,13 +54,13 @@ def build_metrics(
     """Generation-based metrics on the validation split, prompts cut exactly as in training."""
     if data.validation is None or len(data.validation) == 0:
         raise ValueError("The recipes evaluate on a validation split: set --validation_size above 0.")
-    prompt = run_prompt(data, data_args)
-    template = data_args.prompt(text_column_of(data, data_args))
+    text_column = text_column_of(data, data_args)
+    template = data_args.prompt(text_column)
     if isinstance(data, TextData):
         metrics = TextGenerationMetrics(
             tokenizer,
             data.validation,
-            text_column=text_column_of(data, data_args),
+            text_column=text_column,
             target_column=data.target_column,
             id_column=data.id_column,
             template=template,
@@ -71,15 +72,17 @@ def build_metrics(
         if data_args.max_length is not None:
             # The room the collator leaves the longest target: max_length minus what evaluation may generate.
             metrics.max_prompt_tokens = max(1, data_args.max_length - (metrics.max_new_tokens or 1))
-        if training_args.load_best_model_at_end:  # parse_recipe_args chose it where the recipes' F1 was left
+        if training_args.load_best_model_at_end:  # a text task reports no F1: parse_recipe_args chose its metric
             logger.info(
-                "The best adapter is the one with the highest %s (--metric_for_best_model).",
+                "The best adapter is the one with the %s %s (--metric_for_best_model).",
+                "highest" if training_args.greater_is_better else "lowest",
                 training_args.metric_for_best_model,
             )
         return metrics
     max_prompt_tokens = None
     if data_args.max_length is not None:
         # The collator's budget: max_length minus the target (label + EOS), for the longest label.
+        prompt = run_prompt(data, data_args)
         max_prompt_tokens = data_args.max_length - max(
             len(prompt.encode_target(tokenizer, label)) for label in data.classes
         )

@@ -524,15 +524,15 @@ def parse_recipe_args(method: str | None, argv: list[str] | None = None) -> Reci
     pre.add_argument("--method")
     known = pre.parse_known_args(argv)[0]
     config_path = known.config
+    config = read_config(config_path) if config_path else None
     if method is None:
-        method = known.method or (read_config(config_path).get("method") if config_path else None) or METHODS[0]
+        method = known.method or (config or {}).get("method") or METHODS[0]
     if method not in METHODS:
         raise ValueError(f"Unknown method {method!r}; expected one of {', '.join(METHODS)}.")
     parser = HfArgumentParser(_ARGUMENT_CLASSES)  # type: ignore[arg-type]
     parser.add_argument("--config", help="YAML file of flag values; flags on the command line override it.")
     parser.set_defaults(method=method, output_dir=f"outputs/{method}")
-    if config_path:
-        config = read_config(config_path)
+    if config is not None:
         if config.get("method", method) != method:
             raise ValueError(
                 f"{config_path} is a config for method {config['method']!r}; run it with "
