@@ -228,16 +228,21 @@ def test_gemma_configs_name_the_prepared_model_and_their_data(path):
     else:
         assert dataset == "bbc-news"
         assert (data_args.dataset, data_args.bbc_news_text, data_args.max_length) == ("bbc_news", "title_and_body", 128)
-        assert (data_args.max_train_samples, training_args.num_train_epochs) == (250, 2)  # a CPU-sized run
+        # A CPU-sized run; prefix tuning on 500 articles: 0.98 against 0.94 on 250 (RESULTS 11.7)
+        articles = 500 if method == "prefix_tuning" else 250
+        assert (data_args.max_train_samples, training_args.num_train_epochs) == (articles, 2)
         assert data_args.template == "Article : {text} Topic : "
     if method == "prompt_tuning":
         if dataset == "tweets":  # peft's TEXT at 3e-2 ended highest over 3 epochs (benchmarks/RESULTS.md, 11.5)
             assert (prompt_args.prompt_tuning_init, training_args.learning_rate) == ("TEXT", 3e-2)
+            assert training_args.per_device_train_batch_size == 8  # 0.950 / 0.925 against 0.925 / 0.862 (11.7)
         else:  # peft's TEXT led every init after one epoch (RESULTS 11.4); 64 steps, not 32
             assert prompt_args.prompt_tuning_init == "TEXT"
             assert (training_args.per_device_train_batch_size, training_args.learning_rate) == (8, 3e-2)
         assert ("topic" in prompt_args.prompt_tuning_init_text) == (dataset == "bbc-news")
     if method == "p_tuning":  # batch 8 on BBC News: 64 steps, 0.87 against 0.835 at batch 16 (RESULTS 11.7)
+        assert training_args.per_device_train_batch_size == (8 if dataset == "bbc-news" else 16)
+    if method == "prefix_tuning":
         assert training_args.per_device_train_batch_size == (8 if dataset == "bbc-news" else 16)
 
 
