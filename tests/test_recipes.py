@@ -233,17 +233,14 @@ def test_gemma_configs_name_the_prepared_model_and_their_data(path):
         assert (data_args.max_train_samples, training_args.num_train_epochs) == (articles, 2)
         assert data_args.template == "Article : {text} Topic : "
     if method == "prompt_tuning":
-        if dataset == "tweets":  # peft's TEXT at 3e-2 ended highest over 3 epochs (benchmarks/RESULTS.md, 11.5)
-            assert (prompt_args.prompt_tuning_init, training_args.learning_rate) == ("TEXT", 3e-2)
-            assert training_args.per_device_train_batch_size == 8  # 0.950 / 0.925 against 0.925 / 0.862 (11.7)
-        else:  # peft's TEXT led every init after one epoch (RESULTS 11.4); 64 steps, not 32
-            assert prompt_args.prompt_tuning_init == "TEXT"
-            assert (training_args.per_device_train_batch_size, training_args.learning_rate) == (8, 3e-2)
+        # peft's TEXT at 3e-2: highest over the tweets config's 3 epochs (benchmarks/RESULTS.md 11.5), first after
+        # one epoch on BBC News (11.4)
+        assert (prompt_args.prompt_tuning_init, training_args.learning_rate) == ("TEXT", 3e-2)
         assert ("topic" in prompt_args.prompt_tuning_init_text) == (dataset == "bbc-news")
-    if method == "p_tuning":  # batch 8 on BBC News: 64 steps, 0.87 against 0.835 at batch 16 (RESULTS 11.7)
-        assert training_args.per_device_train_batch_size == (8 if dataset == "bbc-news" else 16)
-    if method == "prefix_tuning":
-        assert training_args.per_device_train_batch_size == (8 if dataset == "bbc-news" else 16)
+    # Batch 8 where it measured higher (RESULTS 10.2, 11.7): prompt tuning everywhere (tweets 0.950 / 0.925 against
+    # 0.925 / 0.862), every method on BBC News; P-tuning and prefix tuning keep the recipes' 16 on the tweets.
+    batch = 16 if dataset == "tweets" and method != "prompt_tuning" else 8
+    assert training_args.per_device_train_batch_size == batch
 
 
 @pytest.mark.parametrize("path", SMOLLM2_CONFIGS, ids=lambda p: p.name)
